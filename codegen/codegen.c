@@ -1,0 +1,273 @@
+/* codegen.c: a training graph to a single-rank program.
+ *
+ * The program has two sections. `init` runs once: it fills every parameter
+ * from the counter-based RNG and zeroes optimizer state. `step` runs every
+ * training step: for each microbatch, load its slice of the inputs, run the
+ * forward and backward nodes in graph order, fold each parameter gradient
+ * into its accumulator (copy for the first microbatch, add after), and record
+ * the loss; then clip by the global gradient norm and apply the optimizer.
+ *
+ * Memory: parameters, gradient accumulators, optimizer state and scalars are
+ * persistent and sit at the start of the arena. Every other buffer lives from
+ * the instruction that writes it to the last one that reads it, within one
+ * microbatch; all microbatches have the same shape, so one placement serves
+ * them all. Placement is first-fit over those intervals, decided here, so the
+ * runtime makes one allocation and never allocates again. */
+#include "carve.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ALIGN 64
+
+typedef struct CG {
+  const Graph *g;
+  const Train *t;
+  Program *p;
+  int *buf;   /* node id -> buffer id, -1 if the node is not emitted */
+  int *gacc;  /* node id (param) -> gradient accumulator buffer */
+  bool *live; /* node is needed for the loss or a gradient */
+  PtrVec init, step;
+  int cap_bufs;
+} CG;
+
+static int new_buf(CG *C, const char *name, DType dt, const Shape *s, BufKind kind) {
+  Program *p = C->p;
+  if (p->nbufs == C->cap_bufs) {
+    C->cap_bufs = C->cap_bufs ? 2 * C->cap_bufs : 256;
+    Buffer *v = arena_alloc(sizeof(Buffer) * (size_t)C->cap_bufs);
+    if (p->nbufs) memcpy(v, p->bufs, sizeof(Buffer) * (size_t)p->nbufs);
+    p->bufs = v;
+  }
+  Buffer *b = &p->bufs[p->nbufs];
+  *b = (Buffer){name, dt, *s, kind, -1, shape_numel(s) * dtype_size(dt)};
+  return p->nbufs++;
+}
+
+static Instr *emit(PtrVec *list, OpKind op, int out) {
+  Instr *in = arena_alloc(sizeof(Instr));
+  in->op = op;
+  in->out = out;
+  ptrvec_push(list, in);
+  return in;
+}
+
+/* Marks the nodes the step needs: the loss, every parameter gradient, and
+ * everything they read. */
+static void mark_live(CG *C) {
+  const Graph *g = C->g;
+  C->live[g->loss] = true;
+  for (int i = 0; i < g->nfwd; i++)
+    if (g->grad[i] >= 0) C->live[g->grad[i]] = true;
+  for (int i = g->n - 1; i >= 0; i--)
+    if (C->live[i])
+      for (int k = 0; k < g->nodes[i]->nin; k++) C->live[g->nodes[i]->in[k]] = true;
+}
+
+static void emit_node(CG *C, const Node *n, int mb) {
+  const Graph *g = C->g;
+  if (n->op == OP_PARAM) return;
+  Instr *in;
+  if (n->op == OP_INPUT) {
+    in = emit(&C->step, OP_LOAD, C->buf[n->id]);
+    in->i[0] = n->init;
+    in->i[1] = (int64_t)mb * (n->shape.rank ? n->shape.d[0] : 1);
+    in->f[0] = n->init_a;
+    in->f[1] = n->init_b;
+    return;
+  }
+  in = emit(&C->step, n->op, C->buf[n->id]);
+  in->nin = n->nin;
+  for (int k = 0; k < n->nin; k++) in->in[k] = C->buf[n->in[k]];
+  in->i[0] = n->i[0];
+  in->i[1] = n->i[1];
+  in->f[0] = n->f[0];
+  in->f[1] = n->f[1];
+  if (n->op == OP_EINSUM) {
+    int len = 0;
+    for (int k = 0; k < n->nin; k++)
+      len += snprintf(in->spec + len, sizeof in->spec - (size_t)len, "%s%s", k ? "," : "", n->labels[k]);
+    snprintf(in->spec + len, sizeof in->spec - (size_t)len, "->%s", n->labels[n->nin]);
+  }
+  if (n->id == g->loss) {
+    Instr *l = emit(&C->step, OP_LOSS, -1);
+    l->nin = 1;
+    l->in[0] = C->buf[n->id];
+    l->f[0] = 1.0 / C->t->microbatches;
+  }
+}
+
+/* After the node that completes a parameter's gradient: fold it in. */
+static void emit_grad_fold(CG *C, int gradnode, int mb) {
+  const Graph *g = C->g;
+  for (int p = 0; p < g->nfwd; p++) {
+    if (g->grad[p] != gradnode) continue;
+    Instr *in = emit(&C->step, mb == 0 ? OP_COPY : OP_ACC, C->gacc[p]);
+    in->nin = 1;
+    in->in[0] = C->buf[gradnode];
+  }
+}
+
+static void emit_update(CG *C) {
+  const Graph *g = C->g;
+  const Train *t = C->t;
+  Shape scalar = {0};
+  int clip = new_buf(C, "grad_clip_factor", DT_F32, &scalar, BUF_SCALAR);
+  if (t->clip > 0) {
+    int ss = new_buf(C, "grad_sumsq", DT_F32, &scalar, BUF_SCALAR);
+    emit(&C->step, OP_FILL, ss)->f[0] = 0;
+    for (int p = 0; p < g->nfwd; p++) {
+      if (g->grad[p] < 0) continue;
+      Instr *in = emit(&C->step, OP_SUMSQ, ss);
+      in->nin = 1;
+      in->in[0] = C->gacc[p];
+    }
+    Instr *in = emit(&C->step, OP_CLIP, clip);
+    in->nin = 1;
+    in->in[0] = ss;
+    in->f[0] = t->clip;
+  } else {
+    emit(&C->step, OP_FILL, clip)->f[0] = 1;
+  }
+  for (int p = 0; p < g->nfwd; p++) {
+    if (g->grad[p] < 0) continue;
+    const Node *n = g->nodes[p];
+    int nstate = t->opt == OPT_ADAMW ? 2 : 1;
+    int state[2];
+    for (int k = 0; k < nstate; k++) {
+      state[k] = new_buf(C, arena_printf("%s.%s", n->name, t->opt == OPT_SGD ? "mom" : k ? "v" : "m"), DT_F32,
+                         &n->shape, BUF_OPTSTATE);
+      emit(&C->init, OP_INIT, state[k])->i[0] = INIT_ZEROS;
+    }
+    /* Weight decay applies to matrices, not to biases and norm gains. */
+    double wd = n->shape.rank >= 2 ? t->wd : 0;
+    Instr *in = emit(&C->step, t->opt == OPT_ADAMW ? OP_ADAMW : OP_SGD, C->buf[p]);
+    in->i[0] = t->warmup;
+    in->in[0] = C->gacc[p];
+    in->in[1] = state[0];
+    if (t->opt == OPT_ADAMW) {
+      in->nin = 4;
+      in->in[2] = state[1];
+      in->in[3] = clip;
+      in->f[0] = t->lr, in->f[1] = t->beta1, in->f[2] = t->beta2, in->f[3] = t->eps, in->f[4] = wd;
+    } else {
+      in->nin = 3;
+      in->in[2] = clip;
+      in->f[0] = t->lr, in->f[1] = t->momentum, in->f[2] = wd;
+    }
+  }
+}
+
+typedef struct Interval {
+  int buf, def, last;
+} Interval;
+
+static int cmp_def(const void *a, const void *b) {
+  const Interval *x = a, *y = b;
+  return x->def != y->def ? x->def - y->def : x->buf - y->buf;
+}
+
+/* First-fit placement of transient buffers over their live intervals. */
+static void place(CG *C, int nstep_mb0) {
+  Program *p = C->p;
+  int64_t off = 0;
+  for (int b = 0; b < p->nbufs; b++) {
+    BufKind k = p->bufs[b].kind;
+    if (k == BUF_ACT || k == BUF_INPUT) continue;
+    p->bufs[b].offset = off;
+    off += (p->bufs[b].bytes + ALIGN - 1) / ALIGN * ALIGN;
+  }
+  int64_t base = off, top = off;
+  Interval *iv = xcalloc((size_t)p->nbufs, sizeof(Interval));
+  for (int b = 0; b < p->nbufs; b++) iv[b] = (Interval){b, -1, -1};
+  for (int i = 0; i < nstep_mb0; i++) {
+    Instr *in = C->step.v[i];
+    if (in->out >= 0 && iv[in->out].def < 0) iv[in->out].def = i;
+    if (in->out >= 0) iv[in->out].last = i;
+    for (int k = 0; k < in->nin; k++) iv[in->in[k]].last = i;
+  }
+  int n = 0;
+  for (int b = 0; b < p->nbufs; b++) {
+    BufKind k = p->bufs[b].kind;
+    if ((k == BUF_ACT || k == BUF_INPUT) && iv[b].def >= 0) iv[n++] = iv[b];
+  }
+  qsort(iv, (size_t)n, sizeof(Interval), cmp_def);
+  /* live[]: placed intervals still alive, kept sorted by offset */
+  Interval *live = xcalloc((size_t)n + 1, sizeof(Interval));
+  int nlive = 0;
+  for (int i = 0; i < n; i++) {
+    int j = 0;
+    for (int k = 0; k < nlive; k++)
+      if (live[k].last >= iv[i].def) live[j++] = live[k];
+    nlive = j;
+    int64_t size = (p->bufs[iv[i].buf].bytes + ALIGN - 1) / ALIGN * ALIGN;
+    int64_t at = base;
+    int pos = 0;
+    for (; pos < nlive; pos++) {
+      int64_t s = p->bufs[live[pos].buf].offset;
+      if (s - at >= size) break;
+      int64_t e = s + (p->bufs[live[pos].buf].bytes + ALIGN - 1) / ALIGN * ALIGN;
+      if (e > at) at = e;
+    }
+    p->bufs[iv[i].buf].offset = at;
+    memmove(live + pos + 1, live + pos, sizeof(Interval) * (size_t)(nlive - pos));
+    live[pos] = iv[i];
+    nlive++;
+    if (at + size > top) top = at + size;
+  }
+  p->arena_bytes = top;
+  free(iv);
+  free(live);
+}
+
+Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
+  CARVE_ASSERT(g->grad, "codegen takes a training graph");
+  CG C = {.g = g, .t = t};
+  Program *p = C.p = arena_alloc(sizeof(Program));
+  p->model = g->model;
+  p->rank = 0;
+  p->world = 1;
+  p->seed = seed;
+  p->microbatches = t->microbatches;
+  C.buf = arena_alloc(sizeof(int) * (size_t)g->n);
+  C.gacc = arena_alloc(sizeof(int) * (size_t)g->n);
+  C.live = arena_alloc(sizeof(bool) * (size_t)g->n);
+  mark_live(&C);
+  for (int i = 0; i < g->n; i++) {
+    const Node *n = g->nodes[i];
+    C.buf[i] = C.gacc[i] = -1;
+    if (!C.live[i] && n->op != OP_PARAM) continue;
+    BufKind kind = n->op == OP_PARAM ? BUF_PARAM : n->op == OP_INPUT ? BUF_INPUT : BUF_ACT;
+    C.buf[i] = new_buf(&C, n->name, n->dtype, &n->shape, kind);
+    if (n->op == OP_PARAM) {
+      Instr *in = emit(&C.init, OP_INIT, C.buf[i]);
+      in->i[0] = n->init;
+      in->f[0] = n->init_a;
+      in->f[1] = n->init_b;
+      if (g->grad[i] >= 0) C.gacc[i] = new_buf(&C, arena_printf("%s.grad", n->name), DT_F32, &n->shape, BUF_GRAD);
+    }
+    if (n->op == OP_INPUT && n->init == SRC_TOKENS) {
+      p->tokens_per_step = shape_numel(&n->shape) * t->microbatches;
+      p->vocab = (int64_t)n->init_a;
+    }
+    p->flops_per_step += n->op == OP_EINSUM ? node_flops(g, n) * t->microbatches : 0;
+  }
+  int nstep_mb0 = 0;
+  for (int mb = 0; mb < t->microbatches; mb++) {
+    for (int i = 0; i < g->n; i++) {
+      if (!C.live[i]) continue;
+      emit_node(&C, g->nodes[i], mb);
+      if (g->nodes[i]->phase == PH_BACKWARD) emit_grad_fold(&C, i, mb);
+    }
+    if (mb == 0) nstep_mb0 = C.step.n;
+  }
+  emit_update(&C);
+  place(&C, nstep_mb0);
+  p->ninit = C.init.n;
+  p->init = arena_alloc(sizeof(Instr) * (size_t)(C.init.n + 1));
+  for (int i = 0; i < C.init.n; i++) p->init[i] = *(Instr *)C.init.v[i];
+  p->nstep = C.step.n;
+  p->step = arena_alloc(sizeof(Instr) * (size_t)(C.step.n + 1));
+  for (int i = 0; i < C.step.n; i++) p->step[i] = *(Instr *)C.step.v[i];
+  return p;
+}

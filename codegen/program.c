@@ -1,0 +1,387 @@
+/* program.c: program files and `carve explain`.
+ *
+ * A program file is text, one item per line:
+ *
+ *   carve-program 1                    format version
+ *   carve 0.1.0                        the carve that wrote it
+ *   model gpt
+ *   rank 0 world 1
+ *   seed 1234
+ *   microbatches 1
+ *   tokens_per_step 1024               tokens a step consumes (0: no token input)
+ *   vocab 256                          token space of the token inputs
+ *   flops_per_step 2.8e+09             einsum FLOPs of one step
+ *   arena 21037248                     bytes the rank allocates, once
+ *   buffers 270
+ *   buf 0 param f32 [256,128] @0 wte   id, kind, dtype, local shape, offset, name
+ *   ...
+ *   init 40                            instructions run once
+ *   init 0 : kind=normal a=0.02 b=0    op, output buffer, ':', inputs, attributes
+ *   ...
+ *   step 900                           instructions run every step
+ *   einsum 17 : 12 3 spec=abc,cd->abd
+ *   ...
+ *   checksum 9f3a...                   FNV-1a 64 of every byte above this line
+ *
+ * The reader trusts nothing: every id, shape, offset and attribute is checked,
+ * and so is the checksum, so a truncated or edited file is refused with the
+ * line that is wrong. */
+#include "carve.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *const buf_kind_names[] = {"param", "grad", "optstate", "input", "act", "scalar"};
+
+/* The name of attribute k of an op: integer attributes first, then floats. */
+static bool attr_name(const char *list, int k, char *out, size_t n) {
+  for (const char *p = list; *p;) {
+    size_t len = strcspn(p, ",");
+    if (k-- == 0) {
+      snprintf(out, n, "%.*s", (int)len, p);
+      return true;
+    }
+    p += len + (p[len] == ',');
+  }
+  return false;
+}
+
+static bool kind_attr(OpKind op, int k) { return (op == OP_INIT || op == OP_LOAD) && k == 0; }
+
+static void print_attrs(const Instr *in, FILE *out) {
+  char name[32];
+  const OpInfo *oi = &op_info[in->op];
+  for (int k = 0; k < 2 && attr_name(oi->iattrs, k, name, sizeof name); k++) {
+    if (kind_attr(in->op, k) && in->i[k] >= 0 && in->i[k] < INIT_COUNT)
+      fprintf(out, " %s=%s", name, init_names[in->i[k]]);
+    else
+      fprintf(out, " %s=%" PRId64, name, in->i[k]);
+  }
+  for (int k = 0; k < 5 && attr_name(oi->fattrs, k, name, sizeof name); k++) fprintf(out, " %s=%.17g", name, in->f[k]);
+  if (in->op == OP_EINSUM) fprintf(out, " spec=%s", in->spec);
+}
+
+void instr_print(const Program *p, const Instr *in, FILE *out, bool names) {
+  if (!names) {
+    fprintf(out, "%s %d :", op_info[in->op].name, in->out);
+    for (int k = 0; k < in->nin; k++) fprintf(out, " %d", in->in[k]);
+    print_attrs(in, out);
+    fputc('\n', out);
+    return;
+  }
+  fprintf(out, "%-16s %-30s <-", op_info[in->op].name, in->out >= 0 ? p->bufs[in->out].name : "-");
+  for (int k = 0; k < in->nin; k++) fprintf(out, " %s", p->bufs[in->in[k]].name);
+  print_attrs(in, out);
+  fputc('\n', out);
+}
+
+static void print_program(const Program *p, FILE *f) {
+  fprintf(f, "carve-program %d\ncarve %s\nmodel %s\nrank %d world %d\nseed %" PRIu64 "\n", CARVE_PROGRAM_FORMAT,
+          CARVE_VERSION, p->model, p->rank, p->world, p->seed);
+  fprintf(f, "microbatches %d\ntokens_per_step %" PRId64 "\nvocab %" PRId64 "\nflops_per_step %.17g\n",
+          p->microbatches, p->tokens_per_step, p->vocab, p->flops_per_step);
+  fprintf(f, "arena %" PRId64 "\nbuffers %d\n", p->arena_bytes, p->nbufs);
+  for (int b = 0; b < p->nbufs; b++) {
+    const Buffer *B = &p->bufs[b];
+    fprintf(f, "buf %d %s %s %s @%" PRId64 " %s\n", b, buf_kind_names[B->kind], dtype_name(B->dtype),
+            shape_str(&B->shape), B->offset, B->name);
+  }
+  fprintf(f, "init %d\n", p->ninit);
+  for (int i = 0; i < p->ninit; i++) instr_print(p, &p->init[i], f, false);
+  fprintf(f, "step %d\n", p->nstep);
+  for (int i = 0; i < p->nstep; i++) instr_print(p, &p->step[i], f, false);
+}
+
+bool program_write(const Program *p, const char *path, FILE *err) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&text, &len);
+  if (!m) carve_fatal("open_memstream: %s", strerror(errno));
+  print_program(p, m);
+  fclose(m);
+  /* write to a temporary name, then rename: a reader never sees half a file */
+  const char *tmp = arena_printf("%s.tmp", path);
+  FILE *f = fopen(tmp, "wb");
+  bool ok = f != NULL;
+  if (ok) {
+    ok = fwrite(text, 1, len, f) == len;
+    ok &= fprintf(f, "checksum %016" PRIx64 "\n", hash_bytes(text, len, 0)) > 0;
+    ok &= fclose(f) == 0;
+  }
+  if (ok) ok = rename(tmp, path) == 0;
+  if (!ok) {
+    fprintf(err, "carve: error: cannot write program '%s': %s\n", path, strerror(errno));
+    remove(tmp);
+  }
+  free(text);
+  return ok;
+}
+
+/* ---------------------------------------------------------------- reading */
+
+typedef struct Reader {
+  const char *path;
+  char *text;
+  char *line; /* current line, NUL-terminated in place */
+  char *next;
+  int lineno;
+  FILE *err;
+} Reader;
+
+static bool next_line(Reader *R) {
+  if (!R->next || !*R->next) return false;
+  R->line = R->next;
+  char *nl = strchr(R->line, '\n');
+  if (nl) {
+    *nl = 0;
+    R->next = nl + 1;
+  } else {
+    R->next = R->line + strlen(R->line);
+  }
+  R->lineno++;
+  return true;
+}
+
+static bool bad(Reader *R, const char *what) {
+  fprintf(R->err, "carve: error: %s:%d: %s\n", R->path, R->lineno, what);
+  return false;
+}
+
+/* Reads "key value" header lines. */
+static bool header_i64(Reader *R, const char *key, int64_t *v) {
+  char k[32];
+  long long x;
+  int n = 0;
+  if (!next_line(R) || sscanf(R->line, "%31s %lld%n", k, &x, &n) != 2 || strcmp(k, key) != 0 || R->line[n])
+    return bad(R, arena_printf("expected '%s <integer>'", key));
+  *v = x;
+  return true;
+}
+
+static bool parse_shape(const char *s, Shape *sh) {
+  if (*s++ != '[') return false;
+  sh->rank = 0;
+  if (*s == ']') return s[1] == 0;
+  for (;;) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || errno || v < 1 || v > (1ll << 48) || sh->rank == MAXRANK) return false;
+    sh->d[sh->rank++] = v;
+    if (*end == ']') return end[1] == 0;
+    if (*end != ',') return false;
+    s = end + 1;
+  }
+}
+
+static bool read_buffer(Reader *R, Program *p, int b) {
+  char kind[16], dt[8], shape[256], name[512];
+  int id;
+  long long off;
+  if (!next_line(R) || sscanf(R->line, "buf %d %15s %7s %255s @%lld %511s", &id, kind, dt, shape, &off, name) != 6 ||
+      id != b)
+    return bad(R, arena_printf("expected 'buf %d <kind> <dtype> <shape> @<offset> <name>'", b));
+  Buffer *B = &p->bufs[b];
+  int k = 0;
+  while (k <= BUF_SCALAR && strcmp(buf_kind_names[k], kind) != 0) k++;
+  if (k > BUF_SCALAR) return bad(R, "unknown buffer kind");
+  B->kind = (BufKind)k;
+  if (strcmp(dt, "f32") && strcmp(dt, "i32")) return bad(R, "unknown dtype");
+  B->dtype = strcmp(dt, "i32") == 0 ? DT_I32 : DT_F32;
+  if (!parse_shape(shape, &B->shape)) return bad(R, "malformed shape");
+  B->bytes = shape_numel(&B->shape) * dtype_size(B->dtype);
+  if (off < 0 || off > p->arena_bytes || B->bytes > p->arena_bytes - off)
+    return bad(R, "buffer lies outside the arena");
+  B->offset = off;
+  B->name = arena_strdup(name);
+  return true;
+}
+
+static bool parse_attr(Reader *R, Instr *in, const char *tok) {
+  const char *eq = strchr(tok, '=');
+  if (!eq) return bad(R, arena_printf("expected key=value, got '%s'", tok));
+  const OpInfo *oi = &op_info[in->op];
+  char name[32];
+  size_t klen = (size_t)(eq - tok);
+  const char *val = eq + 1;
+  char *end;
+  if (in->op == OP_EINSUM && klen == 4 && strncmp(tok, "spec", 4) == 0) {
+    if (strlen(val) >= sizeof in->spec) return bad(R, "einsum spec too long");
+    strcpy(in->spec, val);
+    return true;
+  }
+  for (int k = 0; k < 2 && attr_name(oi->iattrs, k, name, sizeof name); k++) {
+    if (strlen(name) != klen || strncmp(name, tok, klen) != 0) continue;
+    if (kind_attr(in->op, k)) {
+      int lo = in->op == OP_INIT ? INIT_ZEROS : SRC_TOKENS, hi = in->op == OP_INIT ? INIT_UNIFORM : SRC_UNIFORM;
+      for (int v = lo; v <= hi; v++)
+        if (strcmp(init_names[v], val) == 0) {
+          in->i[k] = v;
+          return true;
+        }
+      return bad(R, arena_printf("unknown kind '%s'", val));
+    }
+    errno = 0;
+    in->i[k] = strtoll(val, &end, 10);
+    if (end == val || *end || errno) return bad(R, arena_printf("attribute %s needs an integer", name));
+    return true;
+  }
+  for (int k = 0; k < 5 && attr_name(oi->fattrs, k, name, sizeof name); k++) {
+    if (strlen(name) != klen || strncmp(name, tok, klen) != 0) continue;
+    in->f[k] = strtod(val, &end);
+    if (end == val || *end) return bad(R, arena_printf("attribute %s needs a number", name));
+    return true;
+  }
+  return bad(R, arena_printf("%s has no attribute '%.*s'", oi->name, (int)klen, tok));
+}
+
+static int parse_id(const char *tok, int nbufs) {
+  char *end;
+  long v = strtol(tok, &end, 10);
+  if (end == tok || *end || v < -1 || v >= nbufs) return -2;
+  return (int)v;
+}
+
+static bool read_instr(Reader *R, const Program *p, Instr *in) {
+  if (!next_line(R)) return bad(R, "the file ends inside the instruction list");
+  char *save = NULL;
+  char *tok = strtok_r(R->line, " ", &save);
+  int op = tok ? op_lookup(tok) : -1;
+  if (op < 0 || !(op_info[op].flags & OPF_PROG)) return bad(R, arena_printf("unknown instruction '%s'", tok ? tok : ""));
+  memset(in, 0, sizeof *in);
+  in->op = (OpKind)op;
+  tok = strtok_r(NULL, " ", &save);
+  if (!tok || (in->out = parse_id(tok, p->nbufs)) < -1) return bad(R, "bad output buffer id");
+  tok = strtok_r(NULL, " ", &save);
+  if (!tok || strcmp(tok, ":") != 0) return bad(R, "expected ':' after the output buffer");
+  while ((tok = strtok_r(NULL, " ", &save))) {
+    if (strchr(tok, '=')) {
+      if (!parse_attr(R, in, tok)) return false;
+      continue;
+    }
+    if (in->nin == MAXIN) return bad(R, "too many inputs");
+    int id = parse_id(tok, p->nbufs);
+    if (id < 0) return bad(R, arena_printf("bad input buffer id '%s'", tok));
+    in->in[in->nin++] = id;
+  }
+  int want = op_info[op].nin;
+  if ((want >= 0 && in->nin != want) || (want < 0 && (in->nin < 1 || in->nin > 2)))
+    return bad(R, arena_printf("%s takes %d inputs, got %d", op_info[op].name, want, in->nin));
+  bool needs_out = op != OP_LOSS;
+  if (needs_out && in->out < 0) return bad(R, arena_printf("%s needs an output buffer", op_info[op].name));
+  return true;
+}
+
+static bool read_section(Reader *R, Program *p, const char *name, Instr **out, int *n) {
+  int64_t count;
+  if (!header_i64(R, name, &count)) return false;
+  if (count < 0 || count > 50000000) return bad(R, "implausible instruction count");
+  *n = (int)count;
+  *out = arena_alloc(sizeof(Instr) * (size_t)(count + 1));
+  for (int i = 0; i < *n; i++)
+    if (!read_instr(R, p, &(*out)[i])) return false;
+  return true;
+}
+
+Program *program_read(const char *path, FILE *err) {
+  size_t len;
+  Reader R = {.path = path, .err = err};
+  R.text = read_file(path, &len);
+  if (!R.text) {
+    fprintf(err, "carve: error: cannot read program '%s': %s\n", path, strerror(errno));
+    return NULL;
+  }
+  Program *p = arena_alloc(sizeof(Program));
+  Program *result = NULL;
+  /* checksum first: the last line covers everything before it */
+  char *last = len ? R.text + len - 1 : R.text;
+  if (len && *last == '\n') last--;
+  while (last > R.text && last[-1] != '\n') last--;
+  uint64_t want;
+  char tail[32] = "";
+  if (strlen(R.text) != len) {
+    fprintf(err, "carve: error: %s: not a carve program (it contains NUL bytes)\n", path);
+  } else if (sscanf(last, "checksum %" SCNx64 "%31s", &want, tail) != 1) {
+    fprintf(err, "carve: error: %s: no checksum line at the end: the file is truncated or not a carve program\n",
+            path);
+  } else if (hash_bytes(R.text, (size_t)(last - R.text), 0) != want) {
+    fprintf(err, "carve: error: %s: checksum mismatch: the file was modified or corrupted after it was written\n",
+            path);
+  } else {
+    *last = 0;
+    R.next = R.text;
+    int64_t v, world, rank;
+    char model[256], ver[64];
+    if (!next_line(&R) || sscanf(R.line, "carve-program %" SCNd64, &v) != 1) {
+      bad(&R, "not a carve program (expected 'carve-program <version>')");
+    } else if (v != CARVE_PROGRAM_FORMAT) {
+      bad(&R, arena_printf("program format %lld, but this carve reads format %d: recompile the plan",
+                           (long long)v, CARVE_PROGRAM_FORMAT));
+    } else if (!next_line(&R) || sscanf(R.line, "carve %63s", ver) != 1) {
+      bad(&R, "expected 'carve <version>'");
+    } else if (strcmp(ver, CARVE_VERSION) != 0) {
+      bad(&R, arena_printf("written by carve %s, but this is carve %s: recompile the plan", ver, CARVE_VERSION));
+    } else if (!next_line(&R) || sscanf(R.line, "model %255s", model) != 1) {
+      bad(&R, "expected 'model <name>'");
+    } else if (!next_line(&R) || sscanf(R.line, "rank %" SCNd64 " world %" SCNd64, &rank, &world) != 2 ||
+               world < 1 || rank < 0 || rank >= world) {
+      bad(&R, "expected 'rank <r> world <n>' with 0 <= r < n");
+    } else {
+      int64_t seed, mb, tps, vocab, arena, nbufs;
+      double flops;
+      p->model = arena_strdup(model);
+      p->rank = (int)rank;
+      p->world = (int)world;
+      bool ok = header_i64(&R, "seed", &seed) && header_i64(&R, "microbatches", &mb) &&
+                header_i64(&R, "tokens_per_step", &tps) && header_i64(&R, "vocab", &vocab);
+      if (ok && (!next_line(&R) || sscanf(R.line, "flops_per_step %lf", &flops) != 1))
+        ok = bad(&R, "expected 'flops_per_step <number>'");
+      ok = ok && header_i64(&R, "arena", &arena) && header_i64(&R, "buffers", &nbufs);
+      if (ok && (mb < 1 || tps < 0 || vocab < 0 || vocab > 65536 || arena < 0 || nbufs < 0 || nbufs > 50000000))
+        ok = bad(&R, "header value out of range");
+      if (ok) {
+        p->seed = (uint64_t)seed, p->microbatches = (int)mb, p->tokens_per_step = tps, p->vocab = vocab;
+        p->flops_per_step = flops, p->arena_bytes = arena, p->nbufs = (int)nbufs;
+        p->bufs = arena_alloc(sizeof(Buffer) * (size_t)(nbufs + 1));
+        for (int b = 0; ok && b < p->nbufs; b++) ok = read_buffer(&R, p, b);
+        ok = ok && read_section(&R, p, "init", &p->init, &p->ninit) &&
+             read_section(&R, p, "step", &p->step, &p->nstep);
+        if (ok && next_line(&R)) ok = bad(&R, "unexpected text after the step section");
+      }
+      if (ok) result = p;
+    }
+  }
+  free(R.text);
+  return result;
+}
+
+void program_explain(const Program *p, FILE *out) {
+  char a[32], b[32];
+  fprintf(out, "program for model %s, rank %d of %d (format %d)\n", p->model, p->rank, p->world,
+          CARVE_PROGRAM_FORMAT);
+  fprintf(out, "  arena %s in one allocation; %d buffers\n", fmt_bytes((double)p->arena_bytes, a, sizeof a), p->nbufs);
+  fprintf(out, "  %d microbatch%s, %lld tokens and %s einsum FLOPs per step\n", p->microbatches,
+          p->microbatches == 1 ? "" : "es", (long long)p->tokens_per_step, fmt_si(p->flops_per_step, b, sizeof b));
+  int64_t by_kind[BUF_SCALAR + 1] = {0};
+  for (int i = 0; i < p->nbufs; i++) by_kind[p->bufs[i].kind] += p->bufs[i].bytes;
+  fprintf(out, "  bytes by kind:");
+  for (int k = 0; k <= BUF_SCALAR; k++) fprintf(out, " %s %s", buf_kind_names[k], fmt_bytes((double)by_kind[k], a, sizeof a));
+  fprintf(out, "\n\nbuffers\n");
+  for (int i = 0; i < p->nbufs; i++) {
+    const Buffer *B = &p->bufs[i];
+    fprintf(out, "  %4d %-8s %s%-18s @%-12lld %s\n", i, buf_kind_names[B->kind], dtype_name(B->dtype),
+            shape_str(&B->shape), (long long)B->offset, B->name);
+  }
+  fprintf(out, "\ninit (%d instructions, run once)\n", p->ninit);
+  for (int i = 0; i < p->ninit; i++) {
+    fprintf(out, "  %4d ", i);
+    instr_print(p, &p->init[i], out, true);
+  }
+  fprintf(out, "\nstep (%d instructions, run every step)\n", p->nstep);
+  for (int i = 0; i < p->nstep; i++) {
+    fprintf(out, "  %4d ", i);
+    instr_print(p, &p->step[i], out, true);
+  }
+}

@@ -1,0 +1,171 @@
+/* util.c: the compile arena, checked allocation, hashing, files, number
+ * formatting, and the two ways carve stops on something it cannot handle:
+ * carve_bug (a broken invariant, i.e. a bug in carve) and carve_fatal (a
+ * failed external call or an unrecoverable runtime condition). */
+#include "carve.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+_Noreturn void carve_bug(const char *file, int line, const char *cond, const char *msg) {
+  fprintf(stderr, "carve: internal error at %s:%d: %s (%s)\n", file, line, msg, cond);
+  fprintf(stderr, "carve: this is a bug in carve; please report it with the input that caused it\n");
+  abort();
+}
+
+_Noreturn void carve_fatal(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "carve: error: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  exit(1);
+}
+
+void *xmalloc(size_t size) {
+  void *p = malloc(size ? size : 1);
+  if (!p) carve_fatal("out of memory allocating %zu bytes", size);
+  return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p) carve_fatal("out of memory allocating %zu x %zu bytes", n, size);
+  return p;
+}
+
+void *xrealloc(void *p, size_t size) {
+  p = realloc(p, size ? size : 1);
+  if (!p) carve_fatal("out of memory reallocating %zu bytes", size);
+  return p;
+}
+
+/* The arena is a chain of blocks; arena_reset frees them all at once. */
+typedef struct Block {
+  struct Block *next;
+  size_t used, cap;
+  _Alignas(16) unsigned char data[];
+} Block;
+
+static Block *arena_head;
+
+void *arena_alloc(size_t size) {
+  size = (size + 15) & ~(size_t)15;
+  if (!arena_head || arena_head->used + size > arena_head->cap) {
+    size_t cap = size > (1u << 20) ? size : (1u << 20);
+    Block *b = xmalloc(sizeof(Block) + cap);
+    b->next = arena_head;
+    b->used = 0;
+    b->cap = cap;
+    arena_head = b;
+  }
+  void *p = arena_head->data + arena_head->used;
+  arena_head->used += size;
+  memset(p, 0, size);
+  return p;
+}
+
+void arena_reset(void) {
+  while (arena_head) {
+    Block *next = arena_head->next;
+    free(arena_head);
+    arena_head = next;
+  }
+}
+
+char *arena_strndup(const char *s, size_t n) {
+  char *p = arena_alloc(n + 1);
+  memcpy(p, s, n);
+  p[n] = 0;
+  return p;
+}
+
+char *arena_strdup(const char *s) { return arena_strndup(s, strlen(s)); }
+
+char *arena_printf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *p = arena_alloc((size_t)n + 1);
+  va_start(ap, fmt);
+  vsnprintf(p, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  return p;
+}
+
+void ptrvec_push(PtrVec *pv, void *p) {
+  if (pv->n == pv->cap) {
+    int cap = pv->cap ? pv->cap * 2 : 16;
+    void **v = arena_alloc(sizeof(void *) * (size_t)cap);
+    if (pv->n) memcpy(v, pv->v, sizeof(void *) * (size_t)pv->n);
+    pv->v = v;
+    pv->cap = cap;
+  }
+  pv->v[pv->n++] = p;
+}
+
+uint64_t hash_bytes(const void *p, size_t n, uint64_t seed) {
+  const unsigned char *s = p;
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (size_t i = 0; i < n; i++) {
+    h ^= s[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+uint64_t hash_str(const char *s) { return hash_bytes(s, strlen(s), 0); }
+
+char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  size_t cap = 1 << 16, n = 0;
+  char *buf = xmalloc(cap + 1);
+  for (;;) {
+    size_t got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (n < cap) break;
+    cap *= 2;
+    buf = xrealloc(buf, cap + 1);
+  }
+  int err = ferror(f);
+  fclose(f);
+  if (err) {
+    free(buf);
+    errno = EIO;
+    return NULL;
+  }
+  buf[n] = 0;
+  if (len) *len = n;
+  return buf;
+}
+
+double now_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static const char *fmt_scaled(double v, double base, const char *const *units, char *buf, size_t n) {
+  int u = 0;
+  while ((v >= base || v <= -base) && units[u + 1]) {
+    v /= base;
+    u++;
+  }
+  snprintf(buf, n, u ? "%.2f%s" : "%.0f%s", v, units[u]);
+  return buf;
+}
+
+const char *fmt_si(double v, char *buf, size_t n) {
+  static const char *const u[] = {"", "K", "M", "G", "T", "P", "E", NULL};
+  return fmt_scaled(v, 1000, u, buf, n);
+}
+
+const char *fmt_bytes(double v, char *buf, size_t n) {
+  static const char *const u[] = {" B", " KiB", " MiB", " GiB", " TiB", " PiB", NULL};
+  return fmt_scaled(v, 1024, u, buf, n);
+}

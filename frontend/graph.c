@@ -1,0 +1,127 @@
+/* graph.c: the graph IR's tables and helpers: op names, dtypes, shapes,
+ * building nodes, the verifier that runs between phases, and a readable dump
+ * (`carve check --dump`). */
+#include "carve.h"
+
+#include <string.h>
+
+const OpInfo op_info[OP_COUNT] = {
+#define OP(name, text, nin, iattrs, fattrs, flags) {text, nin, iattrs, fattrs, flags},
+#include "ops.def"
+#undef OP
+};
+
+const char *const init_names[INIT_COUNT] = {
+    "zeros", "ones", "const", "normal", "uniform",
+    "tokens", "next_tokens", "classes", "normal", "uniform",
+};
+
+int op_lookup(const char *name) {
+  for (int i = 0; i < OP_COUNT; i++)
+    if (strcmp(op_info[i].name, name) == 0) return i;
+  return -1;
+}
+
+const char *dtype_name(DType t) { return t == DT_I32 ? "i32" : "f32"; }
+int dtype_size(DType t) { (void)t; return 4; }
+
+int64_t shape_numel(const Shape *s) {
+  int64_t n = 1;
+  for (int i = 0; i < s->rank; i++) n *= s->d[i];
+  return n;
+}
+
+bool shape_eq(const Shape *a, const Shape *b) {
+  if (a->rank != b->rank) return false;
+  for (int i = 0; i < a->rank; i++)
+    if (a->d[i] != b->d[i]) return false;
+  return true;
+}
+
+char *shape_str(const Shape *s) {
+  char buf[256];
+  int n = snprintf(buf, sizeof buf, "[");
+  for (int i = 0; i < s->rank; i++)
+    n += snprintf(buf + n, sizeof buf - (size_t)n, "%s%lld", i ? "," : "", (long long)s->d[i]);
+  snprintf(buf + n, sizeof buf - (size_t)n, "]");
+  return arena_strdup(buf);
+}
+
+Graph *graph_new(const char *model) {
+  Graph *g = arena_alloc(sizeof(Graph));
+  g->model = model ? model : "model";
+  g->loss = -1;
+  return g;
+}
+
+Node *graph_add(Graph *g, OpKind op, const char *name) {
+  if (g->n == g->cap) {
+    int cap = g->cap ? g->cap * 2 : 256;
+    Node **v = arena_alloc(sizeof(Node *) * (size_t)cap);
+    if (g->n) memcpy(v, g->nodes, sizeof(Node *) * (size_t)g->n);
+    g->nodes = v;
+    g->cap = cap;
+  }
+  Node *n = arena_alloc(sizeof(Node));
+  n->op = op;
+  n->id = g->n;
+  n->name = name;
+  n->layer = -1;
+  n->dtype = DT_F32;
+  g->nodes[g->n++] = n;
+  return n;
+}
+
+Node *graph_node(const Graph *g, int id) {
+  CARVE_ASSERT(id >= 0 && id < g->n, "node id out of range");
+  return g->nodes[id];
+}
+
+int64_t graph_dim(const Graph *g, const char *name, int64_t fallback) {
+  for (int i = 0; i < g->ndims; i++)
+    if (strcmp(g->dims[i].name, name) == 0) return g->dims[i].value;
+  return fallback;
+}
+
+bool graph_verify(const Graph *g, FILE *err) {
+  for (int i = 0; i < g->n; i++) {
+    const Node *n = g->nodes[i];
+    const char *why = NULL;
+    if (n->id != i) why = "node id does not match its position";
+    else if (n->op < 0 || n->op >= OP_COUNT || !(op_info[n->op].flags & OPF_GRAPH)) why = "not a graph op";
+    else if (op_info[n->op].nin >= 0 && n->nin != op_info[n->op].nin) why = "wrong number of inputs";
+    else if (n->shape.rank < 0 || n->shape.rank > MAXRANK) why = "bad rank";
+    for (int k = 0; !why && k < n->nin; k++)
+      if (n->in[k] < 0 || n->in[k] >= i) why = "input does not precede its user";
+    for (int k = 0; !why && k < n->shape.rank; k++)
+      if (n->shape.d[k] <= 0) why = "non-positive dimension";
+    if (why) {
+      fprintf(err, "carve: internal error: graph verifier: node %d (%s, %s): %s\n", i,
+              n->name ? n->name : "?", op_info[n->op].name, why);
+      return false;
+    }
+  }
+  if (g->loss >= 0 && g->nodes[g->loss]->shape.rank != 0) {
+    fprintf(err, "carve: internal error: graph verifier: loss is not a scalar\n");
+    return false;
+  }
+  return true;
+}
+
+void graph_dump(const Graph *g, FILE *out) {
+  for (int i = 0; i < g->n; i++) {
+    const Node *n = g->nodes[i];
+    fprintf(out, "%5d %-8s %-18s %-28s %s%s", i, n->phase == PH_FORWARD ? "fwd" : "bwd",
+            op_info[n->op].name, n->name, dtype_name(n->dtype), shape_str(&n->shape));
+    if (n->nin) {
+      fprintf(out, " <-");
+      for (int k = 0; k < n->nin; k++) fprintf(out, " %d", n->in[k]);
+    }
+    if (n->op == OP_EINSUM) {
+      fprintf(out, "  \"");
+      for (int k = 0; k < n->nin; k++) fprintf(out, "%s%s", k ? "," : "", n->labels[k]);
+      fprintf(out, "->%s\"", n->labels[n->nin]);
+    }
+    fputc('\n', out);
+  }
+}

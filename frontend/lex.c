@@ -1,0 +1,192 @@
+/* lex.c: source text to tokens, and the located diagnostics every later
+ * phase uses.
+ *
+ * Tokens: identifiers ([A-Za-z_][A-Za-z0-9_]*), numbers (123, 0.02, 1e-5),
+ * strings ("b s h -> b s f"), punctuation (= , [ ] ( ) { } : ~ + - * / // ->)
+ * and newlines, which end statements. A '#' starts a comment that runs to the
+ * end of the line. Newlines inside () or [] do not end a statement, so long
+ * calls can be split over lines. */
+#include "carve.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+void diag_init(Diag *d, FILE *out) {
+  d->out = out;
+  d->errors = 0;
+  d->max_errors = 20;
+}
+
+/* Prints the source line of `at` and a caret under its column. */
+static void show_line(FILE *out, const Token *at) {
+  const char *text = at->src->text;
+  const char *start = at->p;
+  while (start > text && start[-1] != '\n') start--;
+  const char *end = at->p;
+  while (*end && *end != '\n') end++;
+  fprintf(out, "  %.*s\n  ", (int)(end - start), start);
+  for (const char *q = start; q < at->p; q++) fputc(*q == '\t' ? '\t' : ' ', out);
+  fputc('^', out);
+  for (int i = 1; i < at->len && at->p + i < end; i++) fputc('~', out);
+  fputc('\n', out);
+}
+
+static void vreport(Diag *d, const Token *at, const char *kind, const char *fmt, va_list ap) {
+  if (at)
+    fprintf(d->out, "%s:%d:%d: %s: ", at->src->path, at->line, at->col, kind);
+  else
+    fprintf(d->out, "%s: ", kind);
+  vfprintf(d->out, fmt, ap);
+  fputc('\n', d->out);
+  if (at && at->kind != TK_EOF) show_line(d->out, at);
+}
+
+void diag_error(Diag *d, const Token *at, const char *fmt, ...) {
+  d->errors++;
+  if (d->errors > d->max_errors) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vreport(d, at, "error", fmt, ap);
+  va_end(ap);
+  if (d->errors == d->max_errors) fprintf(d->out, "too many errors; stopping here\n");
+}
+
+void diag_note(Diag *d, const Token *at, const char *fmt, ...) {
+  if (d->errors > d->max_errors) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vreport(d, at, "note", fmt, ap);
+  va_end(ap);
+}
+
+void diag_plain(Diag *d, const char *fmt, ...) {
+  d->errors++;
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(d->out, "error: ");
+  vfprintf(d->out, fmt, ap);
+  fputc('\n', d->out);
+  va_end(ap);
+}
+
+bool tok_is(const Token *t, const char *s) {
+  return (t->kind == TK_PUNCT || t->kind == TK_IDENT) && (int)strlen(s) == t->len &&
+         memcmp(t->p, s, (size_t)t->len) == 0;
+}
+
+typedef struct Lexer {
+  const Source *src;
+  Diag *d;
+  const char *p;
+  int line, col;
+  PtrVec toks;
+  int depth; /* open ( and [ */
+} Lexer;
+
+static Token *push(Lexer *L, TokenKind kind, const char *start, int len, int col, bool space) {
+  Token *t = arena_alloc(sizeof(Token));
+  t->kind = kind;
+  t->p = start;
+  t->len = len;
+  t->line = L->line;
+  t->col = col;
+  t->src = L->src;
+  t->space_before = space;
+  ptrvec_push(&L->toks, t);
+  return t;
+}
+
+static void lex_number(Lexer *L, bool space) {
+  const char *s = L->p;
+  char *end;
+  double v = strtod(s, &end);
+  bool is_int = true;
+  for (const char *q = s; q < end; q++)
+    if (*q == '.' || *q == 'e' || *q == 'E') is_int = false;
+  Token *t = push(L, TK_NUM, s, (int)(end - s), L->col, space);
+  t->num = v;
+  t->is_int = is_int;
+  L->col += (int)(end - s);
+  L->p = end;
+}
+
+static void lex_string(Lexer *L, bool space) {
+  const char *s = L->p;
+  const char *q = s + 1;
+  while (*q && *q != '"' && *q != '\n') q++;
+  Token *t = push(L, TK_STR, s, (int)(q - s) + (*q == '"'), L->col, space);
+  if (*q != '"') {
+    t->len = 1;
+    diag_error(L->d, t, "unterminated string");
+    t->len = (int)(q - s);
+  } else {
+    q++;
+  }
+  L->col += (int)(q - s);
+  L->p = q;
+}
+
+static const char *const puncts[] = {"->", "//", "=", ",", "[", "]", "(", ")", "{", "}",
+                                     ":", "~", "+", "-", "*", "/", NULL};
+
+Token *lex(const Source *src, Diag *d, int *ntok) {
+  Lexer L = {.src = src, .d = d, .p = src->text, .line = 1, .col = 1};
+  const char *end = src->text + src->len;
+  bool space = true;
+  while (L.p < end) {
+    char c = *L.p;
+    if (c == '\n') {
+      if (L.depth == 0) push(&L, TK_NEWLINE, L.p, 1, L.col, space);
+      L.p++, L.line++, L.col = 1, space = true;
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\r') {
+      L.p++, L.col++, space = true;
+      continue;
+    }
+    if (c == '#') {
+      while (L.p < end && *L.p != '\n') L.p++;
+      continue;
+    }
+    if (isalpha((unsigned char)c) || c == '_') {
+      const char *s = L.p;
+      while (L.p < end && (isalnum((unsigned char)*L.p) || *L.p == '_')) L.p++;
+      push(&L, TK_IDENT, s, (int)(L.p - s), L.col, space);
+      L.col += (int)(L.p - s);
+    } else if (isdigit((unsigned char)c) || (c == '.' && isdigit((unsigned char)L.p[1]))) {
+      lex_number(&L, space);
+    } else if (c == '"') {
+      lex_string(&L, space);
+    } else {
+      int i = 0;
+      for (; puncts[i]; i++)
+        if (strncmp(L.p, puncts[i], strlen(puncts[i])) == 0) break;
+      if (!puncts[i]) {
+        Token *t = push(&L, TK_PUNCT, L.p, 1, L.col, space);
+        if ((unsigned char)c < 32 || (unsigned char)c >= 127)
+          diag_error(d, t, "unexpected character (byte 0x%02x)", (unsigned char)c);
+        else
+          diag_error(d, t, "unexpected character '%c'", c);
+        L.toks.n--; /* drop it */
+        L.p++, L.col++;
+        continue;
+      }
+      int len = (int)strlen(puncts[i]);
+      push(&L, TK_PUNCT, L.p, len, L.col, space);
+      if (c == '(' || c == '[') L.depth++;
+      if ((c == ')' || c == ']') && L.depth > 0) L.depth--;
+      /* A '{' or '}' ends any bracket nesting: an unclosed '(' must not
+         swallow the rest of the file's newlines. */
+      if (c == '{' || c == '}') L.depth = 0;
+      L.p += len, L.col += len;
+    }
+    space = false;
+  }
+  push(&L, TK_NEWLINE, L.p, 0, L.col, true);
+  push(&L, TK_EOF, L.p, 0, L.col, true);
+  Token *arr = arena_alloc(sizeof(Token) * (size_t)L.toks.n);
+  for (int i = 0; i < L.toks.n; i++) arr[i] = *(Token *)L.toks.v[i];
+  *ntok = L.toks.n;
+  return arr;
+}

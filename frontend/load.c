@@ -1,0 +1,66 @@
+/* load.c: from a model argument on the command line to a graph: resolving
+ * shipped model names, reading the file, parsing --set lists. */
+#include "carve.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef CARVE_MODELS_DIR
+#define CARVE_MODELS_DIR "models"
+#endif
+
+/* A path that exists is used as it is; otherwise "gpt" names the shipped
+ * models/gpt.graph (next to the binary's source tree or installed share). */
+const char *model_resolve(const char *arg) {
+  if (access(arg, R_OK) == 0 || strchr(arg, '/')) return arg;
+  const char *dirs[] = {getenv("CARVE_MODELS"), CARVE_MODELS_DIR, "models"};
+  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+    if (!dirs[i]) continue;
+    const char *p = arena_printf("%s/%s%s", dirs[i], arg, strstr(arg, ".graph") ? "" : ".graph");
+    if (access(p, R_OK) == 0) return p;
+  }
+  return arg;
+}
+
+Graph *frontend_load(const char *path, const ElabOptions *opt, Diag *d) {
+  size_t len;
+  char *text = read_file(path, &len);
+  if (!text) {
+    diag_plain(d, "cannot read model '%s': %s", path, strerror(errno));
+    return NULL;
+  }
+  Source *src = arena_alloc(sizeof(Source));
+  src->path = arena_strdup(path);
+  src->text = arena_strndup(text, len);
+  src->len = len;
+  free(text);
+  int errors = d->errors;
+  Ast *ast = parse(src, d);
+  if (d->errors > errors) return NULL;
+  return elaborate(ast, opt, d);
+}
+
+bool parse_sets(const char *text, Override **sets, int *nsets, FILE *err) {
+  const char *p = text;
+  while (*p) {
+    const char *comma = strchr(p, ',');
+    size_t len = comma ? (size_t)(comma - p) : strlen(p);
+    const char *eq = memchr(p, '=', len);
+    char *end = NULL;
+    long long v = 0;
+    if (eq && eq > p) {
+      errno = 0;
+      v = strtoll(eq + 1, &end, 10);
+    }
+    if (!eq || eq == p || end == eq + 1 || end != p + len || errno) {
+      fprintf(err, "carve: error: --set expects name=integer[,name=integer...], got '%.*s'\n", (int)len, p);
+      return false;
+    }
+    *sets = xrealloc(*sets, sizeof(Override) * (size_t)(*nsets + 1));
+    (*sets)[(*nsets)++] = (Override){arena_strndup(p, (size_t)(eq - p)), v, false};
+    p += len + (comma != NULL);
+  }
+  return true;
+}

@@ -1,0 +1,399 @@
+/* carve.h: the structures that cross phases, and every phase's entry points.
+ *
+ * Read it as a table of contents. Each banner names a source file or a
+ * directory; below it are the functions that file offers to the others.
+ *
+ *   model.graph --lex/parse--> Ast --elaborate--> Graph (forward)
+ *               --autodiff--> Graph (forward + backward) + Train (optimizer)
+ *               --codegen--> Program (flat instructions over numbered buffers)
+ *               --runtime--> losses
+ *
+ * Three kinds of failure, three mechanisms:
+ *   - user input: a located message through Diag (file:line:col, source line,
+ *     caret), the phase returns failure, the command exits 1;
+ *   - a broken invariant: CARVE_ASSERT, which names file and line (a bug);
+ *   - a failed external call (BLAS, MPI, I/O): carve_fatal with the call named.
+ */
+#ifndef CARVE_H
+#define CARVE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CARVE_VERSION "0.1.0"
+#define CARVE_PROGRAM_FORMAT 1
+
+#define MAXRANK 8 /* tensor rank limit */
+#define MAXIN 4   /* inputs per node / instruction */
+
+/* ======================================================================
+ * common/util.c: memory, strings, errors
+ * ====================================================================== */
+
+#define CARVE_ASSERT(cond, msg)                                               \
+  do {                                                                        \
+    if (!(cond)) carve_bug(__FILE__, __LINE__, #cond, msg);                   \
+  } while (0)
+
+_Noreturn void carve_bug(const char *file, int line, const char *cond, const char *msg);
+_Noreturn void carve_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The compile arena: everything the frontend, autodiff and codegen allocate
+ * lives until arena_reset(). Allocation never fails silently. */
+void *arena_alloc(size_t size);
+char *arena_strdup(const char *s);
+char *arena_strndup(const char *s, size_t n);
+char *arena_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void arena_reset(void);
+
+void *xmalloc(size_t size); /* heap, checked; for long-lived runtime data */
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t size);
+
+/* A growable array of pointers or ints in the arena. */
+typedef struct {
+  void **v;
+  int n, cap;
+} PtrVec;
+void ptrvec_push(PtrVec *pv, void *p);
+
+uint64_t hash_bytes(const void *p, size_t n, uint64_t seed); /* FNV-1a 64 */
+uint64_t hash_str(const char *s);
+char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure */
+double now_seconds(void);
+const char *fmt_si(double v, char *buf, size_t n); /* 1.23G, 45.6M ... */
+const char *fmt_bytes(double v, char *buf, size_t n);
+
+/* ======================================================================
+ * frontend/lex.c: tokens and located diagnostics
+ * ====================================================================== */
+
+typedef struct Source {
+  const char *path; /* as the user named it */
+  const char *text; /* NUL-terminated */
+  size_t len;
+} Source;
+
+typedef enum {
+  TK_IDENT, TK_NUM, TK_STR, TK_PUNCT, TK_NEWLINE, TK_EOF
+} TokenKind;
+
+typedef struct Token {
+  TokenKind kind;
+  const char *p; /* points into Source.text */
+  int len;
+  int line, col; /* 1-based */
+  double num;    /* TK_NUM */
+  bool is_int;   /* TK_NUM written without '.' or exponent */
+  bool space_before;
+  const Source *src;
+} Token;
+
+typedef struct Diag {
+  FILE *out;
+  int errors;
+  int max_errors; /* stop reporting after this many */
+} Diag;
+
+void diag_init(Diag *d, FILE *out);
+/* "path:line:col: error: msg", the source line, a caret under the column. */
+void diag_error(Diag *d, const Token *at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void diag_note(Diag *d, const Token *at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void diag_plain(Diag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Splits src into tokens (arena). Lexical errors go to d; the token array
+ * always ends with TK_EOF. Newlines inside () and [] are dropped. */
+Token *lex(const Source *src, Diag *d, int *ntok);
+bool tok_is(const Token *t, const char *s);
+
+/* ======================================================================
+ * frontend/parse.c: the syntax tree
+ * ====================================================================== */
+
+typedef enum {
+  EX_NUM, EX_IDENT, EX_STR, EX_BIN, EX_NEG, EX_CALL, EX_LIST
+} ExprKind;
+
+typedef struct Expr Expr;
+struct Expr {
+  ExprKind kind;
+  const Token *tok; /* where it starts: the operator for EX_BIN */
+  char op;          /* EX_BIN: + - * / and 'f' for floor division // */
+  const char *name; /* EX_IDENT, EX_CALL callee, keyword of an argument */
+  double num;
+  bool is_int;
+  const char *str; /* EX_STR contents */
+  Expr *lhs, *rhs; /* EX_BIN, EX_NEG (lhs) */
+  Expr **args;     /* EX_CALL arguments, EX_LIST elements */
+  const char **kw; /* keyword of each argument or NULL */
+  int nargs;
+};
+
+typedef enum {
+  ST_MODEL, ST_DIM, ST_PRESET, ST_INPUT, ST_PARAM, ST_ASSIGN, ST_REPEAT, ST_IF
+} StmtKind;
+
+typedef struct Stmt Stmt;
+struct Stmt {
+  StmtKind kind;
+  const Token *tok;   /* first token */
+  const char **names; /* ST_DIM, ST_PRESET keys, ST_ASSIGN targets, ST_INPUT/PARAM name */
+  const Token **name_toks;
+  Expr **exprs;       /* ST_DIM/ST_PRESET values, ST_ASSIGN value (1), ST_REPEAT/IF count */
+  int nnames;
+  const char *label;  /* ST_MODEL name, ST_PRESET preset name, ST_REPEAT prefix */
+  Expr **dims;        /* ST_INPUT/ST_PARAM shape */
+  int ndims;
+  const char *dtype;  /* ST_INPUT */
+  Expr *init;         /* ST_INPUT/ST_PARAM initialiser or data source, may be NULL */
+  Stmt **body, **orelse; /* ST_REPEAT, ST_IF */
+  int nbody, norelse;
+};
+
+typedef struct Ast {
+  const Source *src;
+  Stmt **stmts;
+  int nstmts;
+} Ast;
+
+/* Parses a whole file; recovers at statement boundaries, so several errors
+ * can be reported. Returns NULL only if the lexer produced nothing usable. */
+Ast *parse(const Source *src, Diag *d);
+
+/* ======================================================================
+ * frontend/graph.c and frontend/elab.c: the graph IR
+ * ====================================================================== */
+
+typedef enum {
+#define OP(name, text, nin, iattrs, fattrs, flags) OP_##name,
+#include "ops.def"
+#undef OP
+  OP_COUNT
+} OpKind;
+
+enum { OPF_GRAPH = 1, OPF_PROG = 2, OPF_UNARY = 4 };
+
+typedef struct OpInfo {
+  const char *name;
+  int nin;
+  const char *iattrs, *fattrs;
+  int flags;
+} OpInfo;
+extern const OpInfo op_info[OP_COUNT];
+int op_lookup(const char *name); /* -1 if unknown */
+
+typedef enum { DT_F32, DT_I32 } DType;
+const char *dtype_name(DType t);
+int dtype_size(DType t);
+
+typedef struct Shape {
+  int rank;
+  int64_t d[MAXRANK];
+} Shape;
+int64_t shape_numel(const Shape *s);
+bool shape_eq(const Shape *a, const Shape *b);
+char *shape_str(const Shape *s); /* "[8,1024,768]" in the arena */
+
+/* Initialisers of parameters and data sources of inputs. */
+typedef enum {
+  INIT_ZEROS, INIT_ONES, INIT_CONST, INIT_NORMAL, INIT_UNIFORM,
+  SRC_TOKENS, SRC_NEXT_TOKENS, SRC_CLASSES, SRC_NORMAL, SRC_UNIFORM,
+  INIT_COUNT
+} InitKind;
+extern const char *const init_names[INIT_COUNT];
+
+typedef enum { PH_FORWARD, PH_BACKWARD } Phase;
+
+typedef struct Node {
+  OpKind op;
+  int id;
+  const char *name;   /* unique in the graph: "layers.3.w_fc", "layers.3.h" */
+  int nin;
+  int in[MAXIN];
+  Shape shape;
+  const char *dimname[MAXRANK]; /* the symbolic dim each axis came from, or NULL */
+  DType dtype;
+  Phase phase;
+  const Token *tok;   /* source location; NULL for nodes autodiff made */
+  int layer;          /* iteration of the outermost repeat block, -1 outside */
+  /* attributes (meaning per op, see ops.def) */
+  int64_t i[2];
+  double f[2];
+  char labels[MAXIN + 1][MAXRANK + 1]; /* einsum: labels per input, then output */
+  InitKind init;      /* PARAM initialiser / INPUT data source */
+  double init_a, init_b;
+} Node;
+
+typedef struct DimVal {
+  const char *name;
+  int64_t value;
+} DimVal;
+
+typedef struct Graph {
+  const char *model;
+  Node **nodes;
+  int n, cap;
+  int loss;           /* node id of the scalar loss, -1 before it is known */
+  int nfwd;           /* nodes [0, nfwd) are the forward graph */
+  int *grad;          /* after autodiff: grad[param node id] = node id or -1 */
+  DimVal *dims;       /* bound dims, in declaration order */
+  int ndims;
+} Graph;
+
+Graph *graph_new(const char *model);
+Node *graph_add(Graph *g, OpKind op, const char *name);
+Node *graph_node(const Graph *g, int id);
+int64_t graph_dim(const Graph *g, const char *name, int64_t fallback);
+/* Checks the invariants every phase relies on (inputs precede users, shapes
+ * consistent with ops). Returns false and prints the first violation. */
+bool graph_verify(const Graph *g, FILE *err);
+void graph_dump(const Graph *g, FILE *out);
+
+/* Options for turning source text into a graph. */
+typedef struct Override {
+  const char *name;
+  int64_t value;
+  bool used;
+} Override;
+
+typedef struct ElabOptions {
+  const char *preset;  /* NULL for none */
+  Override *sets;      /* --set name=value */
+  int nsets;
+} ElabOptions;
+
+/* Binds dims (defaults, preset, overrides), expands repeat and if blocks,
+ * infers and checks every shape. Returns NULL after reporting errors. */
+Graph *elaborate(const Ast *ast, const ElabOptions *opt, Diag *d);
+
+/* Convenience: read, parse, elaborate. Errors go to d. */
+Graph *frontend_load(const char *path, const ElabOptions *opt, Diag *d);
+/* Resolves a model argument: a path, or the name of a shipped model. */
+const char *model_resolve(const char *arg);
+/* Parses "a=1,b=2" into overrides (appends); false with a message on error. */
+bool parse_sets(const char *text, Override **sets, int *nsets, FILE *err);
+
+/* ======================================================================
+ * frontend/autodiff.c: forward graph -> training graph
+ * ====================================================================== */
+
+typedef enum { OPT_ADAMW, OPT_SGD } OptKind;
+
+typedef struct Train {
+  OptKind opt;
+  double lr, beta1, beta2, eps, wd, momentum, clip;
+  int warmup;        /* steps of linear learning-rate warm-up */
+  int microbatches;  /* gradient accumulation: the graph is one microbatch */
+} Train;
+
+void train_defaults(Train *t);
+/* Appends backward nodes for every parameter that reaches the loss; sets
+ * g->grad. The loss gradient is seeded with 1/microbatches. */
+bool autodiff(Graph *g, int microbatches, FILE *err);
+
+/* ======================================================================
+ * frontend/summary.c: what `carve check` prints
+ * ====================================================================== */
+
+typedef struct Summary {
+  int64_t params, param_tensors;
+  double flops_einsum_fwd, flops_other_fwd;   /* forward graph */
+  double flops_einsum, flops_other;           /* whole training graph */
+  int64_t act_bytes;       /* forward activations kept for backward */
+  int64_t param_bytes;
+  int op_count[OP_COUNT];  /* forward graph */
+  int nodes_fwd, nodes_total;
+} Summary;
+
+double node_flops(const Graph *g, const Node *n);
+void summarize(const Graph *g, Summary *s);
+void summary_print(const Graph *g, const Summary *s, FILE *out);
+
+/* ======================================================================
+ * codegen/: programs
+ * ====================================================================== */
+
+typedef enum { BUF_PARAM, BUF_GRAD, BUF_OPTSTATE, BUF_INPUT, BUF_ACT, BUF_SCALAR } BufKind;
+extern const char *const buf_kind_names[];
+
+typedef struct Buffer {
+  const char *name;
+  DType dtype;
+  Shape shape;
+  BufKind kind;
+  int64_t offset; /* bytes into the rank's arena */
+  int64_t bytes;
+} Buffer;
+
+typedef struct Instr {
+  OpKind op;
+  int out;          /* buffer id or -1 */
+  int nin;
+  int in[MAXIN];
+  int64_t i[2];
+  double f[5];
+  char spec[64];    /* einsum: "abc,cd->abd" */
+} Instr;
+
+typedef struct Program {
+  const char *model;
+  int rank, world;
+  uint64_t seed;
+  int microbatches;
+  int64_t tokens_per_step; /* 0 when the model has no token input */
+  int64_t vocab;           /* size of the token space, 0 if none */
+  double flops_per_step;   /* model FLOPs of one step: what GFLOP/s counts */
+  Buffer *bufs;
+  int nbufs;
+  int64_t arena_bytes;
+  Instr *init;   /* run once */
+  int ninit;
+  Instr *step;   /* run every step */
+  int nstep;
+} Program;
+
+/* Lowers a training graph to one single-rank program. */
+Program *codegen(const Graph *g, const Train *t, uint64_t seed);
+/* Program files: versioned text with a checksum. */
+bool program_write(const Program *p, const char *path, FILE *err);
+Program *program_read(const char *path, FILE *err);
+void program_explain(const Program *p, FILE *out);
+void instr_print(const Program *p, const Instr *in, FILE *out, bool names);
+
+/* ======================================================================
+ * runtime/: execution on the CPU
+ * ====================================================================== */
+
+typedef struct TokenData {
+  const char *path;
+  int64_t vocab;
+  int64_t n;
+  uint16_t *tok;
+} TokenData;
+
+TokenData *tokens_read(const char *path, FILE *err);
+void tokens_free(TokenData *td);
+
+typedef struct RunOptions {
+  int steps;
+  const TokenData *data;  /* NULL: synthetic tokens from the seed */
+  int log_every;          /* print a line every N steps (1 = every step) */
+  bool quiet;
+  FILE *out;
+  double *losses;         /* if non-NULL, receives the loss of each step */
+} RunOptions;
+
+/* Runs the init section, then `steps` steps. Returns 0 or prints an error
+ * and returns nonzero. */
+int runtime_run(const Program *p, const RunOptions *o);
+
+/* Counter-based random numbers: the value at (key, index) never depends on
+ * how a tensor is split or in which order elements are produced. */
+uint64_t rng_u64(uint64_t key, uint64_t index);
+float rng_uniform(uint64_t key, uint64_t index);   /* [0, 1) */
+float rng_normal(uint64_t key, uint64_t index);
+
+#endif

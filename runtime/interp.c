@@ -1,0 +1,406 @@
+/* interp.c: the program interpreter. One allocation (the arena) holds every
+ * buffer; the step loop is a `for` over instructions and a `switch` over
+ * opcodes, each case a call into kernels.c or einsum.c.
+ *
+ * Before anything runs, program_check verifies every instruction against
+ * its buffers' shapes and dtypes, so a kernel never reads or writes outside
+ * a buffer whatever the program file says. */
+#include "runtime.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct Run {
+  const Program *p;
+  const RunOptions *o;
+  unsigned char *arena;
+  int step;       /* 1-based step being executed */
+  double loss;    /* accumulated by OP_LOSS */
+  EinsumScratch scratch;
+  const char *error; /* a data error found by a kernel */
+} Run;
+
+static float *F(Run *R, int b) { return (float *)(R->arena + R->p->bufs[b].offset); }
+static int32_t *ibuf(Run *R, int b) { return (int32_t *)(R->arena + R->p->bufs[b].offset); }
+static const Shape *S(const Program *p, int b) { return &p->bufs[b].shape; }
+static int64_t N(const Program *p, int b) { return shape_numel(&p->bufs[b].shape); }
+static int64_t last(const Program *p, int b) {
+  const Shape *s = S(p, b);
+  return s->rank ? s->d[s->rank - 1] : 1;
+}
+
+/* [outer, n, inner] around axis */
+static void around(const Shape *s, int axis, int64_t *outer, int64_t *n, int64_t *inner) {
+  *outer = *inner = 1;
+  for (int i = 0; i < axis; i++) *outer *= s->d[i];
+  *n = s->d[axis];
+  for (int i = axis + 1; i < s->rank; i++) *inner *= s->d[i];
+}
+
+/* ---------------------------------------------------------------- checks */
+
+static const char *check_instr(const Program *p, const Instr *in) {
+  const Buffer *B = p->bufs;
+  int o = in->out;
+  const Shape *os = o >= 0 ? S(p, o) : NULL;
+  for (int k = 0; k < in->nin; k++)
+    if (in->in[k] < 0) return "missing input buffer";
+  bool want_i32_out = in->op == OP_LOAD && (in->i[0] == SRC_TOKENS || in->i[0] == SRC_NEXT_TOKENS || in->i[0] == SRC_CLASSES);
+  if (o >= 0 && (B[o].dtype == DT_I32) != want_i32_out) return "output buffer has the wrong dtype";
+  int x = in->nin ? in->in[0] : -1;
+  switch (in->op) {
+  case OP_FILL: case OP_INIT: case OP_LOAD:
+    if (in->op == OP_INIT && (in->i[0] < INIT_ZEROS || in->i[0] > INIT_UNIFORM)) return "bad init kind";
+    if (in->op == OP_LOAD && (in->i[0] < SRC_TOKENS || in->i[0] > SRC_UNIFORM)) return "bad load kind";
+    if (in->op == OP_LOAD && (in->i[1] < 0 || in->i[1] > (1ll << 40))) return "bad row offset";
+    if (in->op == OP_LOAD && want_i32_out && (in->f[0] < 1 || in->f[0] > 65536)) return "bad token range";
+    return NULL;
+  case OP_EINSUM: {
+    const Shape *ins[2] = {S(p, in->in[0]), in->nin > 1 ? S(p, in->in[1]) : NULL};
+    for (int k = 0; k < in->nin; k++)
+      if (B[in->in[k]].dtype != DT_F32) return "einsum of a non-f32 buffer";
+    return einsum_check(in->spec, in->nin, ins, os);
+  }
+  case OP_ADD: case OP_SUB: case OP_MUL: case OP_DIV: {
+    int64_t n = N(p, o), na = N(p, in->in[0]), nb = N(p, in->in[1]);
+    if ((na != n && nb != n) || n % na || n % nb) return "operands do not broadcast to the output";
+    break;
+  }
+  case OP_SUM: case OP_MEAN: case OP_MAX: case OP_EXPAND: case OP_MAX_BWD: {
+    const Shape *big = in->op == OP_EXPAND || in->op == OP_MAX_BWD ? os : S(p, x);
+    if (in->i[0] < 0 || in->i[0] >= big->rank) return "axis out of range";
+    if (N(p, in->op == OP_EXPAND ? x : in->op == OP_MAX_BWD ? in->in[1] : o) * big->d[in->i[0]] != shape_numel(big))
+      return "reduction shapes disagree";
+    if (in->op == OP_MAX_BWD && N(p, x) != N(p, o)) return "max_bwd shapes disagree";
+    return NULL;
+  }
+  case OP_LAYERNORM: case OP_RMSNORM: case OP_LN_BWD_X: case OP_RMS_BWD_X:
+    if (N(p, in->in[1]) != last(p, x) || (in->op == OP_LAYERNORM && N(p, in->in[2]) != last(p, x))) return "gain/bias size";
+    if (N(p, o) != N(p, x) || (in->nin == 3 && in->op != OP_LAYERNORM && N(p, in->in[2]) != N(p, x))) return "shapes disagree";
+    if (in->f[0] <= 0) return "eps must be positive";
+    return NULL;
+  case OP_LN_BWD_G: case OP_RMS_BWD_G:
+    if (N(p, o) != last(p, x) || N(p, in->in[1]) != N(p, x) || in->f[0] <= 0) return "shapes disagree";
+    return NULL;
+  case OP_EMBED:
+    if (S(p, x)->rank != 2 || B[in->in[1]].dtype != DT_I32 || N(p, o) != N(p, in->in[1]) * S(p, x)->d[1]) return "embed shapes";
+    return NULL;
+  case OP_EMBED_BWD:
+    if (os->rank != 2 || B[x].dtype != DT_I32 || N(p, in->in[1]) != N(p, x) * os->d[1]) return "embed_bwd shapes";
+    return NULL;
+  case OP_XENT: case OP_XENT_BWD:
+    if (B[in->in[1]].dtype != DT_I32 || N(p, x) != N(p, in->in[1]) * last(p, x)) return "cross_entropy shapes";
+    if (in->op == OP_XENT ? N(p, o) != 1 : (N(p, o) != N(p, x) || N(p, in->in[2]) != 1)) return "cross_entropy shapes";
+    return NULL;
+  case OP_MSE: case OP_MSE_BWD:
+    if (N(p, x) != N(p, in->in[1]) || (in->op == OP_MSE ? N(p, o) != 1 : N(p, o) != N(p, x))) return "mse shapes";
+    return NULL;
+  case OP_MOE_DISPATCH: case OP_MOE_COMBINE: case OP_MOE_COMBINE_BWD: {
+    const Shape *big = in->op == OP_MOE_COMBINE_BWD ? S(p, in->in[1]) : os;
+    int64_t e = last(p, x);
+    if (big->rank < 2 || big->d[big->rank - 2] != e || N(p, x) * big->d[big->rank - 1] != shape_numel(big)) return "moe shapes";
+    if (in->i[0] < 1 || in->i[0] > e) return "topk out of range";
+    if (in->op == OP_MOE_COMBINE_BWD && N(p, o) != N(p, x)) return "moe shapes";
+    return NULL;
+  }
+  case OP_SUM_TO:
+    if (N(p, o) == 0 || N(p, x) % N(p, o)) return "sum_to shapes";
+    return NULL;
+  case OP_LOSS: case OP_SUMSQ:
+    if (in->op == OP_LOSS ? N(p, x) != 1 : N(p, o) != 1) return "needs a scalar";
+    return NULL;
+  case OP_CLIP:
+    if (N(p, o) != 1 || N(p, x) != 1) return "needs scalars";
+    return NULL;
+  case OP_ADAMW: case OP_SGD:
+    for (int k = 0; k + 1 < in->nin; k++)
+      if (N(p, in->in[k]) != N(p, o)) return "optimizer buffers disagree";
+    if (N(p, in->in[in->nin - 1]) != 1) return "clip factor must be a scalar";
+    return NULL;
+  default: /* elementwise unary, binary backward, scale, copy, acc, reshape */
+    for (int k = 0; k < in->nin; k++)
+      if (N(p, in->in[k]) != N(p, o)) return "input and output sizes differ";
+    if (in->op == OP_SOFTMAX && in->i[0] && (os->rank < 2 || os->d[os->rank - 1] != os->d[os->rank - 2]))
+      return "causal softmax needs square last dims";
+  }
+  for (int k = 0; k < in->nin; k++)
+    if (B[in->in[k]].dtype != DT_F32) return "expected f32 inputs";
+  return NULL;
+}
+
+static bool program_check(const Program *p, FILE *err) {
+  const Instr *lists[2] = {p->init, p->step};
+  int counts[2] = {p->ninit, p->nstep};
+  for (int s = 0; s < 2; s++)
+    for (int i = 0; i < counts[s]; i++) {
+      const char *why = check_instr(p, &lists[s][i]);
+      if (why) {
+        fprintf(err, "carve: error: program for rank %d, %s instruction %d (%s): %s\n", p->rank,
+                s ? "step" : "init", i, op_info[lists[s][i].op].name, why);
+        return false;
+      }
+    }
+  return true;
+}
+
+/* ---------------------------------------------------------------- data */
+
+static void load(Run *R, const Instr *in) {
+  const Program *p = R->p;
+  const Buffer *b = &p->bufs[in->out];
+  int64_t n = shape_numel(&b->shape);
+  int64_t rows = b->shape.rank ? b->shape.d[0] : 1, per = n / (rows ? rows : 1);
+  uint64_t key = hash_str(b->name) ^ p->seed ^ ((uint64_t)R->step << 32);
+  int kind = (int)in->i[0];
+  const TokenData *td = R->o->data;
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t grow = in->i[1] + r; /* the row in the global batch */
+    if (kind == SRC_TOKENS || kind == SRC_NEXT_TOKENS) {
+      int shift = kind == SRC_NEXT_TOKENS;
+      int32_t *out = ibuf(R, in->out) + r * per;
+      uint64_t wkey = p->seed ^ ((uint64_t)R->step * 0x9e3779b97f4a7c15ull);
+      if (td) {
+        int64_t span = td->n - per - 1;
+        int64_t pos = span > 0 ? (int64_t)(rng_u64(wkey, (uint64_t)grow) % (uint64_t)span) : 0;
+        for (int64_t j = 0; j < per; j++) out[j] = td->tok[(pos + j + shift) % td->n];
+      } else { /* synthetic: a random sequence per row; labels are it shifted */
+        for (int64_t j = 0; j < per; j++)
+          out[j] = (int32_t)(rng_u64(wkey, (uint64_t)(grow * (per + 1) + j + shift)) % (uint64_t)in->f[0]);
+      }
+    } else {
+      for (int64_t j = 0; j < per; j++) {
+        uint64_t idx = (uint64_t)(grow * per + j);
+        if (kind == SRC_CLASSES)
+          ibuf(R, in->out)[r * per + j] = (int32_t)(rng_u64(key, idx) % (uint64_t)in->f[0]);
+        else if (kind == SRC_NORMAL)
+          F(R, in->out)[r * per + j] = (float)in->f[0] * rng_normal(key, idx);
+        else
+          F(R, in->out)[r * per + j] = (float)(in->f[0] + (in->f[1] - in->f[0]) * rng_uniform(key, idx));
+      }
+    }
+  }
+}
+
+static void init(Run *R, const Instr *in) {
+  const Buffer *b = &R->p->bufs[in->out];
+  float *x = F(R, in->out);
+  int64_t n = shape_numel(&b->shape);
+  uint64_t key = hash_str(b->name) ^ R->p->seed;
+  for (int64_t i = 0; i < n; i++) {
+    switch (in->i[0]) {
+    case INIT_ZEROS: x[i] = 0; break;
+    case INIT_ONES: x[i] = 1; break;
+    case INIT_CONST: x[i] = (float)in->f[0]; break;
+    case INIT_NORMAL: x[i] = (float)in->f[0] * rng_normal(key, (uint64_t)i); break;
+    default: x[i] = (float)(in->f[0] + (in->f[1] - in->f[0]) * rng_uniform(key, (uint64_t)i)); break;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- optimizer */
+
+static float lr_at(const Instr *in, int step) {
+  float lr = (float)in->f[0];
+  if (in->i[0] > 0 && step < in->i[0]) lr *= (float)step / (float)in->i[0];
+  return lr;
+}
+
+static void adamw(Run *R, const Instr *in) {
+  float *p = F(R, in->out), *g = F(R, in->in[0]), *m = F(R, in->in[1]), *v = F(R, in->in[2]);
+  float clip = F(R, in->in[3])[0], lr = lr_at(in, R->step);
+  float b1 = (float)in->f[1], b2 = (float)in->f[2], eps = (float)in->f[3], wd = (float)in->f[4];
+  float c1 = 1.0f - powf(b1, (float)R->step), c2 = 1.0f - powf(b2, (float)R->step);
+  int64_t n = N(R->p, in->out);
+  for (int64_t i = 0; i < n; i++) {
+    float gi = g[i] * clip;
+    m[i] = b1 * m[i] + (1 - b1) * gi;
+    v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+    p[i] -= lr * ((m[i] / c1) / (sqrtf(v[i] / c2) + eps) + wd * p[i]);
+  }
+}
+
+static void sgd(Run *R, const Instr *in) {
+  float *p = F(R, in->out), *g = F(R, in->in[0]), *mom = F(R, in->in[1]);
+  float clip = F(R, in->in[2])[0], lr = lr_at(in, R->step), mu = (float)in->f[1], wd = (float)in->f[2];
+  int64_t n = N(R->p, in->out);
+  for (int64_t i = 0; i < n; i++) {
+    mom[i] = mu * mom[i] + g[i] * clip;
+    p[i] -= lr * (mom[i] + wd * p[i]);
+  }
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+static void exec(Run *R, const Instr *in) {
+  const Program *p = R->p;
+  int o = in->out, x = in->nin ? in->in[0] : -1, y = in->nin > 1 ? in->in[1] : -1;
+  int64_t outer, n, inner;
+  switch (in->op) {
+  case OP_FILL: {
+    float *d = F(R, o);
+    for (int64_t i = 0; i < N(p, o); i++) d[i] = (float)in->f[0];
+    break;
+  }
+  case OP_INIT: init(R, in); break;
+  case OP_LOAD: load(R, in); break;
+  case OP_EINSUM: {
+    const float *ins[2] = {F(R, x), y >= 0 ? F(R, y) : NULL};
+    const Shape *ss[2] = {S(p, x), y >= 0 ? S(p, y) : NULL};
+    einsum_run(in->spec, in->nin, ins, ss, F(R, o), S(p, o), &R->scratch);
+    break;
+  }
+  case OP_ADD: case OP_SUB: case OP_MUL: case OP_DIV:
+    k_binary(in->op, F(R, o), N(p, o), F(R, x), N(p, x), F(R, y), N(p, y));
+    break;
+  case OP_SCALE: k_scale(F(R, o), F(R, x), N(p, o), (float)in->f[0], (float)in->f[1]); break;
+  case OP_GELU: case OP_RELU: case OP_SILU: case OP_TANH: case OP_EXP: case OP_RSQRT:
+    k_unary(in->op, F(R, o), F(R, x), N(p, o));
+    break;
+  case OP_GELU_BWD: case OP_RELU_BWD: case OP_SILU_BWD: case OP_TANH_BWD: case OP_RSQRT_BWD:
+    k_unary_bwd(in->op, F(R, o), F(R, x), F(R, y), N(p, o));
+    break;
+  case OP_SUM: case OP_MEAN: case OP_MAX:
+    around(S(p, x), (int)in->i[0], &outer, &n, &inner);
+    k_reduce(in->op, F(R, o), F(R, x), outer, n, inner);
+    break;
+  case OP_EXPAND:
+    around(S(p, o), (int)in->i[0], &outer, &n, &inner);
+    k_expand(F(R, o), F(R, x), outer, n, inner, (float)in->f[0]);
+    break;
+  case OP_MAX_BWD:
+    around(S(p, o), (int)in->i[0], &outer, &n, &inner);
+    k_max_bwd(F(R, o), F(R, x), F(R, y), outer, n, inner);
+    break;
+  case OP_SOFTMAX: k_softmax(F(R, o), F(R, x), N(p, o) / last(p, o), last(p, o), in->i[0] != 0); break;
+  case OP_SOFTMAX_BWD: k_softmax_bwd(F(R, o), F(R, x), F(R, y), N(p, o) / last(p, o), last(p, o)); break;
+  case OP_LAYERNORM:
+    k_layernorm(F(R, o), F(R, x), F(R, y), F(R, in->in[2]), N(p, o) / last(p, o), last(p, o), (float)in->f[0]);
+    break;
+  case OP_RMSNORM: k_rmsnorm(F(R, o), F(R, x), F(R, y), N(p, o) / last(p, o), last(p, o), (float)in->f[0]); break;
+  case OP_LN_BWD_X: case OP_RMS_BWD_X:
+    k_layernorm_bwd_x(F(R, o), F(R, x), F(R, y), F(R, in->in[2]), N(p, o) / last(p, o), last(p, o), (float)in->f[0],
+                      in->op == OP_RMS_BWD_X);
+    break;
+  case OP_LN_BWD_G: case OP_RMS_BWD_G:
+    k_layernorm_bwd_g(F(R, o), F(R, x), F(R, y), N(p, x) / last(p, x), last(p, x), (float)in->f[0],
+                      in->op == OP_RMS_BWD_G);
+    break;
+  case OP_EMBED:
+    if (!k_embed(F(R, o), F(R, x), ibuf(R, y), N(p, y), S(p, x)->d[0], S(p, x)->d[1]))
+      R->error = "a token id is outside the embedding table";
+    break;
+  case OP_EMBED_BWD:
+    if (!k_embed_bwd(F(R, o), ibuf(R, x), F(R, y), N(p, x), S(p, o)->d[0], S(p, o)->d[1]))
+      R->error = "a token id is outside the embedding table";
+    break;
+  case OP_XENT:
+    if (!k_xent(F(R, o), F(R, x), ibuf(R, y), N(p, y), last(p, x))) R->error = "a label is outside the classes";
+    break;
+  case OP_XENT_BWD:
+    if (!k_xent_bwd(F(R, o), F(R, x), ibuf(R, y), F(R, in->in[2]), N(p, y), last(p, x)))
+      R->error = "a label is outside the classes";
+    break;
+  case OP_MSE: k_mse(F(R, o), F(R, x), F(R, y), N(p, x)); break;
+  case OP_MSE_BWD: k_mse_bwd(F(R, o), F(R, x), F(R, y), F(R, in->in[2]), N(p, x)); break;
+  case OP_MOE_DISPATCH: case OP_MOE_COMBINE:
+    k_moe_gate(F(R, o), in->op == OP_MOE_COMBINE, F(R, x), N(p, x) / last(p, x), last(p, x), last(p, o),
+               (int)in->i[0]);
+    break;
+  case OP_MOE_COMBINE_BWD:
+    k_moe_combine_bwd(F(R, o), F(R, x), F(R, y), N(p, x) / last(p, x), last(p, x), last(p, y), (int)in->i[0]);
+    break;
+  case OP_RESHAPE: case OP_COPY: memcpy(F(R, o), F(R, x), sizeof(float) * (size_t)N(p, o)); break;
+  case OP_SUM_TO: k_sum_to(F(R, o), F(R, x), N(p, x) / N(p, o), N(p, o)); break;
+  case OP_ACC: {
+    float *d = F(R, o), *s = F(R, x);
+    for (int64_t i = 0; i < N(p, o); i++) d[i] += s[i];
+    break;
+  }
+  case OP_LOSS: R->loss += in->f[0] * F(R, x)[0]; break;
+  case OP_SUMSQ: {
+    double s = 0;
+    const float *g = F(R, x);
+    for (int64_t i = 0; i < N(p, x); i++) s += (double)g[i] * g[i];
+    F(R, o)[0] += (float)s;
+    break;
+  }
+  case OP_CLIP: {
+    float norm = sqrtf(F(R, x)[0]);
+    F(R, o)[0] = norm > (float)in->f[0] ? (float)in->f[0] / (norm + 1e-6f) : 1.0f;
+    break;
+  }
+  case OP_ADAMW: adamw(R, in); break;
+  case OP_SGD: sgd(R, in); break;
+  default: CARVE_ASSERT(0, "instruction checked but not executable");
+  }
+}
+
+static int run_list(Run *R, const Instr *list, int n) {
+  for (int i = 0; i < n; i++) {
+    exec(R, &list[i]);
+    if (R->error) {
+      fprintf(stderr, "carve: error: rank %d, step %d, instruction %d (%s): %s\n", R->p->rank, R->step, i,
+              op_info[list[i].op].name, R->error);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+int runtime_run(const Program *p, const RunOptions *o) {
+  FILE *out = o->out ? o->out : stdout;
+  if (!program_check(p, stderr)) return 1;
+  if (o->data && p->vocab && o->data->vocab > p->vocab) {
+    fprintf(stderr, "carve: error: %s has a vocabulary of %lld tokens, but the model's token inputs take %lld\n",
+            o->data->path, (long long)o->data->vocab, (long long)p->vocab);
+    return 1;
+  }
+  if (o->data && o->data->n < 2) {
+    fprintf(stderr, "carve: error: %s is too short\n", o->data->path);
+    return 1;
+  }
+  Run R = {.p = p, .o = o};
+  R.arena = aligned_alloc(64, (size_t)((p->arena_bytes + 63) / 64 * 64 + 64));
+  if (!R.arena) {
+    char b[32];
+    fprintf(stderr, "carve: error: cannot allocate the %s arena\n", fmt_bytes((double)p->arena_bytes, b, sizeof b));
+    return 1;
+  }
+  int rc = run_list(&R, p->init, p->ninit);
+  double t_total = 0;
+  char b1[32], b2[32];
+  for (int s = 1; s <= o->steps && rc == 0; s++) {
+    R.step = s;
+    R.loss = 0;
+    double t0 = now_seconds();
+    rc = run_list(&R, p->step, p->nstep);
+    double dt = now_seconds() - t0;
+    if (s > 1 || o->steps == 1) t_total += dt;
+    if (rc) break;
+    if (!isfinite(R.loss)) {
+      fprintf(stderr, "carve: error: step %d: the loss is %g; training diverged (try a lower --lr)\n", s, R.loss);
+      rc = 1;
+      break;
+    }
+    if (o->losses) o->losses[s - 1] = (float)R.loss;
+    if (!o->quiet && (s == 1 || s == o->steps || (o->log_every > 0 && s % o->log_every == 0))) {
+      fprintf(out, "step %5d  loss %.6f  %7.1f ms", s, R.loss, dt * 1e3);
+      if (p->tokens_per_step) fprintf(out, "  %9.0f tok/s", (double)p->tokens_per_step / dt);
+      fprintf(out, "  %7.2f GFLOP/s\n", p->flops_per_step / dt * 1e-9);
+      fflush(out);
+    }
+  }
+  if (rc == 0 && !o->quiet && o->steps > 0) {
+    int timed = o->steps > 1 ? o->steps - 1 : 1;
+    double per = t_total / timed;
+    fprintf(out, "done: %d steps, %.1f ms/step (after the first)", o->steps, per * 1e3);
+    if (p->tokens_per_step) fprintf(out, ", %s tok/s", fmt_si((double)p->tokens_per_step / per, b1, sizeof b1));
+    fprintf(out, ", %s FLOP/s (einsum FLOPs), arena %s\n", fmt_si(p->flops_per_step / per, b2, sizeof b2),
+            fmt_bytes((double)p->arena_bytes, b1, sizeof b1));
+  }
+  free(R.arena);
+  free(R.scratch.p);
+  return rc;
+}

@@ -1,0 +1,330 @@
+/* kernels.c: the CPU kernels behind every non-einsum op, fp32, contiguous
+ * row-major arrays. They are the readable reference a GPU backend will be
+ * checked against. Reductions accumulate in double so that results do not
+ * depend on the blocking of a faster implementation more than necessary. */
+#include "runtime.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Trailing-aligned broadcasting: the smaller operand repeats; index i of
+ * the output reads a[i % na] and b[i % nb]. */
+void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, const float *b, int64_t nb) {
+  for (int64_t base = 0; base < n;) {
+    int64_t len = na < nb ? na : nb;
+    if (len > n - base) len = n - base;
+    const float *x = a + (na == n ? base : base % na);
+    const float *y = b + (nb == n ? base : base % nb);
+    float *o = out + base;
+    switch (op) {
+    case OP_ADD: for (int64_t i = 0; i < len; i++) o[i] = x[i] + y[i]; break;
+    case OP_SUB: for (int64_t i = 0; i < len; i++) o[i] = x[i] - y[i]; break;
+    case OP_MUL: for (int64_t i = 0; i < len; i++) o[i] = x[i] * y[i]; break;
+    default: for (int64_t i = 0; i < len; i++) o[i] = x[i] / y[i]; break;
+    }
+    base += len;
+  }
+}
+
+void k_scale(float *out, const float *x, int64_t n, float mul, float add) {
+  for (int64_t i = 0; i < n; i++) out[i] = x[i] * mul + add;
+}
+
+#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
+
+void k_unary(OpKind op, float *out, const float *x, int64_t n) {
+  switch (op) {
+  case OP_GELU: /* tanh approximation */
+    for (int64_t i = 0; i < n; i++) {
+      float v = x[i];
+      out[i] = 0.5f * v * (1.0f + tanhf(GELU_C * (v + 0.044715f * v * v * v)));
+    }
+    break;
+  case OP_RELU: for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : 0; break;
+  case OP_SILU: for (int64_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-x[i])); break;
+  case OP_TANH: for (int64_t i = 0; i < n; i++) out[i] = tanhf(x[i]); break;
+  case OP_EXP: for (int64_t i = 0; i < n; i++) out[i] = expf(x[i]); break;
+  case OP_RSQRT: for (int64_t i = 0; i < n; i++) out[i] = 1.0f / sqrtf(x[i]); break;
+  default: CARVE_ASSERT(0, "not a unary op");
+  }
+}
+
+/* x is the forward input for gelu/relu/silu and the forward output for
+ * tanh/rsqrt. */
+void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t n) {
+  switch (op) {
+  case OP_GELU_BWD:
+    for (int64_t i = 0; i < n; i++) {
+      float v = x[i], u = GELU_C * (v + 0.044715f * v * v * v), t = tanhf(u);
+      float du = GELU_C * (1.0f + 3.0f * 0.044715f * v * v);
+      dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+    }
+    break;
+  case OP_RELU_BWD: for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0 ? dy[i] : 0; break;
+  case OP_SILU_BWD:
+    for (int64_t i = 0; i < n; i++) {
+      float s = 1.0f / (1.0f + expf(-x[i]));
+      dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
+    }
+    break;
+  case OP_TANH_BWD: for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * (1.0f - x[i] * x[i]); break;
+  case OP_RSQRT_BWD: for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * -0.5f * x[i] * x[i] * x[i]; break;
+  default: CARVE_ASSERT(0, "not a unary backward op");
+  }
+}
+
+/* x viewed as [outer, n, inner], reduced over n. */
+void k_reduce(OpKind op, float *out, const float *x, int64_t outer, int64_t n, int64_t inner) {
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      const float *p = x + o * n * inner + i;
+      if (op == OP_MAX) {
+        float m = p[0];
+        for (int64_t j = 1; j < n; j++) m = p[j * inner] > m ? p[j * inner] : m;
+        out[o * inner + i] = m;
+      } else {
+        double s = 0;
+        for (int64_t j = 0; j < n; j++) s += p[j * inner];
+        out[o * inner + i] = (float)(op == OP_MEAN ? s / (double)n : s);
+      }
+    }
+}
+
+void k_expand(float *out, const float *dy, int64_t outer, int64_t n, int64_t inner, float scale) {
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t i = 0; i < inner; i++) out[(o * n + j) * inner + i] = dy[o * inner + i] * scale;
+}
+
+/* The gradient goes to the first maximum, as the forward picked it. */
+void k_max_bwd(float *dx, const float *x, const float *dy, int64_t outer, int64_t n, int64_t inner) {
+  memset(dx, 0, sizeof(float) * (size_t)(outer * n * inner));
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t i = 0; i < inner; i++) {
+      const float *p = x + o * n * inner + i;
+      int64_t best = 0;
+      for (int64_t j = 1; j < n; j++)
+        if (p[j * inner] > p[best * inner]) best = j;
+      dx[(o * n + best) * inner + i] = dy[o * inner + i];
+    }
+}
+
+/* Softmax over the last dim. Causal: the row's query position is its index
+ * modulo n (the last two dims are [query, key], both of size n); keys after
+ * the query get probability 0. */
+void k_softmax(float *y, const float *x, int64_t rows, int64_t n, bool causal) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float *xr = x + r * n;
+    float *yr = y + r * n;
+    int64_t valid = causal ? r % n + 1 : n;
+    float m = xr[0];
+    for (int64_t j = 1; j < valid; j++) m = xr[j] > m ? xr[j] : m;
+    double s = 0;
+    for (int64_t j = 0; j < valid; j++) {
+      yr[j] = expf(xr[j] - m);
+      s += yr[j];
+    }
+    float inv = (float)(1.0 / s);
+    for (int64_t j = 0; j < valid; j++) yr[j] *= inv;
+    for (int64_t j = valid; j < n; j++) yr[j] = 0;
+  }
+}
+
+void k_softmax_bwd(float *dx, const float *y, const float *dy, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float *yr = y + r * n, *dr = dy + r * n;
+    double s = 0;
+    for (int64_t j = 0; j < n; j++) s += (double)yr[j] * dr[j];
+    for (int64_t j = 0; j < n; j++) dx[r * n + j] = yr[j] * (dr[j] - (float)s);
+  }
+}
+
+/* Per-row statistics: mean (0 for rms) and 1/sqrt(var + eps). */
+static void row_stats(const float *x, int64_t n, float eps, bool rms, float *mean, float *rstd) {
+  double s = 0, ss = 0;
+  for (int64_t j = 0; j < n; j++) s += x[j];
+  double mu = rms ? 0 : s / (double)n;
+  for (int64_t j = 0; j < n; j++) ss += ((double)x[j] - mu) * ((double)x[j] - mu);
+  *mean = (float)mu;
+  *rstd = (float)(1.0 / sqrt(ss / (double)n + eps));
+}
+
+void k_layernorm(float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t n, float eps) {
+  for (int64_t r = 0; r < rows; r++) {
+    float mu, rs;
+    row_stats(x + r * n, n, eps, false, &mu, &rs);
+    for (int64_t j = 0; j < n; j++) y[r * n + j] = (x[r * n + j] - mu) * rs * g[j] + b[j];
+  }
+}
+
+void k_rmsnorm(float *y, const float *x, const float *g, int64_t rows, int64_t n, float eps) {
+  for (int64_t r = 0; r < rows; r++) {
+    float mu, rs;
+    row_stats(x + r * n, n, eps, true, &mu, &rs);
+    for (int64_t j = 0; j < n; j++) y[r * n + j] = x[r * n + j] * rs * g[j];
+  }
+}
+
+/* dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = dy * g;
+ * for rms the mean(dxh) term is absent. */
+void k_layernorm_bwd_x(float *dx, const float *x, const float *g, const float *dy, int64_t rows, int64_t n, float eps,
+                       bool rms) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float *xr = x + r * n, *dr = dy + r * n;
+    float mu, rs;
+    row_stats(xr, n, eps, rms, &mu, &rs);
+    double sd = 0, sdx = 0;
+    for (int64_t j = 0; j < n; j++) {
+      double dxh = (double)dr[j] * g[j], xh = ((double)xr[j] - mu) * rs;
+      sd += dxh;
+      sdx += dxh * xh;
+    }
+    double md = rms ? 0 : sd / (double)n, mdx = sdx / (double)n;
+    for (int64_t j = 0; j < n; j++) {
+      double dxh = (double)dr[j] * g[j], xh = ((double)xr[j] - mu) * rs;
+      dx[r * n + j] = (float)(rs * (dxh - md - xh * mdx));
+    }
+  }
+}
+
+void k_layernorm_bwd_g(float *dg, const float *x, const float *dy, int64_t rows, int64_t n, float eps, bool rms) {
+  double *acc = xcalloc((size_t)n, sizeof(double));
+  for (int64_t r = 0; r < rows; r++) {
+    float mu, rs;
+    row_stats(x + r * n, n, eps, rms, &mu, &rs);
+    for (int64_t j = 0; j < n; j++) acc[j] += (double)dy[r * n + j] * ((x[r * n + j] - mu) * rs);
+  }
+  for (int64_t j = 0; j < n; j++) dg[j] = (float)acc[j];
+  free(acc);
+}
+
+void k_sum_to(float *out, const float *x, int64_t reps, int64_t n) {
+  double *acc = xcalloc((size_t)n, sizeof(double));
+  for (int64_t r = 0; r < reps; r++)
+    for (int64_t j = 0; j < n; j++) acc[j] += x[r * n + j];
+  for (int64_t j = 0; j < n; j++) out[j] = (float)acc[j];
+  free(acc);
+}
+
+bool k_embed(float *out, const float *table, const int32_t *ids, int64_t nids, int64_t vocab, int64_t h) {
+  for (int64_t t = 0; t < nids; t++) {
+    if (ids[t] < 0 || ids[t] >= vocab) return false;
+    memcpy(out + t * h, table + (int64_t)ids[t] * h, sizeof(float) * (size_t)h);
+  }
+  return true;
+}
+
+bool k_embed_bwd(float *dtable, const int32_t *ids, const float *dy, int64_t nids, int64_t vocab, int64_t h) {
+  memset(dtable, 0, sizeof(float) * (size_t)(vocab * h));
+  for (int64_t t = 0; t < nids; t++) {
+    if (ids[t] < 0 || ids[t] >= vocab) return false;
+    float *row = dtable + (int64_t)ids[t] * h;
+    for (int64_t j = 0; j < h; j++) row[j] += dy[t * h + j];
+  }
+  return true;
+}
+
+static double logsumexp(const float *x, int64_t n, float *max) {
+  float m = x[0];
+  for (int64_t j = 1; j < n; j++) m = x[j] > m ? x[j] : m;
+  double s = 0;
+  for (int64_t j = 0; j < n; j++) s += expf(x[j] - m);
+  *max = m;
+  return log(s) + m;
+}
+
+/* Mean over rows of -log softmax(logits)[label]. */
+bool k_xent(float *loss, const float *logits, const int32_t *labels, int64_t rows, int64_t v) {
+  double total = 0;
+  for (int64_t r = 0; r < rows; r++) {
+    if (labels[r] < 0 || labels[r] >= v) return false;
+    float m;
+    total += logsumexp(logits + r * v, v, &m) - logits[r * v + labels[r]];
+  }
+  *loss = (float)(total / (double)rows);
+  return true;
+}
+
+bool k_xent_bwd(float *dx, const float *logits, const int32_t *labels, const float *dy, int64_t rows, int64_t v) {
+  float scale = dy[0] / (float)rows;
+  for (int64_t r = 0; r < rows; r++) {
+    if (labels[r] < 0 || labels[r] >= v) return false;
+    float m;
+    float lse = (float)logsumexp(logits + r * v, v, &m);
+    for (int64_t j = 0; j < v; j++) dx[r * v + j] = expf(logits[r * v + j] - lse) * scale;
+    dx[r * v + labels[r]] -= scale;
+  }
+  return true;
+}
+
+void k_mse(float *loss, const float *p, const float *t, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += ((double)p[i] - t[i]) * ((double)p[i] - t[i]);
+  *loss = (float)(s / (double)n);
+}
+
+void k_mse_bwd(float *dp, const float *p, const float *t, const float *dy, int64_t n) {
+  float scale = 2.0f * dy[0] / (float)n;
+  for (int64_t i = 0; i < n; i++) dp[i] = (p[i] - t[i]) * scale;
+}
+
+/* GShard-style top-k routing with a capacity per expert. Probabilities are
+ * the softmax of each token's logits. Choice j of every token is placed
+ * before choice j+1 of any token; within a choice level, tokens go in order.
+ * A token's slot in expert e is the number of tokens placed there before it;
+ * slots at or past the capacity are dropped. dispatch is 1 at a kept slot,
+ * combine is the token's probability for that expert there. */
+static void route(const float *logits, int64_t T, int64_t E, int64_t cap, int topk, float *prob, int32_t *slot) {
+  /* slot[t*E+e] = slot index, or -1 if not routed/dropped */
+  int64_t *count = xcalloc((size_t)E, sizeof(int64_t));
+  int32_t *choice = xcalloc((size_t)(T * topk), sizeof(int32_t));
+  for (int64_t t = 0; t < T; t++) {
+    k_softmax(prob + t * E, logits + t * E, 1, E, false);
+    for (int64_t e = 0; e < E; e++) slot[t * E + e] = -1;
+    for (int k = 0; k < topk; k++) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; e++) {
+        bool taken = false;
+        for (int j = 0; j < k; j++) taken |= choice[t * topk + j] == e;
+        if (!taken && (best < 0 || prob[t * E + e] > prob[t * E + best])) best = e;
+      }
+      choice[t * topk + k] = (int32_t)best;
+    }
+  }
+  for (int k = 0; k < topk; k++)
+    for (int64_t t = 0; t < T; t++) {
+      int64_t e = choice[t * topk + k];
+      if (count[e] < cap) slot[t * E + e] = (int32_t)count[e];
+      count[e]++;
+    }
+  free(count);
+  free(choice);
+}
+
+void k_moe_gate(float *out, bool combine, const float *logits, int64_t T, int64_t E, int64_t cap, int topk) {
+  float *prob = xmalloc(sizeof(float) * (size_t)(T * E));
+  int32_t *slot = xmalloc(sizeof(int32_t) * (size_t)(T * E));
+  route(logits, T, E, cap, topk, prob, slot);
+  memset(out, 0, sizeof(float) * (size_t)(T * E * cap));
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t e = 0; e < E; e++)
+      if (slot[t * E + e] >= 0) out[(t * E + e) * cap + slot[t * E + e]] = combine ? prob[t * E + e] : 1.0f;
+  free(prob);
+  free(slot);
+}
+
+/* d logits = softmax backward of dp, dp[t,e] = dcombine at the token's slot. */
+void k_moe_combine_bwd(float *dx, const float *logits, const float *dy, int64_t T, int64_t E, int64_t cap, int topk) {
+  float *prob = xmalloc(sizeof(float) * (size_t)(T * E));
+  int32_t *slot = xmalloc(sizeof(int32_t) * (size_t)(T * E));
+  float *dp = xcalloc((size_t)(T * E), sizeof(float));
+  route(logits, T, E, cap, topk, prob, slot);
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t e = 0; e < E; e++)
+      if (slot[t * E + e] >= 0) dp[t * E + e] = dy[(t * E + e) * cap + slot[t * E + e]];
+  k_softmax_bwd(dx, prob, dp, T, E);
+  free(prob);
+  free(slot);
+  free(dp);
+}

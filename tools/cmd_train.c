@@ -1,0 +1,345 @@
+/* cmd_train.c: the subcommands that take a model or a program: check,
+ * compile, run, train, explain; and data, which makes token files.
+ *
+ * Options common to commands that take a model:
+ *   --preset NAME        size preset defined in the model file
+ *   --set a=1,b=2        dim overrides (repeatable; later wins)
+ * Training options (compile, train):
+ *   --optimizer adamw|sgd  --lr X  --wd X  --beta1 X  --beta2 X  --eps X
+ *   --momentum X  --clip X (0: off)  --warmup N  --microbatches N  --seed N
+ * Run options (run, train):
+ *   --steps N  --data FILE  --log-every N  --quiet */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "tools.h"
+
+int usage_error(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "carve %s: error: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n(see 'carve %s --help')\n", cmd);
+  va_end(ap);
+  return 2;
+}
+
+bool wants_help(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return true;
+  return false;
+}
+
+typedef struct Opts {
+  const char *cmd;
+  const char *model, *out, *data, *program;
+  ElabOptions elab;
+  Train train;
+  uint64_t seed;
+  int steps, log_every;
+  bool quiet, dump, dump_training;
+} Opts;
+
+static bool num(const char *cmd, const char *opt, const char *v, double lo, double hi, double *out) {
+  char *end;
+  errno = 0;
+  double x = v ? strtod(v, &end) : 0;
+  if (!v || end == v || *end || errno || !isfinite(x) || x < lo || x > hi) {
+    usage_error(cmd, "%s expects a number from %g to %g, got '%s'", opt, lo, hi, v ? v : "");
+    return false;
+  }
+  *out = x;
+  return true;
+}
+
+static bool integer(const char *cmd, const char *opt, const char *v, double lo, double hi, int64_t *out) {
+  double x;
+  if (!num(cmd, opt, v, lo, hi, &x)) return false;
+  if (x != floor(x)) {
+    usage_error(cmd, "%s expects a whole number, got '%s'", opt, v);
+    return false;
+  }
+  *out = (int64_t)x;
+  return true;
+}
+
+/* Parses argv (after the subcommand). `allowed` lists the option groups the
+ * command takes: m(odel) t(rain) r(un) o(utput) d(ump). */
+static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
+  train_defaults(&o->train);
+  o->seed = 1234;
+  o->steps = 10;
+  o->log_every = 10;
+  for (int i = 1; i < argc; i++) {
+    char *a = argv[i];
+    char *v = NULL;
+    char key[64];
+    if (a[0] != '-' || a[1] == 0) {
+      if (o->model) {
+        usage_error(o->cmd, "unexpected argument '%s'", a);
+        return false;
+      }
+      o->model = a;
+      continue;
+    }
+    const char *eq = strchr(a, '=');
+    snprintf(key, sizeof key, "%.*s", eq ? (int)(eq - a) : (int)strlen(a), a);
+    bool flag = !strcmp(key, "--quiet") || !strcmp(key, "--dump") || !strcmp(key, "--dump-training");
+    if (!flag) {
+      v = eq ? (char *)eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+      if (!v) {
+        usage_error(o->cmd, "%s needs a value", key);
+        return false;
+      }
+    }
+    double x;
+    int64_t n;
+    bool ok = true, known = true;
+#define GROUP(c) (strchr(allowed, c) != NULL)
+    if (GROUP('m') && !strcmp(key, "--preset")) o->elab.preset = v;
+    else if (GROUP('m') && !strcmp(key, "--set")) ok = parse_sets(v, &o->elab.sets, &o->elab.nsets, stderr);
+    else if (GROUP('t') && !strcmp(key, "--optimizer")) {
+      if (!strcmp(v, "adamw")) o->train.opt = OPT_ADAMW;
+      else if (!strcmp(v, "sgd")) o->train.opt = OPT_SGD;
+      else ok = usage_error(o->cmd, "--optimizer is adamw or sgd, not '%s'", v) == 0;
+    } else if (GROUP('t') && !strcmp(key, "--lr")) ok = num(o->cmd, key, v, 0, 10, &o->train.lr);
+    else if (GROUP('t') && !strcmp(key, "--wd")) ok = num(o->cmd, key, v, 0, 10, &o->train.wd);
+    else if (GROUP('t') && !strcmp(key, "--beta1")) ok = num(o->cmd, key, v, 0, 0.999999, &o->train.beta1);
+    else if (GROUP('t') && !strcmp(key, "--beta2")) ok = num(o->cmd, key, v, 0, 0.999999, &o->train.beta2);
+    else if (GROUP('t') && !strcmp(key, "--eps")) ok = num(o->cmd, key, v, 1e-30, 1, &o->train.eps);
+    else if (GROUP('t') && !strcmp(key, "--momentum")) ok = num(o->cmd, key, v, 0, 0.999999, &o->train.momentum);
+    else if (GROUP('t') && !strcmp(key, "--clip")) ok = num(o->cmd, key, v, 0, 1e30, &o->train.clip);
+    else if (GROUP('t') && !strcmp(key, "--warmup")) {
+      ok = integer(o->cmd, key, v, 0, 1e9, &n);
+      o->train.warmup = (int)n;
+    } else if (GROUP('t') && !strcmp(key, "--microbatches")) {
+      ok = integer(o->cmd, key, v, 1, 1e6, &n);
+      o->train.microbatches = (int)n;
+    } else if (GROUP('t') && !strcmp(key, "--seed")) {
+      ok = integer(o->cmd, key, v, 0, 1e15, &n);
+      o->seed = (uint64_t)n;
+    } else if (GROUP('r') && !strcmp(key, "--steps")) {
+      ok = integer(o->cmd, key, v, 0, 1e9, &n);
+      o->steps = (int)n;
+    } else if (GROUP('r') && !strcmp(key, "--log-every")) {
+      ok = integer(o->cmd, key, v, 1, 1e9, &n);
+      o->log_every = (int)n;
+    } else if (GROUP('r') && !strcmp(key, "--data")) o->data = v;
+    else if (GROUP('r') && !strcmp(key, "--quiet")) o->quiet = true;
+    else if (GROUP('o') && (!strcmp(key, "-o") || !strcmp(key, "--out"))) o->out = v;
+    else if (GROUP('d') && !strcmp(key, "--dump")) o->dump = true;
+    else if (GROUP('d') && !strcmp(key, "--dump-training")) o->dump_training = true;
+    else known = false;
+#undef GROUP
+    (void)x;
+    if (!known) {
+      usage_error(o->cmd, "unknown option '%s'", key);
+      return false;
+    }
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/* Model -> forward graph, with microbatching: the graph is built at the
+ * microbatch size (batch / microbatches). */
+static Graph *load_model(Opts *o, const char *dflt) {
+  if (!o->model) o->model = dflt;
+  if (!o->model) {
+    usage_error(o->cmd, "which model? give a .graph file or a shipped model name (gpt, mlp, bert, moe, llama)");
+    return NULL;
+  }
+  Diag d;
+  diag_init(&d, stderr);
+  const char *path = model_resolve(o->model);
+  int m = o->train.microbatches;
+  Graph *g = frontend_load(path, &o->elab, &d);
+  if (g && m > 1) {
+    int64_t batch = graph_dim(g, "batch", -1);
+    if (batch < 0) {
+      fprintf(stderr, "carve: error: --microbatches needs a dim named 'batch' in the model\n");
+      return NULL;
+    }
+    if (batch % m) {
+      fprintf(stderr, "carve: error: --microbatches %d does not divide batch %lld\n", m, (long long)batch);
+      return NULL;
+    }
+    Override *sets = xcalloc((size_t)o->elab.nsets + 1, sizeof(Override));
+    memcpy(sets, o->elab.sets, sizeof(Override) * (size_t)o->elab.nsets);
+    int n = o->elab.nsets;
+    int k = 0;
+    while (k < n && strcmp(sets[k].name, "batch")) k++;
+    sets[k] = (Override){"batch", batch / m, false};
+    ElabOptions e = {o->elab.preset, sets, k == n ? n + 1 : n};
+    g = frontend_load(path, &e, &d);
+    free(sets);
+  }
+  if (!g) {
+    if (d.errors) fprintf(stderr, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
+    return NULL;
+  }
+  return g;
+}
+
+static void free_opts(Opts *o) { free(o->elab.sets); }
+
+int cmd_check(int argc, char **argv) {
+  Opts o = {.cmd = "check"};
+  if (wants_help(argc, argv)) {
+    printf("usage: carve check MODEL [--preset NAME] [--set dim=N,...] [--dump] [--dump-training]\n\n"
+           "Parses MODEL (a .graph file or a shipped model: gpt, mlp, bert, moe, llama), binds its dims,\n"
+           "checks every shape, differentiates it, and prints parameters, FLOPs of one training step,\n"
+           "activation memory and op counts. --dump prints the forward graph, --dump-training the\n"
+           "whole training graph.\n");
+    return 0;
+  }
+  if (!parse_opts(argc, argv, "md", &o)) return free_opts(&o), 2;
+  Graph *g = load_model(&o, NULL);
+  int rc = 1;
+  if (g) {
+    if (o.dump) graph_dump(g, stdout);
+    if (autodiff(g, 1, stderr)) {
+      Summary s;
+      summarize(g, &s);
+      if (o.dump_training) graph_dump(g, stdout);
+      summary_print(g, &s, stdout);
+      rc = 0;
+    }
+  }
+  free_opts(&o);
+  return rc;
+}
+
+static Program *compile(Opts *o, const char *dflt, const char *dflt_preset) {
+  if (!o->model && dflt && !o->elab.preset) o->elab.preset = dflt_preset;
+  Graph *g = load_model(o, dflt);
+  if (!g || !autodiff(g, o->train.microbatches, stderr)) return NULL;
+  return codegen(g, &o->train, o->seed);
+}
+
+static void print_train_help(const char *cmd, const char *args, const char *what) {
+  printf("usage: carve %s %s\n\n%s\n\n", cmd, args, what);
+  printf("model options:\n  --preset NAME        a size preset from the model file\n"
+         "  --set dim=N,...      override dims (repeatable)\n"
+         "training options:\n  --optimizer adamw|sgd  (default adamw)\n  --lr X (1e-3)  --wd X (0.1)  "
+         "--beta1 X (0.9)  --beta2 X (0.95)  --eps X (1e-8)\n  --momentum X (0.9, sgd)  --clip X (1.0; 0 turns "
+         "clipping off)  --warmup N (0)\n  --microbatches N (1): gradient accumulation, N must divide batch\n"
+         "  --seed N (1234): parameter initialisation and data\n");
+}
+
+static void print_run_help(void) {
+  printf("run options:\n  --steps N (10)  --data FILE (a token file from 'carve data'; default: synthetic)\n"
+         "  --log-every N (10)  --quiet\n");
+}
+
+int cmd_compile(int argc, char **argv) {
+  Opts o = {.cmd = "compile"};
+  if (wants_help(argc, argv)) {
+    print_train_help("compile", "MODEL -o DIR [options]",
+                     "Compiles MODEL into a program directory: DIR/rank0.prog, a versioned text program\n"
+                     "that 'carve run DIR' executes and 'carve explain DIR' prints.");
+    return 0;
+  }
+  if (!parse_opts(argc, argv, "mto", &o)) return free_opts(&o), 2;
+  if (!o.out) return free_opts(&o), usage_error("compile", "where to? give -o DIR");
+  Program *p = compile(&o, NULL, NULL);
+  int rc = 1;
+  if (p) {
+    if (mkdir(o.out, 0777) != 0 && errno != EEXIST) {
+      fprintf(stderr, "carve: error: cannot create '%s': %s\n", o.out, strerror(errno));
+    } else if (program_write(p, arena_printf("%s/rank0.prog", o.out), stderr)) {
+      char a[32];
+      printf("wrote %s/rank0.prog: %d buffers, %d + %d instructions, arena %s\n", o.out, p->nbufs, p->ninit, p->nstep,
+             fmt_bytes((double)p->arena_bytes, a, sizeof a));
+      rc = 0;
+    }
+  }
+  free_opts(&o);
+  return rc;
+}
+
+/* A program path: a file, or a directory holding rank0.prog. */
+static Program *load_program(const char *arg) {
+  struct stat st;
+  const char *path = arg;
+  if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) path = arena_printf("%s/rank0.prog", arg);
+  return program_read(path, stderr);
+}
+
+static int run_program(Opts *o, const Program *p) {
+  TokenData *td = NULL;
+  if (o->data && !(td = tokens_read(o->data, stderr))) return 1;
+  if (td && !p->vocab) {
+    fprintf(stderr, "carve: error: --data given, but the model has no token input (~ tokens(vocab))\n");
+    tokens_free(td);
+    return 1;
+  }
+  RunOptions ro = {.steps = o->steps, .data = td, .log_every = o->log_every, .quiet = o->quiet};
+  if (!o->quiet)
+    printf("training %s: %d steps on %s\n", p->model, o->steps, td ? td->path : "synthetic data");
+  int rc = runtime_run(p, &ro);
+  tokens_free(td);
+  return rc;
+}
+
+int cmd_run(int argc, char **argv) {
+  Opts o = {.cmd = "run"};
+  if (wants_help(argc, argv)) {
+    printf("usage: carve run DIR|FILE [options]\n\nRuns a program made by 'carve compile'.\n\n");
+    print_run_help();
+    return 0;
+  }
+  if (!parse_opts(argc, argv, "r", &o)) return free_opts(&o), 2;
+  if (!o.model) return free_opts(&o), usage_error("run", "which program? give the directory from 'carve compile'");
+  Program *p = load_program(o.model);
+  int rc = p ? run_program(&o, p) : 1;
+  free_opts(&o);
+  return rc;
+}
+
+int cmd_train(int argc, char **argv) {
+  Opts o = {.cmd = "train"};
+  if (wants_help(argc, argv)) {
+    print_train_help("train", "[MODEL] [options]",
+                     "Checks, compiles and trains MODEL on this machine's CPU, printing the model summary\n"
+                     "and the loss per step. Without MODEL: the gpt model at preset gpt-tiny.");
+    print_run_help();
+    return 0;
+  }
+  if (!parse_opts(argc, argv, "mtr", &o)) return free_opts(&o), 2;
+  Program *p = compile(&o, "gpt", "gpt-tiny");
+  int rc = 1;
+  if (p) {
+    if (!o.quiet) {
+      Diag d;
+      diag_init(&d, stderr);
+      Graph *g = load_model(&o, NULL);
+      if (g && autodiff(g, o.train.microbatches, stderr)) {
+        Summary s;
+        summarize(g, &s);
+        summary_print(g, &s, stdout);
+      }
+    }
+    rc = run_program(&o, p);
+  }
+  free_opts(&o);
+  return rc;
+}
+
+int cmd_explain(int argc, char **argv) {
+  Opts o = {.cmd = "explain"};
+  if (wants_help(argc, argv)) {
+    printf("usage: carve explain DIR|FILE\n\nPrints a compiled program: its buffers (kind, shape, arena offset)\n"
+           "and every instruction of its init and step sections, with buffer names.\n");
+    return 0;
+  }
+  if (!parse_opts(argc, argv, "", &o)) return free_opts(&o), 2;
+  if (!o.model) return free_opts(&o), usage_error("explain", "which program? give a directory or a .prog file");
+  Program *p = load_program(o.model);
+  if (p) program_explain(p, stdout);
+  free_opts(&o);
+  return p ? 0 : 1;
+}

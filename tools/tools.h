@@ -1,0 +1,17 @@
+/* tools.h: the subcommands of the `carve` binary. Each takes argv after the
+ * subcommand name and returns the process exit status. */
+#ifndef CARVE_TOOLS_H
+#define CARVE_TOOLS_H
+#include "carve.h"
+
+int cmd_check(int argc, char **argv);
+int cmd_compile(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_explain(int argc, char **argv);
+int cmd_data(int argc, char **argv);
+
+/* Prints "carve: error: ..." and a hint to use --help; returns 2. */
+int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool wants_help(int argc, char **argv);
+#endif
