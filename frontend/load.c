@@ -31,11 +31,16 @@ Graph *frontend_load(const char *path, const ElabOptions *opt, Diag *d) {
     diag_plain(d, "cannot read model '%s': %s", path, strerror(errno));
     return NULL;
   }
+  Graph *g = frontend_load_text(path, text, len, opt, d);
+  free(text);
+  return g;
+}
+
+Graph *frontend_load_text(const char *name, const char *text, size_t len, const ElabOptions *opt, Diag *d) {
   Source *src = arena_alloc(sizeof(Source));
-  src->path = arena_strdup(path);
+  src->path = arena_strdup(name);
   src->text = arena_strndup(text, len);
   src->len = len;
-  free(text);
   int errors = d->errors;
   Ast *ast = parse(src, d);
   if (d->errors > errors) return NULL;

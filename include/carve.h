@@ -271,6 +271,8 @@ Graph *elaborate(const Ast *ast, const ElabOptions *opt, Diag *d);
 
 /* Convenience: read, parse, elaborate. Errors go to d. */
 Graph *frontend_load(const char *path, const ElabOptions *opt, Diag *d);
+/* The same for text in memory; `name` is what messages call it. */
+Graph *frontend_load_text(const char *name, const char *text, size_t len, const ElabOptions *opt, Diag *d);
 /* Resolves a model argument: a path, or the name of a shipped model. */
 const char *model_resolve(const char *arg);
 /* Parses "a=1,b=2" into overrides (appends); false with a message on error. */
@@ -384,11 +386,20 @@ typedef struct RunOptions {
   bool quiet;
   FILE *out;
   double *losses;         /* if non-NULL, receives the loss of each step */
+  int data_step;          /* if > 0, every step loads the data of this step (tests) */
 } RunOptions;
 
 /* Runs the init section, then `steps` steps. Returns 0 or prints an error
  * and returns nonzero. */
 int runtime_run(const Program *p, const RunOptions *o);
+
+/* The same, one step at a time, with access to buffers by name (tests,
+ * tools). runtime_new checks the program, allocates and runs init. */
+typedef struct Runtime Runtime;
+Runtime *runtime_new(const Program *p, const RunOptions *o);
+int runtime_step(Runtime *rt, double *loss);
+float *runtime_buffer(Runtime *rt, const char *name, int64_t *numel);
+void runtime_free(Runtime *rt);
 
 /* Counter-based random numbers: the value at (key, index) never depends on
  * how a tensor is split or in which order elements are produced. */

@@ -152,7 +152,8 @@ static void load(Run *R, const Instr *in) {
   const Buffer *b = &p->bufs[in->out];
   int64_t n = shape_numel(&b->shape);
   int64_t rows = b->shape.rank ? b->shape.d[0] : 1, per = n / (rows ? rows : 1);
-  uint64_t key = hash_str(b->name) ^ p->seed ^ ((uint64_t)R->step << 32);
+  uint64_t dstep = (uint64_t)(R->o->data_step ? R->o->data_step : R->step);
+  uint64_t key = hash_str(b->name) ^ p->seed ^ (dstep << 32);
   int kind = (int)in->i[0];
   const TokenData *td = R->o->data;
   for (int64_t r = 0; r < rows; r++) {
@@ -160,7 +161,7 @@ static void load(Run *R, const Instr *in) {
     if (kind == SRC_TOKENS || kind == SRC_NEXT_TOKENS) {
       int shift = kind == SRC_NEXT_TOKENS;
       int32_t *out = ibuf(R, in->out) + r * per;
-      uint64_t wkey = p->seed ^ ((uint64_t)R->step * 0x9e3779b97f4a7c15ull);
+      uint64_t wkey = p->seed ^ (dstep * 0x9e3779b97f4a7c15ull);
       if (td) {
         int64_t span = td->n - per - 1;
         int64_t pos = span > 0 ? (int64_t)(rng_u64(wkey, (uint64_t)grow) % (uint64_t)span) : 0;
@@ -349,44 +350,87 @@ static int run_list(Run *R, const Instr *list, int n) {
   return 0;
 }
 
-int runtime_run(const Program *p, const RunOptions *o) {
-  FILE *out = o->out ? o->out : stdout;
-  if (!program_check(p, stderr)) return 1;
+struct Runtime {
+  Run r;
+};
+
+Runtime *runtime_new(const Program *p, const RunOptions *o) {
+  if (!program_check(p, stderr)) return NULL;
   if (o->data && p->vocab && o->data->vocab > p->vocab) {
     fprintf(stderr, "carve: error: %s has a vocabulary of %lld tokens, but the model's token inputs take %lld\n",
             o->data->path, (long long)o->data->vocab, (long long)p->vocab);
-    return 1;
+    return NULL;
   }
-  if (o->data && o->data->n < 2) {
-    fprintf(stderr, "carve: error: %s is too short\n", o->data->path);
-    return 1;
+  if (o->data && p->tokens_per_step && o->data->n < 2 * (p->tokens_per_step / (p->microbatches ? p->microbatches : 1))) {
+    fprintf(stderr, "carve: error: %s has %lld tokens, too few for batches of this model\n", o->data->path,
+            (long long)o->data->n);
+    return NULL;
   }
-  Run R = {.p = p, .o = o};
-  R.arena = aligned_alloc(64, (size_t)((p->arena_bytes + 63) / 64 * 64 + 64));
-  if (!R.arena) {
+  Runtime *rt = xcalloc(1, sizeof(Runtime));
+  Run *R = &rt->r;
+  R->p = p;
+  R->o = o;
+  R->arena = aligned_alloc(64, (size_t)((p->arena_bytes + 63) / 64 * 64 + 64));
+  if (!R->arena) {
     char b[32];
     fprintf(stderr, "carve: error: cannot allocate the %s arena\n", fmt_bytes((double)p->arena_bytes, b, sizeof b));
-    return 1;
+    free(rt);
+    return NULL;
   }
-  int rc = run_list(&R, p->init, p->ninit);
+  if (run_list(R, p->init, p->ninit)) {
+    runtime_free(rt);
+    return NULL;
+  }
+  return rt;
+}
+
+int runtime_step(Runtime *rt, double *loss) {
+  Run *R = &rt->r;
+  R->step++;
+  R->loss = 0;
+  int rc = run_list(R, R->p->step, R->p->nstep);
+  if (loss) *loss = R->loss;
+  return rc;
+}
+
+float *runtime_buffer(Runtime *rt, const char *name, int64_t *numel) {
+  const Program *p = rt->r.p;
+  for (int b = 0; b < p->nbufs; b++)
+    if (strcmp(p->bufs[b].name, name) == 0) {
+      if (numel) *numel = shape_numel(&p->bufs[b].shape);
+      return (float *)(rt->r.arena + p->bufs[b].offset);
+    }
+  return NULL;
+}
+
+void runtime_free(Runtime *rt) {
+  if (!rt) return;
+  free(rt->r.arena);
+  free(rt->r.scratch.p);
+  free(rt);
+}
+
+int runtime_run(const Program *p, const RunOptions *o) {
+  FILE *out = o->out ? o->out : stdout;
+  Runtime *rt = runtime_new(p, o);
+  if (!rt) return 1;
+  int rc = 0;
   double t_total = 0;
   char b1[32], b2[32];
   for (int s = 1; s <= o->steps && rc == 0; s++) {
-    R.step = s;
-    R.loss = 0;
-    double t0 = now_seconds();
-    rc = run_list(&R, p->step, p->nstep);
+    double loss, t0 = now_seconds();
+    rc = runtime_step(rt, &loss);
     double dt = now_seconds() - t0;
     if (s > 1 || o->steps == 1) t_total += dt;
     if (rc) break;
-    if (!isfinite(R.loss)) {
-      fprintf(stderr, "carve: error: step %d: the loss is %g; training diverged (try a lower --lr)\n", s, R.loss);
+    if (!isfinite(loss)) {
+      fprintf(stderr, "carve: error: step %d: the loss is %g; training diverged (try a lower --lr)\n", s, loss);
       rc = 1;
       break;
     }
-    if (o->losses) o->losses[s - 1] = (float)R.loss;
+    if (o->losses) o->losses[s - 1] = loss;
     if (!o->quiet && (s == 1 || s == o->steps || (o->log_every > 0 && s % o->log_every == 0))) {
-      fprintf(out, "step %5d  loss %.6f  %7.1f ms", s, R.loss, dt * 1e3);
+      fprintf(out, "step %5d  loss %.6f  %7.1f ms", s, loss, dt * 1e3);
       if (p->tokens_per_step) fprintf(out, "  %9.0f tok/s", (double)p->tokens_per_step / dt);
       fprintf(out, "  %7.2f GFLOP/s\n", p->flops_per_step / dt * 1e-9);
       fflush(out);
@@ -400,7 +444,6 @@ int runtime_run(const Program *p, const RunOptions *o) {
     fprintf(out, ", %s FLOP/s (einsum FLOPs), arena %s\n", fmt_si(p->flops_per_step / per, b2, sizeof b2),
             fmt_bytes((double)p->arena_bytes, b1, sizeof b1));
   }
-  free(R.arena);
-  free(R.scratch.p);
+  runtime_free(rt);
   return rc;
 }
