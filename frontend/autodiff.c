@@ -38,7 +38,7 @@ static void add_grad(AD *A, int x, int contrib) {
     return;
   }
   Node *n = bwd(A, OP_ADD, "acc", shape_of(A, x), 2, A->grad[x], contrib, 0);
-  n->name = arena_printf("d.%s/acc", A->g->nodes[x]->name);
+  n->name = arena_printf("d.%s/acc.%d", A->g->nodes[x]->name, n->id);
   A->grad[x] = n->id;
 }
 
@@ -61,8 +61,8 @@ static void einsum_rule(AD *A, const Node *y, int dy) {
     int x = y->in[k];
     if (!A->needs[x]) continue;
     /* dA = einsum(out, B -> A)(dy, B);  dB = einsum(A, out -> B)(A, dy) */
-    Node *n = k == 0 ? bwd(A, OP_EINSUM, "einsum", shape_of(A, x), 2, dy, y->in[1], 0)
-                     : bwd(A, OP_EINSUM, "einsum", shape_of(A, x), 2, y->in[0], dy, 0);
+    Node *n = k == 0 ? bwd(A, OP_EINSUM, "einsum.da", shape_of(A, x), 2, dy, y->in[1], 0)
+                     : bwd(A, OP_EINSUM, "einsum.db", shape_of(A, x), 2, y->in[0], dy, 0);
     strcpy(n->labels[0], k == 0 ? lo : y->labels[0]);
     strcpy(n->labels[1], k == 0 ? y->labels[1] : lo);
     strcpy(n->labels[2], y->labels[k]);

@@ -123,7 +123,7 @@ static Dim *dim_find(Elab *E, const char *name) {
 
 static bool mentions_tensor(Elab *E, const Expr *e) {
   switch (e->kind) {
-  case EX_IDENT: return !dim_find(E, e->name) && sym_find(E, e->name);
+  case EX_IDENT: return !dim_find(E, e->name); /* a tensor, or unknown: reported as a tensor */
   case EX_BIN: return mentions_tensor(E, e->lhs) || mentions_tensor(E, e->rhs);
   case EX_NEG: return mentions_tensor(E, e->lhs);
   case EX_CALL:
@@ -275,6 +275,7 @@ static Node *op_node(Elab *E, OpKind op, const Token *tok, int nin, const int *i
   if (nin) {
     Node *a = node_of(E, in[0]);
     n->shape = a->shape;
+    n->dtype = a->dtype;
     memcpy(n->dimname, a->dimname, sizeof n->dimname);
   }
   return n;
@@ -664,11 +665,18 @@ static const Token *sub_token(Elab *E, const Token *str, int off, int len) {
   return t;
 }
 
-/* Splits one operand's part of the spec into labels: words separated by
- * spaces, or single letters when the part has no spaces ("bsh"). */
-static int split_labels(const char *s, int off, int len, Label *out, int max) {
-  bool spaced = false;
-  for (int i = 0; i < len; i++) spaced |= s[off + i] == ' ';
+/* Does any part of the spec hold two labels separated by a space? Then
+ * labels are words ("b s h"); otherwise every letter is a label ("bsh"). */
+static bool spec_spaced(const char *s) {
+  for (const char *p = s; *p; p++)
+    if (*p == ' ' && p > s && p[1] && p[-1] != ' ' && p[-1] != ',' && p[-1] != '>' && p[1] != ' ' &&
+        p[1] != ',' && p[1] != '-')
+      return true;
+  return false;
+}
+
+/* Splits one operand's part of the spec into labels. */
+static int split_labels(const char *s, int off, int len, bool spaced, Label *out, int max) {
   int n = 0;
   for (int i = 0; i < len;) {
     if (s[off + i] == ' ') {
@@ -731,13 +739,15 @@ static int einsum_builtin(Call *c) {
 
   Label lab[3][MAXRANK + 1];
   int nl[3];
+  bool spaced = spec_spaced(s);
   for (int k = 0; k <= nt; k++) {
-    nl[k] = split_labels(s, parts[k][0], parts[k][1], lab[k], MAXRANK);
+    nl[k] = split_labels(s, parts[k][0], parts[k][1], spaced, lab[k], MAXRANK);
     int want = k < nt ? node_of(E, in[k])->shape.rank : -1;
     if (nl[k] > MAXRANK || (k < nt && nl[k] != want)) {
       const Token *at = sub_token(E, spec->tok, parts[k][0], parts[k][1]);
       if (k < nt)
-        diag_error(E->d, at, "einsum: operand %d has %d labels but its tensor has rank %d", k + 1, nl[k], want);
+        diag_error(E->d, at, "einsum: operand %d has %d label%s but its tensor has rank %d", k + 1, nl[k],
+                   nl[k] == 1 ? "" : "s", want);
       else
         diag_error(E->d, at, "einsum: the output has %d labels, more than %d", nl[k], MAXRANK);
       return POISON;
@@ -911,21 +921,28 @@ static int eval_tensor(Elab *E, const Expr *e) {
 
 /* ---------------------------------------------------------------- statements */
 
+/* --set wins over the preset, which wins over the declared default; both
+ * are marked used so that an override of a real dim never reads as unknown. */
 static int64_t *override_for(Elab *E, const char *name) {
-  for (int i = 0; i < E->opt->nsets; i++)
-    if (strcmp(E->opt->sets[i].name, name) == 0) {
-      E->opt->sets[i].used = true;
-      return &E->opt->sets[i].value;
-    }
+  int64_t *v = NULL;
   for (int i = 0; i < E->npreset; i++)
     if (strcmp(E->preset[i].name, name) == 0) {
       E->preset[i].used = true;
-      return &E->preset[i].value;
+      v = &E->preset[i].value;
     }
-  return NULL;
+  for (int i = 0; i < E->opt->nsets; i++)
+    if (strcmp(E->opt->sets[i].name, name) == 0) {
+      E->opt->sets[i].used = true;
+      v = &E->opt->sets[i].value;
+    }
+  return v;
 }
 
 static void stmt_dim(Elab *E, const Stmt *s) {
+  if (E->scope || E->prefix[0]) {
+    diag_error(E->d, s->tok, "dims belong at the top level of the file, not inside a block");
+    return;
+  }
   for (int i = 0; i < s->nnames; i++) {
     const char *name = s->names[i];
     if (dim_find(E, name) || sym_find(E, name)) {
@@ -943,8 +960,8 @@ static void stmt_dim(Elab *E, const Stmt *s) {
       dm->value = *ov, dm->ok = true;
     else
       dm->ok = eval_int(E, s->exprs[i], &dm->value);
-    if (dm->ok && dm->value < 1) {
-      diag_error(E->d, s->name_toks[i], "dim '%s' must be at least 1, got %lld%s", name, (long long)dm->value,
+    if (dm->ok && dm->value < 0) {
+      diag_error(E->d, s->name_toks[i], "dim '%s' must not be negative, got %lld%s", name, (long long)dm->value,
                  ov ? " (from --set or a preset)" : "");
       dm->ok = false;
     }
@@ -1086,9 +1103,27 @@ static void stmt_assign(Elab *E, const Stmt *s) {
   }
 }
 
+/* When a block cannot be elaborated, the names it would define are bound to
+ * the poison value, so later uses do not report them as unknown. */
+static void poison_block(Elab *E, Stmt **stmts, int n) {
+  for (int i = 0; i < n; i++) {
+    const Stmt *s = stmts[i];
+    if (s->kind == ST_ASSIGN || s->kind == ST_INPUT || s->kind == ST_PARAM)
+      for (int k = 0; k < s->nnames; k++)
+        if (!sym_find(E, s->names[k])) sym_add(E, s->names[k], POISON, false);
+    if (s->kind == ST_REPEAT || s->kind == ST_IF) {
+      poison_block(E, s->body, s->nbody);
+      poison_block(E, s->orelse, s->norelse);
+    }
+  }
+}
+
 static void stmt_repeat(Elab *E, const Stmt *s) {
   int64_t count;
-  if (!eval_int(E, s->exprs[0], &count)) return;
+  if (!eval_int(E, s->exprs[0], &count)) {
+    poison_block(E, s->body, s->nbody);
+    return;
+  }
   if (count < 0 || count > MAX_REPEAT) {
     diag_error(E->d, s->exprs[0]->tok, "repeat count must be between 0 and %d, got %lld", MAX_REPEAT,
                (long long)count);
@@ -1113,7 +1148,11 @@ static void stmt_repeat(Elab *E, const Stmt *s) {
 
 static void stmt_if(Elab *E, const Stmt *s) {
   int64_t v;
-  if (!eval_int(E, s->exprs[0], &v)) return;
+  if (!eval_int(E, s->exprs[0], &v)) {
+    poison_block(E, s->body, s->nbody);
+    poison_block(E, s->orelse, s->norelse);
+    return;
+  }
   if (v)
     elab_block(E, s->body, s->nbody);
   else
@@ -1142,7 +1181,7 @@ static void elab_block(Elab *E, Stmt **stmts, int n) {
 }
 
 /* Finds the named preset and turns its bindings into overrides. Preset
- * values are plain integers or expressions over earlier preset values. */
+ * values are constants: they are evaluated before any dim exists. */
 static bool apply_preset(Elab *E) {
   const char *want = E->opt->preset;
   if (!want) return true;

@@ -137,7 +137,7 @@ Token *lex(const Source *src, Diag *d, int *ntok) {
   while (L.p < end) {
     char c = *L.p;
     if (c == '\n') {
-      if (L.depth == 0) push(&L, TK_NEWLINE, L.p, 1, L.col, space);
+      push(&L, TK_NEWLINE, L.p, 1, L.col, space)->bracketed = L.depth > 0;
       L.p++, L.line++, L.col = 1, space = true;
       continue;
     }

@@ -32,10 +32,25 @@ typedef struct Parser {
 
 #define MAX_EXPR_DEPTH 200
 
-static Token *peek(Parser *P) { return &P->t[P->pos]; }
+/* Newlines inside brackets are read through; see lex(). */
+static void skip_bracketed(Parser *P) {
+  while (P->t[P->pos].kind == TK_NEWLINE && P->t[P->pos].bracketed) P->pos++;
+}
+static Token *peek(Parser *P) {
+  skip_bracketed(P);
+  return &P->t[P->pos];
+}
 static Token *next(Parser *P) {
-  Token *t = &P->t[P->pos];
+  Token *t = peek(P);
   if (t->kind != TK_EOF) P->pos++;
+  return t;
+}
+/* The token after the next one (for one-token lookahead decisions). */
+static Token *peek2(Parser *P) {
+  int save = P->pos;
+  next(P);
+  Token *t = peek(P);
+  P->pos = save;
   return t;
 }
 static bool at(Parser *P, const char *s) { return tok_is(peek(P), s); }
@@ -64,6 +79,14 @@ static bool expect(Parser *P, const char *s) {
   return false;
 }
 
+/* A closing bracket; on error, a note points at the one it would close. */
+static bool expect_close(Parser *P, const char *close, const Token *open) {
+  bool reported = P->failed;
+  if (expect(P, close)) return true;
+  if (!reported) diag_note(P->d, open, "to close this '%.*s'", open->len, open->p);
+  return false;
+}
+
 static Token *expect_ident(Parser *P, const char *what) {
   if (peek(P)->kind == TK_IDENT) return next(P);
   error_at(P, peek(P), "expected %s, found %s", what);
@@ -82,11 +105,11 @@ static Expr *new_expr(ExprKind k, const Token *tok) {
 static Expr *expr(Parser *P);
 
 /* args = (arg ("," arg)*)?   arg = (IDENT "=")? expr   (also used for lists) */
-static void arg_list(Parser *P, Expr *call, const char *close, bool keywords) {
+static void arg_list(Parser *P, Expr *call, const char *close, bool keywords, const Token *open) {
   PtrVec args = {0}, kws = {0};
   while (!at(P, close) && !P->failed && peek(P)->kind != TK_EOF && peek(P)->kind != TK_NEWLINE) {
     const char *kw = NULL;
-    if (keywords && peek(P)->kind == TK_IDENT && tok_is(&P->t[P->pos + 1], "=")) {
+    if (keywords && peek(P)->kind == TK_IDENT && tok_is(peek2(P), "=")) {
       kw = tok_text(next(P));
       next(P);
     }
@@ -97,7 +120,7 @@ static void arg_list(Parser *P, Expr *call, const char *close, bool keywords) {
   call->args = (Expr **)args.v;
   call->kw = (const char **)kws.v;
   call->nargs = args.n;
-  expect(P, close);
+  expect_close(P, close, open);
 }
 
 /* primary = NUM | STR | "(" expr ")" | "[" exprs "]" | IDENT ("(" args ")")? */
@@ -118,20 +141,21 @@ static Expr *primary(Parser *P) {
   }
   if (accept(P, "(")) {
     Expr *e = expr(P);
-    expect(P, ")");
+    expect_close(P, ")", t);
     return e;
   }
   if (accept(P, "[")) {
     Expr *e = new_expr(EX_LIST, t);
-    arg_list(P, e, "]", false);
+    arg_list(P, e, "]", false, t);
     return e;
   }
   if (t->kind == TK_IDENT) {
     next(P);
+    Token *open = peek(P);
     if (accept(P, "(")) {
       Expr *e = new_expr(EX_CALL, t);
       e->name = tok_text(t);
-      arg_list(P, e, ")", true);
+      arg_list(P, e, ")", true, open);
       return e;
     }
     Expr *e = new_expr(EX_IDENT, t);
@@ -237,7 +261,7 @@ static void decl_shape(Parser *P, Stmt *s) {
   Token *open = peek(P);
   if (!expect(P, "[")) return;
   Expr *list = new_expr(EX_LIST, open);
-  arg_list(P, list, "]", false);
+  arg_list(P, list, "]", false, open);
   s->dims = list->args;
   s->ndims = list->nargs;
 }
@@ -261,6 +285,10 @@ static Stmt *block_stmt(Parser *P, Token *kw, StmtKind kind) {
   P->depth++;
   s->body = block(P, open, &s->nbody);
   P->depth--;
+  /* "else" may start the line after the closing brace */
+  int save = P->pos;
+  while (kind == ST_IF && peek(P)->kind == TK_NEWLINE) next(P);
+  if (!at(P, "else")) P->pos = save;
   if (kind == ST_IF && at(P, "else")) {
     next(P);
     Token *open2 = peek(P);
@@ -279,26 +307,26 @@ static Stmt *statement(Parser *P) {
     error_at(P, t, "expected a statement, found %s%s", "");
     return NULL;
   }
-  if (tok_is(t, "model") && P->t[P->pos + 1].kind == TK_IDENT) {
+  if (tok_is(t, "model") && peek2(P)->kind == TK_IDENT) {
     next(P);
     Stmt *s = new_stmt(ST_MODEL, t);
     s->label = tok_text(next(P));
     return s;
   }
-  if (tok_is(t, "dim") && !tok_is(&P->t[P->pos + 1], "=")) {
+  if (tok_is(t, "dim") && !tok_is(peek2(P), "=")) {
     next(P);
     Stmt *s = new_stmt(ST_DIM, t);
     bindings(P, s);
     return s;
   }
-  if (tok_is(t, "preset") && !tok_is(&P->t[P->pos + 1], "=")) {
+  if (tok_is(t, "preset") && !tok_is(peek2(P), "=")) {
     next(P);
     Stmt *s = new_stmt(ST_PRESET, t);
     s->label = preset_name(P);
     if (s->label && expect(P, ":")) bindings(P, s);
     return s;
   }
-  if ((tok_is(t, "input") || tok_is(t, "param")) && !tok_is(&P->t[P->pos + 1], "=")) {
+  if ((tok_is(t, "input") || tok_is(t, "param")) && !tok_is(peek2(P), "=")) {
     next(P);
     Stmt *s = new_stmt(tok_is(t, "input") ? ST_INPUT : ST_PARAM, t);
     Token *name = expect_ident(P, "a tensor name");
@@ -316,8 +344,8 @@ static Stmt *statement(Parser *P) {
     if (accept(P, "~")) s->init = expr(P);
     return s;
   }
-  if (tok_is(t, "repeat") && !tok_is(&P->t[P->pos + 1], "=")) return block_stmt(P, next(P), ST_REPEAT);
-  if (tok_is(t, "if") && !tok_is(&P->t[P->pos + 1], "=")) return block_stmt(P, next(P), ST_IF);
+  if (tok_is(t, "repeat") && !tok_is(peek2(P), "=")) return block_stmt(P, next(P), ST_REPEAT);
+  if (tok_is(t, "if") && !tok_is(peek2(P), "=")) return block_stmt(P, next(P), ST_IF);
 
   /* IDENT ("," IDENT)* "=" expr */
   Stmt *s = new_stmt(ST_ASSIGN, t);
@@ -364,8 +392,9 @@ static Stmt **block(Parser *P, Token *open, int *n) {
     Stmt *s = statement(P);
     if (!P->failed && peek(P)->kind != TK_NEWLINE && !at(P, "}"))
       error_at(P, peek(P), "expected end of line after the statement, found %s%s", "");
-    if (P->failed) {
-      while (peek(P)->kind != TK_NEWLINE && peek(P)->kind != TK_EOF && !at(P, "}")) next(P);
+    if (P->failed) { /* skip to the end of the line, bracketed or not */
+      while (P->t[P->pos].kind != TK_NEWLINE && P->t[P->pos].kind != TK_EOF && !tok_is(&P->t[P->pos], "}"))
+        P->pos++;
       continue; /* a statement with an error is dropped */
     }
     if (s) ptrvec_push(&stmts, s);

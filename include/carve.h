@@ -89,6 +89,7 @@ typedef struct Token {
   double num;    /* TK_NUM */
   bool is_int;   /* TK_NUM written without '.' or exponent */
   bool space_before;
+  bool bracketed; /* TK_NEWLINE inside () or []: not a statement end */
   const Source *src;
 } Token;
 
@@ -105,7 +106,8 @@ void diag_note(Diag *d, const Token *at, const char *fmt, ...) __attribute__((fo
 void diag_plain(Diag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Splits src into tokens (arena). Lexical errors go to d; the token array
- * always ends with TK_EOF. Newlines inside () and [] are dropped. */
+ * always ends with TK_EOF. Newlines inside () and [] are marked bracketed:
+ * the parser reads through them, error recovery stops at them. */
 Token *lex(const Source *src, Diag *d, int *ntok);
 bool tok_is(const Token *t, const char *s);
 
