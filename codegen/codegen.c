@@ -4,14 +4,17 @@
  * from the counter-based RNG and zeroes optimizer state. `step` runs every
  * training step: for each microbatch, load its slice of the inputs, run the
  * forward and backward nodes in graph order, fold each parameter gradient
- * into its accumulator (copy for the first microbatch, add after), and record
- * the loss; then clip by the global gradient norm and apply the optimizer.
+ * into its accumulator, and record the loss; then clip by the global gradient
+ * norm and apply the optimizer. The node that completes a parameter's
+ * gradient writes straight into the accumulator in the first microbatch
+ * (no copy); later microbatches write a transient and add it in.
  *
  * Memory: parameters, gradient accumulators, optimizer state and scalars are
  * persistent and sit at the start of the arena. Every other buffer lives from
  * the instruction that writes it to the last one that reads it, within one
- * microbatch; all microbatches have the same shape, so one placement serves
- * them all. Placement is first-fit over those intervals, decided here, so the
+ * microbatch. Microbatches after the first all have the same shape (the
+ * first differs only in writing gradients in place), so the placement
+ * computed over the last microbatch serves them all. Placement is first-fit over those intervals, decided here, so the
  * runtime makes one allocation and never allocates again. */
 #include "carve.h"
 
@@ -26,6 +29,8 @@ typedef struct CG {
   Program *p;
   int *buf;   /* node id -> buffer id, -1 if the node is not emitted */
   int *gacc;  /* node id (param) -> gradient accumulator buffer */
+  int *final; /* node id -> the parameter whose gradient it completes, or -1 */
+  int *alt;   /* such a node's transient buffer for microbatches after the first */
   bool *live; /* node is needed for the loss or a gradient */
   PtrVec init, step;
   int cap_bufs;
@@ -76,7 +81,9 @@ static void emit_node(CG *C, const Node *n, int mb) {
     in->f[1] = n->init_b;
     return;
   }
-  in = emit(&C->step, n->op, C->buf[n->id]);
+  int out = C->buf[n->id];
+  if (mb > 0 && C->alt[n->id] >= 0) out = C->alt[n->id];
+  in = emit(&C->step, n->op, out);
   in->nin = n->nin;
   for (int k = 0; k < n->nin; k++) in->in[k] = C->buf[n->in[k]];
   in->i[0] = n->i[0];
@@ -97,14 +104,19 @@ static void emit_node(CG *C, const Node *n, int mb) {
   }
 }
 
-/* After the node that completes a parameter's gradient: fold it in. */
+/* After the node that completes a parameter's gradient: fold it in. In the
+ * first microbatch the node wrote the accumulator itself. */
 static void emit_grad_fold(CG *C, int gradnode, int mb) {
-  const Graph *g = C->g;
-  for (int p = 0; p < g->nfwd; p++) {
-    if (g->grad[p] != gradnode) continue;
+  int p = C->final[gradnode];
+  if (p < 0) return;
+  if (C->buf[gradnode] != C->gacc[p]) { /* the gradient is read by other nodes: it has its own buffer */
     Instr *in = emit(&C->step, mb == 0 ? OP_COPY : OP_ACC, C->gacc[p]);
     in->nin = 1;
     in->in[0] = C->buf[gradnode];
+  } else if (mb > 0) {
+    Instr *in = emit(&C->step, OP_ACC, C->gacc[p]);
+    in->nin = 1;
+    in->in[0] = C->alt[gradnode];
   }
 }
 
@@ -168,7 +180,7 @@ static int cmp_def(const void *a, const void *b) {
 }
 
 /* First-fit placement of transient buffers over their live intervals. */
-static void place(CG *C, int nstep_mb0) {
+static void place(CG *C, int first, int end) {
   Program *p = C->p;
   int64_t off = 0;
   for (int b = 0; b < p->nbufs; b++) {
@@ -180,7 +192,7 @@ static void place(CG *C, int nstep_mb0) {
   int64_t base = off, top = off;
   Interval *iv = xcalloc((size_t)p->nbufs, sizeof(Interval));
   for (int b = 0; b < p->nbufs; b++) iv[b] = (Interval){b, -1, -1};
-  for (int i = 0; i < nstep_mb0; i++) {
+  for (int i = first; i < end; i++) {
     Instr *in = C->step.v[i];
     if (in->out >= 0 && iv[in->out].def < 0) iv[in->out].def = i;
     if (in->out >= 0) iv[in->out].last = i;
@@ -232,12 +244,26 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
   C.buf = arena_alloc(sizeof(int) * (size_t)g->n);
   C.gacc = arena_alloc(sizeof(int) * (size_t)g->n);
   C.live = arena_alloc(sizeof(bool) * (size_t)g->n);
+  C.final = arena_alloc(sizeof(int) * (size_t)g->n);
+  C.alt = arena_alloc(sizeof(int) * (size_t)g->n);
+  int *users = arena_alloc(sizeof(int) * (size_t)g->n);
   mark_live(&C);
+  for (int i = 0; i < g->n; i++) {
+    C.final[i] = C.alt[i] = -1;
+    for (int k = 0; k < g->nodes[i]->nin; k++) users[g->nodes[i]->in[k]]++;
+  }
+  for (int i = 0; i < g->nfwd; i++)
+    if (g->grad[i] >= 0) C.final[g->grad[i]] = i;
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];
     C.buf[i] = C.gacc[i] = -1;
     if (!C.live[i] && n->op != OP_PARAM) continue;
     BufKind kind = n->op == OP_PARAM ? BUF_PARAM : n->op == OP_INPUT ? BUF_INPUT : BUF_ACT;
+    if (C.final[i] >= 0 && users[i] == 0 && n->op != OP_FILL) { /* writes the accumulator directly */
+      C.buf[i] = C.gacc[C.final[i]];
+      if (t->microbatches > 1) C.alt[i] = new_buf(&C, n->name, n->dtype, &n->shape, BUF_ACT);
+      continue;
+    }
     C.buf[i] = new_buf(&C, n->name, n->dtype, &n->shape, kind);
     if (n->op == OP_PARAM) {
       Instr *in = emit(&C.init, OP_INIT, C.buf[i]);
@@ -252,17 +278,18 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
     }
     p->flops_per_step += n->op == OP_EINSUM ? node_flops(g, n) * t->microbatches : 0;
   }
-  int nstep_mb0 = 0;
+  int mb_start = 0, mb_end = 0;
   for (int mb = 0; mb < t->microbatches; mb++) {
+    mb_start = C.step.n;
     for (int i = 0; i < g->n; i++) {
       if (!C.live[i]) continue;
       emit_node(&C, g->nodes[i], mb);
       if (g->nodes[i]->phase == PH_BACKWARD) emit_grad_fold(&C, i, mb);
     }
-    if (mb == 0) nstep_mb0 = C.step.n;
+    mb_end = C.step.n;
   }
   emit_update(&C);
-  place(&C, nstep_mb0);
+  place(&C, mb_start, mb_end);
   p->ninit = C.init.n;
   p->init = arena_alloc(sizeof(Instr) * (size_t)(C.init.n + 1));
   for (int i = 0; i < C.init.n; i++) p->init[i] = *(Instr *)C.init.v[i];

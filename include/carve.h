@@ -389,6 +389,7 @@ typedef struct RunOptions {
   FILE *out;
   double *losses;         /* if non-NULL, receives the loss of each step */
   int data_step;          /* if > 0, every step loads the data of this step (tests) */
+  bool profile;           /* time every instruction; print time by opcode at the end */
 } RunOptions;
 
 /* Runs the init section, then `steps` steps. Returns 0 or prints an error

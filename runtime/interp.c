@@ -20,6 +20,8 @@ typedef struct Run {
   double loss;    /* accumulated by OP_LOSS */
   EinsumScratch scratch;
   const char *error; /* a data error found by a kernel */
+  double op_time[OP_COUNT]; /* seconds per opcode, with RunOptions.profile */
+  int64_t op_count[OP_COUNT];
 } Run;
 
 static float *F(Run *R, int b) { return (float *)(R->arena + R->p->bufs[b].offset); }
@@ -189,6 +191,7 @@ static void init(Run *R, const Instr *in) {
   float *x = F(R, in->out);
   int64_t n = shape_numel(&b->shape);
   uint64_t key = hash_str(b->name) ^ R->p->seed;
+#pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; i++) {
     switch (in->i[0]) {
     case INIT_ZEROS: x[i] = 0; break;
@@ -214,6 +217,7 @@ static void adamw(Run *R, const Instr *in) {
   float b1 = (float)in->f[1], b2 = (float)in->f[2], eps = (float)in->f[3], wd = (float)in->f[4];
   float c1 = 1.0f - powf(b1, (float)R->step), c2 = 1.0f - powf(b2, (float)R->step);
   int64_t n = N(R->p, in->out);
+#pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; i++) {
     float gi = g[i] * clip;
     m[i] = b1 * m[i] + (1 - b1) * gi;
@@ -226,6 +230,7 @@ static void sgd(Run *R, const Instr *in) {
   float *p = F(R, in->out), *g = F(R, in->in[0]), *mom = F(R, in->in[1]);
   float clip = F(R, in->in[2])[0], lr = lr_at(in, R->step), mu = (float)in->f[1], wd = (float)in->f[2];
   int64_t n = N(R->p, in->out);
+#pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; i++) {
     mom[i] = mu * mom[i] + g[i] * clip;
     p[i] -= lr * (mom[i] + wd * p[i]);
@@ -312,21 +317,11 @@ static void exec(Run *R, const Instr *in) {
   case OP_MOE_COMBINE_BWD:
     k_moe_combine_bwd(F(R, o), F(R, x), F(R, y), N(p, x) / last(p, x), last(p, x), last(p, y), (int)in->i[0]);
     break;
-  case OP_RESHAPE: case OP_COPY: memcpy(F(R, o), F(R, x), sizeof(float) * (size_t)N(p, o)); break;
+  case OP_RESHAPE: case OP_COPY: k_copy(F(R, o), F(R, x), N(p, o)); break;
   case OP_SUM_TO: k_sum_to(F(R, o), F(R, x), N(p, x) / N(p, o), N(p, o)); break;
-  case OP_ACC: {
-    float *d = F(R, o), *s = F(R, x);
-    for (int64_t i = 0; i < N(p, o); i++) d[i] += s[i];
-    break;
-  }
+  case OP_ACC: k_acc(F(R, o), F(R, x), N(p, o)); break;
   case OP_LOSS: R->loss += in->f[0] * F(R, x)[0]; break;
-  case OP_SUMSQ: {
-    double s = 0;
-    const float *g = F(R, x);
-    for (int64_t i = 0; i < N(p, x); i++) s += (double)g[i] * g[i];
-    F(R, o)[0] += (float)s;
-    break;
-  }
+  case OP_SUMSQ: F(R, o)[0] += (float)k_sumsq(F(R, x), N(p, x)); break;
   case OP_CLIP: {
     float norm = sqrtf(F(R, x)[0]);
     F(R, o)[0] = norm > (float)in->f[0] ? (float)in->f[0] / (norm + 1e-6f) : 1.0f;
@@ -339,8 +334,14 @@ static void exec(Run *R, const Instr *in) {
 }
 
 static int run_list(Run *R, const Instr *list, int n) {
+  bool prof = R->o->profile;
   for (int i = 0; i < n; i++) {
+    double t0 = prof ? now_seconds() : 0;
     exec(R, &list[i]);
+    if (prof) {
+      R->op_time[list[i].op] += now_seconds() - t0;
+      R->op_count[list[i].op]++;
+    }
     if (R->error) {
       fprintf(stderr, "carve: error: rank %d, step %d, instruction %d (%s): %s\n", R->p->rank, R->step, i,
               op_info[list[i].op].name, R->error);
@@ -403,6 +404,23 @@ float *runtime_buffer(Runtime *rt, const char *name, int64_t *numel) {
   return NULL;
 }
 
+/* Time by opcode, largest first. */
+static void print_profile(const Run *R, FILE *out) {
+  double total = 0;
+  for (int op = 0; op < OP_COUNT; op++) total += R->op_time[op];
+  fprintf(out, "time by instruction (all steps, including the first):\n");
+  bool done[OP_COUNT] = {0};
+  for (;;) {
+    int best = -1;
+    for (int op = 0; op < OP_COUNT; op++)
+      if (!done[op] && R->op_count[op] && (best < 0 || R->op_time[op] > R->op_time[best])) best = op;
+    if (best < 0) break;
+    done[best] = true;
+    fprintf(out, "  %-18s %9.1f ms %5.1f%%  %8lld calls\n", op_info[best].name, R->op_time[best] * 1e3,
+            100 * R->op_time[best] / (total > 0 ? total : 1), (long long)R->op_count[best]);
+  }
+}
+
 void runtime_free(Runtime *rt) {
   if (!rt) return;
   free(rt->r.arena);
@@ -444,6 +462,7 @@ int runtime_run(const Program *p, const RunOptions *o) {
     fprintf(out, ", %s FLOP/s (einsum FLOPs), arena %s\n", fmt_si(p->flops_per_step / per, b2, sizeof b2),
             fmt_bytes((double)p->arena_bytes, b1, sizeof b1));
   }
+  if (o->profile) print_profile(&rt->r, out);
   runtime_free(rt);
   return rc;
 }

@@ -8,27 +8,87 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Loops over more than this many elements are split across threads
+ * (OpenMP, static schedule). Every kernel gives each output element to
+ * exactly one thread and sums in a fixed order, so results do not depend on
+ * the number of threads. */
+#define PRAGMA(x) _Pragma(#x)
+#define PARALLEL(n) PRAGMA(omp parallel for schedule(static) if ((n) > 32768))
+
+static inline float binop(OpKind op, float x, float y) {
+  switch (op) {
+  case OP_ADD: return x + y;
+  case OP_SUB: return x - y;
+  case OP_MUL: return x * y;
+  default: return x / y;
+  }
+}
+
 /* Trailing-aligned broadcasting: the smaller operand repeats; index i of
  * the output reads a[i % na] and b[i % nb]. */
 void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, const float *b, int64_t nb) {
-  for (int64_t base = 0; base < n;) {
-    int64_t len = na < nb ? na : nb;
-    if (len > n - base) len = n - base;
-    const float *x = a + (na == n ? base : base % na);
-    const float *y = b + (nb == n ? base : base % nb);
-    float *o = out + base;
+  if (na == n && nb == n) {
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) out[i] = binop(op, a[i], b[i]);
+    return;
+  }
+  int64_t small = na < nb ? na : nb, reps = n / small;
+  PARALLEL(n)
+  for (int64_t r = 0; r < reps; r++) {
+    const float *x = na == n ? a + r * small : a, *y = nb == n ? b + r * small : b;
+    float *o = out + r * small;
     switch (op) {
-    case OP_ADD: for (int64_t i = 0; i < len; i++) o[i] = x[i] + y[i]; break;
-    case OP_SUB: for (int64_t i = 0; i < len; i++) o[i] = x[i] - y[i]; break;
-    case OP_MUL: for (int64_t i = 0; i < len; i++) o[i] = x[i] * y[i]; break;
-    default: for (int64_t i = 0; i < len; i++) o[i] = x[i] / y[i]; break;
+    case OP_ADD: for (int64_t i = 0; i < small; i++) o[i] = x[i] + y[i]; break;
+    case OP_SUB: for (int64_t i = 0; i < small; i++) o[i] = x[i] - y[i]; break;
+    case OP_MUL: for (int64_t i = 0; i < small; i++) o[i] = x[i] * y[i]; break;
+    default: for (int64_t i = 0; i < small; i++) o[i] = x[i] / y[i]; break;
     }
-    base += len;
   }
 }
 
 void k_scale(float *out, const float *x, int64_t n, float mul, float add) {
+  PARALLEL(n)
   for (int64_t i = 0; i < n; i++) out[i] = x[i] * mul + add;
+}
+
+void k_acc(float *out, const float *x, int64_t n) {
+  PARALLEL(n)
+  for (int64_t i = 0; i < n; i++) out[i] += x[i];
+}
+
+void k_copy(float *out, const float *x, int64_t n) {
+  PARALLEL(n)
+  for (int64_t i = 0; i < n; i++) out[i] = x[i];
+}
+
+/* Sum of squares in fixed chunks, each summed in float lanes and the
+ * chunks added in order in double: fast and thread-count independent. */
+double k_sumsq(const float *x, int64_t n) {
+  enum { CHUNK = 8192 };
+  int64_t nc = (n + CHUNK - 1) / CHUNK;
+  double *part = xmalloc(sizeof(double) * (size_t)(nc ? nc : 1));
+  PARALLEL(n)
+  for (int64_t c = 0; c < nc; c++) {
+    float lane[8] = {0};
+    int64_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n, i = lo;
+    for (; i + 8 <= hi; i += 8)
+      for (int k = 0; k < 8; k++) lane[k] += x[i + k] * x[i + k];
+    double s = 0;
+    for (; i < hi; i++) s += (double)x[i] * x[i];
+    for (int k = 0; k < 8; k++) s += lane[k];
+    part[c] = s;
+  }
+  double total = 0;
+  for (int64_t c = 0; c < nc; c++) total += part[c];
+  free(part);
+  return total;
+}
+
+/* tanh from one expf: 1 - 2 / (exp(2u) + 1), exact at the float limits */
+static inline float fast_tanh(float u) {
+  if (u > 10) return 1;
+  if (u < -10) return -1;
+  return 1.0f - 2.0f / (expf(2.0f * u) + 1.0f);
 }
 
 #define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
@@ -36,16 +96,32 @@ void k_scale(float *out, const float *x, int64_t n, float mul, float add) {
 void k_unary(OpKind op, float *out, const float *x, int64_t n) {
   switch (op) {
   case OP_GELU: /* tanh approximation */
+    PARALLEL(n)
     for (int64_t i = 0; i < n; i++) {
       float v = x[i];
-      out[i] = 0.5f * v * (1.0f + tanhf(GELU_C * (v + 0.044715f * v * v * v)));
+      out[i] = 0.5f * v * (1.0f + fast_tanh(GELU_C * (v + 0.044715f * v * v * v)));
     }
     break;
-  case OP_RELU: for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : 0; break;
-  case OP_SILU: for (int64_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-x[i])); break;
-  case OP_TANH: for (int64_t i = 0; i < n; i++) out[i] = tanhf(x[i]); break;
-  case OP_EXP: for (int64_t i = 0; i < n; i++) out[i] = expf(x[i]); break;
-  case OP_RSQRT: for (int64_t i = 0; i < n; i++) out[i] = 1.0f / sqrtf(x[i]); break;
+  case OP_RELU:
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : 0;
+    break;
+  case OP_SILU:
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-x[i]));
+    break;
+  case OP_TANH:
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) out[i] = tanhf(x[i]);
+    break;
+  case OP_EXP:
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) out[i] = expf(x[i]);
+    break;
+  case OP_RSQRT:
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) out[i] = 1.0f / sqrtf(x[i]);
+    break;
   default: CARVE_ASSERT(0, "not a unary op");
   }
 }
@@ -55,21 +131,32 @@ void k_unary(OpKind op, float *out, const float *x, int64_t n) {
 void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t n) {
   switch (op) {
   case OP_GELU_BWD:
+    PARALLEL(n)
     for (int64_t i = 0; i < n; i++) {
-      float v = x[i], u = GELU_C * (v + 0.044715f * v * v * v), t = tanhf(u);
+      float v = x[i], u = GELU_C * (v + 0.044715f * v * v * v), t = fast_tanh(u);
       float du = GELU_C * (1.0f + 3.0f * 0.044715f * v * v);
       dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
     }
     break;
-  case OP_RELU_BWD: for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0 ? dy[i] : 0; break;
+  case OP_RELU_BWD:
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0 ? dy[i] : 0;
+    break;
   case OP_SILU_BWD:
+    PARALLEL(n)
     for (int64_t i = 0; i < n; i++) {
       float s = 1.0f / (1.0f + expf(-x[i]));
       dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
     }
     break;
-  case OP_TANH_BWD: for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * (1.0f - x[i] * x[i]); break;
-  case OP_RSQRT_BWD: for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * -0.5f * x[i] * x[i] * x[i]; break;
+  case OP_TANH_BWD:
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * (1.0f - x[i] * x[i]);
+    break;
+  case OP_RSQRT_BWD:
+    PARALLEL(n)
+    for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * -0.5f * x[i] * x[i] * x[i];
+    break;
   default: CARVE_ASSERT(0, "not a unary backward op");
   }
 }
@@ -114,6 +201,7 @@ void k_max_bwd(float *dx, const float *x, const float *dy, int64_t outer, int64_
  * modulo n (the last two dims are [query, key], both of size n); keys after
  * the query get probability 0. */
 void k_softmax(float *y, const float *x, int64_t rows, int64_t n, bool causal) {
+  PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     const float *xr = x + r * n;
     float *yr = y + r * n;
@@ -132,6 +220,7 @@ void k_softmax(float *y, const float *x, int64_t rows, int64_t n, bool causal) {
 }
 
 void k_softmax_bwd(float *dx, const float *y, const float *dy, int64_t rows, int64_t n) {
+  PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     const float *yr = y + r * n, *dr = dy + r * n;
     double s = 0;
@@ -151,6 +240,7 @@ static void row_stats(const float *x, int64_t n, float eps, bool rms, float *mea
 }
 
 void k_layernorm(float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t n, float eps) {
+  PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     float mu, rs;
     row_stats(x + r * n, n, eps, false, &mu, &rs);
@@ -159,6 +249,7 @@ void k_layernorm(float *y, const float *x, const float *g, const float *b, int64
 }
 
 void k_rmsnorm(float *y, const float *x, const float *g, int64_t rows, int64_t n, float eps) {
+  PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     float mu, rs;
     row_stats(x + r * n, n, eps, true, &mu, &rs);
@@ -170,6 +261,7 @@ void k_rmsnorm(float *y, const float *x, const float *g, int64_t rows, int64_t n
  * for rms the mean(dxh) term is absent. */
 void k_layernorm_bwd_x(float *dx, const float *x, const float *g, const float *dy, int64_t rows, int64_t n, float eps,
                        bool rms) {
+  PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     const float *xr = x + r * n, *dr = dy + r * n;
     float mu, rs;
@@ -188,23 +280,37 @@ void k_layernorm_bwd_x(float *dx, const float *x, const float *g, const float *d
   }
 }
 
+/* Column sums over rows, parallel by column blocks: each thread owns its
+ * columns and adds rows in order. */
+#define COLBLOCK 64
+
 void k_layernorm_bwd_g(float *dg, const float *x, const float *dy, int64_t rows, int64_t n, float eps, bool rms) {
-  double *acc = xcalloc((size_t)n, sizeof(double));
-  for (int64_t r = 0; r < rows; r++) {
-    float mu, rs;
-    row_stats(x + r * n, n, eps, rms, &mu, &rs);
-    for (int64_t j = 0; j < n; j++) acc[j] += (double)dy[r * n + j] * ((x[r * n + j] - mu) * rs);
+  float *mu = xmalloc(sizeof(float) * (size_t)rows), *rs = xmalloc(sizeof(float) * (size_t)rows);
+  PARALLEL(rows * n)
+  for (int64_t r = 0; r < rows; r++) row_stats(x + r * n, n, eps, rms, &mu[r], &rs[r]);
+  int64_t nb = (n + COLBLOCK - 1) / COLBLOCK;
+  PARALLEL(rows * n)
+  for (int64_t blk = 0; blk < nb; blk++) {
+    double acc[COLBLOCK] = {0};
+    int64_t lo = blk * COLBLOCK, w = lo + COLBLOCK < n ? COLBLOCK : n - lo;
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t j = 0; j < w; j++) acc[j] += (double)dy[r * n + lo + j] * ((x[r * n + lo + j] - mu[r]) * rs[r]);
+    for (int64_t j = 0; j < w; j++) dg[lo + j] = (float)acc[j];
   }
-  for (int64_t j = 0; j < n; j++) dg[j] = (float)acc[j];
-  free(acc);
+  free(mu);
+  free(rs);
 }
 
 void k_sum_to(float *out, const float *x, int64_t reps, int64_t n) {
-  double *acc = xcalloc((size_t)n, sizeof(double));
-  for (int64_t r = 0; r < reps; r++)
-    for (int64_t j = 0; j < n; j++) acc[j] += x[r * n + j];
-  for (int64_t j = 0; j < n; j++) out[j] = (float)acc[j];
-  free(acc);
+  int64_t nb = (n + COLBLOCK - 1) / COLBLOCK;
+  PARALLEL(reps * n)
+  for (int64_t blk = 0; blk < nb; blk++) {
+    double acc[COLBLOCK] = {0};
+    int64_t lo = blk * COLBLOCK, w = lo + COLBLOCK < n ? COLBLOCK : n - lo;
+    for (int64_t r = 0; r < reps; r++)
+      for (int64_t j = 0; j < w; j++) acc[j] += x[r * n + lo + j];
+    for (int64_t j = 0; j < w; j++) out[lo + j] = (float)acc[j];
+  }
 }
 
 bool k_embed(float *out, const float *table, const int32_t *ids, int64_t nids, int64_t vocab, int64_t h) {
@@ -228,28 +334,41 @@ bool k_embed_bwd(float *dtable, const int32_t *ids, const float *dy, int64_t nid
 static double logsumexp(const float *x, int64_t n, float *max) {
   float m = x[0];
   for (int64_t j = 1; j < n; j++) m = x[j] > m ? x[j] : m;
+  float lane[8] = {0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; k++) lane[k] += expf(x[j + k] - m);
   double s = 0;
-  for (int64_t j = 0; j < n; j++) s += expf(x[j] - m);
+  for (; j < n; j++) s += expf(x[j] - m);
+  for (int k = 0; k < 8; k++) s += lane[k];
   *max = m;
   return log(s) + m;
 }
 
-/* Mean over rows of -log softmax(logits)[label]. */
+/* Mean over rows of -log softmax(logits)[label]. Rows run in parallel; the
+ * per-row losses are summed in order. */
 bool k_xent(float *loss, const float *logits, const int32_t *labels, int64_t rows, int64_t v) {
-  double total = 0;
-  for (int64_t r = 0; r < rows; r++) {
+  for (int64_t r = 0; r < rows; r++)
     if (labels[r] < 0 || labels[r] >= v) return false;
+  double *row = xmalloc(sizeof(double) * (size_t)rows);
+  PARALLEL(rows * v)
+  for (int64_t r = 0; r < rows; r++) {
     float m;
-    total += logsumexp(logits + r * v, v, &m) - logits[r * v + labels[r]];
+    row[r] = logsumexp(logits + r * v, v, &m) - logits[r * v + labels[r]];
   }
+  double total = 0;
+  for (int64_t r = 0; r < rows; r++) total += row[r];
+  free(row);
   *loss = (float)(total / (double)rows);
   return true;
 }
 
 bool k_xent_bwd(float *dx, const float *logits, const int32_t *labels, const float *dy, int64_t rows, int64_t v) {
-  float scale = dy[0] / (float)rows;
-  for (int64_t r = 0; r < rows; r++) {
+  for (int64_t r = 0; r < rows; r++)
     if (labels[r] < 0 || labels[r] >= v) return false;
+  float scale = dy[0] / (float)rows;
+  PARALLEL(rows * v)
+  for (int64_t r = 0; r < rows; r++) {
     float m;
     float lse = (float)logsumexp(logits + r * v, v, &m);
     for (int64_t j = 0; j < v; j++) dx[r * v + j] = expf(logits[r * v + j] - lse) * scale;

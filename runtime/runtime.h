@@ -18,6 +18,9 @@ void einsum_run(const char *spec, int nin, const float *const *in, const Shape *
  * passed as (outer, n, inner) triples or element counts as each op needs. */
 void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, const float *b, int64_t nb);
 void k_scale(float *out, const float *x, int64_t n, float mul, float add);
+void k_acc(float *out, const float *x, int64_t n);
+void k_copy(float *out, const float *x, int64_t n);
+double k_sumsq(const float *x, int64_t n);
 void k_unary(OpKind op, float *out, const float *x, int64_t n);
 void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t n);
 void k_reduce(OpKind op, float *out, const float *x, int64_t outer, int64_t n, int64_t inner);

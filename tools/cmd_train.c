@@ -8,7 +8,7 @@
  *   --optimizer adamw|sgd  --lr X  --wd X  --beta1 X  --beta2 X  --eps X
  *   --momentum X  --clip X (0: off)  --warmup N  --microbatches N  --seed N
  * Run options (run, train):
- *   --steps N  --data FILE  --log-every N  --quiet */
+ *   --steps N  --data FILE  --log-every N  --quiet  --profile */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -40,7 +40,7 @@ typedef struct Opts {
   Train train;
   uint64_t seed;
   int steps, log_every;
-  bool quiet, dump, dump_training;
+  bool quiet, dump, dump_training, profile;
 } Opts;
 
 static bool num(const char *cmd, const char *opt, const char *v, double lo, double hi, double *out) {
@@ -87,7 +87,8 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
     }
     const char *eq = strchr(a, '=');
     snprintf(key, sizeof key, "%.*s", eq ? (int)(eq - a) : (int)strlen(a), a);
-    bool flag = !strcmp(key, "--quiet") || !strcmp(key, "--dump") || !strcmp(key, "--dump-training");
+    bool flag = !strcmp(key, "--quiet") || !strcmp(key, "--dump") || !strcmp(key, "--dump-training") ||
+                !strcmp(key, "--profile");
     if (!flag) {
       v = eq ? (char *)eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
       if (!v) {
@@ -129,6 +130,7 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->log_every = (int)n;
     } else if (GROUP('r') && !strcmp(key, "--data")) o->data = v;
     else if (GROUP('r') && !strcmp(key, "--quiet")) o->quiet = true;
+    else if (GROUP('r') && !strcmp(key, "--profile")) o->profile = true;
     else if (GROUP('o') && (!strcmp(key, "-o") || !strcmp(key, "--out"))) o->out = v;
     else if (GROUP('d') && !strcmp(key, "--dump")) o->dump = true;
     else if (GROUP('d') && !strcmp(key, "--dump-training")) o->dump_training = true;
@@ -232,7 +234,7 @@ static void print_train_help(const char *cmd, const char *args, const char *what
 
 static void print_run_help(void) {
   printf("run options:\n  --steps N (10)  --data FILE (a token file from 'carve data'; default: synthetic)\n"
-         "  --log-every N (10)  --quiet\n");
+         "  --log-every N (10)  --quiet  --profile (time by instruction kind)\n");
 }
 
 int cmd_compile(int argc, char **argv) {
@@ -277,7 +279,8 @@ static int run_program(Opts *o, const Program *p) {
     tokens_free(td);
     return 1;
   }
-  RunOptions ro = {.steps = o->steps, .data = td, .log_every = o->log_every, .quiet = o->quiet};
+  RunOptions ro = {.steps = o->steps, .data = td, .log_every = o->log_every, .quiet = o->quiet,
+                   .profile = o->profile};
   if (!o->quiet)
     printf("training %s: %d steps on %s\n", p->model, o->steps, td ? td->path : "synthetic data");
   int rc = runtime_run(p, &ro);
