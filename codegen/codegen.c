@@ -254,6 +254,8 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
   }
   for (int i = 0; i < g->nfwd; i++)
     if (g->grad[i] >= 0) C.final[g->grad[i]] = i;
+  for (int i = 0; i < g->n; i++)
+    if (C.live[i] && g->nodes[i]->op == OP_EINSUM) p->flops_per_step += node_flops(g, g->nodes[i]) * t->microbatches;
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];
     C.buf[i] = C.gacc[i] = -1;
@@ -276,7 +278,6 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
       p->tokens_per_step = shape_numel(&n->shape) * t->microbatches;
       p->vocab = (int64_t)n->init_a;
     }
-    p->flops_per_step += n->op == OP_EINSUM ? node_flops(g, n) * t->microbatches : 0;
   }
   int mb_start = 0, mb_end = 0;
   for (int mb = 0; mb < t->microbatches; mb++) {

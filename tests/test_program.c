@@ -100,6 +100,19 @@ static void test_roundtrip_and_determinism(void) {
   Program *q = program_read(path, stderr);
   CHECK(q != NULL, "program read back");
   if (!q) return;
+  {
+    Diag d;
+    diag_init(&d, stderr);
+    ElabOptions o = {.preset = "gpt-tiny"};
+    parse_sets("batch=4,seq=16", &o.sets, &o.nsets, stderr);
+    Graph *g = frontend_load(model_resolve("gpt"), &o, &d);
+    free(o.sets);
+    Summary sm;
+    CHECK(g && autodiff(g, 1, stderr), "gpt-tiny differentiates");
+    if (g) summarize(g, &sm);
+    CHECK(g && p->flops_per_step == sm.flops_einsum, "the program counts the step's einsum FLOPs (%.6g vs %.6g)",
+          p->flops_per_step, g ? sm.flops_einsum : 0);
+  }
   CHECK(q->nbufs == p->nbufs && q->nstep == p->nstep && q->ninit == p->ninit && q->arena_bytes == p->arena_bytes,
         "same structure");
   int same = 0;
