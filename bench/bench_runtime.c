@@ -149,6 +149,7 @@ static void bench_step(bool quick) {
 }
 
 int main(int argc, char **argv) {
+  carve_passive_threads(argv);
   bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
   printf("carve runtime benchmark (carve %s)\n\n", CARVE_VERSION);
   if (!quick) bench_einsum();

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 _Noreturn void carve_bug(const char *file, int line, const char *cond, const char *msg) {
   fprintf(stderr, "carve: internal error at %s:%d: %s (%s)\n", file, line, msg, cond);
@@ -168,4 +169,14 @@ const char *fmt_si(double v, char *buf, size_t n) {
 const char *fmt_bytes(double v, char *buf, size_t n) {
   static const char *const u[] = {" B", " KiB", " MiB", " GiB", " TiB", " PiB", NULL};
   return fmt_scaled(v, 1024, u, buf, n);
+}
+
+/* OpenMP threads that spin while waiting steal the cores that BLAS and the
+ * other ranks need; on small machines that costs up to 10x. libgomp reads
+ * its wait policy before main runs, so set it and start again, once. */
+void carve_passive_threads(char **argv) {
+  if (getenv("OMP_WAIT_POLICY")) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  execv("/proc/self/exe", argv);
+  /* exec failed: go on with the default policy */
 }

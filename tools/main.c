@@ -37,6 +37,7 @@ static void help(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+  carve_passive_threads(argv);
   if (argc < 2) {
     help(stderr);
     return 2;
