@@ -363,16 +363,26 @@ bool k_xent(float *loss, const float *logits, const int32_t *labels, int64_t row
   return true;
 }
 
+/* d logits = (softmax - onehot) * dy / rows, one exp per logit: the
+ * exponentials are written first, then scaled by 1 / their sum. */
 bool k_xent_bwd(float *dx, const float *logits, const int32_t *labels, const float *dy, int64_t rows, int64_t v) {
   for (int64_t r = 0; r < rows; r++)
     if (labels[r] < 0 || labels[r] >= v) return false;
   float scale = dy[0] / (float)rows;
   PARALLEL(rows * v)
   for (int64_t r = 0; r < rows; r++) {
-    float m;
-    float lse = (float)logsumexp(logits + r * v, v, &m);
-    for (int64_t j = 0; j < v; j++) dx[r * v + j] = expf(logits[r * v + j] - lse) * scale;
-    dx[r * v + labels[r]] -= scale;
+    const float *x = logits + r * v;
+    float *d = dx + r * v;
+    float m = x[0];
+    for (int64_t j = 1; j < v; j++) m = x[j] > m ? x[j] : m;
+    double s = 0;
+    for (int64_t j = 0; j < v; j++) {
+      d[j] = expf(x[j] - m);
+      s += d[j];
+    }
+    float k = (float)(scale / s);
+    for (int64_t j = 0; j < v; j++) d[j] *= k;
+    d[labels[r]] -= scale;
   }
   return true;
 }
