@@ -21,11 +21,17 @@
 #
 # Known failures (reported, not yet fixed in the frontend) run only with
 # CARVE_GARBAGE_KNOWN_BUGS=1:
-#   - a 1 MB line `dim a = 1 + 1 + ... + 1`, or `y = w + x + ... + x`: the
-#     elaborator recurses once per operator (eval_int / eval_tensor) and
-#     overflows the stack: SIGSEGV.
+#   - a 1 MB line `dim a = 1 + 1 + ... + 1`: eval_int recurses once per
+#     operator (the parser bounds nesting, not the length of a chain) and
+#     overflows the stack: SIGSEGV. `y = w + x + ... + x` does the same in
+#     eval_tensor (Debug build); in a Release build it is the quadratic
+#     unique_name below that makes it run for minutes instead.
 #   - `repeat 100000 { repeat 100000 { repeat 100000 { } } }`: nested repeats
 #     whose bodies make no nodes are never bounded: runs for hours.
+#   - 10000 lines `y = y + x` (a 120 KB file): unique_name() probes "y.2",
+#     "y.3", ... with a fresh arena_printf per probe, so time and memory are
+#     quadratic in the number of nodes sharing a base name (8000 lines: 45 s,
+#     1 GB; 10000 lines past 10 s).
 #
 # The last line of output is always "N passed, M failed"; the exit status is
 # nonzero when any case failed.
@@ -167,6 +173,9 @@ if [ -n "$CARVE_GARBAGE_KNOWN_BUGS" ]; then
   check "1 MB line 'y = w + x + x + ...' (known bug)" long_tsum.graph
   printf 'repeat 100000 {\n repeat 100000 {\n  repeat 100000 {\n  }\n }\n}\n' >empty_repeats.graph
   check "nested repeats with empty bodies (known bug)" empty_repeats.graph
+  { printf 'dim a = 4\ninput x[a]\nparam w[a] ~ ones\ny = w * 1\n'; repeat_str 10000 'y = y + x
+'; printf 'loss = sum(y, 0)\n'; } >many_rebinds.graph
+  check "10000 lines 'y = y + x' (known bug)" many_rebinds.graph
 fi
 
 echo "$pass passed, $fail failed"
