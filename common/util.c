@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 _Noreturn void carve_bug(const char *file, int line, const char *cond, const char *msg) {
@@ -124,6 +125,12 @@ uint64_t hash_str(const char *s) { return hash_bytes(s, strlen(s), 0); }
 char *read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+    fclose(f);
+    errno = EISDIR;
+    return NULL;
+  }
   size_t cap = 1 << 16, n = 0;
   char *buf = xmalloc(cap + 1);
   for (;;) {

@@ -194,7 +194,13 @@ bool autodiff(Graph *g, int microbatches, FILE *err) {
     if (n->dtype != DT_F32) A.needs[i] = false;
   }
   if (!A.needs[g->loss]) {
-    fprintf(err, "carve: error: the loss does not depend on any parameter; there is nothing to train\n");
+    Diag d;
+    diag_init(&d, err);
+    const Token *at = g->nodes[g->loss]->tok;
+    if (at)
+      diag_error(&d, at, "the loss does not depend on any parameter; there is nothing to train");
+    else
+      diag_plain(&d, "the loss does not depend on any parameter; there is nothing to train");
     return false;
   }
   A.cur = g->nodes[g->loss];

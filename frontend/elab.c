@@ -23,6 +23,7 @@
 #define MAX_REPEAT 100000     /* iterations of one repeat block */
 #define MAX_NODES 5000000     /* forward nodes: a bound on what a file may ask for */
 #define MAX_DIM_VALUE (1ll << 48)
+#define MAX_WORK 2000000      /* statements, counting every iteration of every repeat */
 
 typedef struct Sym {
   const char *name;
@@ -37,6 +38,11 @@ typedef struct Dim {
   bool ok;
 } Dim;
 
+typedef struct SufSlot {
+  const char *name;
+  int next;
+} SufSlot;
+
 typedef struct Elab {
   Graph *g;
   Diag *d;
@@ -48,6 +54,7 @@ typedef struct Elab {
   Dim *dims;
   int ndims, capdims;
   Override *preset;
+  const Token **preset_toks;
   int npreset;
   const char *prefix; /* "layers.3." inside a repeat */
   int layer;
@@ -56,6 +63,9 @@ typedef struct Elab {
   /* names in the graph, for uniqueness: open addressing */
   const char **names;
   int capnames, nnames;
+  SufSlot *suf;
+  int capsuf, nsuf;
+  int64_t work; /* statements elaborated: bounds what nested repeats may unroll */
 } Elab;
 
 /* ---------------------------------------------------------------- names */
@@ -87,12 +97,45 @@ static void name_insert(Elab *E, const char *s) {
   E->nnames++;
 }
 
-/* A unique node name: prefix + base, with ".2", ".3" ... on collision. */
+/* The counter of ".N" suffixes for a name (open addressing, grows). */
+static int *suffix_counter(Elab *E, const char *name) {
+  if (2 * (E->nsuf + 1) > E->capsuf) {
+    SufSlot *old = E->suf;
+    int oldcap = E->capsuf;
+    E->capsuf = oldcap ? 2 * oldcap : 256;
+    E->suf = xcalloc((size_t)E->capsuf, sizeof(SufSlot));
+    for (int i = 0; i < oldcap; i++)
+      if (old[i].name) {
+        int j = (int)(hash_str(old[i].name) % (uint64_t)E->capsuf);
+        while (E->suf[j].name) j = (j + 1) % E->capsuf;
+        E->suf[j] = old[i];
+      }
+    free(old);
+  }
+  int j = (int)(hash_str(name) % (uint64_t)E->capsuf);
+  while (E->suf[j].name && strcmp(E->suf[j].name, name) != 0) j = (j + 1) % E->capsuf;
+  if (!E->suf[j].name) {
+    E->suf[j] = (SufSlot){name, 2};
+    E->nsuf++;
+  }
+  return &E->suf[j].next;
+}
+
+/* A unique node name: prefix + base, with ".2", ".3" ... on collision. The
+ * next suffix to try is remembered per name, so rebinding one name many
+ * times stays linear. */
 static const char *unique_name(Elab *E, const char *base) {
   const char *name = arena_printf("%s%s", E->prefix, base);
-  for (int k = 2; name_taken(E, name); k++) name = arena_printf("%s%s.%d", E->prefix, base, k);
-  name_insert(E, name);
-  return name;
+  if (!name_taken(E, name)) {
+    name_insert(E, name);
+    return name;
+  }
+  int *next = suffix_counter(E, name);
+  const char *cand;
+  do cand = arena_printf("%s.%d", name, (*next)++);
+  while (name_taken(E, cand));
+  name_insert(E, cand);
+  return cand;
 }
 
 /* ---------------------------------------------------------------- symbols */
@@ -206,7 +249,13 @@ static bool eval_int(Elab *E, const Expr *e, int64_t *out) {
 static bool eval_scalar(Elab *E, const Expr *e, double *out) {
   double a, b;
   switch (e->kind) {
-  case EX_NUM: *out = e->num; return true;
+  case EX_NUM:
+    if (!isfinite(e->num)) {
+      diag_error(E->d, e->tok, "number out of range");
+      return false;
+    }
+    *out = e->num;
+    return true;
   case EX_IDENT: {
     int64_t v;
     if (!eval_int(E, e, &v)) return false;
@@ -225,6 +274,10 @@ static bool eval_scalar(Elab *E, const Expr *e, double *out) {
     }
     *out = e->op == '+' ? a + b : e->op == '-' ? a - b : e->op == '*' ? a * b
          : e->op == '/' ? a / b : floor(a / b);
+    if (!isfinite(*out)) {
+      diag_error(E->d, e->tok, "constant arithmetic overflows");
+      return false;
+    }
     return true;
   case EX_CALL:
     if (e->nargs == 1 && !e->kw[0] && eval_scalar(E, e->args[0], &a)) {
@@ -399,7 +452,7 @@ static bool kwargs_ok(Call *c, const char *allowed) {
       p += len + (p[len] == ',');
     }
     if (!found) {
-      diag_error(c->E->d, c->e->args[i]->tok, "%s has no argument named '%s'%s%s", c->e->name, k,
+      diag_error(c->E->d, c->e->kw_toks[i], "%s has no argument named '%s'%s%s", c->e->name, k,
                  *allowed ? "; it takes: " : "", allowed);
       return false;
     }
@@ -428,7 +481,7 @@ static double eps_arg(Call *c, double dflt) {
   double v = dflt;
   if (x && !eval_scalar(c->E, x, &v)) return -1;
   if (v <= 0) {
-    diag_error(c->E->d, x ? x->tok : c->e->tok, "eps must be positive");
+    diag_error(c->E->d, x ? x->tok : c->e->tok, "%s: eps must be positive", c->e->name);
     return -1;
   }
   return v;
@@ -1047,7 +1100,7 @@ static void stmt_decl(Elab *E, const Stmt *s) {
   if (s->dtype) {
     if (strcmp(s->dtype, "i32") == 0) dt = DT_I32;
     else if (strcmp(s->dtype, "f32") != 0) {
-      diag_error(E->d, s->tok, "unknown dtype '%s' (f32 or i32)", s->dtype);
+      diag_error(E->d, s->dtype_tok, "unknown dtype '%s' (f32 or i32)", s->dtype);
       ok = false;
     }
   }
@@ -1134,6 +1187,12 @@ static void stmt_repeat(Elab *E, const Stmt *s) {
   int outer_layer = E->layer;
   int errors = E->d->errors;
   for (int64_t it = 0; it < count && !E->stop; it++) {
+    if (++E->work > MAX_WORK) {
+      diag_error(E->d, s->tok, "the model is too large: its repeat blocks unroll to more than %d statements",
+                 MAX_WORK);
+      E->stop = true;
+      break;
+    }
     E->prefix = arena_printf("%s%s.%lld.", outer, base, (long long)it);
     if (outer_layer < 0) E->layer = (int)it;
     E->scope++;
@@ -1162,6 +1221,12 @@ static void stmt_if(Elab *E, const Stmt *s) {
 static void elab_block(Elab *E, Stmt **stmts, int n) {
   for (int i = 0; i < n && !E->stop; i++) {
     const Stmt *s = stmts[i];
+    if (++E->work > MAX_WORK) {
+      diag_error(E->d, s->tok, "the model is too large: its repeat blocks unroll to more than %d statements",
+                 MAX_WORK);
+      E->stop = true;
+      return;
+    }
     switch (s->kind) {
     case ST_MODEL:
       if (E->scope || E->prefix[0]) diag_error(E->d, s->tok, "'model' belongs at the top of the file");
@@ -1192,9 +1257,11 @@ static bool apply_preset(Elab *E) {
     ptrvec_push(&names, (void *)s->label);
     if (strcmp(s->label, want) != 0) continue;
     E->preset = arena_alloc(sizeof(Override) * (size_t)(s->nnames + 1));
+    E->preset_toks = arena_alloc(sizeof(Token *) * (size_t)(s->nnames + 1));
     for (int k = 0; k < s->nnames; k++) {
       int64_t v;
       if (!eval_int(E, s->exprs[k], &v)) return false;
+      E->preset_toks[E->npreset] = s->name_toks[k];
       E->preset[E->npreset++] = (Override){s->names[k], v, false};
     }
     return true;
@@ -1202,8 +1269,8 @@ static bool apply_preset(Elab *E) {
   char list[512] = "";
   for (int i = 0, n = 0; i < names.n; i++)
     n += snprintf(list + n, sizeof list - (size_t)n, "%s%s", i ? ", " : "", (char *)names.v[i]);
-  diag_plain(E->d, "%s: no preset named '%s'%s%s", E->ast->src->path, want, names.n ? "; presets: " : "",
-             names.n ? list : " (the file defines none)");
+  diag_file(E->d, E->ast->src->path, "no preset named '%s'%s%s", want, names.n ? "; presets: " : "",
+            names.n ? list : " (the file defines none)");
   return false;
 }
 
@@ -1215,14 +1282,16 @@ Graph *elaborate(const Ast *ast, const ElabOptions *opt, Diag *d) {
   if (apply_preset(&E)) elab_block(&E, ast->stmts, ast->nstmts);
   for (int i = 0; i < E.opt->nsets; i++)
     if (!E.opt->sets[i].used && d->errors == errors0)
-      diag_plain(d, "--set %s: the model has no dim named '%s'", E.opt->sets[i].name, E.opt->sets[i].name);
+      diag_file(d, ast->src->path, "--set %s: the model has no dim named '%s'", E.opt->sets[i].name,
+                E.opt->sets[i].name);
   for (int i = 0; i < E.npreset; i++)
     if (!E.preset[i].used && d->errors == errors0)
-      diag_plain(d, "preset %s sets '%s', which is not a dim of the model", E.opt->preset, E.preset[i].name);
+      diag_error(d, E.preset_toks[i], "preset %s sets '%s', which is not a dim of the model", E.opt->preset,
+                 E.preset[i].name);
   Sym *loss = sym_find(&E, "loss");
   if (d->errors == errors0) {
     if (!loss || loss->node < 0)
-      diag_plain(d, "%s: no tensor named 'loss': assign the scalar training loss to 'loss'", ast->src->path);
+      diag_file(d, ast->src->path, "no tensor named 'loss': assign the scalar training loss to 'loss'");
     else if (node_of(&E, loss->node)->shape.rank != 0)
       diag_error(d, node_of(&E, loss->node)->tok, "'loss' must be a scalar, but it has shape %s",
                  shape_str(&node_of(&E, loss->node)->shape));
@@ -1236,6 +1305,7 @@ Graph *elaborate(const Ast *ast, const ElabOptions *opt, Diag *d) {
   free(E.syms);
   free(E.dims);
   free(E.names);
+  free(E.suf);
   if (d->errors > errors0) return NULL;
   if (!graph_verify(E.g, d->out)) return NULL;
   return E.g;

@@ -60,6 +60,16 @@ void diag_note(Diag *d, const Token *at, const char *fmt, ...) {
   va_end(ap);
 }
 
+void diag_file(Diag *d, const char *path, const char *fmt, ...) {
+  d->errors++;
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(d->out, "%s: error: ", path);
+  vfprintf(d->out, fmt, ap);
+  fputc('\n', d->out);
+  va_end(ap);
+}
+
 void diag_plain(Diag *d, const char *fmt, ...) {
   d->errors++;
   va_list ap;
@@ -78,6 +88,8 @@ bool tok_is(const Token *t, const char *s) {
 typedef struct Lexer {
   const Source *src;
   Diag *d;
+  int bad_lines[64]; /* lines with a lexical error (the first 64) */
+  int nbad;
   const char *p;
   int line, col;
   PtrVec toks;
@@ -97,10 +109,36 @@ static Token *push(Lexer *L, TokenKind kind, const char *start, int len, int col
   return t;
 }
 
+/* number = digits ("." digits?)? (("e" | "E") ("+" | "-")? digits)?  or  "." digits ... */
+static const char *scan_number(const char *p) {
+  while (isdigit((unsigned char)*p)) p++;
+  if (*p == '.') {
+    p++;
+    while (isdigit((unsigned char)*p)) p++;
+  }
+  if ((*p == 'e' || *p == 'E')) {
+    const char *q = p + 1;
+    if (*q == '+' || *q == '-') q++;
+    if (isdigit((unsigned char)*q)) {
+      while (isdigit((unsigned char)*q)) q++;
+      p = q;
+    }
+  }
+  return p;
+}
+
+static void lex_error(Lexer *L, Token *t) {
+  if (L->nbad < 64) L->bad_lines[L->nbad++] = t->line;
+}
+
 static void lex_number(Lexer *L, bool space) {
   const char *s = L->p;
-  char *end;
-  double v = strtod(s, &end);
+  const char *end = scan_number(s);
+  char buf[64];
+  size_t len = (size_t)(end - s) < sizeof buf - 1 ? (size_t)(end - s) : sizeof buf - 1;
+  memcpy(buf, s, len);
+  buf[len] = 0;
+  double v = strtod(buf, NULL);
   bool is_int = true;
   for (const char *q = s; q < end; q++)
     if (*q == '.' || *q == 'e' || *q == 'E') is_int = false;
@@ -118,6 +156,7 @@ static void lex_string(Lexer *L, bool space) {
   Token *t = push(L, TK_STR, s, (int)(q - s) + (*q == '"'), L->col, space);
   if (*q != '"') {
     t->len = 1;
+    lex_error(L, t);
     diag_error(L->d, t, "unterminated string");
     t->len = (int)(q - s);
   } else {
@@ -164,6 +203,7 @@ Token *lex(const Source *src, Diag *d, int *ntok) {
         if (strncmp(L.p, puncts[i], strlen(puncts[i])) == 0) break;
       if (!puncts[i]) {
         Token *t = push(&L, TK_PUNCT, L.p, 1, L.col, space);
+        lex_error(&L, t);
         if ((unsigned char)c < 32 || (unsigned char)c >= 127)
           diag_error(d, t, "unexpected character (byte 0x%02x)", (unsigned char)c);
         else
@@ -183,10 +223,24 @@ Token *lex(const Source *src, Diag *d, int *ntok) {
     }
     space = false;
   }
-  push(&L, TK_NEWLINE, L.p, 0, L.col, true);
+  /* The statement-ending newline at the end of the file. When the file ends
+   * with '\n', it stands on that character, so that "found end of line"
+   * points at the last line rather than past it. */
+  if (src->len && src->text[src->len - 1] == '\n') {
+    const char *nl = src->text + src->len - 1, *bol = nl;
+    while (bol > src->text && bol[-1] != '\n') bol--;
+    L.line--;
+    push(&L, TK_NEWLINE, nl, 1, (int)(nl - bol) + 1, true);
+    L.line++;
+  } else {
+    push(&L, TK_NEWLINE, L.p, 0, L.col, true);
+  }
   push(&L, TK_EOF, L.p, 0, L.col, true);
   Token *arr = arena_alloc(sizeof(Token) * (size_t)L.toks.n);
-  for (int i = 0; i < L.toks.n; i++) arr[i] = *(Token *)L.toks.v[i];
+  for (int i = 0; i < L.toks.n; i++) {
+    arr[i] = *(Token *)L.toks.v[i];
+    for (int k = 0; k < L.nbad; k++) arr[i].bad_line |= arr[i].line == L.bad_lines[k];
+  }
   *ntok = L.toks.n;
   return arr;
 }

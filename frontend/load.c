@@ -28,7 +28,7 @@ Graph *frontend_load(const char *path, const ElabOptions *opt, Diag *d) {
   size_t len;
   char *text = read_file(path, &len);
   if (!text) {
-    diag_plain(d, "cannot read model '%s': %s", path, strerror(errno));
+    diag_file(d, path, "cannot read the model: %s", strerror(errno));
     return NULL;
   }
   Graph *g = frontend_load_text(path, text, len, opt, d);

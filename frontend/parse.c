@@ -28,7 +28,11 @@ typedef struct Parser {
   Diag *d;
   bool failed; /* the current statement had an error */
   int depth;   /* expression nesting, bounded so no input can exhaust the stack */
+  int terms;   /* operators and operands in the current statement, bounded likewise */
+  bool abort;  /* blocks nested too deeply: stop parsing */
 } Parser;
+
+#define MAX_TERMS 10000
 
 #define MAX_EXPR_DEPTH 200
 
@@ -69,7 +73,7 @@ static const char *describe(const Token *t) {
 }
 
 static void error_at(Parser *P, Token *t, const char *fmt, const char *arg) {
-  if (!P->failed) diag_error(P->d, t, fmt, arg, describe(t));
+  if (!P->failed && !t->bad_line) diag_error(P->d, t, fmt, arg, describe(t));
   P->failed = true;
 }
 
@@ -106,19 +110,23 @@ static Expr *expr(Parser *P);
 
 /* args = (arg ("," arg)*)?   arg = (IDENT "=")? expr   (also used for lists) */
 static void arg_list(Parser *P, Expr *call, const char *close, bool keywords, const Token *open) {
-  PtrVec args = {0}, kws = {0};
+  PtrVec args = {0}, kws = {0}, kwtoks = {0};
   while (!at(P, close) && !P->failed && peek(P)->kind != TK_EOF && peek(P)->kind != TK_NEWLINE) {
     const char *kw = NULL;
+    Token *kwt = NULL;
     if (keywords && peek(P)->kind == TK_IDENT && tok_is(peek2(P), "=")) {
-      kw = tok_text(next(P));
+      kwt = next(P);
+      kw = tok_text(kwt);
       next(P);
     }
     ptrvec_push(&args, expr(P));
     ptrvec_push(&kws, (void *)kw);
+    ptrvec_push(&kwtoks, kwt);
     if (!accept(P, ",")) break;
   }
   call->args = (Expr **)args.v;
   call->kw = (const char **)kws.v;
+  call->kw_toks = (const Token **)kwtoks.v;
   call->nargs = args.n;
   expect_close(P, close, open);
 }
@@ -169,6 +177,8 @@ static Expr *primary(Parser *P) {
 /* unary = "-" unary | primary */
 static Expr *unary(Parser *P) {
   Token *t = peek(P);
+  if (++P->terms > MAX_TERMS) error_at(P, t, "statement too long%s: more than 10000 terms (near %s)", "");
+  if (P->failed) return new_expr(EX_NUM, t); /* stop building once the statement has failed */
   if (++P->depth > MAX_EXPR_DEPTH) {
     error_at(P, t, "expression nested too deeply%s (near %s)", "");
     P->depth--;
@@ -274,7 +284,8 @@ static Stmt *statement(Parser *P);
 static Stmt *block_stmt(Parser *P, Token *kw, StmtKind kind) {
   Stmt *s = new_stmt(kind, kw);
   if (P->depth > MAX_EXPR_DEPTH / 4) {
-    error_at(P, kw, "blocks nested too deeply%s (at %s)", "");
+    error_at(P, kw, "blocks nested too deeply%s (at %s); giving up on this file", "");
+    P->abort = true;
     return s;
   }
   s->exprs = arena_alloc(sizeof(Expr *));
@@ -339,7 +350,7 @@ static Stmt *statement(Parser *P) {
     decl_shape(P, s);
     if (s->kind == ST_INPUT && accept(P, ":")) {
       Token *dt = expect_ident(P, "a dtype (f32 or i32)");
-      if (dt) s->dtype = tok_text(dt);
+      if (dt) s->dtype = tok_text(dt), s->dtype_tok = dt;
     }
     if (accept(P, "~")) s->init = expr(P);
     return s;
@@ -369,7 +380,7 @@ static Stmt *statement(Parser *P) {
  * After each statement the line must end; after an error, skip to it. */
 static Stmt **block(Parser *P, Token *open, int *n) {
   PtrVec stmts = {0};
-  for (;;) {
+  while (!P->abort) {
     while (peek(P)->kind == TK_NEWLINE) next(P);
     Token *t = peek(P);
     if (t->kind == TK_EOF) {
@@ -389,8 +400,10 @@ static Stmt **block(Parser *P, Token *open, int *n) {
       continue;
     }
     P->failed = false;
+    P->terms = 0;
     Stmt *s = statement(P);
-    if (!P->failed && peek(P)->kind != TK_NEWLINE && !at(P, "}"))
+    if (P->abort) break;
+    if (!P->failed && peek(P)->kind != TK_NEWLINE && peek(P)->kind != TK_EOF && !at(P, "}"))
       error_at(P, peek(P), "expected end of line after the statement, found %s%s", "");
     if (P->failed) { /* skip to the end of the line, bracketed or not */
       while (P->t[P->pos].kind != TK_NEWLINE && P->t[P->pos].kind != TK_EOF && !tok_is(&P->t[P->pos], "}"))

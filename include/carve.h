@@ -92,6 +92,7 @@ typedef struct Token {
   bool is_int;   /* TK_NUM written without '.' or exponent */
   bool space_before;
   bool bracketed; /* TK_NEWLINE inside () or []: not a statement end */
+  bool bad_line;  /* the lexer reported an error on this line: the parser stays quiet there */
   const Source *src;
 } Token;
 
@@ -106,6 +107,8 @@ void diag_init(Diag *d, FILE *out);
 void diag_error(Diag *d, const Token *at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void diag_note(Diag *d, const Token *at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void diag_plain(Diag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "path: error: msg", for errors that concern a whole file */
+void diag_file(Diag *d, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Splits src into tokens (arena). Lexical errors go to d; the token array
  * always ends with TK_EOF. Newlines inside () and [] are marked bracketed:
@@ -133,6 +136,7 @@ struct Expr {
   Expr *lhs, *rhs; /* EX_BIN, EX_NEG (lhs) */
   Expr **args;     /* EX_CALL arguments, EX_LIST elements */
   const char **kw; /* keyword of each argument or NULL */
+  const Token **kw_toks;
   int nargs;
 };
 
@@ -152,6 +156,7 @@ struct Stmt {
   Expr **dims;        /* ST_INPUT/ST_PARAM shape */
   int ndims;
   const char *dtype;  /* ST_INPUT */
+  const Token *dtype_tok;
   Expr *init;         /* ST_INPUT/ST_PARAM initialiser or data source, may be NULL */
   Stmt **body, **orelse; /* ST_REPEAT, ST_IF */
   int nbody, norelse;
