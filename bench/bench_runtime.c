@@ -58,14 +58,17 @@ static double time_sgemm(const Case *c, const float *a, const float *b, float *o
   for (int r = -1; r < 7; r++) {
     double t0 = now_seconds();
     for (int i = 0; i < c->batch; i++)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->m, c->n, c->k, 1.0f, a + (int64_t)i * c->m * c->k,
-                  c->k, b + (int64_t)i * c->k * c->n, c->n, 0.0f, out + (int64_t)i * c->m * c->n, c->n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->m, c->n, c->k, 1.0f, a + (int64_t)i * c->m * c->k, c->k,
+                  b + (int64_t)i * c->k * c->n, c->n, 0.0f, out + (int64_t)i * c->m * c->n, c->n);
     if (r >= 0) t[r] = now_seconds() - t0;
   }
   return median(t, 7);
 }
 
-#define S(...) {.rank = sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), .d = {__VA_ARGS__}}
+#define S(...)                                                                                                         \
+  {                                                                                                                    \
+    .rank = sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), .d = { __VA_ARGS__ }                                   \
+  }
 
 static void bench_einsum(void) {
   const int64_t B = 4, T = 256, H = 768, N = 12, D = 64, F = 3072, V = 50257, BT = B * T;

@@ -147,8 +147,12 @@ static void emit_update(CG *C) {
     int nstate = t->opt == OPT_ADAMW ? 2 : 1;
     int state[2];
     for (int k = 0; k < nstate; k++) {
-      state[k] = new_buf(C, arena_printf("%s.%s", n->name, t->opt == OPT_SGD ? "mom" : k ? "v" : "m"), DT_F32,
-                         &n->shape, BUF_OPTSTATE);
+      state[k] = new_buf(C,
+                         arena_printf("%s.%s", n->name,
+                                      t->opt == OPT_SGD ? "mom"
+                                      : k               ? "v"
+                                                        : "m"),
+                         DT_F32, &n->shape, BUF_OPTSTATE);
       emit(&C->init, OP_INIT, state[k])->i[0] = INIT_ZEROS;
     }
     /* Weight decay applies to matrices, not to biases and norm gains. */

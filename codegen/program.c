@@ -80,8 +80,8 @@ void instr_print(const Program *p, const Instr *in, FILE *out, bool names) {
 static void print_program(const Program *p, FILE *f) {
   fprintf(f, "carve-program %d\ncarve %s\nmodel %s\nrank %d world %d\nseed %" PRIu64 "\n", CARVE_PROGRAM_FORMAT,
           CARVE_VERSION, p->model, p->rank, p->world, p->seed);
-  fprintf(f, "microbatches %d\ntokens_per_step %" PRId64 "\nvocab %" PRId64 "\nflops_per_step %.17g\n",
-          p->microbatches, p->tokens_per_step, p->vocab, p->flops_per_step);
+  fprintf(f, "microbatches %d\ntokens_per_step %" PRId64 "\nvocab %" PRId64 "\nflops_per_step %.17g\n", p->microbatches,
+          p->tokens_per_step, p->vocab, p->flops_per_step);
   fprintf(f, "arena %" PRId64 "\nbuffers %d\n", p->arena_bytes, p->nbufs);
   for (int b = 0; b < p->nbufs; b++) {
     const Buffer *B = &p->bufs[b];
@@ -249,7 +249,8 @@ static bool read_instr(Reader *R, const Program *p, Instr *in) {
   char *save = NULL;
   char *tok = strtok_r(R->line, " ", &save);
   int op = tok ? op_lookup(tok) : -1;
-  if (op < 0 || !(op_info[op].flags & OPF_PROG)) return bad(R, arena_printf("unknown instruction '%s'", tok ? tok : ""));
+  if (op < 0 || !(op_info[op].flags & OPF_PROG))
+    return bad(R, arena_printf("unknown instruction '%s'", tok ? tok : ""));
   memset(in, 0, sizeof *in);
   in->op = (OpKind)op;
   tok = strtok_r(NULL, " ", &save);
@@ -304,8 +305,7 @@ Program *program_read(const char *path, FILE *err) {
   if (strlen(R.text) != len) {
     fprintf(err, "carve: error: %s: not a carve program (it contains NUL bytes)\n", path);
   } else if (sscanf(last, "checksum %" SCNx64 "%31s", &want, tail) != 1) {
-    fprintf(err, "carve: error: %s: no checksum line at the end: the file is truncated or not a carve program\n",
-            path);
+    fprintf(err, "carve: error: %s: no checksum line at the end: the file is truncated or not a carve program\n", path);
   } else if (hash_bytes(R.text, (size_t)(last - R.text), 0) != want) {
     fprintf(err, "carve: error: %s: checksum mismatch: the file was modified or corrupted after it was written\n",
             path);
@@ -317,16 +317,16 @@ Program *program_read(const char *path, FILE *err) {
     if (!next_line(&R) || sscanf(R.line, "carve-program %" SCNd64, &v) != 1) {
       bad(&R, "not a carve program (expected 'carve-program <version>')");
     } else if (v != CARVE_PROGRAM_FORMAT) {
-      bad(&R, arena_printf("program format %lld, but this carve reads format %d: recompile the plan",
-                           (long long)v, CARVE_PROGRAM_FORMAT));
+      bad(&R, arena_printf("program format %lld, but this carve reads format %d: recompile the plan", (long long)v,
+                           CARVE_PROGRAM_FORMAT));
     } else if (!next_line(&R) || sscanf(R.line, "carve %63s", ver) != 1) {
       bad(&R, "expected 'carve <version>'");
     } else if (strcmp(ver, CARVE_VERSION) != 0) {
       bad(&R, arena_printf("written by carve %s, but this is carve %s: recompile the plan", ver, CARVE_VERSION));
     } else if (!next_line(&R) || sscanf(R.line, "model %255s", model) != 1) {
       bad(&R, "expected 'model <name>'");
-    } else if (!next_line(&R) || sscanf(R.line, "rank %" SCNd64 " world %" SCNd64, &rank, &world) != 2 ||
-               world < 1 || rank < 0 || rank >= world) {
+    } else if (!next_line(&R) || sscanf(R.line, "rank %" SCNd64 " world %" SCNd64, &rank, &world) != 2 || world < 1 ||
+               rank < 0 || rank >= world) {
       bad(&R, "expected 'rank <r> world <n>' with 0 <= r < n");
     } else {
       int64_t seed, mb, tps, vocab, arena, nbufs;
@@ -346,8 +346,7 @@ Program *program_read(const char *path, FILE *err) {
         p->flops_per_step = flops, p->arena_bytes = arena, p->nbufs = (int)nbufs;
         p->bufs = arena_alloc(sizeof(Buffer) * (size_t)(nbufs + 1));
         for (int b = 0; ok && b < p->nbufs; b++) ok = read_buffer(&R, p, b);
-        ok = ok && read_section(&R, p, "init", &p->init, &p->ninit) &&
-             read_section(&R, p, "step", &p->step, &p->nstep);
+        ok = ok && read_section(&R, p, "init", &p->init, &p->ninit) && read_section(&R, p, "step", &p->step, &p->nstep);
         if (ok && next_line(&R)) ok = bad(&R, "unexpected text after the step section");
       }
       if (ok) result = p;
@@ -359,15 +358,15 @@ Program *program_read(const char *path, FILE *err) {
 
 void program_explain(const Program *p, FILE *out) {
   char a[32], b[32];
-  fprintf(out, "program for model %s, rank %d of %d (format %d)\n", p->model, p->rank, p->world,
-          CARVE_PROGRAM_FORMAT);
+  fprintf(out, "program for model %s, rank %d of %d (format %d)\n", p->model, p->rank, p->world, CARVE_PROGRAM_FORMAT);
   fprintf(out, "  arena %s in one allocation; %d buffers\n", fmt_bytes((double)p->arena_bytes, a, sizeof a), p->nbufs);
   fprintf(out, "  %d microbatch%s, %lld tokens and %s einsum FLOPs per step\n", p->microbatches,
           p->microbatches == 1 ? "" : "es", (long long)p->tokens_per_step, fmt_si(p->flops_per_step, b, sizeof b));
   int64_t by_kind[BUF_SCALAR + 1] = {0};
   for (int i = 0; i < p->nbufs; i++) by_kind[p->bufs[i].kind] += p->bufs[i].bytes;
   fprintf(out, "  bytes by kind:");
-  for (int k = 0; k <= BUF_SCALAR; k++) fprintf(out, " %s %s", buf_kind_names[k], fmt_bytes((double)by_kind[k], a, sizeof a));
+  for (int k = 0; k <= BUF_SCALAR; k++)
+    fprintf(out, " %s %s", buf_kind_names[k], fmt_bytes((double)by_kind[k], a, sizeof a));
   fprintf(out, "\n\nbuffers\n");
   for (int i = 0; i < p->nbufs; i++) {
     const Buffer *B = &p->bufs[i];

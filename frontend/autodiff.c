@@ -14,8 +14,8 @@
 
 typedef struct AD {
   Graph *g;
-  int *grad;   /* per forward node: gradient node or -1 */
-  bool *needs; /* per forward node: depends on a parameter */
+  int *grad;       /* per forward node: gradient node or -1 */
+  bool *needs;     /* per forward node: depends on a parameter */
   const Node *cur; /* forward node being differentiated */
 } AD;
 
@@ -109,7 +109,10 @@ static void rule(AD *A, const Node *y, int dy) {
   Node *n;
   switch (y->op) {
   case OP_EINSUM: einsum_rule(A, y, dy); return;
-  case OP_ADD: case OP_SUB: case OP_MUL: case OP_DIV: binary_rule(A, y, dy); return;
+  case OP_ADD:
+  case OP_SUB:
+  case OP_MUL:
+  case OP_DIV: binary_rule(A, y, dy); return;
   case OP_SCALE:
     n = bwd(A, OP_SCALE, "scale", xs, 1, dy, 0, 0);
     n->f[0] = y->f[0];
@@ -220,6 +223,14 @@ bool autodiff(Graph *g, int microbatches, FILE *err) {
 }
 
 void train_defaults(Train *t) {
-  *t = (Train){.opt = OPT_ADAMW, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .wd = 0.1,
-               .momentum = 0.9, .clip = 1.0, .warmup = 0, .microbatches = 1};
+  *t = (Train){.opt = OPT_ADAMW,
+               .lr = 1e-3,
+               .beta1 = 0.9,
+               .beta2 = 0.95,
+               .eps = 1e-8,
+               .wd = 0.1,
+               .momentum = 0.9,
+               .clip = 1.0,
+               .warmup = 0,
+               .microbatches = 1};
 }

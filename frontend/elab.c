@@ -19,15 +19,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define POISON (-2)           /* the value of a name whose definition failed */
-#define MAX_REPEAT 100000     /* iterations of one repeat block */
-#define MAX_NODES 5000000     /* forward nodes: a bound on what a file may ask for */
+#define POISON (-2)       /* the value of a name whose definition failed */
+#define MAX_REPEAT 100000 /* iterations of one repeat block */
+#define MAX_NODES 5000000 /* forward nodes: a bound on what a file may ask for */
 #define MAX_DIM_VALUE (1ll << 48)
-#define MAX_WORK 2000000      /* statements, counting every iteration of every repeat */
+#define MAX_WORK 2000000 /* statements, counting every iteration of every repeat */
 
 typedef struct Sym {
   const char *name;
-  int node;  /* tensor node id, or POISON */
+  int node; /* tensor node id, or POISON */
   int scope;
   bool fixed; /* param or input: cannot be assigned */
 } Sym;
@@ -170,8 +170,7 @@ static bool mentions_tensor(Elab *E, const Expr *e) {
   case EX_BIN: return mentions_tensor(E, e->lhs) || mentions_tensor(E, e->rhs);
   case EX_NEG: return mentions_tensor(E, e->lhs);
   case EX_CALL:
-    if (strcmp(e->name, "sqrt") && strcmp(e->name, "rsqrt") && strcmp(e->name, "exp") &&
-        strcmp(e->name, "log"))
+    if (strcmp(e->name, "sqrt") && strcmp(e->name, "rsqrt") && strcmp(e->name, "exp") && strcmp(e->name, "log"))
       return true;
     for (int i = 0; i < e->nargs; i++)
       if (mentions_tensor(E, e->args[i])) return true;
@@ -226,8 +225,7 @@ static bool eval_int(Elab *E, const Expr *e, int64_t *out) {
         return false;
       }
       if (e->op == '/' && a % b != 0) {
-        diag_error(E->d, e->tok, "%lld is not divisible by %lld (use // to round down)", (long long)a,
-                   (long long)b);
+        diag_error(E->d, e->tok, "%lld is not divisible by %lld (use // to round down)", (long long)a, (long long)b);
         return false;
       }
       *out = a / b;
@@ -239,9 +237,7 @@ static bool eval_int(Elab *E, const Expr *e, int64_t *out) {
       return false;
     }
     return true;
-  default:
-    diag_error(E->d, e->tok, "expected a dim expression (numbers, dims, + - * / //)");
-    return false;
+  default: diag_error(E->d, e->tok, "expected a dim expression (numbers, dims, + - * / //)"); return false;
   }
 }
 
@@ -272,8 +268,7 @@ static bool eval_scalar(Elab *E, const Expr *e, double *out) {
       diag_error(E->d, e->tok, "division by zero");
       return false;
     }
-    *out = e->op == '+' ? a + b : e->op == '-' ? a - b : e->op == '*' ? a * b
-         : e->op == '/' ? a / b : floor(a / b);
+    *out = e->op == '+' ? a + b : e->op == '-' ? a - b : e->op == '*' ? a * b : e->op == '/' ? a / b : floor(a / b);
     if (!isfinite(*out)) {
       diag_error(E->d, e->tok, "constant arithmetic overflows");
       return false;
@@ -281,7 +276,10 @@ static bool eval_scalar(Elab *E, const Expr *e, double *out) {
     return true;
   case EX_CALL:
     if (e->nargs == 1 && !e->kw[0] && eval_scalar(E, e->args[0], &a)) {
-      if (strcmp(e->name, "exp") == 0) { *out = exp(a); return true; }
+      if (strcmp(e->name, "exp") == 0) {
+        *out = exp(a);
+        return true;
+      }
       if (a <= 0 && strcmp(e->name, "sqrt") != 0) {
         diag_error(E->d, e->tok, "%s of a non-positive number", e->name);
         return false;
@@ -295,9 +293,7 @@ static bool eval_scalar(Elab *E, const Expr *e, double *out) {
     }
     diag_error(E->d, e->tok, "expected a constant: %s takes one constant argument", e->name);
     return false;
-  default:
-    diag_error(E->d, e->tok, "expected a number");
-    return false;
+  default: diag_error(E->d, e->tok, "expected a number"); return false;
   }
 }
 
@@ -351,8 +347,8 @@ static int binary_node(Elab *E, OpKind op, const Token *tok, int a, int b) {
   int off = big->rank - small->rank;
   for (int i = 0; i < small->rank; i++) {
     if (big->d[off + i] != small->d[i]) {
-      diag_error(E->d, tok, "%s: shapes %s and %s do not broadcast (trailing dims must be equal)",
-                 op_info[op].name, shape_str(&na->shape), shape_str(&nb->shape));
+      diag_error(E->d, tok, "%s: shapes %s and %s do not broadcast (trailing dims must be equal)", op_info[op].name,
+                 shape_str(&na->shape), shape_str(&nb->shape));
       return POISON;
     }
   }
@@ -413,9 +409,7 @@ static int eval_binary(Elab *E, const Expr *e) {
       return POISON;
     }
     return scale_node(E, e->tok, x, 1 / c, 0);
-  default:
-    diag_error(E->d, e->tok, "'//' is for dims; use '/' with tensors");
-    return POISON;
+  default: diag_error(E->d, e->tok, "'//' is for dims; use '/' with tensors"); return POISON;
   }
 }
 
@@ -497,8 +491,8 @@ static int axis_arg(Call *c, const Expr *a, const Node *x) {
       if (x->dimname[i] && strcmp(x->dimname[i], a->name) == 0) found = i, count++;
     if (count == 1) return found;
     if (count > 1) {
-      diag_error(c->E->d, a->tok, "%s: '%s' names %d dims of %s; give the axis as a number", c->e->name,
-                 a->name, count, shape_str(&x->shape));
+      diag_error(c->E->d, a->tok, "%s: '%s' names %d dims of %s; give the axis as a number", c->e->name, a->name, count,
+                 shape_str(&x->shape));
       return -1;
     }
     diag_error(c->E->d, a->tok, "%s: the tensor has no dim named '%s'", c->e->name, a->name);
@@ -511,8 +505,7 @@ static int axis_arg(Call *c, const Expr *a, const Node *x) {
   }
   if (!eval_int(c->E, a, &v)) return -1;
   if (v < -r || v >= r) {
-    diag_error(c->E->d, a->tok, "%s: axis %lld is out of range for a tensor of rank %d", c->e->name,
-               (long long)v, r);
+    diag_error(c->E->d, a->tok, "%s: axis %lld is out of range for a tensor of rank %d", c->e->name, (long long)v, r);
     return -1;
   }
   return (int)(v < 0 ? v + r : v);
@@ -580,8 +573,7 @@ static int softmax_builtin(Call *c) {
 /* layernorm(x, g, b) and rmsnorm(x, g): over the last dim; g, b have its size. */
 static int norm_builtin(Call *c, OpKind op) {
   int k = op == OP_LAYERNORM ? 3 : 2;
-  if (!nargs_ok(c, k, k, op == OP_LAYERNORM ? "x, gain and bias" : "x and gain") || !kwargs_ok(c, "eps"))
-    return POISON;
+  if (!nargs_ok(c, k, k, op == OP_LAYERNORM ? "x, gain and bias" : "x and gain") || !kwargs_ok(c, "eps")) return POISON;
   int in[3];
   for (int i = 0; i < k; i++)
     if ((in[i] = tensor_arg(c, i)) < 0 || !want_f32(c->E, c->e, in[i], c->e->name)) return POISON;
@@ -594,8 +586,8 @@ static int norm_builtin(Call *c, OpKind op) {
   for (int i = 1; i < k; i++) {
     Node *p = node_of(c->E, in[i]);
     if (p->shape.rank != 1 || p->shape.d[0] != h) {
-      diag_error(c->E->d, pos_arg(c, i)->tok, "%s: %s must have shape [%lld] (the last dim of x), not %s",
-                 c->e->name, i == 1 ? "the gain" : "the bias", (long long)h, shape_str(&p->shape));
+      diag_error(c->E->d, pos_arg(c, i)->tok, "%s: %s must have shape [%lld] (the last dim of x), not %s", c->e->name,
+                 i == 1 ? "the gain" : "the bias", (long long)h, shape_str(&p->shape));
       return POISON;
     }
   }
@@ -670,8 +662,7 @@ static int reshape_builtin(Call *c) {
   if (!nargs_ok(c, 2, 2, "a tensor and a shape [d0, d1, ...]") || !kwargs_ok(c, "")) return POISON;
   const Expr *list = pos_arg(c, 1);
   if (list->kind != EX_LIST || list->nargs > MAXRANK) {
-    diag_error(c->E->d, list->tok, "reshape: expected a shape like [batch, seq, hidden] (at most %d dims)",
-               MAXRANK);
+    diag_error(c->E->d, list->tok, "reshape: expected a shape like [batch, seq, hidden] (at most %d dims)", MAXRANK);
     return POISON;
   }
   int x = tensor_arg(c, 0);
@@ -693,8 +684,7 @@ static int reshape_builtin(Call *c) {
   Node *n = op_node(c->E, OP_RESHAPE, c->e->tok, 1, &x);
   if (!n) return POISON;
   n->shape = s;
-  for (int i = 0; i < s.rank; i++)
-    n->dimname[i] = list->args[i]->kind == EX_IDENT ? list->args[i]->name : NULL;
+  for (int i = 0; i < s.rank; i++) n->dimname[i] = list->args[i]->kind == EX_IDENT ? list->args[i]->name : NULL;
   return n->id;
 }
 
@@ -722,8 +712,8 @@ static const Token *sub_token(Elab *E, const Token *str, int off, int len) {
  * labels are words ("b s h"); otherwise every letter is a label ("bsh"). */
 static bool spec_spaced(const char *s) {
   for (const char *p = s; *p; p++)
-    if (*p == ' ' && p > s && p[1] && p[-1] != ' ' && p[-1] != ',' && p[-1] != '>' && p[1] != ' ' &&
-        p[1] != ',' && p[1] != '-')
+    if (*p == ' ' && p > s && p[1] && p[-1] != ' ' && p[-1] != ',' && p[-1] != '>' && p[1] != ' ' && p[1] != ',' &&
+        p[1] != '-')
       return true;
   return false;
 }
@@ -783,8 +773,8 @@ static int einsum_builtin(Call *c) {
     }
   }
   if (np != nt) {
-    diag_error(E->d, spec->tok, "einsum: the spec names %d operand%s but %d tensor%s given", np,
-               np == 1 ? "" : "s", nt, nt == 1 ? " is" : "s are");
+    diag_error(E->d, spec->tok, "einsum: the spec names %d operand%s but %d tensor%s given", np, np == 1 ? "" : "s", nt,
+               nt == 1 ? " is" : "s are");
     return POISON;
   }
   parts[np][0] = arrowpos + 2;
@@ -836,9 +826,8 @@ static int einsum_builtin(Call *c) {
           dname[nu] = x->dimname[i];
           nu++;
         } else if (size[u] != x->shape.d[i]) {
-          diag_error(E->d, at, "einsum: label '%.*s' has size %lld in %s but %lld in %s", lab[k][i].len,
-                     lab[k][i].word, (long long)size[u], node_of(E, in[0])->name, (long long)x->shape.d[i],
-                     x->name);
+          diag_error(E->d, at, "einsum: label '%.*s' has size %lld in %s but %lld in %s", lab[k][i].len, lab[k][i].word,
+                     (long long)size[u], node_of(E, in[0])->name, (long long)x->shape.d[i], x->name);
           return POISON;
         }
       } else if (u == nu) {
@@ -856,8 +845,8 @@ static int einsum_builtin(Call *c) {
       bool in_other = nt == 2 && strchr(letters[1 - k], letters[k][i]) != NULL;
       if (!in_out && !in_other) {
         diag_error(E->d, sub_token(E, spec->tok, lab[k][i].col, lab[k][i].len),
-                   "einsum: label '%.*s' is summed away inside one operand; sum it with sum() first",
-                   lab[k][i].len, lab[k][i].word);
+                   "einsum: label '%.*s' is summed away inside one operand; sum it with sum() first", lab[k][i].len,
+                   lab[k][i].word);
         return POISON;
       }
     }
@@ -900,7 +889,8 @@ static bool moe_gate(Elab *E, const Stmt *st, const Expr *e, int out[2]) {
     return false;
   }
   if (k < 1 || k > nx->shape.d[r - 1] || cap < 1) {
-    diag_error(E->d, e->tok, "moe_gate: need 1 <= topk <= experts (%lld) and capacity >= 1, got topk %lld, capacity %lld",
+    diag_error(E->d, e->tok,
+               "moe_gate: need 1 <= topk <= experts (%lld) and capacity >= 1, got topk %lld, capacity %lld",
                (long long)nx->shape.d[r - 1], (long long)k, (long long)cap);
     return false;
   }
@@ -919,9 +909,11 @@ static bool moe_gate(Elab *E, const Stmt *st, const Expr *e, int out[2]) {
 
 static int eval_call(Elab *E, const Expr *e) {
   Call c = {E, e};
-  static const struct { const char *name; OpKind op; } unary[] = {
-      {"gelu", OP_GELU}, {"relu", OP_RELU}, {"silu", OP_SILU},
-      {"tanh", OP_TANH}, {"exp", OP_EXP},   {"rsqrt", OP_RSQRT},
+  static const struct {
+    const char *name;
+    OpKind op;
+  } unary[] = {
+      {"gelu", OP_GELU}, {"relu", OP_RELU}, {"silu", OP_SILU}, {"tanh", OP_TANH}, {"exp", OP_EXP}, {"rsqrt", OP_RSQRT},
   };
   for (size_t i = 0; i < sizeof unary / sizeof unary[0]; i++)
     if (strcmp(e->name, unary[i].name) == 0) return unary_builtin(&c, unary[i].op);
@@ -1027,12 +1019,17 @@ static void stmt_dim(Elab *E, const Stmt *s) {
 static bool init_expr(Elab *E, const Expr *e, bool input, Node *n) {
   const char *name = e->kind == EX_IDENT ? e->name : e->kind == EX_CALL ? e->name : NULL;
   int nargs = e->kind == EX_CALL ? e->nargs : 0;
-  static const struct { const char *name; InitKind kind; int nargs; bool input, integer; } tab[] = {
-      {"zeros", INIT_ZEROS, 0, false, false},     {"ones", INIT_ONES, 0, false, false},
-      {"const", INIT_CONST, 1, false, false},     {"normal", INIT_NORMAL, 1, false, false},
-      {"uniform", INIT_UNIFORM, 2, false, false}, {"tokens", SRC_TOKENS, 1, true, true},
+  static const struct {
+    const char *name;
+    InitKind kind;
+    int nargs;
+    bool input, integer;
+  } tab[] = {
+      {"zeros", INIT_ZEROS, 0, false, false},          {"ones", INIT_ONES, 0, false, false},
+      {"const", INIT_CONST, 1, false, false},          {"normal", INIT_NORMAL, 1, false, false},
+      {"uniform", INIT_UNIFORM, 2, false, false},      {"tokens", SRC_TOKENS, 1, true, true},
       {"next_tokens", SRC_NEXT_TOKENS, 1, true, true}, {"classes", SRC_CLASSES, 1, true, true},
-      {"normal", SRC_NORMAL, 1, true, false},     {"uniform", SRC_UNIFORM, 2, true, false},
+      {"normal", SRC_NORMAL, 1, true, false},          {"uniform", SRC_UNIFORM, 2, true, false},
   };
   for (size_t i = 0; name && i < sizeof tab / sizeof tab[0]; i++) {
     if (tab[i].input != input || strcmp(tab[i].name, name) != 0) continue;
@@ -1054,8 +1051,7 @@ static bool init_expr(Elab *E, const Expr *e, bool input, Node *n) {
     }
     if ((tab[i].integer && (v[0] < 1 || v[0] != floor(v[0]) || v[0] > 65536)) ||
         ((tab[i].kind == INIT_NORMAL || tab[i].kind == SRC_NORMAL) && v[0] < 0)) {
-      diag_error(E->d, e->tok, tab[i].integer ? "%s needs a whole number from 1 to 65536" : "%s needs std >= 0",
-                 name);
+      diag_error(E->d, e->tok, tab[i].integer ? "%s needs a whole number from 1 to 65536" : "%s needs std >= 0", name);
       return false;
     }
     n->init = tab[i].kind;
@@ -1098,7 +1094,8 @@ static void stmt_decl(Elab *E, const Stmt *s) {
   }
   DType dt = DT_F32;
   if (s->dtype) {
-    if (strcmp(s->dtype, "i32") == 0) dt = DT_I32;
+    if (strcmp(s->dtype, "i32") == 0)
+      dt = DT_I32;
     else if (strcmp(s->dtype, "f32") != 0) {
       diag_error(E->d, s->dtype_tok, "unknown dtype '%s' (f32 or i32)", s->dtype);
       ok = false;
@@ -1178,8 +1175,7 @@ static void stmt_repeat(Elab *E, const Stmt *s) {
     return;
   }
   if (count < 0 || count > MAX_REPEAT) {
-    diag_error(E->d, s->exprs[0]->tok, "repeat count must be between 0 and %d, got %lld", MAX_REPEAT,
-               (long long)count);
+    diag_error(E->d, s->exprs[0]->tok, "repeat count must be between 0 and %d, got %lld", MAX_REPEAT, (long long)count);
     return;
   }
   const char *base = s->exprs[0]->kind == EX_IDENT ? s->exprs[0]->name : "repeat";
@@ -1188,8 +1184,7 @@ static void stmt_repeat(Elab *E, const Stmt *s) {
   int errors = E->d->errors;
   for (int64_t it = 0; it < count && !E->stop; it++) {
     if (++E->work > MAX_WORK) {
-      diag_error(E->d, s->tok, "the model is too large: its repeat blocks unroll to more than %d statements",
-                 MAX_WORK);
+      diag_error(E->d, s->tok, "the model is too large: its repeat blocks unroll to more than %d statements", MAX_WORK);
       E->stop = true;
       break;
     }
@@ -1222,15 +1217,16 @@ static void elab_block(Elab *E, Stmt **stmts, int n) {
   for (int i = 0; i < n && !E->stop; i++) {
     const Stmt *s = stmts[i];
     if (++E->work > MAX_WORK) {
-      diag_error(E->d, s->tok, "the model is too large: its repeat blocks unroll to more than %d statements",
-                 MAX_WORK);
+      diag_error(E->d, s->tok, "the model is too large: its repeat blocks unroll to more than %d statements", MAX_WORK);
       E->stop = true;
       return;
     }
     switch (s->kind) {
     case ST_MODEL:
-      if (E->scope || E->prefix[0]) diag_error(E->d, s->tok, "'model' belongs at the top of the file");
-      else E->g->model = s->label;
+      if (E->scope || E->prefix[0])
+        diag_error(E->d, s->tok, "'model' belongs at the top of the file");
+      else
+        E->g->model = s->label;
       break;
     case ST_PRESET:
       if (E->scope || E->prefix[0]) diag_error(E->d, s->tok, "'preset' belongs at the top level of the file");

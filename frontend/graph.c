@@ -12,8 +12,7 @@ const OpInfo op_info[OP_COUNT] = {
 };
 
 const char *const init_names[INIT_COUNT] = {
-    "zeros", "ones", "const", "normal", "uniform",
-    "tokens", "next_tokens", "classes", "normal", "uniform",
+    "zeros", "ones", "const", "normal", "uniform", "tokens", "next_tokens", "classes", "normal", "uniform",
 };
 
 int op_lookup(const char *name) {
@@ -23,7 +22,10 @@ int op_lookup(const char *name) {
 }
 
 const char *dtype_name(DType t) { return t == DT_I32 ? "i32" : "f32"; }
-int dtype_size(DType t) { (void)t; return 4; }
+int dtype_size(DType t) {
+  (void)t;
+  return 4;
+}
 
 int64_t shape_numel(const Shape *s) {
   int64_t n = 1;
@@ -87,17 +89,21 @@ bool graph_verify(const Graph *g, FILE *err) {
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];
     const char *why = NULL;
-    if (n->id != i) why = "node id does not match its position";
-    else if (n->op < 0 || n->op >= OP_COUNT || !(op_info[n->op].flags & OPF_GRAPH)) why = "not a graph op";
-    else if (op_info[n->op].nin >= 0 && n->nin != op_info[n->op].nin) why = "wrong number of inputs";
-    else if (n->shape.rank < 0 || n->shape.rank > MAXRANK) why = "bad rank";
+    if (n->id != i)
+      why = "node id does not match its position";
+    else if (n->op < 0 || n->op >= OP_COUNT || !(op_info[n->op].flags & OPF_GRAPH))
+      why = "not a graph op";
+    else if (op_info[n->op].nin >= 0 && n->nin != op_info[n->op].nin)
+      why = "wrong number of inputs";
+    else if (n->shape.rank < 0 || n->shape.rank > MAXRANK)
+      why = "bad rank";
     for (int k = 0; !why && k < n->nin; k++)
       if (n->in[k] < 0 || n->in[k] >= i) why = "input does not precede its user";
     for (int k = 0; !why && k < n->shape.rank; k++)
       if (n->shape.d[k] <= 0) why = "non-positive dimension";
     if (why) {
-      fprintf(err, "carve: internal error: graph verifier: node %d (%s, %s): %s\n", i,
-              n->name ? n->name : "?", op_info[n->op].name, why);
+      fprintf(err, "carve: internal error: graph verifier: node %d (%s, %s): %s\n", i, n->name ? n->name : "?",
+              op_info[n->op].name, why);
       return false;
     }
   }
@@ -111,8 +117,8 @@ bool graph_verify(const Graph *g, FILE *err) {
 void graph_dump(const Graph *g, FILE *out) {
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];
-    fprintf(out, "%5d %-8s %-18s %-28s %s%s", i, n->phase == PH_FORWARD ? "fwd" : "bwd",
-            op_info[n->op].name, n->name, dtype_name(n->dtype), shape_str(&n->shape));
+    fprintf(out, "%5d %-8s %-18s %-28s %s%s", i, n->phase == PH_FORWARD ? "fwd" : "bwd", op_info[n->op].name, n->name,
+            dtype_name(n->dtype), shape_str(&n->shape));
     if (n->nin) {
       fprintf(out, " <-");
       for (int k = 0; k < n->nin; k++) fprintf(out, " %d", n->in[k]);

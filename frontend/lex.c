@@ -166,8 +166,8 @@ static void lex_string(Lexer *L, bool space) {
   L->p = q;
 }
 
-static const char *const puncts[] = {"->", "//", "=", ",", "[", "]", "(", ")", "{", "}",
-                                     ":", "~", "+", "-", "*", "/", NULL};
+static const char *const puncts[] = {"->", "//", "=", ",", "[", "]", "(", ")", "{",
+                                     "}",  ":",  "~", "+", "-", "*", "/", NULL};
 
 Token *lex(const Source *src, Diag *d, int *ntok) {
   Lexer L = {.src = src, .d = d, .p = src->text, .line = 1, .col = 1};

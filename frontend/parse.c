@@ -208,10 +208,14 @@ static Expr *term(Parser *P) {
   Expr *e = unary(P);
   for (;;) {
     Token *t = peek(P);
-    if (accept(P, "*")) e = binary(t, '*', e, unary(P));
-    else if (accept(P, "//")) e = binary(t, 'f', e, unary(P));
-    else if (accept(P, "/")) e = binary(t, '/', e, unary(P));
-    else return e;
+    if (accept(P, "*"))
+      e = binary(t, '*', e, unary(P));
+    else if (accept(P, "//"))
+      e = binary(t, 'f', e, unary(P));
+    else if (accept(P, "/"))
+      e = binary(t, '/', e, unary(P));
+    else
+      return e;
   }
 }
 
@@ -220,9 +224,12 @@ static Expr *expr(Parser *P) {
   Expr *e = term(P);
   for (;;) {
     Token *t = peek(P);
-    if (accept(P, "+")) e = binary(t, '+', e, term(P));
-    else if (accept(P, "-")) e = binary(t, '-', e, term(P));
-    else return e;
+    if (accept(P, "+"))
+      e = binary(t, '+', e, term(P));
+    else if (accept(P, "-"))
+      e = binary(t, '-', e, term(P));
+    else
+      return e;
   }
 }
 
@@ -406,8 +413,7 @@ static Stmt **block(Parser *P, Token *open, int *n) {
     if (!P->failed && peek(P)->kind != TK_NEWLINE && peek(P)->kind != TK_EOF && !at(P, "}"))
       error_at(P, peek(P), "expected end of line after the statement, found %s%s", "");
     if (P->failed) { /* skip to the end of the line, bracketed or not */
-      while (P->t[P->pos].kind != TK_NEWLINE && P->t[P->pos].kind != TK_EOF && !tok_is(&P->t[P->pos], "}"))
-        P->pos++;
+      while (P->t[P->pos].kind != TK_NEWLINE && P->t[P->pos].kind != TK_EOF && !tok_is(&P->t[P->pos], "}")) P->pos++;
       continue; /* a statement with an error is dropped */
     }
     if (s) ptrvec_push(&stmts, s);

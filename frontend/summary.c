@@ -30,14 +30,31 @@ static double einsum_flops(const Graph *g, const Node *n) {
 /* Estimated FLOPs per element of the op's larger operand. */
 static double per_element(OpKind op) {
   switch (op) {
-  case OP_GELU: case OP_GELU_BWD: return 8;
-  case OP_SILU: case OP_SILU_BWD: case OP_TANH: case OP_TANH_BWD: return 4;
-  case OP_SOFTMAX: case OP_SOFTMAX_BWD: case OP_XENT: case OP_XENT_BWD: return 5;
-  case OP_LAYERNORM: case OP_LN_BWD_X: return 8;
-  case OP_RMSNORM: case OP_RMS_BWD_X: return 5;
-  case OP_LN_BWD_G: case OP_RMS_BWD_G: return 6;
-  case OP_MSE: case OP_MSE_BWD: case OP_RSQRT: case OP_RSQRT_BWD: return 3;
-  case OP_PARAM: case OP_INPUT: case OP_FILL: case OP_EMBED: case OP_RESHAPE:
+  case OP_GELU:
+  case OP_GELU_BWD: return 8;
+  case OP_SILU:
+  case OP_SILU_BWD:
+  case OP_TANH:
+  case OP_TANH_BWD: return 4;
+  case OP_SOFTMAX:
+  case OP_SOFTMAX_BWD:
+  case OP_XENT:
+  case OP_XENT_BWD: return 5;
+  case OP_LAYERNORM:
+  case OP_LN_BWD_X: return 8;
+  case OP_RMSNORM:
+  case OP_RMS_BWD_X: return 5;
+  case OP_LN_BWD_G:
+  case OP_RMS_BWD_G: return 6;
+  case OP_MSE:
+  case OP_MSE_BWD:
+  case OP_RSQRT:
+  case OP_RSQRT_BWD: return 3;
+  case OP_PARAM:
+  case OP_INPUT:
+  case OP_FILL:
+  case OP_EMBED:
+  case OP_RESHAPE:
   case OP_MOE_DISPATCH: return 0;
   default: return 1;
   }
@@ -62,11 +79,15 @@ void summarize(const Graph *g, Summary *s) {
     bool ein = n->op == OP_EINSUM;
     if (i < g->nfwd) {
       s->op_count[n->op]++;
-      if (ein) s->flops_einsum_fwd += f;
-      else s->flops_other_fwd += f;
+      if (ein)
+        s->flops_einsum_fwd += f;
+      else
+        s->flops_other_fwd += f;
     }
-    if (ein) s->flops_einsum += f;
-    else s->flops_other += f;
+    if (ein)
+      s->flops_einsum += f;
+    else
+      s->flops_other += f;
     if (n->op == OP_PARAM) {
       s->params += shape_numel(&n->shape);
       s->param_tensors++;

@@ -33,9 +33,9 @@
  * common/util.c: memory, strings, errors
  * ====================================================================== */
 
-#define CARVE_ASSERT(cond, msg)                                               \
-  do {                                                                        \
-    if (!(cond)) carve_bug(__FILE__, __LINE__, #cond, msg);                   \
+#define CARVE_ASSERT(cond, msg)                                                                                        \
+  do {                                                                                                                 \
+    if (!(cond)) carve_bug(__FILE__, __LINE__, #cond, msg);                                                            \
   } while (0)
 
 _Noreturn void carve_bug(const char *file, int line, const char *cond, const char *msg);
@@ -79,9 +79,7 @@ typedef struct Source {
   size_t len;
 } Source;
 
-typedef enum {
-  TK_IDENT, TK_NUM, TK_STR, TK_PUNCT, TK_NEWLINE, TK_EOF
-} TokenKind;
+typedef enum { TK_IDENT, TK_NUM, TK_STR, TK_PUNCT, TK_NEWLINE, TK_EOF } TokenKind;
 
 typedef struct Token {
   TokenKind kind;
@@ -120,9 +118,7 @@ bool tok_is(const Token *t, const char *s);
  * frontend/parse.c: the syntax tree
  * ====================================================================== */
 
-typedef enum {
-  EX_NUM, EX_IDENT, EX_STR, EX_BIN, EX_NEG, EX_CALL, EX_LIST
-} ExprKind;
+typedef enum { EX_NUM, EX_IDENT, EX_STR, EX_BIN, EX_NEG, EX_CALL, EX_LIST } ExprKind;
 
 typedef struct Expr Expr;
 struct Expr {
@@ -140,9 +136,7 @@ struct Expr {
   int nargs;
 };
 
-typedef enum {
-  ST_MODEL, ST_DIM, ST_PRESET, ST_INPUT, ST_PARAM, ST_ASSIGN, ST_REPEAT, ST_IF
-} StmtKind;
+typedef enum { ST_MODEL, ST_DIM, ST_PRESET, ST_INPUT, ST_PARAM, ST_ASSIGN, ST_REPEAT, ST_IF } StmtKind;
 
 typedef struct Stmt Stmt;
 struct Stmt {
@@ -150,14 +144,14 @@ struct Stmt {
   const Token *tok;   /* first token */
   const char **names; /* ST_DIM, ST_PRESET keys, ST_ASSIGN targets, ST_INPUT/PARAM name */
   const Token **name_toks;
-  Expr **exprs;       /* ST_DIM/ST_PRESET values, ST_ASSIGN value (1), ST_REPEAT/IF count */
+  Expr **exprs; /* ST_DIM/ST_PRESET values, ST_ASSIGN value (1), ST_REPEAT/IF count */
   int nnames;
-  const char *label;  /* ST_MODEL name, ST_PRESET preset name, ST_REPEAT prefix */
-  Expr **dims;        /* ST_INPUT/ST_PARAM shape */
+  const char *label; /* ST_MODEL name, ST_PRESET preset name, ST_REPEAT prefix */
+  Expr **dims;       /* ST_INPUT/ST_PARAM shape */
   int ndims;
-  const char *dtype;  /* ST_INPUT */
+  const char *dtype; /* ST_INPUT */
   const Token *dtype_tok;
-  Expr *init;         /* ST_INPUT/ST_PARAM initialiser or data source, may be NULL */
+  Expr *init;            /* ST_INPUT/ST_PARAM initialiser or data source, may be NULL */
   Stmt **body, **orelse; /* ST_REPEAT, ST_IF */
   int nbody, norelse;
 };
@@ -208,8 +202,16 @@ char *shape_str(const Shape *s); /* "[8,1024,768]" in the arena */
 
 /* Initialisers of parameters and data sources of inputs. */
 typedef enum {
-  INIT_ZEROS, INIT_ONES, INIT_CONST, INIT_NORMAL, INIT_UNIFORM,
-  SRC_TOKENS, SRC_NEXT_TOKENS, SRC_CLASSES, SRC_NORMAL, SRC_UNIFORM,
+  INIT_ZEROS,
+  INIT_ONES,
+  INIT_CONST,
+  INIT_NORMAL,
+  INIT_UNIFORM,
+  SRC_TOKENS,
+  SRC_NEXT_TOKENS,
+  SRC_CLASSES,
+  SRC_NORMAL,
+  SRC_UNIFORM,
   INIT_COUNT
 } InitKind;
 extern const char *const init_names[INIT_COUNT];
@@ -219,20 +221,20 @@ typedef enum { PH_FORWARD, PH_BACKWARD } Phase;
 typedef struct Node {
   OpKind op;
   int id;
-  const char *name;   /* unique in the graph: "layers.3.w_fc", "layers.3.h" */
+  const char *name; /* unique in the graph: "layers.3.w_fc", "layers.3.h" */
   int nin;
   int in[MAXIN];
   Shape shape;
   const char *dimname[MAXRANK]; /* the symbolic dim each axis came from, or NULL */
   DType dtype;
   Phase phase;
-  const Token *tok;   /* source location; NULL for nodes autodiff made */
-  int layer;          /* iteration of the outermost repeat block, -1 outside */
+  const Token *tok; /* source location; NULL for nodes autodiff made */
+  int layer;        /* iteration of the outermost repeat block, -1 outside */
   /* attributes (meaning per op, see ops.def) */
   int64_t i[2];
   double f[2];
   char labels[MAXIN + 1][MAXRANK + 1]; /* einsum: labels per input, then output */
-  InitKind init;      /* PARAM initialiser / INPUT data source */
+  InitKind init;                       /* PARAM initialiser / INPUT data source */
   double init_a, init_b;
 } Node;
 
@@ -245,10 +247,10 @@ typedef struct Graph {
   const char *model;
   Node **nodes;
   int n, cap;
-  int loss;           /* node id of the scalar loss, -1 before it is known */
-  int nfwd;           /* nodes [0, nfwd) are the forward graph */
-  int *grad;          /* after autodiff: grad[param node id] = node id or -1 */
-  DimVal *dims;       /* bound dims, in declaration order */
+  int loss;     /* node id of the scalar loss, -1 before it is known */
+  int nfwd;     /* nodes [0, nfwd) are the forward graph */
+  int *grad;    /* after autodiff: grad[param node id] = node id or -1 */
+  DimVal *dims; /* bound dims, in declaration order */
   int ndims;
 } Graph;
 
@@ -269,8 +271,8 @@ typedef struct Override {
 } Override;
 
 typedef struct ElabOptions {
-  const char *preset;  /* NULL for none */
-  Override *sets;      /* --set name=value */
+  const char *preset; /* NULL for none */
+  Override *sets;     /* --set name=value */
   int nsets;
 } ElabOptions;
 
@@ -296,8 +298,8 @@ typedef enum { OPT_ADAMW, OPT_SGD } OptKind;
 typedef struct Train {
   OptKind opt;
   double lr, beta1, beta2, eps, wd, momentum, clip;
-  int warmup;        /* steps of linear learning-rate warm-up */
-  int microbatches;  /* gradient accumulation: the graph is one microbatch */
+  int warmup;       /* steps of linear learning-rate warm-up */
+  int microbatches; /* gradient accumulation: the graph is one microbatch */
 } Train;
 
 void train_defaults(Train *t);
@@ -311,11 +313,11 @@ bool autodiff(Graph *g, int microbatches, FILE *err);
 
 typedef struct Summary {
   int64_t params, param_tensors;
-  double flops_einsum_fwd, flops_other_fwd;   /* forward graph */
-  double flops_einsum, flops_other;           /* whole training graph */
-  int64_t act_bytes;       /* forward activations kept for backward */
+  double flops_einsum_fwd, flops_other_fwd; /* forward graph */
+  double flops_einsum, flops_other;         /* whole training graph */
+  int64_t act_bytes;                        /* forward activations kept for backward */
   int64_t param_bytes;
-  int op_count[OP_COUNT];  /* forward graph */
+  int op_count[OP_COUNT]; /* forward graph */
   int nodes_fwd, nodes_total;
 } Summary;
 
@@ -341,12 +343,12 @@ typedef struct Buffer {
 
 typedef struct Instr {
   OpKind op;
-  int out;          /* buffer id or -1 */
+  int out; /* buffer id or -1 */
   int nin;
   int in[MAXIN];
   int64_t i[2];
   double f[5];
-  char spec[64];    /* einsum: "abc,cd->abd" */
+  char spec[64]; /* einsum: "abc,cd->abd" */
 } Instr;
 
 typedef struct Program {
@@ -360,9 +362,9 @@ typedef struct Program {
   Buffer *bufs;
   int nbufs;
   int64_t arena_bytes;
-  Instr *init;   /* run once */
+  Instr *init; /* run once */
   int ninit;
-  Instr *step;   /* run every step */
+  Instr *step; /* run every step */
   int nstep;
 } Program;
 
@@ -390,13 +392,13 @@ void tokens_free(TokenData *td);
 
 typedef struct RunOptions {
   int steps;
-  const TokenData *data;  /* NULL: synthetic tokens from the seed */
-  int log_every;          /* print a line every N steps (1 = every step) */
+  const TokenData *data; /* NULL: synthetic tokens from the seed */
+  int log_every;         /* print a line every N steps (1 = every step) */
   bool quiet;
   FILE *out;
-  double *losses;         /* if non-NULL, receives the loss of each step */
-  int data_step;          /* if > 0, every step loads the data of this step (tests) */
-  bool profile;           /* time every instruction; print time by opcode at the end */
+  double *losses; /* if non-NULL, receives the loss of each step */
+  int data_step;  /* if > 0, every step loads the data of this step (tests) */
+  bool profile;   /* time every instruction; print time by opcode at the end */
 } RunOptions;
 
 /* Runs the init section, then `steps` steps. Returns 0 or prints an error
@@ -414,7 +416,7 @@ void runtime_free(Runtime *rt);
 /* Counter-based random numbers: the value at (key, index) never depends on
  * how a tensor is split or in which order elements are produced. */
 uint64_t rng_u64(uint64_t key, uint64_t index);
-float rng_uniform(uint64_t key, uint64_t index);   /* [0, 1) */
+float rng_uniform(uint64_t key, uint64_t index); /* [0, 1) */
 float rng_normal(uint64_t key, uint64_t index);
 
 #endif

@@ -27,9 +27,12 @@ TokenData *tokens_read(const char *path, FILE *err) {
     memcpy(&version, buf + 8, 4);
     memcpy(&vocab, buf + 12, 4);
     memcpy(&count, buf + 16, 8);
-    if (version != 1) why = "unsupported token file version";
-    else if (vocab < 1 || vocab > 65536) why = "vocabulary size out of range";
-    else if (count < 2 || count > (len - 24) / 2 || len != 24 + 2 * count) why = "token count does not match the file size";
+    if (version != 1)
+      why = "unsupported token file version";
+    else if (vocab < 1 || vocab > 65536)
+      why = "vocabulary size out of range";
+    else if (count < 2 || count > (len - 24) / 2 || len != 24 + 2 * count)
+      why = "token count does not match the file size";
   }
   if (why) {
     fprintf(err, "carve: error: %s: %s\n", path, why);
@@ -45,8 +48,8 @@ TokenData *tokens_read(const char *path, FILE *err) {
   free(buf);
   for (int64_t i = 0; i < td->n; i++)
     if (td->tok[i] >= vocab) {
-      fprintf(err, "carve: error: %s: token %lld is %u, outside the vocabulary of %u\n", path, (long long)i,
-              td->tok[i], vocab);
+      fprintf(err, "carve: error: %s: token %lld is %u, outside the vocabulary of %u\n", path, (long long)i, td->tok[i],
+              vocab);
       tokens_free(td);
       return NULL;
     }

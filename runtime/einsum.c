@@ -231,9 +231,12 @@ void einsum_run(const char *spec, int nin, const float *const *in, const Shape *
   for (int i = 0; i < A.rank; i++) {
     if (A.size[i] == 1) continue; /* size-1 labels do not affect layout */
     bool inb = find(&B, A.lab[i]) >= 0, inc = find(&C, A.lab[i]) >= 0;
-    if (inb && inc) r.batch[r.nb++] = A.lab[i];
-    else if (inc) r.m[r.nm++] = A.lab[i];
-    else r.k[r.nk++] = A.lab[i];
+    if (inb && inc)
+      r.batch[r.nb++] = A.lab[i];
+    else if (inc)
+      r.m[r.nm++] = A.lab[i];
+    else
+      r.k[r.nk++] = A.lab[i];
   }
   for (int i = 0; i < B.rank; i++)
     if (B.size[i] > 1 && find(&A, B.lab[i]) < 0) r.n[r.nn++] = B.lab[i];
@@ -297,11 +300,11 @@ void einsum_run(const char *spec, int nin, const float *const *in, const Shape *
       oc += idx[i] * C.stride[find(&C, r.batch[i])];
     }
     if (!tc)
-      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
-                  (int)K, 1.0f, pa + oa, (int)lda, pb + ob, (int)ldb, 0.0f, pc + oc, (int)ldc);
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
+                  1.0f, pa + oa, (int)lda, pb + ob, (int)ldb, 0.0f, pc + oc, (int)ldc);
     else /* C^T = B^T A^T */
-      cblas_sgemm(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, ta ? CblasNoTrans : CblasTrans, (int)N, (int)M,
-                  (int)K, 1.0f, pb + ob, (int)ldb, pa + oa, (int)lda, 0.0f, pc + oc, (int)ldc);
+      cblas_sgemm(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, ta ? CblasNoTrans : CblasTrans, (int)N, (int)M, (int)K,
+                  1.0f, pb + ob, (int)ldb, pa + oa, (int)lda, 0.0f, pc + oc, (int)ldc);
     for (int i = r.nb - 1; i >= 0; i--) {
       if (++idx[i] < A.size[find(&A, r.batch[i])]) break;
       idx[i] = 0;

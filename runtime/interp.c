@@ -16,10 +16,10 @@ typedef struct Run {
   const Program *p;
   const RunOptions *o;
   unsigned char *arena;
-  int step;       /* 1-based step being executed */
-  double loss;    /* accumulated by OP_LOSS */
+  int step;    /* 1-based step being executed */
+  double loss; /* accumulated by OP_LOSS */
   EinsumScratch scratch;
-  const char *error; /* a data error found by a kernel */
+  const char *error;        /* a data error found by a kernel */
   double op_time[OP_COUNT]; /* seconds per opcode, with RunOptions.profile */
   int64_t op_count[OP_COUNT];
 } Run;
@@ -49,11 +49,14 @@ static const char *check_instr(const Program *p, const Instr *in) {
   const Shape *os = o >= 0 ? S(p, o) : NULL;
   for (int k = 0; k < in->nin; k++)
     if (in->in[k] < 0) return "missing input buffer";
-  bool want_i32_out = in->op == OP_LOAD && (in->i[0] == SRC_TOKENS || in->i[0] == SRC_NEXT_TOKENS || in->i[0] == SRC_CLASSES);
+  bool want_i32_out =
+      in->op == OP_LOAD && (in->i[0] == SRC_TOKENS || in->i[0] == SRC_NEXT_TOKENS || in->i[0] == SRC_CLASSES);
   if (o >= 0 && (B[o].dtype == DT_I32) != want_i32_out) return "output buffer has the wrong dtype";
   int x = in->nin ? in->in[0] : -1;
   switch (in->op) {
-  case OP_FILL: case OP_INIT: case OP_LOAD:
+  case OP_FILL:
+  case OP_INIT:
+  case OP_LOAD:
     if (in->op == OP_INIT && (in->i[0] < INIT_ZEROS || in->i[0] > INIT_UNIFORM)) return "bad init kind";
     if (in->op == OP_LOAD && (in->i[0] < SRC_TOKENS || in->i[0] > SRC_UNIFORM)) return "bad load kind";
     if (in->op == OP_LOAD && (in->i[1] < 0 || in->i[1] > (1ll << 40))) return "bad row offset";
@@ -65,12 +68,19 @@ static const char *check_instr(const Program *p, const Instr *in) {
       if (B[in->in[k]].dtype != DT_F32) return "einsum of a non-f32 buffer";
     return einsum_check(in->spec, in->nin, ins, os);
   }
-  case OP_ADD: case OP_SUB: case OP_MUL: case OP_DIV: {
+  case OP_ADD:
+  case OP_SUB:
+  case OP_MUL:
+  case OP_DIV: {
     int64_t n = N(p, o), na = N(p, in->in[0]), nb = N(p, in->in[1]);
     if ((na != n && nb != n) || n % na || n % nb) return "operands do not broadcast to the output";
     break;
   }
-  case OP_SUM: case OP_MEAN: case OP_MAX: case OP_EXPAND: case OP_MAX_BWD: {
+  case OP_SUM:
+  case OP_MEAN:
+  case OP_MAX:
+  case OP_EXPAND:
+  case OP_MAX_BWD: {
     const Shape *big = in->op == OP_EXPAND || in->op == OP_MAX_BWD ? os : S(p, x);
     if (in->i[0] < 0 || in->i[0] >= big->rank) return "axis out of range";
     if (N(p, in->op == OP_EXPAND ? x : in->op == OP_MAX_BWD ? in->in[1] : o) * big->d[in->i[0]] != shape_numel(big))
@@ -78,31 +88,43 @@ static const char *check_instr(const Program *p, const Instr *in) {
     if (in->op == OP_MAX_BWD && N(p, x) != N(p, o)) return "max_bwd shapes disagree";
     return NULL;
   }
-  case OP_LAYERNORM: case OP_RMSNORM: case OP_LN_BWD_X: case OP_RMS_BWD_X:
-    if (N(p, in->in[1]) != last(p, x) || (in->op == OP_LAYERNORM && N(p, in->in[2]) != last(p, x))) return "gain/bias size";
-    if (N(p, o) != N(p, x) || (in->nin == 3 && in->op != OP_LAYERNORM && N(p, in->in[2]) != N(p, x))) return "shapes disagree";
+  case OP_LAYERNORM:
+  case OP_RMSNORM:
+  case OP_LN_BWD_X:
+  case OP_RMS_BWD_X:
+    if (N(p, in->in[1]) != last(p, x) || (in->op == OP_LAYERNORM && N(p, in->in[2]) != last(p, x)))
+      return "gain/bias size";
+    if (N(p, o) != N(p, x) || (in->nin == 3 && in->op != OP_LAYERNORM && N(p, in->in[2]) != N(p, x)))
+      return "shapes disagree";
     if (in->f[0] <= 0) return "eps must be positive";
     return NULL;
-  case OP_LN_BWD_G: case OP_RMS_BWD_G:
+  case OP_LN_BWD_G:
+  case OP_RMS_BWD_G:
     if (N(p, o) != last(p, x) || N(p, in->in[1]) != N(p, x) || in->f[0] <= 0) return "shapes disagree";
     return NULL;
   case OP_EMBED:
-    if (S(p, x)->rank != 2 || B[in->in[1]].dtype != DT_I32 || N(p, o) != N(p, in->in[1]) * S(p, x)->d[1]) return "embed shapes";
+    if (S(p, x)->rank != 2 || B[in->in[1]].dtype != DT_I32 || N(p, o) != N(p, in->in[1]) * S(p, x)->d[1])
+      return "embed shapes";
     return NULL;
   case OP_EMBED_BWD:
     if (os->rank != 2 || B[x].dtype != DT_I32 || N(p, in->in[1]) != N(p, x) * os->d[1]) return "embed_bwd shapes";
     return NULL;
-  case OP_XENT: case OP_XENT_BWD:
+  case OP_XENT:
+  case OP_XENT_BWD:
     if (B[in->in[1]].dtype != DT_I32 || N(p, x) != N(p, in->in[1]) * last(p, x)) return "cross_entropy shapes";
     if (in->op == OP_XENT ? N(p, o) != 1 : (N(p, o) != N(p, x) || N(p, in->in[2]) != 1)) return "cross_entropy shapes";
     return NULL;
-  case OP_MSE: case OP_MSE_BWD:
+  case OP_MSE:
+  case OP_MSE_BWD:
     if (N(p, x) != N(p, in->in[1]) || (in->op == OP_MSE ? N(p, o) != 1 : N(p, o) != N(p, x))) return "mse shapes";
     return NULL;
-  case OP_MOE_DISPATCH: case OP_MOE_COMBINE: case OP_MOE_COMBINE_BWD: {
+  case OP_MOE_DISPATCH:
+  case OP_MOE_COMBINE:
+  case OP_MOE_COMBINE_BWD: {
     const Shape *big = in->op == OP_MOE_COMBINE_BWD ? S(p, in->in[1]) : os;
     int64_t e = last(p, x);
-    if (big->rank < 2 || big->d[big->rank - 2] != e || N(p, x) * big->d[big->rank - 1] != shape_numel(big)) return "moe shapes";
+    if (big->rank < 2 || big->d[big->rank - 2] != e || N(p, x) * big->d[big->rank - 1] != shape_numel(big))
+      return "moe shapes";
     if (in->i[0] < 1 || in->i[0] > e) return "topk out of range";
     if (in->op == OP_MOE_COMBINE_BWD && N(p, o) != N(p, x)) return "moe shapes";
     return NULL;
@@ -110,13 +132,15 @@ static const char *check_instr(const Program *p, const Instr *in) {
   case OP_SUM_TO:
     if (N(p, o) == 0 || N(p, x) % N(p, o)) return "sum_to shapes";
     return NULL;
-  case OP_LOSS: case OP_SUMSQ:
+  case OP_LOSS:
+  case OP_SUMSQ:
     if (in->op == OP_LOSS ? N(p, x) != 1 : N(p, o) != 1) return "needs a scalar";
     return NULL;
   case OP_CLIP:
     if (N(p, o) != 1 || N(p, x) != 1) return "needs scalars";
     return NULL;
-  case OP_ADAMW: case OP_SGD:
+  case OP_ADAMW:
+  case OP_SGD:
     for (int k = 0; k + 1 < in->nin; k++)
       if (N(p, in->in[k]) != N(p, o)) return "optimizer buffers disagree";
     if (N(p, in->in[in->nin - 1]) != 1) return "clip factor must be a scalar";
@@ -139,8 +163,8 @@ static bool program_check(const Program *p, FILE *err) {
     for (int i = 0; i < counts[s]; i++) {
       const char *why = check_instr(p, &lists[s][i]);
       if (why) {
-        fprintf(err, "carve: error: program for rank %d, %s instruction %d (%s): %s\n", p->rank,
-                s ? "step" : "init", i, op_info[lists[s][i].op].name, why);
+        fprintf(err, "carve: error: program for rank %d, %s instruction %d (%s): %s\n", p->rank, s ? "step" : "init", i,
+                op_info[lists[s][i].op].name, why);
         return false;
       }
     }
@@ -257,17 +281,25 @@ static void exec(Run *R, const Instr *in) {
     einsum_run(in->spec, in->nin, ins, ss, F(R, o), S(p, o), &R->scratch);
     break;
   }
-  case OP_ADD: case OP_SUB: case OP_MUL: case OP_DIV:
-    k_binary(in->op, F(R, o), N(p, o), F(R, x), N(p, x), F(R, y), N(p, y));
-    break;
+  case OP_ADD:
+  case OP_SUB:
+  case OP_MUL:
+  case OP_DIV: k_binary(in->op, F(R, o), N(p, o), F(R, x), N(p, x), F(R, y), N(p, y)); break;
   case OP_SCALE: k_scale(F(R, o), F(R, x), N(p, o), (float)in->f[0], (float)in->f[1]); break;
-  case OP_GELU: case OP_RELU: case OP_SILU: case OP_TANH: case OP_EXP: case OP_RSQRT:
-    k_unary(in->op, F(R, o), F(R, x), N(p, o));
-    break;
-  case OP_GELU_BWD: case OP_RELU_BWD: case OP_SILU_BWD: case OP_TANH_BWD: case OP_RSQRT_BWD:
-    k_unary_bwd(in->op, F(R, o), F(R, x), F(R, y), N(p, o));
-    break;
-  case OP_SUM: case OP_MEAN: case OP_MAX:
+  case OP_GELU:
+  case OP_RELU:
+  case OP_SILU:
+  case OP_TANH:
+  case OP_EXP:
+  case OP_RSQRT: k_unary(in->op, F(R, o), F(R, x), N(p, o)); break;
+  case OP_GELU_BWD:
+  case OP_RELU_BWD:
+  case OP_SILU_BWD:
+  case OP_TANH_BWD:
+  case OP_RSQRT_BWD: k_unary_bwd(in->op, F(R, o), F(R, x), F(R, y), N(p, o)); break;
+  case OP_SUM:
+  case OP_MEAN:
+  case OP_MAX:
     around(S(p, x), (int)in->i[0], &outer, &n, &inner);
     k_reduce(in->op, F(R, o), F(R, x), outer, n, inner);
     break;
@@ -285,11 +317,13 @@ static void exec(Run *R, const Instr *in) {
     k_layernorm(F(R, o), F(R, x), F(R, y), F(R, in->in[2]), N(p, o) / last(p, o), last(p, o), (float)in->f[0]);
     break;
   case OP_RMSNORM: k_rmsnorm(F(R, o), F(R, x), F(R, y), N(p, o) / last(p, o), last(p, o), (float)in->f[0]); break;
-  case OP_LN_BWD_X: case OP_RMS_BWD_X:
+  case OP_LN_BWD_X:
+  case OP_RMS_BWD_X:
     k_layernorm_bwd_x(F(R, o), F(R, x), F(R, y), F(R, in->in[2]), N(p, o) / last(p, o), last(p, o), (float)in->f[0],
                       in->op == OP_RMS_BWD_X);
     break;
-  case OP_LN_BWD_G: case OP_RMS_BWD_G:
+  case OP_LN_BWD_G:
+  case OP_RMS_BWD_G:
     k_layernorm_bwd_g(F(R, o), F(R, x), F(R, y), N(p, x) / last(p, x), last(p, x), (float)in->f[0],
                       in->op == OP_RMS_BWD_G);
     break;
@@ -310,14 +344,15 @@ static void exec(Run *R, const Instr *in) {
     break;
   case OP_MSE: k_mse(F(R, o), F(R, x), F(R, y), N(p, x)); break;
   case OP_MSE_BWD: k_mse_bwd(F(R, o), F(R, x), F(R, y), F(R, in->in[2]), N(p, x)); break;
-  case OP_MOE_DISPATCH: case OP_MOE_COMBINE:
-    k_moe_gate(F(R, o), in->op == OP_MOE_COMBINE, F(R, x), N(p, x) / last(p, x), last(p, x), last(p, o),
-               (int)in->i[0]);
+  case OP_MOE_DISPATCH:
+  case OP_MOE_COMBINE:
+    k_moe_gate(F(R, o), in->op == OP_MOE_COMBINE, F(R, x), N(p, x) / last(p, x), last(p, x), last(p, o), (int)in->i[0]);
     break;
   case OP_MOE_COMBINE_BWD:
     k_moe_combine_bwd(F(R, o), F(R, x), F(R, y), N(p, x) / last(p, x), last(p, x), last(p, y), (int)in->i[0]);
     break;
-  case OP_RESHAPE: case OP_COPY: k_copy(F(R, o), F(R, x), N(p, o)); break;
+  case OP_RESHAPE:
+  case OP_COPY: k_copy(F(R, o), F(R, x), N(p, o)); break;
   case OP_SUM_TO: k_sum_to(F(R, o), F(R, x), N(p, x) / N(p, o), N(p, o)); break;
   case OP_ACC: k_acc(F(R, o), F(R, x), N(p, o)); break;
   case OP_LOSS: R->loss += in->f[0] * F(R, x)[0]; break;
@@ -362,7 +397,8 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
             o->data->path, (long long)o->data->vocab, (long long)p->vocab);
     return NULL;
   }
-  if (o->data && p->tokens_per_step && o->data->n < 2 * (p->tokens_per_step / (p->microbatches ? p->microbatches : 1))) {
+  if (o->data && p->tokens_per_step &&
+      o->data->n < 2 * (p->tokens_per_step / (p->microbatches ? p->microbatches : 1))) {
     fprintf(stderr, "carve: error: %s has %lld tokens, too few for batches of this model\n", o->data->path,
             (long long)o->data->n);
     return NULL;

@@ -38,10 +38,18 @@ void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, cons
     const float *x = na == n ? a + r * small : a, *y = nb == n ? b + r * small : b;
     float *o = out + r * small;
     switch (op) {
-    case OP_ADD: for (int64_t i = 0; i < small; i++) o[i] = x[i] + y[i]; break;
-    case OP_SUB: for (int64_t i = 0; i < small; i++) o[i] = x[i] - y[i]; break;
-    case OP_MUL: for (int64_t i = 0; i < small; i++) o[i] = x[i] * y[i]; break;
-    default: for (int64_t i = 0; i < small; i++) o[i] = x[i] / y[i]; break;
+    case OP_ADD:
+      for (int64_t i = 0; i < small; i++) o[i] = x[i] + y[i];
+      break;
+    case OP_SUB:
+      for (int64_t i = 0; i < small; i++) o[i] = x[i] - y[i];
+      break;
+    case OP_MUL:
+      for (int64_t i = 0; i < small; i++) o[i] = x[i] * y[i];
+      break;
+    default:
+      for (int64_t i = 0; i < small; i++) o[i] = x[i] / y[i];
+      break;
     }
   }
 }

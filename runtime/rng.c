@@ -15,9 +15,7 @@ static uint64_t mix(uint64_t z) { /* splitmix64's finaliser */
 
 uint64_t rng_u64(uint64_t key, uint64_t index) { return mix(key ^ mix(index)); }
 
-float rng_uniform(uint64_t key, uint64_t index) {
-  return (float)(rng_u64(key, index) >> 40) * (1.0f / 16777216.0f);
-}
+float rng_uniform(uint64_t key, uint64_t index) { return (float)(rng_u64(key, index) >> 40) * (1.0f / 16777216.0f); }
 
 /* Box-Muller over two uniforms drawn at 2i and 2i+1. */
 float rng_normal(uint64_t key, uint64_t index) {

@@ -68,7 +68,8 @@ static void compare(const char *spec, const int64_t *sizes, EinsumScratch *scrat
   const Shape *ins[2] = {&sa, &sb};
   CHECK(einsum_check(spec, nin, ins, &sc) == NULL, "%s: spec accepted", spec);
   float *x = malloc(sizeof(float) * (size_t)shape_numel(&sa)), *y = malloc(sizeof(float) * (size_t)shape_numel(&sb));
-  float *got = malloc(sizeof(float) * (size_t)shape_numel(&sc)), *want = malloc(sizeof(float) * (size_t)shape_numel(&sc));
+  float *got = malloc(sizeof(float) * (size_t)shape_numel(&sc)),
+        *want = malloc(sizeof(float) * (size_t)shape_numel(&sc));
   for (int64_t i = 0; i < shape_numel(&sa); i++) x[i] = rng_normal(1, (uint64_t)i);
   for (int64_t i = 0; i < shape_numel(&sb); i++) y[i] = rng_normal(2, (uint64_t)i);
   const float *in[2] = {x, y};
@@ -87,11 +88,11 @@ int main(void) {
   EinsumScratch scratch = {0};
   const int64_t sizes[26] = {2, 3, 4, 5, 3, 2, 4, 3, 2, 5, 3, 2, 4, 2, 3, 2, 2, 3, 2, 2, 3, 2, 2, 2, 2, 2};
   static const char *fixed[] = {
-      "ab,bc->ac",     "ab,ac->bc",       "ac,bc->ab",         "abc,cd->abd",       "abd,cd->abc",
-      "abc,abd->cd",   "abcd,aecd->acbe", "acbe,aecd->abcd",   "acbe,abcd->aecd",   "acbe,aecd->abcd",
-      "abcd,cde->abe", "abe,cde->abcd",   "abcd,abe->cde",     "ijk,jkl->li",       "li,jkl->ijk",
-      "ijk,li->jkl",   "abc->cab",        "abc->acb",          "ab,ab->ab",         "a,b->ab",
-      "ab,b->a",       "bca,cd->dab",     "tec,th->ech",       "ech,ehf->ecf",      "tec,ecf->tf",
+      "ab,bc->ac",     "ab,ac->bc",       "ac,bc->ab",       "abc,cd->abd",     "abd,cd->abc",
+      "abc,abd->cd",   "abcd,aecd->acbe", "acbe,aecd->abcd", "acbe,abcd->aecd", "acbe,aecd->abcd",
+      "abcd,cde->abe", "abe,cde->abcd",   "abcd,abe->cde",   "ijk,jkl->li",     "li,jkl->ijk",
+      "ijk,li->jkl",   "abc->cab",        "abc->acb",        "ab,ab->ab",       "a,b->ab",
+      "ab,b->a",       "bca,cd->dab",     "tec,th->ech",     "ech,ehf->ecf",    "tec,ecf->tf",
   };
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) compare(fixed[i], sizes, &scratch);
   /* random specs: labels from a pool, each label in two or three places */

@@ -76,17 +76,18 @@ static void test_dims_and_blocks(void) {
 }
 
 static void test_shapes(void) {
-  const char *text = "dim b = 2, s = 3, h = 8, n = 2, d = 4, v = 11, e = 3, c = 2\n"
-                     "input ids[b, s] : i32 ~ tokens(v)\ninput lab[b, s] : i32 ~ next_tokens(v)\n"
-                     "param wte[v, h]\nparam wq[h, n, d]\nparam g[h]\nparam wr[h, e]\n"
-                     "x = embed(wte, ids)\n"
-                     "q = einsum(\"b s h, h n d -> b s n d\", x, wq)\n"
-                     "att = softmax(einsum(\"bsnd,btnd->bnst\", q, q) / sqrt(d), causal)\n"
-                     "m = max(att, -1)\n"
-                     "r = rmsnorm(x, g, eps=1e-6)\n"
-                     "flat = reshape(ids, [b * s])\n"
-                     "dispatch, combine = moe_gate(einsum(\"b s h, h e -> b s e\", r, wr), topk=2, capacity=c)\n"
-                     "loss = cross_entropy(einsum(\"b s h, v h -> b s v\", r, wte), lab) + mean(mean(sum(m, 2), 0), 0) * 0\n";
+  const char *text =
+      "dim b = 2, s = 3, h = 8, n = 2, d = 4, v = 11, e = 3, c = 2\n"
+      "input ids[b, s] : i32 ~ tokens(v)\ninput lab[b, s] : i32 ~ next_tokens(v)\n"
+      "param wte[v, h]\nparam wq[h, n, d]\nparam g[h]\nparam wr[h, e]\n"
+      "x = embed(wte, ids)\n"
+      "q = einsum(\"b s h, h n d -> b s n d\", x, wq)\n"
+      "att = softmax(einsum(\"bsnd,btnd->bnst\", q, q) / sqrt(d), causal)\n"
+      "m = max(att, -1)\n"
+      "r = rmsnorm(x, g, eps=1e-6)\n"
+      "flat = reshape(ids, [b * s])\n"
+      "dispatch, combine = moe_gate(einsum(\"b s h, h e -> b s e\", r, wr), topk=2, capacity=c)\n"
+      "loss = cross_entropy(einsum(\"b s h, v h -> b s v\", r, wte), lab) + mean(mean(sum(m, 2), 0), 0) * 0\n";
   Graph *g = load_text(text, NULL, NULL);
   CHECK(g != NULL, "the shape model elaborates");
   if (!g) return;
@@ -115,8 +116,10 @@ static void test_shapes(void) {
 
 /* Megatron-LM Table 1 shapes (V = 51200, s = 2048). */
 static void test_megatron_figures(void) {
-  static const struct { int64_t h, heads, l; } rows[] = {
-      {2304, 24, 24}, {3072, 32, 30}, {4096, 32, 36}, {6144, 48, 40}, {8192, 64, 48},
+  static const struct {
+    int64_t h, heads, l;
+  } rows[] = {
+      {2304, 24, 24},  {3072, 32, 30},  {4096, 32, 36},   {6144, 48, 40},    {8192, 64, 48},
       {10240, 80, 60}, {12288, 96, 80}, {16384, 128, 96}, {20480, 128, 105}, {25600, 160, 128},
   };
   const int64_t V = 51200, s = 2048, B = 4;
@@ -133,8 +136,8 @@ static void test_megatron_figures(void) {
     summarize(g, &sm);
     /* the formula counts everything but the final layernorm's 2h */
     int64_t megatron = 12 * l * h * h + 13 * l * h + (V + s) * h;
-    CHECK(sm.params == megatron + 2 * h, "h=%lld: %lld parameters, Megatron's formula + 2h gives %lld",
-          (long long)h, (long long)sm.params, (long long)(megatron + 2 * h));
+    CHECK(sm.params == megatron + 2 * h, "h=%lld: %lld parameters, Megatron's formula + 2h gives %lld", (long long)h,
+          (long long)sm.params, (long long)(megatron + 2 * h));
     double hd = (double)h, ld = (double)l;
     double f72 = 72.0 * B * s * ld * hd * hd * (1 + (double)s / (6 * hd) + (double)V / (12 * ld * hd));
     CHECK(fabs(sm.flops_einsum - f72) <= 1e-9 * f72, "h=%lld: einsum FLOPs %.6g vs the 72-factor formula %.6g",

@@ -11,10 +11,38 @@
 #include "carve.h"
 #include "harness.h"
 
-static const char *const splices[] = {"(", ")", "[", "]", "{", "}", ",", "=", "->", "//", "~", "#", "\"", "\n",
-                                      "repeat 99999999 {", "if 0 {", "} else {", "dim ", "param ", "input ",
-                                      "einsum(\"a b, b c -> a c\", ", "9999999999999999", "0", "-1", "1e309",
-                                      "loss", "x", "moe_gate(", "reshape(", "softmax(", " causal", "preset p: "};
+static const char *const splices[] = {"(",
+                                      ")",
+                                      "[",
+                                      "]",
+                                      "{",
+                                      "}",
+                                      ",",
+                                      "=",
+                                      "->",
+                                      "//",
+                                      "~",
+                                      "#",
+                                      "\"",
+                                      "\n",
+                                      "repeat 99999999 {",
+                                      "if 0 {",
+                                      "} else {",
+                                      "dim ",
+                                      "param ",
+                                      "input ",
+                                      "einsum(\"a b, b c -> a c\", ",
+                                      "9999999999999999",
+                                      "0",
+                                      "-1",
+                                      "1e309",
+                                      "loss",
+                                      "x",
+                                      "moe_gate(",
+                                      "reshape(",
+                                      "softmax(",
+                                      " causal",
+                                      "preset p: "};
 
 static char *mutate(const char *text, size_t len, uint64_t seed, size_t *outlen) {
   size_t cap = len * 2 + 4096;
@@ -26,7 +54,9 @@ static char *mutate(const char *text, size_t len, uint64_t seed, size_t *outlen)
     uint64_t r = rng_u64(seed, (uint64_t)e + 1);
     size_t at = n ? (size_t)(r >> 8) % n : 0;
     switch (r % 6) {
-    case 0: if (n) buf[at] = (char)(rng_u64(seed, 100 + (uint64_t)e) & 0xff); break; /* flip */
+    case 0:
+      if (n) buf[at] = (char)(rng_u64(seed, 100 + (uint64_t)e) & 0xff);
+      break;  /* flip */
     case 1: { /* delete a span */
       size_t k = 1 + (r >> 40) % 16;
       if (at + k > n) k = n - at;
@@ -34,7 +64,8 @@ static char *mutate(const char *text, size_t len, uint64_t seed, size_t *outlen)
       n -= k;
       break;
     }
-    case 2: case 3: { /* splice in a token */
+    case 2:
+    case 3: { /* splice in a token */
       const char *s = splices[(r >> 32) % (sizeof splices / sizeof splices[0])];
       size_t k = strlen(s);
       if (n + k >= cap) break;

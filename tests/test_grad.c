@@ -69,8 +69,7 @@ static const Case cases[] = {
      "y = einsum(\"e c h, e h f -> e c f\", einsum(\"t e c, t h -> e c h\", dispatch, x), we)\n"
      "loss = mse(einsum(\"t e c, e c f -> t f\", combine, y), target)\n",
      "x,wr,we", 1e-3},
-    {"mse of two parameters",
-     "param p[4, 2] ~ normal(1)\nparam q[4, 2] ~ normal(1)\nloss = mse(p, q)\n", "p,q", 1e-2},
+    {"mse of two parameters", "param p[4, 2] ~ normal(1)\nparam q[4, 2] ~ normal(1)\nloss = mse(p, q)\n", "p,q", 1e-2},
 };
 
 static double loss_at(Runtime *rt) {
@@ -128,7 +127,7 @@ static void run_case(const Case *c) {
     float *grad = saved[which++];
     double worst = 0;
     int64_t worst_i = 0;
-    for (int64_t i = 0; i < n; i += n > 24 ? n / 24 : 1) {
+    for (int64_t i = 0; i<n; i += n> 24 ? n / 24 : 1) {
       float keep = w[i];
       w[i] = keep + (float)c->eps;
       double lp = loss_at(rt);

@@ -141,8 +141,7 @@ static void test_microbatches(void) {
     scale = fmax(scale, fabs(w1[i]));
   }
   CHECK(wp / scale < 1e-4, "final parameters agree within 1e-4 relative (worst %.2g)", wp / scale);
-  printf("microbatches 1 vs 4: loss relative difference %.2g, parameter relative difference %.2g\n", worst,
-         wp / scale);
+  printf("microbatches 1 vs 4: loss relative difference %.2g, parameter relative difference %.2g\n", worst, wp / scale);
   free(w1);
   free(w4);
 }

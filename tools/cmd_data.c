@@ -41,9 +41,12 @@ int cmd_data(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "-o") || !strcmp(argv[i], "--level")) {
       if (i + 1 >= argc) return usage_error("data", "%s needs a value", argv[i]);
-      if (!strcmp(argv[i], "-o")) out = argv[++i];
-      else if (!strcmp(argv[++i], "char")) charlevel = true;
-      else if (strcmp(argv[i], "byte")) return usage_error("data", "--level is byte or char, not '%s'", argv[i]);
+      if (!strcmp(argv[i], "-o"))
+        out = argv[++i];
+      else if (!strcmp(argv[++i], "char"))
+        charlevel = true;
+      else if (strcmp(argv[i], "byte"))
+        return usage_error("data", "--level is byte or char, not '%s'", argv[i]);
     } else if (argv[i][0] == '-') {
       return usage_error("data", "unknown option '%s'", argv[i]);
     } else {

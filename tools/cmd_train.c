@@ -100,19 +100,31 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
     int64_t n;
     bool ok = true, known = true;
 #define GROUP(c) (strchr(allowed, c) != NULL)
-    if (GROUP('m') && !strcmp(key, "--preset")) o->elab.preset = v;
-    else if (GROUP('m') && !strcmp(key, "--set")) ok = parse_sets(v, &o->elab.sets, &o->elab.nsets, stderr);
+    if (GROUP('m') && !strcmp(key, "--preset"))
+      o->elab.preset = v;
+    else if (GROUP('m') && !strcmp(key, "--set"))
+      ok = parse_sets(v, &o->elab.sets, &o->elab.nsets, stderr);
     else if (GROUP('t') && !strcmp(key, "--optimizer")) {
-      if (!strcmp(v, "adamw")) o->train.opt = OPT_ADAMW;
-      else if (!strcmp(v, "sgd")) o->train.opt = OPT_SGD;
-      else ok = usage_error(o->cmd, "--optimizer is adamw or sgd, not '%s'", v) == 0;
-    } else if (GROUP('t') && !strcmp(key, "--lr")) ok = num(o->cmd, key, v, 0, 10, &o->train.lr);
-    else if (GROUP('t') && !strcmp(key, "--wd")) ok = num(o->cmd, key, v, 0, 10, &o->train.wd);
-    else if (GROUP('t') && !strcmp(key, "--beta1")) ok = num(o->cmd, key, v, 0, 0.999999, &o->train.beta1);
-    else if (GROUP('t') && !strcmp(key, "--beta2")) ok = num(o->cmd, key, v, 0, 0.999999, &o->train.beta2);
-    else if (GROUP('t') && !strcmp(key, "--eps")) ok = num(o->cmd, key, v, 1e-30, 1, &o->train.eps);
-    else if (GROUP('t') && !strcmp(key, "--momentum")) ok = num(o->cmd, key, v, 0, 0.999999, &o->train.momentum);
-    else if (GROUP('t') && !strcmp(key, "--clip")) ok = num(o->cmd, key, v, 0, 1e30, &o->train.clip);
+      if (!strcmp(v, "adamw"))
+        o->train.opt = OPT_ADAMW;
+      else if (!strcmp(v, "sgd"))
+        o->train.opt = OPT_SGD;
+      else
+        ok = usage_error(o->cmd, "--optimizer is adamw or sgd, not '%s'", v) == 0;
+    } else if (GROUP('t') && !strcmp(key, "--lr"))
+      ok = num(o->cmd, key, v, 0, 10, &o->train.lr);
+    else if (GROUP('t') && !strcmp(key, "--wd"))
+      ok = num(o->cmd, key, v, 0, 10, &o->train.wd);
+    else if (GROUP('t') && !strcmp(key, "--beta1"))
+      ok = num(o->cmd, key, v, 0, 0.999999, &o->train.beta1);
+    else if (GROUP('t') && !strcmp(key, "--beta2"))
+      ok = num(o->cmd, key, v, 0, 0.999999, &o->train.beta2);
+    else if (GROUP('t') && !strcmp(key, "--eps"))
+      ok = num(o->cmd, key, v, 1e-30, 1, &o->train.eps);
+    else if (GROUP('t') && !strcmp(key, "--momentum"))
+      ok = num(o->cmd, key, v, 0, 0.999999, &o->train.momentum);
+    else if (GROUP('t') && !strcmp(key, "--clip"))
+      ok = num(o->cmd, key, v, 0, 1e30, &o->train.clip);
     else if (GROUP('t') && !strcmp(key, "--warmup")) {
       ok = integer(o->cmd, key, v, 0, 1e9, &n);
       o->train.warmup = (int)n;
@@ -128,13 +140,20 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
     } else if (GROUP('r') && !strcmp(key, "--log-every")) {
       ok = integer(o->cmd, key, v, 1, 1e9, &n);
       o->log_every = (int)n;
-    } else if (GROUP('r') && !strcmp(key, "--data")) o->data = v;
-    else if (GROUP('r') && !strcmp(key, "--quiet")) o->quiet = true;
-    else if (GROUP('r') && !strcmp(key, "--profile")) o->profile = true;
-    else if (GROUP('o') && (!strcmp(key, "-o") || !strcmp(key, "--out"))) o->out = v;
-    else if (GROUP('d') && !strcmp(key, "--dump")) o->dump = true;
-    else if (GROUP('d') && !strcmp(key, "--dump-training")) o->dump_training = true;
-    else known = false;
+    } else if (GROUP('r') && !strcmp(key, "--data"))
+      o->data = v;
+    else if (GROUP('r') && !strcmp(key, "--quiet"))
+      o->quiet = true;
+    else if (GROUP('r') && !strcmp(key, "--profile"))
+      o->profile = true;
+    else if (GROUP('o') && (!strcmp(key, "-o") || !strcmp(key, "--out")))
+      o->out = v;
+    else if (GROUP('d') && !strcmp(key, "--dump"))
+      o->dump = true;
+    else if (GROUP('d') && !strcmp(key, "--dump-training"))
+      o->dump_training = true;
+    else
+      known = false;
 #undef GROUP
     (void)x;
     if (!known) {
@@ -279,10 +298,8 @@ static int run_program(Opts *o, const Program *p) {
     tokens_free(td);
     return 1;
   }
-  RunOptions ro = {.steps = o->steps, .data = td, .log_every = o->log_every, .quiet = o->quiet,
-                   .profile = o->profile};
-  if (!o->quiet)
-    printf("training %s: %d steps on %s\n", p->model, o->steps, td ? td->path : "synthetic data");
+  RunOptions ro = {.steps = o->steps, .data = td, .log_every = o->log_every, .quiet = o->quiet, .profile = o->profile};
+  if (!o->quiet) printf("training %s: %d steps on %s\n", p->model, o->steps, td ? td->path : "synthetic data");
   int rc = runtime_run(p, &ro);
   tokens_free(td);
   return rc;

@@ -28,12 +28,11 @@ static void help(FILE *out) {
     fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
   fprintf(out, "  %-9s %s\n  %-9s %s\n", "help", "this text; 'carve <command> --help' for a command's options",
           "version", "print the version");
-  fprintf(out,
-          "\nexamples:\n"
-          "  carve check gpt --preset gpt2-124m\n"
-          "  carve data /usr/share/common-licenses/* -o licenses.tok\n"
-          "  carve train gpt --preset gpt-tiny --data licenses.tok --steps 300\n"
-          "  carve compile gpt --preset gpt-tiny -o plan && carve run plan --steps 10\n");
+  fprintf(out, "\nexamples:\n"
+               "  carve check gpt --preset gpt2-124m\n"
+               "  carve data /usr/share/common-licenses/* -o licenses.tok\n"
+               "  carve train gpt --preset gpt-tiny --data licenses.tok --steps 300\n"
+               "  carve compile gpt --preset gpt-tiny -o plan && carve run plan --steps 10\n");
 }
 
 int main(int argc, char **argv) {
