@@ -43,7 +43,7 @@ typedef struct Case {
 static double time_carve(const Case *c, const float *a, const float *b, float *out, EinsumScratch *s) {
   const float *in[2] = {a, b};
   const Shape *ins[2] = {&c->a, &c->b};
-  double t[7];
+  double t[7] = {0};
   einsum_run(c->spec, 2, in, ins, out, &c->c, s);
   for (int r = 0; r < 7; r++) {
     double t0 = now_seconds();
@@ -54,7 +54,7 @@ static double time_carve(const Case *c, const float *a, const float *b, float *o
 }
 
 static double time_sgemm(const Case *c, const float *a, const float *b, float *out) {
-  double t[7];
+  double t[7] = {0};
   for (int r = -1; r < 7; r++) {
     double t0 = now_seconds();
     for (int i = 0; i < c->batch; i++)
@@ -108,7 +108,7 @@ static void bench_einsum(void) {
 
 static double sgemm_rate(int n) {
   float *a = randn((int64_t)n * n, 3), *b = randn((int64_t)n * n, 4), *c = xmalloc(sizeof(float) * (size_t)n * n);
-  double t[5];
+  double t[5] = {0};
   for (int r = -1; r < 5; r++) {
     double t0 = now_seconds();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);

@@ -145,7 +145,7 @@ static void emit_update(CG *C) {
     if (g->grad[p] < 0) continue;
     const Node *n = g->nodes[p];
     int nstate = t->opt == OPT_ADAMW ? 2 : 1;
-    int state[2];
+    int state[2] = {-1, -1};
     for (int k = 0; k < nstate; k++) {
       state[k] = new_buf(C,
                          arena_printf("%s.%s", n->name,
