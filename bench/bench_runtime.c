@@ -3,9 +3,10 @@
  * Part 1, einsum: every einsum a GPT-2 124M training step runs (batch 4,
  * seq 256), through carve's einsum engine and as the plain sgemm a hand
  * written trainer would call (contiguous operands, same M, N, K, batched
- * attention as a loop of sgemm over contiguous blocks). Median of 7 runs
- * each; ratio = carve GFLOP/s / sgemm GFLOP/s; the total weights each shape
- * by its FLOPs.
+ * attention as a loop of sgemm over contiguous blocks). The two alternate,
+ * 9 pairs after a warm-up pair; the table shows the median time of each and
+ * the median of the per-pair ratios (carve speed / sgemm speed); the total
+ * weights each shape by its FLOPs (ratio of the summed median times).
  *
  * Part 2, a whole step: gpt2-124m at batch 4, seq 256 (AdamW), median step
  * time of 5 steps after one warm-up, model FLOPs per step (einsum FLOPs: the
@@ -40,29 +41,38 @@ typedef struct Case {
   int batch, m, n, k; /* the equivalent plain sgemm */
 } Case;
 
-static double time_carve(const Case *c, const float *a, const float *b, float *out, EinsumScratch *s) {
+static double run_carve(const Case *c, const float *a, const float *b, float *out, EinsumScratch *s) {
   const float *in[2] = {a, b};
   const Shape *ins[2] = {&c->a, &c->b};
-  double t[7] = {0};
+  double t0 = now_seconds();
   einsum_run(c->spec, 2, in, ins, out, &c->c, s);
-  for (int r = 0; r < 7; r++) {
-    double t0 = now_seconds();
-    einsum_run(c->spec, 2, in, ins, out, &c->c, s);
-    t[r] = now_seconds() - t0;
-  }
-  return median(t, 7);
+  return now_seconds() - t0;
 }
 
-static double time_sgemm(const Case *c, const float *a, const float *b, float *out) {
-  double t[7] = {0};
-  for (int r = -1; r < 7; r++) {
-    double t0 = now_seconds();
-    for (int i = 0; i < c->batch; i++)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->m, c->n, c->k, 1.0f, a + (int64_t)i * c->m * c->k, c->k,
-                  b + (int64_t)i * c->k * c->n, c->n, 0.0f, out + (int64_t)i * c->m * c->n, c->n);
-    if (r >= 0) t[r] = now_seconds() - t0;
+static double run_sgemm(const Case *c, const float *a, const float *b, float *out) {
+  double t0 = now_seconds();
+  for (int i = 0; i < c->batch; i++)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->m, c->n, c->k, 1.0f, a + (int64_t)i * c->m * c->k, c->k,
+                b + (int64_t)i * c->k * c->n, c->n, 0.0f, out + (int64_t)i * c->m * c->n, c->n);
+  return now_seconds() - t0;
+}
+
+/* Alternates carve and sgemm, REPS pairs after one warm-up pair: medians of
+ * each and the median of the per-pair ratios (robust to drifting speed). */
+#define REPS 9
+static void time_pair(const Case *c, const float *a, const float *b, float *out, EinsumScratch *s, double *tc,
+                      double *tr, double *ratio) {
+  double vc[REPS], vr[REPS], q[REPS];
+  run_carve(c, a, b, out, s);
+  run_sgemm(c, a, b, out);
+  for (int r = 0; r < REPS; r++) {
+    vc[r] = run_carve(c, a, b, out, s);
+    vr[r] = run_sgemm(c, a, b, out);
+    q[r] = vr[r] / vc[r];
   }
-  return median(t, 7);
+  *tc = median(vc, REPS);
+  *tr = median(vr, REPS);
+  *ratio = median(q, REPS);
 }
 
 #define S(...)                                                                                                         \
@@ -95,9 +105,10 @@ static void bench_einsum(void) {
     float *a = randn(shape_numel(&c->a), 1), *b = randn(shape_numel(&c->b), 2);
     float *out = xmalloc(sizeof(float) * (size_t)shape_numel(&c->c));
     double flops = 2.0 * c->batch * c->m * c->n * c->k;
-    double tc = time_carve(c, a, b, out, &scratch), tr = time_sgemm(c, a, b, out);
+    double tc, tr, ratio;
+    time_pair(c, a, b, out, &scratch, &tc, &tr, &ratio);
     printf("%-22s %-18s %7.1f GF %7.1f GF %6.1f%%\n", c->what, c->spec, flops / tc * 1e-9, flops / tr * 1e-9,
-           100 * tr / tc);
+           100 * ratio);
     flops_all += flops, t_carve_all += tc, t_raw_all += tr;
     free(a), free(b), free(out);
   }

@@ -289,26 +289,33 @@ void einsum_run(const char *spec, int nin, const float *const *in, const Shape *
   }
   CARVE_ASSERT(K == K2 && M == M2 && N == N2, "einsum groups agree");
 
-  /* the batch loop */
-  int64_t nbatch = 1, idx[MAXRANK] = {0};
+  /* The batch loop. Batches run in parallel, each sgemm on one thread
+   * (OpenBLAS runs single-threaded inside a parallel region): many small
+   * products gain more from that than from splitting each one. */
+  int64_t nbatch = 1;
   for (int i = 0; i < r.nb; i++) nbatch *= A.size[find(&A, r.batch[i])];
+  int pb_[MAXRANK], pa_[MAXRANK], pc_[MAXRANK];
+  int64_t bsize[MAXRANK];
+  for (int i = 0; i < r.nb; i++) {
+    pa_[i] = find(&A, r.batch[i]), pb_[i] = find(&B, r.batch[i]), pc_[i] = find(&C, r.batch[i]);
+    bsize[i] = A.size[pa_[i]];
+  }
+#pragma omp parallel for schedule(static) if (nbatch > 1)
   for (int64_t bi = 0; bi < nbatch; bi++) {
-    int64_t oa = 0, ob = 0, oc = 0;
-    for (int i = 0; i < r.nb; i++) {
-      oa += idx[i] * A.stride[find(&A, r.batch[i])];
-      ob += idx[i] * B.stride[find(&B, r.batch[i])];
-      oc += idx[i] * C.stride[find(&C, r.batch[i])];
+    int64_t oa = 0, ob = 0, oc = 0, rest = bi;
+    for (int i = r.nb - 1; i >= 0; i--) {
+      int64_t idx = rest % bsize[i];
+      rest /= bsize[i];
+      oa += idx * A.stride[pa_[i]];
+      ob += idx * B.stride[pb_[i]];
+      oc += idx * C.stride[pc_[i]];
     }
     if (!tc)
-      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
-                  1.0f, pa + oa, (int)lda, pb + ob, (int)ldb, 0.0f, pc + oc, (int)ldc);
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+                  (int)K, 1.0f, pa + oa, (int)lda, pb + ob, (int)ldb, 0.0f, pc + oc, (int)ldc);
     else /* C^T = B^T A^T */
-      cblas_sgemm(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, ta ? CblasNoTrans : CblasTrans, (int)N, (int)M, (int)K,
-                  1.0f, pb + ob, (int)ldb, pa + oa, (int)lda, 0.0f, pc + oc, (int)ldc);
-    for (int i = r.nb - 1; i >= 0; i--) {
-      if (++idx[i] < A.size[find(&A, r.batch[i])]) break;
-      idx[i] = 0;
-    }
+      cblas_sgemm(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, ta ? CblasNoTrans : CblasTrans, (int)N, (int)M,
+                  (int)K, 1.0f, pb + ob, (int)ldb, pa + oa, (int)lda, 0.0f, pc + oc, (int)ldc);
   }
   if (!vc) { /* scatter the canonical result into the real layout */
     int ord[MAXRANK];
