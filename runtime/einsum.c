@@ -207,6 +207,20 @@ static void concat(char *dst, const char *a, int na, const char *b, int nb, cons
   memcpy(dst + na + nb, c, (size_t)nc);
 }
 
+/* Copies operand o into scratch in the order (batch, rows, cols) and makes
+ * o describe that copy. */
+static const float *canonical(Op *o, const float *p, const Roles *r, const char *rows, int nr, const char *cols, int nc,
+                              EinsumScratch *s, size_t *used) {
+  float *t = scratch_get(s, (size_t)numel_of(o), used);
+  char order[MAXRANK];
+  int idx[MAXRANK], n = r->nb + nr + nc;
+  concat(order, r->batch, r->nb, rows, nr, cols, nc);
+  for (int i = 0; i < n; i++) idx[i] = find(o, order[i]);
+  permute_copy(t, p, o, idx, n);
+  make_contiguous(o, order, n);
+  return t;
+}
+
 static void transpose_run(const char *in, const char *out, const float *x, const Shape *xs, float *y) {
   Op o;
   op_init(&o, in, xs);
@@ -259,30 +273,18 @@ void einsum_run(const char *spec, int nin, const float *const *in, const Shape *
   size_t used = 0;
   const float *pa = in[0], *pb = in[1];
   float *pc = out;
-  char order[MAXRANK];
   if (!va) {
-    float *t = scratch_get(scratch, (size_t)numel_of(&A), &used);
-    concat(order, r.batch, r.nb, r.m, r.nm, r.k, r.nk);
-    int idx[MAXRANK];
-    for (int i = 0; i < r.nb + r.nm + r.nk; i++) idx[i] = find(&A, order[i]);
-    permute_copy(t, pa, &A, idx, r.nb + r.nm + r.nk);
-    make_contiguous(&A, order, r.nb + r.nm + r.nk);
-    pa = t;
+    pa = canonical(&A, pa, &r, r.m, r.nm, r.k, r.nk, scratch, &used);
     CARVE_ASSERT(view(&A, r.m, r.nm, r.k, r.nk, &M, &K, &ta, &lda), "canonical A is a matrix");
   }
   if (!vb) {
-    float *t = scratch_get(scratch, (size_t)numel_of(&B), &used);
-    concat(order, r.batch, r.nb, r.k, r.nk, r.n, r.nn);
-    int idx[MAXRANK];
-    for (int i = 0; i < r.nb + r.nk + r.nn; i++) idx[i] = find(&B, order[i]);
-    permute_copy(t, pb, &B, idx, r.nb + r.nk + r.nn);
-    make_contiguous(&B, order, r.nb + r.nk + r.nn);
-    pb = t;
+    pb = canonical(&B, pb, &r, r.k, r.nk, r.n, r.nn, scratch, &used);
     CARVE_ASSERT(view(&B, r.k, r.nk, r.n, r.nn, &K2, &N, &tb, &ldb), "canonical B is a matrix");
   }
   Op Creal = C;
   if (!vc) {
     pc = scratch_get(scratch, (size_t)numel_of(&C), &used);
+    char order[MAXRANK];
     concat(order, r.batch, r.nb, r.m, r.nm, r.n, r.nn);
     make_contiguous(&C, order, r.nb + r.nm + r.nn);
     CARVE_ASSERT(view(&C, r.m, r.nm, r.n, r.nn, &M2, &N2, &tc, &ldc), "canonical C is a matrix");
@@ -311,11 +313,11 @@ void einsum_run(const char *spec, int nin, const float *const *in, const Shape *
       oc += idx * C.stride[pc_[i]];
     }
     if (!tc)
-      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
-                  (int)K, 1.0f, pa + oa, (int)lda, pb + ob, (int)ldb, 0.0f, pc + oc, (int)ldc);
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
+                  1.0f, pa + oa, (int)lda, pb + ob, (int)ldb, 0.0f, pc + oc, (int)ldc);
     else /* C^T = B^T A^T */
-      cblas_sgemm(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, ta ? CblasNoTrans : CblasTrans, (int)N, (int)M,
-                  (int)K, 1.0f, pb + ob, (int)ldb, pa + oa, (int)lda, 0.0f, pc + oc, (int)ldc);
+      cblas_sgemm(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, ta ? CblasNoTrans : CblasTrans, (int)N, (int)M, (int)K,
+                  1.0f, pb + ob, (int)ldb, pa + oa, (int)lda, 0.0f, pc + oc, (int)ldc);
   }
   if (!vc) { /* scatter the canonical result into the real layout */
     int ord[MAXRANK];

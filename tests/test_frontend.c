@@ -11,24 +11,23 @@
 #include "carve.h"
 #include "harness.h"
 
-static Graph *load_text(const char *text, const char *preset, const char *sets) {
+/* A model from text, or (text NULL) the shipped model `name`. */
+static Graph *load(const char *name, const char *text, const char *preset, const char *sets) {
   Diag d;
   diag_init(&d, stderr);
   ElabOptions o = {.preset = preset};
   if (sets && !parse_sets(sets, &o.sets, &o.nsets, stderr)) return NULL;
-  Graph *g = frontend_load_text("test.graph", text, strlen(text), &o, &d);
+  Graph *g = text ? frontend_load_text(name, text, strlen(text), &o, &d) : frontend_load(model_resolve(name), &o, &d);
   free(o.sets);
   return g;
 }
 
+static Graph *load_text(const char *text, const char *preset, const char *sets) {
+  return load("test.graph", text, preset, sets);
+}
+
 static Graph *load_model(const char *name, const char *preset, const char *sets) {
-  Diag d;
-  diag_init(&d, stderr);
-  ElabOptions o = {.preset = preset};
-  if (sets && !parse_sets(sets, &o.sets, &o.nsets, stderr)) return NULL;
-  Graph *g = frontend_load(model_resolve(name), &o, &d);
-  free(o.sets);
-  return g;
+  return load(name, NULL, preset, sets);
 }
 
 static const Node *find(const Graph *g, const char *name) {
