@@ -12,11 +12,13 @@ typedef struct Command {
 
 static const Command commands[] = {
     {"check", cmd_check, "parse a model, check every shape, print its summary"},
+    {"plan", cmd_plan, "choose how to split a model's tensors over a cluster's devices"},
     {"train", cmd_train, "check, compile and train a model on this machine in one go"},
     {"compile", cmd_compile, "compile a model into a program directory"},
     {"run", cmd_run, "run a compiled program"},
     {"explain", cmd_explain, "print a compiled program, instruction by instruction"},
     {"data", cmd_data, "turn text files into a token file"},
+    {"cluster", cmd_cluster, "check a cluster file and print the machine it describes"},
 };
 
 static void help(FILE *out) {

@@ -10,6 +10,8 @@ int cmd_run(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_explain(int argc, char **argv);
 int cmd_data(int argc, char **argv);
+int cmd_cluster(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 /* Prints "carve: error: ..." and a hint to use --help; returns 2. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

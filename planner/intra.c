@@ -1,0 +1,1027 @@
+/* intra.c: the intra-operator pass: how every tensor of the training step is
+ * split over a logical mesh, chosen by an integer linear program (GLPK).
+ *
+ * The model. Every forward op is a loop nest over *iteration dims*: an
+ * einsum's labels; an elementwise op's output dims; a reduction's input
+ * dims; embed's ids dims, hidden and vocab. Each tensor the op touches maps
+ * its dims onto iteration dims. A strategy assigns each mesh axis to at most
+ * one iteration dim (or none: replicated along that axis). That one choice
+ * fixes everything:
+ *   - every tensor's sharding (a dim gets the axes of its iteration dim);
+ *   - compute per device: the op's FLOPs (forward and backward) divided by
+ *     the product of the assigned axes;
+ *   - forward communication: an axis on an iteration dim the output lacks
+ *     (a contracted label, a reduced or vocabulary dim) leaves partial sums:
+ *     an all-reduce of the output over that axis;
+ *   - backward communication: an input's gradient is a sum over the
+ *     iteration dims that input lacks; an axis on one of them means an
+ *     all-reduce of that gradient. For a weight this is the data-parallel
+ *     gradient all-reduce; for an activation, Megatron's backward
+ *     all-reduce. Normalisations (softmax, layernorm, cross-entropy) over a
+ *     split dim all-reduce their row statistics instead;
+ *   - memory: parameters with their gradients and optimizer state, and the
+ *     activations the backward pass keeps.
+ * A mixture-of-experts einsum (one operand a dispatch or combine tensor) has
+ * one more kind of strategy: tokens split on an axis for the token-side
+ * tensors and experts split on the same axis for the expert-side ones, which
+ * costs an all-to-all of the expert-side tensor (GShard's dispatch and
+ * combine).
+ *
+ * Variables. Elementwise ops, normalisations and softmax follow their main
+ * input (same layout), so a chain of them joins the group of the op that
+ * produced it. A parameter or input read by one op is stored the way that
+ * op reads it. Each remaining group is one ILP variable; the groups of
+ * repeated layers (same name but for the layer index, same op and shapes)
+ * share one variable per layer parity (a period of two, so consecutive
+ * layers can alternate), and the problem does not grow with depth.
+ *
+ * The ILP (Alpa's formulation, with the memory constraint always on):
+ *   minimise    sum_v sum_s c_v[s] x_v[s]  +  sum_(u,v) sum_(l,m) r_uv[l,m] e_uv[l,m]
+ *   subject to  sum_s x_v[s] = 1                            for every variable v
+ *               sum_m e_uv[l,m] = sum_(s: L_u(s) = l) x_u[s]  for every edge, layout l
+ *               sum_l e_uv[l,m] = sum_(t: R_v(t) = m) x_v[t]  for every edge, layout m
+ *               sum_v sum_s mem_v[s] x_v[s] <= device memory
+ *               x binary, e >= 0
+ * c is compute plus communication time of all the ops in v's groups; r is
+ * the resharding time between the layout u produces (L_u) and the layout v
+ * reads (R_v), both ways (the gradient flows back); e is indexed by layouts,
+ * not strategies, which keeps it small, and is integral whenever x is,
+ * because its row and column sums are then 0 or 1 with one 1 each. */
+#include <glpk.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+#define MAXID 16 /* iteration dims of one op */
+
+/* ---------------------------------------------------------------- op models */
+
+typedef struct OpModel {
+  int nd;
+  int64_t size[MAXID];
+  int nt; /* tensors: the inputs, then the output */
+  int rank[MAXIN + 1];
+  int8_t map[MAXIN + 1][MAXRANK]; /* tensor dim -> iteration dim, -1: none */
+  int norm;                       /* iteration dim normalised over, -1: none */
+  int moe_e;                      /* expert iteration dim of an MoE einsum, -1: none */
+  uint32_t moe_tokens;            /* token iteration dims (bit mask) */
+  uint32_t frozen;                /* iteration dims that may not be split */
+} OpModel;
+
+typedef struct Strategy {
+  int8_t ax[2]; /* iteration dim of mesh axis 0 and 1, -1: none */
+  int8_t a2a;   /* MoE: the axis carrying both tokens and experts, -1: none */
+} Strategy;
+
+static bool is_leaf(const Node *n) { return n->op == OP_PARAM || n->op == OP_INPUT; }
+
+static void map_identity(OpModel *m, int t, int rank, int offset) {
+  m->rank[t] = rank;
+  for (int i = 0; i < rank; i++) m->map[t][i] = (int8_t)(offset + i);
+}
+
+/* Iteration dims = the dims of tensor `of` (its shape). */
+static void dims_of(OpModel *m, const Shape *s) {
+  m->nd = s->rank;
+  for (int i = 0; i < s->rank; i++) m->size[i] = s->d[i];
+}
+
+static void op_model(const Graph *g, const Node *v, OpModel *m) {
+  memset(m, 0, sizeof *m);
+  memset(m->map, -1, sizeof m->map);
+  m->norm = m->moe_e = -1;
+  int nin = is_leaf(v) ? 0 : v->nin;
+  m->nt = nin + 1;
+  const Node *in0 = nin ? g->nodes[v->in[0]] : NULL;
+  switch (v->op) {
+  case OP_EINSUM: {
+    char labels[3 * MAXRANK + 1] = "";
+    for (int k = 0; k <= nin; k++) {
+      const char *l = v->labels[k];
+      const Shape *s = k < nin ? &g->nodes[v->in[k]]->shape : &v->shape;
+      m->rank[k == nin ? nin : k] = s->rank;
+      for (int i = 0; i < s->rank; i++) {
+        char *p = strchr(labels, l[i]);
+        int id = p ? (int)(p - labels) : m->nd;
+        if (!p) {
+          labels[m->nd] = l[i];
+          labels[m->nd + 1] = 0;
+          m->size[m->nd++] = s->d[i];
+        }
+        m->map[k][i] = (int8_t)id;
+      }
+    }
+    for (int k = 0; k < nin; k++) {
+      const Node *u = g->nodes[v->in[k]];
+      if ((u->op == OP_MOE_DISPATCH || u->op == OP_MOE_COMBINE) && u->shape.rank >= 2) {
+        m->moe_e = m->map[k][u->shape.rank - 2];
+        for (int i = 0; i < u->shape.rank - 2; i++) m->moe_tokens |= 1u << m->map[k][i];
+      }
+    }
+    return;
+  }
+  case OP_EMBED: { /* ids dims, hidden, vocab */
+    const Node *ids = g->nodes[v->in[1]];
+    int r = ids->shape.rank;
+    dims_of(m, &ids->shape);
+    m->size[r] = in0->shape.d[1];
+    m->size[r + 1] = in0->shape.d[0];
+    m->nd = r + 2;
+    m->rank[0] = 2, m->map[0][0] = (int8_t)(r + 1), m->map[0][1] = (int8_t)r;
+    map_identity(m, 1, r, 0);
+    map_identity(m, 2, r + 1, 0);
+    return;
+  }
+  case OP_SUM:
+  case OP_MEAN:
+  case OP_MAX:
+    dims_of(m, &in0->shape);
+    map_identity(m, 0, in0->shape.rank, 0);
+    m->rank[1] = v->shape.rank;
+    for (int i = 0, j = 0; i < in0->shape.rank; i++)
+      if (i != v->i[0]) m->map[1][j++] = (int8_t)i;
+    return;
+  case OP_XENT:
+  case OP_MSE:
+    dims_of(m, &in0->shape);
+    map_identity(m, 0, in0->shape.rank, 0);
+    map_identity(m, 1, g->nodes[v->in[1]]->shape.rank, 0);
+    m->rank[2] = 0;
+    if (v->op == OP_XENT) m->norm = in0->shape.rank - 1;
+    return;
+  case OP_MOE_DISPATCH:
+  case OP_MOE_COMBINE:
+    dims_of(m, &v->shape);
+    map_identity(m, 0, in0->shape.rank, 0);
+    map_identity(m, 1, v->shape.rank, 0);
+    m->frozen = 1u << (v->shape.rank - 1); /* capacity */
+    return;
+  case OP_RESHAPE: { /* dims of a common prefix keep their splits; the rest may not split */
+    dims_of(m, &v->shape);
+    map_identity(m, 1, v->shape.rank, 0);
+    m->rank[0] = in0->shape.rank;
+    int p = 0;
+    while (p < v->shape.rank && p < in0->shape.rank && v->shape.d[p] == in0->shape.d[p]) p++;
+    for (int i = 0; i < p; i++) m->map[0][i] = (int8_t)i;
+    for (int i = p; i < v->shape.rank; i++) m->frozen |= 1u << i;
+    return;
+  }
+  default: /* leaves, elementwise, softmax, norms: iteration dims = the output's */
+    dims_of(m, &v->shape);
+    map_identity(m, nin, v->shape.rank, 0);
+    for (int k = 0; k < nin; k++) { /* trailing-aligned inputs */
+      const Shape *s = &g->nodes[v->in[k]]->shape;
+      m->rank[k] = s->rank;
+      for (int i = 0; i < s->rank; i++) m->map[k][i] = (int8_t)(v->shape.rank - s->rank + i);
+    }
+    if (v->op == OP_SOFTMAX || v->op == OP_LAYERNORM || v->op == OP_RMSNORM) m->norm = v->shape.rank - 1;
+    return;
+  }
+}
+
+/* The layout of tensor t under strategy st. */
+static Spec tensor_spec(const OpModel *m, int t, const Strategy *st) {
+  Spec s = {.rank = m->rank[t]};
+  bool has_token = false;
+  if (st->a2a >= 0)
+    for (int i = 0; i < m->rank[t]; i++) has_token |= m->map[t][i] == st->ax[st->a2a];
+  for (int i = 0; i < m->rank[t]; i++) {
+    int id = m->map[t][i];
+    if (id < 0) continue;
+    for (int a = 0; a < 2; a++)
+      if (st->ax[a] == id) s.d[i] |= (uint8_t)(1 << a);
+    if (st->a2a >= 0 && !has_token && id == m->moe_e) s.d[i] |= (uint8_t)(1 << st->a2a);
+  }
+  return s;
+}
+
+static int spec_shards(const Mesh *me, const Spec *s) {
+  int bits = 0;
+  for (int i = 0; i < s->rank; i++) bits |= s->d[i];
+  return (bits & 1 ? me->n[0] : 1) * (bits & 2 ? me->n[1] : 1);
+}
+
+/* ---------------------------------------------------------------- strategies */
+
+typedef struct Ctx {
+  const Graph *g;
+  const Mesh *me;
+  const PlanOptions *o;
+  int zero;
+  double act_bytes; /* bytes per activation element */
+  bool *live, *kept, *needs_grad;
+  int *consumers; /* live forward consumers per node */
+  int *main_in;   /* follower -> its main input, -1 for leaders */
+  int *var;       /* node -> variable */
+  int *batch_dim; /* per leader: the iteration dim named "batch", -1 */
+} Ctx;
+
+static int batch_idim(const Graph *g, const Node *v, const OpModel *m) {
+  for (int t = 0; t < m->nt; t++) {
+    const Node *n = t < m->nt - 1 ? g->nodes[v->in[t]] : v;
+    if (t == m->nt - 1 && is_leaf(v)) n = v;
+    for (int i = 0; i < m->rank[t]; i++)
+      if (m->map[t][i] >= 0 && i < n->shape.rank && n->dimname[i] && strcmp(n->dimname[i], "batch") == 0)
+        return m->map[t][i];
+  }
+  return -1;
+}
+
+static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) {
+  int64_t split[MAXID];
+  for (int i = 0; i < m->nd; i++) split[i] = 1;
+  for (int a = 0; a < 2; a++) {
+    int id = st->ax[a];
+    if (id < 0) continue;
+    if (C->me->n[a] == 1 || (m->frozen >> id & 1)) return false;
+    if (C->o->force_dp && id != bdim) return false;
+    split[id] *= C->me->n[a];
+  }
+  if (st->a2a >= 0) split[m->moe_e] *= 1; /* checked below */
+  for (int i = 0; i < m->nd; i++)
+    if (m->size[i] % split[i]) return false;
+  if (st->a2a >= 0 && m->size[m->moe_e] % C->me->n[st->a2a]) return false;
+  if (C->o->batch_axis >= 0 && bdim >= 0 && st->ax[C->o->batch_axis] != bdim) return false;
+  return true;
+}
+
+/* Every valid strategy of an op, in a fixed order. */
+static int enumerate(const Ctx *C, const OpModel *m, int bdim, Strategy *out, int max) {
+  int n = 0;
+  for (int a0 = -1; a0 < m->nd; a0++)
+    for (int a1 = -1; a1 < m->nd; a1++) {
+      Strategy st = {{(int8_t)a0, (int8_t)a1}, -1};
+      if (valid(C, m, &st, bdim) && n < max) out[n++] = st;
+      /* MoE: axis a on a token dim also splits the experts of the other side */
+      for (int a = 0; a < 2 && m->moe_e >= 0; a++) {
+        int id = a ? a1 : a0;
+        if (id < 0 || !(m->moe_tokens >> id & 1)) continue;
+        Strategy x = st;
+        x.a2a = (int8_t)a;
+        if (valid(C, m, &x, bdim) && n < max) out[n++] = x;
+      }
+    }
+  return n;
+}
+
+/* ---------------------------------------------------------------- costs */
+
+typedef struct Acc {
+  double compute, comm;
+  double mp, mg, mo, ma; /* memory per device: params, grads, optimizer state, activations */
+  PtrVec *rec;           /* if set: the collectives, for the plan */
+} Acc;
+
+static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, CommPhase ph, const char *what) {
+  double t = coll_time(C->me, k, axis, bytes);
+  if (t <= 0) return;
+  acc->comm += t;
+  if (acc->rec) {
+    Comm *c = arena_alloc(sizeof(Comm));
+    *c = (Comm){k, 1 << axis, bytes, 1, ph, what};
+    ptrvec_push(acc->rec, c);
+  }
+}
+
+static bool maps(const OpModel *m, int t, int id) {
+  for (int i = 0; i < m->rank[t]; i++)
+    if (m->map[t][i] == id) return true;
+  return false;
+}
+
+static double tensor_bytes(const Ctx *C, const Node *n, const Spec *s) {
+  double b = (double)shape_numel(&n->shape) * (n->dtype == DT_I32 ? 4 : C->act_bytes);
+  return b / spec_shards(C->me, s);
+}
+
+/* Optimizer-related bytes per parameter element: P param, G grad, O state. */
+static void state_bytes(const Ctx *C, double *P, double *G, double *O) {
+  *P = C->o->mixed ? 2 : 4;
+  *G = C->o->mixed ? 2 : 4;
+  *O = C->o->mixed ? 12 : 8; /* fp32 master copy and two moments, or the two moments */
+}
+
+/* Memory of parameter u stored with spec s, its gradient reduced over
+ * `dp` devices (the ZeRO stage divides by it). */
+static void param_memory(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int dp) {
+  double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s), P, G, O;
+  state_bytes(C, &P, &G, &O);
+  double z = C->zero;
+  acc->mp += e * P / (z >= 3 ? dp : 1);
+  acc->mg += e * G / (z >= 2 ? dp : 1);
+  acc->mo += e * O / (z >= 1 ? dp : 1);
+}
+
+/* The gradient of parameter u (spec s) is summed over `axes`: all-reduce,
+ * or under ZeRO reduce-scatter then all-gather of the updated weights; ZeRO-3
+ * also gathers the weights before the forward and the backward pass. */
+static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int axes) {
+  double P, G, O;
+  state_bytes(C, &P, &G, &O);
+  double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s);
+  for (int a = 0; a < 2; a++) {
+    if (!(axes >> a & 1)) continue;
+    if (C->zero == 0) {
+      comm(C, acc, COLL_ALL_REDUCE, a, e * G, PHASE_BACKWARD, u->name);
+    } else {
+      comm(C, acc, COLL_REDUCE_SCATTER, a, e * G, PHASE_BACKWARD, u->name);
+      comm(C, acc, COLL_ALL_GATHER, a, e * P, C->zero >= 3 ? PHASE_FORWARD : PHASE_UPDATE, u->name);
+      if (C->zero >= 3) comm(C, acc, COLL_ALL_GATHER, a, e * P, PHASE_BACKWARD, u->name);
+    }
+  }
+}
+
+static int axes_size(const Mesh *me, int axes) { return (axes & 1 ? me->n[0] : 1) * (axes & 2 ? me->n[1] : 1); }
+
+/* Compute, communication and memory of node v run with strategy st. */
+static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strategy *st, Acc *acc) {
+  const Graph *g = C->g;
+  const Mesh *me = C->me;
+  int nin = m->nt - 1;
+  if (is_leaf(v)) { /* a shared parameter or input stored with its own layout */
+    Spec s = tensor_spec(m, nin, st);
+    if (v->op == OP_PARAM) {
+      int repl = 0;
+      for (int a = 0; a < 2; a++)
+        if (st->ax[a] < 0 && me->n[a] > 1) repl |= 1 << a;
+      param_memory(C, acc, v, &s, axes_size(me, repl));
+    } else {
+      acc->ma += tensor_bytes(C, v, &s);
+    }
+    return;
+  }
+  int shards = 1;
+  for (int a = 0; a < 2; a++)
+    if (st->ax[a] >= 0) shards *= me->n[a];
+  /* compute: forward and backward, a roofline at 80% of peak FLOP/s or of
+     memory bandwidth, plus a fixed 2 us per op (launch and ramp-up) */
+  int ngrad = 0;
+  for (int k = 0; k < nin; k++) ngrad += C->needs_grad[v->in[k]];
+  double f = node_flops(g, v), flops = f * (1 + (v->op == OP_EINSUM ? ngrad : ngrad ? 2 : 0)) / shards;
+  double bytes = 0;
+  for (int k = 0; k < nin; k++) bytes += (double)shape_numel(&g->nodes[v->in[k]]->shape);
+  bytes = (bytes + (double)shape_numel(&v->shape)) * C->act_bytes * (ngrad ? 3 : 1) / shards;
+  double t = fmax(flops / (0.8 * me->flops), bytes / (0.8 * me->mem_bw)) + 2e-6;
+  acc->compute += t;
+
+  Spec out = tensor_spec(m, nin, st);
+  double out_b = tensor_bytes(C, v, &out);
+  for (int a = 0; a < 2; a++) {
+    int id = st->ax[a];
+    if (id < 0 || st->a2a == a) continue;
+    if (id == m->norm) { /* row statistics, forward and backward */
+      double rows = (double)shape_numel(&g->nodes[v->in[0]]->shape) / m->size[id] / (shards / me->n[a]);
+      comm(C, acc, COLL_ALL_REDUCE, a, rows * 8, PHASE_FORWARD, v->name);
+      comm(C, acc, COLL_ALL_REDUCE, a, rows * 8, PHASE_BACKWARD, v->name);
+    } else if (!maps(m, nin, id) && m->rank[nin] > 0) { /* partial sums */
+      comm(C, acc, COLL_ALL_REDUCE, a, out_b, PHASE_FORWARD, v->name);
+    }
+  }
+  for (int k = 0; k < nin; k++) {
+    const Node *u = g->nodes[v->in[k]];
+    Spec s = tensor_spec(m, k, st);
+    int reduce = 0; /* axes the gradient of input k is summed over */
+    for (int a = 0; a < 2; a++)
+      if (st->ax[a] >= 0 && st->a2a != a && !maps(m, k, st->ax[a]) && st->ax[a] != m->norm) reduce |= 1 << a;
+    bool owned = is_leaf(u) && C->consumers[u->id] == 1;
+    if (owned && u->op == OP_PARAM) {
+      param_memory(C, acc, u, &s, axes_size(me, reduce));
+      param_sync(C, acc, u, &s, reduce);
+    } else {
+      if (owned) acc->ma += tensor_bytes(C, u, &s);
+      if (C->needs_grad[u->id])
+        for (int a = 0; a < 2; a++)
+          if (reduce >> a & 1) comm(C, acc, COLL_ALL_REDUCE, a, tensor_bytes(C, u, &s), PHASE_BACKWARD, u->name);
+    }
+    if (st->a2a >= 0 && !maps(m, k, st->ax[st->a2a]) && maps(m, k, m->moe_e)) {
+      comm(C, acc, COLL_ALL_TO_ALL, st->a2a, tensor_bytes(C, u, &s), PHASE_FORWARD, u->name);
+      comm(C, acc, COLL_ALL_TO_ALL, st->a2a, tensor_bytes(C, u, &s), PHASE_BACKWARD, u->name);
+    }
+  }
+  if (st->a2a >= 0 && !maps(m, nin, st->ax[st->a2a]) && maps(m, nin, m->moe_e)) {
+    comm(C, acc, COLL_ALL_TO_ALL, st->a2a, out_b, PHASE_FORWARD, v->name);
+    comm(C, acc, COLL_ALL_TO_ALL, st->a2a, out_b, PHASE_BACKWARD, v->name);
+  }
+  if (C->kept[v->id]) acc->ma += out_b;
+}
+
+/* Moving a tensor of `total` bytes from layout src to dst, axis by axis:
+ * a split that goes away is an all-gather, one that moves to another dim is
+ * an all-to-all, a new split is a local slice (free). With acc, the
+ * collectives are recorded under `phase`. */
+static double reshard_rec(const Ctx *C, const Spec *src, const Spec *dst, double total, Acc *acc, CommPhase phase,
+                          const char *what) {
+  const Mesh *me = C->me;
+  Spec cur = *src;
+  double t = 0;
+  for (int a = 0; a < 2; a++) {
+    if (me->n[a] == 1) continue;
+    int bit = 1 << a, i = -1, j = -1;
+    for (int d = 0; d < src->rank; d++) {
+      if (src->d[d] & bit) i = d;
+      if (dst->d[d] & bit) j = d;
+    }
+    if (i == j) continue;
+    CollKind k = COLL_ALL_GATHER;
+    double bytes = 0;
+    if (i >= 0 && j < 0) {
+      bytes = total / (spec_shards(me, &cur) / me->n[a]);
+      cur.d[i] &= (uint8_t)~bit;
+    } else if (i >= 0) {
+      k = COLL_ALL_TO_ALL;
+      bytes = total / spec_shards(me, &cur);
+      cur.d[i] &= (uint8_t)~bit;
+      cur.d[j] |= (uint8_t)bit;
+    } else {
+      cur.d[j] |= (uint8_t)bit;
+      continue;
+    }
+    t += coll_time(me, k, a, bytes);
+    if (acc) comm(C, acc, k, a, bytes, phase, what);
+  }
+  return t;
+}
+
+static double reshard(const Ctx *C, const Spec *src, const Spec *dst, double total) {
+  return reshard_rec(C, src, dst, total, NULL, PHASE_FORWARD, NULL);
+}
+
+/* ---------------------------------------------------------------- the problem */
+
+#define MAXSTRAT 512
+
+typedef struct Var {
+  int leader; /* the first instance */
+  int count;  /* instances sharing the variable */
+  const char *key;
+  int ns;
+  Strategy *st;
+  double *cost, *mem;
+} Var;
+
+typedef struct Edge {
+  int u, v;
+  const char *key;
+  int nl, nm;
+  Spec *lu, *lv; /* the layouts u produces and v reads */
+  int *cu, *cv;  /* strategy -> layout class */
+  double *c;     /* nl x nm */
+} Edge;
+
+typedef struct Problem {
+  Ctx C;
+  OpModel *model;
+  int *main_k; /* follower: the input slot it follows */
+  Var *vars;
+  int nvars, capvars;
+  Edge *edges;
+  int nedges, capedges;
+} Problem;
+
+/* "layers.7.attn.x" -> "layers.*.attn.x": the name shared by a node's
+ * counterparts in other iterations. */
+static const char *layer_key(const Node *v) {
+  char *k = arena_printf("%s|%s|%s", v->name, op_info[v->op].name, shape_str(&v->shape));
+  char *w = k;
+  for (const char *p = k; *p; p++) {
+    if (*p >= '0' && *p <= '9' && (p == k || p[-1] == '.')) {
+      const char *q = p;
+      while (*q >= '0' && *q <= '9') q++;
+      if (*q == '.') {
+        *w++ = '*';
+        p = q - 1;
+        continue;
+      }
+    }
+    *w++ = *p;
+  }
+  *w = 0;
+  return k;
+}
+
+static Spec layout_of(const Problem *P, int u, int s);
+
+/* The strategy node v runs with when its variable takes strategy s. */
+static Strategy strategy_of(const Problem *P, int v, int s) {
+  const Var *x = &P->vars[P->C.var[v]];
+  if (P->C.main_in[v] < 0) return x->st[s];
+  Spec in = layout_of(P, P->C.main_in[v], s); /* followers: same layout as the main input */
+  Strategy st = {{-1, -1}, -1};
+  for (int d = 0; d < in.rank; d++)
+    for (int a = 0; a < 2; a++)
+      if (in.d[d] >> a & 1) st.ax[a] = (int8_t)d;
+  return st;
+}
+
+static Spec layout_of(const Problem *P, int u, int s) {
+  Strategy st = strategy_of(P, u, s);
+  const OpModel *m = &P->model[u];
+  return tensor_spec(m, m->nt - 1, &st);
+}
+
+static bool can_follow(OpKind op) {
+  switch (op) {
+  case OP_SCALE:
+  case OP_GELU:
+  case OP_RELU:
+  case OP_SILU:
+  case OP_TANH:
+  case OP_EXP:
+  case OP_RSQRT:
+  case OP_ADD:
+  case OP_SUB:
+  case OP_MUL:
+  case OP_DIV:
+  case OP_SOFTMAX:
+  case OP_LAYERNORM:
+  case OP_RMSNORM: return true;
+  default: return false;
+  }
+}
+
+static int new_var(Problem *P, int leader, const char *key) {
+  if (P->nvars == P->capvars) {
+    P->capvars = P->capvars ? 2 * P->capvars : 64;
+    Var *v = arena_alloc(sizeof(Var) * (size_t)P->capvars);
+    if (P->nvars) memcpy(v, P->vars, sizeof(Var) * (size_t)P->nvars);
+    P->vars = v;
+  }
+  Var *x = &P->vars[P->nvars];
+  memset(x, 0, sizeof *x);
+  x->leader = leader;
+  x->count = 1;
+  x->key = key;
+  Strategy buf[MAXSTRAT];
+  const OpModel *m = &P->model[leader];
+  x->ns = enumerate(&P->C, m, batch_idim(P->C.g, P->C.g->nodes[leader], m), buf, MAXSTRAT);
+  x->st = arena_alloc(sizeof(Strategy) * (size_t)(x->ns + 1));
+  memcpy(x->st, buf, sizeof(Strategy) * (size_t)x->ns);
+  x->cost = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
+  x->mem = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
+  return P->nvars++;
+}
+
+/* Liveness, followers, variables. False if some op has no valid strategy. */
+static bool build_vars(Problem *P, FILE *err) {
+  Ctx *C = &P->C;
+  const Graph *g = C->g;
+  int n = g->nfwd;
+  C->live = arena_alloc(sizeof(bool) * (size_t)g->n);
+  C->kept = arena_alloc(sizeof(bool) * (size_t)g->n);
+  C->needs_grad = arena_alloc(sizeof(bool) * (size_t)g->n);
+  C->consumers = arena_alloc(sizeof(int) * (size_t)g->n);
+  C->main_in = arena_alloc(sizeof(int) * (size_t)g->n);
+  C->var = arena_alloc(sizeof(int) * (size_t)g->n);
+  P->main_k = arena_alloc(sizeof(int) * (size_t)g->n);
+  P->model = arena_alloc(sizeof(OpModel) * (size_t)n);
+  C->live[g->loss] = true;
+  for (int i = n - 1; i >= 0; i--)
+    if (C->live[i])
+      for (int k = 0; k < g->nodes[i]->nin; k++) C->live[g->nodes[i]->in[k]] = true;
+  for (int i = 0; i < n; i++) {
+    const Node *v = g->nodes[i];
+    C->needs_grad[i] = v->op == OP_PARAM;
+    for (int k = 0; k < v->nin; k++) C->needs_grad[i] |= C->needs_grad[v->in[k]] && v->dtype == DT_F32;
+    if (v->op == OP_MOE_DISPATCH) C->needs_grad[i] = false;
+    if (C->live[i])
+      for (int k = 0; k < v->nin; k++) C->consumers[v->in[k]]++;
+  }
+  for (int i = n; i < g->n; i++)
+    for (int k = 0; k < g->nodes[i]->nin; k++)
+      if (g->nodes[i]->in[k] < n) C->kept[g->nodes[i]->in[k]] = true;
+  for (int i = 0; i < n; i++) {
+    const Node *v = g->nodes[i];
+    C->main_in[i] = P->main_k[i] = C->var[i] = -1;
+    if (!C->live[i]) continue;
+    op_model(g, v, &P->model[i]);
+    if (can_follow(v->op))
+      for (int k = 0; k < v->nin && C->main_in[i] < 0; k++) {
+        const Node *u = g->nodes[v->in[k]];
+        if (!is_leaf(u) && shape_eq(&u->shape, &v->shape)) C->main_in[i] = u->id, P->main_k[i] = k;
+      }
+    if (C->main_in[i] >= 0) {
+      C->var[i] = C->var[C->main_in[i]];
+      continue;
+    }
+    if (is_leaf(v) && C->consumers[i] <= 1) continue; /* stored as its one reader reads it */
+    /* layers of the same parity share: period two lets consecutive layers
+       alternate (Megatron's column then row split) */
+    const char *key = v->layer >= 0 ? arena_printf("%s|%d", layer_key(v), v->layer % 2) : arena_printf("%d", i);
+    int found = -1;
+    for (int x = 0; x < P->nvars && v->layer >= 0; x++)
+      if (strcmp(P->vars[x].key, key) == 0) found = x;
+    if (found >= 0) {
+      C->var[i] = found;
+      P->vars[found].count++;
+      continue;
+    }
+    C->var[i] = new_var(P, i, key);
+    if (P->vars[C->var[i]].ns == 0) {
+      fprintf(err, "carve: error: %s (%s %s) cannot be split on a %dx%d mesh under these options\n", v->name,
+              op_info[v->op].name, shape_str(&v->shape), C->me->n[0], C->me->n[1]);
+      return false;
+    }
+  }
+  return true;
+}
+
+static void add_costs(Problem *P) {
+  const Graph *g = P->C.g;
+  for (int x = 0; x < P->nvars; x++)
+    for (int s = 0; s < P->vars[x].ns; s++) P->vars[x].cost[s] = P->vars[x].mem[s] = 0;
+  for (int i = 0; i < g->nfwd; i++) {
+    if (P->C.var[i] < 0) continue;
+    Var *x = &P->vars[P->C.var[i]];
+    for (int s = 0; s < x->ns; s++) {
+      Strategy st = strategy_of(P, i, s);
+      Acc acc = {0};
+      node_cost(&P->C, g->nodes[i], &P->model[i], &st, &acc);
+      x->cost[s] += acc.compute + acc.comm;
+      x->mem[s] += acc.mp + acc.mg + acc.mo + acc.ma;
+    }
+  }
+}
+
+static int spec_class(Spec *list, int *n, const Spec *s) {
+  for (int i = 0; i < *n; i++)
+    if (list[i].rank == s->rank && memcmp(list[i].d, s->d, (size_t)s->rank) == 0) return i;
+  list[*n] = *s;
+  return (*n)++;
+}
+
+static void add_edges(Problem *P) {
+  const Graph *g = P->C.g;
+  P->nedges = 0;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    if (P->C.var[i] < 0 || is_leaf(v)) continue;
+    for (int k = 0; k < v->nin; k++) {
+      const Node *u = g->nodes[v->in[k]];
+      if (k == P->main_k[i] || P->C.var[u->id] < 0) continue;
+      int xu = P->C.var[u->id], xv = P->C.var[i];
+      const Var *U = &P->vars[xu], *V = &P->vars[xv];
+      double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
+      if (xu == xv) { /* both ends share one variable: a cost on its strategies */
+        for (int s = 0; s < U->ns; s++) {
+          Spec a = layout_of(P, u->id, s), b;
+          Strategy st = strategy_of(P, i, s);
+          b = tensor_spec(&P->model[i], k, &st);
+          P->vars[xu].cost[s] += reshard(&P->C, &a, &b, bytes) + reshard(&P->C, &b, &a, bytes);
+        }
+        continue;
+      }
+      const char *key = arena_printf("%d>%d:%s:%d", xu, xv, layer_key(v), k);
+      Edge *e = NULL;
+      for (int j = 0; j < P->nedges && !e; j++)
+        if (strcmp(P->edges[j].key, key) == 0) e = &P->edges[j];
+      bool fresh = e == NULL;
+      if (fresh) {
+        if (P->nedges == P->capedges) {
+          P->capedges = P->capedges ? 2 * P->capedges : 64;
+          Edge *ne = arena_alloc(sizeof(Edge) * (size_t)P->capedges);
+          if (P->nedges) memcpy(ne, P->edges, sizeof(Edge) * (size_t)P->nedges);
+          P->edges = ne;
+        }
+        e = &P->edges[P->nedges++];
+        memset(e, 0, sizeof *e);
+        e->u = xu, e->v = xv, e->key = key;
+        e->lu = arena_alloc(sizeof(Spec) * (size_t)U->ns);
+        e->lv = arena_alloc(sizeof(Spec) * (size_t)V->ns);
+        e->cu = arena_alloc(sizeof(int) * (size_t)U->ns);
+        e->cv = arena_alloc(sizeof(int) * (size_t)V->ns);
+        for (int s = 0; s < U->ns; s++) {
+          Spec a = layout_of(P, u->id, s);
+          e->cu[s] = spec_class(e->lu, &e->nl, &a);
+        }
+        for (int t = 0; t < V->ns; t++) {
+          Strategy st = strategy_of(P, i, t);
+          Spec b = tensor_spec(&P->model[i], k, &st);
+          e->cv[t] = spec_class(e->lv, &e->nm, &b);
+        }
+        e->c = arena_alloc(sizeof(double) * (size_t)(e->nl * e->nm));
+      }
+      for (int l = 0; l < e->nl; l++)
+        for (int m = 0; m < e->nm; m++)
+          e->c[l * e->nm + m] +=
+              reshard(&P->C, &e->lu[l], &e->lv[m], bytes) + reshard(&P->C, &e->lv[m], &e->lu[l], bytes);
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- solving */
+
+typedef struct Solution {
+  int *choice; /* per variable */
+  double objective, gap, seconds;
+  bool optimal, feasible;
+  int cols, binaries, rows;
+} Solution;
+
+/* Builds and solves the ILP; with minimise_memory, the objective is the
+ * memory sum instead and the memory row is left out (used to explain an
+ * infeasible problem). */
+static Solution solve(const Problem *P, double mem_limit, double time_limit, bool minimise_memory) {
+  Solution S = {0};
+  S.choice = arena_alloc(sizeof(int) * (size_t)(P->nvars + 1));
+  double t0 = now_seconds();
+  glp_prob *lp = glp_create_prob();
+  glp_set_obj_dir(lp, GLP_MIN);
+  int *xcol = arena_alloc(sizeof(int) * (size_t)(P->nvars + 1));
+  int ncols = 0;
+  for (int x = 0; x < P->nvars; x++) ncols += P->vars[x].ns;
+  for (int e = 0; e < P->nedges; e++) ncols += P->edges[e].nl * P->edges[e].nm;
+  glp_add_cols(lp, ncols);
+  int col = 1;
+  for (int x = 0; x < P->nvars; x++) {
+    xcol[x] = col;
+    for (int s = 0; s < P->vars[x].ns; s++, col++) {
+      glp_set_col_kind(lp, col, GLP_BV);
+      glp_set_obj_coef(lp, col, minimise_memory ? P->vars[x].mem[s] : P->vars[x].cost[s]);
+    }
+  }
+  int *ecol = arena_alloc(sizeof(int) * (size_t)(P->nedges + 1));
+  for (int e = 0; e < P->nedges; e++) {
+    const Edge *E = &P->edges[e];
+    ecol[e] = col;
+    for (int i = 0; i < E->nl * E->nm; i++, col++) {
+      glp_set_col_bnds(lp, col, GLP_DB, 0, 1);
+      glp_set_obj_coef(lp, col, minimise_memory ? 0 : E->c[i]);
+    }
+  }
+  /* rows: one-hot, edge marginals, memory */
+  int nrows = P->nvars + (minimise_memory ? 0 : 1);
+  for (int e = 0; e < P->nedges; e++) nrows += P->edges[e].nl + P->edges[e].nm;
+  glp_add_rows(lp, nrows);
+  int cap = ncols * 4 + 16, nz = 0;
+  int *ia = xmalloc(sizeof(int) * (size_t)(cap + 1)), *ja = xmalloc(sizeof(int) * (size_t)(cap + 1));
+  double *ar = xmalloc(sizeof(double) * (size_t)(cap + 1));
+#define NZ(r, c, v) (nz++, ia[nz] = (r), ja[nz] = (c), ar[nz] = (v))
+  int row = 1;
+  for (int x = 0; x < P->nvars; x++, row++) {
+    glp_set_row_bnds(lp, row, GLP_FX, 1, 1);
+    for (int s = 0; s < P->vars[x].ns; s++) NZ(row, xcol[x] + s, 1);
+  }
+  for (int e = 0; e < P->nedges; e++) {
+    const Edge *E = &P->edges[e];
+    for (int l = 0; l < E->nl; l++, row++) {
+      glp_set_row_bnds(lp, row, GLP_FX, 0, 0);
+      for (int m = 0; m < E->nm; m++) NZ(row, ecol[e] + l * E->nm + m, 1);
+      for (int s = 0; s < P->vars[E->u].ns; s++)
+        if (E->cu[s] == l) NZ(row, xcol[E->u] + s, -1);
+    }
+    for (int m = 0; m < E->nm; m++, row++) {
+      glp_set_row_bnds(lp, row, GLP_FX, 0, 0);
+      for (int l = 0; l < E->nl; l++) NZ(row, ecol[e] + l * E->nm + m, 1);
+      for (int t = 0; t < P->vars[E->v].ns; t++)
+        if (E->cv[t] == m) NZ(row, xcol[E->v] + t, -1);
+    }
+  }
+  if (!minimise_memory) {
+    glp_set_row_bnds(lp, row, GLP_UP, 0, mem_limit);
+    for (int x = 0; x < P->nvars; x++)
+      for (int s = 0; s < P->vars[x].ns; s++)
+        if (P->vars[x].mem[s] != 0) NZ(row, xcol[x] + s, P->vars[x].mem[s]);
+  }
+#undef NZ
+  CARVE_ASSERT(nz <= cap, "ILP coefficient buffer large enough");
+  glp_load_matrix(lp, nz, ia, ja, ar);
+  free(ia), free(ja), free(ar);
+  glp_iocp parm;
+  glp_init_iocp(&parm);
+  parm.presolve = GLP_ON;
+  parm.msg_lev = GLP_MSG_OFF;
+  parm.tm_lim = (int)(time_limit * 1000);
+  parm.mip_gap = 1e-6;
+  int rc = glp_intopt(lp, &parm);
+  int status = glp_mip_status(lp);
+  S.feasible = (rc == 0 || rc == GLP_ETMLIM) && (status == GLP_OPT || status == GLP_FEAS);
+  S.optimal = status == GLP_OPT;
+  S.cols = ncols, S.rows = nrows;
+  for (int x = 0; x < P->nvars; x++) S.binaries += P->vars[x].ns;
+  if (S.feasible) {
+    S.objective = glp_mip_obj_val(lp);
+    for (int x = 0; x < P->nvars; x++) {
+      S.choice[x] = 0;
+      for (int s = 0; s < P->vars[x].ns; s++)
+        if (glp_mip_col_val(lp, xcol[x] + s) > 0.5) S.choice[x] = s;
+    }
+    S.gap = S.optimal ? 0 : fabs(S.objective - glp_get_obj_val(lp)) / fmax(fabs(S.objective), 1e-30);
+  }
+  glp_delete_prob(lp);
+  S.seconds = now_seconds() - t0;
+  return S;
+}
+
+/* ---------------------------------------------------------------- instance for tests */
+
+static IlpInstance last_instance;
+
+static void keep_instance(const Problem *P, double mem_limit) {
+  IlpInstance *I = &last_instance;
+  I->nvars = P->nvars;
+  I->ns = arena_alloc(sizeof(int) * (size_t)(P->nvars + 1));
+  I->cost = arena_alloc(sizeof(double *) * (size_t)(P->nvars + 1));
+  I->mem = arena_alloc(sizeof(double *) * (size_t)(P->nvars + 1));
+  for (int x = 0; x < P->nvars; x++) {
+    I->ns[x] = P->vars[x].ns;
+    I->cost[x] = P->vars[x].cost;
+    I->mem[x] = P->vars[x].mem;
+  }
+  I->nedges = P->nedges;
+  I->eu = arena_alloc(sizeof(int) * (size_t)(P->nedges + 1));
+  I->ev = arena_alloc(sizeof(int) * (size_t)(P->nedges + 1));
+  I->ecost = arena_alloc(sizeof(double *) * (size_t)(P->nedges + 1));
+  for (int e = 0; e < P->nedges; e++) {
+    const Edge *E = &P->edges[e];
+    int nu = P->vars[E->u].ns, nv = P->vars[E->v].ns;
+    I->eu[e] = E->u, I->ev[e] = E->v;
+    I->ecost[e] = arena_alloc(sizeof(double) * (size_t)(nu * nv));
+    for (int s = 0; s < nu; s++)
+      for (int t = 0; t < nv; t++) I->ecost[e][s * nv + t] = E->c[E->cu[s] * E->nm + E->cv[t]];
+  }
+  I->mem_limit = mem_limit;
+}
+
+const IlpInstance *plan_last_instance(void) { return &last_instance; }
+
+double ilp_brute_force(const IlpInstance *I, double *combos) {
+  int *s = xcalloc((size_t)I->nvars + 1, sizeof(int));
+  double best = -1;
+  *combos = 0;
+  for (;;) {
+    double cost = 0, mem = 0;
+    for (int x = 0; x < I->nvars; x++) cost += I->cost[x][s[x]], mem += I->mem[x][s[x]];
+    for (int e = 0; e < I->nedges; e++) cost += I->ecost[e][s[I->eu[e]] * I->ns[I->ev[e]] + s[I->ev[e]]];
+    (*combos)++;
+    if (mem <= I->mem_limit && (best < 0 || cost < best)) best = cost;
+    int x = 0;
+    while (x < I->nvars && ++s[x] == I->ns[x]) s[x++] = 0;
+    if (x == I->nvars) break;
+  }
+  free(s);
+  return best;
+}
+
+/* ---------------------------------------------------------------- the plan */
+
+/* The layout an owned parameter or input is stored in: as its reader reads it. */
+static Spec owned_layout(const Problem *P, const int *choice, int leaf) {
+  const Graph *g = P->C.g;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    if (P->C.var[i] < 0 || is_leaf(v)) continue;
+    for (int k = 0; k < v->nin; k++)
+      if (v->in[k] == leaf) {
+        Strategy st = strategy_of(P, i, choice[P->C.var[i]]);
+        return tensor_spec(&P->model[i], k, &st);
+      }
+  }
+  return (Spec){.rank = g->nodes[leaf]->shape.rank};
+}
+
+/* Aggregates identical collectives (same kind, axes, phase, size, and the
+ * same tensor up to the layer index). */
+static void aggregate(Plan *pl, PtrVec *rec) {
+  pl->comms = arena_alloc(sizeof(Comm) * (size_t)(rec->n + 1));
+  for (int i = 0; i < rec->n; i++) {
+    Comm *c = rec->v[i];
+    const char *what = c->what;
+    Node tmp = {.name = what ? what : "-"};
+    const char *key = layer_key(&tmp);
+    int j = 0;
+    for (; j < pl->ncomms; j++) {
+      Comm *d = &pl->comms[j];
+      Node t2 = {.name = d->what ? d->what : "-"};
+      if (d->kind == c->kind && d->axes == c->axes && d->phase == c->phase && fabs(d->bytes - c->bytes) < 0.5 &&
+          strcmp(layer_key(&t2), key) == 0)
+        break;
+    }
+    if (j < pl->ncomms)
+      pl->comms[j].count++;
+    else
+      pl->comms[pl->ncomms++] = *c;
+  }
+}
+
+static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, const PlanOptions *o) {
+  const Graph *g = P->C.g;
+  Plan *pl = arena_alloc(sizeof(Plan));
+  pl->g = g, pl->cluster = cl, pl->mesh = *P->C.me, pl->opt = *o, pl->zero = P->C.zero;
+  pl->layout = arena_alloc(sizeof(Spec) * (size_t)(g->nfwd + 1));
+  PtrVec rec = {0};
+  Acc acc = {.rec = &rec};
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    if (!P->C.live[i]) continue;
+    if (P->C.var[i] < 0) {
+      pl->layout[i] = owned_layout(P, S->choice, i);
+      continue;
+    }
+    int s = S->choice[P->C.var[i]];
+    pl->layout[i] = layout_of(P, i, s);
+    Strategy st = strategy_of(P, i, s);
+    node_cost(&P->C, v, &P->model[i], &st, &acc);
+    for (int k = 0; k < v->nin && !is_leaf(v); k++) { /* resharding between groups */
+      const Node *u = g->nodes[v->in[k]];
+      if (k == P->main_k[i] || P->C.var[u->id] < 0) continue;
+      Spec a = layout_of(P, u->id, S->choice[P->C.var[u->id]]), b = tensor_spec(&P->model[i], k, &st);
+      double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
+      reshard_rec(&P->C, &a, &b, bytes, &acc, PHASE_FORWARD, u->name);
+      reshard_rec(&P->C, &b, &a, bytes, &acc, PHASE_BACKWARD, u->name);
+    }
+  }
+  pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective;
+  pl->mem_params = acc.mp, pl->mem_grads = acc.mg, pl->mem_optim = acc.mo, pl->mem_acts = acc.ma;
+  aggregate(pl, &rec);
+  pl->vars = S->cols, pl->binaries = S->binaries, pl->constraints = S->rows, pl->groups = P->nvars;
+  pl->nodes = g->n, pl->solve_s = S->seconds, pl->gap = S->gap, pl->optimal = S->optimal;
+  return pl;
+}
+
+/* Why nothing fits: the least memory any plan needs, and what dominates it. */
+static void explain_infeasible(const Problem *P, const Mesh *me, FILE *err) {
+  Solution S = solve(P, 0, 60, true);
+  char a[32], b[32];
+  if (!S.feasible) {
+    fprintf(err, "carve: error: no plan fits in %s per device\n", fmt_bytes(me->memory, a, sizeof a));
+    return;
+  }
+  fprintf(err,
+          "carve: error: the model does not fit: the plan that needs the least memory on this %dx%d mesh needs %s "
+          "per device (ZeRO-%d), but a device has %s\n",
+          me->n[0], me->n[1], fmt_bytes(S.objective, a, sizeof a), P->C.zero, fmt_bytes(me->memory, b, sizeof b));
+  /* the largest contributors under that plan */
+  const Graph *g = P->C.g;
+  typedef struct {
+    const char *name;
+    double bytes;
+  } Item;
+  Item top[5] = {{0}};
+  for (int i = 0; i < g->nfwd; i++) {
+    if (P->C.var[i] < 0) continue;
+    Strategy st = strategy_of(P, i, S.choice[P->C.var[i]]);
+    Acc acc = {0};
+    node_cost(&P->C, g->nodes[i], &P->model[i], &st, &acc);
+    double m = acc.mp + acc.mg + acc.mo + acc.ma;
+    for (int k = 0; k < 5; k++)
+      if (m > top[k].bytes) {
+        memmove(top + k + 1, top + k, sizeof(Item) * (size_t)(4 - k));
+        top[k] = (Item){g->nodes[i]->name, m};
+        break;
+      }
+  }
+  fprintf(err, "largest per device (with the parameters and activations each op holds):\n");
+  for (int k = 0; k < 5 && top[k].name; k++)
+    fprintf(err, "  %-40s %s\n", top[k].name, fmt_bytes(top[k].bytes, a, sizeof a));
+  fprintf(err, "try more devices, a larger mesh, --zero 3, or a smaller batch\n");
+}
+
+/* CARVE_DEBUG_ILP=1: every variable's strategies with cost and memory, and
+ * every edge's resharding costs. */
+static void dump_problem(const Problem *P, const Solution *S, FILE *out) {
+  for (int x = 0; x < P->nvars; x++) {
+    const Var *v = &P->vars[x];
+    fprintf(out, "var %d: %s (x%d), chosen %d\n", x, P->C.g->nodes[v->leader]->name, v->count, S->choice[x]);
+    for (int s = 0; s < v->ns; s++) {
+      char b[64];
+      Spec o = layout_of(P, v->leader, s);
+      fprintf(out, "  %2d ax=(%d,%d) a2a=%d out=%-12s cost %.4g mem %.4g\n", s, v->st[s].ax[0], v->st[s].ax[1],
+              v->st[s].a2a, spec_str(&o, b, sizeof b), v->cost[s], v->mem[s]);
+    }
+  }
+  for (int e = 0; e < P->nedges; e++) {
+    const Edge *E = &P->edges[e];
+    fprintf(out, "edge %d: var %d -> var %d (%s)\n", e, E->u, E->v, E->key);
+    for (int l = 0; l < E->nl; l++)
+      for (int m = 0; m < E->nm; m++) {
+        char b1[64], b2[64];
+        fprintf(out, "  %-10s -> %-10s %.4g\n", spec_str(&E->lu[l], b1, 64), spec_str(&E->lv[m], b2, 64),
+                E->c[l * E->nm + m]);
+      }
+  }
+}
+
+Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOptions *o, FILE *err) {
+  CARVE_ASSERT(g->grad != NULL, "the planner takes a training graph");
+  Problem P = {0};
+  P.C.g = g, P.C.me = me, P.C.o = o, P.C.act_bytes = o->mixed ? 2 : 4;
+  if (!build_vars(&P, err)) return NULL;
+  int lo = o->zero >= 0 ? o->zero : 0, hi = o->zero >= 0 ? o->zero : 3;
+  Solution S = {0};
+  for (int z = lo; z <= hi; z++) {
+    P.C.zero = z;
+    add_costs(&P);
+    add_edges(&P);
+    S = solve(&P, me->memory, o->time_limit > 0 ? o->time_limit : 60, false);
+    if (S.feasible) break;
+  }
+  if (!S.feasible) {
+    explain_infeasible(&P, me, err);
+    return NULL;
+  }
+  keep_instance(&P, me->memory);
+  if (getenv("CARVE_DEBUG_ILP")) dump_problem(&P, &S, err);
+  return assemble(&P, &S, cl, o);
+}

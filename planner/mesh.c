@@ -1,0 +1,85 @@
+/* mesh.c: logical meshes over a cluster, sharding specs, and the alpha-beta
+ * cost of collectives on a mesh axis.
+ *
+ * A mesh n0 x n1 takes the cluster's first n0*n1 devices in row-major order:
+ * device (i, j) is i*n1 + j. A group along axis 1 is n1 consecutive devices;
+ * a group along axis 0 is n0 devices n1 apart. An axis whose groups stay
+ * inside one node uses the node's links; otherwise it uses the network, the
+ * slowest link it crosses. Any device count works; nothing assumes powers of
+ * two.
+ *
+ * Collectives on an axis of n devices moving B bytes per device:
+ *   all-reduce      a + 2 (n-1)/n B / bw
+ *   all-gather      a +   (n-1)/n B / bw    (B: the gathered size)
+ *   reduce-scatter  a +   (n-1)/n B / bw    (B: the size before scattering)
+ *   all-to-all      a +   (n-1)/n B / bw */
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+const char *const coll_names[COLL_KINDS] = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all"};
+const char *const phase_names[3] = {"forward", "backward", "update"};
+
+/* Do the groups of size `span` starting at multiples of `span` (or a stride
+ * pattern covering `extent` devices) stay inside a node? */
+static bool inside_node(int extent, int dpn) { return extent <= dpn && dpn % extent == 0; }
+
+bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err) {
+  int total = cluster_devices(c);
+  if (n0 < 1 || n1 < 1 || (long)n0 * n1 > total) {
+    fprintf(err, "carve: error: a %dx%d mesh needs %ld devices, but cluster %s has %d (%d nodes x %d)\n", n0, n1,
+            (long)n0 * n1, c->name, total, c->nodes, c->devices_per_node);
+    return false;
+  }
+  memset(m, 0, sizeof *m);
+  m->n[0] = n0, m->n[1] = n1;
+  /* axis 1: n1 consecutive devices; axis 0: spans n0*n1 devices */
+  m->inter[1] = !inside_node(n1, c->devices_per_node);
+  m->inter[0] = !inside_node(n0 * n1, c->devices_per_node);
+  for (int a = 0; a < 2; a++) {
+    m->bw[a] = m->inter[a] ? c->inter_bandwidth : c->intra_bandwidth;
+    m->lat[a] = m->inter[a] ? c->inter_latency : c->intra_latency;
+  }
+  m->flops = mixed && c->flops_bf16 > 0 ? c->flops_bf16 : c->flops_f32;
+  m->mem_bw = c->mem_bandwidth;
+  m->memory = c->memory;
+  return true;
+}
+
+bool mesh_parse(const char *s, int *n0, int *n1) {
+  char *end;
+  long a = strtol(s, &end, 10);
+  if (end == s || a < 1 || a > 1000000) return false;
+  if (*end == 0) {
+    *n0 = 1, *n1 = (int)a;
+    return true;
+  }
+  if (*end != 'x' && *end != 'X') return false;
+  const char *t = end + 1;
+  long b = strtol(t, &end, 10);
+  if (end == t || *end || b < 1 || b > 1000000) return false;
+  *n0 = (int)a, *n1 = (int)b;
+  return true;
+}
+
+const char *spec_dim_str(uint8_t bits) {
+  static const char *const names[4] = {"R", "S0", "S1", "S01"};
+  return names[bits & 3];
+}
+
+const char *spec_str(const Spec *s, char *buf, size_t n) {
+  size_t len = 0;
+  buf[0] = 0;
+  for (int i = 0; i < s->rank && len < n; i++)
+    len += (size_t)snprintf(buf + len, n - len, "%s%s", i ? " " : "", spec_dim_str(s->d[i]));
+  if (s->rank == 0) snprintf(buf, n, "scalar");
+  return buf;
+}
+
+double coll_time(const Mesh *m, CollKind k, int axis, double bytes) {
+  int n = m->n[axis];
+  if (n <= 1 || bytes <= 0) return 0;
+  double f = (double)(n - 1) / n * bytes / m->bw[axis];
+  return m->lat[axis] + (k == COLL_ALL_REDUCE ? 2 * f : f);
+}

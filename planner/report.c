@@ -1,0 +1,142 @@
+/* report.c: a plan as a readable report (`carve plan`) and as JSON
+ * (`carve plan --json`, documented in docs/plan-format.md). */
+#include <string.h>
+
+#include "planner.h"
+
+static const char *axes_str(const Mesh *m, int axes, char *buf, size_t n) {
+  (void)m;
+  snprintf(buf, n, "%s", axes == 1 ? "0" : axes == 2 ? "1" : "0,1");
+  return buf;
+}
+
+static double total_memory(const Plan *p) { return p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts; }
+
+/* Parameters of the first two layers and outside layers; later layers
+ * repeat them by parity. */
+static bool shown(const Node *n) { return n->layer <= 1; }
+
+void plan_report(const Plan *p, FILE *out) {
+  const Graph *g = p->g;
+  const Mesh *m = &p->mesh;
+  char a[32], b[32], c[64], d[32], e[32], f[32], h[32];
+  fprintf(out, "plan for %s on %s: a %dx%d mesh of %s\n", g->model, p->cluster->name, m->n[0], m->n[1],
+          p->cluster->device ? p->cluster->device : "devices");
+  for (int x = 0; x < 2; x++)
+    fprintf(out, "  mesh axis %d: %d devices, %s, %s/s, %.1f us\n", x, m->n[x],
+            m->inter[x] ? "across nodes" : "inside a node", fmt_bytes(m->bw[x], a, sizeof a), m->lat[x] * 1e6);
+  fprintf(out, "  precision %s, ZeRO stage %d%s\n",
+          p->opt.mixed ? "mixed (16-bit compute, fp32 master weights)" : "fp32", p->zero,
+          p->opt.zero < 0 ? " (the lowest that fits)" : "");
+  fprintf(out, "\npredicted step   %.4g s = compute %.4g s + communication %.4g s (no overlap assumed)\n",
+          p->compute_s + p->comm_s, p->compute_s, p->comm_s);
+  fprintf(out, "memory per device %s of %s (%.0f%%): parameters %s, gradients %s, optimizer %s, activations %s\n",
+          fmt_bytes(total_memory(p), a, sizeof a), fmt_bytes(m->memory, b, sizeof b), 100 * total_memory(p) / m->memory,
+          fmt_bytes(p->mem_params, d, sizeof d), fmt_bytes(p->mem_grads, e, sizeof e),
+          fmt_bytes(p->mem_optim, f, sizeof f), fmt_bytes(p->mem_acts, h, sizeof h));
+  int layers = 0;
+  for (int i = 0; i < g->nfwd; i++)
+    if (g->nodes[i]->layer + 1 > layers) layers = g->nodes[i]->layer + 1;
+  fprintf(out, "\nparameters%s\n",
+          layers > 2
+              ? arena_printf(" (layers 0 and 1 shown; layers 2-%d repeat them: even like 0, odd like 1)", layers - 1)
+              : "");
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    if (n->op != OP_PARAM || !shown(n)) continue;
+    fprintf(out, "  %-28s %-20s %s\n", n->name, shape_str(&n->shape), spec_str(&p->layout[i], c, sizeof c));
+  }
+  fprintf(out, "\nactivations (einsum outputs%s)\n", layers > 2 ? ", layers 0 and 1" : "");
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    if (n->op != OP_EINSUM || !shown(n)) continue;
+    fprintf(out, "  %-28s %-20s %s\n", n->name, shape_str(&n->shape), spec_str(&p->layout[i], c, sizeof c));
+  }
+  fprintf(out, "\ncollectives per step\n  %-15s %-5s %-9s %12s %6s  %s\n", "kind", "axes", "phase", "bytes", "count",
+          "tensor");
+  for (int i = 0; i < p->ncomms; i++) {
+    const Comm *k = &p->comms[i];
+    fprintf(out, "  %-15s %-5s %-9s %12.0f %6d  %s\n", coll_names[k->kind], axes_str(m, k->axes, a, sizeof a),
+            phase_names[k->phase], k->bytes, k->count, k->what ? k->what : "");
+  }
+  if (!p->ncomms) fprintf(out, "  none\n");
+  fprintf(out,
+          "\nsolver: %d groups of ops (repeated layers share one), %d binary and %d continuous variables, "
+          "%d constraints, %.3f s, objective %.6g s, %s\n",
+          p->groups, p->binaries, p->vars - p->binaries, p->constraints, p->solve_s, p->objective,
+          p->optimal ? "optimal" : arena_printf("stopped at the time limit, gap %.2g%%", 100 * p->gap));
+}
+
+static void json_str(FILE *out, const char *s) {
+  fputc('"', out);
+  for (; s && *s; s++) {
+    if (*s == '"' || *s == '\\') fputc('\\', out);
+    if ((unsigned char)*s < 32)
+      fprintf(out, "\\u%04x", *s);
+    else
+      fputc(*s, out);
+  }
+  fputc('"', out);
+}
+
+void plan_json(const Plan *p, FILE *out) {
+  const Graph *g = p->g;
+  const Mesh *m = &p->mesh;
+  fprintf(out, "{\n  \"format\": \"carve-plan\",\n  \"version\": 1,\n  \"model\": ");
+  json_str(out, g->model);
+  fprintf(out, ",\n  \"cluster\": ");
+  json_str(out, p->cluster->name);
+  fprintf(out, ",\n  \"mesh\": [%d, %d],\n  \"mesh_axes\": [", m->n[0], m->n[1]);
+  for (int x = 0; x < 2; x++)
+    fprintf(out, "%s{\"devices\": %d, \"bandwidth_bytes_per_s\": %.6g, \"latency_s\": %.6g, \"across_nodes\": %s}",
+            x ? ", " : "", m->n[x], m->bw[x], m->lat[x], m->inter[x] ? "true" : "false");
+  fprintf(out, "],\n  \"precision\": \"%s\",\n  \"zero_stage\": %d,\n", p->opt.mixed ? "mixed" : "fp32", p->zero);
+  fprintf(
+      out,
+      "  \"objective\": %.9g,\n  \"predicted_step_s\": %.9g,\n  \"compute_s\": %.9g,\n  \"communication_s\": %.9g,\n",
+      p->objective, p->compute_s + p->comm_s, p->compute_s, p->comm_s);
+  fprintf(
+      out,
+      "  \"memory_per_device_bytes\": %.0f,\n  \"memory_by_kind_bytes\": {\"parameters\": %.0f, \"gradients\": %.0f, "
+      "\"optimizer\": %.0f, \"activations\": %.0f},\n  \"device_memory_bytes\": %.0f,\n",
+      p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts, p->mem_params, p->mem_grads, p->mem_optim, p->mem_acts,
+      m->memory);
+  fprintf(out, "  \"tensors\": {");
+  bool first = true;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    if (p->layout[i].rank != n->shape.rank ||
+        (n->op != OP_PARAM && n->op != OP_INPUT && n->op != OP_EINSUM && n->op != OP_EMBED && n->op != OP_SOFTMAX &&
+         n->op != OP_LAYERNORM && n->op != OP_RMSNORM && n->op != OP_MOE_DISPATCH && n->op != OP_MOE_COMBINE))
+      continue;
+    fprintf(out, "%s\n    ", first ? "" : ",");
+    first = false;
+    json_str(out, n->name);
+    fprintf(out, ": {\"kind\": \"%s\", \"shape\": [",
+            n->op == OP_PARAM   ? "parameter"
+            : n->op == OP_INPUT ? "input"
+                                : "activation");
+    for (int d = 0; d < n->shape.rank; d++) fprintf(out, "%s%lld", d ? ", " : "", (long long)n->shape.d[d]);
+    fprintf(out, "], \"sharding\": [");
+    for (int d = 0; d < n->shape.rank; d++) fprintf(out, "%s\"%s\"", d ? ", " : "", spec_dim_str(p->layout[i].d[d]));
+    fprintf(out, "]}");
+  }
+  fprintf(out, "\n  },\n  \"collectives\": [");
+  for (int i = 0; i < p->ncomms; i++) {
+    const Comm *k = &p->comms[i];
+    fprintf(out,
+            "%s\n    {\"kind\": \"%s\", \"mesh_axes\": [%s], \"bytes\": %.0f, \"count_per_step\": %d, \"phase\": "
+            "\"%s\", \"tensor\": ",
+            i ? "," : "", coll_names[k->kind],
+            k->axes == 1   ? "0"
+            : k->axes == 2 ? "1"
+                           : "0, 1",
+            k->bytes, k->count, phase_names[k->phase]);
+    json_str(out, k->what ? k->what : "");
+    fprintf(out, "}");
+  }
+  fprintf(out,
+          "\n  ],\n  \"solver\": {\"groups\": %d, \"binary_variables\": %d, \"variables\": %d, \"constraints\": %d, "
+          "\"seconds\": %.6f, \"optimal\": %s, \"gap\": %.6g}\n}\n",
+          p->groups, p->binaries, p->vars, p->constraints, p->solve_s, p->optimal ? "true" : "false", p->gap);
+}

@@ -1,0 +1,161 @@
+/* cmd_plan.c: `carve plan MODEL --cluster C [--mesh AxB] --intra-only`: how
+ * to split every tensor of the training step over a logical mesh, chosen by
+ * the intra-operator ILP; printed as a report, or as JSON. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "planner.h"
+#include "tools.h"
+
+static void help(void) {
+  printf("usage: carve plan MODEL --cluster C [--mesh AxB] --intra-only [options]\n\n"
+         "Chooses how every parameter and activation of MODEL's training step is split over a\n"
+         "logical mesh of the cluster's devices: an integer program (GLPK) over each op's sharding\n"
+         "strategies, minimising compute plus communication time under the device memory.\n\n"
+         "  --cluster NAME|FILE    a shipped cluster (dgx-a100, dgx-h100, p3-16xlarge, local) or a file\n"
+         "  --nodes N  --devices-per-node N   resize the cluster\n"
+         "  --mesh AxB | N         the logical mesh (default: 1 x all devices)\n"
+         "  --intra-only           only the intra-operator pass (the one this version has)\n"
+         "  --zero auto|0|1|2|3    ZeRO stage (default auto: the lowest that fits)\n"
+         "  --force-dp             split only the batch dim (pure data parallelism)\n"
+         "  --batch-axis 0|1       the batch dim must use this mesh axis\n"
+         "  --precision fp32|mixed (default: mixed when the devices have 16-bit peak)\n"
+         "  --time-limit S         solver time limit in seconds (default 60)\n"
+         "  --preset NAME  --set dim=N,...   model sizes\n"
+         "  -o DIR                 also write DIR/plan.json\n"
+         "  --json                 print JSON instead of the report\n");
+}
+
+int cmd_plan(int argc, char **argv) {
+  if (wants_help(argc, argv)) return help(), 0;
+  const char *model = NULL, *cluster = NULL, *mesh = NULL, *out = NULL, *precision = NULL;
+  bool json = false, intra = false;
+  int nodes = 0, dpn = 0;
+  PlanOptions po = {.zero = -1, .batch_axis = -1, .time_limit = 60};
+  ElabOptions eo = {0};
+  int rc = 2;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    bool takes = true;
+    if (!strcmp(a, "--json"))
+      json = true, takes = false;
+    else if (!strcmp(a, "--intra-only"))
+      intra = true, takes = false;
+    else if (!strcmp(a, "--force-dp"))
+      po.force_dp = true, takes = false;
+    else if (a[0] != '-') {
+      if (model) return usage_error("plan", "unexpected argument '%s'", a);
+      model = a, takes = false;
+    } else if (!v) {
+      return usage_error("plan", "%s needs a value", a);
+    } else if (!strcmp(a, "--cluster"))
+      cluster = v;
+    else if (!strcmp(a, "--mesh"))
+      mesh = v;
+    else if (!strcmp(a, "-o"))
+      out = v;
+    else if (!strcmp(a, "--precision"))
+      precision = v;
+    else if (!strcmp(a, "--preset"))
+      eo.preset = v;
+    else if (!strcmp(a, "--set")) {
+      if (!parse_sets(v, &eo.sets, &eo.nsets, stderr)) goto done;
+    } else if (!strcmp(a, "--nodes") || !strcmp(a, "--devices-per-node") || !strcmp(a, "--batch-axis") ||
+               !strcmp(a, "--zero") || !strcmp(a, "--time-limit")) {
+      char *end;
+      errno = 0;
+      double x = strtod(v, &end);
+      bool auto_zero = !strcmp(a, "--zero") && !strcmp(v, "auto");
+      if (!auto_zero && (end == v || *end || errno || x < 0 || x > 1e7)) {
+        rc = usage_error("plan", "%s expects a number, got '%s'", a, v);
+        goto done;
+      }
+      if (!strcmp(a, "--nodes"))
+        nodes = (int)x;
+      else if (!strcmp(a, "--devices-per-node"))
+        dpn = (int)x;
+      else if (!strcmp(a, "--time-limit"))
+        po.time_limit = x;
+      else if (!strcmp(a, "--batch-axis")) {
+        if (x != 0 && x != 1) {
+          rc = usage_error("plan", "--batch-axis is 0 or 1");
+          goto done;
+        }
+        po.batch_axis = (int)x;
+      } else if (!auto_zero) {
+        if (x > 3 || x != (int)x) {
+          rc = usage_error("plan", "--zero is auto, 0, 1, 2 or 3");
+          goto done;
+        }
+        po.zero = (int)x;
+      }
+    } else {
+      rc = usage_error("plan", "unknown option '%s'", a);
+      goto done;
+    }
+    if (takes) i++;
+  }
+  if (!model) {
+    rc = usage_error("plan", "which model? give a .graph file or a shipped model name");
+    goto done;
+  }
+  if (!cluster) {
+    rc = usage_error("plan", "which cluster? give --cluster (dgx-a100, dgx-h100, p3-16xlarge, local, or a file)");
+    goto done;
+  }
+  if (!intra) {
+    rc = usage_error("plan", "this version plans inside operators only; add --intra-only "
+                             "(pipeline stages come with the next planner pass)");
+    goto done;
+  }
+  rc = 1;
+  Cluster *cl = cluster_load(cluster, stderr);
+  if (!cl || !cluster_resize(cl, nodes, dpn, stderr)) goto done;
+  int n0 = 1, n1 = cluster_devices(cl);
+  if (mesh && !mesh_parse(mesh, &n0, &n1)) {
+    rc = usage_error("plan", "--mesh expects AxB or N, got '%s'", mesh);
+    goto done;
+  }
+  po.mixed = cl->flops_bf16 > 0;
+  if (precision) {
+    if (strcmp(precision, "fp32") && strcmp(precision, "mixed")) {
+      rc = usage_error("plan", "--precision is fp32 or mixed");
+      goto done;
+    }
+    po.mixed = !strcmp(precision, "mixed");
+  }
+  Mesh me;
+  if (!mesh_make(cl, n0, n1, po.mixed, &me, stderr)) goto done;
+  Diag d;
+  diag_init(&d, stderr);
+  Graph *g = frontend_load(model_resolve(model), &eo, &d);
+  if (!g) {
+    if (d.errors) fprintf(stderr, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
+    goto done;
+  }
+  if (!autodiff(g, 1, stderr)) goto done;
+  Plan *p = plan_intra(g, cl, &me, &po, stderr);
+  if (!p) goto done;
+  if (json)
+    plan_json(p, stdout);
+  else
+    plan_report(p, stdout);
+  if (out) {
+    FILE *f = NULL;
+    if ((mkdir(out, 0777) == 0 || errno == EEXIST) && (f = fopen(arena_printf("%s/plan.json", out), "w"))) {
+      plan_json(p, f);
+      if (fclose(f) != 0) f = NULL;
+    }
+    if (!f) {
+      fprintf(stderr, "carve: error: cannot write %s/plan.json: %s\n", out, strerror(errno));
+      goto done;
+    }
+  }
+  rc = 0;
+done:
+  free(eo.sets);
+  return rc;
+}
