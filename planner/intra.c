@@ -453,6 +453,7 @@ static double reshard(const Ctx *C, const Spec *src, const Spec *dst, double tot
 #define MAXSTRAT 512
 
 typedef struct Var {
+  const OpModel *layout_model; /* set for a layout variable: where a tensor read by several groups is kept */
   int leader; /* the first instance */
   int count;  /* instances sharing the variable */
   const char *key;
@@ -474,6 +475,7 @@ typedef struct Problem {
   Ctx C;
   OpModel *model;
   int *main_k; /* follower: the input slot it follows */
+  int *shared; /* node read by several groups -> its layout variable, or -1 */
   Var *vars;
   int nvars, capvars;
   Edge *edges;
@@ -541,7 +543,7 @@ static bool can_follow(OpKind op) {
   }
 }
 
-static int new_var(Problem *P, int leader, const char *key) {
+static int new_var(Problem *P, int leader, const char *key, const OpModel *layout_model) {
   if (P->nvars == P->capvars) {
     P->capvars = P->capvars ? 2 * P->capvars : 64;
     Var *v = arena_alloc(sizeof(Var) * (size_t)P->capvars);
@@ -553,14 +555,52 @@ static int new_var(Problem *P, int leader, const char *key) {
   x->leader = leader;
   x->count = 1;
   x->key = key;
+  x->layout_model = layout_model;
   Strategy buf[MAXSTRAT];
-  const OpModel *m = &P->model[leader];
-  x->ns = enumerate(&P->C, m, batch_idim(P->C.g, P->C.g->nodes[leader], m), buf, MAXSTRAT);
+  const OpModel *m = layout_model ? layout_model : &P->model[leader];
+  x->ns = enumerate(&P->C, m, layout_model ? -1 : batch_idim(P->C.g, P->C.g->nodes[leader], m), buf, MAXSTRAT);
   x->st = arena_alloc(sizeof(Strategy) * (size_t)(x->ns + 1));
   memcpy(x->st, buf, sizeof(Strategy) * (size_t)x->ns);
   x->cost = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
   x->mem = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
   return P->nvars++;
+}
+
+static bool reads_across(const Problem *P, int v, int k) {
+  const Node *n = P->C.g->nodes[v];
+  return P->C.var[v] >= 0 && !is_leaf(n) && k != P->main_k[v] && P->C.var[n->in[k]] >= 0;
+}
+
+/* A tensor that several groups read gets a layout variable: it is resharded
+ * once into that layout, and each reader pays only for its own difference
+ * from it (q, k and v reading one layernorm output gather it once). */
+static bool add_layout_vars(Problem *P) {
+  const Graph *g = P->C.g;
+  int *readers = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  P->shared = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  for (int v = 0; v < g->nfwd; v++)
+    for (int k = 0; k < g->nodes[v]->nin; k++)
+      if (reads_across(P, v, k)) readers[g->nodes[v]->in[k]]++;
+  for (int u = 0; u < g->nfwd; u++) {
+    P->shared[u] = -1;
+    const Node *n = g->nodes[u];
+    if (readers[u] < 2) continue;
+    const char *key = n->layer >= 0 ? arena_printf("%s|%d@", layer_key(n), n->layer % 2) : arena_printf("%d@", u);
+    for (int x = 0; x < P->nvars && n->layer >= 0; x++)
+      if (P->vars[x].layout_model && strcmp(P->vars[x].key, key) == 0) P->shared[u] = x;
+    if (P->shared[u] >= 0) {
+      P->vars[P->shared[u]].count++;
+      continue;
+    }
+    OpModel *m = arena_alloc(sizeof(OpModel));
+    memset(m->map, -1, sizeof m->map);
+    m->norm = m->moe_e = -1;
+    m->nt = 1;
+    dims_of(m, &n->shape);
+    map_identity(m, 0, n->shape.rank, 0);
+    P->shared[u] = new_var(P, u, key, m);
+  }
+  return true;
 }
 
 /* Liveness, followers, variables. False if some op has no valid strategy. */
@@ -617,14 +657,14 @@ static bool build_vars(Problem *P, FILE *err) {
       P->vars[found].count++;
       continue;
     }
-    C->var[i] = new_var(P, i, key);
+    C->var[i] = new_var(P, i, key, NULL);
     if (P->vars[C->var[i]].ns == 0) {
       fprintf(err, "carve: error: %s (%s %s) cannot be split on a %dx%d mesh under these options\n", v->name,
               op_info[v->op].name, shape_str(&v->shape), C->me->n[0], C->me->n[1]);
       return false;
     }
   }
-  return true;
+  return add_layout_vars(P);
 }
 
 static void add_costs(Problem *P) {
@@ -651,61 +691,80 @@ static int spec_class(Spec *list, int *n, const Spec *s) {
   return (*n)++;
 }
 
+/* One edge (or, between a variable and itself, a cost on its strategies):
+ * lu[s] is the layout the producing side has under its strategy s, lv[t]
+ * the layout the reading side needs under its strategy t. Edges of
+ * repeated layers with the same key are merged. */
+static void add_edge(Problem *P, int xu, int xv, const Spec *lu, const Spec *lv, const char *key, double bytes) {
+  const Var *U = &P->vars[xu], *V = &P->vars[xv];
+  if (xu == xv) {
+    for (int s = 0; s < U->ns; s++)
+      P->vars[xu].cost[s] += reshard(&P->C, &lu[s], &lv[s], bytes) + reshard(&P->C, &lv[s], &lu[s], bytes);
+    return;
+  }
+  Edge *e = NULL;
+  for (int j = 0; j < P->nedges && !e; j++)
+    if (strcmp(P->edges[j].key, key) == 0) e = &P->edges[j];
+  if (!e) {
+    if (P->nedges == P->capedges) {
+      P->capedges = P->capedges ? 2 * P->capedges : 64;
+      Edge *ne = arena_alloc(sizeof(Edge) * (size_t)P->capedges);
+      if (P->nedges) memcpy(ne, P->edges, sizeof(Edge) * (size_t)P->nedges);
+      P->edges = ne;
+    }
+    e = &P->edges[P->nedges++];
+    memset(e, 0, sizeof *e);
+    e->u = xu, e->v = xv, e->key = key;
+    e->lu = arena_alloc(sizeof(Spec) * (size_t)U->ns);
+    e->lv = arena_alloc(sizeof(Spec) * (size_t)V->ns);
+    e->cu = arena_alloc(sizeof(int) * (size_t)U->ns);
+    e->cv = arena_alloc(sizeof(int) * (size_t)V->ns);
+    for (int s = 0; s < U->ns; s++) e->cu[s] = spec_class(e->lu, &e->nl, &lu[s]);
+    for (int t = 0; t < V->ns; t++) e->cv[t] = spec_class(e->lv, &e->nm, &lv[t]);
+    e->c = arena_alloc(sizeof(double) * (size_t)(e->nl * e->nm));
+  }
+  for (int l = 0; l < e->nl; l++)
+    for (int m = 0; m < e->nm; m++)
+      e->c[l * e->nm + m] +=
+          reshard(&P->C, &e->lu[l], &e->lv[m], bytes) + reshard(&P->C, &e->lv[m], &e->lu[l], bytes);
+}
+
+/* The layouts tensor u has under each strategy of the variable that holds it. */
+static Spec *held_layouts(const Problem *P, int u, bool via_shared) {
+  int x = via_shared && P->shared[u] >= 0 ? P->shared[u] : P->C.var[u];
+  const Var *X = &P->vars[x];
+  Spec *l = arena_alloc(sizeof(Spec) * (size_t)(X->ns + 1));
+  for (int s = 0; s < X->ns; s++)
+    l[s] = X->layout_model ? tensor_spec(X->layout_model, 0, &X->st[s]) : layout_of(P, u, s);
+  return l;
+}
+
 static void add_edges(Problem *P) {
   const Graph *g = P->C.g;
   P->nedges = 0;
+  for (int u = 0; u < g->nfwd; u++) { /* producers into their layout variables */
+    int x = P->shared[u];
+    if (x < 0) continue;
+    const Node *n = g->nodes[u];
+    double bytes = (double)shape_numel(&n->shape) * (n->dtype == DT_I32 ? 4 : P->C.act_bytes);
+    add_edge(P, P->C.var[u], x, held_layouts(P, u, false), held_layouts(P, u, true),
+             arena_printf("%d>%d:%s", P->C.var[u], x, layer_key(n)), bytes);
+  }
   for (int i = 0; i < g->nfwd; i++) {
     const Node *v = g->nodes[i];
-    if (P->C.var[i] < 0 || is_leaf(v)) continue;
     for (int k = 0; k < v->nin; k++) {
+      if (!reads_across(P, i, k)) continue;
       const Node *u = g->nodes[v->in[k]];
-      if (k == P->main_k[i] || P->C.var[u->id] < 0) continue;
-      int xu = P->C.var[u->id], xv = P->C.var[i];
-      const Var *U = &P->vars[xu], *V = &P->vars[xv];
+      int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id], xv = P->C.var[i];
+      const Var *V = &P->vars[xv];
+      Spec *lv = arena_alloc(sizeof(Spec) * (size_t)(V->ns + 1));
+      for (int t = 0; t < V->ns; t++) {
+        Strategy st = strategy_of(P, i, t);
+        lv[t] = tensor_spec(&P->model[i], k, &st);
+      }
       double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
-      if (xu == xv) { /* both ends share one variable: a cost on its strategies */
-        for (int s = 0; s < U->ns; s++) {
-          Spec a = layout_of(P, u->id, s), b;
-          Strategy st = strategy_of(P, i, s);
-          b = tensor_spec(&P->model[i], k, &st);
-          P->vars[xu].cost[s] += reshard(&P->C, &a, &b, bytes) + reshard(&P->C, &b, &a, bytes);
-        }
-        continue;
-      }
-      const char *key = arena_printf("%d>%d:%s:%d", xu, xv, layer_key(v), k);
-      Edge *e = NULL;
-      for (int j = 0; j < P->nedges && !e; j++)
-        if (strcmp(P->edges[j].key, key) == 0) e = &P->edges[j];
-      bool fresh = e == NULL;
-      if (fresh) {
-        if (P->nedges == P->capedges) {
-          P->capedges = P->capedges ? 2 * P->capedges : 64;
-          Edge *ne = arena_alloc(sizeof(Edge) * (size_t)P->capedges);
-          if (P->nedges) memcpy(ne, P->edges, sizeof(Edge) * (size_t)P->nedges);
-          P->edges = ne;
-        }
-        e = &P->edges[P->nedges++];
-        memset(e, 0, sizeof *e);
-        e->u = xu, e->v = xv, e->key = key;
-        e->lu = arena_alloc(sizeof(Spec) * (size_t)U->ns);
-        e->lv = arena_alloc(sizeof(Spec) * (size_t)V->ns);
-        e->cu = arena_alloc(sizeof(int) * (size_t)U->ns);
-        e->cv = arena_alloc(sizeof(int) * (size_t)V->ns);
-        for (int s = 0; s < U->ns; s++) {
-          Spec a = layout_of(P, u->id, s);
-          e->cu[s] = spec_class(e->lu, &e->nl, &a);
-        }
-        for (int t = 0; t < V->ns; t++) {
-          Strategy st = strategy_of(P, i, t);
-          Spec b = tensor_spec(&P->model[i], k, &st);
-          e->cv[t] = spec_class(e->lv, &e->nm, &b);
-        }
-        e->c = arena_alloc(sizeof(double) * (size_t)(e->nl * e->nm));
-      }
-      for (int l = 0; l < e->nl; l++)
-        for (int m = 0; m < e->nm; m++)
-          e->c[l * e->nm + m] +=
-              reshard(&P->C, &e->lu[l], &e->lv[m], bytes) + reshard(&P->C, &e->lv[m], &e->lu[l], bytes);
+      add_edge(P, xu, xv, held_layouts(P, u->id, true), lv, arena_printf("%d>%d:%s:%d", xu, xv, layer_key(v), k),
+               bytes);
     }
   }
 }
@@ -923,13 +982,20 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     pl->layout[i] = layout_of(P, i, s);
     Strategy st = strategy_of(P, i, s);
     node_cost(&P->C, v, &P->model[i], &st, &acc);
-    for (int k = 0; k < v->nin && !is_leaf(v); k++) { /* resharding between groups */
+    double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
+    if (P->shared[i] >= 0) { /* into its layout variable, once */
+      Spec a = pl->layout[i], b = held_layouts(P, i, true)[S->choice[P->shared[i]]];
+      reshard_rec(&P->C, &a, &b, bytes, &acc, PHASE_FORWARD, v->name);
+      reshard_rec(&P->C, &b, &a, bytes, &acc, PHASE_BACKWARD, v->name);
+    }
+    for (int k = 0; k < v->nin; k++) { /* resharding between groups */
+      if (!reads_across(P, i, k)) continue;
       const Node *u = g->nodes[v->in[k]];
-      if (k == P->main_k[i] || P->C.var[u->id] < 0) continue;
-      Spec a = layout_of(P, u->id, S->choice[P->C.var[u->id]]), b = tensor_spec(&P->model[i], k, &st);
-      double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
-      reshard_rec(&P->C, &a, &b, bytes, &acc, PHASE_FORWARD, u->name);
-      reshard_rec(&P->C, &b, &a, bytes, &acc, PHASE_BACKWARD, u->name);
+      int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id];
+      Spec a = held_layouts(P, u->id, true)[S->choice[xu]], b = tensor_spec(&P->model[i], k, &st);
+      double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
+      reshard_rec(&P->C, &a, &b, ub, &acc, PHASE_FORWARD, u->name);
+      reshard_rec(&P->C, &b, &a, ub, &acc, PHASE_BACKWARD, u->name);
     }
   }
   pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective;
@@ -986,7 +1052,7 @@ static void dump_problem(const Problem *P, const Solution *S, FILE *out) {
     fprintf(out, "var %d: %s (x%d), chosen %d\n", x, P->C.g->nodes[v->leader]->name, v->count, S->choice[x]);
     for (int s = 0; s < v->ns; s++) {
       char b[64];
-      Spec o = layout_of(P, v->leader, s);
+      Spec o = v->layout_model ? tensor_spec(v->layout_model, 0, &v->st[s]) : layout_of(P, v->leader, s);
       fprintf(out, "  %2d ax=(%d,%d) a2a=%d out=%-12s cost %.4g mem %.4g\n", s, v->st[s].ax[0], v->st[s].ax[1],
               v->st[s].a2a, spec_str(&o, b, sizeof b), v->cost[s], v->mem[s]);
     }
