@@ -244,6 +244,9 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
     if (m->size[i] % split[i]) return false;
   if (st->a2a >= 0 && m->size[m->moe_e] % C->me->n[st->a2a]) return false;
   if (C->o->batch_axis >= 0 && bdim >= 0 && st->ax[C->o->batch_axis] != bdim) return false;
+  /* data parallel means the batch is split over every axis */
+  for (int a = 0; a < 2 && C->o->force_dp && bdim >= 0; a++)
+    if (C->me->n[a] > 1 && st->ax[a] != bdim) return false;
   return true;
 }
 
@@ -454,8 +457,8 @@ static double reshard(const Ctx *C, const Spec *src, const Spec *dst, double tot
 
 typedef struct Var {
   const OpModel *layout_model; /* set for a layout variable: where a tensor read by several groups is kept */
-  int leader; /* the first instance */
-  int count;  /* instances sharing the variable */
+  int leader;                  /* the first instance */
+  int count;                   /* instances sharing the variable */
   const char *key;
   int ns;
   Strategy *st;
@@ -659,8 +662,10 @@ static bool build_vars(Problem *P, FILE *err) {
     }
     C->var[i] = new_var(P, i, key, NULL);
     if (P->vars[C->var[i]].ns == 0) {
-      fprintf(err, "carve: error: %s (%s %s) cannot be split on a %dx%d mesh under these options\n", v->name,
-              op_info[v->op].name, shape_str(&v->shape), C->me->n[0], C->me->n[1]);
+      fprintf(err, "carve: error: %s (%s %s) cannot be split on a %dx%d mesh under these options%s\n", v->name,
+              op_info[v->op].name, shape_str(&v->shape), C->me->n[0], C->me->n[1],
+              C->o->force_dp || C->o->batch_axis >= 0 ? " (the batch must divide by the devices it is split over)"
+                                                      : "");
       return false;
     }
   }
@@ -725,8 +730,7 @@ static void add_edge(Problem *P, int xu, int xv, const Spec *lu, const Spec *lv,
   }
   for (int l = 0; l < e->nl; l++)
     for (int m = 0; m < e->nm; m++)
-      e->c[l * e->nm + m] +=
-          reshard(&P->C, &e->lu[l], &e->lv[m], bytes) + reshard(&P->C, &e->lv[m], &e->lu[l], bytes);
+      e->c[l * e->nm + m] += reshard(&P->C, &e->lu[l], &e->lv[m], bytes) + reshard(&P->C, &e->lv[m], &e->lu[l], bytes);
 }
 
 /* The layouts tensor u has under each strategy of the variable that holds it. */

@@ -1,0 +1,225 @@
+/* test_planner.c: the intra-operator planner on cases whose answer is known.
+ *   - MLP on a 1x4 mesh: large batch, small hidden -> data parallel; small
+ *     batch, large hidden -> Megatron (column then row, one activation
+ *     all-reduce per layer pair forward, no weight all-reduce);
+ *   - the same on 2x2 with a cheap and an expensive axis: data parallel along
+ *     the expensive one, Megatron along the cheap one;
+ *   - a GPT layer at small batch, large hidden on one 8-GPU node: heads split,
+ *     MLP column then row; at large batch and small hidden: data parallel;
+ *   - an MoE layer: experts split over the mesh, all-to-all dispatch/combine;
+ *   - memory: a model that does not fit replicated is sharded; one that fits
+ *     nowhere gets the infeasibility message;
+ *   - the ILP optimum equals brute force over every strategy combination;
+ *   - impossible meshes and unsplittable dims are refused with a message. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "planner.h"
+
+static const char *tests_dir;
+
+static Plan *plan(const char *model, const char *sets, const char *cluster, int n0, int n1, PlanOptions *po,
+                  char **err_text) {
+  Diag d;
+  diag_init(&d, stderr);
+  ElabOptions eo = {0};
+  parse_sets(sets, &eo.sets, &eo.nsets, stderr);
+  Graph *g = frontend_load(model_resolve(model), &eo, &d);
+  free(eo.sets);
+  if (!g || !autodiff(g, 1, stderr)) return NULL;
+  const char *path = strchr(cluster, '.') ? arena_printf("%s/clusters/%s", tests_dir, cluster) : cluster;
+  Cluster *c = cluster_load(path, stderr);
+  if (!c) return NULL;
+  PlanOptions dflt = {.zero = -1, .batch_axis = -1, .time_limit = 30};
+  if (!po) po = &dflt;
+  if (po->time_limit == 0) po->time_limit = 30;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *err = open_memstream(&buf, &len);
+  Mesh me;
+  Plan *p = NULL;
+  if (mesh_make(c, n0, n1, po->mixed, &me, err)) p = plan_intra(g, c, &me, po, err);
+  fclose(err);
+  if (err_text)
+    *err_text = buf;
+  else {
+    if (len) fputs(buf, stderr);
+    free(buf);
+  }
+  return p;
+}
+
+static const char *spec_of(const Plan *p, const char *name) {
+  static char buf[8][64];
+  static int k;
+  for (int i = 0; i < p->g->nfwd; i++)
+    if (strcmp(p->g->nodes[i]->name, name) == 0) return spec_str(&p->layout[i], buf[k++ % 8], 64);
+  return "(no such tensor)";
+}
+
+/* Collectives whose tensor is a parameter, and forward collectives. */
+static int count_comms(const Plan *p, bool params, CommPhase phase, int axes) {
+  int n = 0;
+  for (int i = 0; i < p->ncomms; i++) {
+    const Comm *c = &p->comms[i];
+    bool is_param = false;
+    for (int j = 0; j < p->g->nfwd; j++)
+      if (p->g->nodes[j]->op == OP_PARAM && c->what && strcmp(p->g->nodes[j]->name, c->what) == 0) is_param = true;
+    if (is_param == params && (phase < 0 || c->phase == phase) && (axes == 0 || c->axes == axes)) n += c->count;
+  }
+  return n;
+}
+
+static void test_mlp_1d(void) {
+  Plan *dp = plan("mlp", "batch=256,hidden=32,layers=6", "node4.cluster", 1, 4, NULL, NULL);
+  CHECK(dp != NULL, "data-parallel case plans");
+  if (dp) {
+    for (int l = 0; l < 6; l++)
+      CHECK(strcmp(spec_of(dp, arena_printf("layers.%d.w", l)), "R R") == 0, "layer %d weight replicated: %s", l,
+            spec_of(dp, arena_printf("layers.%d.w", l)));
+    CHECK(strcmp(spec_of(dp, "layers.0.x/einsum"), "S1 R") == 0, "activations split on batch");
+    CHECK(count_comms(dp, false, -1, 0) == 0, "no activation collectives (%d)", count_comms(dp, false, -1, 0));
+    CHECK(count_comms(dp, true, PHASE_BACKWARD, 0) >= 6, "gradient all-reduces for every weight");
+  }
+  Plan *mg = plan("mlp", "batch=32,hidden=256,layers=6", "node4.cluster", 1, 4, NULL, NULL);
+  CHECK(mg != NULL, "Megatron case plans");
+  if (mg) {
+    for (int l = 0; l < 6; l++) {
+      const char *want = l % 2 ? "S1 R" : "R S1", *got = spec_of(mg, arena_printf("layers.%d.w", l));
+      CHECK(strcmp(got, want) == 0, "layer %d weight %s, expected %s (column, then row)", l, got, want);
+    }
+    CHECK(count_comms(mg, true, -1, 0) == 0, "no weight collectives (%d)", count_comms(mg, true, -1, 0));
+    int fwd = 0;
+    for (int i = 0; i < mg->ncomms; i++)
+      if (mg->comms[i].phase == PHASE_FORWARD && mg->comms[i].kind == COLL_ALL_REDUCE &&
+          strstr(mg->comms[i].what, "layers."))
+        fwd += mg->comms[i].count;
+    CHECK(fwd == 3, "one forward activation all-reduce per layer pair: %d for 6 layers", fwd);
+  }
+}
+
+static void test_mlp_2d(void) {
+  Plan *p = plan("mlp", "batch=512,hidden=256,layers=6", "two-nodes.cluster", 2, 2, NULL, NULL);
+  CHECK(p != NULL, "2x2 case plans");
+  if (!p) return;
+  CHECK(p->mesh.inter[0] && !p->mesh.inter[1], "axis 0 crosses nodes, axis 1 does not");
+  CHECK(strcmp(spec_of(p, "layers.0.w"), "R S1") == 0 && strcmp(spec_of(p, "layers.1.w"), "S1 R") == 0,
+        "Megatron along the cheap axis: %s, %s", spec_of(p, "layers.0.w"), spec_of(p, "layers.1.w"));
+  CHECK(spec_of(p, "layers.0.x/einsum")[0] == 'S' && spec_of(p, "layers.0.x/einsum")[1] == '0',
+        "data parallel along the expensive axis: activations %s", spec_of(p, "layers.0.x/einsum"));
+  CHECK(count_comms(p, true, -1, 2) == 0, "no weight collectives on the cheap axis");
+  CHECK(count_comms(p, true, PHASE_BACKWARD, 1) >= 6, "weight gradients all-reduced on the expensive axis");
+}
+
+static void test_gpt(void) {
+  const char *big = "batch=1,seq=2048,hidden=12288,heads=96,layers=2,vocab=51200";
+  Plan *p = plan("gpt", big, "dgx-a100", 1, 8, NULL, NULL);
+  CHECK(p != NULL, "GPT at small batch, large hidden plans");
+  if (p) {
+    CHECK(strcmp(spec_of(p, "layers.0.w_q"), "R S1 R") == 0, "attention heads split: w_q %s",
+          spec_of(p, "layers.0.w_q"));
+    CHECK(strcmp(spec_of(p, "layers.0.w_k"), "R S1 R") == 0 && strcmp(spec_of(p, "layers.0.w_v"), "R S1 R") == 0,
+          "k and v by heads too");
+    CHECK(strcmp(spec_of(p, "layers.0.w_fc"), "R S1") == 0 && strcmp(spec_of(p, "layers.0.w_proj"), "S1 R") == 0,
+          "MLP column then row: %s, %s", spec_of(p, "layers.0.w_fc"), spec_of(p, "layers.0.w_proj"));
+    CHECK(count_comms(p, true, -1, 0) == 0, "no weight gradient collectives");
+  }
+  Plan *d = plan("gpt", "batch=64,seq=128,hidden=128,heads=4,layers=2,vocab=256", "dgx-a100", 1, 8, NULL, NULL);
+  CHECK(d != NULL, "GPT at large batch, small hidden plans");
+  if (d) {
+    int replicated = 0, params = 0;
+    for (int i = 0; i < d->g->nfwd; i++)
+      if (d->g->nodes[i]->op == OP_PARAM) {
+        params++;
+        int bits = 0;
+        for (int k = 0; k < d->layout[i].rank; k++) bits |= d->layout[i].d[k];
+        replicated += bits == 0;
+      }
+    CHECK(replicated == params, "data parallel: %d of %d parameters replicated", replicated, params);
+    CHECK(strncmp(spec_of(d, "tokens"), "S1", 2) == 0, "tokens split on batch: %s", spec_of(d, "tokens"));
+  }
+}
+
+static void test_moe(void) {
+  Plan *p = plan("moe", "layers=2,experts=8,batch=8", "dgx-a100", 1, 8, NULL, NULL);
+  CHECK(p != NULL, "MoE plans");
+  if (!p) return;
+  CHECK(strcmp(spec_of(p, "layers.0.w_in"), "S1 R R") == 0 && strcmp(spec_of(p, "layers.0.w_out"), "S1 R R") == 0,
+        "experts split over the mesh: %s, %s", spec_of(p, "layers.0.w_in"), spec_of(p, "layers.0.w_out"));
+  int a2a = 0;
+  for (int i = 0; i < p->ncomms; i++) a2a += p->comms[i].kind == COLL_ALL_TO_ALL;
+  CHECK(a2a >= 2, "all-to-all dispatch and combine (%d all-to-all entries)", a2a);
+}
+
+static void test_memory(void) {
+  /* about 58M parameters: 0.9 GB of weights, gradients and Adam state
+     replicated, on devices of 1 GB with room for activations */
+  Plan *p = plan("gpt", "batch=8,seq=64,hidden=768,heads=12,layers=8,vocab=256", "node4.cluster", 1, 4, NULL, NULL);
+  CHECK(p != NULL, "a model that does not fit replicated still plans");
+  if (p) {
+    double mem = p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts;
+    CHECK(mem <= p->mesh.memory, "the plan fits: %.3g of %.3g bytes", mem, p->mesh.memory);
+    int sharded = 0;
+    for (int i = 0; i < p->g->nfwd; i++)
+      if (p->g->nodes[i]->op == OP_PARAM)
+        for (int k = 0; k < p->layout[i].rank; k++) sharded += p->layout[i].d[k] != 0;
+    CHECK(p->zero > 0 || sharded > 0, "sharded: ZeRO %d, %d sharded parameter dims", p->zero, sharded);
+  }
+  char *err = NULL;
+  Plan *q = plan("gpt", "batch=8,seq=64,hidden=2048,heads=16,layers=24,vocab=256", "node4.cluster", 1, 4, NULL, &err);
+  CHECK(q == NULL, "a model that fits nowhere is refused");
+  CHECK(err && strstr(err, "does not fit") && strstr(err, "needs") && strstr(err, "per device"),
+        "the message says how much it needs: %s", err ? err : "");
+  free(err);
+}
+
+static void test_brute_force(void) {
+  static const char *cases[][3] = {
+      {"mlp", "batch=32,hidden=64,layers=2", "1x4"},
+      {"mlp", "batch=64,hidden=32,layers=2", "2x2"},
+      {"mlp", "batch=16,hidden=128,layers=3", "2x2"},
+      {"mlp", "batch=64,hidden=64,layers=2,loss_kind=0", "1x4"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int n0, n1;
+    mesh_parse(cases[i][2], &n0, &n1);
+    Plan *p = plan(cases[i][0], cases[i][1], n0 == 2 ? "two-nodes.cluster" : "node4.cluster", n0, n1, NULL, NULL);
+    CHECK(p != NULL, "case %zu plans", i);
+    if (!p) continue;
+    double combos, best = ilp_brute_force(plan_last_instance(), &combos);
+    CHECK(fabs(best - p->objective) <= 1e-9 * fabs(best) + 1e-12,
+          "%s %s on %s: ILP %.9g, brute force %.9g (%.0f combinations)", cases[i][0], cases[i][1], cases[i][2],
+          p->objective, best, combos);
+    CHECK(fabs(p->compute_s + p->comm_s - p->objective) <= 1e-6 * p->objective,
+          "the plan's time breakdown adds up to the objective (%.9g vs %.9g)", p->compute_s + p->comm_s, p->objective);
+    printf("brute force: %s %s on %s: %.0f combinations, optimum %.6g s = the ILP's\n", cases[i][0], cases[i][1],
+           cases[i][2], combos, best);
+  }
+}
+
+static void test_refusals(void) {
+  char *err = NULL;
+  CHECK(plan("mlp", "batch=32", "node4.cluster", 3, 3, NULL, &err) == NULL && strstr(err, "needs 9 devices"),
+        "a mesh larger than the cluster: %s", err);
+  free(err);
+  PlanOptions dp = {.zero = -1, .batch_axis = -1, .force_dp = true};
+  err = NULL;
+  CHECK(plan("mlp", "batch=6", "node4.cluster", 1, 4, &dp, &err) == NULL && strstr(err, "cannot be split"),
+        "a batch of 6 cannot be split 4 ways under --force-dp: %s", err);
+  free(err);
+}
+
+int main(int argc, char **argv) {
+  tests_dir = argc > 1 ? argv[1] : "tests";
+  test_mlp_1d();
+  test_mlp_2d();
+  test_gpt();
+  test_moe();
+  test_memory();
+  test_brute_force();
+  test_refusals();
+  arena_reset();
+  return test_summary();
+}
