@@ -199,6 +199,64 @@ static void test_brute_force(void) {
   }
 }
 
+/* A JSON syntax check: value = object | array | string | number | literal. */
+static const char *json_value(const char *p);
+static const char *json_ws(const char *p) {
+  while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+  return p;
+}
+static const char *json_string(const char *p) {
+  if (*p++ != '"') return NULL;
+  for (; *p && *p != '"'; p++)
+    if (*p == '\\' && !*++p) return NULL;
+  return *p == '"' ? p + 1 : NULL;
+}
+static const char *json_value(const char *p) {
+  p = json_ws(p);
+  if (*p == '{' || *p == '[') {
+    char close = *p == '{' ? '}' : ']';
+    p = json_ws(p + 1);
+    if (*p == close) return p + 1;
+    for (;;) {
+      if (close == '}') {
+        if (!(p = json_string(json_ws(p)))) return NULL;
+        p = json_ws(p);
+        if (*p++ != ':') return NULL;
+      }
+      if (!(p = json_value(p))) return NULL;
+      p = json_ws(p);
+      if (*p == close) return p + 1;
+      if (*p++ != ',') return NULL;
+    }
+  }
+  if (*p == '"') return json_string(p);
+  if (!strncmp(p, "true", 4) || !strncmp(p, "null", 4)) return p + 4;
+  if (!strncmp(p, "false", 5)) return p + 5;
+  char *end;
+  strtod(p, &end);
+  return end == p ? NULL : end;
+}
+
+static void test_json(void) {
+  Plan *p = plan("moe", "layers=2,experts=8,batch=8", "dgx-a100", 1, 8, NULL, NULL);
+  CHECK(p != NULL, "plans");
+  if (!p) return;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  plan_json(p, f);
+  fclose(f);
+  const char *end = json_value(buf);
+  CHECK(end && *json_ws(end) == 0, "the plan is one well-formed JSON value");
+  static const char *keys[] = {"\"mesh\": [1, 8]", "\"objective\":", "\"predicted_step_s\":",
+                               "\"memory_per_device_bytes\":", "\"tensors\":", "\"layers.0.w_in\": {\"kind\": \"parameter\", "
+                               "\"shape\": [8, 768, 3072], \"sharding\": [\"S1\", \"R\", \"R\"]}",
+                               "\"collectives\":", "\"kind\": \"all-to-all\"", "\"phase\": \"forward\"",
+                               "\"count_per_step\":", "\"mesh_axes\": [1]"};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) CHECK(strstr(buf, keys[i]) != NULL, "JSON has %s", keys[i]);
+  free(buf);
+}
+
 static void test_refusals(void) {
   char *err = NULL;
   CHECK(plan("mlp", "batch=32", "node4.cluster", 3, 3, NULL, &err) == NULL && strstr(err, "needs 9 devices"),
@@ -219,6 +277,7 @@ int main(int argc, char **argv) {
   test_moe();
   test_memory();
   test_brute_force();
+  test_json();
   test_refusals();
   arena_reset();
   return test_summary();

@@ -1,0 +1,44 @@
+#!/bin/sh
+# test_plan_cli.sh CARVE TESTS_DIR: `carve plan` from the command line: a plan
+# is printed and written; bad clusters, meshes and options are refused with
+# a message and the right exit status. Prints "N passed, M failed".
+set -u
+carve=$1
+dir=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+# expect STATUS PATTERN ARGS...: exit status and a pattern in stdout+stderr
+expect() {
+  want=$1
+  pattern=$2
+  shift 2
+  "$carve" "$@" >"$tmp/out" 2>&1
+  got=$?
+  if [ "$got" -eq "$want" ] && grep -q -- "$pattern" "$tmp/out"; then
+    pass=$((pass + 1))
+  else
+    fail=$((fail + 1))
+    echo "FAILED: carve $*: status $got (want $want), output:"
+    sed 's/^/  | /' "$tmp/out" | head -8
+  fi
+}
+node4=$dir/clusters/node4.cluster
+expect 0 "predicted step" plan mlp --cluster "$node4" --mesh 1x4 --intra-only
+expect 0 "all-reduce" plan mlp --set batch=32,hidden=256 --cluster "$node4" --mesh 4 --intra-only
+expect 0 '"collectives"' plan mlp --cluster "$node4" --mesh 2x2 --intra-only --json -o "$tmp/plan"
+[ -s "$tmp/plan/plan.json" ] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAILED: no plan.json written"; }
+expect 0 "ZeRO stage 3" plan mlp --cluster "$node4" --mesh 1x4 --intra-only --zero 3
+expect 0 "\"mesh\": \[64, 8\]" plan gpt --preset gpt-tiny --cluster dgx-a100 --nodes 64 --mesh 64x8 --intra-only --json
+expect 0 "dgx-a100" cluster dgx-a100
+expect 1 "needs 9 devices" plan mlp --cluster "$node4" --mesh 3x3 --intra-only
+expect 1 "unknown cluster" plan mlp --cluster no-such-machine --mesh 2 --intra-only
+expect 2 "add --intra-only" plan mlp --cluster "$node4"
+expect 2 "which cluster" plan mlp --intra-only
+expect 2 "expects AxB" plan mlp --cluster "$node4" --mesh 2y2 --intra-only
+expect 2 "--zero is auto" plan mlp --cluster "$node4" --intra-only --zero 7
+expect 1 "cannot be split" plan mlp --set batch=6 --cluster "$node4" --mesh 4 --intra-only --force-dp
+expect 1 "does not fit" plan gpt --set batch=8,seq=64,hidden=2048,heads=16,layers=24,vocab=256 --cluster "$node4" --mesh 4 --intra-only
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
