@@ -1095,3 +1095,29 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
   if (getenv("CARVE_DEBUG_ILP")) dump_problem(&P, &S, err);
   return assemble(&P, &S, cl, o);
 }
+
+/* Every n0 x n1 mesh of all the cluster's devices, each planned; the fastest
+ * is returned. With `log`, one line per mesh tried. */
+Plan *plan_best_mesh(const Graph *g, const Cluster *cl, const PlanOptions *o, FILE *log, FILE *err) {
+  int total = cluster_devices(cl);
+  Plan *best = NULL;
+  char *why = NULL;
+  size_t whylen = 0;
+  for (int n0 = 1; n0 <= total; n0++) {
+    if (total % n0) continue;
+    Mesh me;
+    if (!mesh_make(cl, n0, total / n0, o->mixed, &me, err)) continue;
+    FILE *quiet = open_memstream(&why, &whylen);
+    Plan *p = plan_intra(g, cl, &me, o, quiet);
+    fclose(quiet);
+    if (log)
+      fprintf(log, "mesh %dx%d: %s\n", n0, total / n0,
+              p ? arena_printf("%.4g s per step", p->compute_s + p->comm_s) : "no plan fits");
+    if (p && (!best || p->objective < best->objective)) best = p;
+    if (!p && n0 == total && !best) fputs(why, err); /* explain with the last mesh */
+    free(why);
+    why = NULL;
+  }
+  if (log && best) fprintf(log, "best: %dx%d\n\n", best->mesh.n[0], best->mesh.n[1]);
+  return best;
+}

@@ -108,6 +108,8 @@ typedef struct Plan {
 /* Plans the training graph g on mesh m. Returns NULL after printing why
  * (no strategy fits in memory: the message gives the best plan's need). */
 Plan *plan_intra(const Graph *g, const Cluster *c, const Mesh *m, const PlanOptions *o, FILE *err);
+/* Tries every n0 x n1 mesh of all devices and keeps the fastest plan. */
+Plan *plan_best_mesh(const Graph *g, const Cluster *c, const PlanOptions *o, FILE *log, FILE *err);
 void plan_report(const Plan *p, FILE *out);
 void plan_json(const Plan *p, FILE *out);
 

@@ -16,7 +16,7 @@ static void help(void) {
          "strategies, minimising compute plus communication time under the device memory.\n\n"
          "  --cluster NAME|FILE    a shipped cluster (dgx-a100, dgx-h100, p3-16xlarge, local) or a file\n"
          "  --nodes N  --devices-per-node N   resize the cluster\n"
-         "  --mesh AxB | N         the logical mesh (default: 1 x all devices)\n"
+         "  --mesh AxB | N         the logical mesh (default: try every n0 x n1 of all devices, keep the best)\n"
          "  --intra-only           only the intra-operator pass (the one this version has)\n"
          "  --zero auto|0|1|2|3    ZeRO stage (default auto: the lowest that fits)\n"
          "  --force-dp             split only the batch dim (pure data parallelism)\n"
@@ -127,8 +127,6 @@ int cmd_plan(int argc, char **argv) {
     }
     po.mixed = !strcmp(precision, "mixed");
   }
-  Mesh me;
-  if (!mesh_make(cl, n0, n1, po.mixed, &me, stderr)) goto done;
   Diag d;
   diag_init(&d, stderr);
   Graph *g = frontend_load(model_resolve(model), &eo, &d);
@@ -137,7 +135,14 @@ int cmd_plan(int argc, char **argv) {
     goto done;
   }
   if (!autodiff(g, 1, stderr)) goto done;
-  Plan *p = plan_intra(g, cl, &me, &po, stderr);
+  Plan *p = NULL;
+  if (mesh) {
+    Mesh me;
+    if (!mesh_make(cl, n0, n1, po.mixed, &me, stderr)) goto done;
+    p = plan_intra(g, cl, &me, &po, stderr);
+  } else {
+    p = plan_best_mesh(g, cl, &po, json ? NULL : stdout, stderr);
+  }
   if (!p) goto done;
   if (json)
     plan_json(p, stdout);
