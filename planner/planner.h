@@ -131,3 +131,115 @@ const IlpInstance *plan_last_instance(void);
 double ilp_brute_force(const IlpInstance *inst, double *combos);
 
 #endif
+
+/* ======================================================================
+ * planner/schedule.c: pipeline schedules as data
+ * ====================================================================== */
+
+typedef enum { SCHED_GPIPE, SCHED_1F1B, SCHED_INTERLEAVED, SCHED_ZB_H1, SCHED_KINDS } SchedKind;
+extern const char *const sched_names[SCHED_KINDS]; /* "gpipe", "1f1b", "interleaved", "zb-h1" */
+
+/* Work of one (stage, microbatch): forward, backward (input and weight
+ * gradients together), or, in zero-bubble schedules, backward for the input
+ * gradient (B) and for the weight gradient (W) separately. */
+typedef enum { TASK_F, TASK_B, TASK_W } TaskPhase;
+
+typedef struct Task {
+  int stage; /* virtual stage 0 .. p*v-1; device = stage % p */
+  int mb;    /* microbatch 0 .. m-1 */
+  TaskPhase phase;
+} Task;
+
+typedef struct Schedule {
+  SchedKind kind;
+  int p;        /* devices (pipeline ranks) */
+  int v;        /* model chunks per device (interleaved; 1 otherwise) */
+  int m;        /* microbatches */
+  bool split_w; /* backward split into B and W */
+  int *ntasks;  /* per device */
+  Task **order; /* per device: its tasks in execution order */
+} Schedule;
+
+/* Builds a schedule; NULL with a message when the combination is invalid
+ * (interleaved needs v >= 2 and m a multiple of p). */
+Schedule *schedule_make(SchedKind kind, int p, int m, int v, FILE *err);
+/* Invariants: every (stage, mb) has exactly one F and one B (and one W when
+ * split), on the device that owns the stage; on each device F precedes B
+ * precedes W for each (stage, mb); and the lists can all run to completion
+ * under the cross-stage dependencies (no deadlock). False and a reason. */
+bool schedule_check(const Schedule *s, char *why, size_t n);
+/* The largest number of microbatches whose forward ran and whose backward
+ * (B) has not, on device d, over the schedule. */
+int schedule_max_inflight(const Schedule *s, int d);
+
+/* ======================================================================
+ * planner/simulate.c: one training step, event by event
+ * ====================================================================== */
+
+typedef struct SimInput {
+  const Schedule *sched;
+  const double *t_f, *t_b, *t_w; /* per virtual stage, seconds per microbatch;
+                                    t_w used only when the schedule splits W
+                                    (otherwise t_b includes the weight gradient) */
+  const double *t_p2p;           /* per stage boundary s -> s+1 (p*v-1 entries), seconds; may be NULL */
+  const double *act_bytes;       /* per virtual stage: activations one microbatch keeps; may be NULL */
+  double t_tail;                 /* after the last task of a device: gradient sync and optimizer */
+} SimInput;
+
+typedef struct SimEvent {
+  int device;
+  Task task;      /* phase TASK_F/B/W; for transfers, the task they feed */
+  bool transfer;  /* a point-to-point transfer rather than compute */
+  double start, end;
+} SimEvent;
+
+typedef struct SimResult {
+  double step_s;        /* until every device has finished, tail included */
+  double bubble;        /* idle fraction of device time before the tail */
+  double *busy_s;       /* per device */
+  double *peak_act;     /* per device: peak bytes of kept activations */
+  SimEvent *events;
+  int nevents;
+} SimResult;
+
+bool simulate(const SimInput *in, SimResult *out, FILE *err);
+/* Chrome/Perfetto trace: one track per device, compute and transfers. */
+bool sim_trace_write(const SimResult *r, const char *path, FILE *err);
+
+/* ======================================================================
+ * planner/stages.c: cutting the layers into pipeline stages
+ * ====================================================================== */
+
+/* The stage DP works on abstract costs: cost(i, j, k) is the time of one
+ * microbatch (forward and backward) of layers i..j on submesh k, or a
+ * negative number when that stage does not fit in memory. */
+typedef double (*StageCostFn)(void *ctx, int first, int last, int submesh);
+
+typedef struct StageProblem {
+  int layers;           /* L */
+  int nsub;             /* submesh choices */
+  const int *sub_devs;  /* devices in each submesh choice */
+  int devices;          /* D: the stages' submeshes must use exactly D devices */
+  int microbatches;     /* B */
+  StageCostFn cost;
+  void *ctx;
+} StageProblem;
+
+typedef struct Stage {
+  int first, last; /* layers */
+  int submesh;
+  double t;        /* cost(first, last, submesh) */
+} Stage;
+
+/* Minimises  sum_i t_i + (B - 1) max_i t_i  over partitions of the layers
+ * into consecutive stages and a submesh per stage, using all D devices.
+ * Returns the total (or -1 if nothing is feasible) and the stages. */
+double stage_dp(const StageProblem *sp, Stage *out, int *nstages);
+/* The same by enumeration, for tests (small L and D only). */
+double stage_brute_force(const StageProblem *sp);
+
+/* Layers of a training graph: each forward node's layer for pipelining.
+ * Repeat iterations are layers; nodes before the first join it, nodes after
+ * the last join it. A graph without repeat blocks is cut into `want` layers
+ * of balanced FLOPs (at most its number of heavy ops). Returns the count. */
+int graph_layers(const Graph *g, int want, int *layer_of);

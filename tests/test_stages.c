@@ -1,0 +1,99 @@
+/* test_stages.c: the pipeline-stage DP against brute force over every
+ * partition and submesh assignment, on random instances (layers 4-8, one or
+ * two nodes of 1-4 devices, microbatches 1-16, some stages out of memory);
+ * and how a graph's nodes are grouped into layers. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "planner.h"
+
+typedef struct Inst {
+  int L, nsub;
+  double w[16]; /* per-layer work */
+  int devs[8];
+  uint64_t seed;
+} Inst;
+
+/* A cost that scales sublinearly with devices, with noise, and sometimes
+ * does not fit (negative) when a long span meets a small submesh. */
+static double cost(void *ctx, int i, int j, int k) {
+  const Inst *in = ctx;
+  double work = 0;
+  for (int l = i; l <= j; l++) work += in->w[l];
+  uint64_t h = rng_u64(in->seed, (uint64_t)((i * 16 + j) * 8 + k));
+  if ((j - i + 1) > 2 * in->devs[k] && h % 4 == 0) return -1;
+  return work / pow(in->devs[k], 0.8) + 0.05 * (double)(h % 100) / 100.0;
+}
+
+static void test_random(void) {
+  int worst_stages = 0;
+  for (int t = 0; t < 300; t++) {
+    Inst in = {.seed = (uint64_t)t + 1};
+    in.L = 4 + (int)(rng_u64(77, (uint64_t)t) % 5);
+    int nodes = 1 + (int)(rng_u64(78, (uint64_t)t) % 2), dpn = 1 + (int)(rng_u64(79, (uint64_t)t) % 4);
+    for (int l = 0; l < in.L; l++) in.w[l] = 0.5 + rng_uniform(80, (uint64_t)(t * 16 + l));
+    for (int k = 1; k <= dpn; k++) /* parts of a node, then whole nodes */
+      if (dpn % k == 0) in.devs[in.nsub++] = k;
+    if (nodes > 1) in.devs[in.nsub++] = nodes * dpn;
+    int B = 1 + (int)(rng_u64(81, (uint64_t)t) % 16);
+    StageProblem sp = {in.L, in.nsub, in.devs, nodes * dpn, B, cost, &in};
+    Stage st[16];
+    int ns = 0;
+    double dp = stage_dp(&sp, st, &ns), bf = stage_brute_force(&sp);
+    CHECK((dp < 0 && bf < 0) || fabs(dp - bf) <= 1e-9 * fabs(bf),
+          "instance %d (L=%d, D=%d, B=%d): DP %.9g, brute force %.9g", t, in.L, nodes * dpn, B, dp, bf);
+    if (dp < 0) continue;
+    int next = 0, devices = 0;
+    double sum = 0, mx = 0;
+    for (int s = 0; s < ns; s++) {
+      CHECK(st[s].first == next && st[s].last >= st[s].first, "stages are consecutive");
+      next = st[s].last + 1;
+      devices += in.devs[st[s].submesh];
+      sum += st[s].t, mx = fmax(mx, st[s].t);
+    }
+    CHECK(next == in.L && devices == nodes * dpn, "stages cover the layers and use every device");
+    CHECK(fabs(sum + (B - 1) * mx - dp) <= 1e-9 * dp, "the stages' own total is the returned one");
+    if (ns > worst_stages) worst_stages = ns;
+  }
+  printf("300 random instances: the DP equals brute force; up to %d stages\n", worst_stages);
+}
+
+static void test_layers(void) {
+  Diag d;
+  diag_init(&d, stderr);
+  Graph *g = frontend_load(model_resolve("gpt"), &(ElabOptions){.preset = "gpt-tiny"}, &d);
+  CHECK(g != NULL, "gpt-tiny");
+  if (!g) return;
+  int *lay = xmalloc(sizeof(int) * (size_t)g->nfwd);
+  int L = graph_layers(g, 0, lay);
+  CHECK(L == 2, "gpt-tiny has 2 layers (%d)", L);
+  int first_einsum = -1, last = g->nfwd - 1;
+  for (int i = 0; i < g->nfwd && first_einsum < 0; i++)
+    if (g->nodes[i]->op == OP_EINSUM) first_einsum = i;
+  CHECK(lay[0] == 0 && lay[last] == L - 1, "the embedding joins the first layer, the head the last");
+  bool monotone = true;
+  for (int i = 1; i < g->nfwd; i++) monotone &= lay[i] >= lay[i - 1] || g->nodes[i]->op == OP_PARAM;
+  CHECK(monotone, "layers do not go backwards along the graph");
+  free(lay);
+  const char *text =
+      "dim b = 8, h = 64\ninput x[b, h]\nparam w1[h, h]\nparam w2[h, h]\nparam w3[h, h]\nparam w4[h, h]\n"
+      "y = einsum(\"b i, i j -> b j\", einsum(\"b i, i j -> b j\", x, w1), w2)\n"
+      "z = einsum(\"b i, i j -> b j\", einsum(\"b i, i j -> b j\", y, w3), w4)\nloss = mse(z, x)\n";
+  Graph *f = frontend_load_text("flat", text, strlen(text), NULL, &d);
+  CHECK(f != NULL, "a graph without repeat blocks");
+  if (!f) return;
+  lay = xmalloc(sizeof(int) * (size_t)f->nfwd);
+  int n2 = graph_layers(f, 2, lay), n9 = graph_layers(f, 9, lay);
+  CHECK(n2 == 2, "cut into 2 layers of balanced FLOPs (%d)", n2);
+  CHECK(n9 == 4, "never more layers than einsums (%d)", n9);
+  free(lay);
+}
+
+int main(void) {
+  test_random();
+  test_layers();
+  arena_reset();
+  return test_summary();
+}
