@@ -234,10 +234,12 @@ int cmd_check(int argc, char **argv) {
   return rc;
 }
 
-static Program *compile(Opts *o, const char *dflt, const char *dflt_preset) {
+/* Model -> training graph (per microbatch) -> program; *graph gets the graph. */
+static Program *compile(Opts *o, const char *dflt, const char *dflt_preset, Graph **graph) {
   if (!o->model && dflt && !o->elab.preset) o->elab.preset = dflt_preset;
   Graph *g = load_model(o, dflt);
   if (!g || !autodiff(g, o->train.microbatches, stderr)) return NULL;
+  if (graph) *graph = g;
   return codegen(g, &o->train, o->seed);
 }
 
@@ -266,7 +268,7 @@ int cmd_compile(int argc, char **argv) {
   }
   if (!parse_opts(argc, argv, "mto", &o)) return free_opts(&o), 2;
   if (!o.out) return free_opts(&o), usage_error("compile", "where to? give -o DIR");
-  Program *p = compile(&o, NULL, NULL);
+  Program *p = compile(&o, NULL, NULL, NULL);
   int rc = 1;
   if (p) {
     if (mkdir(o.out, 0777) != 0 && errno != EEXIST) {
@@ -330,18 +332,17 @@ int cmd_train(int argc, char **argv) {
     return 0;
   }
   if (!parse_opts(argc, argv, "mtr", &o)) return free_opts(&o), 2;
-  Program *p = compile(&o, "gpt", "gpt-tiny");
+  Graph *g = NULL;
+  Program *p = compile(&o, "gpt", "gpt-tiny", &g);
   int rc = 1;
   if (p) {
     if (!o.quiet) {
-      Diag d;
-      diag_init(&d, stderr);
-      Graph *g = load_model(&o, NULL);
-      if (g && autodiff(g, o.train.microbatches, stderr)) {
-        Summary s;
-        summarize(g, &s);
-        summary_print(g, &s, stdout);
-      }
+      Summary s;
+      summarize(g, &s);
+      summary_print(g, &s, stdout);
+      if (o.train.microbatches > 1)
+        printf("  (per microbatch: a step runs %d microbatches of batch %lld)\n", o.train.microbatches,
+               (long long)graph_dim(g, "batch", 0));
     }
     rc = run_program(&o, p);
   }
