@@ -130,8 +130,6 @@ const IlpInstance *plan_last_instance(void);
  * none fits; sets *combos to the number of assignments tried. */
 double ilp_brute_force(const IlpInstance *inst, double *combos);
 
-#endif
-
 /* ======================================================================
  * planner/schedule.c: pipeline schedules as data
  * ====================================================================== */
@@ -243,3 +241,5 @@ double stage_brute_force(const StageProblem *sp);
  * the last join it. A graph without repeat blocks is cut into `want` layers
  * of balanced FLOPs (at most its number of heavy ops). Returns the count. */
 int graph_layers(const Graph *g, int want, int *layer_of);
+
+#endif

@@ -1,0 +1,233 @@
+/* simulate.c: one training step of a pipeline schedule, event by event, and
+ * its Chrome/Perfetto trace.
+ *
+ * Each device runs its task list strictly in order. A task starts when its
+ * device is free and every producer's output has arrived:
+ *
+ *   start(t) = max(end of the device's previous task, arrival of each input)
+ *   F(s, j)  needs F(s-1, j);
+ *   B(s, j)  needs F(s, j) and B(s+1, j) (B of the last stage only its F);
+ *   W(s, j)  needs B(s, j);
+ *
+ * the same rules schedule_check uses. An input made on another device
+ * (F(s-1) -> F(s), B(s+1) -> B(s)) arrives t_p2p[boundary] after its
+ * producer ends, where the boundary is the lower of the two stages; this is
+ * recorded as a transfer event. An input made on the same device (F -> B,
+ * B -> W, or neighbouring stages on one device when p = 1) arrives when its
+ * producer ends. F takes t_f[s], B t_b[s] (the whole backward unless the
+ * schedule splits W), W t_w[s]. Transfers overlap compute: they occupy a
+ * link, not the device, and links are not shared (no contention).
+ *
+ * Each start depends only on the device's previous task and the producers,
+ * so the times do not depend on the order in which devices are advanced: the
+ * simulator sweeps the devices, running each as far as its inputs allow,
+ * until all are done (schedule_check has ruled out deadlock first).
+ *
+ * Results: finish(d) is the end of device d's last task; every device then
+ * spends t_tail (gradient sync, optimizer), so step = max_d finish(d) +
+ * t_tail. bubble = 1 - sum_d busy(d) / (p max_d finish(d)): idle over total
+ * device time before the tail (REFERENCE's (p-1)/m is idle over busy time,
+ * bubble / (1 - bubble) here). Activations of (s, j) are taken when F(s, j)
+ * starts and released when its backward ends: at B's end, or at W's end when
+ * the schedule splits W, because the weight gradient (x^T dy) still reads the
+ * stage's inputs; the peak is thus an upper bound for split schedules, where
+ * B may free part of them earlier. Results live in the arena. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+static const char phase_letter[3] = {'F', 'B', 'W'};
+
+typedef struct Sim {
+  const SimInput *in;
+  const Schedule *s;
+  int S;        /* virtual stages */
+  double *end;  /* [phase][stage][mb]: when the task ended; < 0 before it ran */
+  double *free; /* per device: when its previous task ended */
+  int *next;    /* per device: index of its next task */
+  SimResult *r;
+} Sim;
+
+static int slot(const Sim *x, Task t) { return ((int)t.phase * x->S + t.stage) * x->s->m + t.mb; }
+
+/* The tasks t waits for; the same rules as schedule.c's producers(). */
+static int producers(Task t, int S, Task dep[2]) {
+  int n = 0;
+  if (t.phase == TASK_F && t.stage > 0) dep[n++] = (Task){t.stage - 1, t.mb, TASK_F};
+  if (t.phase == TASK_B) dep[n++] = (Task){t.stage, t.mb, TASK_F};
+  if (t.phase == TASK_B && t.stage < S - 1) dep[n++] = (Task){t.stage + 1, t.mb, TASK_B};
+  if (t.phase == TASK_W) dep[n++] = (Task){t.stage, t.mb, TASK_B};
+  return n;
+}
+
+static double duration(const Sim *x, Task t) {
+  const double *a = t.phase == TASK_F ? x->in->t_f : t.phase == TASK_B ? x->in->t_b : x->in->t_w;
+  return a[t.stage];
+}
+
+/* Transfer time of dep's output to the device running t: 0 on one device. */
+static double p2p(const Sim *x, Task dep, Task t) {
+  if (dep.stage % x->s->p == t.stage % x->s->p || !x->in->t_p2p) return 0;
+  return x->in->t_p2p[dep.stage < t.stage ? dep.stage : t.stage];
+}
+
+static void add_event(Sim *x, int d, Task t, bool transfer, double start, double end) {
+  x->r->events[x->r->nevents++] = (SimEvent){d, t, transfer, start, end};
+}
+
+/* Runs device d's next task if its inputs have arrived. */
+static bool run_next(Sim *x, int d) {
+  Task t = x->s->order[d][x->next[d]], dep[2];
+  int n = producers(t, x->S, dep);
+  double start = x->free[d];
+  for (int i = 0; i < n; i++) {
+    double e = x->end[slot(x, dep[i])];
+    if (e < 0) return false;
+    if (e + p2p(x, dep[i], t) > start) start = e + p2p(x, dep[i], t);
+  }
+  for (int i = 0; i < n; i++) {
+    double e = x->end[slot(x, dep[i])], c = p2p(x, dep[i], t);
+    if (c > 0) add_event(x, d, t, true, e, e + c);
+  }
+  double dur = duration(x, t);
+  add_event(x, d, t, false, start, start + dur);
+  x->end[slot(x, t)] = x->free[d] = start + dur;
+  x->r->busy_s[d] += dur;
+  x->next[d]++;
+  return true;
+}
+
+static void run_all(Sim *x) {
+  const Schedule *s = x->s;
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int d = 0; d < s->p; d++)
+      while (x->next[d] < s->ntasks[d] && run_next(x, d)) progress = true;
+  }
+  for (int d = 0; d < s->p; d++) CARVE_ASSERT(x->next[d] == s->ntasks[d], "a checked schedule cannot deadlock");
+}
+
+/* Kept activations follow each device's list order: taken at F's start,
+ * released at the end of B (or of W when split). */
+static void peak_activations(const Sim *x) {
+  const Schedule *s = x->s;
+  TaskPhase release = s->split_w ? TASK_W : TASK_B;
+  for (int d = 0; d < s->p && x->in->act_bytes; d++) {
+    double now = 0, peak = 0;
+    for (int i = 0; i < s->ntasks[d]; i++) {
+      Task t = s->order[d][i];
+      if (t.phase == TASK_F) now += x->in->act_bytes[t.stage];
+      if (now > peak) peak = now;
+      if (t.phase == release) now -= x->in->act_bytes[t.stage];
+    }
+    x->r->peak_act[d] = peak;
+  }
+}
+
+static bool bad_times(const double *a, int n, const char *what, FILE *err) {
+  if (!a) {
+    fprintf(err, "carve: error: simulate: no %s times\n", what);
+    return true;
+  }
+  for (int i = 0; i < n; i++)
+    if (!(a[i] >= 0) || !isfinite(a[i])) {
+      fprintf(err, "carve: error: simulate: %s time of stage %d is %g (need a finite time >= 0)\n", what, i, a[i]);
+      return true;
+    }
+  return false;
+}
+
+static bool valid_input(const SimInput *in, FILE *err) {
+  char why[256];
+  if (!in->sched || !schedule_check(in->sched, why, sizeof why)) {
+    fprintf(err, "carve: error: simulate: invalid schedule: %s\n", in->sched ? why : "none given");
+    return false;
+  }
+  int S = in->sched->p * in->sched->v;
+  if (bad_times(in->t_f, S, "forward", err) || bad_times(in->t_b, S, "backward", err)) return false;
+  if (in->sched->split_w && bad_times(in->t_w, S, "weight-gradient", err)) return false;
+  if (in->t_p2p && bad_times(in->t_p2p, S - 1, "point-to-point", err)) return false;
+  if (!(in->t_tail >= 0) || !isfinite(in->t_tail)) {
+    fprintf(err, "carve: error: simulate: tail time is %g (need a finite time >= 0)\n", in->t_tail);
+    return false;
+  }
+  return true;
+}
+
+bool simulate(const SimInput *in, SimResult *out, FILE *err) {
+  memset(out, 0, sizeof *out); /* a refused input leaves an empty result */
+  if (!valid_input(in, err)) return false;
+  const Schedule *s = in->sched;
+  Sim x = {.in = in, .s = s, .S = s->p * s->v, .r = out};
+  size_t slots = (size_t)3 * (size_t)x.S * (size_t)s->m;
+  int ntasks = 0;
+  for (int d = 0; d < s->p; d++) ntasks += s->ntasks[d];
+  out->busy_s = arena_alloc(sizeof(double) * (size_t)s->p);
+  out->peak_act = arena_alloc(sizeof(double) * (size_t)s->p);
+  /* at most one compute event per task and one transfer per F and B input */
+  out->events = arena_alloc(sizeof(SimEvent) * ((size_t)ntasks + 2 * (size_t)x.S * (size_t)s->m));
+  x.end = xmalloc(slots * sizeof(double));
+  for (size_t i = 0; i < slots; i++) x.end[i] = -1;
+  x.free = xcalloc((size_t)s->p, sizeof(double));
+  x.next = xcalloc((size_t)s->p, sizeof(int));
+  run_all(&x);
+  double finish = 0, busy = 0;
+  for (int d = 0; d < s->p; d++) {
+    finish = fmax(finish, x.free[d]);
+    busy += out->busy_s[d];
+  }
+  out->step_s = finish + in->t_tail;
+  out->bubble = finish > 0 ? 1 - busy / (s->p * finish) : 0;
+  peak_activations(&x);
+  free(x.end);
+  free(x.free);
+  free(x.next);
+  return true;
+}
+
+/* ---------------------------------------------------------------- trace */
+
+/* pid 0 holds compute, pid 1 transfers (named by the task they feed); tid is
+ * the device. Times in microseconds. */
+static void write_trace(const SimResult *r, FILE *f) {
+  int p = 0;
+  for (int i = 0; i < r->nevents; i++)
+    if (r->events[i].device + 1 > p) p = r->events[i].device + 1;
+  fprintf(f, "{\"traceEvents\":[\n");
+  fprintf(f, "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":0,\"args\":{\"name\":\"compute\"}},\n");
+  fprintf(f, "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":1,\"args\":{\"name\":\"transfers\"}}");
+  for (int pid = 0; pid < 2; pid++)
+    for (int d = 0; d < p; d++)
+      fprintf(f, ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{\"name\":\"device %d\"}}",
+              pid, d, d);
+  for (int i = 0; i < r->nevents; i++) {
+    const SimEvent *e = &r->events[i];
+    fprintf(f,
+            ",\n{\"name\":\"%s%c s%d mb%d\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,"
+            "\"dur\":%.3f}",
+            e->transfer ? "to " : "", phase_letter[e->task.phase], e->task.stage, e->task.mb,
+            e->transfer ? "p2p" : "compute", e->transfer ? 1 : 0, e->device, e->start * 1e6, (e->end - e->start) * 1e6);
+  }
+  fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
+}
+
+bool sim_trace_write(const SimResult *r, const char *path, FILE *err) {
+  /* write to a temporary name, then rename: a reader never sees half a file */
+  const char *tmp = arena_printf("%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  bool ok = f != NULL;
+  if (ok) {
+    write_trace(r, f);
+    ok = !ferror(f);
+    ok &= fclose(f) == 0;
+  }
+  if (ok) ok = rename(tmp, path) == 0;
+  if (!ok) {
+    fprintf(err, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
+    remove(tmp);
+  }
+  return ok;
+}
