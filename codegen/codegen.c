@@ -108,15 +108,22 @@ static void emit_node(CG *C, const Node *n, int mb) {
  * first microbatch the node wrote the accumulator itself. */
 static void emit_grad_fold(CG *C, int gradnode, int mb) {
   int p = C->final[gradnode];
-  if (p < 0) return;
-  if (C->buf[gradnode] != C->gacc[p]) { /* the gradient is read by other nodes: it has its own buffer */
-    Instr *in = emit(&C->step, mb == 0 ? OP_COPY : OP_ACC, C->gacc[p]);
+  if (p == -1) return;
+  if (p >= 0 && C->buf[gradnode] == C->gacc[p]) { /* written in place in the first microbatch */
+    if (mb > 0) {
+      Instr *in = emit(&C->step, OP_ACC, C->gacc[p]);
+      in->nin = 1;
+      in->in[0] = C->alt[gradnode];
+    }
+    return;
+  }
+  /* the gradient has its own buffer (read by other nodes, or shared by
+     several parameters): fold it into every parameter it belongs to */
+  for (int q = 0; q < C->g->nfwd; q++) {
+    if (C->g->grad[q] != gradnode) continue;
+    Instr *in = emit(&C->step, mb == 0 ? OP_COPY : OP_ACC, C->gacc[q]);
     in->nin = 1;
     in->in[0] = C->buf[gradnode];
-  } else if (mb > 0) {
-    Instr *in = emit(&C->step, OP_ACC, C->gacc[p]);
-    in->nin = 1;
-    in->in[0] = C->alt[gradnode];
   }
 }
 
@@ -256,8 +263,10 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
     C.final[i] = C.alt[i] = -1;
     for (int k = 0; k < g->nodes[i]->nin; k++) users[g->nodes[i]->in[k]]++;
   }
+  /* final[n]: the parameter whose gradient node n is; -2 when n is the
+     gradient of several parameters (z = a + b gives a and b the same one) */
   for (int i = 0; i < g->nfwd; i++)
-    if (g->grad[i] >= 0) C.final[g->grad[i]] = i;
+    if (g->grad[i] >= 0) C.final[g->grad[i]] = C.final[g->grad[i]] == -1 ? i : -2;
   for (int i = 0; i < g->n; i++)
     if (C.live[i] && g->nodes[i]->op == OP_EINSUM) p->flops_per_step += node_flops(g, g->nodes[i]) * t->microbatches;
   for (int i = 0; i < g->n; i++) {
@@ -265,7 +274,7 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
     C.buf[i] = C.gacc[i] = -1;
     if (!C.live[i] && n->op != OP_PARAM) continue;
     BufKind kind = n->op == OP_PARAM ? BUF_PARAM : n->op == OP_INPUT ? BUF_INPUT : BUF_ACT;
-    if (C.final[i] >= 0 && users[i] == 0 && n->op != OP_FILL) { /* writes the accumulator directly */
+    if (C.final[i] >= 0 && users[i] == 0 && n->op != OP_FILL) { /* writes its one accumulator directly */
       C.buf[i] = C.gacc[C.final[i]];
       if (t->microbatches > 1) C.alt[i] = new_buf(&C, n->name, n->dtype, &n->shape, BUF_ACT);
       continue;

@@ -163,12 +163,14 @@ static bool header_i64(Reader *R, const char *key, int64_t *v) {
 static bool parse_shape(const char *s, Shape *sh) {
   if (*s++ != '[') return false;
   sh->rank = 0;
+  int64_t total = 1; /* the element count must not overflow either */
   if (*s == ']') return s[1] == 0;
   for (;;) {
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
     if (end == s || errno || v < 1 || v > (1ll << 48) || sh->rank == MAXRANK) return false;
+    if (__builtin_mul_overflow(total, v, &total) || total > (1ll << 48)) return false;
     sh->d[sh->rank++] = v;
     if (*end == ']') return end[1] == 0;
     if (*end != ',') return false;

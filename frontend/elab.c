@@ -65,7 +65,8 @@ typedef struct Elab {
   int capnames, nnames;
   SufSlot *suf;
   int capsuf, nsuf;
-  int64_t work; /* statements elaborated: bounds what nested repeats may unroll */
+  int64_t work;    /* statements elaborated: bounds what nested repeats may unroll */
+  int layers_seen; /* iterations of the top-level repeat blocks so far */
 } Elab;
 
 /* ---------------------------------------------------------------- names */
@@ -1092,6 +1093,12 @@ static void stmt_decl(Elab *E, const Stmt *s) {
     }
     dn[i] = s->dims[i]->kind == EX_IDENT ? s->dims[i]->name : NULL;
   }
+  int64_t total = 1;
+  for (int i = 0; ok && i < s->ndims; i++)
+    if (__builtin_mul_overflow(total, shape.d[i], &total) || total > MAX_DIM_VALUE) {
+      diag_error(E->d, at, "'%s' has %s elements: more than 2^48", name, shape_str(&shape));
+      ok = false;
+    }
   DType dt = DT_F32;
   if (s->dtype) {
     if (strcmp(s->dtype, "i32") == 0)
@@ -1142,6 +1149,18 @@ static void stmt_assign(Elab *E, const Stmt *s) {
   } else {
     out[0] = eval_tensor(E, e);
   }
+  for (int id = before; id < E->g->n; id++) { /* element counts must stay far from overflow */
+    int64_t total = 1;
+    bool over = false;
+    for (int k = 0; k < E->g->nodes[id]->shape.rank; k++)
+      over |= __builtin_mul_overflow(total, E->g->nodes[id]->shape.d[k], &total) || total > MAX_DIM_VALUE;
+    if (over) {
+      diag_error(E->d, s->tok, "'%s' would have %s elements: more than 2^48", s->names[0],
+                 shape_str(&E->g->nodes[id]->shape));
+      out[0] = out[1] = POISON;
+      break;
+    }
+  }
   for (int i = 0; i < s->nnames && i < 2; i++) {
     /* The node a name is bound to takes the name itself when it is fresh. */
     if (out[i] >= before) node_of(E, out[i])->name = unique_name(E, s->names[i]);
@@ -1182,6 +1201,7 @@ static void stmt_repeat(Elab *E, const Stmt *s) {
   const char *outer = E->prefix;
   int outer_layer = E->layer;
   int errors = E->d->errors;
+  int first = outer_layer < 0 ? E->layers_seen : 0; /* layers run on across top-level blocks */
   for (int64_t it = 0; it < count && !E->stop; it++) {
     if (++E->work > MAX_WORK) {
       diag_error(E->d, s->tok, "the model is too large: its repeat blocks unroll to more than %d statements", MAX_WORK);
@@ -1189,7 +1209,7 @@ static void stmt_repeat(Elab *E, const Stmt *s) {
       break;
     }
     E->prefix = arena_printf("%s%s.%lld.", outer, base, (long long)it);
-    if (outer_layer < 0) E->layer = (int)it;
+    if (outer_layer < 0) E->layer = first + (int)it;
     E->scope++;
     elab_block(E, s->body, s->nbody);
     while (E->nsyms > 0 && E->syms[E->nsyms - 1].scope == E->scope) E->nsyms--;
@@ -1198,6 +1218,7 @@ static void stmt_repeat(Elab *E, const Stmt *s) {
   }
   E->prefix = outer;
   E->layer = outer_layer;
+  if (outer_layer < 0) E->layers_seen = first + (int)count;
 }
 
 static void stmt_if(Elab *E, const Stmt *s) {

@@ -47,6 +47,7 @@
  * reads (R_v), both ways (the gradient flows back); e is indexed by layouts,
  * not strategies, which keeps it small, and is integral whenever x is,
  * because its row and column sums are then 0 or 1 with one 1 each. */
+#include <float.h>
 #include <glpk.h>
 #include <math.h>
 #include <stdlib.h>
@@ -243,7 +244,8 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
   for (int i = 0; i < m->nd; i++)
     if (m->size[i] % split[i]) return false;
   if (st->a2a >= 0 && m->size[m->moe_e] % C->me->n[st->a2a]) return false;
-  if (C->o->batch_axis >= 0 && bdim >= 0 && st->ax[C->o->batch_axis] != bdim) return false;
+  if (C->o->batch_axis >= 0 && bdim >= 0 && C->me->n[C->o->batch_axis] > 1 && st->ax[C->o->batch_axis] != bdim)
+    return false;
   /* data parallel means the batch is split over every axis */
   for (int a = 0; a < 2 && C->o->force_dp && bdim >= 0; a++)
     if (C->me->n[a] > 1 && st->ax[a] != bdim) return false;
@@ -328,10 +330,11 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
     if (!(axes >> a & 1)) continue;
     if (C->zero == 0) {
       comm(C, acc, COLL_ALL_REDUCE, a, e * G, PHASE_BACKWARD, u->name);
-    } else {
+    } else { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
       comm(C, acc, COLL_REDUCE_SCATTER, a, e * G, PHASE_BACKWARD, u->name);
       comm(C, acc, COLL_ALL_GATHER, a, e * P, C->zero >= 3 ? PHASE_FORWARD : PHASE_UPDATE, u->name);
       if (C->zero >= 3) comm(C, acc, COLL_ALL_GATHER, a, e * P, PHASE_BACKWARD, u->name);
+      e /= C->me->n[a];
     }
   }
 }
@@ -561,7 +564,7 @@ static int new_var(Problem *P, int leader, const char *key, const OpModel *layou
   x->layout_model = layout_model;
   Strategy buf[MAXSTRAT];
   const OpModel *m = layout_model ? layout_model : &P->model[leader];
-  x->ns = enumerate(&P->C, m, layout_model ? -1 : batch_idim(P->C.g, P->C.g->nodes[leader], m), buf, MAXSTRAT);
+  x->ns = enumerate(&P->C, m, batch_idim(P->C.g, P->C.g->nodes[leader], m), buf, MAXSTRAT);
   x->st = arena_alloc(sizeof(Strategy) * (size_t)(x->ns + 1));
   memcpy(x->st, buf, sizeof(Strategy) * (size_t)x->ns);
   x->cost = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
@@ -778,9 +781,18 @@ static void add_edges(Problem *P) {
 typedef struct Solution {
   int *choice; /* per variable */
   double objective, gap, seconds;
-  bool optimal, feasible;
+  bool optimal, feasible, timed_out;
   int cols, binaries, rows;
 } Solution;
+
+/* GLPK's search calls this; the relative gap between the best plan found and
+ * the best bound is kept, for a search stopped by the time limit. */
+static void record_gap(glp_tree *tree, void *info) {
+  if (glp_ios_reason(tree) == GLP_IBINGO || glp_ios_reason(tree) == GLP_ISELECT) {
+    double gap = glp_ios_mip_gap(tree);
+    if (gap < DBL_MAX) *(double *)info = gap;
+  }
+}
 
 /* Builds and solves the ILP; with minimise_memory, the objective is the
  * memory sum instead and the memory row is left out (used to explain an
@@ -817,7 +829,10 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, boo
   int nrows = P->nvars + (minimise_memory ? 0 : 1);
   for (int e = 0; e < P->nedges; e++) nrows += P->edges[e].nl + P->edges[e].nm;
   glp_add_rows(lp, nrows);
-  int cap = ncols * 4 + 16, nz = 0;
+  int cap = 16, nz = 0; /* exact: one-hot and memory rows, then each edge's marginals */
+  for (int x = 0; x < P->nvars; x++) cap += 2 * P->vars[x].ns;
+  for (int e = 0; e < P->nedges; e++)
+    cap += 2 * P->edges[e].nl * P->edges[e].nm + P->vars[P->edges[e].u].ns + P->vars[P->edges[e].v].ns;
   int *ia = xmalloc(sizeof(int) * (size_t)(cap + 1)), *ja = xmalloc(sizeof(int) * (size_t)(cap + 1));
   double *ar = xmalloc(sizeof(double) * (size_t)(cap + 1));
 #define NZ(r, c, v) (nz++, ia[nz] = (r), ja[nz] = (c), ar[nz] = (v))
@@ -855,12 +870,16 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, boo
   glp_init_iocp(&parm);
   parm.presolve = GLP_ON;
   parm.msg_lev = GLP_MSG_OFF;
-  parm.tm_lim = (int)(time_limit * 1000);
+  parm.tm_lim = (int)fmin(time_limit * 1000, 2e9);
   parm.mip_gap = 1e-6;
+  parm.cb_func = record_gap;
+  parm.cb_info = &S.gap;
+  S.gap = 1;
   int rc = glp_intopt(lp, &parm);
   int status = glp_mip_status(lp);
-  S.feasible = (rc == 0 || rc == GLP_ETMLIM) && (status == GLP_OPT || status == GLP_FEAS);
+  S.feasible = status == GLP_OPT || status == GLP_FEAS;
   S.optimal = status == GLP_OPT;
+  S.timed_out = rc == GLP_ETMLIM && !S.feasible;
   S.cols = ncols, S.rows = nrows;
   for (int x = 0; x < P->nvars; x++) S.binaries += P->vars[x].ns;
   if (S.feasible) {
@@ -870,7 +889,7 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, boo
       for (int s = 0; s < P->vars[x].ns; s++)
         if (glp_mip_col_val(lp, xcol[x] + s) > 0.5) S.choice[x] = s;
     }
-    S.gap = S.optimal ? 0 : fabs(S.objective - glp_get_obj_val(lp)) / fmax(fabs(S.objective), 1e-30);
+    if (S.optimal) S.gap = 0;
   }
   glp_delete_prob(lp);
   S.seconds = now_seconds() - t0;
@@ -1086,6 +1105,13 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
     add_edges(&P);
     S = solve(&P, me->memory, o->time_limit > 0 ? o->time_limit : 60, false);
     if (S.feasible) break;
+    if (S.timed_out) {
+      fprintf(err,
+              "carve: error: the solver found no plan within the time limit (%g s) on the %dx%d mesh; "
+              "give it more with --time-limit\n",
+              o->time_limit > 0 ? o->time_limit : 60, me->n[0], me->n[1]);
+      return NULL;
+    }
   }
   if (!S.feasible) {
     explain_infeasible(&P, me, err);
@@ -1110,9 +1136,15 @@ Plan *plan_best_mesh(const Graph *g, const Cluster *cl, const PlanOptions *o, FI
     FILE *quiet = open_memstream(&why, &whylen);
     Plan *p = plan_intra(g, cl, &me, o, quiet);
     fclose(quiet);
-    if (log)
-      fprintf(log, "mesh %dx%d: %s\n", n0, total / n0,
-              p ? arena_printf("%.4g s per step", p->compute_s + p->comm_s) : "no plan fits");
+    if (log) {
+      const char *reason = why && *why ? why : "no plan\n";
+      if (!strncmp(reason, "carve: error: ", 14)) reason += 14;
+      fprintf(log, "mesh %dx%d: ", n0, total / n0);
+      if (p)
+        fprintf(log, "%.4g s per step\n", p->compute_s + p->comm_s);
+      else
+        fprintf(log, "%.*s\n", (int)strcspn(reason, "\n"), reason);
+    }
     if (p && (!best || p->objective < best->objective)) best = p;
     if (!p && n0 == total && !best) fputs(why, err); /* explain with the last mesh */
     free(why);

@@ -139,12 +139,14 @@ double stage_brute_force(const StageProblem *sp) {
 int graph_layers(const Graph *g, int want, int *layer_of) {
   int n = g->nfwd, maxl = -1;
   for (int i = 0; i < n; i++) maxl = g->nodes[i]->layer > maxl ? g->nodes[i]->layer : maxl;
-  if (maxl >= 0) { /* repeat iterations; what stands outside joins the nearest */
-    bool seen_layer = false;
+  if (maxl >= 0) { /* repeat iterations (numbered across blocks); what stands
+                       between or after them joins the layer before it, what
+                       stands before the first joins the first */
+    int prev = 0;
     for (int i = 0; i < n; i++) {
       int l = g->nodes[i]->layer;
-      seen_layer |= l >= 0;
-      layer_of[i] = l >= 0 ? l : seen_layer ? maxl : 0;
+      if (l >= 0) prev = l;
+      layer_of[i] = l >= 0 ? l : prev;
     }
     return maxl + 1;
   }

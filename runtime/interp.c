@@ -94,7 +94,8 @@ static const char *check_instr(const Program *p, const Instr *in) {
   case OP_RMS_BWD_X:
     if (N(p, in->in[1]) != last(p, x) || (in->op == OP_LAYERNORM && N(p, in->in[2]) != last(p, x)))
       return "gain/bias size";
-    if (N(p, o) != N(p, x) || (in->nin == 3 && in->op != OP_LAYERNORM && N(p, in->in[2]) != N(p, x)))
+    if (N(p, o) != N(p, x) || last(p, o) != last(p, x) ||
+        (in->nin == 3 && in->op != OP_LAYERNORM && N(p, in->in[2]) != N(p, x)))
       return "shapes disagree";
     if (in->f[0] <= 0) return "eps must be positive";
     return NULL;

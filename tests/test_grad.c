@@ -69,6 +69,10 @@ static const Case cases[] = {
      "y = einsum(\"e c h, e h f -> e c f\", einsum(\"t e c, t h -> e c h\", dispatch, x), we)\n"
      "loss = mse(einsum(\"t e c, e c f -> t f\", combine, y), target)\n",
      "x,wr,we", 1e-3},
+    {"one gradient shared by two parameters",
+     "param a[8] ~ normal(0.1)\nparam b[8] ~ normal(0.1)\ninput x[8] ~ normal(1)\ninput t[8] ~ normal(1)\n"
+     "loss = mse((a + b) * x, t)\n",
+     "a,b", 1e-2},
     {"mse of two parameters", "param p[4, 2] ~ normal(1)\nparam q[4, 2] ~ normal(1)\nloss = mse(p, q)\n", "p,q", 1e-2},
 };
 

@@ -30,6 +30,7 @@ expect 0 "all-reduce" plan mlp --set batch=32,hidden=256 --cluster "$node4" --me
 expect 0 '"collectives"' plan mlp --cluster "$node4" --mesh 2x2 --intra-only --json -o "$tmp/plan"
 [ -s "$tmp/plan/plan.json" ] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAILED: no plan.json written"; }
 expect 0 "best: 2x2" plan mlp --set batch=512,hidden=256,layers=6 --cluster "$dir/clusters/two-nodes.cluster" --intra-only
+expect 0 "optimal" plan "$dir/planner/hub40.graph" --cluster "$node4" --mesh 2x2 --intra-only
 expect 0 "ZeRO stage 3" plan mlp --cluster "$node4" --mesh 1x4 --intra-only --zero 3
 expect 0 "\"mesh\": \[64, 8\]" plan gpt --preset gpt-tiny --cluster dgx-a100 --nodes 64 --mesh 64x8 --intra-only --json
 expect 0 "dgx-a100" cluster dgx-a100
