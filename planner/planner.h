@@ -242,4 +242,13 @@ double stage_brute_force(const StageProblem *sp);
  * of balanced FLOPs (at most its number of heavy ops). Returns the count. */
 int graph_layers(const Graph *g, int want, int *layer_of);
 
+/* The forward graph of one pipeline stage: the nodes of layers first..last.
+ * A parameter or input used in the span is copied in (a tied embedding is
+ * in both the first and the last stage); an activation from an earlier
+ * stage becomes an input "recv:NAME". When the span does not hold the loss,
+ * the loss is the sum of mse(out, "grad:NAME") over the activations later
+ * stages read: a stand-in for the gradient the next stage sends back, so
+ * that autodiff gives the stage's backward pass. */
+Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last);
+
 #endif

@@ -168,3 +168,86 @@ int graph_layers(const Graph *g, int want, int *layer_of) {
   }
   return cur + 1;
 }
+
+/* ---------------------------------------------------------------- stage graphs */
+
+static int copy_leaf(Graph *sg, const Node *u, int *map) {
+  if (map[u->id] < 0) {
+    Node *n = graph_add(sg, u->op, u->name);
+    int id = n->id;
+    *n = *u;
+    n->id = id;
+    map[u->id] = id;
+  }
+  return map[u->id];
+}
+
+/* An activation computed before the span arrives as an input. */
+static int receive(Graph *sg, const Node *u, int *map) {
+  if (map[u->id] < 0) {
+    Node *n = graph_add(sg, OP_INPUT, arena_printf("recv:%s", u->name));
+    n->shape = u->shape;
+    memcpy(n->dimname, u->dimname, sizeof n->dimname);
+    n->dtype = u->dtype;
+    n->layer = u->layer;
+    n->init = SRC_NORMAL;
+    n->init_a = 1;
+    map[u->id] = n->id;
+  }
+  return map[u->id];
+}
+
+/* loss = sum over outputs read by later layers of mse(out, grad:out) */
+static int stand_in_loss(Graph *sg, const Graph *g, const int *layer_of, int last, const int *map) {
+  int loss = -1;
+  for (int i = 0; i < g->nfwd; i++) {
+    if (map[i] < 0 || g->nodes[i]->op == OP_PARAM || g->nodes[i]->op == OP_INPUT) continue;
+    bool read_later = false;
+    for (int v = i + 1; v < g->nfwd && !read_later; v++)
+      for (int k = 0; k < g->nodes[v]->nin; k++)
+        if (g->nodes[v]->in[k] == i && layer_of[v] > last) read_later = true;
+    if (!read_later || g->nodes[i]->dtype != DT_F32) continue;
+    Node *t = graph_add(sg, OP_INPUT, arena_printf("grad:%s", g->nodes[i]->name));
+    t->shape = g->nodes[i]->shape;
+    t->init = SRC_NORMAL;
+    t->init_a = 1;
+    t->layer = g->nodes[i]->layer;
+    Node *m = graph_add(sg, OP_MSE, arena_printf("stand-in:%s", g->nodes[i]->name));
+    m->nin = 2, m->in[0] = map[i], m->in[1] = t->id, m->layer = t->layer;
+    if (loss < 0) {
+      loss = m->id;
+    } else {
+      Node *a = graph_add(sg, OP_ADD, arena_printf("stand-in-sum:%s", g->nodes[i]->name));
+      a->nin = 2, a->in[0] = loss, a->in[1] = m->id, a->layer = t->layer;
+      loss = a->id;
+    }
+  }
+  return loss;
+}
+
+Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last) {
+  Graph *sg = graph_new(arena_printf("%s[%d-%d]", g->model, first, last));
+  sg->dims = g->dims, sg->ndims = g->ndims;
+  int *map = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
+  for (int i = 0; i < g->nfwd; i++) map[i] = -1;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    if (layer_of[i] < first || layer_of[i] > last || v->op == OP_PARAM || v->op == OP_INPUT) continue;
+    int in[MAXIN];
+    for (int k = 0; k < v->nin; k++) {
+      const Node *u = g->nodes[v->in[k]];
+      in[k] = map[u->id] >= 0                          ? map[u->id]
+              : u->op == OP_PARAM || u->op == OP_INPUT ? copy_leaf(sg, u, map)
+                                                       : receive(sg, u, map);
+    }
+    Node *n = graph_add(sg, v->op, v->name);
+    int id = n->id;
+    *n = *v;
+    n->id = id;
+    for (int k = 0; k < v->nin; k++) n->in[k] = in[k];
+    map[i] = id;
+  }
+  sg->loss = g->loss >= 0 && map[g->loss] >= 0 ? map[g->loss] : stand_in_loss(sg, g, layer_of, last, map);
+  sg->nfwd = sg->n;
+  return sg;
+}

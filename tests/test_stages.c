@@ -91,9 +91,49 @@ static void test_layers(void) {
   free(lay);
 }
 
+/* Stage graphs of gpt-tiny: the whole span is the model; two one-layer
+ * stages hold every parameter (the tied embedding twice) and every einsum
+ * once, and both differentiate. */
+static void test_stage_graphs(void) {
+  Diag d;
+  diag_init(&d, stderr);
+  Graph *g = frontend_load(model_resolve("gpt"), &(ElabOptions){.preset = "gpt-tiny"}, &d);
+  CHECK(g != NULL, "gpt-tiny");
+  if (!g) return;
+  int *lay = xmalloc(sizeof(int) * (size_t)g->nfwd);
+  int L = graph_layers(g, 0, lay);
+  Summary all, s0, s1, sw;
+  summarize(g, &all);
+  Graph *whole = stage_graph(g, lay, 0, L - 1), *a = stage_graph(g, lay, 0, 0), *b = stage_graph(g, lay, 1, 1);
+  summarize(whole, &sw), summarize(a, &s0), summarize(b, &s1);
+  CHECK(sw.params == all.params && sw.flops_einsum_fwd == all.flops_einsum_fwd, "the whole span is the model");
+  CHECK(whole->nodes[whole->loss]->op == OP_XENT, "with the real loss");
+  int64_t wte = 256 * 128;
+  CHECK(s0.params + s1.params == all.params + wte,
+        "parameters split between the stages, the tied embedding in both: "
+        "%lld + %lld vs %lld",
+        (long long)s0.params, (long long)s1.params, (long long)all.params);
+  CHECK(s0.flops_einsum_fwd + s1.flops_einsum_fwd == all.flops_einsum_fwd, "every einsum in exactly one stage");
+  CHECK(b->nodes[b->loss]->op == OP_XENT && a->nodes[a->loss]->op == OP_MSE,
+        "the last stage has the real loss, "
+        "the first a stand-in for the gradient it receives");
+  int recv = 0;
+  for (int i = 0; i < b->n; i++) recv += strncmp(b->nodes[i]->name, "recv:", 5) == 0;
+  CHECK(recv == 1, "the second stage receives one activation (%d)", recv);
+  CHECK(graph_verify(a, stderr) && graph_verify(b, stderr), "stage graphs are well formed");
+  CHECK(autodiff(a, 1, stderr) && autodiff(b, 1, stderr), "stage graphs differentiate");
+  Cluster *c = cluster_load("dgx-a100", stderr);
+  Mesh me;
+  PlanOptions po = {.zero = -1, .batch_axis = -1, .time_limit = 30};
+  CHECK(c && mesh_make(c, 1, 2, false, &me, stderr), "a 1x2 mesh");
+  if (c) CHECK(plan_intra(a, c, &me, &po, stderr) && plan_intra(b, c, &me, &po, stderr), "both stages plan");
+  free(lay);
+}
+
 int main(void) {
   test_random();
   test_layers();
+  test_stage_graphs();
   arena_reset();
   return test_summary();
 }
