@@ -410,7 +410,7 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     comm(C, acc, COLL_ALL_TO_ALL, st->a2a, out_b, PHASE_FORWARD, v->name);
     comm(C, acc, COLL_ALL_TO_ALL, st->a2a, out_b, PHASE_BACKWARD, v->name);
   }
-  if (C->kept[v->id]) acc->ma += out_b;
+  if (C->kept[v->id]) acc->ma += out_b * (C->o->inflight > 1 ? C->o->inflight : 1);
 }
 
 /* Moving a tensor of `total` bytes from layout src to dst, axis by axis:

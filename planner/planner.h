@@ -75,6 +75,7 @@ typedef struct PlanOptions {
   bool mixed;        /* 16-bit compute and activations, fp32 master weights */
   double time_limit; /* seconds for the solver */
   bool quiet;
+  int inflight;      /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
 } PlanOptions;
 
 /* One collective of the plan, aggregated over identical ones. */
@@ -250,5 +251,45 @@ int graph_layers(const Graph *g, int want, int *layer_of);
  * stages read: a stand-in for the gradient the next stage sends back, so
  * that autodiff gives the stage's backward pass. */
 Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last);
+
+/* ======================================================================
+ * planner/pipeline.c: the whole plan: stages, submeshes, schedule
+ * ====================================================================== */
+
+typedef struct PipeStage {
+  int first, last;      /* the model's layers (repeat iterations) */
+  int nodes, per_node;  /* the submesh: whole nodes, or per_node devices of one */
+  int device0;          /* its first device in the cluster */
+  const Plan *plan;     /* the stage's intra-operator plan (one microbatch) */
+  double t;             /* seconds per microbatch, forward and backward */
+  double sync;          /* seconds per step: gradient sync and ZeRO gathers */
+  double memory;        /* bytes per device with the schedule's in-flight activations */
+} PipeStage;
+
+typedef struct PipelinePlan {
+  const char *model;
+  const Cluster *cluster;
+  int devices;
+  int microbatches;
+  SchedKind schedule;
+  int nstages;
+  PipeStage *stages;
+  int layers;
+  double step_s, bubble;
+  double model_flops;   /* einsum FLOPs of one step (the whole batch) */
+  double tflops_per_device, mfu;
+  SimResult sim;
+  int ilps;             /* intra-operator problems solved */
+  double search_s;
+} PipelinePlan;
+
+/* Searches stages (the DP over layer spans and submeshes, each span's cost
+ * from the intra-operator ILP), and microbatch counts (all that divide the
+ * batch up to 64, or `microbatches` if > 0), for the 1F1B schedule; predicts
+ * the step by simulation. */
+PipelinePlan *plan_pipeline(const char *model_path, const ElabOptions *eo, const Cluster *c, const PlanOptions *po,
+                            int microbatches, FILE *progress, FILE *err);
+void pipeline_report(const PipelinePlan *p, FILE *out);
+void pipeline_json(const PipelinePlan *p, FILE *out);
 
 #endif

@@ -33,10 +33,16 @@ expect 0 "best: 2x2" plan mlp --set batch=512,hidden=256,layers=6 --cluster "$di
 expect 0 "optimal" plan "$dir/planner/hub40.graph" --cluster "$node4" --mesh 2x2 --intra-only
 expect 0 "ZeRO stage 3" plan mlp --cluster "$node4" --mesh 1x4 --intra-only --zero 3
 expect 0 "\"mesh\": \[64, 8\]" plan gpt --preset gpt-tiny --cluster dgx-a100 --nodes 64 --mesh 64x8 --intra-only --json
+# whole plans: a small GPT on one node is not pipelined; one that cannot fit
+# a node of the fast-two-nodes cluster is, with stages on separate devices
+expect 0 "1 stage, 1f1b schedule" plan gpt --preset gpt-tiny --cluster dgx-a100 --microbatches 1
+expect 0 "4 stages, 1f1b schedule, 8 microbatches" plan gpt --set batch=16,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster "$dir/clusters/fast-two-nodes.cluster" --microbatches 8
+expect 0 '"stages": \[' plan gpt --preset gpt-tiny --cluster dgx-a100 --microbatches 2 --json
+expect 2 "power of two" plan gpt --cluster dgx-a100 --microbatches 3
+expect 2 "goes with --intra-only" plan gpt --cluster dgx-a100 --mesh 2x4
 expect 0 "dgx-a100" cluster dgx-a100
 expect 1 "needs 9 devices" plan mlp --cluster "$node4" --mesh 3x3 --intra-only
 expect 1 "unknown cluster" plan mlp --cluster no-such-machine --mesh 2 --intra-only
-expect 2 "add --intra-only" plan mlp --cluster "$node4"
 expect 2 "which cluster" plan mlp --intra-only
 expect 2 "expects AxB" plan mlp --cluster "$node4" --mesh 2y2 --intra-only
 expect 2 "--zero is auto" plan mlp --cluster "$node4" --intra-only --zero 7

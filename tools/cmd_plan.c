@@ -10,14 +10,18 @@
 #include "tools.h"
 
 static void help(void) {
-  printf("usage: carve plan MODEL --cluster C [--mesh AxB] --intra-only [options]\n\n"
-         "Chooses how every parameter and activation of MODEL's training step is split over a\n"
-         "logical mesh of the cluster's devices: an integer program (GLPK) over each op's sharding\n"
-         "strategies, minimising compute plus communication time under the device memory.\n\n"
+  printf("usage: carve plan MODEL --cluster C [options]\n"
+         "       carve plan MODEL --cluster C [--mesh AxB] --intra-only [options]\n\n"
+         "Chooses how MODEL's training step runs on the cluster: pipeline stages (layer spans on\n"
+         "submeshes, 1F1B), microbatches, and inside each stage how every parameter and activation\n"
+         "is split over a logical mesh: an integer program (GLPK) over each op's sharding strategies,\n"
+         "minimising compute plus communication time under the device memory. --intra-only plans one\n"
+         "mesh of all devices without stages.\n\n"
          "  --cluster NAME|FILE    a shipped cluster (dgx-a100, dgx-h100, p3-16xlarge, local) or a file\n"
          "  --nodes N  --devices-per-node N   resize the cluster\n"
          "  --mesh AxB | N         the logical mesh (default: try every n0 x n1 of all devices, keep the best)\n"
-         "  --intra-only           only the intra-operator pass (the one this version has)\n"
+         "  --intra-only           only the intra-operator pass, on one mesh\n"
+         "  --microbatches N       fix the microbatch count (a power of two); default: searched\n"
          "  --zero auto|0|1|2|3    ZeRO stage (default auto: the lowest that fits)\n"
          "  --force-dp             split only the batch dim (pure data parallelism)\n"
          "  --batch-axis 0|1       the batch dim must use this mesh axis\n"
@@ -32,7 +36,7 @@ int cmd_plan(int argc, char **argv) {
   if (wants_help(argc, argv)) return help(), 0;
   const char *model = NULL, *cluster = NULL, *mesh = NULL, *out = NULL, *precision = NULL;
   bool json = false, intra = false;
-  int nodes = 0, dpn = 0;
+  int nodes = 0, dpn = 0, microbatches = 0;
   PlanOptions po = {.zero = -1, .batch_axis = -1, .time_limit = 60};
   ElabOptions eo = {0};
   int rc = 2;
@@ -64,7 +68,7 @@ int cmd_plan(int argc, char **argv) {
     else if (!strcmp(a, "--set")) {
       if (!parse_sets(v, &eo.sets, &eo.nsets, stderr)) goto done;
     } else if (!strcmp(a, "--nodes") || !strcmp(a, "--devices-per-node") || !strcmp(a, "--batch-axis") ||
-               !strcmp(a, "--zero") || !strcmp(a, "--time-limit")) {
+               !strcmp(a, "--zero") || !strcmp(a, "--time-limit") || !strcmp(a, "--microbatches")) {
       char *end;
       errno = 0;
       double x = strtod(v, &end);
@@ -79,7 +83,13 @@ int cmd_plan(int argc, char **argv) {
         dpn = (int)x;
       else if (!strcmp(a, "--time-limit"))
         po.time_limit = x;
-      else if (!strcmp(a, "--batch-axis")) {
+      else if (!strcmp(a, "--microbatches")) {
+        if (x < 1 || x > 64 || x != (int)x || ((int)x & ((int)x - 1))) {
+          rc = usage_error("plan", "--microbatches is a power of two from 1 to 64");
+          goto done;
+        }
+        microbatches = (int)x;
+      } else if (!strcmp(a, "--batch-axis")) {
         if (x != 0 && x != 1) {
           rc = usage_error("plan", "--batch-axis is 0 or 1");
           goto done;
@@ -106,11 +116,6 @@ int cmd_plan(int argc, char **argv) {
     rc = usage_error("plan", "which cluster? give --cluster (dgx-a100, dgx-h100, p3-16xlarge, local, or a file)");
     goto done;
   }
-  if (!intra) {
-    rc = usage_error("plan", "this version plans inside operators only; add --intra-only "
-                             "(pipeline stages come with the next planner pass)");
-    goto done;
-  }
   rc = 1;
   Cluster *cl = cluster_load(cluster, stderr);
   if (!cl || !cluster_resize(cl, nodes, dpn, stderr)) goto done;
@@ -126,6 +131,22 @@ int cmd_plan(int argc, char **argv) {
       goto done;
     }
     po.mixed = !strcmp(precision, "mixed");
+  }
+  if (!intra) { /* the whole plan: stages, submeshes, microbatches, schedule */
+    if (mesh) {
+      rc = usage_error("plan", "--mesh goes with --intra-only; the full plan chooses each stage's mesh");
+      goto done;
+    }
+    PipelinePlan *pp = plan_pipeline(model_resolve(model), &eo, cl, &po, microbatches, json ? NULL : stdout, stderr);
+    if (!pp) goto done;
+    if (json)
+      pipeline_json(pp, stdout);
+    else {
+      fputc('\n', stdout);
+      pipeline_report(pp, stdout);
+    }
+    rc = 0;
+    goto done;
   }
   Diag d;
   diag_init(&d, stderr);

@@ -1,0 +1,273 @@
+/* pipeline.c: the whole plan. For each microbatch count B that divides the
+ * batch, the model is elaborated at batch / B; its layers (repeat
+ * iterations) are grouped into at most MAXGROUPS spans' worth of groups;
+ * every span of groups on every submesh (1, 2, ... devices of a node that
+ * divide it, or whole nodes) gets the intra-operator plan of its stage graph
+ * (planner/stages.c), searched over the submesh's mesh shapes, with memory
+ * for the activations of as many microbatches as a 1F1B pipeline keeps in
+ * flight at most (min(B, devices / stage devices)). A stage's time per
+ * microbatch is its plan's time less the once-per-step gradient
+ * synchronisation, which is paid once at the end. The stage DP picks spans
+ * and submeshes; the 1F1B schedule is simulated with those times and with
+ * point-to-point transfers of the stage boundaries; the best B wins.
+ *
+ * Simplifications (stated so that the next pass can remove them): the
+ * backward pass is taken as twice the forward in the simulation; one
+ * schedule (1F1B) is searched; recomputation is not searched. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+#define MAXGROUPS 8
+#define MAXSUB 32
+
+typedef struct Sub {
+  int nodes, per_node, devices;
+} Sub;
+
+typedef struct Ctx {
+  const Graph *g;
+  int *group; /* forward node -> group */
+  int G;
+  int *first_layer, *last_layer; /* per group */
+  const Cluster *cl;
+  const PlanOptions *po;
+  Sub sub[MAXSUB];
+  int nsub, D, B;
+  double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
+  const Plan **plan;
+  int ilps;
+} Ctx;
+
+static size_t idx(const Ctx *c, int i, int j, int k) {
+  return ((size_t)i * (size_t)c->G + (size_t)j) * (size_t)c->nsub + (size_t)k;
+}
+
+/* Gradient syncs and ZeRO gathers happen once per step, not per microbatch. */
+static double once_per_step(const Plan *p) {
+  double t = 0;
+  for (int i = 0; i < p->ncomms; i++) {
+    const Comm *c = &p->comms[i];
+    bool param = false;
+    for (int n = 0; n < p->g->nfwd && !param; n++)
+      param = p->g->nodes[n]->op == OP_PARAM && c->what && strcmp(p->g->nodes[n]->name, c->what) == 0;
+    if (!param || c->phase == PHASE_FORWARD) continue;
+    for (int a = 0; a < 2; a++)
+      if (c->axes >> a & 1) t += c->count * coll_time(&p->mesh, c->kind, a, c->bytes);
+  }
+  return t;
+}
+
+static double span_cost(void *vctx, int i, int j, int k) {
+  Ctx *c = vctx;
+  size_t x = idx(c, i, j, k);
+  if (!isnan(c->t[x])) return c->t[x];
+  Graph *sg = stage_graph(c->g, c->group, i, j);
+  Cluster sub = *c->cl;
+  sub.nodes = c->sub[k].nodes;
+  sub.devices_per_node = c->sub[k].per_node;
+  PlanOptions po = *c->po;
+  int most = c->D / c->sub[k].devices; /* stages a pipeline could still have */
+  po.inflight = c->B < most ? c->B : most;
+  FILE *quiet = fopen("/dev/null", "w");
+  const Plan *p = NULL;
+  if (autodiff(sg, 1, quiet)) p = plan_best_mesh(sg, &sub, &po, NULL, quiet);
+  fclose(quiet);
+  c->ilps++;
+  c->plan[x] = p;
+  if (!p) return c->t[x] = -1;
+  c->sync[x] = once_per_step(p);
+  c->mem[x] = p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts;
+  return c->t[x] = p->objective - c->sync[x];
+}
+
+/* Submeshes: parts of one node that divide it, then whole nodes. */
+static void submeshes(Ctx *c) {
+  int dpn = c->cl->devices_per_node;
+  for (int k = 1; k <= dpn && c->nsub < MAXSUB; k++)
+    if (dpn % k == 0) c->sub[c->nsub++] = (Sub){1, k, k};
+  for (int n = 2; n <= c->cl->nodes && c->nsub < MAXSUB; n++) c->sub[c->nsub++] = (Sub){n, dpn, n * dpn};
+}
+
+static Graph *load_at(const char *path, const ElabOptions *eo, int B, int64_t batch, FILE *err) {
+  Diag d;
+  diag_init(&d, err);
+  ElabOptions o = *eo;
+  o.sets = xcalloc((size_t)eo->nsets + 1, sizeof(Override));
+  memcpy(o.sets, eo->sets, sizeof(Override) * (size_t)eo->nsets);
+  int k = 0;
+  while (k < o.nsets && strcmp(o.sets[k].name, "batch")) k++;
+  if (batch > 0) o.sets[k] = (Override){"batch", batch / B, false};
+  if (batch > 0 && k == o.nsets) o.nsets++;
+  Graph *g = frontend_load(path, &o, &d);
+  free(o.sets);
+  return g;
+}
+
+/* Groups of consecutive layers, at most MAXGROUPS. */
+static void group_layers(Ctx *c, int L, const int *layer_of) {
+  c->G = L < MAXGROUPS ? L : MAXGROUPS;
+  c->group = arena_alloc(sizeof(int) * (size_t)(c->g->nfwd + 1));
+  c->first_layer = arena_alloc(sizeof(int) * (size_t)c->G);
+  c->last_layer = arena_alloc(sizeof(int) * (size_t)c->G);
+  for (int q = 0; q < c->G; q++) c->first_layer[q] = L, c->last_layer[q] = -1;
+  for (int i = 0; i < c->g->nfwd; i++) {
+    int q = layer_of[i] * c->G / L;
+    c->group[i] = q;
+    if (layer_of[i] < c->first_layer[q]) c->first_layer[q] = layer_of[i];
+    if (layer_of[i] > c->last_layer[q]) c->last_layer[q] = layer_of[i];
+  }
+}
+
+/* Bytes a stage sends to the next per microbatch: what the next one receives. */
+static double boundary_bytes(const Ctx *c, int first, int last, bool mixed) {
+  Graph *sg = stage_graph(c->g, c->group, first, last);
+  double b = 0;
+  for (int i = 0; i < sg->n; i++)
+    if (!strncmp(sg->nodes[i]->name, "recv:", 5)) b += (double)shape_numel(&sg->nodes[i]->shape) * (mixed ? 2 : 4);
+  return b;
+}
+
+static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
+  PipelinePlan *pp = arena_alloc(sizeof(PipelinePlan));
+  pp->cluster = c->cl, pp->devices = c->D, pp->microbatches = c->B, pp->schedule = SCHED_1F1B, pp->nstages = ns;
+  pp->stages = arena_alloc(sizeof(PipeStage) * (size_t)ns);
+  double *tf = arena_alloc(sizeof(double) * (size_t)ns), *tb = arena_alloc(sizeof(double) * (size_t)ns);
+  double *p2p = arena_alloc(sizeof(double) * (size_t)(ns + 1)), tail = 0;
+  int dev = 0;
+  for (int s = 0; s < ns; s++) {
+    size_t x = idx(c, st[s].first, st[s].last, st[s].submesh);
+    const Sub *sb = &c->sub[st[s].submesh];
+    pp->stages[s] = (PipeStage){c->first_layer[st[s].first],
+                                c->last_layer[st[s].last],
+                                sb->nodes,
+                                sb->per_node,
+                                dev,
+                                c->plan[x],
+                                c->t[x],
+                                c->sync[x],
+                                c->mem[x]};
+    tf[s] = c->t[x] / 3, tb[s] = 2 * c->t[x] / 3;
+    tail = fmax(tail, c->sync[x]);
+    dev += sb->devices;
+    if (s + 1 < ns) { /* the next stage starts at device `dev`: same node or not */
+      int dpn = c->cl->devices_per_node;
+      bool inter = (dev - 1) / dpn != dev / dpn || sb->nodes > 1;
+      double bytes =
+          boundary_bytes(c, st[s + 1].first, st[s + 1].last, c->po->mixed) / c->sub[st[s + 1].submesh].devices;
+      p2p[s] = inter ? c->cl->inter_latency + bytes / c->cl->inter_bandwidth
+                     : c->cl->intra_latency + bytes / c->cl->intra_bandwidth;
+    }
+  }
+  Schedule *sched = schedule_make(SCHED_1F1B, ns, c->B, 1, err);
+  SimInput in = {.sched = sched, .t_f = tf, .t_b = tb, .t_w = tb, .t_p2p = p2p, .t_tail = tail};
+  if (!sched || !simulate(&in, &pp->sim, err)) return NULL;
+  pp->step_s = pp->sim.step_s, pp->bubble = pp->sim.bubble;
+  return pp;
+}
+
+PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
+                            int fixed_B, FILE *progress, FILE *err) {
+  double t0 = now_seconds();
+  Graph *g1 = load_at(path, eo, 1, 0, err);
+  if (!g1) return NULL;
+  int64_t batch = graph_dim(g1, "batch", 0);
+  PipelinePlan *best = NULL;
+  int ilps = 0;
+  for (int B = 1; B <= 64 && (B == 1 || batch > 0); B *= 2) {
+    if (fixed_B > 0 && B != fixed_B) {
+      if (B > fixed_B) break;
+      continue;
+    }
+    if (B > 1 && (batch % B || batch / B < 1)) break;
+    Ctx c = {.cl = cl, .po = po, .D = cluster_devices(cl), .B = B};
+    c.g = B == 1 ? g1 : load_at(path, eo, B, batch, err);
+    if (!c.g || !autodiff((Graph *)c.g, 1, err)) return NULL;
+    int *layer_of = arena_alloc(sizeof(int) * (size_t)(c.g->nfwd + 1));
+    int L = graph_layers(c.g, MAXGROUPS, layer_of);
+    group_layers(&c, L, layer_of);
+    submeshes(&c);
+    size_t cells = (size_t)c.G * (size_t)c.G * (size_t)c.nsub;
+    c.t = arena_alloc(sizeof(double) * cells), c.sync = arena_alloc(sizeof(double) * cells);
+    c.mem = arena_alloc(sizeof(double) * cells), c.plan = arena_alloc(sizeof(Plan *) * cells);
+    for (size_t i = 0; i < cells; i++) c.t[i] = NAN;
+    int devs[MAXSUB];
+    for (int k = 0; k < c.nsub; k++) devs[k] = c.sub[k].devices;
+    StageProblem sp = {c.G, c.nsub, devs, c.D, B, span_cost, &c};
+    Stage st[MAXGROUPS];
+    int ns = 0;
+    double total = stage_dp(&sp, st, &ns);
+    ilps += c.ilps;
+    if (progress)
+      fprintf(progress, "microbatches %d: %s (%d stage plans)\n", B,
+              total < 0 ? "no plan fits" : arena_printf("%d stage%s", ns, ns == 1 ? "" : "s"), c.ilps);
+    if (total < 0) continue;
+    PipelinePlan *pp = assemble(&c, st, ns, err);
+    if (pp && progress) fprintf(progress, "  predicted step %.4g s\n", pp->step_s);
+    if (pp && (!best || pp->step_s < best->step_s)) {
+      best = pp;
+      best->layers = L;
+      best->model = g1->model;
+      Summary s;
+      summarize(c.g, &s);
+      best->model_flops = s.flops_einsum * B;
+    }
+  }
+  if (!best) {
+    fprintf(err, "carve: error: no pipeline plan fits the %d devices of %s at any microbatch count tried\n",
+            cluster_devices(cl), cl->name);
+    return NULL;
+  }
+  best->ilps = ilps;
+  best->search_s = now_seconds() - t0;
+  double peak = po->mixed && cl->flops_bf16 > 0 ? cl->flops_bf16 : cl->flops_f32;
+  best->tflops_per_device = best->model_flops / best->step_s / best->devices * 1e-12;
+  best->mfu = best->model_flops / best->step_s / best->devices / peak;
+  return best;
+}
+
+void pipeline_report(const PipelinePlan *p, FILE *out) {
+  char a[32];
+  fprintf(out, "plan for %s on %s (%d devices): %d stage%s, %s schedule, %d microbatch%s\n", p->model, p->cluster->name,
+          p->devices, p->nstages, p->nstages == 1 ? "" : "s", sched_names[p->schedule], p->microbatches,
+          p->microbatches == 1 ? "" : "es");
+  fprintf(out,
+          "\npredicted step  %.4g s (bubble %.1f%%), %.1f TFLOP/s per device, MFU %.1f%% (model FLOPs, no "
+          "recomputation)\n\n",
+          p->step_s, 100 * p->bubble, p->tflops_per_device, 100 * p->mfu);
+  fprintf(out, "  %-6s %-9s %-14s %-8s %12s %12s %10s\n", "stage", "layers", "devices", "mesh", "s/microbatch",
+          "sync s/step", "memory");
+  for (int s = 0; s < p->nstages; s++) {
+    const PipeStage *st = &p->stages[s];
+    int n = st->nodes * st->per_node;
+    fprintf(out, "  %-6d %-9s %-14s %-8s %12.4g %12.4g %10s\n", s, arena_printf("%d-%d", st->first, st->last),
+            arena_printf("%d-%d", st->device0, st->device0 + n - 1),
+            arena_printf("%dx%d", st->plan->mesh.n[0], st->plan->mesh.n[1]), st->t, st->sync,
+            fmt_bytes(st->memory, a, sizeof a));
+  }
+  fprintf(out, "\nsearch: %d intra-operator plans, %.2f s\n", p->ilps, p->search_s);
+}
+
+void pipeline_json(const PipelinePlan *p, FILE *out) {
+  fprintf(out, "{\n  \"format\": \"carve-plan\",\n  \"version\": 1,\n  \"model\": \"%s\",\n  \"cluster\": \"%s\",\n",
+          p->model, p->cluster->name);
+  fprintf(out, "  \"devices\": %d,\n  \"schedule\": \"%s\",\n  \"microbatches\": %d,\n  \"zero_stage\": %d,\n",
+          p->devices, sched_names[p->schedule], p->microbatches, p->stages[0].plan->zero);
+  fprintf(out, "  \"recompute\": \"none\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n", p->step_s,
+          p->bubble);
+  fprintf(out, "  \"predicted_tflops_per_device\": %.6g,\n  \"predicted_mfu\": %.6g,\n  \"stages\": [",
+          p->tflops_per_device, p->mfu);
+  for (int s = 0; s < p->nstages; s++) {
+    const PipeStage *st = &p->stages[s];
+    int n = st->nodes * st->per_node;
+    fprintf(out, "%s\n    {\"layers\": [%d, %d], \"devices\": [", s ? "," : "", st->first, st->last);
+    for (int d = 0; d < n; d++) fprintf(out, "%s%d", d ? ", " : "", st->device0 + d);
+    fprintf(out,
+            "], \"logical_mesh\": [%d, %d], \"predicted_stage_s\": %.9g, \"sync_s\": %.9g, "
+            "\"memory_per_device_bytes\": %.0f, \"zero_stage\": %d}",
+            st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->memory, st->plan->zero);
+  }
+  fprintf(out, "\n  ],\n  \"search\": {\"intra_plans\": %d, \"seconds\": %.6f}\n}\n", p->ilps, p->search_s);
+}
