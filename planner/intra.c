@@ -1130,7 +1130,7 @@ Plan *plan_best_mesh(const Graph *g, const Cluster *cl, const PlanOptions *o, FI
   char *why = NULL;
   size_t whylen = 0;
   for (int n0 = 1; n0 <= total; n0++) {
-    if (total % n0) continue;
+    if (total % n0 || (n0 == total && total > 1)) continue; /* N x 1 is 1 x N with the axes swapped */
     Mesh me;
     if (!mesh_make(cl, n0, total / n0, o->mixed, &me, err)) continue;
     FILE *quiet = open_memstream(&why, &whylen);

@@ -1,9 +1,9 @@
 /* pipeline.c: the whole plan. For each microbatch count B that divides the
  * batch, the model is elaborated at batch / B; its layers (repeat
- * iterations) are grouped into at most MAXGROUPS spans' worth of groups;
- * every span of groups on every submesh (1, 2, ... devices of a node that
- * divide it, or whole nodes) gets the intra-operator plan of its stage graph
- * (planner/stages.c), searched over the submesh's mesh shapes, with memory
+ * iterations) are grouped into at most MAXGROUPS groups; every span of
+ * groups on every submesh (1, 2, ... devices of a node that divide it, as a
+ * 1 x k mesh, or n whole nodes as an n x devices-per-node mesh) gets the
+ * intra-operator plan of its stage graph (planner/stages.c), with memory
  * for the activations of as many microbatches as a 1F1B pipeline keeps in
  * flight at most (min(B, devices / stage devices)). A stage's time per
  * microbatch is its plan's time less the once-per-step gradient
@@ -37,6 +37,7 @@ typedef struct Ctx {
   Sub sub[MAXSUB];
   int nsub, D, B;
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
+  uint64_t *sig;          /* [i][j][k]: the span's signature, once known */
   const Plan **plan;
   int ilps;
 } Ctx;
@@ -60,11 +61,39 @@ static double once_per_step(const Plan *p) {
   return t;
 }
 
+/* A stage graph's structure, up to the layer numbers in its names: spans of
+ * identical layers get the same signature, so their plans are shared. */
+static uint64_t signature(const Graph *g) {
+  uint64_t h = 1469598103934665603ull;
+  for (int i = 0; i < g->n; i++) {
+    const Node *n = g->nodes[i];
+    int64_t v[4 + MAXRANK + MAXIN];
+    int m = 0;
+    v[m++] = n->op, v[m++] = n->dtype, v[m++] = n->shape.rank, v[m++] = n->nin;
+    for (int d = 0; d < n->shape.rank; d++) v[m++] = n->shape.d[d];
+    for (int k = 0; k < n->nin; k++) v[m++] = i - n->in[k];
+    h = hash_bytes(v, sizeof(int64_t) * (size_t)m, h);
+    h = hash_bytes(n->labels, sizeof n->labels, h);
+    h = hash_bytes(n->i, sizeof n->i, h);
+    h = hash_bytes(n->f, sizeof n->f, h);
+    for (const char *q = n->name; *q; q++) /* the name with its digits left out */
+      if (*q < '0' || *q > '9') h = hash_bytes(q, 1, h);
+  }
+  return h;
+}
+
 static double span_cost(void *vctx, int i, int j, int k) {
   Ctx *c = vctx;
   size_t x = idx(c, i, j, k);
   if (!isnan(c->t[x])) return c->t[x];
   Graph *sg = stage_graph(c->g, c->group, i, j);
+  uint64_t sig = signature(sg) ^ ((uint64_t)k * 0x9e3779b97f4a7c15ull);
+  for (size_t y = 0; y < (size_t)c->G * (size_t)c->G * (size_t)c->nsub; y++)
+    if (c->sig[y] == sig && !isnan(c->t[y])) { /* an identical span on the same submesh */
+      c->sig[x] = sig, c->plan[x] = c->plan[y], c->sync[x] = c->sync[y], c->mem[x] = c->mem[y];
+      return c->t[x] = c->t[y];
+    }
+  c->sig[x] = sig;
   Cluster sub = *c->cl;
   sub.nodes = c->sub[k].nodes;
   sub.devices_per_node = c->sub[k].per_node;
@@ -73,7 +102,11 @@ static double span_cost(void *vctx, int i, int j, int k) {
   po.inflight = c->B < most ? c->B : most;
   FILE *quiet = fopen("/dev/null", "w");
   const Plan *p = NULL;
-  if (autodiff(sg, 1, quiet)) p = plan_best_mesh(sg, &sub, &po, NULL, quiet);
+  /* a part of a node is a 1 x k mesh; whole nodes are nodes x devices-per-node,
+     axis 0 across nodes and axis 1 inside them */
+  Mesh me;
+  if (autodiff(sg, 1, quiet) && mesh_make(&sub, sub.nodes, sub.devices_per_node, po.mixed, &me, quiet))
+    p = plan_intra(sg, &sub, &me, &po, quiet);
   fclose(quiet);
   c->ilps++;
   c->plan[x] = p;
@@ -192,6 +225,7 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
     size_t cells = (size_t)c.G * (size_t)c.G * (size_t)c.nsub;
     c.t = arena_alloc(sizeof(double) * cells), c.sync = arena_alloc(sizeof(double) * cells);
     c.mem = arena_alloc(sizeof(double) * cells), c.plan = arena_alloc(sizeof(Plan *) * cells);
+    c.sig = arena_alloc(sizeof(uint64_t) * cells);
     for (size_t i = 0; i < cells; i++) c.t[i] = NAN;
     int devs[MAXSUB];
     for (int k = 0; k < c.nsub; k++) devs[k] = c.sub[k].devices;
