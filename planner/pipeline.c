@@ -11,9 +11,14 @@
  * and submeshes; the 1F1B schedule is simulated with those times and with
  * point-to-point transfers of the stage boundaries; the best B wins.
  *
+ * The schedule is chosen last, by simulation, among GPipe, 1F1B, interleaved
+ * 1F1B (two chunks per device) and ZB-H1, as the fastest whose in-flight
+ * activations fit in memory.
+ *
  * Simplifications (stated so that the next pass can remove them): the
- * backward pass is taken as twice the forward in the simulation; one
- * schedule (1F1B) is searched; recomputation is not searched. */
+ * backward pass is taken as twice the forward in the simulation (ZB-H1: the
+ * input and weight gradients one forward each); an interleaved chunk is half
+ * of its stage's work; recomputation is not searched. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,42 +168,92 @@ static double boundary_bytes(const Ctx *c, int first, int last, bool mixed) {
   return b;
 }
 
+/* Per-stage times of schedule `kind` with v chunks: the forward is a third
+ * of a stage's time, the backward two thirds (ZB-H1: one third for the input
+ * gradient, one for the weight gradient); an interleaved chunk does 1/v of
+ * its stage and passes its boundary on like the stage does. */
+static bool sim_input(const PipelinePlan *pp, SchedKind kind, int v, SimInput *in, FILE *err) {
+  int p = pp->nstages, S = p * v;
+  Schedule *sched = schedule_make(kind, p, pp->microbatches, v, err);
+  if (!sched) return false;
+  double *tf = arena_alloc(sizeof(double) * (size_t)S), *tb = arena_alloc(sizeof(double) * (size_t)S);
+  double *tw = arena_alloc(sizeof(double) * (size_t)S), *p2p = arena_alloc(sizeof(double) * (size_t)S);
+  double tail = 0, link = 0;
+  for (int d = 0; d < p; d++) link = fmax(link, pp->stages[d].p2p);
+  for (int vs = 0; vs < S; vs++) {
+    const PipeStage *st = &pp->stages[vs % p];
+    double t = st->t / v;
+    tf[vs] = t / 3;
+    tb[vs] = kind == SCHED_ZB_H1 ? t / 3 : 2 * t / 3;
+    tw[vs] = t / 3;
+    p2p[vs] = vs % p == p - 1 ? link : st->p2p; /* a chunk's last device hands on to device 0 */
+    tail = fmax(tail, st->sync);
+  }
+  *in = (SimInput){.sched = sched, .t_f = tf, .t_b = tb, .t_w = tw, .t_p2p = p2p, .t_tail = tail};
+  return true;
+}
+
+bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err) {
+  return sim_input(p, p->schedule, p->v, in, err);
+}
+
+/* The schedule that is fastest within memory; false if none fits. */
+static bool choose_schedule(PipelinePlan *pp, double device_memory, FILE *err) {
+  static const SchedKind kinds[] = {SCHED_1F1B, SCHED_GPIPE, SCHED_INTERLEAVED, SCHED_ZB_H1};
+  bool found = false;
+  FILE *quiet = fopen("/dev/null", "w");
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
+    SimInput in;
+    SimResult r;
+    if (!sim_input(pp, kinds[i], v, &in, quiet) || !simulate(&in, &r, quiet)) continue;
+    bool fits = true;
+    for (int d = 0; d < pp->nstages; d++) {
+      const Plan *pl = pp->stages[d].plan;
+      double per_mb = pl->mem_acts / (pl->opt.inflight > 1 ? pl->opt.inflight : 1);
+      double inflight = (double)schedule_max_inflight(in.sched, d) / v;
+      if (kinds[i] == SCHED_ZB_H1) inflight = fmin(pp->nstages, pp->microbatches);
+      fits &= pl->mem_params + pl->mem_grads + pl->mem_optim + per_mb * inflight <= device_memory;
+    }
+    if (fits && (!found || r.step_s < pp->step_s)) {
+      found = true;
+      pp->schedule = kinds[i], pp->v = v, pp->sim = r, pp->step_s = r.step_s, pp->bubble = r.bubble;
+    }
+  }
+  fclose(quiet);
+  if (!found) fprintf(err, "carve: error: no schedule fits the stages' activations in memory\n");
+  return found;
+}
+
 static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
   PipelinePlan *pp = arena_alloc(sizeof(PipelinePlan));
-  pp->cluster = c->cl, pp->devices = c->D, pp->microbatches = c->B, pp->schedule = SCHED_1F1B, pp->nstages = ns;
+  pp->cluster = c->cl, pp->devices = c->D, pp->microbatches = c->B, pp->nstages = ns;
   pp->stages = arena_alloc(sizeof(PipeStage) * (size_t)ns);
-  double *tf = arena_alloc(sizeof(double) * (size_t)ns), *tb = arena_alloc(sizeof(double) * (size_t)ns);
-  double *p2p = arena_alloc(sizeof(double) * (size_t)(ns + 1)), tail = 0;
   int dev = 0;
   for (int s = 0; s < ns; s++) {
     size_t x = idx(c, st[s].first, st[s].last, st[s].submesh);
     const Sub *sb = &c->sub[st[s].submesh];
-    pp->stages[s] = (PipeStage){c->first_layer[st[s].first],
-                                c->last_layer[st[s].last],
-                                sb->nodes,
-                                sb->per_node,
-                                dev,
-                                c->plan[x],
-                                c->t[x],
-                                c->sync[x],
-                                c->mem[x]};
-    tf[s] = c->t[x] / 3, tb[s] = 2 * c->t[x] / 3;
-    tail = fmax(tail, c->sync[x]);
+    PipeStage *ps = &pp->stages[s];
+    *ps = (PipeStage){.first = c->first_layer[st[s].first],
+                      .last = c->last_layer[st[s].last],
+                      .nodes = sb->nodes,
+                      .per_node = sb->per_node,
+                      .device0 = dev,
+                      .plan = c->plan[x],
+                      .t = c->t[x],
+                      .sync = c->sync[x],
+                      .memory = c->mem[x]};
     dev += sb->devices;
     if (s + 1 < ns) { /* the next stage starts at device `dev`: same node or not */
       int dpn = c->cl->devices_per_node;
       bool inter = (dev - 1) / dpn != dev / dpn || sb->nodes > 1;
       double bytes =
           boundary_bytes(c, st[s + 1].first, st[s + 1].last, c->po->mixed) / c->sub[st[s + 1].submesh].devices;
-      p2p[s] = inter ? c->cl->inter_latency + bytes / c->cl->inter_bandwidth
-                     : c->cl->intra_latency + bytes / c->cl->intra_bandwidth;
+      ps->p2p = inter ? c->cl->inter_latency + bytes / c->cl->inter_bandwidth
+                      : c->cl->intra_latency + bytes / c->cl->intra_bandwidth;
     }
   }
-  Schedule *sched = schedule_make(SCHED_1F1B, ns, c->B, 1, err);
-  SimInput in = {.sched = sched, .t_f = tf, .t_b = tb, .t_w = tb, .t_p2p = p2p, .t_tail = tail};
-  if (!sched || !simulate(&in, &pp->sim, err)) return NULL;
-  pp->step_s = pp->sim.step_s, pp->bubble = pp->sim.bubble;
-  return pp;
+  return choose_schedule(pp, c->cl->memory, err) ? pp : NULL;
 }
 
 PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
@@ -264,8 +319,9 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
 
 void pipeline_report(const PipelinePlan *p, FILE *out) {
   char a[32];
-  fprintf(out, "plan for %s on %s (%d devices): %d stage%s, %s schedule, %d microbatch%s\n", p->model, p->cluster->name,
-          p->devices, p->nstages, p->nstages == 1 ? "" : "s", sched_names[p->schedule], p->microbatches,
+  fprintf(out, "plan for %s on %s (%d devices): %d stage%s, %s schedule%s, %d microbatch%s\n", p->model,
+          p->cluster->name, p->devices, p->nstages, p->nstages == 1 ? "" : "s", sched_names[p->schedule],
+          p->v > 1 ? arena_printf(" (%d chunks per device)", p->v) : "", p->microbatches,
           p->microbatches == 1 ? "" : "es");
   fprintf(out,
           "\npredicted step  %.4g s (bubble %.1f%%), %.1f TFLOP/s per device, MFU %.1f%% (model FLOPs, no "
@@ -287,8 +343,10 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
 void pipeline_json(const PipelinePlan *p, FILE *out) {
   fprintf(out, "{\n  \"format\": \"carve-plan\",\n  \"version\": 1,\n  \"model\": \"%s\",\n  \"cluster\": \"%s\",\n",
           p->model, p->cluster->name);
-  fprintf(out, "  \"devices\": %d,\n  \"schedule\": \"%s\",\n  \"microbatches\": %d,\n  \"zero_stage\": %d,\n",
-          p->devices, sched_names[p->schedule], p->microbatches, p->stages[0].plan->zero);
+  fprintf(out,
+          "  \"devices\": %d,\n  \"schedule\": \"%s\",\n  \"chunks_per_device\": %d,\n  \"microbatches\": %d,\n"
+          "  \"zero_stage\": %d,\n",
+          p->devices, sched_names[p->schedule], p->v, p->microbatches, p->stages[0].plan->zero);
   fprintf(out, "  \"recompute\": \"none\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n", p->step_s,
           p->bubble);
   fprintf(out, "  \"predicted_tflops_per_device\": %.6g,\n  \"predicted_mfu\": %.6g,\n  \"stages\": [",
@@ -300,8 +358,8 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
     for (int d = 0; d < n; d++) fprintf(out, "%s%d", d ? ", " : "", st->device0 + d);
     fprintf(out,
             "], \"logical_mesh\": [%d, %d], \"predicted_stage_s\": %.9g, \"sync_s\": %.9g, "
-            "\"memory_per_device_bytes\": %.0f, \"zero_stage\": %d}",
-            st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->memory, st->plan->zero);
+            "\"p2p_s\": %.9g, \"memory_per_device_bytes\": %.0f, \"zero_stage\": %d}",
+            st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->p2p, st->memory, st->plan->zero);
   }
   fprintf(out, "\n  ],\n  \"search\": {\"intra_plans\": %d, \"seconds\": %.6f}\n}\n", p->ilps, p->search_s);
 }

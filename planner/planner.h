@@ -75,7 +75,7 @@ typedef struct PlanOptions {
   bool mixed;        /* 16-bit compute and activations, fp32 master weights */
   double time_limit; /* seconds for the solver */
   bool quiet;
-  int inflight;      /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
+  int inflight; /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
 } PlanOptions;
 
 /* One collective of the plan, aggregated over identical ones. */
@@ -187,16 +187,16 @@ typedef struct SimInput {
 
 typedef struct SimEvent {
   int device;
-  Task task;      /* phase TASK_F/B/W; for transfers, the task they feed */
-  bool transfer;  /* a point-to-point transfer rather than compute */
+  Task task;     /* phase TASK_F/B/W; for transfers, the task they feed */
+  bool transfer; /* a point-to-point transfer rather than compute */
   double start, end;
 } SimEvent;
 
 typedef struct SimResult {
-  double step_s;        /* until every device has finished, tail included */
-  double bubble;        /* idle fraction of device time before the tail */
-  double *busy_s;       /* per device */
-  double *peak_act;     /* per device: peak bytes of kept activations */
+  double step_s;    /* until every device has finished, tail included */
+  double bubble;    /* idle fraction of device time before the tail */
+  double *busy_s;   /* per device */
+  double *peak_act; /* per device: peak bytes of kept activations */
   SimEvent *events;
   int nevents;
 } SimResult;
@@ -215,11 +215,11 @@ bool sim_trace_write(const SimResult *r, const char *path, FILE *err);
 typedef double (*StageCostFn)(void *ctx, int first, int last, int submesh);
 
 typedef struct StageProblem {
-  int layers;           /* L */
-  int nsub;             /* submesh choices */
-  const int *sub_devs;  /* devices in each submesh choice */
-  int devices;          /* D: the stages' submeshes must use exactly D devices */
-  int microbatches;     /* B */
+  int layers;          /* L */
+  int nsub;            /* submesh choices */
+  const int *sub_devs; /* devices in each submesh choice */
+  int devices;         /* D: the stages' submeshes must use exactly D devices */
+  int microbatches;    /* B */
   StageCostFn cost;
   void *ctx;
 } StageProblem;
@@ -227,7 +227,7 @@ typedef struct StageProblem {
 typedef struct Stage {
   int first, last; /* layers */
   int submesh;
-  double t;        /* cost(first, last, submesh) */
+  double t; /* cost(first, last, submesh) */
 } Stage;
 
 /* Minimises  sum_i t_i + (B - 1) max_i t_i  over partitions of the layers
@@ -257,13 +257,14 @@ Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last);
  * ====================================================================== */
 
 typedef struct PipeStage {
-  int first, last;      /* the model's layers (repeat iterations) */
-  int nodes, per_node;  /* the submesh: whole nodes, or per_node devices of one */
-  int device0;          /* its first device in the cluster */
-  const Plan *plan;     /* the stage's intra-operator plan (one microbatch) */
-  double t;             /* seconds per microbatch, forward and backward */
-  double sync;          /* seconds per step: gradient sync and ZeRO gathers */
-  double memory;        /* bytes per device with the schedule's in-flight activations */
+  int first, last;     /* the model's layers (repeat iterations) */
+  int nodes, per_node; /* the submesh: whole nodes, or per_node devices of one */
+  int device0;         /* its first device in the cluster */
+  const Plan *plan;    /* the stage's intra-operator plan (one microbatch) */
+  double t;            /* seconds per microbatch, forward and backward */
+  double sync;         /* seconds per step: gradient sync and ZeRO gathers */
+  double memory;       /* bytes per device with the schedule's in-flight activations */
+  double p2p;          /* seconds to send one microbatch's boundary to the next stage */
 } PipeStage;
 
 typedef struct PipelinePlan {
@@ -272,24 +273,28 @@ typedef struct PipelinePlan {
   int devices;
   int microbatches;
   SchedKind schedule;
+  int v; /* model chunks per device (interleaved) */
   int nstages;
   PipeStage *stages;
   int layers;
   double step_s, bubble;
-  double model_flops;   /* einsum FLOPs of one step (the whole batch) */
+  double model_flops; /* einsum FLOPs of one step (the whole batch) */
   double tflops_per_device, mfu;
   SimResult sim;
-  int ilps;             /* intra-operator problems solved */
+  int ilps; /* intra-operator problems solved */
   double search_s;
 } PipelinePlan;
 
 /* Searches stages (the DP over layer spans and submeshes, each span's cost
- * from the intra-operator ILP), and microbatch counts (all that divide the
- * batch up to 64, or `microbatches` if > 0), for the 1F1B schedule; predicts
- * the step by simulation. */
+ * from the intra-operator ILP), microbatch counts (powers of two that divide
+ * the batch, up to 64, or `microbatches` if > 0) and the schedule (GPipe,
+ * 1F1B, interleaved 1F1B with two chunks, ZB-H1, each within memory);
+ * predicts the step by simulation. */
 PipelinePlan *plan_pipeline(const char *model_path, const ElabOptions *eo, const Cluster *c, const PlanOptions *po,
                             int microbatches, FILE *progress, FILE *err);
 void pipeline_report(const PipelinePlan *p, FILE *out);
+/* The simulation input of a pipeline plan's chosen schedule (for traces). */
+bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err);
 void pipeline_json(const PipelinePlan *p, FILE *out);
 
 #endif

@@ -36,7 +36,7 @@ expect 0 "\"mesh\": \[64, 8\]" plan gpt --preset gpt-tiny --cluster dgx-a100 --n
 # whole plans: a small GPT on one node is not pipelined; one that cannot fit
 # a node of the fast-two-nodes cluster is, with stages on separate devices
 expect 0 "1 stage, 1f1b schedule" plan gpt --preset gpt-tiny --cluster dgx-a100 --microbatches 1
-expect 0 "4 stages, 1f1b schedule, 8 microbatches" plan gpt --set batch=16,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster "$dir/clusters/fast-two-nodes.cluster" --microbatches 8
+expect 0 "4 stages, zb-h1 schedule, 8 microbatches" plan gpt --set batch=16,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster "$dir/clusters/fast-two-nodes.cluster" --microbatches 8
 expect 0 '"stages": \[' plan gpt --preset gpt-tiny --cluster dgx-a100 --microbatches 2 --json
 expect 2 "power of two" plan gpt --cluster dgx-a100 --microbatches 3
 expect 2 "goes with --intra-only" plan gpt --cluster dgx-a100 --mesh 2x4
