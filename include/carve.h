@@ -69,6 +69,23 @@ void carve_passive_threads(char **argv);
 const char *fmt_si(double v, char *buf, size_t n); /* 1.23G, 45.6M ... */
 const char *fmt_bytes(double v, char *buf, size_t n);
 
+/* common/json.c: reading carve's own JSON files (plans) */
+typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonKind;
+typedef struct Json {
+  JsonKind kind;
+  bool boolean;
+  double num;
+  const char *str;
+  int n;                /* items of an array or object */
+  struct Json **items;
+  const char **keys;    /* object keys */
+} Json;
+/* NULL on malformed input, with the byte offset where reading stopped. */
+Json *json_parse(const char *text, size_t *error_offset);
+const Json *json_get(const Json *obj, const char *key);
+double json_num(const Json *obj, const char *key, double dflt);
+const char *json_str(const Json *obj, const char *key, const char *dflt);
+
 /* ======================================================================
  * frontend/lex.c: tokens and located diagnostics
  * ====================================================================== */

@@ -56,10 +56,7 @@ static double once_per_step(const Plan *p) {
   double t = 0;
   for (int i = 0; i < p->ncomms; i++) {
     const Comm *c = &p->comms[i];
-    bool param = false;
-    for (int n = 0; n < p->g->nfwd && !param; n++)
-      param = p->g->nodes[n]->op == OP_PARAM && c->what && strcmp(p->g->nodes[n]->name, c->what) == 0;
-    if (!param || c->phase == PHASE_FORWARD) continue;
+    if (!comm_once_per_step(p, c)) continue;
     for (int a = 0; a < 2; a++)
       if (c->axes >> a & 1) t += c->count * coll_time(&p->mesh, c->kind, a, c->bytes);
   }
@@ -249,6 +246,7 @@ static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
       bool inter = (dev - 1) / dpn != dev / dpn || sb->nodes > 1;
       double bytes =
           boundary_bytes(c, st[s + 1].first, st[s + 1].last, c->po->mixed) / c->sub[st[s + 1].submesh].devices;
+      ps->p2p_bytes = bytes;
       ps->p2p = inter ? c->cl->inter_latency + bytes / c->cl->inter_bandwidth
                       : c->cl->intra_latency + bytes / c->cl->intra_bandwidth;
     }
@@ -349,6 +347,18 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
           p->devices, sched_names[p->schedule], p->v, p->microbatches, p->stages[0].plan->zero);
   fprintf(out, "  \"recompute\": \"none\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n", p->step_s,
           p->bubble);
+  double most[COLL_KINDS] = {0}, mem = 0, p2p = 0;
+  for (int s = 0; s < p->nstages; s++) {
+    double b[COLL_KINDS];
+    plan_comm_bytes(p->stages[s].plan, p->microbatches, b);
+    for (int k = 0; k < COLL_KINDS; k++) most[k] = fmax(most[k], b[k]);
+    mem = fmax(mem, p->stages[s].memory);
+    p2p = fmax(p2p, p->stages[s].p2p_bytes * p->microbatches * 2);
+  }
+  fprintf(out, "  \"memory_per_device_bytes\": %.0f,\n  \"device_memory_bytes\": %.0f,\n", mem, p->cluster->memory);
+  fprintf(out, "  \"communication_bytes_per_device\": {");
+  for (int k = 0; k < COLL_KINDS; k++) fprintf(out, "\"%s\": %.0f, ", coll_names[k], most[k]);
+  fprintf(out, "\"send-recv\": %.0f},\n", p2p);
   fprintf(out, "  \"predicted_tflops_per_device\": %.6g,\n  \"predicted_mfu\": %.6g,\n  \"stages\": [",
           p->tflops_per_device, p->mfu);
   for (int s = 0; s < p->nstages; s++) {

@@ -112,6 +112,11 @@ Plan *plan_intra(const Graph *g, const Cluster *c, const Mesh *m, const PlanOpti
 /* Tries every n0 x n1 mesh of all devices and keeps the fastest plan. */
 Plan *plan_best_mesh(const Graph *g, const Cluster *c, const PlanOptions *o, FILE *log, FILE *err);
 void plan_report(const Plan *p, FILE *out);
+/* A collective that happens once per step however many microbatches there
+ * are: a parameter's gradient sync or ZeRO gather (not a forward gather). */
+bool comm_once_per_step(const Plan *p, const Comm *c);
+/* Bytes per device by collective kind in one step of `microbatches`. */
+void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]);
 void plan_json(const Plan *p, FILE *out);
 
 /* For tests: the ILP of the last plan_intra as plain arrays, and a brute
@@ -265,6 +270,7 @@ typedef struct PipeStage {
   double sync;         /* seconds per step: gradient sync and ZeRO gathers */
   double memory;       /* bytes per device with the schedule's in-flight activations */
   double p2p;          /* seconds to send one microbatch's boundary to the next stage */
+  double p2p_bytes;    /* bytes per device of that boundary */
 } PipeStage;
 
 typedef struct PipelinePlan {

@@ -10,6 +10,27 @@ static const char *axes_str(const Mesh *m, int axes, char *buf, size_t n) {
   return buf;
 }
 
+bool comm_once_per_step(const Plan *p, const Comm *c) {
+  if (c->phase == PHASE_FORWARD || !c->what) return false;
+  for (int n = 0; n < p->g->nfwd; n++)
+    if (p->g->nodes[n]->op == OP_PARAM && strcmp(p->g->nodes[n]->name, c->what) == 0) return true;
+  return false;
+}
+
+void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]) {
+  for (int k = 0; k < COLL_KINDS; k++) out[k] = 0;
+  for (int i = 0; i < p->ncomms; i++) {
+    const Comm *c = &p->comms[i];
+    out[c->kind] += c->bytes * c->count * (comm_once_per_step(p, c) ? 1 : microbatches);
+  }
+}
+
+static void json_comm_bytes(FILE *out, const double b[COLL_KINDS]) {
+  fprintf(out, "{");
+  for (int k = 0; k < COLL_KINDS; k++) fprintf(out, "%s\"%s\": %.0f", k ? ", " : "", coll_names[k], b[k]);
+  fprintf(out, "}");
+}
+
 static double total_memory(const Plan *p) { return p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts; }
 
 /* Parameters of the first two layers and outside layers; later layers
@@ -67,7 +88,7 @@ void plan_report(const Plan *p, FILE *out) {
           p->optimal ? "optimal" : arena_printf("stopped at the time limit, gap %.2g%%", 100 * p->gap));
 }
 
-static void json_str(FILE *out, const char *s) {
+static void json_write_str(FILE *out, const char *s) {
   fputc('"', out);
   for (; s && *s; s++) {
     if (*s == '"' || *s == '\\') fputc('\\', out);
@@ -83,9 +104,9 @@ void plan_json(const Plan *p, FILE *out) {
   const Graph *g = p->g;
   const Mesh *m = &p->mesh;
   fprintf(out, "{\n  \"format\": \"carve-plan\",\n  \"version\": 1,\n  \"model\": ");
-  json_str(out, g->model);
+  json_write_str(out, g->model);
   fprintf(out, ",\n  \"cluster\": ");
-  json_str(out, p->cluster->name);
+  json_write_str(out, p->cluster->name);
   fprintf(out, ",\n  \"mesh\": [%d, %d],\n  \"mesh_axes\": [", m->n[0], m->n[1]);
   for (int x = 0; x < 2; x++)
     fprintf(out, "%s{\"devices\": %d, \"bandwidth_bytes_per_s\": %.6g, \"latency_s\": %.6g, \"across_nodes\": %s}",
@@ -101,7 +122,11 @@ void plan_json(const Plan *p, FILE *out) {
       "\"optimizer\": %.0f, \"activations\": %.0f},\n  \"device_memory_bytes\": %.0f,\n",
       p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts, p->mem_params, p->mem_grads, p->mem_optim, p->mem_acts,
       m->memory);
-  fprintf(out, "  \"tensors\": {");
+  double cb[COLL_KINDS];
+  plan_comm_bytes(p, 1, cb);
+  fprintf(out, "  \"communication_bytes_per_device\": ");
+  json_comm_bytes(out, cb);
+  fprintf(out, ",\n  \"tensors\": {");
   bool first = true;
   for (int i = 0; i < g->nfwd; i++) {
     const Node *n = g->nodes[i];
@@ -111,7 +136,7 @@ void plan_json(const Plan *p, FILE *out) {
       continue;
     fprintf(out, "%s\n    ", first ? "" : ",");
     first = false;
-    json_str(out, n->name);
+    json_write_str(out, n->name);
     fprintf(out, ": {\"kind\": \"%s\", \"shape\": [",
             n->op == OP_PARAM   ? "parameter"
             : n->op == OP_INPUT ? "input"
@@ -132,7 +157,7 @@ void plan_json(const Plan *p, FILE *out) {
             : k->axes == 2 ? "1"
                            : "0, 1",
             k->bytes, k->count, phase_names[k->phase]);
-    json_str(out, k->what ? k->what : "");
+    json_write_str(out, k->what ? k->what : "");
     fprintf(out, "}");
   }
   fprintf(out,

@@ -40,6 +40,18 @@ expect 0 "4 stages, zb-h1 schedule, 8 microbatches" plan gpt --set batch=16,seq=
 expect 0 '"stages": \[' plan gpt --preset gpt-tiny --cluster dgx-a100 --microbatches 2 --json
 expect 2 "power of two" plan gpt --cluster dgx-a100 --microbatches 3
 expect 2 "goes with --intra-only" plan gpt --cluster dgx-a100 --mesh 2x4
+# simulate and compare plans from their files
+big="gpt --set batch=16,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster $dir/clusters/fast-two-nodes.cluster"
+expect 0 "4 stages" plan $big --microbatches 8 -o "$tmp/a"
+expect 0 "one mesh\|optimal" plan $big --intra-only --mesh 2x2 -o "$tmp/b"
+expect 0 "trace written" simulate "$tmp/a" --trace "$tmp/trace.json"
+grep -q '"traceEvents"' "$tmp/trace.json" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAILED: no trace"; }
+expect 0 "fastest: \[1\]" compare "$tmp/a" "$tmp/b"
+expect 0 "slower" compare "$tmp/a" "$tmp/b"
+printf '{"format": "carve-plan", "version": 1, "stages": [' >"$tmp/bad.json"
+expect 1 "malformed JSON" simulate "$tmp/bad.json"
+printf '{"format": "carve-plan", "version": 2}' >"$tmp/v2.json"
+expect 1 "version 2" compare "$tmp/a" "$tmp/v2.json"
 expect 0 "dgx-a100" cluster dgx-a100
 expect 1 "needs 9 devices" plan mlp --cluster "$node4" --mesh 3x3 --intra-only
 expect 1 "unknown cluster" plan mlp --cluster no-such-machine --mesh 2 --intra-only

@@ -32,6 +32,23 @@ static void help(void) {
          "  --json                 print JSON instead of the report\n");
 }
 
+/* DIR/plan.json, written through a temporary name. */
+static bool write_plan(const char *dir, const Plan *p, const PipelinePlan *pp) {
+  if (!dir) return true;
+  const char *path = arena_printf("%s/plan.json", dir), *tmp = arena_printf("%s/plan.json.tmp", dir);
+  FILE *f = NULL;
+  bool ok = (mkdir(dir, 0777) == 0 || errno == EEXIST) && (f = fopen(tmp, "w"));
+  if (ok) {
+    if (pp)
+      pipeline_json(pp, f);
+    else
+      plan_json(p, f);
+    ok = fclose(f) == 0 && rename(tmp, path) == 0;
+  }
+  if (!ok) fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
+  return ok;
+}
+
 int cmd_plan(int argc, char **argv) {
   if (wants_help(argc, argv)) return help(), 0;
   const char *model = NULL, *cluster = NULL, *mesh = NULL, *out = NULL, *precision = NULL;
@@ -145,7 +162,7 @@ int cmd_plan(int argc, char **argv) {
       fputc('\n', stdout);
       pipeline_report(pp, stdout);
     }
-    rc = 0;
+    rc = write_plan(out, NULL, pp) ? 0 : 1;
     goto done;
   }
   Diag d;
@@ -169,18 +186,7 @@ int cmd_plan(int argc, char **argv) {
     plan_json(p, stdout);
   else
     plan_report(p, stdout);
-  if (out) {
-    FILE *f = NULL;
-    if ((mkdir(out, 0777) == 0 || errno == EEXIST) && (f = fopen(arena_printf("%s/plan.json", out), "w"))) {
-      plan_json(p, f);
-      if (fclose(f) != 0) f = NULL;
-    }
-    if (!f) {
-      fprintf(stderr, "carve: error: cannot write %s/plan.json: %s\n", out, strerror(errno));
-      goto done;
-    }
-  }
-  rc = 0;
+  rc = write_plan(out, p, NULL) ? 0 : 1;
 done:
   free(eo.sets);
   return rc;

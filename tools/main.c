@@ -12,7 +12,9 @@ typedef struct Command {
 
 static const Command commands[] = {
     {"check", cmd_check, "parse a model, check every shape, print its summary"},
-    {"plan", cmd_plan, "choose how to split a model's tensors over a cluster's devices"},
+    {"plan", cmd_plan, "choose stages, microbatches and every tensor's sharding for a cluster"},
+    {"simulate", cmd_simulate, "replay a plan's step through the simulator (--trace for a timeline)"},
+    {"compare", cmd_compare, "put plans side by side"},
     {"train", cmd_train, "check, compile and train a model on this machine in one go"},
     {"compile", cmd_compile, "compile a model into a program directory"},
     {"run", cmd_run, "run a compiled program"},

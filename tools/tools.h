@@ -12,6 +12,8 @@ int cmd_explain(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_cluster(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_simulate(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 
 /* Prints "carve: error: ..." and a hint to use --help; returns 2. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
