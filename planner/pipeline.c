@@ -195,11 +195,12 @@ bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err) {
 }
 
 /* The schedule that is fastest within memory; false if none fits. */
-static bool choose_schedule(PipelinePlan *pp, double device_memory, FILE *err) {
+static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind only, FILE *err) {
   static const SchedKind kinds[] = {SCHED_1F1B, SCHED_GPIPE, SCHED_INTERLEAVED, SCHED_ZB_H1};
   bool found = false;
   FILE *quiet = fopen("/dev/null", "w");
   for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    if (only != SCHED_KINDS && kinds[i] != only) continue;
     int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
     SimInput in;
     SimResult r;
@@ -251,7 +252,7 @@ static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
                       : c->cl->intra_latency + bytes / c->cl->intra_bandwidth;
     }
   }
-  return choose_schedule(pp, c->cl->memory, err) ? pp : NULL;
+  return choose_schedule(pp, c->cl->memory, SCHED_KINDS, err) ? pp : NULL;
 }
 
 PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
@@ -372,4 +373,182 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
             st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->p2p, st->memory, st->plan->zero);
   }
   fprintf(out, "\n  ],\n  \"search\": {\"intra_plans\": %d, \"seconds\": %.6f}\n}\n", p->ilps, p->search_s);
+}
+
+/* ---------------------------------------------------------------- manual plans */
+
+bool manual_parse(const char *text, Manual *m, FILE *err) {
+  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1};
+  const char *p = text;
+  while (*p) {
+    size_t len = strcspn(p, ","), eq = strcspn(p, "=");
+    if (eq >= len) {
+      fprintf(err, "carve: error: --manual expects key=value pairs, got '%.*s'\n", (int)len, p);
+      return false;
+    }
+    const char *v = p + eq + 1;
+    int vlen = (int)(len - eq - 1);
+    char key[16];
+    snprintf(key, sizeof key, "%.*s", (int)(eq < 15 ? eq : 15), p);
+    char *end;
+    long x = strtol(v, &end, 10);
+    bool num = end == v + vlen && vlen > 0 && x >= 0 && x <= 1000000;
+    int *field = !strcmp(key, "dp")   ? &m->dp
+                 : !strcmp(key, "tp") ? &m->tp
+                 : !strcmp(key, "pp") ? &m->pp
+                 : !strcmp(key, "mb") ? &m->mb
+                                      : NULL;
+    if (field) {
+      if (!num || x < 1) {
+        fprintf(err, "carve: error: --manual: %s must be a whole number >= 1, got '%.*s'\n", key, vlen, v);
+        return false;
+      }
+      *field = (int)x;
+    } else if (!strcmp(key, "zero")) {
+      if (!num || x > 3) {
+        fprintf(err, "carve: error: --manual: zero is 0, 1, 2 or 3, got '%.*s'\n", vlen, v);
+        return false;
+      }
+      m->zero = (int)x;
+    } else if (!strcmp(key, "schedule")) {
+      int k = 0;
+      while (k < SCHED_KINDS && !((int)strlen(sched_names[k]) == vlen && !strncmp(v, sched_names[k], (size_t)vlen)))
+        k++;
+      if (k == SCHED_KINDS) {
+        fprintf(err, "carve: error: --manual: schedule is gpipe, 1f1b, interleaved or zb-h1, got '%.*s'\n", vlen, v);
+        return false;
+      }
+      m->schedule = (SchedKind)k;
+    } else if (!strcmp(key, "recompute")) {
+      if (vlen != 4 || strncmp(v, "none", 4)) {
+        fprintf(err, "carve: error: --manual: this version plans recompute=none only, got '%.*s'\n", vlen, v);
+        return false;
+      }
+    } else {
+      fprintf(err, "carve: error: --manual: unknown key '%s' (dp, tp, pp, mb, schedule, zero, recompute)\n", key);
+      return false;
+    }
+    p += len + (p[len] == ',');
+  }
+  return true;
+}
+
+/* Checks that the plan divides the cluster and the model; fills defaults. */
+static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err) {
+  int D = cluster_devices(cl);
+  int64_t batch = graph_dim(g, "batch", 0), heads = graph_dim(g, "heads", 0);
+  if (!m->tp) m->tp = 1;
+  if (!m->pp) m->pp = 1;
+  if (!m->dp) m->dp = D / (m->tp * m->pp);
+  if ((long)m->dp * m->tp * m->pp != D) {
+    fprintf(err, "carve: error: --manual: dp x tp x pp = %d x %d x %d = %ld, but %s has %d devices\n", m->dp, m->tp,
+            m->pp, (long)m->dp * m->tp * m->pp, cl->name, D);
+    return false;
+  }
+  if (heads > 0 && heads % m->tp) {
+    fprintf(err, "carve: error: --manual: tp=%d does not divide the model's %lld attention heads\n", m->tp,
+            (long long)heads);
+    return false;
+  }
+  if (m->mb && batch > 0 && batch % m->mb) {
+    fprintf(err, "carve: error: --manual: mb=%d microbatches do not divide the batch of %lld\n", m->mb,
+            (long long)batch);
+    return false;
+  }
+  if (m->mb && batch > 0 && (batch / m->mb) % m->dp) {
+    fprintf(err, "carve: error: --manual: a microbatch of %lld does not split over dp=%d\n", (long long)(batch / m->mb),
+            m->dp);
+    return false;
+  }
+  return true;
+}
+
+/* One manual plan at B microbatches. */
+static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
+                               const Manual *m, int B, int64_t batch, FILE *err) {
+  Graph *g = load_at(path, eo, B, batch, err);
+  if (!g || !autodiff(g, 1, err)) return NULL;
+  int *layer_of = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
+  int L = graph_layers(g, m->pp, layer_of);
+  if (m->pp > L) {
+    fprintf(err, "carve: error: --manual: pp=%d stages but the model has %d layers\n", m->pp, L);
+    return NULL;
+  }
+  for (int i = 0; i < g->nfwd; i++) layer_of[i] = layer_of[i] * m->pp / L; /* equal spans */
+  PipelinePlan *pp = arena_alloc(sizeof(PipelinePlan));
+  pp->cluster = cl, pp->devices = cluster_devices(cl), pp->microbatches = B, pp->nstages = m->pp, pp->layers = L;
+  pp->model = g->model;
+  pp->ilps = m->pp;
+  pp->stages = arena_alloc(sizeof(PipeStage) * (size_t)m->pp);
+  int n = m->dp * m->tp, dpn = cl->devices_per_node;
+  Cluster sub = *cl;
+  sub.nodes = n > dpn ? n / dpn : 1;
+  sub.devices_per_node = n > dpn ? dpn : n;
+  PlanOptions o = *po;
+  o.zero = m->zero;
+  o.batch_axis = m->dp > 1 ? 0 : -1;
+  o.inflight = B < m->pp ? B : m->pp;
+  Mesh me;
+  if (!mesh_make(&sub, m->dp, m->tp, po->mixed, &me, err)) return NULL;
+  for (int s = 0; s < m->pp; s++) {
+    Graph *sg = stage_graph(g, layer_of, s, s);
+    if (!autodiff(sg, 1, err)) return NULL;
+    const Plan *pl = plan_intra(sg, &sub, &me, &o, err);
+    if (!pl) return NULL;
+    PipeStage *ps = &pp->stages[s];
+    *ps = (PipeStage){.first = s * L / m->pp,
+                      .last = (s + 1) * L / m->pp - 1,
+                      .nodes = sub.nodes,
+                      .per_node = sub.devices_per_node,
+                      .device0 = s * n,
+                      .plan = pl};
+    ps->sync = once_per_step(pl);
+    ps->t = pl->objective - ps->sync;
+    ps->memory = pl->mem_params + pl->mem_grads + pl->mem_optim + pl->mem_acts;
+    if (s + 1 < m->pp) {
+      Graph *next = stage_graph(g, layer_of, s + 1, s + 1);
+      double b = 0;
+      for (int i = 0; i < next->n; i++)
+        if (!strncmp(next->nodes[i]->name, "recv:", 5))
+          b += (double)shape_numel(&next->nodes[i]->shape) * (po->mixed ? 2 : 4);
+      ps->p2p_bytes = b / n;
+      bool inter = ((s + 1) * n - 1) / dpn != ((s + 1) * n) / dpn || sub.nodes > 1;
+      ps->p2p = inter ? cl->inter_latency + ps->p2p_bytes / cl->inter_bandwidth
+                      : cl->intra_latency + ps->p2p_bytes / cl->intra_bandwidth;
+    }
+  }
+  Summary sm;
+  summarize(g, &sm);
+  pp->model_flops = sm.flops_einsum * B;
+  return choose_schedule(pp, cl->memory, m->schedule, err) ? pp : NULL;
+}
+
+PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
+                          const Manual *given, FILE *err) {
+  double t0 = now_seconds();
+  Manual m = *given;
+  Graph *g1 = load_at(path, eo, 1, 0, err);
+  if (!g1 || !manual_check(&m, g1, cl, err)) return NULL;
+  int64_t batch = graph_dim(g1, "batch", 0);
+  PipelinePlan *best = NULL;
+  for (int B = m.mb ? m.mb : 1; B <= (m.mb ? m.mb : 64); B *= 2) {
+    if (batch > 0 && (batch % B || (batch / B) % m.dp)) {
+      if (m.mb) break;
+      continue;
+    }
+    FILE *quiet = m.mb ? err : fopen("/dev/null", "w");
+    PipelinePlan *pp = manual_at(path, eo, cl, po, &m, B, batch, quiet);
+    if (quiet != err) fclose(quiet);
+    if (pp && (!best || pp->step_s < best->step_s)) best = pp;
+    if (batch <= 0) break;
+  }
+  if (!best) {
+    if (!m.mb) fprintf(err, "carve: error: the manual plan fits at no microbatch count tried\n");
+    return NULL;
+  }
+  double peak = po->mixed && cl->flops_bf16 > 0 ? cl->flops_bf16 : cl->flops_f32;
+  best->search_s = now_seconds() - t0;
+  best->tflops_per_device = best->model_flops / best->step_s / best->devices * 1e-12;
+  best->mfu = best->model_flops / best->step_s / best->devices / peak;
+  return best;
 }

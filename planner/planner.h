@@ -298,6 +298,19 @@ typedef struct PipelinePlan {
  * predicts the step by simulation. */
 PipelinePlan *plan_pipeline(const char *model_path, const ElabOptions *eo, const Cluster *c, const PlanOptions *po,
                             int microbatches, FILE *progress, FILE *err);
+/* A hand-written plan, Megatron-style: pp stages of equal layer spans, each on
+ * dp x tp devices (a dp x tp mesh: tensor parallelism on axis 1, inside a
+ * node when tp fits one; the batch on axis 0). Fields left 0 (or SCHED_KINDS,
+ * or zero -1) are chosen by the planner. */
+typedef struct Manual {
+  int dp, tp, pp, mb;
+  SchedKind schedule;
+  int zero;
+} Manual;
+/* Parses "dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,recompute=none". */
+bool manual_parse(const char *text, Manual *m, FILE *err);
+PipelinePlan *plan_manual(const char *model_path, const ElabOptions *eo, const Cluster *c, const PlanOptions *po,
+                          const Manual *m, FILE *err);
 void pipeline_report(const PipelinePlan *p, FILE *out);
 /* The simulation input of a pipeline plan's chosen schedule (for traces). */
 bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err);

@@ -52,6 +52,19 @@ printf '{"format": "carve-plan", "version": 1, "stages": [' >"$tmp/bad.json"
 expect 1 "malformed JSON" simulate "$tmp/bad.json"
 printf '{"format": "carve-plan", "version": 2}' >"$tmp/v2.json"
 expect 1 "version 2" compare "$tmp/a" "$tmp/v2.json"
+# manual plans: the searched plan's own configuration, evaluated by hand,
+# predicts the same step; bad configurations say which constraint fails
+"$carve" plan $big --microbatches 8 --json >"$tmp/auto.json" 2>&1
+"$carve" plan $big --manual "dp=1,tp=1,pp=4,mb=8,schedule=zb-h1" --json >"$tmp/manual.json" 2>&1
+a=$(sed -n 's/.*"predicted_step_s": \([0-9.e+-]*\).*/\1/p' "$tmp/auto.json")
+m=$(sed -n 's/.*"predicted_step_s": \([0-9.e+-]*\).*/\1/p' "$tmp/manual.json")
+if [ -n "$a" ] && [ "$a" = "$m" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAILED: searched $a vs manual $m"; fi
+expect 0 "1 stage" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,tp=1,pp=1"
+expect 1 "dp x tp x pp = 3 x 1 x 1 = 3, but dgx-a100 has 8 devices" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=3,tp=1,pp=1"
+expect 1 "tp=8 does not divide the model's 4 attention heads" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=1,tp=8,pp=1"
+expect 1 "unknown key 'foo'" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,foo=1"
+expect 1 "mb=3 microbatches do not divide the batch of 16" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,mb=3"
+expect 1 "pp=4 stages but the model has 2 layers" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=2,tp=1,pp=4,mb=1"
 expect 0 "dgx-a100" cluster dgx-a100
 expect 1 "needs 9 devices" plan mlp --cluster "$node4" --mesh 3x3 --intra-only
 expect 1 "unknown cluster" plan mlp --cluster no-such-machine --mesh 2 --intra-only

@@ -22,6 +22,8 @@ static void help(void) {
          "  --mesh AxB | N         the logical mesh (default: try every n0 x n1 of all devices, keep the best)\n"
          "  --intra-only           only the intra-operator pass, on one mesh\n"
          "  --microbatches N       fix the microbatch count (a power of two); default: searched\n"
+         "  --manual \"dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,recompute=none\"\n"
+         "                         evaluate a hand-written plan instead of searching (keys left out are chosen)\n"
          "  --zero auto|0|1|2|3    ZeRO stage (default auto: the lowest that fits)\n"
          "  --force-dp             split only the batch dim (pure data parallelism)\n"
          "  --batch-axis 0|1       the batch dim must use this mesh axis\n"
@@ -51,7 +53,7 @@ static bool write_plan(const char *dir, const Plan *p, const PipelinePlan *pp) {
 
 int cmd_plan(int argc, char **argv) {
   if (wants_help(argc, argv)) return help(), 0;
-  const char *model = NULL, *cluster = NULL, *mesh = NULL, *out = NULL, *precision = NULL;
+  const char *model = NULL, *cluster = NULL, *mesh = NULL, *out = NULL, *precision = NULL, *manual = NULL;
   bool json = false, intra = false;
   int nodes = 0, dpn = 0, microbatches = 0;
   PlanOptions po = {.zero = -1, .batch_axis = -1, .time_limit = 60};
@@ -74,6 +76,8 @@ int cmd_plan(int argc, char **argv) {
       return usage_error("plan", "%s needs a value", a);
     } else if (!strcmp(a, "--cluster"))
       cluster = v;
+    else if (!strcmp(a, "--manual"))
+      manual = v;
     else if (!strcmp(a, "--mesh"))
       mesh = v;
     else if (!strcmp(a, "-o"))
@@ -154,7 +158,15 @@ int cmd_plan(int argc, char **argv) {
       rc = usage_error("plan", "--mesh goes with --intra-only; the full plan chooses each stage's mesh");
       goto done;
     }
-    PipelinePlan *pp = plan_pipeline(model_resolve(model), &eo, cl, &po, microbatches, json ? NULL : stdout, stderr);
+    PipelinePlan *pp = NULL;
+    if (manual) {
+      Manual m;
+      if (!manual_parse(manual, &m, stderr)) goto done;
+      if (microbatches) m.mb = microbatches;
+      pp = plan_manual(model_resolve(model), &eo, cl, &po, &m, stderr);
+    } else {
+      pp = plan_pipeline(model_resolve(model), &eo, cl, &po, microbatches, json ? NULL : stdout, stderr);
+    }
     if (!pp) goto done;
     if (json)
       pipeline_json(pp, stdout);
