@@ -107,8 +107,13 @@ static double span_cost(void *vctx, int i, int j, int k) {
   /* a part of a node is a 1 x k mesh; whole nodes are nodes x devices-per-node,
      axis 0 across nodes and axis 1 inside them */
   Mesh me;
-  if (autodiff(sg, 1, quiet) && mesh_make(&sub, sub.nodes, sub.devices_per_node, po.mixed, &me, quiet))
+  if (autodiff(sg, 1, quiet) && mesh_make(&sub, sub.nodes, sub.devices_per_node, po.mixed, &me, quiet)) {
     p = plan_intra(sg, &sub, &me, &po, quiet);
+    if (!p && po.inflight > 1) { /* room for one microbatch only: recomputation may still fit it */
+      po.inflight = 1;
+      p = plan_intra(sg, &sub, &me, &po, quiet);
+    }
+  }
   fclose(quiet);
   c->ilps++;
   c->plan[x] = p;
@@ -169,7 +174,7 @@ static double boundary_bytes(const Ctx *c, int first, int last, bool mixed) {
  * of a stage's time, the backward two thirds (ZB-H1: one third for the input
  * gradient, one for the weight gradient); an interleaved chunk does 1/v of
  * its stage and passes its boundary on like the stage does. */
-static bool sim_input(const PipelinePlan *pp, SchedKind kind, int v, SimInput *in, FILE *err) {
+static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, bool recompute, SimInput *in, FILE *err) {
   int p = pp->nstages, S = p * v;
   Schedule *sched = schedule_make(kind, p, pp->microbatches, v, err);
   if (!sched) return false;
@@ -181,7 +186,7 @@ static bool sim_input(const PipelinePlan *pp, SchedKind kind, int v, SimInput *i
     const PipeStage *st = &pp->stages[vs % p];
     double t = st->t / v;
     tf[vs] = t / 3;
-    tb[vs] = kind == SCHED_ZB_H1 ? t / 3 : 2 * t / 3;
+    tb[vs] = (kind == SCHED_ZB_H1 ? t / 3 : 2 * t / 3) + (recompute ? t / 3 : 0); /* re-run the forward */
     tw[vs] = t / 3;
     p2p[vs] = vs % p == p - 1 ? link : st->p2p; /* a chunk's last device hands on to device 0 */
     tail = fmax(tail, st->sync);
@@ -191,35 +196,55 @@ static bool sim_input(const PipelinePlan *pp, SchedKind kind, int v, SimInput *i
 }
 
 bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err) {
-  return sim_input(p, p->schedule, p->v, in, err);
+  return sim_input_rc(p, p->schedule, p->v, p->recompute, in, err);
 }
 
 /* The schedule that is fastest within memory; false if none fits. */
-static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind only, FILE *err) {
+/* Memory of stage d under a schedule keeping `inflight` microbatches: with
+ * full recomputation a stage keeps only its input per microbatch, plus one
+ * microbatch's activations while it recomputes. */
+static double stage_memory(const PipelinePlan *pp, int d, double inflight, bool recompute) {
+  const Plan *pl = pp->stages[d].plan;
+  double per_mb = pl->mem_acts / (pl->opt.inflight > 1 ? pl->opt.inflight : 1);
+  double input = d > 0 ? pp->stages[d - 1].p2p_bytes : 0;
+  double acts = recompute ? input * inflight + per_mb : per_mb * inflight;
+  return pl->mem_params + pl->mem_grads + pl->mem_optim + acts;
+}
+
+/* The schedule and recomputation that are fastest within memory; false if
+ * nothing fits. `only` fixes the schedule (SCHED_KINDS: any), `rc` the
+ * recomputation (-1: either). */
+static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind only, int rc, FILE *err) {
   static const SchedKind kinds[] = {SCHED_1F1B, SCHED_GPIPE, SCHED_INTERLEAVED, SCHED_ZB_H1};
   bool found = false;
   FILE *quiet = fopen("/dev/null", "w");
-  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
-    if (only != SCHED_KINDS && kinds[i] != only) continue;
-    int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
-    SimInput in;
-    SimResult r;
-    if (!sim_input(pp, kinds[i], v, &in, quiet) || !simulate(&in, &r, quiet)) continue;
-    bool fits = true;
-    for (int d = 0; d < pp->nstages; d++) {
-      const Plan *pl = pp->stages[d].plan;
-      double per_mb = pl->mem_acts / (pl->opt.inflight > 1 ? pl->opt.inflight : 1);
-      double inflight = (double)schedule_max_inflight(in.sched, d) / v;
-      if (kinds[i] == SCHED_ZB_H1) inflight = fmin(pp->nstages, pp->microbatches);
-      fits &= pl->mem_params + pl->mem_grads + pl->mem_optim + per_mb * inflight <= device_memory;
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+    for (int recompute = 0; recompute < 2; recompute++) {
+      if ((only != SCHED_KINDS && kinds[i] != only) || (rc >= 0 && rc != recompute)) continue;
+      int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
+      SimInput in;
+      SimResult r;
+      if (!sim_input_rc(pp, kinds[i], v, recompute, &in, quiet) || !simulate(&in, &r, quiet)) continue;
+      bool fits = true;
+      for (int d = 0; d < pp->nstages; d++) {
+        double inflight = (double)schedule_max_inflight(in.sched, d) / v;
+        if (kinds[i] == SCHED_ZB_H1) inflight = fmin(pp->nstages, pp->microbatches);
+        fits &= stage_memory(pp, d, inflight, recompute) <= device_memory;
+      }
+      if (fits && (!found || r.step_s < pp->step_s)) {
+        found = true;
+        pp->schedule = kinds[i], pp->v = v, pp->recompute = recompute, pp->sim = r, pp->step_s = r.step_s;
+        pp->bubble = r.bubble;
+        for (int d = 0; d < pp->nstages; d++) { /* report the memory at the schedule's peak */
+          double inflight = (double)schedule_max_inflight(in.sched, d) / v;
+          if (kinds[i] == SCHED_ZB_H1) inflight = fmin(pp->nstages, pp->microbatches);
+          pp->stages[d].memory = stage_memory(pp, d, inflight, recompute);
+        }
+      }
     }
-    if (fits && (!found || r.step_s < pp->step_s)) {
-      found = true;
-      pp->schedule = kinds[i], pp->v = v, pp->sim = r, pp->step_s = r.step_s, pp->bubble = r.bubble;
-    }
-  }
   fclose(quiet);
-  if (!found) fprintf(err, "carve: error: no schedule fits the stages' activations in memory\n");
+  if (!found)
+    fprintf(err, "carve: error: no schedule fits the stages' activations in memory, even with recomputation\n");
   return found;
 }
 
@@ -252,7 +277,7 @@ static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
                       : c->cl->intra_latency + bytes / c->cl->intra_bandwidth;
     }
   }
-  return choose_schedule(pp, c->cl->memory, SCHED_KINDS, err) ? pp : NULL;
+  return choose_schedule(pp, c->cl->memory, SCHED_KINDS, -1, err) ? pp : NULL;
 }
 
 PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
@@ -323,9 +348,10 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
           p->v > 1 ? arena_printf(" (%d chunks per device)", p->v) : "", p->microbatches,
           p->microbatches == 1 ? "" : "es");
   fprintf(out,
-          "\npredicted step  %.4g s (bubble %.1f%%), %.1f TFLOP/s per device, MFU %.1f%% (model FLOPs, no "
-          "recomputation)\n\n",
-          p->step_s, 100 * p->bubble, p->tflops_per_device, 100 * p->mfu);
+          "\npredicted step  %.4g s (bubble %.1f%%), %.1f TFLOP/s per device, MFU %.1f%% (model FLOPs)\n"
+          "recomputation   %s\n\n",
+          p->step_s, 100 * p->bubble, p->tflops_per_device, 100 * p->mfu,
+          p->recompute ? "full: each stage keeps only its inputs and re-runs its forward before the backward" : "none");
   fprintf(out, "  %-6s %-9s %-14s %-8s %12s %12s %10s\n", "stage", "layers", "devices", "mesh", "s/microbatch",
           "sync s/step", "memory");
   for (int s = 0; s < p->nstages; s++) {
@@ -346,8 +372,8 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
           "  \"devices\": %d,\n  \"schedule\": \"%s\",\n  \"chunks_per_device\": %d,\n  \"microbatches\": %d,\n"
           "  \"zero_stage\": %d,\n",
           p->devices, sched_names[p->schedule], p->v, p->microbatches, p->stages[0].plan->zero);
-  fprintf(out, "  \"recompute\": \"none\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n", p->step_s,
-          p->bubble);
+  fprintf(out, "  \"recompute\": \"%s\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n",
+          p->recompute ? "full" : "none", p->step_s, p->bubble);
   double most[COLL_KINDS] = {0}, mem = 0, p2p = 0;
   for (int s = 0; s < p->nstages; s++) {
     double b[COLL_KINDS];
@@ -378,7 +404,7 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
 /* ---------------------------------------------------------------- manual plans */
 
 bool manual_parse(const char *text, Manual *m, FILE *err) {
-  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1};
+  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1, -1};
   const char *p = text;
   while (*p) {
     size_t len = strcspn(p, ","), eq = strcspn(p, "=");
@@ -420,8 +446,12 @@ bool manual_parse(const char *text, Manual *m, FILE *err) {
       }
       m->schedule = (SchedKind)k;
     } else if (!strcmp(key, "recompute")) {
-      if (vlen != 4 || strncmp(v, "none", 4)) {
-        fprintf(err, "carve: error: --manual: this version plans recompute=none only, got '%.*s'\n", vlen, v);
+      if (vlen == 4 && !strncmp(v, "none", 4))
+        m->recompute = 0;
+      else if (vlen == 4 && !strncmp(v, "full", 4))
+        m->recompute = 1;
+      else {
+        fprintf(err, "carve: error: --manual: recompute is none or full, got '%.*s'\n", vlen, v);
         return false;
       }
     } else {
@@ -520,7 +550,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   Summary sm;
   summarize(g, &sm);
   pp->model_flops = sm.flops_einsum * B;
-  return choose_schedule(pp, cl->memory, m->schedule, err) ? pp : NULL;
+  return choose_schedule(pp, cl->memory, m->schedule, m->recompute, err) ? pp : NULL;
 }
 
 PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,

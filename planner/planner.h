@@ -279,7 +279,8 @@ typedef struct PipelinePlan {
   int devices;
   int microbatches;
   SchedKind schedule;
-  int v; /* model chunks per device (interleaved) */
+  int v;          /* model chunks per device (interleaved) */
+  bool recompute; /* full recomputation: activations re-made in the backward pass */
   int nstages;
   PipeStage *stages;
   int layers;
@@ -306,6 +307,7 @@ typedef struct Manual {
   int dp, tp, pp, mb;
   SchedKind schedule;
   int zero;
+  int recompute; /* 0 none, 1 full, -1 chosen */
 } Manual;
 /* Parses "dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,recompute=none". */
 bool manual_parse(const char *text, Manual *m, FILE *err);

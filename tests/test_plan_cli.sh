@@ -60,6 +60,17 @@ a=$(sed -n 's/.*"predicted_step_s": \([0-9.e+-]*\).*/\1/p' "$tmp/auto.json")
 m=$(sed -n 's/.*"predicted_step_s": \([0-9.e+-]*\).*/\1/p' "$tmp/manual.json")
 if [ -n "$a" ] && [ "$a" = "$m" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAILED: searched $a vs manual $m"; fi
 expect 0 "1 stage" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,tp=1,pp=1"
+expect 0 "recomputation   full" plan $big --manual "dp=1,tp=1,pp=4,mb=8,recompute=full"
+"$carve" plan $big --manual "dp=1,tp=1,pp=4,mb=8,schedule=1f1b,recompute=full" --json >"$tmp/rc.json" 2>&1
+r=$(sed -n 's/.*"predicted_step_s": \([0-9.e+-]*\).*/\1/p' "$tmp/rc.json")
+"$carve" plan $big --manual "dp=1,tp=1,pp=4,mb=8,schedule=1f1b,recompute=none" --json >"$tmp/nrc.json" 2>&1
+n=$(sed -n 's/.*"predicted_step_s": \([0-9.e+-]*\).*/\1/p' "$tmp/nrc.json")
+if [ -n "$r" ] && [ -n "$n" ] && awk -v r="$r" -v n="$n" 'BEGIN {exit !(r > n)}'; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); echo "FAILED: recomputation should cost time: $r vs $n"
+fi
+expect 1 "recompute is none or full" plan $big --manual "pp=4,recompute=some"
 expect 1 "dp x tp x pp = 3 x 1 x 1 = 3, but dgx-a100 has 8 devices" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=3,tp=1,pp=1"
 expect 1 "tp=8 does not divide the model's 4 attention heads" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=1,tp=8,pp=1"
 expect 1 "unknown key 'foo'" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,foo=1"
