@@ -142,6 +142,34 @@ static void test_gpt(void) {
   }
 }
 
+/* Two DGX nodes, every mesh shape tried: the tensor-parallel axis (the one
+ * splitting attention heads) stays on NVLink inside a node. */
+static void test_tp_inside_nodes(void) {
+  Diag d;
+  diag_init(&d, stderr);
+  ElabOptions eo = {0};
+  parse_sets("batch=32,seq=512,vocab=1024,hidden=4096,heads=32,layers=2", &eo.sets, &eo.nsets, stderr);
+  Graph *g = frontend_load(model_resolve("gpt"), &eo, &d);
+  free(eo.sets);
+  Cluster *c = cluster_load("dgx-a100", stderr);
+  CHECK(g && c && autodiff(g, 1, stderr) && cluster_resize(c, 2, 0, stderr), "model and cluster");
+  if (!g || !c) return;
+  PlanOptions po = {.zero = -1, .batch_axis = -1, .mixed = true, .time_limit = 30};
+  Plan *p = plan_best_mesh(g, c, &po, NULL, stderr);
+  CHECK(p != NULL, "plans");
+  if (!p) return;
+  int heads_bits = 0;
+  for (int i = 0; i < g->nfwd; i++)
+    if (!strcmp(g->nodes[i]->name, "layers.0.w_q")) heads_bits = p->layout[i].d[1];
+  CHECK(heads_bits != 0, "heads are split");
+  for (int a = 0; a < 2; a++)
+    if (heads_bits >> a & 1) CHECK(!p->mesh.inter[a], "the heads' mesh axis %d stays inside a node", a);
+  printf("two DGX nodes: mesh %dx%d, heads split on axis %s\n", p->mesh.n[0], p->mesh.n[1],
+         heads_bits == 1   ? "0"
+         : heads_bits == 2 ? "1"
+                           : "0 and 1");
+}
+
 static void test_moe(void) {
   Plan *p = plan("moe", "layers=2,experts=8,batch=8", "dgx-a100", 1, 8, NULL, NULL);
   CHECK(p != NULL, "MoE plans");
@@ -248,11 +276,18 @@ static void test_json(void) {
   fclose(f);
   const char *end = json_value(buf);
   CHECK(end && *json_ws(end) == 0, "the plan is one well-formed JSON value");
-  static const char *keys[] = {"\"mesh\": [1, 8]", "\"objective\":", "\"predicted_step_s\":",
-                               "\"memory_per_device_bytes\":", "\"tensors\":", "\"layers.0.w_in\": {\"kind\": \"parameter\", "
+  static const char *keys[] = {"\"mesh\": [1, 8]",
+                               "\"objective\":",
+                               "\"predicted_step_s\":",
+                               "\"memory_per_device_bytes\":",
+                               "\"tensors\":",
+                               "\"layers.0.w_in\": {\"kind\": \"parameter\", "
                                "\"shape\": [8, 768, 3072], \"sharding\": [\"S1\", \"R\", \"R\"]}",
-                               "\"collectives\":", "\"kind\": \"all-to-all\"", "\"phase\": \"forward\"",
-                               "\"count_per_step\":", "\"mesh_axes\": [1]"};
+                               "\"collectives\":",
+                               "\"kind\": \"all-to-all\"",
+                               "\"phase\": \"forward\"",
+                               "\"count_per_step\":",
+                               "\"mesh_axes\": [1]"};
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) CHECK(strstr(buf, keys[i]) != NULL, "JSON has %s", keys[i]);
   free(buf);
 }
@@ -274,6 +309,7 @@ int main(int argc, char **argv) {
   test_mlp_1d();
   test_mlp_2d();
   test_gpt();
+  test_tp_inside_nodes();
   test_moe();
   test_memory();
   test_brute_force();
