@@ -69,3 +69,27 @@ bool parse_sets(const char *text, Override **sets, int *nsets, FILE *err) {
   }
   return true;
 }
+
+Graph *frontend_load_microbatch(const char *path, const ElabOptions *opt, int microbatches, Diag *d) {
+  Graph *g = frontend_load(path, opt, d);
+  if (!g || microbatches <= 1) return g;
+  int64_t batch = graph_dim(g, "batch", -1);
+  if (batch < 0) {
+    diag_file(d, path, "%d microbatches need a dim named 'batch' in the model", microbatches);
+    return NULL;
+  }
+  if (batch % microbatches) {
+    diag_file(d, path, "%d microbatches do not divide the batch of %lld", microbatches, (long long)batch);
+    return NULL;
+  }
+  ElabOptions e = *opt;
+  e.sets = xcalloc((size_t)opt->nsets + 1, sizeof(Override));
+  if (opt->nsets) memcpy(e.sets, opt->sets, sizeof(Override) * (size_t)opt->nsets);
+  int k = 0;
+  while (k < e.nsets && strcmp(e.sets[k].name, "batch")) k++;
+  e.sets[k] = (Override){"batch", batch / microbatches, false};
+  if (k == e.nsets) e.nsets++;
+  g = frontend_load(path, &e, d);
+  free(e.sets);
+  return g;
+}

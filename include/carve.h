@@ -299,6 +299,8 @@ Graph *elaborate(const Ast *ast, const ElabOptions *opt, Diag *d);
 
 /* Convenience: read, parse, elaborate. Errors go to d. */
 Graph *frontend_load(const char *path, const ElabOptions *opt, Diag *d);
+/* The model elaborated at batch / microbatches (the dim named "batch"). */
+Graph *frontend_load_microbatch(const char *path, const ElabOptions *opt, int microbatches, Diag *d);
 /* The same for text in memory; `name` is what messages call it. */
 Graph *frontend_load_text(const char *name, const char *text, size_t len, const ElabOptions *opt, Diag *d);
 /* Resolves a model argument: a path, or the name of a shipped model. */

@@ -131,19 +131,10 @@ static void submeshes(Ctx *c) {
   for (int n = 2; n <= c->cl->nodes && c->nsub < MAXSUB; n++) c->sub[c->nsub++] = (Sub){n, dpn, n * dpn};
 }
 
-static Graph *load_at(const char *path, const ElabOptions *eo, int B, int64_t batch, FILE *err) {
+static Graph *load_at(const char *path, const ElabOptions *eo, int B, FILE *err) {
   Diag d;
   diag_init(&d, err);
-  ElabOptions o = *eo;
-  o.sets = xcalloc((size_t)eo->nsets + 1, sizeof(Override));
-  memcpy(o.sets, eo->sets, sizeof(Override) * (size_t)eo->nsets);
-  int k = 0;
-  while (k < o.nsets && strcmp(o.sets[k].name, "batch")) k++;
-  if (batch > 0) o.sets[k] = (Override){"batch", batch / B, false};
-  if (batch > 0 && k == o.nsets) o.nsets++;
-  Graph *g = frontend_load(path, &o, &d);
-  free(o.sets);
-  return g;
+  return frontend_load_microbatch(path, eo, B, &d);
 }
 
 /* Groups of consecutive layers, at most MAXGROUPS. */
@@ -283,7 +274,7 @@ static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
 PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
                             int fixed_B, FILE *progress, FILE *err) {
   double t0 = now_seconds();
-  Graph *g1 = load_at(path, eo, 1, 0, err);
+  Graph *g1 = load_at(path, eo, 1, err);
   if (!g1) return NULL;
   int64_t batch = graph_dim(g1, "batch", 0);
   PipelinePlan *best = NULL;
@@ -295,7 +286,7 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
     }
     if (B > 1 && (batch % B || batch / B < 1)) break;
     Ctx c = {.cl = cl, .po = po, .D = cluster_devices(cl), .B = B};
-    c.g = B == 1 ? g1 : load_at(path, eo, B, batch, err);
+    c.g = B == 1 ? g1 : load_at(path, eo, B, err);
     if (!c.g || !autodiff((Graph *)c.g, 1, err)) return NULL;
     int *layer_of = arena_alloc(sizeof(int) * (size_t)(c.g->nfwd + 1));
     int L = graph_layers(c.g, MAXGROUPS, layer_of);
@@ -495,8 +486,8 @@ static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err
 
 /* One manual plan at B microbatches. */
 static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
-                               const Manual *m, int B, int64_t batch, FILE *err) {
-  Graph *g = load_at(path, eo, B, batch, err);
+                               const Manual *m, int B, FILE *err) {
+  Graph *g = load_at(path, eo, B, err);
   if (!g || !autodiff(g, 1, err)) return NULL;
   int *layer_of = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
   int L = graph_layers(g, m->pp, layer_of);
@@ -557,7 +548,7 @@ PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster
                           const Manual *given, FILE *err) {
   double t0 = now_seconds();
   Manual m = *given;
-  Graph *g1 = load_at(path, eo, 1, 0, err);
+  Graph *g1 = load_at(path, eo, 1, err);
   if (!g1 || !manual_check(&m, g1, cl, err)) return NULL;
   int64_t batch = graph_dim(g1, "batch", 0);
   PipelinePlan *best = NULL;
@@ -567,7 +558,7 @@ PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster
       continue;
     }
     FILE *quiet = m.mb ? err : fopen("/dev/null", "w");
-    PipelinePlan *pp = manual_at(path, eo, cl, po, &m, B, batch, quiet);
+    PipelinePlan *pp = manual_at(path, eo, cl, po, &m, B, quiet);
     if (quiet != err) fclose(quiet);
     if (pp && (!best || pp->step_s < best->step_s)) best = pp;
     if (batch <= 0) break;

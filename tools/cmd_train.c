@@ -176,28 +176,7 @@ static Graph *load_model(Opts *o, const char *dflt) {
   Diag d;
   diag_init(&d, stderr);
   const char *path = model_resolve(o->model);
-  int m = o->train.microbatches;
-  Graph *g = frontend_load(path, &o->elab, &d);
-  if (g && m > 1) {
-    int64_t batch = graph_dim(g, "batch", -1);
-    if (batch < 0) {
-      fprintf(stderr, "carve: error: --microbatches needs a dim named 'batch' in the model\n");
-      return NULL;
-    }
-    if (batch % m) {
-      fprintf(stderr, "carve: error: --microbatches %d does not divide batch %lld\n", m, (long long)batch);
-      return NULL;
-    }
-    Override *sets = xcalloc((size_t)o->elab.nsets + 1, sizeof(Override));
-    memcpy(sets, o->elab.sets, sizeof(Override) * (size_t)o->elab.nsets);
-    int n = o->elab.nsets;
-    int k = 0;
-    while (k < n && strcmp(sets[k].name, "batch")) k++;
-    sets[k] = (Override){"batch", batch / m, false};
-    ElabOptions e = {o->elab.preset, sets, k == n ? n + 1 : n};
-    g = frontend_load(path, &e, &d);
-    free(sets);
-  }
+  Graph *g = frontend_load_microbatch(path, &o->elab, o->train.microbatches, &d);
   if (!g) {
     if (d.errors) fprintf(stderr, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
     return NULL;
