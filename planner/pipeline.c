@@ -2,7 +2,8 @@
  * batch, the model is elaborated at batch / B; its layers (repeat
  * iterations) are grouped into at most MAXGROUPS groups; every span of
  * groups on every submesh (1, 2, ... devices of a node that divide it, as a
- * 1 x k mesh, or n whole nodes as an n x devices-per-node mesh) gets the
+ * 1 x k mesh, or n whole nodes as an n x devices-per-node mesh; beyond 8
+ * nodes only whole nodes, n dividing the node count) gets the
  * intra-operator plan of its stage graph (planner/stages.c), with memory
  * for the activations of as many microbatches as a 1F1B pipeline keeps in
  * flight at most (min(B, devices / stage devices)). A stage's time per
@@ -41,6 +42,7 @@ typedef struct Ctx {
   const PlanOptions *po;
   Sub sub[MAXSUB];
   int nsub, D, B;
+  int unit; /* devices per unit the stage DP counts: 1, or a node */
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
   uint64_t *sig;          /* [i][j][k]: the span's signature, once known */
   const Plan **plan;
@@ -124,11 +126,21 @@ static double span_cost(void *vctx, int i, int j, int k) {
 }
 
 /* Submeshes: parts of one node that divide it, then whole nodes. */
+/* Submeshes: the parts of a node that divide it, and whole nodes. On large
+ * clusters (more than 8 nodes) only whole nodes, in counts that divide the
+ * node count, so that the DP counts nodes instead of devices. */
 static void submeshes(Ctx *c) {
-  int dpn = c->cl->devices_per_node;
-  for (int k = 1; k <= dpn && c->nsub < MAXSUB; k++)
-    if (dpn % k == 0) c->sub[c->nsub++] = (Sub){1, k, k};
-  for (int n = 2; n <= c->cl->nodes && c->nsub < MAXSUB; n++) c->sub[c->nsub++] = (Sub){n, dpn, n * dpn};
+  int dpn = c->cl->devices_per_node, N = c->cl->nodes;
+  if (N <= 8) {
+    for (int k = 1; k <= dpn && c->nsub < MAXSUB; k++)
+      if (dpn % k == 0) c->sub[c->nsub++] = (Sub){1, k, k};
+    for (int n = 2; n <= N && c->nsub < MAXSUB; n++) c->sub[c->nsub++] = (Sub){n, dpn, n * dpn};
+    c->unit = 1;
+    return;
+  }
+  for (int n = 1; n <= N && c->nsub < MAXSUB; n++)
+    if (N % n == 0) c->sub[c->nsub++] = (Sub){n, dpn, n * dpn};
+  c->unit = dpn;
 }
 
 static Graph *load_at(const char *path, const ElabOptions *eo, int B, FILE *err) {
@@ -298,8 +310,8 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
     c.sig = arena_alloc(sizeof(uint64_t) * cells);
     for (size_t i = 0; i < cells; i++) c.t[i] = NAN;
     int devs[MAXSUB];
-    for (int k = 0; k < c.nsub; k++) devs[k] = c.sub[k].devices;
-    StageProblem sp = {c.G, c.nsub, devs, c.D, B, span_cost, &c};
+    for (int k = 0; k < c.nsub; k++) devs[k] = c.sub[k].devices / c.unit;
+    StageProblem sp = {c.G, c.nsub, devs, c.D / c.unit, B, span_cost, &c};
     Stage st[MAXGROUPS];
     int ns = 0;
     double total = stage_dp(&sp, st, &ns);
