@@ -520,13 +520,21 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   PlanOptions o = *po;
   o.zero = m->zero;
   o.batch_axis = m->dp > 1 ? 0 : -1;
-  o.inflight = B < m->pp ? B : m->pp;
+  o.inflight = m->recompute == 1 ? 1 : B < m->pp ? B : m->pp; /* recomputing stages keep one microbatch */
   Mesh me;
   if (!mesh_make(&sub, m->dp, m->tp, po->mixed, &me, err)) return NULL;
   for (int s = 0; s < m->pp; s++) {
     Graph *sg = stage_graph(g, layer_of, s, s);
     if (!autodiff(sg, 1, err)) return NULL;
-    const Plan *pl = plan_intra(sg, &sub, &me, &o, err);
+    bool retry = o.inflight > 1 && m->recompute < 0; /* if it does not fit, perhaps with recomputation */
+    FILE *first = retry ? fopen("/dev/null", "w") : err;
+    const Plan *pl = plan_intra(sg, &sub, &me, &o, first);
+    if (retry) fclose(first);
+    if (!pl && retry) {
+      PlanOptions one = o;
+      one.inflight = 1;
+      pl = plan_intra(sg, &sub, &me, &one, err);
+    }
     if (!pl) return NULL;
     PipeStage *ps = &pp->stages[s];
     *ps = (PipeStage){.first = s * L / m->pp,

@@ -1,0 +1,85 @@
+/* bench_megatron.c: Megatron-LM's Table 1 (Narayanan et al., SC'21) in
+ * carve's cost model. For each row (GPT, V = 51200, s = 2048, DGX A100 80GB
+ * nodes of 8, their GPU count and batch):
+ *   (b) Megatron's published (t, p, d) as a manual plan (microbatches of one
+ *       sample per data-parallel replica, full recomputation, as they ran);
+ *   (c) carve's predicted TFLOP/s per GPU for (b), counted their way
+ *       (F = 96 B s l h^2 (1 + s/(6h) + V/(16 l h)), recomputation included),
+ *       against their measured figure, as a ratio;
+ *   (a) carve's own automatic plan and its search time, for the rows up to
+ *       `--auto-max` GPUs (default 128): the search is not yet fast enough
+ *       for the large rows (see bench/README.md).
+ * usage: bench_megatron [--auto-max N] [--rows a-b] */
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+typedef struct Row {
+  const char *params;
+  int heads, hidden, layers, t, p, gpus, batch;
+  double measured; /* TFLOP/s per GPU */
+} Row;
+
+static const Row rows[] = {
+    {"1.7B", 24, 2304, 24, 1, 1, 32, 512, 137},        {"3.6B", 32, 3072, 30, 2, 1, 64, 512, 138},
+    {"7.5B", 32, 4096, 36, 4, 1, 128, 512, 142},       {"18.4B", 48, 6144, 40, 8, 1, 256, 1024, 135},
+    {"39.1B", 64, 8192, 48, 8, 2, 512, 1536, 138},     {"76.1B", 80, 10240, 60, 8, 4, 1024, 1792, 140},
+    {"145.6B", 96, 12288, 80, 8, 8, 1536, 2304, 148},  {"310.1B", 128, 16384, 96, 8, 16, 1920, 2160, 155},
+    {"529.6B", 128, 20480, 105, 8, 35, 2520, 2520, 163}, {"1008B", 160, 25600, 128, 8, 64, 3072, 3072, 163},
+};
+
+static double flops96(const Row *r) {
+  double B = r->batch, s = 2048, l = r->layers, h = r->hidden, V = 51200;
+  return 96 * B * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h));
+}
+
+int main(int argc, char **argv) {
+  carve_passive_threads(argv);
+  int auto_max = 128, lo = 1, hi = 10;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--auto-max")) auto_max = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--rows")) sscanf(argv[i + 1], "%d-%d", &lo, &hi);
+  }
+  printf("Megatron-LM Table 1 in carve's cost model (carve %s)\n\n", CARVE_VERSION);
+  printf("%-7s %5s %3s %3s %4s | %9s %9s %6s %8s | %9s %8s %5s %9s\n", "model", "GPUs", "t", "p", "d", "measured",
+         "predicted", "ratio", "plan (s)", "carve", "vs (b)", "stages", "search(s)");
+  for (int i = lo - 1; i < hi && i < 10; i++) {
+    const Row *r = &rows[i];
+    int d = r->gpus / (r->t * r->p);
+    char sets[160];
+    snprintf(sets, sizeof sets, "batch=%d,seq=2048,vocab=51200,hidden=%d,heads=%d,layers=%d", r->batch, r->hidden,
+             r->heads, r->layers);
+    ElabOptions eo = {0};
+    parse_sets(sets, &eo.sets, &eo.nsets, stderr);
+    Cluster *c = cluster_load("dgx-a100", stderr);
+    if (!c || !cluster_resize(c, r->gpus / 8, 0, stderr)) return 1;
+    PlanOptions po = {.zero = 0, .batch_axis = -1, .mixed = true, .time_limit = 60};
+    Manual m = {d, r->t, r->p, r->batch / d, SCHED_KINDS, 0, 1};
+    double t0 = now_seconds();
+    PipelinePlan *mp = plan_manual(model_resolve("gpt"), &eo, c, &po, &m, stderr);
+    double tm = now_seconds() - t0;
+    double pred = mp ? flops96(r) / mp->step_s / r->gpus * 1e-12 : 0;
+    printf("%-7s %5d %3d %3d %4d | %9.0f %9.1f %6.2f %8.1f |", r->params, r->gpus, r->t, r->p, d, r->measured, pred,
+           pred / r->measured, tm);
+    if (r->gpus <= auto_max) {
+      PlanOptions pa = {.zero = -1, .batch_axis = -1, .mixed = true, .time_limit = 60};
+      t0 = now_seconds();
+      PipelinePlan *ap = plan_pipeline(model_resolve("gpt"), &eo, c, &pa, 0, NULL, stderr);
+      double ta = now_seconds() - t0;
+      if (ap)
+        printf(" %9.1f %7.2fx %5d %9.1f\n", flops96(r) / ap->step_s / r->gpus * 1e-12, mp ? mp->step_s / ap->step_s : 0,
+               ap->nstages, ta);
+      else
+        printf(" %9s\n", "no plan");
+    } else {
+      printf(" %9s\n", "-");
+    }
+    fflush(stdout);
+    free(eo.sets);
+    arena_reset();
+  }
+  printf("\npredicted: carve's TFLOP/s per GPU for Megatron's plan, counted with the 96-factor formula;\n"
+         "ratio = predicted / measured; carve: its own plan's TFLOP/s the same way; vs (b): (b)'s step / carve's.\n");
+  return 0;
+}
