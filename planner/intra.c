@@ -1114,7 +1114,8 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
     }
   }
   if (!S.feasible) {
-    explain_infeasible(&P, me, err);
+    if (!o->quiet) explain_infeasible(&P, me, err); /* searches skip the explanation: it is another ILP */
+    else fprintf(err, "carve: error: no plan fits in memory\n");
     return NULL;
   }
   keep_instance(&P, me->memory);

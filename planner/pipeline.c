@@ -104,6 +104,7 @@ static double span_cost(void *vctx, int i, int j, int k) {
   PlanOptions po = *c->po;
   int most = c->D / c->sub[k].devices; /* stages a pipeline could still have */
   po.inflight = c->B < most ? c->B : most;
+  po.quiet = true;
   FILE *quiet = fopen("/dev/null", "w");
   const Plan *p = NULL;
   /* a part of a node is a 1 x k mesh; whole nodes are nodes x devices-per-node,

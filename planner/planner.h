@@ -74,7 +74,7 @@ typedef struct PlanOptions {
   int batch_axis;    /* -1, or the mesh axis the "batch" dim must use */
   bool mixed;        /* 16-bit compute and activations, fp32 master weights */
   double time_limit; /* seconds for the solver */
-  bool quiet;
+  bool quiet;        /* no explanation of an infeasible problem (searches) */
   int inflight; /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
 } PlanOptions;
 
