@@ -45,8 +45,8 @@ static void run(const char *preset, int layers, int nodes, int n0, int n1) {
   qsort(total, 5, sizeof(double), cmp);
   qsort(solver, 5, sizeof(double), cmp);
   printf("%-10s %6d %6s %6d %8d %8d %11d %9.3f %9.3f %8.3f %5d\n", preset, layers, arena_printf("%dx%d", n0, n1),
-         p->groups, p->binaries, p->vars - p->binaries, p->constraints, total[2], solver[2],
-         p->compute_s + p->comm_s, p->zero);
+         p->groups, p->binaries, p->vars - p->binaries, p->constraints, total[2], solver[2], p->compute_s + p->comm_s,
+         p->zero);
   arena_reset();
 }
 

@@ -76,9 +76,9 @@ typedef struct Json {
   bool boolean;
   double num;
   const char *str;
-  int n;                /* items of an array or object */
+  int n; /* items of an array or object */
   struct Json **items;
-  const char **keys;    /* object keys */
+  const char **keys; /* object keys */
 } Json;
 /* NULL on malformed input, with the byte offset where reading stopped. */
 Json *json_parse(const char *text, size_t *error_offset);

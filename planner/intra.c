@@ -1114,8 +1114,10 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
     }
   }
   if (!S.feasible) {
-    if (!o->quiet) explain_infeasible(&P, me, err); /* searches skip the explanation: it is another ILP */
-    else fprintf(err, "carve: error: no plan fits in memory\n");
+    if (!o->quiet)
+      explain_infeasible(&P, me, err); /* searches skip the explanation: it is another ILP */
+    else
+      fprintf(err, "carve: error: no plan fits in memory\n");
     return NULL;
   }
   keep_instance(&P, me->memory);

@@ -42,7 +42,7 @@ typedef struct Ctx {
   const PlanOptions *po;
   Sub sub[MAXSUB];
   int nsub, D, B;
-  int unit; /* devices per unit the stage DP counts: 1, or a node */
+  int unit;               /* devices per unit the stage DP counts: 1, or a node */
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
   uint64_t *sig;          /* [i][j][k]: the span's signature, once known */
   const Plan **plan;

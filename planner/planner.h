@@ -75,7 +75,7 @@ typedef struct PlanOptions {
   bool mixed;        /* 16-bit compute and activations, fp32 master weights */
   double time_limit; /* seconds for the solver */
   bool quiet;        /* no explanation of an infeasible problem (searches) */
-  int inflight; /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
+  int inflight;      /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
 } PlanOptions;
 
 /* One collective of the plan, aggregated over identical ones. */
