@@ -43,6 +43,7 @@ typedef struct Ctx {
   Sub sub[MAXSUB];
   int nsub, D, B;
   int unit;               /* devices per unit the stage DP counts: 1, or a node */
+  bool compose; /* search with composed span costs (large clusters) */
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
   uint64_t *sig;          /* [i][j][k]: the span's signature, once known */
   const Plan **plan;
@@ -86,8 +87,7 @@ static uint64_t signature(const Graph *g) {
   return h;
 }
 
-static double span_cost(void *vctx, int i, int j, int k) {
-  Ctx *c = vctx;
+static double exact_cost(Ctx *c, int i, int j, int k) {
   size_t x = idx(c, i, j, k);
   if (!isnan(c->t[x])) return c->t[x];
   Graph *sg = stage_graph(c->g, c->group, i, j);
@@ -126,7 +126,26 @@ static double span_cost(void *vctx, int i, int j, int k) {
   return c->t[x] = p->objective - c->sync[x];
 }
 
-/* Submeshes: parts of one node that divide it, then whole nodes. */
+/* On large clusters the DP searches with composed costs: a span's time,
+ * sync and memory are the sums of its groups' own plans (one ILP per group
+ * and submesh instead of one per span); the stages it picks are then planned
+ * exactly (assemble). Small clusters plan every span exactly. */
+static double span_cost(void *vctx, int i, int j, int k) {
+  Ctx *c = vctx;
+  if (!c->compose || i == j) return exact_cost(c, i, j, k);
+  size_t x = idx(c, i, j, k);
+  if (!isnan(c->t[x])) return c->t[x];
+  double t = 0, sync = 0, mem = 0;
+  for (int q = i; q <= j; q++) {
+    double tq = exact_cost(c, q, q, k);
+    if (tq < 0) return c->t[x] = -1;
+    size_t y = idx(c, q, q, k);
+    t += tq, sync += c->sync[y], mem += c->mem[y];
+  }
+  c->sync[x] = sync, c->mem[x] = mem, c->plan[x] = NULL;
+  return c->t[x] = mem > c->cl->memory ? -1 : t;
+}
+
 /* Submeshes: the parts of a node that divide it, and whole nodes. On large
  * clusters (more than 8 nodes) only whole nodes, in counts that divide the
  * node count, so that the DP counts nodes instead of devices. */
@@ -259,6 +278,14 @@ static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
   int dev = 0;
   for (int s = 0; s < ns; s++) {
     size_t x = idx(c, st[s].first, st[s].last, st[s].submesh);
+    if (!c->plan[x]) { /* chosen with a composed cost: plan the stage itself */
+      c->t[x] = NAN;
+      if (exact_cost(c, st[s].first, st[s].last, st[s].submesh) < 0) {
+        fprintf(err, "carve: error: stage %d (groups %d-%d) does not fit when planned as a whole\n", s, st[s].first,
+                st[s].last);
+        return NULL;
+      }
+    }
     const Sub *sb = &c->sub[st[s].submesh];
     PipeStage *ps = &pp->stages[s];
     *ps = (PipeStage){.first = c->first_layer[st[s].first],
@@ -305,6 +332,7 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
     int L = graph_layers(c.g, MAXGROUPS, layer_of);
     group_layers(&c, L, layer_of);
     submeshes(&c);
+    c.compose = c.D > 16;
     size_t cells = (size_t)c.G * (size_t)c.G * (size_t)c.nsub;
     c.t = arena_alloc(sizeof(double) * cells), c.sync = arena_alloc(sizeof(double) * cells);
     c.mem = arena_alloc(sizeof(double) * cells), c.plan = arena_alloc(sizeof(Plan *) * cells);
