@@ -349,8 +349,11 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
       fprintf(progress, "microbatches %d: %s (%d stage plans)\n", B,
               total < 0 ? "no plan fits" : arena_printf("%d stage%s", ns, ns == 1 ? "" : "s"), c.ilps);
     if (total < 0) continue;
-    PipelinePlan *pp = assemble(&c, st, ns, err);
-    if (pp && progress) fprintf(progress, "  predicted step %.4g s\n", pp->step_s);
+    FILE *quiet = fopen("/dev/null", "w"); /* a microbatch count that fails is just not chosen */
+    PipelinePlan *pp = assemble(&c, st, ns, quiet);
+    fclose(quiet);
+    if (progress && pp) fprintf(progress, "  predicted step %.4g s\n", pp->step_s);
+    if (progress && !pp) fprintf(progress, "  the chosen stages do not fit in memory as a whole\n");
     if (pp && (!best || pp->step_s < best->step_s)) {
       best = pp;
       best->layers = L;
