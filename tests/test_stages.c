@@ -60,11 +60,18 @@ static void test_random(void) {
   printf("300 random instances: the DP equals brute force; up to %d stages\n", worst_stages);
 }
 
-static void test_layers(void) {
+static Graph *gpt_tiny(void) {
   Diag d;
   diag_init(&d, stderr);
   Graph *g = frontend_load(model_resolve("gpt"), &(ElabOptions){.preset = "gpt-tiny"}, &d);
   CHECK(g != NULL, "gpt-tiny");
+  return g;
+}
+
+static void test_layers(void) {
+  Diag d;
+  diag_init(&d, stderr);
+  Graph *g = gpt_tiny();
   if (!g) return;
   int *lay = xmalloc(sizeof(int) * (size_t)g->nfwd);
   int L = graph_layers(g, 0, lay);
@@ -95,10 +102,7 @@ static void test_layers(void) {
  * stages hold every parameter (the tied embedding twice) and every einsum
  * once, and both differentiate. */
 static void test_stage_graphs(void) {
-  Diag d;
-  diag_init(&d, stderr);
-  Graph *g = frontend_load(model_resolve("gpt"), &(ElabOptions){.preset = "gpt-tiny"}, &d);
-  CHECK(g != NULL, "gpt-tiny");
+  Graph *g = gpt_tiny();
   if (!g) return;
   int *lay = xmalloc(sizeof(int) * (size_t)g->nfwd);
   int L = graph_layers(g, 0, lay);
