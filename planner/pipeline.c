@@ -43,7 +43,7 @@ typedef struct Ctx {
   Sub sub[MAXSUB];
   int nsub, D, B;
   int unit;               /* devices per unit the stage DP counts: 1, or a node */
-  bool compose; /* search with composed span costs (large clusters) */
+  bool compose;           /* search with composed span costs (large clusters) */
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
   uint64_t *sig;          /* [i][j][k]: the span's signature, once known */
   const Plan **plan;
@@ -146,6 +146,14 @@ static double span_cost(void *vctx, int i, int j, int k) {
   return c->t[x] = mem > c->cl->memory ? -1 : t;
 }
 
+/* TFLOP/s per device and MFU of a finished plan (model FLOPs over the step). */
+static void throughput(PipelinePlan *p, const PlanOptions *po) {
+  const Cluster *cl = p->cluster;
+  double peak = po->mixed && cl->flops_bf16 > 0 ? cl->flops_bf16 : cl->flops_f32;
+  p->tflops_per_device = p->model_flops / p->step_s / p->devices * 1e-12;
+  p->mfu = p->model_flops / p->step_s / p->devices / peak;
+}
+
 /* Submeshes: the parts of a node that divide it, and whole nodes. On large
  * clusters (more than 8 nodes) only whole nodes, in counts that divide the
  * node count, so that the DP counts nodes instead of devices. */
@@ -185,14 +193,13 @@ static void group_layers(Ctx *c, int L, const int *layer_of) {
 }
 
 /* Bytes a stage sends to the next per microbatch: what the next one receives. */
-static double boundary_bytes(const Ctx *c, int first, int last, bool mixed) {
-  Graph *sg = stage_graph(c->g, c->group, first, last);
+static double boundary_bytes(const Graph *g, const int *layer_of, int first, int last, bool mixed) {
+  Graph *sg = stage_graph(g, layer_of, first, last);
   double b = 0;
   for (int i = 0; i < sg->n; i++)
     if (!strncmp(sg->nodes[i]->name, "recv:", 5)) b += (double)shape_numel(&sg->nodes[i]->shape) * (mixed ? 2 : 4);
   return b;
 }
-
 /* Per-stage times of schedule `kind` with v chunks: the forward is a third
  * of a stage's time, the backward two thirds (ZB-H1: one third for the input
  * gradient, one for the weight gradient); an interleaved chunk does 1/v of
@@ -301,8 +308,8 @@ static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
     if (s + 1 < ns) { /* the next stage starts at device `dev`: same node or not */
       int dpn = c->cl->devices_per_node;
       bool inter = (dev - 1) / dpn != dev / dpn || sb->nodes > 1;
-      double bytes =
-          boundary_bytes(c, st[s + 1].first, st[s + 1].last, c->po->mixed) / c->sub[st[s + 1].submesh].devices;
+      double bytes = boundary_bytes(c->g, c->group, st[s + 1].first, st[s + 1].last, c->po->mixed) /
+                     c->sub[st[s + 1].submesh].devices;
       ps->p2p_bytes = bytes;
       ps->p2p = inter ? c->cl->inter_latency + bytes / c->cl->inter_bandwidth
                       : c->cl->intra_latency + bytes / c->cl->intra_bandwidth;
@@ -370,9 +377,7 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
   }
   best->ilps = ilps;
   best->search_s = now_seconds() - t0;
-  double peak = po->mixed && cl->flops_bf16 > 0 ? cl->flops_bf16 : cl->flops_f32;
-  best->tflops_per_device = best->model_flops / best->step_s / best->devices * 1e-12;
-  best->mfu = best->model_flops / best->step_s / best->devices / peak;
+  throughput(best, po);
   return best;
 }
 
@@ -579,12 +584,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
     ps->t = pl->objective - ps->sync;
     ps->memory = pl->mem_params + pl->mem_grads + pl->mem_optim + pl->mem_acts;
     if (s + 1 < m->pp) {
-      Graph *next = stage_graph(g, layer_of, s + 1, s + 1);
-      double b = 0;
-      for (int i = 0; i < next->n; i++)
-        if (!strncmp(next->nodes[i]->name, "recv:", 5))
-          b += (double)shape_numel(&next->nodes[i]->shape) * (po->mixed ? 2 : 4);
-      ps->p2p_bytes = b / n;
+      ps->p2p_bytes = boundary_bytes(g, layer_of, s + 1, s + 1, po->mixed) / n;
       bool inter = ((s + 1) * n - 1) / dpn != ((s + 1) * n) / dpn || sub.nodes > 1;
       ps->p2p = inter ? cl->inter_latency + ps->p2p_bytes / cl->inter_bandwidth
                       : cl->intra_latency + ps->p2p_bytes / cl->intra_bandwidth;
@@ -619,9 +619,7 @@ PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster
     if (!m.mb) fprintf(err, "carve: error: the manual plan fits at no microbatch count tried\n");
     return NULL;
   }
-  double peak = po->mixed && cl->flops_bf16 > 0 ? cl->flops_bf16 : cl->flops_f32;
   best->search_s = now_seconds() - t0;
-  best->tflops_per_device = best->model_flops / best->step_s / best->devices * 1e-12;
-  best->mfu = best->model_flops / best->step_s / best->devices / peak;
+  throughput(best, po);
   return best;
 }

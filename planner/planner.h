@@ -167,6 +167,12 @@ typedef struct Schedule {
 /* Builds a schedule; NULL with a message when the combination is invalid
  * (interleaved needs v >= 2 and m a multiple of p). */
 Schedule *schedule_make(SchedKind kind, int p, int m, int v, FILE *err);
+/* The tasks t waits for: F(s, j) on F(s-1, j); B(s, j) on F(s, j) and
+ * B(s+1, j) (the last of S stages only on its F); W(s, j) on B(s, j).
+ * Returns how many (0-2). */
+int task_producers(Task t, int S, Task dep[2]);
+/* A dense index of (phase, stage, microbatch) for S stages, m microbatches. */
+static inline int task_slot(Task t, int S, int m) { return ((int)t.phase * S + t.stage) * m + t.mb; }
 /* Invariants: every (stage, mb) has exactly one F and one B (and one W when
  * split), on the device that owns the stage; on each device F precedes B
  * precedes W for each (stage, mb); and the lists can all run to completion

@@ -187,7 +187,7 @@ typedef struct Check {
   size_t n;
 } Check;
 
-static int slot(const Check *c, Task t) { return ((int)t.phase * c->S + t.stage) * c->s->m + t.mb; }
+static int slot(const Check *c, Task t) { return task_slot(t, c->S, c->s->m); }
 
 static const char *task_str(Task t, char *buf, size_t n) {
   snprintf(buf, n, "%c s%d mb%d", phase_letter[t.phase], t.stage, t.mb);
@@ -195,7 +195,7 @@ static const char *task_str(Task t, char *buf, size_t n) {
 }
 
 /* The tasks t waits for (the rules in the header comment); returns how many. */
-static int producers(Task t, int S, Task dep[2]) {
+int task_producers(Task t, int S, Task dep[2]) {
   int n = 0;
   if (t.phase == TASK_F && t.stage > 0) dep[n++] = (Task){t.stage - 1, t.mb, TASK_F};
   if (t.phase == TASK_B) dep[n++] = (Task){t.stage, t.mb, TASK_F};
@@ -255,7 +255,7 @@ static bool check_complete(Check *c) {
 
 static bool ready(const Check *c, Task t) {
   Task dep[2];
-  int n = producers(t, c->S, dep);
+  int n = task_producers(t, c->S, dep);
   for (int i = 0; i < n; i++)
     if (!c->done[slot(c, dep[i])]) return false;
   return true;
@@ -273,7 +273,7 @@ static bool check_deadlock(Check *c) {
   for (int d = 0; d < s->p; d++) {
     if (c->next[d] == s->ntasks[d]) continue;
     Task t = s->order[d][c->next[d]], dep[2];
-    int n = producers(t, c->S, dep), k = 0;
+    int n = task_producers(t, c->S, dep), k = 0;
     while (k < n - 1 && c->done[slot(c, dep[k])]) k++;
     char b1[48], b2[48];
     snprintf(c->why, c->n, "deadlock: device %d waits at %s for %s, which device %d never reaches", d,

@@ -51,17 +51,7 @@ typedef struct Sim {
   SimResult *r;
 } Sim;
 
-static int slot(const Sim *x, Task t) { return ((int)t.phase * x->S + t.stage) * x->s->m + t.mb; }
-
-/* The tasks t waits for; the same rules as schedule.c's producers(). */
-static int producers(Task t, int S, Task dep[2]) {
-  int n = 0;
-  if (t.phase == TASK_F && t.stage > 0) dep[n++] = (Task){t.stage - 1, t.mb, TASK_F};
-  if (t.phase == TASK_B) dep[n++] = (Task){t.stage, t.mb, TASK_F};
-  if (t.phase == TASK_B && t.stage < S - 1) dep[n++] = (Task){t.stage + 1, t.mb, TASK_B};
-  if (t.phase == TASK_W) dep[n++] = (Task){t.stage, t.mb, TASK_B};
-  return n;
-}
+static int slot(const Sim *x, Task t) { return task_slot(t, x->S, x->s->m); }
 
 static double duration(const Sim *x, Task t) {
   const double *a = t.phase == TASK_F ? x->in->t_f : t.phase == TASK_B ? x->in->t_b : x->in->t_w;
@@ -81,7 +71,7 @@ static void add_event(Sim *x, int d, Task t, bool transfer, double start, double
 /* Runs device d's next task if its inputs have arrived. */
 static bool run_next(Sim *x, int d) {
   Task t = x->s->order[d][x->next[d]], dep[2];
-  int n = producers(t, x->S, dep);
+  int n = task_producers(t, x->S, dep);
   double start = x->free[d];
   for (int i = 0; i < n; i++) {
     double e = x->end[slot(x, dep[i])];
