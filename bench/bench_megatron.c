@@ -7,8 +7,7 @@
  *       (F = 96 B s l h^2 (1 + s/(6h) + V/(16 l h)), recomputation included),
  *       against their measured figure, as a ratio;
  *   (a) carve's own automatic plan and its search time, for the rows up to
- *       `--auto-max` GPUs (default 128): the search is not yet fast enough
- *       for the large rows (see bench/README.md).
+ *       `--auto-max` GPUs (default: all of them; each takes up to a minute).
  * usage: bench_megatron [--auto-max N] [--rows a-b] */
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +35,7 @@ static double flops96(const Row *r) {
 
 int main(int argc, char **argv) {
   carve_passive_threads(argv);
-  int auto_max = 128, lo = 1, hi = 10;
+  int auto_max = 1 << 20, lo = 1, hi = 10;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--auto-max")) auto_max = atoi(argv[i + 1]);
     if (!strcmp(argv[i], "--rows")) sscanf(argv[i + 1], "%d-%d", &lo, &hi);

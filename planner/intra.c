@@ -279,15 +279,23 @@ typedef struct Acc {
   PtrVec *rec;           /* if set: the collectives, for the plan */
 } Acc;
 
-static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, CommPhase ph, const char *what) {
+/* A collective. One that happens once per step (a parameter's gradient
+ * sync, the weights' gather after the update) while the graph is one of
+ * several microbatches weighs 1/microbatches in the objective. */
+static void comm_w(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, CommPhase ph, const char *what,
+                   bool once) {
   double t = coll_time(C->me, k, axis, bytes);
   if (t <= 0) return;
-  acc->comm += t;
+  acc->comm += once && C->o->microbatches > 1 ? t / C->o->microbatches : t;
   if (acc->rec) {
     Comm *c = arena_alloc(sizeof(Comm));
-    *c = (Comm){k, 1 << axis, bytes, 1, ph, what};
+    *c = (Comm){k, 1 << axis, bytes, 1, ph, what, once};
     ptrvec_push(acc->rec, c);
   }
+}
+
+static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, CommPhase ph, const char *what) {
+  comm_w(C, acc, k, axis, bytes, ph, what, false);
 }
 
 static bool maps(const OpModel *m, int t, int id) {
@@ -321,7 +329,8 @@ static void param_memory(const Ctx *C, Acc *acc, const Node *u, const Spec *s, i
 
 /* The gradient of parameter u (spec s) is summed over `axes`: all-reduce,
  * or under ZeRO reduce-scatter then all-gather of the updated weights; ZeRO-3
- * also gathers the weights before the forward and the backward pass. */
+ * also gathers the weights before the forward and the backward pass of
+ * every microbatch; the rest happens once per step. */
 static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int axes) {
   double P, G, O;
   state_bytes(C, &P, &G, &O);
@@ -329,10 +338,13 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
   for (int a = 0; a < 2; a++) {
     if (!(axes >> a & 1)) continue;
     if (C->zero == 0) {
-      comm(C, acc, COLL_ALL_REDUCE, a, e * G, PHASE_BACKWARD, u->name);
+      comm_w(C, acc, COLL_ALL_REDUCE, a, e * G, PHASE_BACKWARD, u->name, true);
     } else { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
-      comm(C, acc, COLL_REDUCE_SCATTER, a, e * G, PHASE_BACKWARD, u->name);
-      comm(C, acc, COLL_ALL_GATHER, a, e * P, C->zero >= 3 ? PHASE_FORWARD : PHASE_UPDATE, u->name);
+      comm_w(C, acc, COLL_REDUCE_SCATTER, a, e * G, PHASE_BACKWARD, u->name, true);
+      if (C->zero >= 3)
+        comm(C, acc, COLL_ALL_GATHER, a, e * P, PHASE_FORWARD, u->name);
+      else
+        comm_w(C, acc, COLL_ALL_GATHER, a, e * P, PHASE_UPDATE, u->name, true);
       if (C->zero >= 3) comm(C, acc, COLL_ALL_GATHER, a, e * P, PHASE_BACKWARD, u->name);
       e /= C->me->n[a];
     }
@@ -399,7 +411,8 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       if (owned) acc->ma += tensor_bytes(C, u, &s);
       if (C->needs_grad[u->id])
         for (int a = 0; a < 2; a++)
-          if (reduce >> a & 1) comm(C, acc, COLL_ALL_REDUCE, a, tensor_bytes(C, u, &s), PHASE_BACKWARD, u->name);
+          if (reduce >> a & 1) /* a parameter's partial gradients are summed once per step */
+            comm_w(C, acc, COLL_ALL_REDUCE, a, tensor_bytes(C, u, &s), PHASE_BACKWARD, u->name, u->op == OP_PARAM);
     }
     if (st->a2a >= 0 && !maps(m, k, st->ax[st->a2a]) && maps(m, k, m->moe_e)) {
       comm(C, acc, COLL_ALL_TO_ALL, st->a2a, tensor_bytes(C, u, &s), PHASE_FORWARD, u->name);
@@ -785,19 +798,28 @@ typedef struct Solution {
   int cols, binaries, rows;
 } Solution;
 
-/* GLPK's search calls this; the relative gap between the best plan found and
- * the best bound is kept, for a search stopped by the time limit. */
-static void record_gap(glp_tree *tree, void *info) {
-  if (glp_ios_reason(tree) == GLP_IBINGO || glp_ios_reason(tree) == GLP_ISELECT) {
+/* GLPK's search calls this: it keeps the relative gap between the best plan
+ * found and the best bound (for a search that is stopped), and stops the
+ * search after `node_limit` subproblems when there is one. */
+typedef struct Search {
+  double gap;
+  int nodes, node_limit;
+} Search;
+
+static void search_callback(glp_tree *tree, void *info) {
+  Search *s = info;
+  int why = glp_ios_reason(tree);
+  if (why == GLP_IBINGO || why == GLP_ISELECT) {
     double gap = glp_ios_mip_gap(tree);
-    if (gap < DBL_MAX) *(double *)info = gap;
+    if (gap < DBL_MAX) s->gap = gap;
   }
+  if (why == GLP_ISELECT && s->node_limit > 0 && ++s->nodes > s->node_limit) glp_ios_terminate(tree);
 }
 
 /* Builds and solves the ILP; with minimise_memory, the objective is the
  * memory sum instead and the memory row is left out (used to explain an
  * infeasible problem). */
-static Solution solve(const Problem *P, double mem_limit, double time_limit, bool minimise_memory) {
+static Solution solve(const Problem *P, double mem_limit, double time_limit, int node_limit, bool minimise_memory) {
   Solution S = {0};
   S.choice = arena_alloc(sizeof(int) * (size_t)(P->nvars + 1));
   double t0 = now_seconds();
@@ -866,20 +888,35 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, boo
   CARVE_ASSERT(nz <= cap, "ILP coefficient buffer large enough");
   glp_load_matrix(lp, nz, ia, ja, ar);
   free(ia), free(ja), free(ar);
+  /* Two passes. The first, without heuristics, settles almost every problem
+   * in a few dozen nodes. A problem under tight memory where it finds no
+   * plan within FIRST_NODES nodes (or within a search's node limit) gets a
+   * second pass with the feasibility pump, which finds such plans fast but
+   * costs seconds on large problems; a search keeps the first pass's plan
+   * if it has one. */
+  enum { FIRST_NODES = 500 };
   glp_iocp parm;
   glp_init_iocp(&parm);
   parm.presolve = GLP_ON;
   parm.msg_lev = GLP_MSG_OFF;
   parm.tm_lim = (int)fmin(time_limit * 1000, 2e9);
   parm.mip_gap = 1e-6;
-  parm.cb_func = record_gap;
-  parm.cb_info = &S.gap;
-  S.gap = 1;
+  Search search = {.gap = 1, .node_limit = node_limit > 0 ? node_limit : FIRST_NODES};
+  parm.cb_func = search_callback;
+  parm.cb_info = &search;
   int rc = glp_intopt(lp, &parm);
+  bool stopped = rc == GLP_ESTOP, found = glp_mip_status(lp) == GLP_FEAS;
+  if (stopped && !(node_limit > 0 && found)) {
+    parm.fp_heur = GLP_ON;
+    parm.tm_lim = (int)fmax(1, parm.tm_lim - (now_seconds() - t0) * 1000);
+    search = (Search){.gap = 1, .node_limit = node_limit};
+    rc = glp_intopt(lp, &parm);
+  }
+  S.gap = search.gap;
   int status = glp_mip_status(lp);
   S.feasible = status == GLP_OPT || status == GLP_FEAS;
   S.optimal = status == GLP_OPT;
-  S.timed_out = rc == GLP_ETMLIM && !S.feasible;
+  S.timed_out = (rc == GLP_ETMLIM || rc == GLP_ESTOP) && !S.feasible;
   S.cols = ncols, S.rows = nrows;
   for (int x = 0; x < P->nvars; x++) S.binaries += P->vars[x].ns;
   if (S.feasible) {
@@ -976,8 +1013,8 @@ static void aggregate(Plan *pl, PtrVec *rec) {
     for (; j < pl->ncomms; j++) {
       Comm *d = &pl->comms[j];
       Node t2 = {.name = d->what ? d->what : "-"};
-      if (d->kind == c->kind && d->axes == c->axes && d->phase == c->phase && fabs(d->bytes - c->bytes) < 0.5 &&
-          strcmp(layer_key(&t2), key) == 0)
+      if (d->kind == c->kind && d->axes == c->axes && d->phase == c->phase && d->once == c->once &&
+          fabs(d->bytes - c->bytes) < 0.5 && strcmp(layer_key(&t2), key) == 0)
         break;
     }
     if (j < pl->ncomms)
@@ -1031,7 +1068,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
 
 /* Why nothing fits: the least memory any plan needs, and what dominates it. */
 static void explain_infeasible(const Problem *P, const Mesh *me, FILE *err) {
-  Solution S = solve(P, 0, 60, true);
+  Solution S = solve(P, 0, 60, 0, true);
   char a[32], b[32];
   if (!S.feasible) {
     fprintf(err, "carve: error: no plan fits in %s per device\n", fmt_bytes(me->memory, a, sizeof a));
@@ -1103,8 +1140,14 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
     P.C.zero = z;
     add_costs(&P);
     add_edges(&P);
-    S = solve(&P, me->memory, o->time_limit > 0 ? o->time_limit : 60, false);
+    S = solve(&P, me->memory, o->time_limit > 0 ? o->time_limit : 60, o->node_limit, false);
     if (S.feasible) break;
+    if (S.timed_out && o->node_limit > 0 && z < hi) continue; /* a search: the next stage may be easy */
+    if (S.timed_out && o->node_limit > 0) {
+      fprintf(err, "carve: error: the solver found no plan within %d branch-and-bound nodes on the %dx%d mesh\n",
+              o->node_limit, me->n[0], me->n[1]);
+      return NULL;
+    }
     if (S.timed_out) {
       fprintf(err,
               "carve: error: the solver found no plan within the time limit (%g s) on the %dx%d mesh; "

@@ -1,17 +1,25 @@
-/* pipeline.c: the whole plan. For each microbatch count B that divides the
- * batch, the model is elaborated at batch / B; its layers (repeat
- * iterations) are grouped into at most MAXGROUPS groups; every span of
- * groups on every submesh (1, 2, ... devices of a node that divide it, as a
- * 1 x k mesh, or n whole nodes as an n x devices-per-node mesh; beyond 8
- * nodes only whole nodes, n dividing the node count) gets the
- * intra-operator plan of its stage graph (planner/stages.c), with memory
- * for the activations of as many microbatches as a 1F1B pipeline keeps in
- * flight at most (min(B, devices / stage devices)). A stage's time per
- * microbatch is its plan's time less the once-per-step gradient
- * synchronisation, which is paid once at the end. The stage DP picks spans
- * and submeshes; the 1F1B schedule is simulated with those times and with
- * point-to-point transfers of the stage boundaries; the best B wins.
+/* pipeline.c: the whole plan. For each microbatch count B (powers of two
+ * up to 64 that divide the batch, or the count asked for), the model is
+ * elaborated at batch / B; its layers (repeat iterations) are grouped into
+ * at most MAXGROUPS groups; every span of groups on every submesh (1, 2, ...
+ * devices of a node that divide it, as a 1 x k mesh, or n whole nodes as an
+ * n x devices-per-node mesh; beyond 8 nodes only whole nodes, n dividing the
+ * node count) gets the intra-operator plan of its stage graph
+ * (planner/stages.c), with memory for the activations of as many
+ * microbatches as a 1F1B pipeline keeps in flight at most (min(B, devices /
+ * stage devices)). The stage ILP sees one microbatch: its gradient syncs,
+ * which happen once per step, weigh 1/B in its objective; a stage's time per
+ * microbatch is the objective less that share, and the sync is paid once at
+ * the end. The stage DP picks spans and submeshes; the schedule is
+ * simulated with those times and with point-to-point transfers of the stage
+ * boundaries; the best B wins.
  *
+ * On clusters of more than 16 devices the DP is restricted (composed span
+ * costs, whole nodes, at most MAXGROUPS stages), so the search also tries
+ * balanced pipelines: p equal stages on equal submeshes, for every p and
+ * every microbatch count that divides the batch, in the order of a lower
+ * bound and cut off by it (balanced_search). Stage plans made once are
+ * shared across the whole search (Cache). *
  * The schedule is chosen last, by simulation, among GPipe, 1F1B, interleaved
  * 1F1B (two chunks per device) and ZB-H1, as the fastest whose in-flight
  * activations fit in memory.
@@ -28,13 +36,35 @@
 
 #define MAXGROUPS 8
 #define MAXSUB 32
+/* Branch-and-bound nodes a stage plan of the search may use. Almost every
+ * stage ILP is solved to optimality in a few dozen; under tight memory a few
+ * run on for minutes with a gap of 5-15% that closes slowly, and then the
+ * best plan found after this many nodes (a fraction of a second) is kept. */
+#define STAGE_NODE_LIMIT 100
+#define MAXSTAGES 128 /* stages of a balanced pipeline */
+#define MAXMICRO 1024 /* microbatches of a balanced pipeline */
 
 typedef struct Sub {
   int nodes, per_node, devices;
 } Sub;
 
+/* Stage plans already made in this search, by the stage graph's signature,
+ * the submesh and the in-flight microbatches: the DP at each microbatch
+ * count and the balanced pipelines ask for many of the same. */
+typedef struct Cached {
+  uint64_t key;
+  const Plan *plan; /* NULL: does not fit */
+  double t, sync, mem;
+} Cached;
+
+typedef struct Cache {
+  Cached *e;
+  int n, cap;
+} Cache;
+
 typedef struct Ctx {
   const Graph *g;
+  Cache *cache;
   int *group; /* forward node -> group */
   int G;
   int *first_layer, *last_layer; /* per group */
@@ -43,9 +73,9 @@ typedef struct Ctx {
   Sub sub[MAXSUB];
   int nsub, D, B;
   int unit;               /* devices per unit the stage DP counts: 1, or a node */
+  int64_t batch;          /* the step's batch (0: none) */
   bool compose;           /* search with composed span costs (large clusters) */
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
-  uint64_t *sig;          /* [i][j][k]: the span's signature, once known */
   const Plan **plan;
   int ilps;
 } Ctx;
@@ -90,21 +120,28 @@ static uint64_t signature(const Graph *g) {
 static double exact_cost(Ctx *c, int i, int j, int k) {
   size_t x = idx(c, i, j, k);
   if (!isnan(c->t[x])) return c->t[x];
+  if (c->D > 16 && c->batch > 0 && c->batch / c->B < c->sub[k].nodes)
+    return c->t[x] = -1; /* large clusters: each node of a stage gets a sample at least (see balanced_search) */
+  int most = c->D / c->sub[k].devices; /* stages a pipeline could still have */
+  int inflight = c->B < most ? c->B : most;
   Graph *sg = stage_graph(c->g, c->group, i, j);
-  uint64_t sig = signature(sg) ^ ((uint64_t)k * 0x9e3779b97f4a7c15ull);
-  for (size_t y = 0; y < (size_t)c->G * (size_t)c->G * (size_t)c->nsub; y++)
-    if (c->sig[y] == sig && !isnan(c->t[y])) { /* an identical span on the same submesh */
-      c->sig[x] = sig, c->plan[x] = c->plan[y], c->sync[x] = c->sync[y], c->mem[x] = c->mem[y];
-      return c->t[x] = c->t[y];
+  int64_t what[4] = {c->sub[k].nodes, c->sub[k].per_node, inflight, c->B};
+  uint64_t key = hash_bytes(what, sizeof what, signature(sg));
+  for (int y = 0; y < c->cache->n; y++) {
+    const Cached *e = &c->cache->e[y];
+    if (e->key == key) { /* an identical span on the same submesh */
+      c->plan[x] = e->plan, c->sync[x] = e->sync, c->mem[x] = e->mem;
+      return c->t[x] = e->t;
     }
-  c->sig[x] = sig;
+  }
   Cluster sub = *c->cl;
   sub.nodes = c->sub[k].nodes;
   sub.devices_per_node = c->sub[k].per_node;
   PlanOptions po = *c->po;
-  int most = c->D / c->sub[k].devices; /* stages a pipeline could still have */
-  po.inflight = c->B < most ? c->B : most;
+  po.inflight = inflight;
+  po.microbatches = c->B;
   po.quiet = true;
+  po.node_limit = STAGE_NODE_LIMIT;
   FILE *quiet = fopen("/dev/null", "w");
   const Plan *p = NULL;
   /* a part of a node is a 1 x k mesh; whole nodes are nodes x devices-per-node,
@@ -120,10 +157,21 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
   fclose(quiet);
   c->ilps++;
   c->plan[x] = p;
-  if (!p) return c->t[x] = -1;
-  c->sync[x] = once_per_step(p);
-  c->mem[x] = p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts;
-  return c->t[x] = p->objective - c->sync[x];
+  c->t[x] = -1;
+  if (p) {
+    c->sync[x] = once_per_step(p);
+    c->mem[x] = p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts;
+    c->t[x] = p->objective - c->sync[x] / c->B; /* the objective holds 1/B of the sync */
+  }
+  Cache *cc = c->cache;
+  if (cc->n == cc->cap) {
+    cc->cap = cc->cap ? 2 * cc->cap : 256;
+    Cached *e = arena_alloc(sizeof(Cached) * (size_t)cc->cap);
+    if (cc->n) memcpy(e, cc->e, sizeof(Cached) * (size_t)cc->n);
+    cc->e = e;
+  }
+  cc->e[cc->n++] = (Cached){key, p, c->t[x], c->sync[x], c->mem[x]};
+  return c->t[x];
 }
 
 /* On large clusters the DP searches with composed costs: a span's time,
@@ -177,9 +225,9 @@ static Graph *load_at(const char *path, const ElabOptions *eo, int B, FILE *err)
   return frontend_load_microbatch(path, eo, B, &d);
 }
 
-/* Groups of consecutive layers, at most MAXGROUPS. */
-static void group_layers(Ctx *c, int L, const int *layer_of) {
-  c->G = L < MAXGROUPS ? L : MAXGROUPS;
+/* Groups of consecutive layers, at most `most`. */
+static void group_layers(Ctx *c, int L, const int *layer_of, int most) {
+  c->G = L < most ? L : most;
   c->group = arena_alloc(sizeof(int) * (size_t)(c->g->nfwd + 1));
   c->first_layer = arena_alloc(sizeof(int) * (size_t)c->G);
   c->last_layer = arena_alloc(sizeof(int) * (size_t)c->G);
@@ -318,64 +366,207 @@ static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
   return choose_schedule(pp, c->cl->memory, SCHED_KINDS, -1, err) ? pp : NULL;
 }
 
+/* The graph at a microbatch count, loaded once per search. */
+typedef struct AtB {
+  int B, L;
+  Graph *g;
+  int *layer_of;
+} AtB;
+
+typedef struct Search {
+  const char *path;
+  const ElabOptions *eo;
+  const Cluster *cl;
+  const PlanOptions *po;
+  const Graph *g1;
+  AtB *at;
+  int nat;
+  PipelinePlan *best;
+  int ilps;
+  Cache cache;
+  double t0;
+  int64_t batch;
+} Search;
+
+static const AtB *graph_at(Search *S, int B, FILE *err) {
+  for (int i = 0; i < S->nat; i++)
+    if (S->at[i].B == B) return &S->at[i];
+  Graph *g = B == 1 ? (Graph *)S->g1 : load_at(S->path, S->eo, B, err);
+  if (!g || !autodiff(g, 1, err)) return NULL;
+  AtB *a = &S->at[S->nat++];
+  a->B = B, a->g = g;
+  a->layer_of = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
+  a->L = graph_layers(g, MAXGROUPS, a->layer_of);
+  return a;
+}
+
+static void cache_alloc(Ctx *c) {
+  size_t cells = (size_t)c->G * (size_t)c->G * (size_t)c->nsub;
+  c->t = arena_alloc(sizeof(double) * cells), c->sync = arena_alloc(sizeof(double) * cells);
+  c->mem = arena_alloc(sizeof(double) * cells), c->plan = arena_alloc(sizeof(Plan *) * cells);
+  for (size_t i = 0; i < cells; i++) c->t[i] = NAN;
+}
+
+/* Keeps pp if it is the fastest so far. */
+static void consider(Search *S, PipelinePlan *pp, const AtB *a) {
+  if (!pp || (S->best && pp->step_s >= S->best->step_s)) return;
+  S->best = pp;
+  pp->layers = a->L;
+  pp->model = S->g1->model;
+  Summary s;
+  summarize(a->g, &s);
+  pp->model_flops = s.flops_einsum * a->B;
+}
+
+/* The stage DP at B microbatches (groups of layers x submeshes). */
+static void dp_at(Search *S, const AtB *a, FILE *progress) {
+  Ctx c = {.cl = S->cl,
+           .po = S->po,
+           .D = cluster_devices(S->cl),
+           .B = a->B,
+           .g = a->g,
+           .cache = &S->cache,
+           .batch = S->batch};
+  group_layers(&c, a->L, a->layer_of, MAXGROUPS);
+  submeshes(&c);
+  c.compose = c.D > 16;
+  cache_alloc(&c);
+  int devs[MAXSUB];
+  for (int k = 0; k < c.nsub; k++) devs[k] = c.sub[k].devices / c.unit;
+  StageProblem sp = {c.G, c.nsub, devs, c.D / c.unit, a->B, span_cost, &c};
+  Stage st[MAXGROUPS];
+  int ns = 0;
+  double total = stage_dp(&sp, st, &ns);
+  if (progress)
+    fprintf(progress, "microbatches %d: %s (%d stage plans, %.1f s)\n", a->B,
+            total < 0 ? "no plan fits" : arena_printf("%d stage%s", ns, ns == 1 ? "" : "s"), c.ilps,
+            now_seconds() - S->t0);
+  PipelinePlan *pp = NULL;
+  if (total >= 0) {
+    FILE *quiet = fopen("/dev/null", "w"); /* a microbatch count that fails is just not chosen */
+    pp = assemble(&c, st, ns, quiet);
+    fclose(quiet);
+    if (progress && pp) fprintf(progress, "  predicted step %.4g s\n", pp->step_s);
+    if (progress && !pp) fprintf(progress, "  the chosen stages do not fit in memory as a whole\n");
+  }
+  S->ilps += c.ilps;
+  consider(S, pp, a);
+}
+
+/* A balanced pipeline: p stages of equal layer counts (as near as the
+ * layers divide) on equal submeshes of D / p devices. Its middle stage is
+ * planned first: B microbatches of it, the bubble of ZB-H1 with equal
+ * stages ((p - 1) / 3 of a microbatch) and its gradient sync bound the
+ * step from below, and the other stages are planned only when that bound
+ * beats the best plan so far. */
+static void balanced_at(Search *S, const AtB *a, int p) {
+  Ctx c = {.cl = S->cl,
+           .po = S->po,
+           .D = cluster_devices(S->cl),
+           .B = a->B,
+           .g = a->g,
+           .unit = 1,
+           .cache = &S->cache,
+           .batch = S->batch};
+  group_layers(&c, a->L, a->layer_of, p);
+  int per = c.D / p, dpn = S->cl->devices_per_node;
+  c.sub[0] = per >= dpn ? (Sub){per / dpn, dpn, per} : (Sub){1, per, per};
+  c.nsub = 1;
+  cache_alloc(&c);
+  double t = exact_cost(&c, p / 2, p / 2, 0);
+  S->ilps += c.ilps;
+  c.ilps = 0;
+  if (t < 0 || (S->best && (a->B + (p - 1) / 3.0) * t + c.sync[idx(&c, p / 2, p / 2, 0)] >= S->best->step_s)) return;
+  Stage st[MAXSTAGES];
+  for (int s = 0; s < p; s++) st[s] = (Stage){s, s, 0, 0};
+  FILE *quiet = fopen("/dev/null", "w");
+  PipelinePlan *pp = assemble(&c, st, p, quiet);
+  fclose(quiet);
+  S->ilps += c.ilps;
+  consider(S, pp, a);
+}
+
+typedef struct Candidate {
+  int B, p;
+  double bound;
+} Candidate;
+
+static int by_bound(const void *x, const void *y) {
+  double a = ((const Candidate *)x)->bound, b = ((const Candidate *)y)->bound;
+  return a < b ? -1 : a > b;
+}
+
+/* Balanced pipelines on large clusters, searched in the order of a lower
+ * bound on their step: every device busy with its share of the model's
+ * FLOPs at the cost model's rate, plus the bubble of the best schedule
+ * with equal stages (ZB-H1, a third of a stage's microbatch per stage). The
+ * search stops at the first candidate whose bound is no better than the
+ * best plan found. Stage counts p: up to MAXSTAGES and the layer count, with
+ * D / p devices a whole number of nodes or a divisor of a node; microbatch
+ * counts: every divisor of the batch up to MAXMICRO that leaves a sample per
+ * node of a stage at least (a smaller microbatch would have to split single
+ * samples across nodes, over the slow network; the stage DP on large
+ * clusters skips such submeshes too). */
+static void balanced_search(Search *S, int64_t batch, int fixed_B, FILE *progress, FILE *err) {
+  const Cluster *cl = S->cl;
+  int D = cluster_devices(cl), dpn = cl->devices_per_node;
+  Summary sm;
+  summarize(S->g1, &sm);
+  Mesh me;
+  if (!mesh_make(cl, 1, 1, S->po->mixed, &me, err)) return;
+  double ideal = sm.flops_einsum / (0.8 * me.flops * D); /* the whole batch */
+  int L = S->at[0].L;
+  Candidate *cand = arena_alloc(sizeof(Candidate) * (size_t)MAXMICRO * MAXSTAGES);
+  int n = 0;
+  for (int B = 1; B <= MAXMICRO && B <= batch; B++) {
+    if (batch % B || (fixed_B > 0 && B != fixed_B)) continue;
+    for (int p = 2; p <= MAXSTAGES && p <= L && p <= D; p++) {
+      int per = D / p;
+      if (D % p || (per % dpn && dpn % per) || batch / B < per / dpn) continue;
+      cand[n++] = (Candidate){B, p, ideal * (1 + (p - 1) / (3.0 * B))};
+    }
+  }
+  qsort(cand, (size_t)n, sizeof *cand, by_bound);
+  int tried = 0;
+  for (int i = 0; i < n; i++) {
+    if (S->best && cand[i].bound >= S->best->step_s) break;
+    const AtB *a = graph_at(S, cand[i].B, err);
+    if (!a) return;
+    balanced_at(S, a, cand[i].p);
+    tried++;
+  }
+  if (progress)
+    fprintf(progress, "balanced pipelines: %d of %d (stages x microbatches) tried, the rest bounded out (%.1f s)\n",
+            tried, n, now_seconds() - S->t0);
+}
+
 PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
                             int fixed_B, FILE *progress, FILE *err) {
   double t0 = now_seconds();
   Graph *g1 = load_at(path, eo, 1, err);
   if (!g1) return NULL;
   int64_t batch = graph_dim(g1, "batch", 0);
-  PipelinePlan *best = NULL;
-  int ilps = 0;
-  for (int B = 1; B <= 64 && (B == 1 || batch > 0); B *= 2) {
-    if (fixed_B > 0 && B != fixed_B) {
-      if (B > fixed_B) break;
-      continue;
-    }
-    if (B > 1 && (batch % B || batch / B < 1)) break;
-    Ctx c = {.cl = cl, .po = po, .D = cluster_devices(cl), .B = B};
-    c.g = B == 1 ? g1 : load_at(path, eo, B, err);
-    if (!c.g || !autodiff((Graph *)c.g, 1, err)) return NULL;
-    int *layer_of = arena_alloc(sizeof(int) * (size_t)(c.g->nfwd + 1));
-    int L = graph_layers(c.g, MAXGROUPS, layer_of);
-    group_layers(&c, L, layer_of);
-    submeshes(&c);
-    c.compose = c.D > 16;
-    size_t cells = (size_t)c.G * (size_t)c.G * (size_t)c.nsub;
-    c.t = arena_alloc(sizeof(double) * cells), c.sync = arena_alloc(sizeof(double) * cells);
-    c.mem = arena_alloc(sizeof(double) * cells), c.plan = arena_alloc(sizeof(Plan *) * cells);
-    c.sig = arena_alloc(sizeof(uint64_t) * cells);
-    for (size_t i = 0; i < cells; i++) c.t[i] = NAN;
-    int devs[MAXSUB];
-    for (int k = 0; k < c.nsub; k++) devs[k] = c.sub[k].devices / c.unit;
-    StageProblem sp = {c.G, c.nsub, devs, c.D / c.unit, B, span_cost, &c};
-    Stage st[MAXGROUPS];
-    int ns = 0;
-    double total = stage_dp(&sp, st, &ns);
-    ilps += c.ilps;
-    if (progress)
-      fprintf(progress, "microbatches %d: %s (%d stage plans)\n", B,
-              total < 0 ? "no plan fits" : arena_printf("%d stage%s", ns, ns == 1 ? "" : "s"), c.ilps);
-    if (total < 0) continue;
-    FILE *quiet = fopen("/dev/null", "w"); /* a microbatch count that fails is just not chosen */
-    PipelinePlan *pp = assemble(&c, st, ns, quiet);
-    fclose(quiet);
-    if (progress && pp) fprintf(progress, "  predicted step %.4g s\n", pp->step_s);
-    if (progress && !pp) fprintf(progress, "  the chosen stages do not fit in memory as a whole\n");
-    if (pp && (!best || pp->step_s < best->step_s)) {
-      best = pp;
-      best->layers = L;
-      best->model = g1->model;
-      Summary s;
-      summarize(c.g, &s);
-      best->model_flops = s.flops_einsum * B;
-    }
+  Search S = {path, eo, cl, po, g1, arena_alloc(sizeof(AtB) * (MAXMICRO + 1)), 0, NULL, 0, {0}, t0, batch};
+  if (fixed_B > 0 && batch > 0 && batch % fixed_B) {
+    fprintf(err, "carve: error: %d microbatches do not divide the batch of %lld\n", fixed_B, (long long)batch);
+    return NULL;
   }
+  if (!graph_at(&S, 1, err)) return NULL;
+  /* the stage DP at the microbatch count asked for, or at powers of two up to 64 */
+  for (int B = fixed_B > 0 ? fixed_B : 1; B <= (fixed_B > 0 ? fixed_B : 64) && (B == 1 || batch > 0); B *= 2) {
+    if (B > 1 && batch % B) break;
+    const AtB *a = graph_at(&S, B, err);
+    if (!a) return NULL;
+    dp_at(&S, a, progress);
+  }
+  if (cluster_devices(cl) > 16 && batch > 0) balanced_search(&S, batch, fixed_B, progress, err);
+  PipelinePlan *best = S.best;
   if (!best) {
     fprintf(err, "carve: error: no pipeline plan fits the %d devices of %s at any microbatch count tried\n",
             cluster_devices(cl), cl->name);
     return NULL;
   }
-  best->ilps = ilps;
+  best->ilps = S.ilps;
   best->search_s = now_seconds() - t0;
   throughput(best, po);
   return best;
@@ -558,6 +749,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   o.zero = m->zero;
   o.batch_axis = m->dp > 1 ? 0 : -1;
   o.inflight = m->recompute == 1 ? 1 : B < m->pp ? B : m->pp; /* recomputing stages keep one microbatch */
+  o.microbatches = B;
   Mesh me;
   if (!mesh_make(&sub, m->dp, m->tp, po->mixed, &me, err)) return NULL;
   for (int s = 0; s < m->pp; s++) {
@@ -581,7 +773,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
                       .device0 = s * n,
                       .plan = pl};
     ps->sync = once_per_step(pl);
-    ps->t = pl->objective - ps->sync;
+    ps->t = pl->objective - ps->sync / B;
     ps->memory = pl->mem_params + pl->mem_grads + pl->mem_optim + pl->mem_acts;
     if (s + 1 < m->pp) {
       ps->p2p_bytes = boundary_bytes(g, layer_of, s + 1, s + 1, po->mixed) / n;

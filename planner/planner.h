@@ -76,6 +76,11 @@ typedef struct PlanOptions {
   double time_limit; /* seconds for the solver */
   bool quiet;        /* no explanation of an infeasible problem (searches) */
   int inflight;      /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
+  int microbatches;  /* the graph is one of this many microbatches of a step: collectives that happen
+                        once per step (gradient syncs) weigh 1/microbatches in the objective; 0 means 1 */
+  int node_limit;    /* stop the solver after this many branch-and-bound nodes (0: none); searches
+                        use it so that a stage plan under tight memory costs a bounded, machine-
+                        independent effort, and keep the best plan found with its gap */
 } PlanOptions;
 
 /* One collective of the plan, aggregated over identical ones. */
@@ -86,6 +91,8 @@ typedef struct Comm {
   int count;    /* occurrences per step */
   CommPhase phase;
   const char *what; /* the tensor it moves */
+  bool once;        /* once per step however many microbatches (gradient sync, weight gather after the
+                       update); otherwise every microbatch */
 } Comm;
 
 /* The result of the intra-operator pass. */

@@ -38,7 +38,9 @@ expect 0 "\"mesh\": \[64, 8\]" plan gpt --preset gpt-tiny --cluster dgx-a100 --n
 expect 0 "1 stage, 1f1b schedule" plan gpt --preset gpt-tiny --cluster dgx-a100 --microbatches 1
 expect 0 "4 stages, zb-h1 schedule, 8 microbatches" plan gpt --set batch=16,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster "$dir/clusters/fast-two-nodes.cluster" --microbatches 8
 expect 0 '"stages": \[' plan gpt --preset gpt-tiny --cluster dgx-a100 --microbatches 2 --json
-expect 2 "power of two" plan gpt --cluster dgx-a100 --microbatches 3
+expect 1 "3 microbatches do not divide the batch of 8" plan gpt --cluster dgx-a100 --microbatches 3
+expect 2 "from 1 to 1024" plan gpt --cluster dgx-a100 --microbatches 2000
+expect 0 "3 microbatches" plan gpt --set batch=12,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster "$dir/clusters/fast-two-nodes.cluster" --microbatches 3
 expect 2 "goes with --intra-only" plan gpt --cluster dgx-a100 --mesh 2x4
 # simulate and compare plans from their files
 big="gpt --set batch=16,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster $dir/clusters/fast-two-nodes.cluster"

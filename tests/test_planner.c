@@ -203,6 +203,42 @@ static void test_memory(void) {
   free(err);
 }
 
+/* A node limit (what the pipeline search gives each stage plan) stops the
+ * solver early; the plan it keeps still fits and is never better than the
+ * optimum; the once-per-step gradient syncs weigh 1/microbatches. */
+static void test_limits(void) {
+  const char *sets = "batch=8,seq=64,hidden=768,heads=12,layers=8,vocab=256";
+  Plan *full = plan("gpt", sets, "node4.cluster", 1, 4, NULL, NULL);
+  PlanOptions lim = {.zero = -1, .batch_axis = -1, .node_limit = 1};
+  Plan *cut = plan("gpt", sets, "node4.cluster", 1, 4, &lim, NULL);
+  CHECK(full && cut, "both plan");
+  if (!full || !cut) return;
+  CHECK(full->optimal, "without a limit the plan is optimal");
+  CHECK(cut->objective >= full->objective * (1 - 1e-9), "a stopped search is no better than the optimum (%.6g, %.6g)",
+        cut->objective, full->objective);
+  CHECK(cut->optimal || cut->gap > 0, "a stopped search reports its gap (%g)", cut->gap);
+  double mem = cut->mem_params + cut->mem_grads + cut->mem_optim + cut->mem_acts;
+  CHECK(mem <= cut->mesh.memory, "and fits: %.3g of %.3g bytes", mem, cut->mesh.memory);
+  /* data parallel at batch 256: the plan is dominated by gradient syncs at
+     one microbatch; at 16 microbatches they weigh a sixteenth */
+  const char *dp = "batch=256,hidden=32,layers=6";
+  PlanOptions one = {.zero = 0, .batch_axis = -1, .force_dp = true};
+  PlanOptions many = one;
+  many.microbatches = 16;
+  Plan *a = plan("mlp", dp, "node4.cluster", 1, 4, &one, NULL),
+       *b = plan("mlp", dp, "node4.cluster", 1, 4, &many, NULL);
+  CHECK(a && b, "mlp plans");
+  if (!a || !b) return;
+  double sync = 0;
+  for (int i = 0; i < a->ncomms; i++)
+    for (int ax = 0; ax < 2; ax++)
+      if (a->comms[i].once && a->comms[i].axes >> ax & 1)
+        sync += a->comms[i].count * coll_time(&a->mesh, a->comms[i].kind, ax, a->comms[i].bytes);
+  CHECK(sync > 0, "data parallelism syncs gradients once per step (%g s)", sync);
+  CHECK(fabs(a->objective - b->objective - sync * 15 / 16) <= 1e-9 + 1e-6 * a->objective,
+        "the sync weighs 1/16 at 16 microbatches (%.9g - %.9g vs %.9g)", a->objective, b->objective, sync * 15 / 16);
+}
+
 static void test_brute_force(void) {
   static const char *cases[][3] = {
       {"mlp", "batch=32,hidden=64,layers=2", "1x4"},
@@ -312,6 +348,7 @@ int main(int argc, char **argv) {
   test_tp_inside_nodes();
   test_moe();
   test_memory();
+  test_limits();
   test_brute_force();
   test_json();
   test_refusals();

@@ -134,10 +134,49 @@ static void test_stage_graphs(void) {
   free(lay);
 }
 
+/* On a cluster of 4 nodes of 8 (where the search adds balanced pipelines to
+ * the DP), carve's plan is predicted at least as fast as every Megatron-style
+ * plan of dp x tp x pp = 32 it can express, each at its best microbatch
+ * count: the search space contains them all. */
+static void test_versus_manual(void) {
+  ElabOptions eo = {0};
+  parse_sets("batch=64,seq=256,vocab=1024,hidden=1024,heads=16,layers=16", &eo.sets, &eo.nsets, stderr);
+  Cluster *c = cluster_load("dgx-a100", stderr);
+  CHECK(c && cluster_resize(c, 4, 0, stderr), "4 DGX A100 nodes");
+  if (!c) return;
+  PlanOptions po = {.zero = -1, .batch_axis = -1, .time_limit = 30, .mixed = true};
+  PipelinePlan *best = plan_pipeline(model_resolve("gpt"), &eo, c, &po, 0, NULL, stderr);
+  CHECK(best != NULL, "the automatic plan");
+  static const int cfg[][3] = {{32, 1, 1}, {16, 2, 1}, {8, 4, 1}, {4, 8, 1},  {16, 1, 2}, {8, 2, 2},
+                               {4, 4, 2},  {2, 8, 2},  {8, 1, 4}, {4, 2, 4},  {2, 4, 4},  {1, 8, 4},
+                               {4, 1, 8},  {2, 2, 8},  {1, 4, 8}, {2, 1, 16}, {1, 2, 16}};
+  int worse = 0, n = 0;
+  for (size_t i = 0; best && i < sizeof cfg / sizeof cfg[0]; i++) {
+    Manual m = {cfg[i][0], cfg[i][1], cfg[i][2], 0, SCHED_KINDS, 0, -1};
+    FILE *quiet = fopen("/dev/null", "w");
+    PipelinePlan *mp = plan_manual(model_resolve("gpt"), &eo, c, &po, &m, quiet);
+    fclose(quiet);
+    if (!mp) continue;
+    n++;
+    if (best->step_s > mp->step_s * (1 + 1e-9)) {
+      worse++;
+      printf("  dp=%d tp=%d pp=%d mb=%d: %.6g s, carve's plan %.6g s\n", m.dp, m.tp, m.pp, mp->microbatches, mp->step_s,
+             best->step_s);
+    }
+  }
+  CHECK(n >= 10, "most manual plans fit (%d)", n);
+  CHECK(worse == 0, "carve's plan is at least as fast as each of %d manual plans (%d are faster)", n, worse);
+  if (best)
+    printf("carve's plan: %d stages, %d microbatches, %.6g s per step\n", best->nstages, best->microbatches,
+           best->step_s);
+  free(eo.sets);
+}
+
 int main(void) {
   test_random();
   test_layers();
   test_stage_graphs();
+  test_versus_manual();
   arena_reset();
   return test_summary();
 }

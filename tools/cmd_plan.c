@@ -21,7 +21,7 @@ static void help(void) {
          "  --nodes N  --devices-per-node N   resize the cluster\n"
          "  --mesh AxB | N         the logical mesh (default: try every n0 x n1 of all devices, keep the best)\n"
          "  --intra-only           only the intra-operator pass, on one mesh\n"
-         "  --microbatches N       fix the microbatch count (a power of two); default: searched\n"
+         "  --microbatches N       fix the microbatch count (it divides the batch); default: searched\n"
          "  --manual \"dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,recompute=none\"\n"
          "                         evaluate a hand-written plan instead of searching (keys left out are chosen)\n"
          "  --zero auto|0|1|2|3    ZeRO stage (default auto: the lowest that fits)\n"
@@ -105,8 +105,8 @@ int cmd_plan(int argc, char **argv) {
       else if (!strcmp(a, "--time-limit"))
         po.time_limit = x;
       else if (!strcmp(a, "--microbatches")) {
-        if (x < 1 || x > 64 || x != (int)x || ((int)x & ((int)x - 1))) {
-          rc = usage_error("plan", "--microbatches is a power of two from 1 to 64");
+        if (x < 1 || x > 1024 || x != (int)x) {
+          rc = usage_error("plan", "--microbatches is a whole number from 1 to 1024 that divides the batch");
           goto done;
         }
         microbatches = (int)x;
