@@ -39,6 +39,14 @@ expect 0 "1 stage, 1f1b schedule" plan gpt --preset gpt-tiny --cluster dgx-a100 
 expect 0 "4 stages, zb-h1 schedule, 8 microbatches" plan gpt --set batch=16,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster "$dir/clusters/fast-two-nodes.cluster" --microbatches 8
 expect 0 '"stages": \[' plan gpt --preset gpt-tiny --cluster dgx-a100 --microbatches 2 --json
 expect 1 "3 microbatches do not divide the batch of 8" plan gpt --cluster dgx-a100 --microbatches 3
+# output that is not a terminal carries the report only, no progress lines
+"$carve" plan gpt --preset gpt-tiny --cluster dgx-a100 >"$tmp/out" 2>&1
+if grep -q "stage plans" "$tmp/out" || ! grep -q "^plan for gpt" "$tmp/out"; then
+  fail=$((fail + 1))
+  echo "FAILED: progress lines in piped output, or no report"
+else
+  pass=$((pass + 1))
+fi
 expect 2 "from 1 to 1024" plan gpt --cluster dgx-a100 --microbatches 2000
 expect 0 "3 microbatches" plan gpt --set batch=12,seq=64,vocab=256,hidden=512,heads=8,layers=16 --cluster "$dir/clusters/fast-two-nodes.cluster" --microbatches 3
 expect 2 "goes with --intra-only" plan gpt --cluster dgx-a100 --mesh 2x4

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "planner.h"
 #include "tools.h"
@@ -31,7 +32,9 @@ static void help(void) {
          "  --time-limit S         solver time limit in seconds (default 60)\n"
          "  --preset NAME  --set dim=N,...   model sizes\n"
          "  -o DIR                 also write DIR/plan.json\n"
-         "  --json                 print JSON instead of the report\n");
+         "  --json                 print JSON instead of the report\n"
+         "  --quiet                no progress lines (they go to standard error, and only when it is\n"
+         "                         a terminal)\n");
 }
 
 /* DIR/plan.json, written through a temporary name. */
@@ -54,7 +57,7 @@ static bool write_plan(const char *dir, const Plan *p, const PipelinePlan *pp) {
 int cmd_plan(int argc, char **argv) {
   if (wants_help(argc, argv)) return help(), 0;
   const char *model = NULL, *cluster = NULL, *mesh = NULL, *out = NULL, *precision = NULL, *manual = NULL;
-  bool json = false, intra = false;
+  bool json = false, intra = false, quiet = false;
   int nodes = 0, dpn = 0, microbatches = 0;
   PlanOptions po = {.zero = -1, .batch_axis = -1, .time_limit = 60};
   ElabOptions eo = {0};
@@ -65,6 +68,8 @@ int cmd_plan(int argc, char **argv) {
     bool takes = true;
     if (!strcmp(a, "--json"))
       json = true, takes = false;
+    else if (!strcmp(a, "--quiet"))
+      quiet = true, takes = false;
     else if (!strcmp(a, "--intra-only"))
       intra = true, takes = false;
     else if (!strcmp(a, "--force-dp"))
@@ -165,13 +170,14 @@ int cmd_plan(int argc, char **argv) {
       if (microbatches) m.mb = microbatches;
       pp = plan_manual(model_resolve(model), &eo, cl, &po, &m, stderr);
     } else {
-      pp = plan_pipeline(model_resolve(model), &eo, cl, &po, microbatches, json ? NULL : stdout, stderr);
+      FILE *progress = !quiet && isatty(fileno(stderr)) ? stderr : NULL; /* pipes and files stay clean */
+      pp = plan_pipeline(model_resolve(model), &eo, cl, &po, microbatches, progress, stderr);
+      if (progress) fputc('\n', progress);
     }
     if (!pp) goto done;
     if (json)
       pipeline_json(pp, stdout);
     else {
-      fputc('\n', stdout);
       pipeline_report(pp, stdout);
     }
     rc = write_plan(out, NULL, pp) ? 0 : 1;
