@@ -381,7 +381,7 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   double bytes = 0;
   for (int k = 0; k < nin; k++) bytes += (double)shape_numel(&g->nodes[v->in[k]]->shape);
   bytes = (bytes + (double)shape_numel(&v->shape)) * C->act_bytes * (ngrad ? 3 : 1) / shards;
-  double t = fmax(flops / (0.8 * me->flops), bytes / (0.8 * me->mem_bw)) + 2e-6;
+  double t = fmax(flops / (PEAK_FRACTION * me->flops), bytes / (PEAK_FRACTION * me->mem_bw)) + 2e-6;
   acc->compute += t;
 
   Spec out = tensor_spec(m, nin, st);

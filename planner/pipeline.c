@@ -19,7 +19,8 @@
  * balanced pipelines: p equal stages on equal submeshes, for every p and
  * every microbatch count that divides the batch, in the order of a lower
  * bound and cut off by it (balanced_search). Stage plans made once are
- * shared across the whole search (Cache). *
+ * shared across the whole search (Cache).
+ *
  * The schedule is chosen last, by simulation, among GPipe, 1F1B, interleaved
  * 1F1B (two chunks per device) and ZB-H1, as the fastest whose in-flight
  * activations fit in memory.
@@ -84,16 +85,13 @@ static size_t idx(const Ctx *c, int i, int j, int k) {
   return ((size_t)i * (size_t)c->G + (size_t)j) * (size_t)c->nsub + (size_t)k;
 }
 
-/* Gradient syncs and ZeRO gathers happen once per step, not per microbatch. */
-static double once_per_step(const Plan *p) {
-  double t = 0;
-  for (int i = 0; i < p->ncomms; i++) {
-    const Comm *c = &p->comms[i];
-    if (!comm_once_per_step(p, c)) continue;
-    for (int a = 0; a < 2; a++)
-      if (c->axes >> a & 1) t += c->count * coll_time(&p->mesh, c->kind, a, c->bytes);
-  }
-  return t;
+/* A stage plan at B microbatches: its time per microbatch, its sync per
+ * step (paid once, at the end) and its memory. The plan's objective holds
+ * 1/B of the sync (PlanOptions.microbatches). */
+static void stage_costs(const Plan *p, int B, double *t, double *sync, double *mem) {
+  *sync = plan_sync_s(p);
+  *mem = p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts;
+  *t = p->objective - *sync / B;
 }
 
 /* A stage graph's structure, up to the layer numbers in its names: spans of
@@ -158,11 +156,7 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
   c->ilps++;
   c->plan[x] = p;
   c->t[x] = -1;
-  if (p) {
-    c->sync[x] = once_per_step(p);
-    c->mem[x] = p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts;
-    c->t[x] = p->objective - c->sync[x] / c->B; /* the objective holds 1/B of the sync */
-  }
+  if (p) stage_costs(p, c->B, &c->t[x], &c->sync[x], &c->mem[x]);
   Cache *cc = c->cache;
   if (cc->n == cc->cap) {
     cc->cap = cc->cap ? 2 * cc->cap : 256;
@@ -418,16 +412,24 @@ static void consider(Search *S, PipelinePlan *pp, const AtB *a) {
   pp->model_flops = s.flops_einsum * a->B;
 }
 
-/* The stage DP at B microbatches (groups of layers x submeshes). */
-static void dp_at(Search *S, const AtB *a, FILE *progress) {
+/* A context for stage plans at a's microbatch count, its layers in at most
+ * `groups` groups. */
+static Ctx search_ctx(Search *S, const AtB *a, int groups) {
   Ctx c = {.cl = S->cl,
            .po = S->po,
            .D = cluster_devices(S->cl),
            .B = a->B,
            .g = a->g,
+           .unit = 1,
            .cache = &S->cache,
            .batch = S->batch};
-  group_layers(&c, a->L, a->layer_of, MAXGROUPS);
+  group_layers(&c, a->L, a->layer_of, groups);
+  return c;
+}
+
+/* The stage DP at B microbatches (groups of layers x submeshes). */
+static void dp_at(Search *S, const AtB *a, FILE *progress) {
+  Ctx c = search_ctx(S, a, MAXGROUPS);
   submeshes(&c);
   c.compose = c.D > 16;
   cache_alloc(&c);
@@ -460,15 +462,7 @@ static void dp_at(Search *S, const AtB *a, FILE *progress) {
  * step from below, and the other stages are planned only when that bound
  * beats the best plan so far. */
 static void balanced_at(Search *S, const AtB *a, int p) {
-  Ctx c = {.cl = S->cl,
-           .po = S->po,
-           .D = cluster_devices(S->cl),
-           .B = a->B,
-           .g = a->g,
-           .unit = 1,
-           .cache = &S->cache,
-           .batch = S->batch};
-  group_layers(&c, a->L, a->layer_of, p);
+  Ctx c = search_ctx(S, a, p);
   int per = c.D / p, dpn = S->cl->devices_per_node;
   c.sub[0] = per >= dpn ? (Sub){per / dpn, dpn, per} : (Sub){1, per, per};
   c.nsub = 1;
@@ -507,14 +501,15 @@ static int by_bound(const void *x, const void *y) {
  * node of a stage at least (a smaller microbatch would have to split single
  * samples across nodes, over the slow network; the stage DP on large
  * clusters skips such submeshes too). */
-static void balanced_search(Search *S, int64_t batch, int fixed_B, FILE *progress, FILE *err) {
+static void balanced_search(Search *S, int fixed_B, FILE *progress, FILE *err) {
   const Cluster *cl = S->cl;
+  int64_t batch = S->batch;
   int D = cluster_devices(cl), dpn = cl->devices_per_node;
   Summary sm;
   summarize(S->g1, &sm);
   Mesh me;
   if (!mesh_make(cl, 1, 1, S->po->mixed, &me, err)) return;
-  double ideal = sm.flops_einsum / (0.8 * me.flops * D); /* the whole batch */
+  double ideal = sm.flops_einsum / (PEAK_FRACTION * me.flops * D); /* the whole batch */
   int L = S->at[0].L;
   Candidate *cand = arena_alloc(sizeof(Candidate) * (size_t)MAXMICRO * MAXSTAGES);
   int n = 0;
@@ -559,7 +554,7 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
     if (!a) return NULL;
     dp_at(&S, a, progress);
   }
-  if (cluster_devices(cl) > 16 && batch > 0) balanced_search(&S, batch, fixed_B, progress, err);
+  if (cluster_devices(cl) > 16 && batch > 0) balanced_search(&S, fixed_B, progress, err);
   PipelinePlan *best = S.best;
   if (!best) {
     fprintf(err, "carve: error: no pipeline plan fits the %d devices of %s at any microbatch count tried\n",
@@ -772,9 +767,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
                       .per_node = sub.devices_per_node,
                       .device0 = s * n,
                       .plan = pl};
-    ps->sync = once_per_step(pl);
-    ps->t = pl->objective - ps->sync / B;
-    ps->memory = pl->mem_params + pl->mem_grads + pl->mem_optim + pl->mem_acts;
+    stage_costs(pl, B, &ps->t, &ps->sync, &ps->memory);
     if (s + 1 < m->pp) {
       ps->p2p_bytes = boundary_bytes(g, layer_of, s + 1, s + 1, po->mixed) / n;
       bool inter = ((s + 1) * n - 1) / dpn != ((s + 1) * n) / dpn || sub.nodes > 1;

@@ -67,6 +67,9 @@ typedef enum { PHASE_FORWARD, PHASE_BACKWARD, PHASE_UPDATE } CommPhase;
 extern const char *const phase_names[3];
 
 double coll_time(const Mesh *m, CollKind k, int axis, double bytes);
+/* The fraction of peak FLOP/s and memory bandwidth the cost model takes
+ * every op to reach. */
+#define PEAK_FRACTION 0.8
 
 typedef struct PlanOptions {
   int zero;          /* 0..3, or -1: the smallest stage that fits */
@@ -119,9 +122,10 @@ Plan *plan_intra(const Graph *g, const Cluster *c, const Mesh *m, const PlanOpti
 /* Tries every n0 x n1 mesh of all devices and keeps the fastest plan. */
 Plan *plan_best_mesh(const Graph *g, const Cluster *c, const PlanOptions *o, FILE *log, FILE *err);
 void plan_report(const Plan *p, FILE *out);
-/* A collective that happens once per step however many microbatches there
- * are: a parameter's gradient sync or ZeRO gather (not a forward gather). */
-bool comm_once_per_step(const Plan *p, const Comm *c);
+/* Seconds per step of the collectives that happen once per step however
+ * many microbatches there are (Comm.once: gradient syncs, weight gathers
+ * after the update). */
+double plan_sync_s(const Plan *p);
 /* Bytes per device by collective kind in one step of `microbatches`. */
 void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]);
 void plan_json(const Plan *p, FILE *out);

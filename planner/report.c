@@ -10,16 +10,21 @@ static const char *axes_str(const Mesh *m, int axes, char *buf, size_t n) {
   return buf;
 }
 
-bool comm_once_per_step(const Plan *p, const Comm *c) {
-  (void)p;
-  return c->once;
+double plan_sync_s(const Plan *p) {
+  double t = 0;
+  for (int i = 0; i < p->ncomms; i++) {
+    const Comm *c = &p->comms[i];
+    for (int a = 0; a < 2; a++)
+      if (c->once && c->axes >> a & 1) t += c->count * coll_time(&p->mesh, c->kind, a, c->bytes);
+  }
+  return t;
 }
 
 void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]) {
   for (int k = 0; k < COLL_KINDS; k++) out[k] = 0;
   for (int i = 0; i < p->ncomms; i++) {
     const Comm *c = &p->comms[i];
-    out[c->kind] += c->bytes * c->count * (comm_once_per_step(p, c) ? 1 : microbatches);
+    out[c->kind] += c->bytes * c->count * (c->once ? 1 : microbatches);
   }
 }
 

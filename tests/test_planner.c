@@ -229,11 +229,7 @@ static void test_limits(void) {
        *b = plan("mlp", dp, "node4.cluster", 1, 4, &many, NULL);
   CHECK(a && b, "mlp plans");
   if (!a || !b) return;
-  double sync = 0;
-  for (int i = 0; i < a->ncomms; i++)
-    for (int ax = 0; ax < 2; ax++)
-      if (a->comms[i].once && a->comms[i].axes >> ax & 1)
-        sync += a->comms[i].count * coll_time(&a->mesh, a->comms[i].kind, ax, a->comms[i].bytes);
+  double sync = plan_sync_s(a);
   CHECK(sync > 0, "data parallelism syncs gradients once per step (%g s)", sync);
   CHECK(fabs(a->objective - b->objective - sync * 15 / 16) <= 1e-9 + 1e-6 * a->objective,
         "the sync weighs 1/16 at 16 microbatches (%.9g - %.9g vs %.9g)", a->objective, b->objective, sync * 15 / 16);
