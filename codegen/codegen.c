@@ -138,6 +138,7 @@ static void emit_update(CG *C) {
     for (int p = 0; p < g->nfwd; p++) {
       if (g->grad[p] < 0) continue;
       Instr *in = emit(&C->step, OP_SUMSQ, ss);
+      in->f[0] = 1;
       in->nin = 1;
       in->in[0] = C->gacc[p];
     }

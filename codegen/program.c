@@ -88,6 +88,12 @@ static void print_program(const Program *p, FILE *f) {
     fprintf(f, "buf %d %s %s %s @%" PRId64 " %s\n", b, buf_kind_names[B->kind], dtype_name(B->dtype),
             shape_str(&B->shape), B->offset, B->name);
   }
+  fprintf(f, "groups %d\n", p->ngroups);
+  for (int g = 0; g < p->ngroups; g++) {
+    fprintf(f, "group %d :", g);
+    for (int k = 0; k < p->group_size[g]; k++) fprintf(f, " %d", p->group_ranks[g][k]);
+    fputc('\n', f);
+  }
   fprintf(f, "init %d\n", p->ninit);
   for (int i = 0; i < p->ninit; i++) instr_print(p, &p->init[i], f, false);
   fprintf(f, "step %d\n", p->nstep);
@@ -201,6 +207,35 @@ static bool read_buffer(Reader *R, Program *p, int b) {
   return true;
 }
 
+/* An integer in [lo, hi], or -1. */
+static int parse_id_range(const char *tok, int lo, int hi) {
+  char *end;
+  errno = 0;
+  long v = strtol(tok, &end, 10);
+  return end == tok || *end || errno || v < lo || v > hi ? -1 : (int)v;
+}
+
+/* "group ID : r0 r1 ...": world ranks, ascending, at least one */
+static bool read_group(Reader *R, Program *p, int g) {
+  char *save = NULL;
+  if (!next_line(R)) return bad(R, "the file ends inside the group list");
+  char *tok = strtok_r(R->line, " ", &save);
+  char *id = strtok_r(NULL, " ", &save), *colon = strtok_r(NULL, " ", &save);
+  if (!tok || strcmp(tok, "group") || !id || parse_id_range(id, 0, p->ngroups - 1) != g || !colon || strcmp(colon, ":"))
+    return bad(R, arena_printf("expected 'group %d : <ranks>'", g));
+  p->group_ranks[g] = arena_alloc(sizeof(int) * (size_t)p->world);
+  int n = 0;
+  while ((tok = strtok_r(NULL, " ", &save))) {
+    int r = parse_id_range(tok, 0, p->world - 1);
+    if (r < 0) return bad(R, arena_printf("group %d: '%s' is not a rank of a world of %d", g, tok, p->world));
+    if (n && r <= p->group_ranks[g][n - 1]) return bad(R, arena_printf("group %d: ranks must ascend", g));
+    p->group_ranks[g][n++] = r;
+  }
+  if (n == 0) return bad(R, arena_printf("group %d has no ranks", g));
+  p->group_size[g] = n;
+  return true;
+}
+
 static bool parse_attr(Reader *R, Instr *in, const char *tok) {
   const char *eq = strchr(tok, '=');
   if (!eq) return bad(R, arena_printf("expected key=value, got '%s'", tok));
@@ -272,7 +307,7 @@ static bool read_instr(Reader *R, const Program *p, Instr *in) {
   int want = op_info[op].nin;
   if ((want >= 0 && in->nin != want) || (want < 0 && (in->nin < 1 || in->nin > 2)))
     return bad(R, arena_printf("%s takes %d inputs, got %d", op_info[op].name, want, in->nin));
-  bool needs_out = op != OP_LOSS;
+  bool needs_out = op != OP_LOSS && op != OP_SEND;
   if (needs_out && in->out < 0) return bad(R, arena_printf("%s needs an output buffer", op_info[op].name));
   return true;
 }
@@ -348,6 +383,15 @@ Program *program_read(const char *path, FILE *err) {
         p->flops_per_step = flops, p->arena_bytes = arena, p->nbufs = (int)nbufs;
         p->bufs = arena_alloc(sizeof(Buffer) * (size_t)(nbufs + 1));
         for (int b = 0; ok && b < p->nbufs; b++) ok = read_buffer(&R, p, b);
+        int64_t ngroups = 0;
+        ok = ok && header_i64(&R, "groups", &ngroups);
+        if (ok && (ngroups < 0 || ngroups > 1000000)) ok = bad(&R, "implausible group count");
+        if (ok) {
+          p->ngroups = (int)ngroups;
+          p->group_size = arena_alloc(sizeof(int) * (size_t)(ngroups + 1));
+          p->group_ranks = arena_alloc(sizeof(int *) * (size_t)(ngroups + 1));
+        }
+        for (int g = 0; ok && g < p->ngroups; g++) ok = read_group(&R, p, g);
         ok = ok && read_section(&R, p, "init", &p->init, &p->ninit) && read_section(&R, p, "step", &p->step, &p->nstep);
         if (ok && next_line(&R)) ok = bad(&R, "unexpected text after the step section");
       }
@@ -374,6 +418,12 @@ void program_explain(const Program *p, FILE *out) {
     const Buffer *B = &p->bufs[i];
     fprintf(out, "  %4d %-8s %s%-18s @%-12lld %s\n", i, buf_kind_names[B->kind], dtype_name(B->dtype),
             shape_str(&B->shape), (long long)B->offset, B->name);
+  }
+  if (p->ngroups) fprintf(out, "\ngroups (world ranks)\n");
+  for (int g = 0; g < p->ngroups; g++) {
+    fprintf(out, "  %4d :", g);
+    for (int k = 0; k < p->group_size[g]; k++) fprintf(out, " %d", p->group_ranks[g][k]);
+    fputc('\n', out);
   }
   fprintf(out, "\ninit (%d instructions, run once)\n", p->ninit);
   for (int i = 0; i < p->ninit; i++) {

@@ -24,7 +24,7 @@
 #include <stdio.h>
 
 #define CARVE_VERSION "0.1.0"
-#define CARVE_PROGRAM_FORMAT 1
+#define CARVE_PROGRAM_FORMAT 2
 
 #define MAXRANK 8 /* tensor rank limit */
 #define MAXIN 4   /* inputs per node / instruction */
@@ -385,6 +385,11 @@ typedef struct Program {
   int ninit;
   Instr *step; /* run every step */
   int nstep;
+  /* rank groups the collectives name: group g holds group_size[g] world
+     ranks, ascending, in group_ranks[g] */
+  int ngroups;
+  int *group_size;
+  int **group_ranks;
 } Program;
 
 /* Lowers a training graph to one single-rank program. */
@@ -409,15 +414,57 @@ typedef struct TokenData {
 TokenData *tokens_read(const char *path, FILE *err);
 void tokens_free(TokenData *td);
 
+/* runtime/transport.c: how ranks talk. The interpreter sees only this
+ * table; an implementation fills it (MPI over CPU buffers now; NCCL, or CUDA
+ * staged through host memory, later). Every call returns false after
+ * printing what failed, never hangs on a peer that died (the launcher ends
+ * the job), and reduces by sum. */
+typedef struct Transport Transport;
+struct Transport {
+  const char *name; /* "local" or "mpi" */
+  int rank, world;
+  /* Makes a communicator per group of a program (every rank calls it with
+     the same list, in the same order: it is collective over the world). */
+  bool (*groups)(Transport *t, int n, const int *sizes, int *const *ranks);
+  bool (*all_reduce)(Transport *t, int group, float *buf, int64_t n);
+  /* out holds chunk x group size floats: the members' chunks in rank order */
+  bool (*all_gather)(Transport *t, int group, const float *in, int64_t chunk, float *out);
+  /* in holds chunk x group size floats; out gets the sum of this member's chunk */
+  bool (*reduce_scatter)(Transport *t, int group, const float *in, int64_t chunk, float *out);
+  /* send returns at once (the data is copied or in flight; buf may be reused);
+     recv blocks until the message from peer with this tag has arrived */
+  bool (*send)(Transport *t, const void *buf, int64_t bytes, int peer, int tag);
+  bool (*recv)(Transport *t, void *buf, int64_t bytes, int peer, int tag);
+  bool (*flush)(Transport *t); /* waits until this rank's sends are done */
+  /* every rank: true when every rank passed true (the checks before a run) */
+  bool (*agree)(Transport *t, bool ok);
+  double (*sum)(Transport *t, double v); /* over the world */
+  double (*max)(Transport *t, double v);
+  /* ends every rank's process now (after a rank-local error mid-step, when
+     the others may be waiting on this one) */
+  void (*abort)(Transport *t, int code); /* does not return */
+  void (*close)(Transport *t);
+  void *impl;
+};
+/* One process, world 1: collectives over one member are copies. */
+Transport *transport_local(void);
+/* MPI, when this process was started by an MPI launcher (the launcher's
+   environment says so); otherwise the local transport. */
+Transport *transport_open(int *argc, char ***argv);
+bool transport_launched(void);
+
 typedef struct RunOptions {
   int steps;
   const TokenData *data; /* NULL: synthetic tokens from the seed */
   int log_every;         /* print a line every N steps (1 = every step) */
   bool quiet;
   FILE *out;
-  double *losses; /* if non-NULL, receives the loss of each step */
-  int data_step;  /* if > 0, every step loads the data of this step (tests) */
-  bool profile;   /* time every instruction; print time by opcode at the end */
+  double *losses;          /* if non-NULL, receives the loss of each step */
+  int data_step;           /* if > 0, every step loads the data of this step (tests) */
+  bool profile;            /* time every instruction; print time by opcode at the end */
+  Transport *net;          /* NULL: the local transport (world 1) */
+  const char *save_params; /* after the run, each rank writes PATH.rankN */
+  double *step_s;          /* receives the mean step time after the first */
 } RunOptions;
 
 /* Runs the init section, then `steps` steps. Returns 0 or prints an error
@@ -431,6 +478,7 @@ Runtime *runtime_new(const Program *p, const RunOptions *o);
 int runtime_step(Runtime *rt, double *loss);
 float *runtime_buffer(Runtime *rt, const char *name, int64_t *numel);
 void runtime_free(Runtime *rt);
+bool runtime_save_params(Runtime *rt, const char *path, FILE *err);
 
 /* Counter-based random numbers: the value at (key, index) never depends on
  * how a tensor is split or in which order elements are produced. */

@@ -8,6 +8,7 @@
 #include "runtime.h"
 
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,10 @@ typedef struct Run {
   const char *error;        /* a data error found by a kernel */
   double op_time[OP_COUNT]; /* seconds per opcode, with RunOptions.profile */
   int64_t op_count[OP_COUNT];
+  Transport *net, *own_net; /* own_net: made here (local), closed here */
+  float *pad;               /* zero-padded staging for gathers and scatters */
+  double comm_s;            /* seconds in communication instructions */
+  size_t pad_cap;
 } Run;
 
 static float *F(Run *R, int b) { return (float *)(R->arena + R->p->bufs[b].offset); }
@@ -43,6 +48,36 @@ static void around(const Shape *s, int axis, int64_t *outer, int64_t *n, int64_t
 
 /* ---------------------------------------------------------------- checks */
 
+/* This rank's position in group g, or -1. */
+static int group_pos(const Program *p, int64_t g, int rank) {
+  if (g < 0 || g >= p->ngroups) return -1;
+  for (int k = 0; k < p->group_size[g]; k++)
+    if (p->group_ranks[g][k] == rank) return k;
+  return -1;
+}
+
+/* Gathers, scatters and shards split a flat buffer of n elements into
+   group-size chunks of c, the last one zero-padded. */
+static bool chunks_fit(int64_t n, int64_t c, int size) { return c > 0 && n <= c * size && n > c * (size - 1); }
+
+static const char *check_comm(const Program *p, const Instr *in) {
+  int o = in->out, x = in->nin ? in->in[0] : -1;
+  if (in->op == OP_SEND || in->op == OP_RECV) {
+    if (in->i[0] < 0 || in->i[0] >= p->world || in->i[0] == p->rank) return "peer is not another rank of the world";
+    if (in->i[1] < 0 || in->i[1] > (1 << 30)) return "tag out of range";
+    return NULL;
+  }
+  int pos = group_pos(p, in->i[0], p->rank);
+  if (pos < 0) return "this rank is not in the instruction's group";
+  int size = p->group_size[in->i[0]];
+  if (p->bufs[o].dtype != DT_F32 || p->bufs[x].dtype != DT_F32) return "expected f32 buffers";
+  switch (in->op) {
+  case OP_ALL_REDUCE: return N(p, o) == N(p, x) ? NULL : "input and output sizes differ";
+  case OP_ALL_GATHER: return chunks_fit(N(p, o), N(p, x), size) ? NULL : "output is not the group's chunks";
+  default: return chunks_fit(N(p, x), N(p, o), size) ? NULL : "input is not the group's chunks";
+  }
+}
+
 static const char *check_instr(const Program *p, const Instr *in) {
   const Buffer *B = p->bufs;
   int o = in->out;
@@ -54,6 +89,12 @@ static const char *check_instr(const Program *p, const Instr *in) {
   if (o >= 0 && (B[o].dtype == DT_I32) != want_i32_out) return "output buffer has the wrong dtype";
   int x = in->nin ? in->in[0] : -1;
   switch (in->op) {
+  case OP_ALL_REDUCE:
+  case OP_ALL_GATHER:
+  case OP_REDUCE_SCATTER:
+  case OP_SHARD:
+  case OP_SEND:
+  case OP_RECV: return check_comm(p, in);
   case OP_FILL:
   case OP_INIT:
   case OP_LOAD:
@@ -262,6 +303,59 @@ static void sgd(Run *R, const Instr *in) {
   }
 }
 
+/* ---------------------------------------------------------------- communication */
+
+static float *pad_buf(Run *R, int64_t n) {
+  if ((size_t)n > R->pad_cap) {
+    free(R->pad);
+    R->pad_cap = (size_t)n;
+    R->pad = xmalloc(sizeof(float) * R->pad_cap);
+  }
+  return R->pad;
+}
+
+static const char *communicate(Run *R, const Instr *in) {
+  const Program *p = R->p;
+  double t0 = now_seconds();
+  Transport *t = R->net;
+  int o = in->out, x = in->nin ? in->in[0] : -1, g = (int)in->i[0];
+  bool ok = true;
+  switch (in->op) {
+  case OP_SEND: ok = t->send(t, F(R, x), p->bufs[x].bytes, g, (int)in->i[1]); break;
+  case OP_RECV: ok = t->recv(t, F(R, o), p->bufs[o].bytes, g, (int)in->i[1]); break;
+  case OP_ALL_REDUCE:
+    if (o != x) k_copy(F(R, o), F(R, x), N(p, o));
+    ok = t->all_reduce(t, g, F(R, o), N(p, o));
+    break;
+  case OP_ALL_GATHER: {
+    int64_t c = N(p, x), whole = c * p->group_size[g];
+    float *dst = whole == N(p, o) ? F(R, o) : pad_buf(R, whole);
+    ok = t->all_gather(t, g, F(R, x), c, dst);
+    if (dst != F(R, o)) k_copy(F(R, o), dst, N(p, o));
+    break;
+  }
+  case OP_REDUCE_SCATTER:
+  case OP_SHARD: {
+    int64_t c = N(p, o), whole = c * p->group_size[g];
+    const float *src = F(R, x);
+    if (whole != N(p, x)) {
+      float *pad = pad_buf(R, whole);
+      k_copy(pad, src, N(p, x));
+      memset(pad + N(p, x), 0, sizeof(float) * (size_t)(whole - N(p, x)));
+      src = pad;
+    }
+    if (in->op == OP_SHARD)
+      k_copy(F(R, o), src + c * group_pos(p, g, p->rank), c);
+    else
+      ok = t->reduce_scatter(t, g, src, c, F(R, o));
+    break;
+  }
+  default: CARVE_ASSERT(0, "not a communication instruction");
+  }
+  R->comm_s += now_seconds() - t0;
+  return ok ? NULL : "communication failed";
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 static void exec(Run *R, const Instr *in) {
@@ -357,7 +451,7 @@ static void exec(Run *R, const Instr *in) {
   case OP_SUM_TO: k_sum_to(F(R, o), F(R, x), N(p, x) / N(p, o), N(p, o)); break;
   case OP_ACC: k_acc(F(R, o), F(R, x), N(p, o)); break;
   case OP_LOSS: R->loss += in->f[0] * F(R, x)[0]; break;
-  case OP_SUMSQ: F(R, o)[0] += (float)k_sumsq(F(R, x), N(p, x)); break;
+  case OP_SUMSQ: F(R, o)[0] += (float)(in->f[0] * k_sumsq(F(R, x), N(p, x))); break;
   case OP_CLIP: {
     float norm = sqrtf(F(R, x)[0]);
     F(R, o)[0] = norm > (float)in->f[0] ? (float)in->f[0] / (norm + 1e-6f) : 1.0f;
@@ -365,6 +459,12 @@ static void exec(Run *R, const Instr *in) {
   }
   case OP_ADAMW: adamw(R, in); break;
   case OP_SGD: sgd(R, in); break;
+  case OP_ALL_REDUCE:
+  case OP_ALL_GATHER:
+  case OP_REDUCE_SCATTER:
+  case OP_SHARD:
+  case OP_SEND:
+  case OP_RECV: R->error = communicate(R, in); break;
   default: CARVE_ASSERT(0, "instruction checked but not executable");
   }
 }
@@ -391,31 +491,47 @@ struct Runtime {
   Run r;
 };
 
+/* Every check before the first step ends in an agreement over the world,
+   so a failure on one rank stops all of them: the failing rank says why,
+   the others stop quietly, and none waits for a peer that gave up. */
 Runtime *runtime_new(const Program *p, const RunOptions *o) {
-  if (!program_check(p, stderr)) return NULL;
-  if (o->data && p->vocab && o->data->vocab > p->vocab) {
+  Transport *net = o->net, *own = NULL;
+  if (!net) net = own = transport_local();
+  bool ok = program_check(p, stderr);
+  if (ok && (p->world != net->world || p->rank != net->rank)) {
+    fprintf(stderr, "carve: error: the program is for rank %d of %d, but this process is rank %d of %d\n", p->rank,
+            p->world, net->rank, net->world);
+    ok = false;
+  }
+  if (ok && o->data && p->vocab && o->data->vocab > p->vocab) {
     fprintf(stderr, "carve: error: %s has a vocabulary of %lld tokens, but the model's token inputs take %lld\n",
             o->data->path, (long long)o->data->vocab, (long long)p->vocab);
-    return NULL;
+    ok = false;
   }
-  if (o->data && p->tokens_per_step &&
+  if (ok && o->data && p->tokens_per_step &&
       o->data->n < 2 * (p->tokens_per_step / (p->microbatches ? p->microbatches : 1))) {
     fprintf(stderr, "carve: error: %s has %lld tokens, too few for batches of this model\n", o->data->path,
             (long long)o->data->n);
-    return NULL;
+    ok = false;
   }
   Runtime *rt = xcalloc(1, sizeof(Runtime));
   Run *R = &rt->r;
   R->p = p;
   R->o = o;
-  R->arena = aligned_alloc(64, (size_t)((p->arena_bytes + 63) / 64 * 64 + 64));
-  if (!R->arena) {
-    char b[32];
-    fprintf(stderr, "carve: error: cannot allocate the %s arena\n", fmt_bytes((double)p->arena_bytes, b, sizeof b));
-    free(rt);
-    return NULL;
+  R->net = net;
+  R->own_net = own;
+  if (ok) {
+    R->arena = aligned_alloc(64, (size_t)((p->arena_bytes + 63) / 64 * 64 + 64));
+    if (!R->arena) {
+      char b[32];
+      fprintf(stderr, "carve: error: rank %d cannot allocate its %s arena\n", p->rank,
+              fmt_bytes((double)p->arena_bytes, b, sizeof b));
+      ok = false;
+    }
   }
-  if (run_list(R, p->init, p->ninit)) {
+  ok = net->agree(net, ok) && net->groups(net, p->ngroups, p->group_size, p->group_ranks);
+  ok = net->agree(net, ok && run_list(R, p->init, p->ninit) == 0);
+  if (!ok) {
     runtime_free(rt);
     return NULL;
   }
@@ -427,8 +543,12 @@ int runtime_step(Runtime *rt, double *loss) {
   R->step++;
   R->loss = 0;
   int rc = run_list(R, R->p->step, R->p->nstep);
+  if (rc == 0 && !R->net->flush(R->net)) rc = 1;
+  if (rc) return rc;
+  /* the loss instructions weigh each rank's share; the step's loss is their sum */
+  if (R->net->world > 1) R->loss = R->net->sum(R->net, R->loss);
   if (loss) *loss = R->loss;
-  return rc;
+  return 0;
 }
 
 float *runtime_buffer(Runtime *rt, const char *name, int64_t *numel) {
@@ -462,43 +582,77 @@ void runtime_free(Runtime *rt) {
   if (!rt) return;
   free(rt->r.arena);
   free(rt->r.scratch.p);
+  free(rt->r.pad);
+  if (rt->r.own_net) rt->r.own_net->close(rt->r.own_net);
   free(rt);
+}
+
+/* Writes every parameter this rank holds: "name numel\n" then the raw
+   floats, one after another (tests compare runs on different rank counts). */
+bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
+  const Program *p = rt->r.p;
+  FILE *f = fopen(path, "wb");
+  bool ok = f != NULL;
+  for (int b = 0; ok && b < p->nbufs; b++) {
+    const Buffer *B = &p->bufs[b];
+    if (B->kind != BUF_PARAM) continue;
+    ok = fprintf(f, "%s %lld\n", B->name, (long long)shape_numel(&B->shape)) > 0 &&
+         fwrite(rt->r.arena + B->offset, 1, (size_t)B->bytes, f) == (size_t)B->bytes;
+  }
+  if (f) ok &= fclose(f) == 0;
+  if (!ok) fprintf(err, "carve: error: cannot write parameters to '%s': %s\n", path, strerror(errno));
+  return ok;
 }
 
 int runtime_run(const Program *p, const RunOptions *o) {
   FILE *out = o->out ? o->out : stdout;
   Runtime *rt = runtime_new(p, o);
   if (!rt) return 1;
+  Transport *net = rt->r.net;
+  bool many = net->world > 1, speak = !o->quiet && net->rank == 0;
   int rc = 0;
-  double t_total = 0;
+  double t_total = 0, comm_total = 0;
   char b1[32], b2[32];
   for (int s = 1; s <= o->steps && rc == 0; s++) {
-    double loss, t0 = now_seconds();
+    double loss, t0 = now_seconds(), c0 = rt->r.comm_s;
     rc = runtime_step(rt, &loss);
-    double dt = now_seconds() - t0;
-    if (s > 1 || o->steps == 1) t_total += dt;
+    double dt = now_seconds() - t0, dc = rt->r.comm_s - c0;
     if (rc) break;
+    if (many) dt = net->max(net, dt), dc = net->max(net, dc); /* the step ends when its slowest rank does */
+    if (s > 1 || o->steps == 1) t_total += dt, comm_total += dc;
     if (!isfinite(loss)) {
-      fprintf(stderr, "carve: error: step %d: the loss is %g; training diverged (try a lower --lr)\n", s, loss);
+      if (net->rank == 0)
+        fprintf(stderr, "carve: error: step %d: the loss is %g; training diverged (try a lower --lr)\n", s, loss);
       rc = 1;
       break;
     }
     if (o->losses) o->losses[s - 1] = loss;
-    if (!o->quiet && (s == 1 || s == o->steps || (o->log_every > 0 && s % o->log_every == 0))) {
+    if (speak && (s == 1 || s == o->steps || (o->log_every > 0 && s % o->log_every == 0))) {
       fprintf(out, "step %5d  loss %.6f  %7.1f ms", s, loss, dt * 1e3);
       if (p->tokens_per_step) fprintf(out, "  %9.0f tok/s", (double)p->tokens_per_step / dt);
-      fprintf(out, "  %7.2f GFLOP/s\n", p->flops_per_step / dt * 1e-9);
+      fprintf(out, "  %7.2f GFLOP/s%s\n", p->flops_per_step / p->world / dt * 1e-9, many ? " per rank" : "");
       fflush(out);
     }
   }
-  if (rc == 0 && !o->quiet && o->steps > 0) {
+  if (rc && many) net->abort(net, 1); /* the other ranks may be waiting on this one */
+  double arena = many ? net->max(net, (double)p->arena_bytes + (double)rt->r.pad_cap * 4) : (double)p->arena_bytes;
+  if (rc == 0 && speak && o->steps > 0) {
     int timed = o->steps > 1 ? o->steps - 1 : 1;
     double per = t_total / timed;
-    fprintf(out, "done: %d steps, %.1f ms/step (after the first)", o->steps, per * 1e3);
+    fprintf(out, "done: %d steps", o->steps);
+    if (many) fprintf(out, " on %d ranks", p->world);
+    fprintf(out, ", %.1f ms/step (after the first)", per * 1e3);
     if (p->tokens_per_step) fprintf(out, ", %s tok/s", fmt_si((double)p->tokens_per_step / per, b1, sizeof b1));
-    fprintf(out, ", %s FLOP/s (einsum FLOPs), arena %s\n", fmt_si(p->flops_per_step / per, b2, sizeof b2),
-            fmt_bytes((double)p->arena_bytes, b1, sizeof b1));
+    fprintf(out, ", %s FLOP/s%s (einsum FLOPs), ", fmt_si(p->flops_per_step / p->world / per, b2, sizeof b2),
+            many ? " per rank" : "");
+    fprintf(out, "%s %s\n", many ? "peak memory per rank" : "arena", fmt_bytes(arena, b1, sizeof b1));
+    if (many)
+      fprintf(out, "communication: %.1f ms/step on the busiest rank (%.0f%%)\n", comm_total / timed * 1e3,
+              100 * comm_total / (t_total > 0 ? t_total : 1));
+    if (o->step_s) *o->step_s = per;
   }
+  if (rc == 0 && o->save_params && !runtime_save_params(rt, arena_printf("%s.rank%d", o->save_params, p->rank), stderr))
+    rc = 1;
   if (o->profile) print_profile(&rt->r, out);
   runtime_free(rt);
   return rc;

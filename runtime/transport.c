@@ -1,0 +1,268 @@
+/* transport.c: the ranks' communication, behind the Transport table.
+ *
+ * Two implementations:
+ *   local  one process (world 1): a group has one member, so an all-reduce
+ *          leaves the buffer as it is and a gather or scatter is a copy;
+ *          point-to-point has no peer and fails.
+ *   mpi    one MPI process per rank. Each program group becomes a
+ *          communicator (MPI_Comm_split, once, before the first step).
+ *          Sends copy the data into a staging block and post MPI_Isend, so
+ *          a send never waits for its receiver: whatever order a pipeline
+ *          schedule puts sends and receives in, no rank blocks on a send.
+ *          Receives block; flush waits for the posted sends. Errors return
+ *          (MPI_ERRORS_RETURN) and are printed with the call and the rank;
+ *          a rank that dies is the launcher's to report, which ends the job.
+ *
+ * A NCCL implementation fills the same table over device buffers, with one
+ * NCCL communicator per group and its own stream; the interpreter does not
+ * change. */
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "carve.h"
+
+/* ---------------------------------------------------------------- local */
+
+static bool local_groups(Transport *t, int n, const int *sizes, int *const *ranks) {
+  (void)t;
+  for (int g = 0; g < n; g++)
+    if (sizes[g] != 1 || ranks[g][0] != 0) {
+      fprintf(stderr, "carve: error: group %d names ranks other than 0, but this run has one rank\n", g);
+      return false;
+    }
+  return true;
+}
+static bool local_all_reduce(Transport *t, int group, float *buf, int64_t n) {
+  (void)t, (void)group, (void)buf, (void)n;
+  return true;
+}
+static bool local_copy(Transport *t, int group, const float *in, int64_t chunk, float *out) {
+  (void)t, (void)group;
+  memmove(out, in, sizeof(float) * (size_t)chunk);
+  return true;
+}
+static bool local_p2p(Transport *t, int peer) {
+  (void)t;
+  fprintf(stderr, "carve: error: this program sends to rank %d, but this run has one rank\n", peer);
+  return false;
+}
+static bool local_send(Transport *t, const void *buf, int64_t bytes, int peer, int tag) {
+  (void)buf, (void)bytes, (void)tag;
+  return local_p2p(t, peer);
+}
+static bool local_recv(Transport *t, void *buf, int64_t bytes, int peer, int tag) {
+  (void)buf, (void)bytes, (void)tag;
+  return local_p2p(t, peer);
+}
+static bool local_flush(Transport *t) {
+  (void)t;
+  return true;
+}
+static bool local_agree(Transport *t, bool ok) {
+  (void)t;
+  return ok;
+}
+static double local_value(Transport *t, double v) {
+  (void)t;
+  return v;
+}
+static void local_abort(Transport *t, int code) {
+  (void)t;
+  exit(code);
+}
+static void local_close(Transport *t) { free(t); }
+
+Transport *transport_local(void) {
+  Transport *t = xcalloc(1, sizeof(Transport));
+  *t = (Transport){"local",     0,           1,           local_groups, local_all_reduce, local_copy,
+                   local_copy,  local_send,  local_recv,  local_flush,  local_agree,      local_value,
+                   local_value, local_abort, local_close, NULL};
+  return t;
+}
+
+/* ---------------------------------------------------------------- MPI */
+
+typedef struct Pending {
+  MPI_Request req;
+  void *data;
+} Pending;
+
+typedef struct Mpi {
+  MPI_Comm *comm; /* per group: its communicator, MPI_COMM_NULL if not a member */
+  int ncomm;
+  Pending *pend;
+  int npend, cap;
+} Mpi;
+
+static bool mpi_ok(Transport *t, int rc, const char *call) {
+  if (rc == MPI_SUCCESS) return true;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  fprintf(stderr, "carve: error: rank %d: %s failed: %.*s\n", t->rank, call, len, msg);
+  return false;
+}
+
+static MPI_Comm comm_of(Transport *t, int group) {
+  Mpi *m = t->impl;
+  CARVE_ASSERT(group >= 0 && group < m->ncomm && m->comm[group] != MPI_COMM_NULL,
+               "collective on a group this rank is not in (the program checker admits only member groups)");
+  return m->comm[group];
+}
+
+static bool count_fits(Transport *t, int64_t n) {
+  if (n <= 0x7fffffff) return true;
+  fprintf(stderr, "carve: error: rank %d: a message of %lld elements is over MPI's count limit\n", t->rank,
+          (long long)n);
+  return false;
+}
+
+static bool mpi_groups(Transport *t, int n, const int *sizes, int *const *ranks) {
+  Mpi *m = t->impl;
+  m->comm = xcalloc((size_t)n + 1, sizeof(MPI_Comm));
+  m->ncomm = n;
+  for (int g = 0; g < n; g++) {
+    bool member = false;
+    for (int k = 0; k < sizes[g]; k++) member |= ranks[g][k] == t->rank;
+    m->comm[g] = MPI_COMM_NULL;
+    if (!mpi_ok(t, MPI_Comm_split(MPI_COMM_WORLD, member ? 0 : MPI_UNDEFINED, t->rank, &m->comm[g]), "MPI_Comm_split"))
+      return false;
+    if (member) MPI_Comm_set_errhandler(m->comm[g], MPI_ERRORS_RETURN);
+  }
+  return true;
+}
+
+static bool mpi_all_reduce(Transport *t, int group, float *buf, int64_t n) {
+  return count_fits(t, n) &&
+         mpi_ok(t, MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, comm_of(t, group)), "MPI_Allreduce");
+}
+
+static bool mpi_all_gather(Transport *t, int group, const float *in, int64_t chunk, float *out) {
+  return count_fits(t, chunk) &&
+         mpi_ok(t, MPI_Allgather(in, (int)chunk, MPI_FLOAT, out, (int)chunk, MPI_FLOAT, comm_of(t, group)),
+                "MPI_Allgather");
+}
+
+static bool mpi_reduce_scatter(Transport *t, int group, const float *in, int64_t chunk, float *out) {
+  return count_fits(t, chunk) &&
+         mpi_ok(t, MPI_Reduce_scatter_block(in, out, (int)chunk, MPI_FLOAT, MPI_SUM, comm_of(t, group)),
+                "MPI_Reduce_scatter_block");
+}
+
+/* Frees the staging blocks of completed sends; with `all`, waits for all. */
+static bool reap(Transport *t, bool all) {
+  Mpi *m = t->impl;
+  int j = 0;
+  bool ok = true;
+  for (int i = 0; i < m->npend; i++) {
+    int done = 0;
+    int rc = all ? MPI_Wait(&m->pend[i].req, MPI_STATUS_IGNORE) : MPI_Test(&m->pend[i].req, &done, MPI_STATUS_IGNORE);
+    ok &= mpi_ok(t, rc, all ? "MPI_Wait (send)" : "MPI_Test (send)");
+    if (all || done || rc != MPI_SUCCESS)
+      free(m->pend[i].data);
+    else
+      m->pend[j++] = m->pend[i];
+  }
+  m->npend = j;
+  return ok;
+}
+
+static bool mpi_send(Transport *t, const void *buf, int64_t bytes, int peer, int tag) {
+  Mpi *m = t->impl;
+  if (!count_fits(t, bytes) || !reap(t, false)) return false;
+  if (m->npend == m->cap) {
+    m->cap = m->cap ? 2 * m->cap : 64;
+    m->pend = xrealloc(m->pend, sizeof(Pending) * (size_t)m->cap);
+  }
+  Pending *p = &m->pend[m->npend];
+  p->data = xmalloc(bytes ? (size_t)bytes : 1);
+  memcpy(p->data, buf, (size_t)bytes);
+  if (!mpi_ok(t, MPI_Isend(p->data, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &p->req), "MPI_Isend")) {
+    free(p->data);
+    return false;
+  }
+  m->npend++;
+  return true;
+}
+
+static bool mpi_recv(Transport *t, void *buf, int64_t bytes, int peer, int tag) {
+  MPI_Status st;
+  if (!count_fits(t, bytes) ||
+      !mpi_ok(t, MPI_Recv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &st), "MPI_Recv"))
+    return false;
+  int got = 0;
+  MPI_Get_count(&st, MPI_BYTE, &got);
+  if (got != bytes) {
+    fprintf(stderr,
+            "carve: error: rank %d: expected %lld bytes from rank %d (tag %d), got %d: the ranks run "
+            "programs of different plans\n",
+            t->rank, (long long)bytes, peer, tag, got);
+    return false;
+  }
+  return true;
+}
+
+static bool mpi_flush(Transport *t) { return reap(t, true); }
+
+static bool mpi_agree(Transport *t, bool ok) {
+  int mine = ok, all = 0;
+  if (!mpi_ok(t, MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD), "MPI_Allreduce")) return false;
+  return all != 0;
+}
+
+static double mpi_reduce(Transport *t, double v, MPI_Op op) {
+  double r = v;
+  mpi_ok(t, MPI_Allreduce(&v, &r, 1, MPI_DOUBLE, op, MPI_COMM_WORLD), "MPI_Allreduce");
+  return r;
+}
+static double mpi_sum(Transport *t, double v) { return mpi_reduce(t, v, MPI_SUM); }
+static double mpi_max(Transport *t, double v) { return mpi_reduce(t, v, MPI_MAX); }
+
+static void mpi_abort(Transport *t, int code) {
+  (void)t;
+  fflush(stdout);
+  fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, code);
+  exit(code); /* MPI_Abort does not return; this is for the compiler */
+}
+
+static void mpi_close(Transport *t) {
+  Mpi *m = t->impl;
+  reap(t, true);
+  for (int g = 0; g < m->ncomm; g++)
+    if (m->comm[g] != MPI_COMM_NULL) MPI_Comm_free(&m->comm[g]);
+  free(m->comm);
+  free(m->pend);
+  free(m);
+  free(t);
+  MPI_Finalize();
+}
+
+bool transport_launched(void) { return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK"); }
+
+Transport *transport_open(int *argc, char ***argv) {
+  if (!transport_launched()) return transport_local();
+  if (MPI_Init(argc, argv) != MPI_SUCCESS) carve_fatal("MPI_Init failed");
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  Transport *t = xcalloc(1, sizeof(Transport));
+  *t = (Transport){"mpi",
+                   0,
+                   1,
+                   mpi_groups,
+                   mpi_all_reduce,
+                   mpi_all_gather,
+                   mpi_reduce_scatter,
+                   mpi_send,
+                   mpi_recv,
+                   mpi_flush,
+                   mpi_agree,
+                   mpi_sum,
+                   mpi_max,
+                   mpi_abort,
+                   mpi_close,
+                   xcalloc(1, sizeof(Mpi))};
+  MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &t->world);
+  return t;
+}
