@@ -16,12 +16,10 @@
  * first differs only in writing gradients in place), so the placement
  * computed over the last microbatch serves them all. Placement is first-fit over those intervals, decided here, so the
  * runtime makes one allocation and never allocates again. */
-#include "carve.h"
+#include "lower.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-#define ALIGN 64
 
 typedef struct CG {
   const Graph *g;
@@ -37,25 +35,10 @@ typedef struct CG {
 } CG;
 
 static int new_buf(CG *C, const char *name, DType dt, const Shape *s, BufKind kind) {
-  Program *p = C->p;
-  if (p->nbufs == C->cap_bufs) {
-    C->cap_bufs = C->cap_bufs ? 2 * C->cap_bufs : 256;
-    Buffer *v = arena_alloc(sizeof(Buffer) * (size_t)C->cap_bufs);
-    if (p->nbufs) memcpy(v, p->bufs, sizeof(Buffer) * (size_t)p->nbufs);
-    p->bufs = v;
-  }
-  Buffer *b = &p->bufs[p->nbufs];
-  *b = (Buffer){name, dt, *s, kind, -1, shape_numel(s) * dtype_size(dt)};
-  return p->nbufs++;
+  return prog_buf(C->p, &C->cap_bufs, name, dt, s, kind);
 }
 
-static Instr *emit(PtrVec *list, OpKind op, int out) {
-  Instr *in = arena_alloc(sizeof(Instr));
-  in->op = op;
-  in->out = out;
-  ptrvec_push(list, in);
-  return in;
-}
+static Instr *emit(PtrVec *list, OpKind op, int out) { return prog_emit(list, op, out); }
 
 /* Marks the nodes the step needs: the loss, every parameter gradient, and
  * everything they read. */
@@ -182,68 +165,6 @@ static void emit_update(CG *C) {
   }
 }
 
-typedef struct Interval {
-  int buf, def, last;
-} Interval;
-
-static int cmp_def(const void *a, const void *b) {
-  const Interval *x = a, *y = b;
-  return x->def != y->def ? x->def - y->def : x->buf - y->buf;
-}
-
-/* First-fit placement of transient buffers over their live intervals. */
-static void place(CG *C, int first, int end) {
-  Program *p = C->p;
-  int64_t off = 0;
-  for (int b = 0; b < p->nbufs; b++) {
-    BufKind k = p->bufs[b].kind;
-    if (k == BUF_ACT || k == BUF_INPUT) continue;
-    p->bufs[b].offset = off;
-    off += (p->bufs[b].bytes + ALIGN - 1) / ALIGN * ALIGN;
-  }
-  int64_t base = off, top = off;
-  Interval *iv = xcalloc((size_t)p->nbufs, sizeof(Interval));
-  for (int b = 0; b < p->nbufs; b++) iv[b] = (Interval){b, -1, -1};
-  for (int i = first; i < end; i++) {
-    Instr *in = C->step.v[i];
-    if (in->out >= 0 && iv[in->out].def < 0) iv[in->out].def = i;
-    if (in->out >= 0) iv[in->out].last = i;
-    for (int k = 0; k < in->nin; k++) iv[in->in[k]].last = i;
-  }
-  int n = 0;
-  for (int b = 0; b < p->nbufs; b++) {
-    BufKind k = p->bufs[b].kind;
-    if ((k == BUF_ACT || k == BUF_INPUT) && iv[b].def >= 0) iv[n++] = iv[b];
-  }
-  qsort(iv, (size_t)n, sizeof(Interval), cmp_def);
-  /* live[]: placed intervals still alive, kept sorted by offset */
-  Interval *live = xcalloc((size_t)n + 1, sizeof(Interval));
-  int nlive = 0;
-  for (int i = 0; i < n; i++) {
-    int j = 0;
-    for (int k = 0; k < nlive; k++)
-      if (live[k].last >= iv[i].def) live[j++] = live[k];
-    nlive = j;
-    int64_t size = (p->bufs[iv[i].buf].bytes + ALIGN - 1) / ALIGN * ALIGN;
-    int64_t at = base;
-    int pos = 0;
-    for (; pos < nlive; pos++) {
-      int64_t s = p->bufs[live[pos].buf].offset;
-      if (s - at >= size) break;
-      int64_t e = s + (p->bufs[live[pos].buf].bytes + ALIGN - 1) / ALIGN * ALIGN;
-      if (e > at) at = e;
-    }
-    p->bufs[iv[i].buf].offset = at;
-    memmove(live + pos + 1, live + pos, sizeof(Interval) * (size_t)(nlive - pos));
-    live[pos] = iv[i];
-    nlive++;
-    if (at + size > top) top = at + size;
-  }
-  p->arena_bytes = top;
-  free(iv);
-  free(live);
-}
-
 Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
   CARVE_ASSERT(g->grad, "codegen takes a training graph");
   CG C = {.g = g, .t = t};
@@ -304,12 +225,7 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
     mb_end = C.step.n;
   }
   emit_update(&C);
-  place(&C, mb_start, mb_end);
-  p->ninit = C.init.n;
-  p->init = arena_alloc(sizeof(Instr) * (size_t)(C.init.n + 1));
-  for (int i = 0; i < C.init.n; i++) p->init[i] = *(Instr *)C.init.v[i];
-  p->nstep = C.step.n;
-  p->step = arena_alloc(sizeof(Instr) * (size_t)(C.step.n + 1));
-  for (int i = 0; i < C.step.n; i++) p->step[i] = *(Instr *)C.step.v[i];
+  prog_place(p, &C.step, mb_start, mb_end);
+  prog_finish(p, &C.init, &C.step);
   return p;
 }

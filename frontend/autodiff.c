@@ -23,6 +23,7 @@ static Node *bwd(AD *A, OpKind op, const char *what, const Shape *shape, int nin
   Node *n = graph_add(A->g, op, arena_printf("d.%s/%s", A->cur->name, what));
   n->phase = PH_BACKWARD;
   n->layer = A->cur->layer;
+  n->origin = A->cur->id;
   n->shape = *shape;
   n->nin = nin;
   int in[3] = {a, b, c};
@@ -209,6 +210,7 @@ bool autodiff(Graph *g, int microbatches, FILE *err) {
   A.cur = g->nodes[g->loss];
   Node *seed = graph_add(g, OP_FILL, "d.loss");
   seed->phase = PH_BACKWARD;
+  seed->origin = g->loss;
   seed->f[0] = 1.0 / (double)(microbatches > 0 ? microbatches : 1);
   A.grad[g->loss] = seed->id;
   for (int i = nf - 1; i >= 0; i--) {

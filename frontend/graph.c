@@ -69,6 +69,7 @@ Node *graph_add(Graph *g, OpKind op, const char *name) {
   n->id = g->n;
   n->name = name;
   n->layer = -1;
+  n->origin = -1;
   n->dtype = DT_F32;
   g->nodes[g->n++] = n;
   return n;

@@ -247,6 +247,7 @@ typedef struct Node {
   Phase phase;
   const Token *tok; /* source location; NULL for nodes autodiff made */
   int layer;        /* iteration of the outermost repeat block, -1 outside */
+  int origin;       /* backward nodes: the forward node whose rule made it; -1 otherwise */
   /* attributes (meaning per op, see ops.def) */
   int64_t i[2];
   double f[2];
@@ -394,6 +395,22 @@ typedef struct Program {
 
 /* Lowers a training graph to one single-rank program. */
 Program *codegen(const Graph *g, const Train *t, uint64_t seed);
+/* How a plan splits training over ranks (codegen/distribute.c): dp
+ * data-parallel replicas of a pipeline of pp devices, each device holding v
+ * virtual stages (v > 1: interleaved), m microbatches per replica and step.
+ * Rank = device x dp + replica. */
+typedef struct Layout {
+  int dp, pp, v, microbatches;
+  int schedule; /* SchedKind (planner.h) */
+  int zero;     /* ZeRO stage 0-3 over each device's replicas */
+  bool recompute;
+  const int *stage_last; /* per virtual stage, its last layer; NULL: equal spans */
+  int layers_want;       /* layers to cut a model without repeat blocks into (0: one per stage) */
+} Layout;
+/* One program per rank, indexed by rank. g is one microbatch of one
+ * replica: built at batch / (m dp), its loss gradient seeded with 1 / (m dp).
+ * NULL with a message when the layout does not fit the model. */
+Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, FILE *err);
 /* Program files: versioned text with a checksum. */
 bool program_write(const Program *p, const char *path, FILE *err);
 Program *program_read(const char *path, FILE *err);

@@ -99,6 +99,7 @@ static const char *check_instr(const Program *p, const Instr *in) {
   case OP_INIT:
   case OP_LOAD:
     if (in->op == OP_INIT && (in->i[0] < INIT_ZEROS || in->i[0] > INIT_UNIFORM)) return "bad init kind";
+    if (in->op == OP_INIT && (in->i[1] < 0 || in->i[1] > (1ll << 48))) return "bad element offset";
     if (in->op == OP_LOAD && (in->i[0] < SRC_TOKENS || in->i[0] > SRC_UNIFORM)) return "bad load kind";
     if (in->op == OP_LOAD && (in->i[1] < 0 || in->i[1] > (1ll << 40))) return "bad row offset";
     if (in->op == OP_LOAD && want_i32_out && (in->f[0] < 1 || in->f[0] > 65536)) return "bad token range";
@@ -257,14 +258,15 @@ static void init(Run *R, const Instr *in) {
   float *x = F(R, in->out);
   int64_t n = shape_numel(&b->shape);
   uint64_t key = hash_str(b->name) ^ R->p->seed;
+  uint64_t off = (uint64_t)in->i[1]; /* a shard's first element in the whole tensor */
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; i++) {
     switch (in->i[0]) {
     case INIT_ZEROS: x[i] = 0; break;
     case INIT_ONES: x[i] = 1; break;
     case INIT_CONST: x[i] = (float)in->f[0]; break;
-    case INIT_NORMAL: x[i] = (float)in->f[0] * rng_normal(key, (uint64_t)i); break;
-    default: x[i] = (float)(in->f[0] + (in->f[1] - in->f[0]) * rng_uniform(key, (uint64_t)i)); break;
+    case INIT_NORMAL: x[i] = (float)in->f[0] * rng_normal(key, off + (uint64_t)i); break;
+    default: x[i] = (float)(in->f[0] + (in->f[1] - in->f[0]) * rng_uniform(key, off + (uint64_t)i)); break;
     }
   }
 }
@@ -587,8 +589,9 @@ void runtime_free(Runtime *rt) {
   free(rt);
 }
 
-/* Writes every parameter this rank holds: "name numel\n" then the raw
-   floats, one after another (tests compare runs on different rank counts). */
+/* Writes every parameter this rank holds: "name numel offset\n" (offset:
+   the first element's index in the whole tensor, for a ZeRO-3 shard), then
+   the raw floats (tests compare runs on different rank counts). */
 bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
   const Program *p = rt->r.p;
   FILE *f = fopen(path, "wb");
@@ -596,7 +599,10 @@ bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
   for (int b = 0; ok && b < p->nbufs; b++) {
     const Buffer *B = &p->bufs[b];
     if (B->kind != BUF_PARAM) continue;
-    ok = fprintf(f, "%s %lld\n", B->name, (long long)shape_numel(&B->shape)) > 0 &&
+    int64_t offset = 0;
+    for (int i = 0; i < p->ninit; i++)
+      if (p->init[i].op == OP_INIT && p->init[i].out == b) offset = p->init[i].i[1];
+    ok = fprintf(f, "%s %lld %lld\n", B->name, (long long)shape_numel(&B->shape), (long long)offset) > 0 &&
          fwrite(rt->r.arena + B->offset, 1, (size_t)B->bytes, f) == (size_t)B->bytes;
   }
   if (f) ok &= fclose(f) == 0;

@@ -8,13 +8,16 @@
  *   --optimizer adamw|sgd  --lr X  --wd X  --beta1 X  --beta2 X  --eps X
  *   --momentum X  --clip X (0: off)  --warmup N  --microbatches N  --seed N
  * Run options (run, train):
- *   --steps N  --data FILE  --log-every N  --quiet  --profile */
+ *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH
+ * compile --layout "dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full":
+ * one program per rank; explain --rank N prints rank N's. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "planner.h"
 #include "tools.h"
 
 int usage_error(const char *cmd, const char *fmt, ...) {
@@ -39,7 +42,8 @@ typedef struct Opts {
   ElabOptions elab;
   Train train;
   uint64_t seed;
-  int steps, log_every;
+  const char *layout, *save_params, *trace;
+  int steps, log_every, rank;
   bool quiet, dump, dump_training, profile;
 } Opts;
 
@@ -146,7 +150,14 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->quiet = true;
     else if (GROUP('r') && !strcmp(key, "--profile"))
       o->profile = true;
-    else if (GROUP('o') && (!strcmp(key, "-o") || !strcmp(key, "--out")))
+    else if (GROUP('r') && !strcmp(key, "--save-params"))
+      o->save_params = v;
+    else if (GROUP('l') && !strcmp(key, "--layout"))
+      o->layout = v;
+    else if (GROUP('x') && !strcmp(key, "--rank")) {
+      ok = integer(o->cmd, key, v, 0, 1e6, &n);
+      o->rank = (int)n;
+    } else if (GROUP('o') && (!strcmp(key, "-o") || !strcmp(key, "--out")))
       o->out = v;
     else if (GROUP('d') && !strcmp(key, "--dump"))
       o->dump = true;
@@ -222,6 +233,40 @@ static Program *compile(Opts *o, const char *dflt, const char *dflt_preset, Grap
   return codegen(g, &o->train, o->seed);
 }
 
+/* --layout TEXT -> Layout; the microbatch count goes to o->train. */
+static bool layout_parse(Opts *o, Layout *L) {
+  Manual m;
+  if (!manual_parse(o->layout, &m, stderr)) return false;
+  if (m.tp > 1) {
+    usage_error(o->cmd, "--layout: tp=%d: tensor parallelism is not lowered to programs yet; use dp, pp and zero",
+                m.tp);
+    return false;
+  }
+  *L = (Layout){.dp = m.dp ? m.dp : 1,
+                .pp = m.pp ? m.pp : 1,
+                .v = 1,
+                .microbatches = m.mb ? m.mb : o->train.microbatches,
+                .schedule = m.schedule == SCHED_KINDS ? SCHED_1F1B : m.schedule,
+                .zero = m.zero < 0 ? 0 : m.zero,
+                .recompute = m.recompute == 1};
+  if (L->schedule == SCHED_INTERLEAVED) L->v = 2;
+  return true;
+}
+
+/* Model -> per-rank programs of a layout; *world gets their count. */
+static Program **compile_ranks(Opts *o, int *world) {
+  Layout L;
+  if (!layout_parse(o, &L)) return NULL;
+  int64_t total = (int64_t)L.microbatches * L.dp;
+  if (total > 1 << 20) return usage_error(o->cmd, "--layout: dp x mb is too large"), NULL;
+  o->train.microbatches = (int)total; /* the graph is one microbatch of one replica */
+  Graph *g = load_model(o, NULL);
+  o->train.microbatches = L.microbatches;
+  if (!g || !autodiff(g, (int)total, stderr)) return NULL;
+  *world = L.dp * L.pp;
+  return codegen_ranks(g, &o->train, o->seed, &L, stderr);
+}
+
 static void print_train_help(const char *cmd, const char *args, const char *what) {
   printf("usage: carve %s %s\n\n%s\n\n", cmd, args, what);
   printf("model options:\n  --preset NAME        a size preset from the model file\n"
@@ -243,44 +288,78 @@ int cmd_compile(int argc, char **argv) {
     print_train_help("compile", "MODEL -o DIR [options]",
                      "Compiles MODEL into a program directory: DIR/rank0.prog, a versioned text program\n"
                      "that 'carve run DIR' executes and 'carve explain DIR' prints.");
+    printf("distribution:\n  --layout \"dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full\"\n"
+           "      one program per rank (DIR/rankN.prog, rank = stage x dp + replica): dp data-parallel\n"
+           "      replicas of a pp-stage pipeline, mb microbatches per replica, schedule gpipe, 1f1b,\n"
+           "      interleaved or zb-h1, ZeRO stage 0-3, recompute none or full. Run it with\n"
+           "      mpirun -np (dp x pp) carve run DIR\n");
     return 0;
   }
-  if (!parse_opts(argc, argv, "mto", &o)) return free_opts(&o), 2;
+  if (!parse_opts(argc, argv, "mtol", &o)) return free_opts(&o), 2;
   if (!o.out) return free_opts(&o), usage_error("compile", "where to? give -o DIR");
-  Program *p = compile(&o, NULL, NULL, NULL);
+  int world = 1;
+  Program **progs = NULL;
+  Program *single = NULL;
+  if (o.layout)
+    progs = compile_ranks(&o, &world);
+  else if ((single = compile(&o, NULL, NULL, NULL)))
+    progs = &single;
   int rc = 1;
-  if (p) {
+  if (progs) {
     if (mkdir(o.out, 0777) != 0 && errno != EEXIST) {
       fprintf(stderr, "carve: error: cannot create '%s': %s\n", o.out, strerror(errno));
-    } else if (program_write(p, arena_printf("%s/rank0.prog", o.out), stderr)) {
-      char a[32];
-      printf("wrote %s/rank0.prog: %d buffers, %d + %d instructions, arena %s\n", o.out, p->nbufs, p->ninit, p->nstep,
-             fmt_bytes((double)p->arena_bytes, a, sizeof a));
+    } else {
       rc = 0;
+      int64_t arena = 0;
+      for (int r = 0; r < world && rc == 0; r++) {
+        if (!program_write(progs[r], arena_printf("%s/rank%d.prog", o.out, r), stderr)) rc = 1;
+        if (progs[r]->arena_bytes > arena) arena = progs[r]->arena_bytes;
+      }
+      /* a stale program of an earlier, larger layout must not be taken for this one's */
+      for (int r = world;; r++)
+        if (remove(arena_printf("%s/rank%d.prog", o.out, r)) != 0) break;
+      char a[32];
+      if (rc == 0 && world == 1)
+        printf("wrote %s/rank0.prog: %d buffers, %d + %d instructions, arena %s\n", o.out, progs[0]->nbufs,
+               progs[0]->ninit, progs[0]->nstep, fmt_bytes((double)arena, a, sizeof a));
+      else if (rc == 0)
+        printf("wrote %s/rank0.prog .. rank%d.prog: %d ranks, largest arena %s; run with mpirun -np %d carve run %s\n",
+               o.out, world - 1, world, fmt_bytes((double)arena, a, sizeof a), world, o.out);
     }
   }
   free_opts(&o);
   return rc;
 }
 
-/* A program path: a file, or a directory holding rank0.prog. */
-static Program *load_program(const char *arg) {
+/* A program path: a file, or a directory holding rankN.prog. */
+static Program *load_program(const char *arg, int rank) {
   struct stat st;
   const char *path = arg;
-  if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) path = arena_printf("%s/rank0.prog", arg);
+  if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) path = arena_printf("%s/rank%d.prog", arg, rank);
   return program_read(path, stderr);
 }
 
-static int run_program(Opts *o, const Program *p) {
+static int run_program(Opts *o, const Program *p, Transport *net) {
   TokenData *td = NULL;
-  if (o->data && !(td = tokens_read(o->data, stderr))) return 1;
-  if (td && !p->vocab) {
+  bool ok = !o->data || (td = tokens_read(o->data, stderr));
+  if (ok && td && !p->vocab) {
     fprintf(stderr, "carve: error: --data given, but the model has no token input (~ tokens(vocab))\n");
-    tokens_free(td);
-    return 1;
+    ok = false;
   }
-  RunOptions ro = {.steps = o->steps, .data = td, .log_every = o->log_every, .quiet = o->quiet, .profile = o->profile};
-  if (!o->quiet) printf("training %s: %d steps on %s\n", p->model, o->steps, td ? td->path : "synthetic data");
+  if (!net->agree(net, ok)) return tokens_free(td), 1;
+  RunOptions ro = {.steps = o->steps,
+                   .data = td,
+                   .log_every = o->log_every,
+                   .quiet = o->quiet,
+                   .profile = o->profile,
+                   .net = net,
+                   .save_params = o->save_params};
+  if (!o->quiet && net->rank == 0) {
+    printf("training %s: %d steps on %s", p->model, o->steps, td ? td->path : "synthetic data");
+    if (net->world > 1) printf(", %d ranks", net->world);
+    printf("\n");
+    fflush(stdout);
+  }
   int rc = runtime_run(p, &ro);
   tokens_free(td);
   return rc;
@@ -289,14 +368,27 @@ static int run_program(Opts *o, const Program *p) {
 int cmd_run(int argc, char **argv) {
   Opts o = {.cmd = "run"};
   if (wants_help(argc, argv)) {
-    printf("usage: carve run DIR|FILE [options]\n\nRuns a program made by 'carve compile'.\n\n");
+    printf("usage: carve run DIR|FILE [options]\n       mpirun -np N carve run DIR [options]\n\n"
+           "Runs a program made by 'carve compile'. Under mpirun each rank runs DIR/rankN.prog;\n"
+           "before the first step every rank checks its program (version, checksum, world size,\n"
+           "buffers, data) and all stop together, with the failing rank's message, if one fails.\n\n");
     print_run_help();
+    printf("  --save-params PATH   after the run, each rank writes its parameters to PATH.rankN\n");
     return 0;
   }
-  if (!parse_opts(argc, argv, "r", &o)) return free_opts(&o), 2;
-  if (!o.model) return free_opts(&o), usage_error("run", "which program? give the directory from 'carve compile'");
-  Program *p = load_program(o.model);
-  int rc = p ? run_program(&o, p) : 1;
+  Transport *net = transport_open(&argc, &argv);
+  int rc = 1;
+  if (!parse_opts(argc, argv, "r", &o))
+    rc = 2;
+  else if (!o.model)
+    rc = usage_error("run", "which program? give the directory from 'carve compile'");
+  if (rc == 2) {
+    net->close(net);
+    return free_opts(&o), 2;
+  }
+  Program *p = load_program(o.model, net->rank);
+  if (net->agree(net, p != NULL)) rc = run_program(&o, p, net);
+  net->close(net);
   free_opts(&o);
   return rc;
 }
@@ -323,7 +415,9 @@ int cmd_train(int argc, char **argv) {
         printf("  (per microbatch: a step runs %d microbatches of batch %lld)\n", o.train.microbatches,
                (long long)graph_dim(g, "batch", 0));
     }
-    rc = run_program(&o, p);
+    Transport *net = transport_local();
+    rc = run_program(&o, p, net);
+    net->close(net);
   }
   free_opts(&o);
   return rc;
@@ -332,13 +426,14 @@ int cmd_train(int argc, char **argv) {
 int cmd_explain(int argc, char **argv) {
   Opts o = {.cmd = "explain"};
   if (wants_help(argc, argv)) {
-    printf("usage: carve explain DIR|FILE\n\nPrints a compiled program: its buffers (kind, shape, arena offset)\n"
-           "and every instruction of its init and step sections, with buffer names.\n");
+    printf("usage: carve explain DIR|FILE [--rank N]\n\nPrints a compiled program: its buffers (kind, shape, arena "
+           "offset),\nits rank groups, and every instruction of its init and step sections, with buffer names.\n"
+           "--rank N (0): which rank's program of a directory.\n");
     return 0;
   }
-  if (!parse_opts(argc, argv, "", &o)) return free_opts(&o), 2;
+  if (!parse_opts(argc, argv, "x", &o)) return free_opts(&o), 2;
   if (!o.model) return free_opts(&o), usage_error("explain", "which program? give a directory or a .prog file");
-  Program *p = load_program(o.model);
+  Program *p = load_program(o.model, o.rank);
   if (p) program_explain(p, stdout);
   free_opts(&o);
   return p ? 0 : 1;

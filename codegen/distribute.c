@@ -1,0 +1,547 @@
+/* distribute.c: a training graph and a layout to one program per rank.
+ *
+ * The layout: dp data-parallel replicas of a pipeline of pp devices, each
+ * device holding v consecutive-in-turn virtual stages (v > 1: interleaved);
+ * m microbatches per replica and step; a schedule (GPipe, 1F1B, interleaved,
+ * ZB-H1) that orders each device's (stage, microbatch, phase) tasks; a ZeRO
+ * stage; full recomputation or none. Rank = device x dp + replica.
+ *
+ * The graph is one microbatch of one replica (batch / (m dp) rows), its loss
+ * gradient seeded with 1 / (m dp), so summing every replica's and
+ * microbatch's parameter gradients gives the gradient of the whole batch's
+ * mean loss: the step a single device would take.
+ *
+ * How the graph is cut:
+ *   - forward nodes go to the virtual stage of their layer (never earlier
+ *     than an input's stage, so values only flow to later stages);
+ *   - a backward node goes where the forward node whose rule made it is;
+ *   - parameters and inputs are copied to every stage that reads them; a
+ *     parameter read on several devices (a tied embedding) has a copy and a
+ *     partial gradient on each, summed over the copies once per step;
+ *   - a parameter's gradient is the sum of its contributions (autodiff's add
+ *     chain is not emitted): each is added into the rank's accumulator as
+ *     soon as it is made.
+ *
+ * How a rank's step is emitted: its device's tasks in schedule order; in a
+ * task, its stage's nodes of that phase in graph order. A value from another
+ * device is received the first time the task needs it; a value another
+ * device needs is sent as soon as it is made (sends never block, see
+ * runtime/transport.c, so any valid schedule runs to completion). Every
+ * (node, microbatch) has its own buffer; placing them over the whole step
+ * makes the arena hold exactly what the schedule keeps in flight. With
+ * recomputation, a backward task first runs its stage's forward again into
+ * fresh buffers, so the forward task's buffers die after their sends.
+ *
+ * Then, once per step: gradients summed over replicas and parameter copies
+ * (ZeRO 0: all-reduce; ZeRO 1: reduce-scatter at the end; ZeRO 2 and 3:
+ * reduce-scatter after each microbatch), the global gradient norm (each
+ * rank's sum of squares weighted by how many ranks hold the same elements,
+ * summed over the world), clipping, the optimizer on the rank's part, and
+ * (ZeRO 1, 2) an all-gather of the updated parameters. ZeRO 3 keeps only a
+ * shard of each parameter and gathers it at the start of every task that
+ * reads it. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lower.h"
+#include "planner.h"
+
+typedef struct Dist {
+  const Graph *g;
+  const Train *t;
+  const Layout *L;
+  int S, m, world;
+  Schedule *sched;
+  int *vst;         /* node -> virtual stage, -1 for leaves and add-chain nodes */
+  bool *live;       /* node is emitted */
+  bool *chain;      /* add node of a parameter's gradient sum */
+  bool *wphase;     /* backward node runs in the W task (split schedules) */
+  PtrVec *contribs; /* param -> its gradient contributions (node ids) */
+  PtrVec *feeds;    /* node -> the params it contributes to */
+  bool *need;       /* [node][device]: a node on that device reads it */
+  bool *held;       /* [param][device]: a node on that device reads it */
+  int *ndev;        /* param -> devices holding it */
+  int *ncontrib;    /* [param][device]: contributions made on that device per microbatch */
+  /* groups, the same list in every program */
+  int ngroups, capg;
+  int *gsize;
+  int **granks;
+  int world_group;
+  int *dp_group;   /* device -> its replicas */
+  int *hold_group; /* param -> every rank holding it (ZeRO 0) */
+  int *tie_group;  /* [param][replica] -> the replica's copies (ZeRO >= 1, ndev > 1) */
+} Dist;
+
+static int dev_of(const Dist *D, int vs) { return vs % D->L->pp; }
+static int rank_of(const Dist *D, int dev, int rep) { return dev * D->L->dp + rep; }
+
+static int intern_group(Dist *D, const int *ranks, int n) {
+  for (int g = 0; g < D->ngroups; g++)
+    if (D->gsize[g] == n && memcmp(D->granks[g], ranks, sizeof(int) * (size_t)n) == 0) return g;
+  if (D->ngroups == D->capg) {
+    D->capg = D->capg ? 2 * D->capg : 16;
+    int *s = arena_alloc(sizeof(int) * (size_t)D->capg);
+    int **r = arena_alloc(sizeof(int *) * (size_t)D->capg);
+    if (D->ngroups) {
+      memcpy(s, D->gsize, sizeof(int) * (size_t)D->ngroups);
+      memcpy(r, D->granks, sizeof(int *) * (size_t)D->ngroups);
+    }
+    D->gsize = s, D->granks = r;
+  }
+  D->gsize[D->ngroups] = n;
+  D->granks[D->ngroups] = arena_alloc(sizeof(int) * (size_t)n);
+  memcpy(D->granks[D->ngroups], ranks, sizeof(int) * (size_t)n);
+  return D->ngroups++;
+}
+
+/* Is n an add node of param p's gradient sum (autodiff names them so)? */
+static bool chain_of(const Graph *g, const Node *n, const Node *p) {
+  if (n->op != OP_ADD || n->phase != PH_BACKWARD) return false;
+  size_t len = strlen(p->name);
+  return strncmp(n->name, "d.", 2) == 0 && strncmp(n->name + 2, p->name, len) == 0 &&
+         strncmp(n->name + 2 + len, "/acc.", 5) == 0 && g->grad[p->id] >= 0;
+}
+
+static void collect(Dist *D, int p, int node) {
+  const Node *n = D->g->nodes[node];
+  if (chain_of(D->g, n, D->g->nodes[p])) {
+    D->chain[node] = true;
+    for (int k = 0; k < n->nin; k++) collect(D, p, n->in[k]);
+    return;
+  }
+  ptrvec_push(&D->contribs[p], (void *)(intptr_t)node);
+  ptrvec_push(&D->feeds[node], (void *)(intptr_t)p);
+}
+
+static bool is_leaf(const Node *n) { return n->op == OP_PARAM || n->op == OP_INPUT; }
+
+/* Stages, liveness, what crosses devices, who holds which parameter. */
+static bool analyse(Dist *D, FILE *err) {
+  const Graph *g = D->g;
+  const Layout *L = D->L;
+  int n = g->n, P = L->pp;
+  D->vst = arena_alloc(sizeof(int) * (size_t)n);
+  D->live = arena_alloc(sizeof(bool) * (size_t)n);
+  D->chain = arena_alloc(sizeof(bool) * (size_t)n);
+  D->wphase = arena_alloc(sizeof(bool) * (size_t)n);
+  D->contribs = arena_alloc(sizeof(PtrVec) * (size_t)n);
+  D->feeds = arena_alloc(sizeof(PtrVec) * (size_t)n);
+  D->need = arena_alloc(sizeof(bool) * (size_t)n * (size_t)P);
+  D->held = arena_alloc(sizeof(bool) * (size_t)n * (size_t)P);
+  D->ndev = arena_alloc(sizeof(int) * (size_t)n);
+  D->ncontrib = arena_alloc(sizeof(int) * (size_t)n * (size_t)P);
+
+  int *layer_of = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
+  int nl = graph_layers(g, L->layers_want > 0 ? L->layers_want : D->S, layer_of);
+  if (nl < D->S) {
+    fprintf(err, "carve: error: the model has %d layer%s, too few for %d pipeline stages\n", nl, nl == 1 ? "" : "s",
+            D->S);
+    return false;
+  }
+  int *stage_of_layer = arena_alloc(sizeof(int) * (size_t)nl);
+  for (int l = 0, s = 0; l < nl; l++) {
+    if (L->stage_last) {
+      while (s < D->S - 1 && l > L->stage_last[s]) s++;
+      stage_of_layer[l] = s;
+    } else {
+      stage_of_layer[l] = (int)((int64_t)l * D->S / nl);
+    }
+  }
+  if (L->stage_last)
+    for (int s = 0; s < D->S; s++)
+      if (L->stage_last[s] < (s ? L->stage_last[s - 1] + 1 : 0) || (s == D->S - 1 && L->stage_last[s] != nl - 1)) {
+        fprintf(err,
+                "carve: error: stage %d ends at layer %d: stages must cover layers 0-%d in order, each "
+                "non-empty\n",
+                s, L->stage_last[s], nl - 1);
+        return false;
+      }
+  for (int i = 0; i < n; i++) {
+    const Node *v = g->nodes[i];
+    D->vst[i] = -1;
+    if (is_leaf(v)) continue;
+    int s;
+    if (i < g->nfwd) {
+      s = stage_of_layer[layer_of[i]];
+      for (int k = 0; k < v->nin; k++)
+        if (D->vst[v->in[k]] > s) s = D->vst[v->in[k]];
+    } else {
+      CARVE_ASSERT(v->origin >= 0 && v->origin < g->nfwd, "a backward node without its forward node");
+      s = D->vst[v->origin];
+    }
+    D->vst[i] = s;
+  }
+  /* gradient contributions and the add chains that sum them */
+  for (int p = 0; p < g->nfwd; p++)
+    if (g->nodes[p]->op == OP_PARAM && g->grad[p] >= 0) collect(D, p, g->grad[p]);
+  /* live: the loss, every contribution, and what they read */
+  D->live[g->loss] = true;
+  for (int p = 0; p < g->nfwd; p++)
+    for (int k = 0; k < D->contribs[p].n; k++) D->live[(intptr_t)D->contribs[p].v[k]] = true;
+  for (int i = n - 1; i >= 0; i--)
+    if (D->live[i] && !D->chain[i])
+      for (int k = 0; k < g->nodes[i]->nin; k++) D->live[g->nodes[i]->in[k]] = true;
+  for (int i = 0; i < n; i++)
+    if (D->chain[i]) D->live[i] = false;
+  /* W: backward work only parameter gradients wait for */
+  bool *consumed_by_b = arena_alloc(sizeof(bool) * (size_t)n);
+  bool *consumed = arena_alloc(sizeof(bool) * (size_t)n);
+  for (int i = n - 1; i >= g->nfwd; i--) {
+    if (!D->live[i]) continue;
+    D->wphase[i] = D->sched->split_w && !consumed_by_b[i] && (consumed[i] || D->feeds[i].n > 0);
+    for (int k = 0; k < g->nodes[i]->nin; k++) {
+      consumed[g->nodes[i]->in[k]] = true;
+      if (!D->wphase[i]) consumed_by_b[g->nodes[i]->in[k]] = true;
+    }
+  }
+  /* what crosses devices; who holds parameters */
+  for (int i = 0; i < n; i++) {
+    if (!D->live[i] || is_leaf(g->nodes[i])) continue;
+    int d = dev_of(D, D->vst[i]);
+    for (int k = 0; k < g->nodes[i]->nin; k++) {
+      int u = g->nodes[i]->in[k];
+      if (g->nodes[u]->op == OP_PARAM)
+        D->held[(size_t)u * P + d] = true;
+      else if (!is_leaf(g->nodes[u]) && dev_of(D, D->vst[u]) != d)
+        D->need[(size_t)u * P + d] = true;
+    }
+    for (int k = 0; k < D->feeds[i].n; k++) D->ncontrib[(size_t)(intptr_t)D->feeds[i].v[k] * P + d]++;
+  }
+  for (int p = 0; p < g->nfwd; p++)
+    for (int d = 0; d < P; d++) D->ndev[p] += D->held[(size_t)p * P + d];
+  return true;
+}
+
+static void make_groups(Dist *D) {
+  const Layout *L = D->L;
+  int P = L->pp, *r = arena_alloc(sizeof(int) * (size_t)D->world);
+  for (int k = 0; k < D->world; k++) r[k] = k;
+  D->world_group = intern_group(D, r, D->world);
+  D->dp_group = arena_alloc(sizeof(int) * (size_t)P);
+  for (int d = 0; d < P; d++) {
+    for (int j = 0; j < L->dp; j++) r[j] = rank_of(D, d, j);
+    D->dp_group[d] = intern_group(D, r, L->dp);
+  }
+  const Graph *g = D->g;
+  D->hold_group = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  D->tie_group = arena_alloc(sizeof(int) * (size_t)g->nfwd * (size_t)L->dp);
+  for (int p = 0; p < g->nfwd; p++) {
+    if (g->nodes[p]->op != OP_PARAM || g->grad[p] < 0 || !D->ndev[p]) continue;
+    int n = 0;
+    for (int d = 0; d < P; d++)
+      if (D->held[(size_t)p * P + d])
+        for (int j = 0; j < L->dp; j++) r[n++] = rank_of(D, d, j);
+    if (L->zero == 0) D->hold_group[p] = intern_group(D, r, n);
+    if (L->zero == 0 || D->ndev[p] < 2) continue;
+    for (int j = 0; j < L->dp; j++) {
+      n = 0;
+      for (int d = 0; d < P; d++)
+        if (D->held[(size_t)p * P + d]) r[n++] = rank_of(D, d, j);
+      D->tie_group[(size_t)p * L->dp + j] = intern_group(D, r, n);
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- one rank */
+
+typedef struct Rank {
+  const Dist *D;
+  Program *p;
+  int cap;
+  PtrVec init, step;
+  int dev, rep;
+  int *have;     /* [node][mb][instance]: buffer, -1 (instance 1: recomputed) */
+  int *pbuf;     /* param -> its buffer (ZeRO 3: the shard) */
+  int *gacc;     /* param -> gradient accumulator (ZeRO >= 2: the shard) */
+  int *gmb;      /* param -> this microbatch's gradient (ZeRO >= 2), -1 */
+  int *gcount;   /* param -> contributions added to gmb so far */
+  int *gathered; /* param -> this task's gathered copy (ZeRO 3), -1 */
+} Rank;
+
+static int buf(Rank *R, const char *name, DType dt, const Shape *s, BufKind k) {
+  return prog_buf(R->p, &R->cap, name, dt, s, k);
+}
+
+static Shape flat(int64_t n) { return (Shape){1, {n}}; }
+
+/* elements per member when a flat tensor is split over a group */
+static int64_t chunk_of(int64_t numel, int members) { return (numel + members - 1) / members; }
+
+static int *slot(Rank *R, int node, int mb, int inst) {
+  return &R->have[((size_t)node * (size_t)R->D->m + (size_t)mb) * 2 + (size_t)inst];
+}
+
+static const char *inst_name(const Rank *R, const Node *n, int mb, int inst) {
+  if (R->D->m == 1 && !inst) return n->name;
+  return arena_printf("%s%s%s", n->name, R->D->m > 1 ? arena_printf("#%d", mb) : "", inst ? "/re" : "");
+}
+
+static int param_value(Rank *R, int p) {
+  const Dist *D = R->D;
+  if (D->L->zero < 3) return R->pbuf[p];
+  if (R->gathered[p] < 0) {
+    const Node *n = D->g->nodes[p];
+    R->gathered[p] = buf(R, arena_printf("%s/gathered", n->name), DT_F32, &n->shape, BUF_ACT);
+    prog_emit1(&R->step, OP_ALL_GATHER, R->gathered[p], R->pbuf[p])->i[0] = D->dp_group[R->dev];
+  }
+  return R->gathered[p];
+}
+
+/* The buffer holding node u's value for microbatch mb on this rank:
+   loading an input, receiving from another device, or the local one
+   (instance 1, recomputed, when asked for and present). */
+static int value(Rank *R, int u, int mb, int inst) {
+  const Dist *D = R->D;
+  const Node *n = D->g->nodes[u];
+  if (n->op == OP_PARAM) return param_value(R, u);
+  int *have = slot(R, u, mb, 0);
+  if (n->op == OP_INPUT) {
+    if (*have < 0) {
+      *have = buf(R, inst_name(R, n, mb, 0), n->dtype, &n->shape, BUF_INPUT);
+      Instr *in = prog_emit(&R->step, OP_LOAD, *have);
+      in->i[0] = n->init;
+      in->i[1] = ((int64_t)mb * D->L->dp + R->rep) * (n->shape.rank ? n->shape.d[0] : 1);
+      in->f[0] = n->init_a;
+      in->f[1] = n->init_b;
+    }
+    return *have;
+  }
+  int from = dev_of(D, D->vst[u]);
+  if (from != R->dev) {
+    if (*have < 0) {
+      *have = buf(R, inst_name(R, n, mb, 0), n->dtype, &n->shape, BUF_ACT);
+      Instr *in = prog_emit(&R->step, OP_RECV, *have);
+      in->i[0] = rank_of(D, from, R->rep);
+      in->i[1] = u * D->m + mb;
+    }
+    return *have;
+  }
+  if (inst && *slot(R, u, mb, 1) >= 0) return *slot(R, u, mb, 1);
+  CARVE_ASSERT(*have >= 0, "a value read before the task that makes it");
+  return *have;
+}
+
+/* Adds a fresh gradient contribution into parameter p's accumulator. */
+static void accumulate(Rank *R, int p, int c) {
+  const Dist *D = R->D;
+  const Node *pn = D->g->nodes[p];
+  if (D->L->zero < 2) {
+    prog_emit1(&R->step, OP_ACC, R->gacc[p], c);
+    return;
+  }
+  if (R->gcount[p]++ == 0) {
+    R->gmb[p] = buf(R, arena_printf("%s.grad/mb", pn->name), DT_F32, &pn->shape, BUF_ACT);
+    prog_emit1(&R->step, OP_COPY, R->gmb[p], c);
+  } else {
+    prog_emit1(&R->step, OP_ACC, R->gmb[p], c);
+  }
+  if (R->gcount[p] < D->ncontrib[(size_t)p * D->L->pp + R->dev]) return;
+  R->gcount[p] = 0;
+  Shape cs = flat(chunk_of(shape_numel(&pn->shape), D->L->dp));
+  int part = buf(R, arena_printf("%s.grad/part", pn->name), DT_F32, &cs, BUF_ACT);
+  prog_emit1(&R->step, OP_REDUCE_SCATTER, part, R->gmb[p])->i[0] = D->dp_group[R->dev];
+  prog_emit1(&R->step, OP_ACC, R->gacc[p], part);
+}
+
+static void emit_node(Rank *R, int i, int mb, int inst) {
+  const Dist *D = R->D;
+  const Node *n = D->g->nodes[i];
+  bool bwd = i >= D->g->nfwd;
+  int ins[MAXIN];
+  for (int k = 0; k < n->nin; k++) ins[k] = value(R, n->in[k], mb, inst || (bwd && D->L->recompute));
+  Instr *in = prog_emit(&R->step, n->op, -1); /* after the loads and receives value() emits */
+  in->nin = n->nin;
+  memcpy(in->in, ins, sizeof(int) * (size_t)n->nin);
+  int *out = slot(R, i, mb, inst);
+  *out = buf(R, inst_name(R, n, mb, inst), n->dtype, &n->shape, BUF_ACT);
+  in->out = *out;
+  in->i[0] = n->i[0], in->i[1] = n->i[1];
+  in->f[0] = n->f[0], in->f[1] = n->f[1];
+  if (n->op == OP_EINSUM) {
+    int len = 0;
+    for (int k = 0; k < n->nin; k++)
+      len += snprintf(in->spec + len, sizeof in->spec - (size_t)len, "%s%s", k ? "," : "", n->labels[k]);
+    snprintf(in->spec + len, sizeof in->spec - (size_t)len, "->%s", n->labels[n->nin]);
+  }
+  if (inst) return; /* a recomputed value: used here, never sent or counted */
+  if (i == D->g->loss) prog_emit1(&R->step, OP_LOSS, -1, *out)->f[0] = 1.0 / (D->m * D->L->dp);
+  for (int d = 0; d < D->L->pp; d++)
+    if (D->need[(size_t)i * D->L->pp + d]) {
+      Instr *s = prog_emit1(&R->step, OP_SEND, -1, *out);
+      s->i[0] = rank_of(D, d, R->rep);
+      s->i[1] = i * D->m + mb;
+    }
+  for (int k = 0; k < D->feeds[i].n; k++) accumulate(R, (int)(intptr_t)D->feeds[i].v[k], *out);
+}
+
+static void emit_task(Rank *R, Task t) {
+  const Dist *D = R->D;
+  const Graph *g = D->g;
+  for (int p = 0; p < g->nfwd; p++) R->gathered[p] = -1;
+  if (t.phase != TASK_F && D->L->recompute)
+    for (int i = 0; i < g->nfwd; i++)
+      if (D->live[i] && D->vst[i] == t.stage && t.phase == TASK_B) emit_node(R, i, t.mb, 1);
+  int lo = t.phase == TASK_F ? 0 : g->nfwd, hi = t.phase == TASK_F ? g->nfwd : g->n;
+  for (int i = lo; i < hi; i++) {
+    if (!D->live[i] || D->vst[i] != t.stage) continue;
+    if (t.phase != TASK_F && D->wphase[i] != (t.phase == TASK_W)) continue;
+    emit_node(R, i, t.mb, 0);
+  }
+}
+
+static bool trainable_here(const Rank *R, int p) {
+  const Dist *D = R->D;
+  return D->g->nodes[p]->op == OP_PARAM && D->g->grad[p] >= 0 && D->held[(size_t)p * D->L->pp + R->dev];
+}
+
+/* Gradient sums, norm, clipping and the optimizer, once per step. */
+static void emit_update(Rank *R) {
+  const Dist *D = R->D;
+  const Graph *g = D->g;
+  const Train *t = D->t;
+  const Layout *L = D->L;
+  Shape scalar = {0};
+  int *shard_grad = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  for (int p = 0; p < g->nfwd; p++) {
+    shard_grad[p] = -1;
+    if (!trainable_here(R, p)) continue;
+    const Node *pn = g->nodes[p];
+    if (L->zero == 0) {
+      prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = D->hold_group[p];
+      shard_grad[p] = R->gacc[p];
+      continue;
+    }
+    if (L->zero == 1) {
+      Shape cs = flat(chunk_of(shape_numel(&pn->shape), L->dp));
+      shard_grad[p] = buf(R, arena_printf("%s.grad/part", pn->name), DT_F32, &cs, BUF_ACT);
+      prog_emit1(&R->step, OP_REDUCE_SCATTER, shard_grad[p], R->gacc[p])->i[0] = D->dp_group[R->dev];
+    } else {
+      shard_grad[p] = R->gacc[p];
+    }
+    if (D->ndev[p] > 1)
+      prog_emit1(&R->step, OP_ALL_REDUCE, shard_grad[p], shard_grad[p])->i[0] =
+          D->tie_group[(size_t)p * L->dp + R->rep];
+  }
+  int clip = buf(R, "grad_clip_factor", DT_F32, &scalar, BUF_SCALAR);
+  if (t->clip > 0) {
+    int ss = buf(R, "grad_sumsq", DT_F32, &scalar, BUF_SCALAR);
+    prog_emit(&R->step, OP_FILL, ss)->f[0] = 0;
+    for (int p = 0; p < g->nfwd; p++)
+      if (shard_grad[p] >= 0) /* weighed by how many ranks hold the same elements */
+        prog_emit1(&R->step, OP_SUMSQ, ss, shard_grad[p])->f[0] = 1.0 / (D->ndev[p] * (L->zero ? 1 : L->dp));
+    if (D->world > 1) prog_emit1(&R->step, OP_ALL_REDUCE, ss, ss)->i[0] = D->world_group;
+    prog_emit1(&R->step, OP_CLIP, clip, ss)->f[0] = t->clip;
+  } else {
+    prog_emit(&R->step, OP_FILL, clip)->f[0] = 1;
+  }
+  for (int p = 0; p < g->nfwd; p++) {
+    if (shard_grad[p] < 0) continue;
+    const Node *n = g->nodes[p];
+    Shape ss = L->zero ? flat(chunk_of(shape_numel(&n->shape), L->dp)) : n->shape;
+    int nstate = t->opt == OPT_ADAMW ? 2 : 1, state[2] = {-1, -1};
+    for (int k = 0; k < nstate; k++) {
+      state[k] = buf(R,
+                     arena_printf("%s.%s", n->name,
+                                  t->opt == OPT_SGD ? "mom"
+                                  : k               ? "v"
+                                                    : "m"),
+                     DT_F32, &ss, BUF_OPTSTATE);
+      prog_emit(&R->init, OP_INIT, state[k])->i[0] = INIT_ZEROS;
+    }
+    int target = R->pbuf[p];
+    if (L->zero == 1 || L->zero == 2) { /* update this replica's part, then share it */
+      target = buf(R, arena_printf("%s/part", n->name), DT_F32, &ss, BUF_ACT);
+      prog_emit1(&R->step, OP_SHARD, target, R->pbuf[p])->i[0] = D->dp_group[R->dev];
+    }
+    double wd = n->shape.rank >= 2 ? t->wd : 0; /* matrices decay; biases and gains do not */
+    Instr *in = prog_emit(&R->step, t->opt == OPT_ADAMW ? OP_ADAMW : OP_SGD, target);
+    in->i[0] = t->warmup;
+    in->in[0] = shard_grad[p];
+    in->in[1] = state[0];
+    if (t->opt == OPT_ADAMW) {
+      in->nin = 4;
+      in->in[2] = state[1];
+      in->in[3] = clip;
+      in->f[0] = t->lr, in->f[1] = t->beta1, in->f[2] = t->beta2, in->f[3] = t->eps, in->f[4] = wd;
+    } else {
+      in->nin = 3;
+      in->in[2] = clip;
+      in->f[0] = t->lr, in->f[1] = t->momentum, in->f[2] = wd;
+    }
+    if (target != R->pbuf[p]) prog_emit1(&R->step, OP_ALL_GATHER, R->pbuf[p], target)->i[0] = D->dp_group[R->dev];
+  }
+}
+
+static Program *emit_rank(const Dist *D, int dev, int rep, uint64_t seed) {
+  const Graph *g = D->g;
+  const Layout *L = D->L;
+  Rank R = {.D = D, .dev = dev, .rep = rep};
+  Program *p = R.p = arena_alloc(sizeof(Program));
+  p->model = g->model;
+  p->rank = rank_of(D, dev, rep);
+  p->world = D->world;
+  p->seed = seed;
+  p->microbatches = D->m;
+  p->ngroups = D->ngroups;
+  p->group_size = D->gsize;
+  p->group_ranks = D->granks;
+  size_t slots = (size_t)g->n * (size_t)D->m * 2;
+  R.have = arena_alloc(sizeof(int) * slots);
+  for (size_t k = 0; k < slots; k++) R.have[k] = -1;
+  R.pbuf = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  R.gacc = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  R.gmb = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  R.gcount = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  R.gathered = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  for (int i = 0; i < g->n; i++) /* model FLOPs of the whole step, every rank's share */
+    if (g->nodes[i]->op == OP_EINSUM && D->live[i]) p->flops_per_step += node_flops(g, g->nodes[i]) * D->m * L->dp;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    R.pbuf[i] = R.gacc[i] = -1;
+    if (D->live[i] && n->op == OP_INPUT && n->init == SRC_TOKENS) {
+      p->tokens_per_step = shape_numel(&n->shape) * D->m * L->dp;
+      p->vocab = (int64_t)n->init_a;
+    }
+    if (n->op != OP_PARAM || !D->held[(size_t)i * L->pp + dev]) continue;
+    /* ZeRO 3 keeps this replica's part of the flat parameter, drawn from
+       the same random stream at the same element indices */
+    int64_t numel = shape_numel(&n->shape), c = chunk_of(numel, L->dp);
+    Shape ps = L->zero == 3 ? flat(c) : n->shape;
+    R.pbuf[i] = buf(&R, n->name, DT_F32, &ps, BUF_PARAM);
+    Instr *in = prog_emit(&R.init, OP_INIT, R.pbuf[i]);
+    in->i[0] = n->init;
+    in->i[1] = L->zero == 3 ? c * rep : 0;
+    in->f[0] = n->init_a;
+    in->f[1] = n->init_b;
+    if (g->grad[i] < 0) continue;
+    Shape gs = L->zero >= 2 ? flat(c) : n->shape;
+    R.gacc[i] = buf(&R, arena_printf("%s.grad", n->name), DT_F32, &gs, BUF_GRAD);
+    prog_emit(&R.step, OP_FILL, R.gacc[i])->f[0] = 0;
+  }
+  const Schedule *s = D->sched;
+  for (int k = 0; k < s->ntasks[dev]; k++) emit_task(&R, s->order[dev][k]);
+  emit_update(&R);
+  prog_place(p, &R.step, 0, R.step.n);
+  prog_finish(p, &R.init, &R.step);
+  return p;
+}
+
+Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, FILE *err) {
+  CARVE_ASSERT(g->grad, "codegen takes a training graph");
+  if (L->dp < 1 || L->pp < 1 || L->v < 1 || L->microbatches < 1 || L->zero < 0 || L->zero > 3) {
+    fprintf(err, "carve: error: a layout needs dp, pp, v and microbatches of at least 1 and ZeRO 0-3\n");
+    return NULL;
+  }
+  Dist D = {.g = g, .t = t, .L = L, .S = L->pp * L->v, .m = L->microbatches, .world = L->dp * L->pp};
+  if ((int64_t)g->n * D.m >= (1 << 30)) {
+    fprintf(err, "carve: error: %d nodes x %d microbatches is too many to tag messages\n", g->n, D.m);
+    return NULL;
+  }
+  D.sched = schedule_make((SchedKind)L->schedule, L->pp, D.m, L->v, err);
+  if (!D.sched || !analyse(&D, err)) return NULL;
+  make_groups(&D);
+  Program **progs = arena_alloc(sizeof(Program *) * (size_t)D.world);
+  for (int d = 0; d < L->pp; d++)
+    for (int j = 0; j < L->dp; j++) progs[rank_of(&D, d, j)] = emit_rank(&D, d, j, seed);
+  return progs;
+}

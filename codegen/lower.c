@@ -1,0 +1,107 @@
+/* lower.c: what both code generators (codegen.c, one rank; distribute.c,
+ * one program per rank) need to build a program: buffers, instructions, and
+ * the placement of transient buffers in the arena. */
+#include "lower.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ALIGN 64
+
+int prog_buf(Program *p, int *cap, const char *name, DType dt, const Shape *s, BufKind kind) {
+  if (p->nbufs == *cap) {
+    *cap = *cap ? 2 * *cap : 256;
+    Buffer *v = arena_alloc(sizeof(Buffer) * (size_t)*cap);
+    if (p->nbufs) memcpy(v, p->bufs, sizeof(Buffer) * (size_t)p->nbufs);
+    p->bufs = v;
+  }
+  Buffer *b = &p->bufs[p->nbufs];
+  *b = (Buffer){name, dt, *s, kind, -1, shape_numel(s) * dtype_size(dt)};
+  return p->nbufs++;
+}
+
+Instr *prog_emit(PtrVec *list, OpKind op, int out) {
+  Instr *in = arena_alloc(sizeof(Instr));
+  in->op = op;
+  in->out = out;
+  ptrvec_push(list, in);
+  return in;
+}
+
+Instr *prog_emit1(PtrVec *list, OpKind op, int out, int x) {
+  Instr *in = prog_emit(list, op, out);
+  in->nin = 1;
+  in->in[0] = x;
+  return in;
+}
+
+typedef struct Interval {
+  int buf, def, last;
+} Interval;
+
+static int cmp_def(const void *a, const void *b) {
+  const Interval *x = a, *y = b;
+  return x->def != y->def ? x->def - y->def : x->buf - y->buf;
+}
+
+static int64_t aligned(int64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
+
+void prog_place(Program *p, const PtrVec *step, int first, int end) {
+  int64_t off = 0;
+  for (int b = 0; b < p->nbufs; b++) {
+    BufKind k = p->bufs[b].kind;
+    if (k == BUF_ACT || k == BUF_INPUT) continue;
+    p->bufs[b].offset = off;
+    off += aligned(p->bufs[b].bytes);
+  }
+  int64_t base = off, top = off;
+  Interval *iv = xcalloc((size_t)p->nbufs + 1, sizeof(Interval));
+  for (int b = 0; b < p->nbufs; b++) iv[b] = (Interval){b, -1, -1};
+  for (int i = first; i < end; i++) {
+    const Instr *in = step->v[i];
+    if (in->out >= 0 && iv[in->out].def < 0) iv[in->out].def = i;
+    if (in->out >= 0) iv[in->out].last = i;
+    for (int k = 0; k < in->nin; k++) iv[in->in[k]].last = i;
+  }
+  int n = 0;
+  for (int b = 0; b < p->nbufs; b++) {
+    BufKind k = p->bufs[b].kind;
+    if ((k == BUF_ACT || k == BUF_INPUT) && iv[b].def >= 0) iv[n++] = iv[b];
+  }
+  qsort(iv, (size_t)n, sizeof(Interval), cmp_def);
+  /* live[]: placed intervals still alive, kept sorted by offset */
+  Interval *live = xcalloc((size_t)n + 1, sizeof(Interval));
+  int nlive = 0;
+  for (int i = 0; i < n; i++) {
+    int j = 0;
+    for (int k = 0; k < nlive; k++)
+      if (live[k].last >= iv[i].def) live[j++] = live[k];
+    nlive = j;
+    int64_t size = aligned(p->bufs[iv[i].buf].bytes);
+    int64_t at = base;
+    int pos = 0;
+    for (; pos < nlive; pos++) {
+      int64_t s = p->bufs[live[pos].buf].offset;
+      if (s - at >= size) break;
+      int64_t e = s + aligned(p->bufs[live[pos].buf].bytes);
+      if (e > at) at = e;
+    }
+    p->bufs[iv[i].buf].offset = at;
+    memmove(live + pos + 1, live + pos, sizeof(Interval) * (size_t)(nlive - pos));
+    live[pos] = iv[i];
+    nlive++;
+    if (at + size > top) top = at + size;
+  }
+  p->arena_bytes = top;
+  free(iv);
+  free(live);
+}
+
+void prog_finish(Program *p, const PtrVec *init, const PtrVec *step) {
+  p->ninit = init->n;
+  p->init = arena_alloc(sizeof(Instr) * (size_t)(init->n + 1));
+  for (int i = 0; i < init->n; i++) p->init[i] = *(Instr *)init->v[i];
+  p->nstep = step->n;
+  p->step = arena_alloc(sizeof(Instr) * (size_t)(step->n + 1));
+  for (int i = 0; i < step->n; i++) p->step[i] = *(Instr *)step->v[i];
+}

@@ -1,0 +1,16 @@
+/* lower.h: helpers the two code generators share (codegen/lower.c). */
+#ifndef CARVE_LOWER_H
+#define CARVE_LOWER_H
+#include "carve.h"
+
+/* Appends a buffer (offset decided by prog_place); *cap is the array's capacity. */
+int prog_buf(Program *p, int *cap, const char *name, DType dt, const Shape *s, BufKind kind);
+Instr *prog_emit(PtrVec *list, OpKind op, int out);
+Instr *prog_emit1(PtrVec *list, OpKind op, int out, int x); /* one input */
+/* Persistent buffers first, then first-fit placement of transient buffers
+   (input, act) over their live intervals in step[first, end); sets the arena. */
+void prog_place(Program *p, const PtrVec *step, int first, int end);
+/* Copies the instruction lists into the program. */
+void prog_finish(Program *p, const PtrVec *init, const PtrVec *step);
+
+#endif
