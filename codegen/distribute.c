@@ -297,7 +297,8 @@ static int value(Rank *R, int u, int mb, int inst) {
   int *have = slot(R, u, mb, 0);
   if (n->op == OP_INPUT) {
     if (*have < 0) {
-      *have = buf(R, inst_name(R, n, mb, 0), n->dtype, &n->shape, BUF_INPUT);
+      /* named as the input itself: the data a load draws is keyed by the name */
+      *have = buf(R, n->name, n->dtype, &n->shape, BUF_INPUT);
       Instr *in = prog_emit(&R->step, OP_LOAD, *have);
       in->i[0] = n->init;
       in->i[1] = ((int64_t)mb * D->L->dp + R->rep) * (n->shape.rank ? n->shape.d[0] : 1);

@@ -21,6 +21,7 @@ static const Command commands[] = {
     {"explain", cmd_explain, "print a compiled program, instruction by instruction"},
     {"data", cmd_data, "turn text files into a token file"},
     {"cluster", cmd_cluster, "check a cluster file and print the machine it describes"},
+    {"profile", cmd_profile, "measure this machine's backend and write a cluster file"},
 };
 
 static void help(FILE *out) {

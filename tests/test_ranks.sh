@@ -1,0 +1,100 @@
+#!/bin/sh
+# test_ranks.sh CARVE PARAM_COMPARE [MODELS]: N ranks train exactly like one.
+#
+# For each model (tiny presets, batch 16, 4 layers) and each layout below,
+# 10 AdamW steps on N ranks under mpirun must match one rank running the
+# single-rank program with the same microbatches (m x dp of them, so every
+# microbatch sees the same rows): the loss of every step within 1e-5
+# relative, every final parameter within 1e-4 of its tensor's largest
+# magnitude. Prints "N passed, M failed".
+#
+# One exception: attention's key bias (b_k) has a zero gradient in exact
+# arithmetic (softmax does not change when every key score moves by the same
+# q.b_k), so what it receives is rounding noise, which AdamW normalises into
+# full-size steps of random sign. Its values differ between any two summation
+# orders and say nothing about the distribution; it is left out of the
+# parameter comparison (its effect on the loss is nil, and the losses are
+# compared).
+set -u
+carve=$1
+compare=$2
+models=${3:-"mlp:mlp-tiny gpt:gpt-tiny bert:bert-tiny moe:moe-tiny"}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+mpirun="mpirun --oversubscribe --bind-to none"
+pass=0
+fail=0
+steps=10
+layouts="dp=2
+dp=4,zero=1
+dp=2,mb=4
+pp=2,mb=4,schedule=gpipe
+pp=2,mb=4,schedule=1f1b,recompute=full
+pp=4,mb=4,schedule=1f1b
+pp=2,mb=4,schedule=interleaved
+pp=4,mb=4,schedule=zb-h1
+dp=2,mb=2,zero=2
+dp=4,zero=3
+dp=2,pp=2,mb=2,zero=1
+dp=8
+dp=2,pp=4,mb=4,schedule=1f1b,zero=2"
+
+losses() { grep '^step' "$1" | awk '{print $4}'; }
+
+for spec in $models; do
+  model=${spec%%:*}
+  preset=${spec#*:}
+  set_dims="batch=16,layers=4"
+  for layout in $layouts; do
+    dp=$(echo "$layout" | tr ',' '\n' | sed -n 's/^dp=//p')
+    pp=$(echo "$layout" | tr ',' '\n' | sed -n 's/^pp=//p')
+    mb=$(echo "$layout" | tr ',' '\n' | sed -n 's/^mb=//p')
+    dp=${dp:-1} pp=${pp:-1} mb=${mb:-1}
+    n=$((dp * pp))
+    what="$model $layout ($n ranks)"
+    ref=$tmp/ref-$model-$((mb * dp))
+    if [ ! -f "$ref.out" ]; then
+      "$carve" compile "$model" --preset "$preset" --set "$set_dims" --microbatches $((mb * dp)) -o "$ref.dir" \
+        >/dev/null 2>"$ref.err" &&
+        "$carve" run "$ref.dir" --steps $steps --log-every 1 --save-params "$ref" >"$ref.out" 2>>"$ref.err" ||
+        { echo "FAILED: reference run for $what"; head -5 "$ref.err"; fail=$((fail + 1)); continue; }
+    fi
+    out=$tmp/run
+    rm -f "$out".rank*
+    if ! "$carve" compile "$model" --preset "$preset" --set "$set_dims" --layout "$layout" -o "$tmp/dist" \
+      >/dev/null 2>"$out.err" ||
+      ! timeout 120 $mpirun -np $n "$carve" run "$tmp/dist" --steps $steps --log-every 1 --save-params "$out" \
+        >"$out.out" 2>>"$out.err"; then
+      echo "FAILED: $what: did not run"
+      head -8 "$out.err"
+      fail=$((fail + 1))
+      continue
+    fi
+    losses "$ref.out" >"$tmp/a"
+    losses "$out.out" >"$tmp/b"
+    loss_ok=$(paste "$tmp/a" "$tmp/b" | awk -v want=$steps '
+      { n++; d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (d > 1e-5 * s + 1e-6) bad++ }
+      END { print (n == want && !bad) ? "yes" : "no" }')
+    if [ "$loss_ok" = yes ] && "$compare" "$ref" 1 "$out" $n 1e-4 .b_k >"$tmp/cmp" 2>&1; then
+      pass=$((pass + 1))
+    else
+      echo "FAILED: $what: losses match: $loss_ok"
+      paste "$tmp/a" "$tmp/b" | head -10 | sed 's/^/  | /'
+      cat "$tmp/cmp"
+      fail=$((fail + 1))
+    fi
+  done
+done
+# the comparison can fail: a run at another learning rate must not pass
+"$carve" compile gpt --preset gpt-tiny --set batch=16,layers=4 --layout dp=2 --lr 2e-3 -o "$tmp/other" >/dev/null &&
+  $mpirun -np 2 "$carve" run "$tmp/other" --steps $steps --quiet --save-params "$tmp/other" 2>/dev/null
+if [ -f "$tmp/ref-gpt-2.rank0" ] && [ -f "$tmp/other.rank1" ] &&
+  ! "$compare" "$tmp/ref-gpt-2" 1 "$tmp/other" 2 1e-4 .b_k >/dev/null 2>&1; then
+  pass=$((pass + 1))
+else
+  echo "FAILED: a run at another learning rate passed the parameter comparison (or did not run)"
+  fail=$((fail + 1))
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,398 @@
+/* cmd_profile.c: `carve profile [-o FILE] [--quick]` measures this machine's
+ * backend: the cblas_sgemm rate, the memory bandwidth of an elementwise op
+ * and, with several ranks (mpirun -np N carve profile), the all-reduce and
+ * point-to-point latency and bandwidth through the Transport. Every rank runs
+ * every measurement at the same time, as in training, and a figure is the
+ * slowest rank's, so it is what one rank gets while the others work too.
+ * Rank 0 prints a table and, with -o, writes a cluster file
+ * (docs/cluster-format.md) that carve plan --cluster FILE takes.
+ * Exit status: 0 fine, 1 the file could not be written, 2 a bad command line. */
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../planner/planner.h"
+#include "tools.h"
+
+/* What a one-rank run writes for the links, which it cannot measure: the
+ * figures of clusters/local.cluster. */
+#define LOCAL_LINK_BANDWIDTH 5e9
+#define LOCAL_LINK_LATENCY 5e-6
+
+#define MAX_SIZES 8
+#define MEM_FLOATS ((int64_t)16 << 20) /* 64 MiB per array */
+
+static void profile_help(void) {
+  printf("usage: carve profile [-o FILE] [--quick]\n\n"
+         "Measures this machine's backend and prints what it found: the cblas_sgemm rate on square\n"
+         "matrices up to 2048, the memory bandwidth of an elementwise op (y += x on 64 MiB arrays) and,\n"
+         "when started with several ranks (mpirun -np N carve profile), the all-reduce latency and bus\n"
+         "bandwidth over all ranks and the point-to-point latency and bandwidth between ranks 0 and 1.\n"
+         "Every rank runs every measurement at once, as in training: a figure is what one rank gets\n"
+         "while the others work too.\n"
+         "  -o FILE   write the figures as a cluster file (docs/cluster-format.md) for --cluster FILE\n"
+         "  --quick   fewer sizes and repetitions: a few seconds, noisier figures\n"
+         "example: mpirun -np 2 carve profile -o here.cluster && carve plan mlp --cluster here.cluster\n");
+}
+
+typedef struct Opts {
+  const char *out;
+  bool quick;
+} Opts;
+
+/* NULL, or what is wrong with the command line. */
+static const char *parse_args(int argc, char **argv, Opts *o) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--quick")) {
+      o->quick = true;
+    } else if (!strcmp(a, "-o")) {
+      if (++i >= argc || !argv[i][0]) return "-o needs a file to write the cluster to";
+      o->out = argv[i];
+    } else if (a[0] == '-') {
+      return arena_printf("unknown option '%s'", a);
+    } else {
+      return arena_printf("unexpected argument '%s': carve profile takes options only", a);
+    }
+  }
+  return NULL;
+}
+
+/* Whether `path` can be written, checked before measuring anything: opens
+ * it for appending (which changes nothing) and removes it if it is new. */
+static bool can_write(const char *path) {
+  struct stat st;
+  bool existed = stat(path, &st) == 0;
+  FILE *f = fopen(path, "a");
+  if (!f) return false;
+  fclose(f);
+  if (!existed) remove(path);
+  return true;
+}
+
+/* ------------------------------------------------------------ measuring */
+
+typedef enum { B_GEMM, B_STREAM, B_ALL_REDUCE, B_PING_PONG } BenchKind;
+
+typedef struct Bench {
+  BenchKind kind;
+  int64_t n; /* matrix side; floats; floats; bytes */
+  float *a, *b, *c;
+} Bench;
+
+/* One operation on this rank. The ping-pong involves ranks 0 and 1 only. */
+static bool bench_once(Transport *t, const Bench *b) {
+  int n = (int)b->n;
+  switch (b->kind) {
+  case B_GEMM:
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, b->a, n, b->b, n, 0.0f, b->c, n);
+    return true;
+  case B_STREAM: {
+    float *y = b->a;
+    const float *x = b->b;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < b->n; i++) y[i] += x[i];
+    return true;
+  }
+  case B_ALL_REDUCE: return t->all_reduce(t, 0, b->a, b->n);
+  case B_PING_PONG:
+    if (t->rank == 0) return t->send(t, b->a, b->n, 1, 1) && t->recv(t, b->a, b->n, 1, 2);
+    if (t->rank == 1) return t->recv(t, b->a, b->n, 0, 1) && t->send(t, b->a, b->n, 0, 2);
+    return true;
+  }
+  return false;
+}
+
+static void run_or_abort(Transport *t, const Bench *b) {
+  if (!bench_once(t, b)) {
+    fprintf(stderr, "carve: error: rank %d: a measurement failed; stopping every rank\n", t->rank);
+    t->abort(t, 1);
+  }
+}
+
+/* Seconds per operation: after a warm-up, `samples` samples of as many
+ * operations as fill `target` seconds; every sample starts when all ranks
+ * are there and counts as its slowest rank's time. The best sample wins. */
+static double best_time(Transport *t, const Bench *b, int samples, double target) {
+  run_or_abort(t, b);
+  t->max(t, 0); /* a barrier */
+  double t0 = now_seconds();
+  run_or_abort(t, b);
+  double one = t->max(t, now_seconds() - t0); /* the same on every rank */
+  int inner = one >= target ? 1 : (int)fmin(target / fmax(one, 1e-7), 100000);
+  double best = INFINITY;
+  for (int s = 0; s < samples; s++) {
+    t->max(t, 0);
+    t0 = now_seconds();
+    for (int i = 0; i < inner; i++) run_or_abort(t, b);
+    double dt = t->max(t, now_seconds() - t0) / inner;
+    if (dt < best) best = dt;
+  }
+  if (!t->flush(t)) t->abort(t, 1);
+  return best;
+}
+
+typedef struct Profile {
+  int world, blas_threads, omp_threads;
+  bool quick;
+  int samples;
+  int ngemm, gemm_n[MAX_SIZES];
+  double gemm_rate[MAX_SIZES]; /* FLOP/s per rank */
+  double mem_bandwidth;        /* bytes/s per rank */
+  double ar_latency;           /* seconds, 4 bytes */
+  double p2p_latency;          /* seconds one way, 4 bytes */
+  int nmsg;
+  int64_t msg_bytes[MAX_SIZES];
+  double ar_time[MAX_SIZES], ar_busbw[MAX_SIZES];
+  double p2p_time[MAX_SIZES], p2p_bw[MAX_SIZES];
+} Profile;
+
+static void fill(float *x, int64_t n, float scale) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) x[i] = scale * (float)(i % 7 - 3);
+}
+
+static volatile float sink; /* keeps the results of the measured loops alive */
+
+static void measure_gemm(Transport *t, Profile *p, double target) {
+  static const int full[] = {256, 512, 1024, 2048}, quick[] = {256, 512, 1024};
+  const int *sizes = p->quick ? quick : full;
+  p->ngemm = p->quick ? 3 : 4;
+  int64_t big = sizes[p->ngemm - 1];
+  Bench b = {B_GEMM, 0, xmalloc(sizeof(float) * (size_t)(big * big)), xmalloc(sizeof(float) * (size_t)(big * big)),
+             xmalloc(sizeof(float) * (size_t)(big * big))};
+  fill(b.a, big * big, 1e-2f);
+  fill(b.b, big * big, 1e-2f);
+  for (int i = 0; i < p->ngemm; i++) {
+    b.n = p->gemm_n[i] = sizes[i];
+    double n = sizes[i];
+    p->gemm_rate[i] = 2 * n * n * n / best_time(t, &b, p->samples, target);
+  }
+  sink = b.c[0];
+  free(b.a), free(b.b), free(b.c);
+}
+
+static void measure_memory(Transport *t, Profile *p, double target) {
+  Bench b = {B_STREAM, MEM_FLOATS, xmalloc(sizeof(float) * MEM_FLOATS), xmalloc(sizeof(float) * MEM_FLOATS), NULL};
+  fill(b.a, MEM_FLOATS, 1e-3f);
+  fill(b.b, MEM_FLOATS, 1e-6f);
+  /* read x, read y, write y */
+  p->mem_bandwidth = 3.0 * sizeof(float) * MEM_FLOATS / best_time(t, &b, p->samples, target);
+  sink = b.a[MEM_FLOATS / 2];
+  free(b.a), free(b.b);
+}
+
+static void measure_links(Transport *t, Profile *p, double target) {
+  int *all = xmalloc(sizeof(int) * (size_t)p->world);
+  for (int r = 0; r < p->world; r++) all[r] = r;
+  int *const ranks[1] = {all};
+  if (!t->groups(t, 1, &p->world, ranks)) t->abort(t, 1);
+  free(all);
+  static const int64_t full[] = {4 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20},
+                       quick[] = {64 << 10, 1 << 20, 16 << 20};
+  const int64_t *sizes = p->quick ? quick : full;
+  p->nmsg = p->quick ? 3 : 7;
+  int64_t big = sizes[p->nmsg - 1];
+  float *buf = xcalloc((size_t)big / sizeof(float), sizeof(float));
+  Bench ar = {B_ALL_REDUCE, 1, buf, NULL, NULL}, pp = {B_PING_PONG, 4, buf, NULL, NULL};
+  p->ar_latency = best_time(t, &ar, p->samples, target);
+  p->p2p_latency = best_time(t, &pp, p->samples, target) / 2;
+  double bus = 2.0 * (p->world - 1) / p->world;
+  for (int i = 0; i < p->nmsg; i++) {
+    int64_t bytes = p->msg_bytes[i] = sizes[i];
+    ar.n = bytes / (int64_t)sizeof(float);
+    pp.n = bytes;
+    p->ar_time[i] = best_time(t, &ar, p->samples, target);
+    p->ar_busbw[i] = bus * (double)bytes / p->ar_time[i];
+    p->p2p_time[i] = best_time(t, &pp, p->samples, target) / 2;
+    p->p2p_bw[i] = (double)bytes / p->p2p_time[i];
+  }
+  free(buf);
+}
+
+/* ------------------------------------------------------------ reporting */
+
+static const char *size_label(int64_t bytes) {
+  if (bytes >= 1 << 20) return arena_printf("%lld MiB", (long long)(bytes >> 20));
+  if (bytes >= 1 << 10) return arena_printf("%lld KiB", (long long)(bytes >> 10));
+  return arena_printf("%lld B", (long long)bytes);
+}
+
+static const char *time_label(double s) {
+  return s < 1e-3 ? arena_printf("%.1f us", s * 1e6) : arena_printf("%.2f ms", s * 1e3);
+}
+
+static const char *plural(int n, const char *one, const char *many) { return n == 1 ? one : many; }
+
+static void print_table(const Profile *p) {
+  printf("carve profile: %d rank%s; per rank %d OpenBLAS thread%s, %d OpenMP thread%s%s\n", p->world,
+         plural(p->world, "", "s"), p->blas_threads, plural(p->blas_threads, "", "s"), p->omp_threads,
+         plural(p->omp_threads, "", "s"), p->quick ? "; quick" : "");
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  int threads = p->blas_threads > p->omp_threads ? p->blas_threads : p->omp_threads;
+  if (cores > 0 && (long)p->world * threads > cores)
+    printf("note: %d rank%s x %d threads on %ld cores: oversubscribed; set OMP_NUM_THREADS=%ld to measure "
+           "what training gets\n",
+           p->world, plural(p->world, "", "s"), threads, cores, cores / p->world > 0 ? cores / p->world : 1);
+  printf("\n%-30s %16s %16s\n", "sgemm, all ranks at once", "per rank", "all ranks");
+  for (int i = 0; i < p->ngemm; i++)
+    printf("  %-28s %16s %16s\n", arena_printf("%d^3", p->gemm_n[i]),
+           arena_printf("%.1f GFLOP/s", p->gemm_rate[i] / 1e9),
+           arena_printf("%.1f GFLOP/s", p->world * p->gemm_rate[i] / 1e9));
+  printf("%-30s %16s %16s\n", arena_printf("memory, y += x, %s arrays", size_label(MEM_FLOATS * 4)),
+         arena_printf("%.2f GB/s", p->mem_bandwidth / 1e9),
+         arena_printf("%.2f GB/s", p->world * p->mem_bandwidth / 1e9));
+  if (p->world == 1) {
+    printf("\nlinks: one rank, nothing to measure (mpirun -np N carve profile measures N ranks)\n");
+    return;
+  }
+  printf("\n%-12s %30s %30s\n", "message", arena_printf("all-reduce over %d ranks", p->world),
+         "point to point, 0 -> 1");
+  printf("%-12s %12s %17s %12s %17s\n", "", "time", "bus bandwidth", "one way", "bandwidth");
+  printf("  %-10s %12s %17s %12s %17s\n", size_label(4), time_label(p->ar_latency), "", time_label(p->p2p_latency), "");
+  for (int i = 0; i < p->nmsg; i++)
+    printf("  %-10s %12s %17s %12s %17s\n", size_label(p->msg_bytes[i]), time_label(p->ar_time[i]),
+           arena_printf("%.2f GB/s", p->ar_busbw[i] / 1e9), time_label(p->p2p_time[i]),
+           arena_printf("%.2f GB/s", p->p2p_bw[i] / 1e9));
+}
+
+/* v with an exponent that is a multiple of 3: 101.2e9, 4.8e-6. */
+static const char *eng(double v) {
+  if (!(v > 0)) return "0";
+  int e = (int)floor(log10(v) / 3) * 3;
+  const char *m = arena_printf("%.4g", v / pow(10, e));
+  if (atof(m) >= 1000) m = arena_printf("%.4g", v / pow(10, e += 3));
+  return e ? arena_printf("%se%d", m, e) : m;
+}
+
+/* The CPU's model name, without '#' (which would start a comment). */
+static const char *cpu_name(void) {
+  size_t len;
+  char *text = read_file("/proc/cpuinfo", &len);
+  const char *name = "CPU";
+  char *s = text ? strstr(text, "model name") : NULL;
+  if (s && (s = strchr(s, ':'))) {
+    s += 1 + strspn(s + 1, " \t");
+    char *copy = arena_strndup(s, strcspn(s, "\n"));
+    for (char *q = copy; *q; q++)
+      if (*q == '#') *q = ' ';
+    if (*copy) name = copy;
+  }
+  free(text);
+  return name;
+}
+
+static double physical_memory(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? (double)pages * (double)page : 8e9;
+}
+
+static void write_cluster(FILE *f, const Profile *p) {
+  char when[64];
+  time_t now = time(NULL);
+  strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", gmtime(&now));
+  int w = p->world, g = p->ngemm - 1, m = p->nmsg - 1;
+  double ram = physical_memory(), memory = 0.75 * ram / w;
+  double bw = w > 1 ? p->ar_busbw[m] : LOCAL_LINK_BANDWIDTH, lat = w > 1 ? p->ar_latency : LOCAL_LINK_LATENCY;
+  fprintf(f,
+          "# profiled.cluster: written by `carve profile%s` (carve %s) on %s.\n"
+          "# This machine as %d CPU rank%s (MPI) on one node; per rank %d OpenBLAS thread%s and %d OpenMP\n"
+          "# thread%s. Every figure is per rank, measured with all ranks running at once; the\n"
+          "# slowest rank's time, best of %d samples. Measure again for another rank count.\n"
+          "# Format: docs/cluster-format.md.\n",
+          p->quick ? " --quick" : "", CARVE_VERSION, when, w, plural(w, "", "s"), p->blas_threads,
+          plural(p->blas_threads, "", "s"), p->omp_threads, plural(p->omp_threads, "", "s"), p->samples);
+  fprintf(f, "name profiled\n");
+  fprintf(f, "device %s (one MPI rank, OpenBLAS)\n", cpu_name());
+  fprintf(f, "nodes 1\n");
+  fprintf(f, "devices_per_node %d\n", w);
+  fprintf(f, "%-34s # cblas_sgemm %d^3%s\n", arena_printf("flops_f32 %s", eng(p->gemm_rate[g])), p->gemm_n[g],
+          w > 1 ? arena_printf(" (%.1f GFLOP/s on all ranks)", w * p->gemm_rate[g] / 1e9) : "");
+  fprintf(f, "%-34s # no bf16 arithmetic on this backend\n", "flops_bf16 0");
+  fprintf(f, "%-34s # 3/4 of %.1f GB of physical memory, shared by %d rank%s\n",
+          arena_printf("memory %s", eng(round(memory / 1e6) * 1e6)), ram / 1e9, w, plural(w, "", "s"));
+  fprintf(f, "%-34s # y += x on %s float arrays: 12 bytes per element\n",
+          arena_printf("mem_bandwidth %s", eng(p->mem_bandwidth)), size_label(MEM_FLOATS * 4));
+  if (w > 1) {
+    fprintf(f, "%-34s # all-reduce of %s over %d ranks: bus bandwidth\n", arena_printf("intra_bandwidth %s", eng(bw)),
+            size_label(p->msg_bytes[m]), w);
+    fprintf(f, "%-34s # 2(n-1)/n x bytes / time (point to point 0 -> 1: %s)\n", "", eng(p->p2p_bw[m]));
+    fprintf(f, "%-34s # all-reduce of 4 bytes over %d ranks (point to point\n",
+            arena_printf("intra_latency %s", eng(lat)), w);
+    fprintf(f, "%-34s # one way: %s)\n", "", eng(p->p2p_latency));
+  } else {
+    fprintf(f, "%-34s # one rank: no link to measure; the figures of\n", arena_printf("intra_bandwidth %s", eng(bw)));
+    fprintf(f, "%-34s # local.cluster (mpirun -np N carve profile measures)\n",
+            arena_printf("intra_latency %s", eng(lat)));
+  }
+  fprintf(f, "%-34s # one node: the same as inside, so a resize still plans\n",
+          arena_printf("inter_bandwidth %s", eng(bw)));
+  fprintf(f, "inter_latency %s\n", eng(lat));
+}
+
+/* Writes the cluster file and reads it back through the planner's loader. */
+static bool save(const char *path, const Profile *p) {
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
+    return false;
+  }
+  write_cluster(f, p);
+  int err = ferror(f) ? errno : 0;
+  if (fclose(f) && !err) err = errno;
+  if (err) {
+    fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(err));
+    return false;
+  }
+  if (!cluster_load(path, stderr)) {
+    fprintf(stderr, "carve: error: %s: the measured figures are out of the cluster format's ranges\n", path);
+    return false;
+  }
+  printf("\nwrote %s (check it with: carve cluster %s)\n", path, path);
+  return true;
+}
+
+static int profile(Transport *t, int argc, char **argv) {
+  bool root = t->rank == 0;
+  if (wants_help(argc, argv)) {
+    if (root) profile_help();
+    return 0;
+  }
+  Opts o = {0};
+  const char *bad = parse_args(argc, argv, &o);
+  if (bad) return root ? usage_error("profile", "%s", bad) : 2;
+  bool ok = !root || !o.out || can_write(o.out);
+  if (!ok) fprintf(stderr, "carve: error: cannot write %s: %s\n", o.out, strerror(errno));
+  if (!t->agree(t, ok)) return 1;
+
+  Profile p = {.world = t->world,
+               .blas_threads = openblas_get_num_threads(),
+               .omp_threads = omp_get_max_threads(),
+               .quick = o.quick,
+               .samples = o.quick ? 3 : 5};
+  double target = o.quick ? 0.01 : 0.1; /* seconds per sample */
+  measure_gemm(t, &p, target);
+  measure_memory(t, &p, target);
+  if (p.world > 1) measure_links(t, &p, target);
+  if (!root) return 0;
+  print_table(&p);
+  if (!o.out) {
+    printf("\n(-o FILE writes these figures as a cluster file)\n");
+    return 0;
+  }
+  fflush(stdout);
+  return save(o.out, &p) ? 0 : 1;
+}
+
+int cmd_profile(int argc, char **argv) {
+  Transport *t = transport_open(&argc, &argv);
+  int rc = profile(t, argc, argv);
+  t->close(t);
+  return rc;
+}
