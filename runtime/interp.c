@@ -500,9 +500,13 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
   Transport *net = o->net, *own = NULL;
   if (!net) net = own = transport_local();
   bool ok = program_check(p, stderr);
-  if (ok && (p->world != net->world || p->rank != net->rank)) {
-    fprintf(stderr, "carve: error: the program is for rank %d of %d, but this process is rank %d of %d\n", p->rank,
-            p->world, net->rank, net->world);
+  if (ok && p->world != net->world) {
+    if (net->rank == 0) /* every rank sees it; one says it */
+      fprintf(stderr, "carve: error: the program is for %d rank%s, but this run has %d: start it with mpirun -np %d\n",
+              p->world, p->world == 1 ? "" : "s", net->world, p->world);
+    ok = false;
+  } else if (ok && p->rank != net->rank) {
+    fprintf(stderr, "carve: error: rank %d was given the program of rank %d\n", net->rank, p->rank);
     ok = false;
   }
   if (ok && o->data && p->vocab && o->data->vocab > p->vocab) {

@@ -332,11 +332,11 @@ int cmd_compile(int argc, char **argv) {
 }
 
 /* A program path: a file, or a directory holding rankN.prog. */
-static Program *load_program(const char *arg, int rank) {
+static Program *load_program(const char *arg, int rank, FILE *err) {
   struct stat st;
   const char *path = arg;
   if (stat(arg, &st) == 0 && S_ISDIR(st.st_mode)) path = arena_printf("%s/rank%d.prog", arg, rank);
-  return program_read(path, stderr);
+  return program_read(path, err);
 }
 
 static int run_program(Opts *o, const Program *p, Transport *net) {
@@ -386,8 +386,23 @@ int cmd_run(int argc, char **argv) {
     net->close(net);
     return free_opts(&o), 2;
   }
-  Program *p = load_program(o.model, net->rank);
-  if (net->agree(net, p != NULL)) rc = run_program(&o, p, net);
+  /* a rank without a program is most often a run with more ranks than the
+     plan: say that once, rather than each extra rank's missing file */
+  char *why = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&why, &len);
+  Program *p = load_program(o.model, net->rank, m);
+  fclose(m);
+  int world = (int)net->max(net, p ? p->world : 0);
+  if (world > 0 && world != net->world) {
+    if (net->rank == 0)
+      fprintf(stderr, "carve: error: %s holds a plan for %d rank%s, but this run has %d: start it with mpirun -np %d\n",
+              o.model, world, world == 1 ? "" : "s", net->world, world);
+  } else {
+    fputs(why, stderr);
+    if (net->agree(net, p != NULL)) rc = run_program(&o, p, net);
+  }
+  free(why);
   net->close(net);
   free_opts(&o);
   return rc;
@@ -433,7 +448,7 @@ int cmd_explain(int argc, char **argv) {
   }
   if (!parse_opts(argc, argv, "x", &o)) return free_opts(&o), 2;
   if (!o.model) return free_opts(&o), usage_error("explain", "which program? give a directory or a .prog file");
-  Program *p = load_program(o.model, o.rank);
+  Program *p = load_program(o.model, o.rank, stderr);
   if (p) program_explain(p, stdout);
   free_opts(&o);
   return p ? 0 : 1;

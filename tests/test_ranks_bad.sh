@@ -1,0 +1,98 @@
+#!/bin/sh
+# test_ranks_bad.sh CARVE: a distributed run that cannot start, or loses a
+# rank, stops every rank with a message that says what and where, and a
+# non-zero exit; never a hang. Prints "N passed, M failed".
+set -u
+carve=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+mpirun="mpirun --oversubscribe --bind-to none"
+pass=0
+fail=0
+# expect NAME PATTERN COMMAND...: non-zero exit within 60 s, PATTERN in the output
+expect() {
+  name=$1
+  pattern=$2
+  shift 2
+  timeout 60 "$@" >"$tmp/out" 2>&1
+  got=$?
+  if [ "$got" -ne 0 ] && [ "$got" -ne 124 ] && grep -q -- "$pattern" "$tmp/out"; then
+    pass=$((pass + 1))
+  else
+    fail=$((fail + 1))
+    echo "FAILED: $name: status $got, output:"
+    sed 's/^/  | /' "$tmp/out" | head -10
+  fi
+}
+# resign FILE: a valid checksum for an edited program
+resign() {
+  sed -i '$d' "$1"
+  python3 - "$1" <<'PY'
+import sys
+p = sys.argv[1]
+b = open(p, 'rb').read()
+h = 1469598103934665603
+for c in b:
+    h = ((h ^ c) * 0x100000001b3) & 0xffffffffffffffff
+open(p, 'ab').write(b'checksum %016x\n' % h)
+PY
+}
+
+"$carve" compile gpt --preset gpt-tiny --layout "pp=2,mb=2" -o "$tmp/p" >/dev/null || { echo "FAILED: compile"; exit 1; }
+expect "too many ranks" "plan for 2 ranks, but this run has 3" $mpirun -np 3 "$carve" run "$tmp/p" --steps 1
+expect "too few ranks" "plan for 2 ranks, but this run has 1" $mpirun -np 1 "$carve" run "$tmp/p" --steps 1
+expect "no launcher" "plan for 2 ranks, but this run has 1" "$carve" run "$tmp/p" --steps 1
+
+cp -r "$tmp/p" "$tmp/missing" && rm "$tmp/missing/rank1.prog"
+expect "missing program" "rank1.prog" $mpirun -np 2 "$carve" run "$tmp/missing" --steps 1
+
+cp -r "$tmp/p" "$tmp/corrupt" && sed -i '20s/[0-9]/7/' "$tmp/corrupt/rank1.prog"
+expect "corrupted program" "checksum mismatch" $mpirun -np 2 "$carve" run "$tmp/corrupt" --steps 1
+
+cp -r "$tmp/p" "$tmp/version" && sed -i '2s/.*/carve 0.0.1/' "$tmp/version/rank0.prog" && resign "$tmp/version/rank0.prog"
+expect "other carve version" "written by carve 0.0.1" $mpirun -np 2 "$carve" run "$tmp/version" --steps 1
+
+cp -r "$tmp/p" "$tmp/swapped" && mv "$tmp/swapped/rank0.prog" "$tmp/x" && mv "$tmp/swapped/rank1.prog" \
+  "$tmp/swapped/rank0.prog" && mv "$tmp/x" "$tmp/swapped/rank1.prog"
+expect "programs swapped" "was given the program of rank" $mpirun -np 2 "$carve" run "$tmp/swapped" --steps 1
+
+printf 'some text for a token file, long enough to make a few batches of it. %.0s' $(seq 200) >"$tmp/text"
+"$carve" data "$tmp/text" -o "$tmp/text.tok" >/dev/null 2>&1
+"$carve" compile gpt --preset gpt-tiny --set vocab=64 --layout dp=2 -o "$tmp/small" >/dev/null
+expect "data vocabulary" "vocabulary" $mpirun -np 2 "$carve" run "$tmp/small" --steps 1 --data "$tmp/text.tok"
+
+# a rank killed mid-run: the job ends within seconds, naming the rank
+"$carve" compile gpt --preset gpt-tiny --layout "pp=2,mb=2" -o "$tmp/long" >/dev/null
+$mpirun -np 2 "$carve" run "$tmp/long" --steps 1000000 --quiet >"$tmp/killed" 2>&1 &
+job=$!
+victim=""
+for _ in $(seq 100); do
+  victim=$(pgrep -f "^$carve run $tmp/long" | tail -1)
+  [ -n "$victim" ] && break
+  sleep 0.1
+done
+sleep 1
+kill -9 "$victim" 2>/dev/null
+waited=0
+while kill -0 $job 2>/dev/null && [ $waited -lt 30 ]; do
+  sleep 1
+  waited=$((waited + 1))
+done
+if kill -0 $job 2>/dev/null; then
+  kill -9 $job
+  echo "FAILED: killed rank: the job was still running 30 s after the kill"
+  fail=$((fail + 1))
+else
+  wait $job
+  status=$?
+  if [ -n "$victim" ] && [ $status -ne 0 ] && grep -q "rank [0-9]" "$tmp/killed"; then
+    pass=$((pass + 1))
+  else
+    echo "FAILED: killed rank: status $status, output:"
+    sed 's/^/  | /' "$tmp/killed" | head -10
+    fail=$((fail + 1))
+  fi
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
