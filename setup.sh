@@ -1,7 +1,8 @@
 #!/bin/sh
 # setup.sh: install what is missing, build, and run carve's main job or tests.
 #
-#   ./setup.sh        install + build, then train a small GPT on this CPU
+#   ./setup.sh        install + build, then plan a small GPT for this CPU as 2
+#                     ranks and train the plan under mpirun
 #   ./setup.sh test   install + build (also a sanitizer build), then run every test
 #   ./setup.sh build  install + build only
 #
@@ -39,8 +40,14 @@ build build
 case $mode in
 build) echo "setup: built build/carve" ;;
 run)
+  # measure this machine as 2 ranks, plan a small GPT for it, train the plan
+  # under mpirun on real text
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+  mpirun="mpirun --oversubscribe --bind-to none -np 2"
   [ -f build/licenses.tok ] || build/carve data /usr/share/common-licenses/* -o build/licenses.tok
-  build/carve train gpt --preset gpt-tiny --data build/licenses.tok --steps 300 --log-every 25
+  [ -f build/profiled.cluster ] || $mpirun build/carve profile --quick -o build/profiled.cluster >/dev/null
+  build/carve plan gpt --preset gpt-tiny --cluster build/profiled.cluster -o build/plan
+  $mpirun build/carve run build/plan --data build/licenses.tok --steps 300 --log-every 25
   ;;
 test)
   build build-asan -DCARVE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug

@@ -546,3 +546,23 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
     for (int j = 0; j < L->dp; j++) progs[rank_of(&D, d, j)] = emit_rank(&D, d, j, seed);
   return progs;
 }
+
+Program **compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
+                         FILE *err) {
+  int64_t total = (int64_t)L->microbatches * L->dp;
+  if (total < 1 || total > 1 << 20) {
+    fprintf(err, "carve: error: %lld microbatches x replicas is out of range\n", (long long)total);
+    return NULL;
+  }
+  Diag d;
+  diag_init(&d, err);
+  Graph *g = frontend_load_microbatch(model_path, eo, (int)total, &d); /* one microbatch of one replica */
+  if (!g) {
+    if (d.errors) fprintf(err, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
+    return NULL;
+  }
+  if (!autodiff(g, (int)total, err)) return NULL;
+  Train tl = *t;
+  tl.microbatches = L->microbatches;
+  return codegen_ranks(g, &tl, seed, L, err);
+}

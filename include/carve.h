@@ -411,6 +411,9 @@ typedef struct Layout {
  * replica: built at batch / (m dp), its loss gradient seeded with 1 / (m dp).
  * NULL with a message when the layout does not fit the model. */
 Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, FILE *err);
+/* The same from a model file: loads it at the microbatch size, differentiates it. */
+Program **compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
+                         FILE *err);
 /* Program files: versioned text with a checksum. */
 bool program_write(const Program *p, const char *path, FILE *err);
 Program *program_read(const char *path, FILE *err);

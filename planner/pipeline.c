@@ -808,3 +808,40 @@ PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster
   throughput(best, po);
   return best;
 }
+
+/* A plan as a program layout: equal data-parallel stages whose parameters
+   are all replicated (the code generator does not lower tensor parallelism
+   yet). stage_last needs room for one entry per stage. */
+bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *err) {
+  int dp = p->stages[0].nodes * p->stages[0].per_node;
+  for (int s = 0; s < p->nstages; s++) {
+    const PipeStage *st = &p->stages[s];
+    if (st->nodes * st->per_node != dp || st->plan->zero != p->stages[0].plan->zero) {
+      fprintf(err, "stages differ in device count or ZeRO stage");
+      return false;
+    }
+    const Graph *g = st->plan->g;
+    for (int i = 0; i < g->nfwd; i++) {
+      if (g->nodes[i]->op != OP_PARAM) continue;
+      const Spec *sp = &st->plan->layout[i];
+      for (int k = 0; k < sp->rank; k++)
+        if (sp->d[k]) {
+          char b[64];
+          fprintf(err, "stage %d shards %s as [%s] (tensor parallelism)", s, g->nodes[i]->name,
+                  spec_str(sp, b, sizeof b));
+          return false;
+        }
+    }
+    stage_last[s] = st->last;
+  }
+  *L = (Layout){.dp = dp,
+                .pp = p->nstages,
+                .v = p->v,
+                .microbatches = p->microbatches,
+                .schedule = p->schedule,
+                .zero = p->stages[0].plan->zero,
+                .recompute = p->recompute,
+                .stage_last = p->v > 1 ? NULL : stage_last,
+                .layers_want = MAXGROUPS};
+  return true;
+}

@@ -334,5 +334,8 @@ void pipeline_report(const PipelinePlan *p, FILE *out);
 /* The simulation input of a pipeline plan's chosen schedule (for traces). */
 bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err);
 void pipeline_json(const PipelinePlan *p, FILE *out);
+/* The plan as a program layout, or false after writing (to err, no newline)
+   why it cannot be lowered yet. stage_last: one int per stage. */
+bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *err);
 
 #endif

@@ -31,10 +31,46 @@ static void help(void) {
          "  --precision fp32|mixed (default: mixed when the devices have 16-bit peak)\n"
          "  --time-limit S         solver time limit in seconds (default 60)\n"
          "  --preset NAME  --set dim=N,...   model sizes\n"
-         "  -o DIR                 also write DIR/plan.json\n"
+         "  -o DIR                 also write DIR/plan.json and, for a whole plan, one program per rank\n"
+         "                         (DIR/rankN.prog, default training options) for mpirun -np N carve run DIR\n"
          "  --json                 print JSON instead of the report\n"
          "  --quiet                no progress lines (they go to standard error, and only when it is\n"
          "                         a terminal)\n");
+}
+
+/* DIR/rankN.prog for every rank of a whole plan (default training options),
+   or a note on why this plan cannot become programs yet. */
+static bool write_programs(const char *dir, const char *model_path, const ElabOptions *eo, const PipelinePlan *pp,
+                           bool quiet) {
+  Layout L;
+  int *stage_last = arena_alloc(sizeof(int) * (size_t)(pp->nstages + 1));
+  char *why = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&why, &len);
+  bool ok = pipeline_layout(pp, &L, stage_last, m);
+  fclose(m);
+  if (!ok) {
+    fprintf(stderr,
+            "carve: note: %s/plan.json written, but no programs: %s, which carve does not lower to programs "
+            "yet (--force-dp plans data parallelism only)\n",
+            dir, why);
+    free(why);
+    return true;
+  }
+  free(why);
+  Train t;
+  train_defaults(&t);
+  Program **progs = compile_layout(model_path, eo, &t, 1234, &L, stderr);
+  if (!progs) return false;
+  int world = L.dp * L.pp;
+  for (int r = 0; r < world; r++)
+    if (!program_write(progs[r], arena_printf("%s/rank%d.prog", dir, r), stderr)) return false;
+  for (int r = world;; r++) /* an earlier plan's extra ranks must not linger */
+    if (remove(arena_printf("%s/rank%d.prog", dir, r)) != 0) break;
+  if (!quiet)
+    printf("\nwrote %s/plan.json and rank0.prog .. rank%d.prog; train it with: mpirun -np %d carve run %s\n", dir,
+           world - 1, world, dir);
+  return true;
 }
 
 /* DIR/plan.json, written through a temporary name. */
@@ -181,6 +217,7 @@ int cmd_plan(int argc, char **argv) {
       pipeline_report(pp, stdout);
     }
     rc = write_plan(out, NULL, pp) ? 0 : 1;
+    if (rc == 0 && out) rc = write_programs(out, model_resolve(model), &eo, pp, json) ? 0 : 1;
     goto done;
   }
   Diag d;

@@ -257,14 +257,9 @@ static bool layout_parse(Opts *o, Layout *L) {
 static Program **compile_ranks(Opts *o, int *world) {
   Layout L;
   if (!layout_parse(o, &L)) return NULL;
-  int64_t total = (int64_t)L.microbatches * L.dp;
-  if (total > 1 << 20) return usage_error(o->cmd, "--layout: dp x mb is too large"), NULL;
-  o->train.microbatches = (int)total; /* the graph is one microbatch of one replica */
-  Graph *g = load_model(o, NULL);
-  o->train.microbatches = L.microbatches;
-  if (!g || !autodiff(g, (int)total, stderr)) return NULL;
+  if (!o->model) return usage_error(o->cmd, "which model? give a .graph file or a shipped model name"), NULL;
   *world = L.dp * L.pp;
-  return codegen_ranks(g, &o->train, o->seed, &L, stderr);
+  return compile_layout(model_resolve(o->model), &o->elab, &o->train, o->seed, &L, stderr);
 }
 
 static void print_train_help(const char *cmd, const char *args, const char *what) {
@@ -341,7 +336,12 @@ static Program *load_program(const char *arg, int rank, FILE *err) {
 
 static int run_program(Opts *o, const Program *p, Transport *net) {
   TokenData *td = NULL;
-  bool ok = !o->data || (td = tokens_read(o->data, stderr));
+  char *quiet_text = NULL; /* every rank reads the same file: rank 0 speaks for them */
+  size_t quiet_len = 0;
+  FILE *err = net->rank == 0 ? stderr : open_memstream(&quiet_text, &quiet_len);
+  bool ok = !o->data || (td = tokens_read(o->data, err));
+  if (err != stderr) fclose(err);
+  free(quiet_text);
   if (ok && td && !p->vocab) {
     fprintf(stderr, "carve: error: --data given, but the model has no token input (~ tokens(vocab))\n");
     ok = false;
@@ -360,8 +360,20 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
     printf("\n");
     fflush(stdout);
   }
+  double measured = 0;
+  ro.step_s = &measured;
   int rc = runtime_run(p, &ro);
   tokens_free(td);
+  /* a plan directory: set the planner's prediction against what ran */
+  size_t len;
+  char *text =
+      net->rank == 0 && rc == 0 && measured > 0 ? read_file(arena_printf("%s/plan.json", o->model), &len) : NULL;
+  Json *plan = text ? json_parse(text, NULL) : NULL;
+  double predicted = plan ? json_num(plan, "predicted_step_s", 0) : 0;
+  if (predicted > 0 && !o->quiet)
+    printf("predicted step %.1f ms (%s/plan.json), measured %.1f ms: measured / predicted = %.2f\n", predicted * 1e3,
+           o->model, measured * 1e3, measured / predicted);
+  free(text);
   return rc;
 }
 
