@@ -627,6 +627,7 @@ int runtime_run(const Program *p, const RunOptions *o) {
     double loss, t0 = now_seconds(), c0 = rt->r.comm_s;
     rc = runtime_step(rt, &loss);
     double dt = now_seconds() - t0, dc = rt->r.comm_s - c0;
+    if (rc && many) net->abort(net, 1); /* the other ranks may be waiting on this one */
     if (rc) break;
     if (many) dt = net->max(net, dt), dc = net->max(net, dc); /* the step ends when its slowest rank does */
     if (s > 1 || o->steps == 1) t_total += dt, comm_total += dc;
@@ -644,7 +645,6 @@ int runtime_run(const Program *p, const RunOptions *o) {
       fflush(out);
     }
   }
-  if (rc && many) net->abort(net, 1); /* the other ranks may be waiting on this one */
   double arena = many ? net->max(net, (double)p->arena_bytes + (double)rt->r.pad_cap * 4) : (double)p->arena_bytes;
   if (rc == 0 && speak && o->steps > 0) {
     int timed = o->steps > 1 ? o->steps - 1 : 1;
