@@ -1,0 +1,40 @@
+#!/bin/sh
+# bench_ranks.sh [CARVE] [RANKS] [MODEL PRESET]: the planner's predictions
+# against what the ranks measure.
+#
+# Profiles this machine as RANKS MPI ranks (carve profile), then for each
+# layout below plans it by hand on that cluster (carve plan --manual, the
+# same cost model the search uses), runs the plan's programs for 12 steps
+# under mpirun, and prints predicted and measured step time (mean after the
+# first step) and memory per rank (the plan's largest stage against the
+# largest arena plus transport staging), with the ratios measured /
+# predicted. Targets (issue: distributed execution): step within 25%,
+# memory within 15%.
+set -eu
+carve=${1:-build/carve}
+ranks=${2:-4}
+model=${3:-gpt}
+preset=${4:-gpt-small}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+mpirun="mpirun --oversubscribe --bind-to none -np $ranks"
+$mpirun "$carve" profile --quick -o "$tmp/this.cluster" >/dev/null
+echo "$model $preset on $ranks ranks of this machine ($(getconf _NPROCESSORS_ONLN) cores), cluster measured by carve profile --quick"
+printf '%-26s %12s %12s %7s %12s %12s %7s\n' layout "pred ms" "meas ms" ratio "pred MiB" "meas MiB" ratio
+half=$((ranks / 2))
+for layout in "dp=$ranks" "dp=$ranks,zero=1" "dp=$half,pp=2,mb=4" "pp=$ranks,mb=8" "pp=$ranks,mb=8,schedule=gpipe"; do
+  if ! "$carve" plan "$model" --preset "$preset" --cluster "$tmp/this.cluster" --manual "$layout" -o "$tmp/p" \
+    >"$tmp/plan.out" 2>&1 || [ ! -f "$tmp/p/rank0.prog" ]; then
+    printf '%-26s (not planned: %s)\n' "$layout" "$(tail -1 "$tmp/plan.out")"
+    continue
+  fi
+  $mpirun "$carve" run "$tmp/p" --steps 12 --log-every 100 >"$tmp/run.out" 2>&1
+  pred_s=$(grep -o '"predicted_step_s": [0-9.e+-]*' "$tmp/p/plan.json" | head -1 | awk '{print $2}')
+  pred_m=$(grep -o '"memory_per_device_bytes": [0-9.e+-]*' "$tmp/p/plan.json" | awk '$2 > m { m = $2 } END { print m }')
+  meas_s=$(sed -n 's/.*, \([0-9.]*\) ms\/step.*/\1/p' "$tmp/run.out")
+  meas_m=$(sed -n 's/.*peak memory per rank \([0-9.]*\) \([KMG]i*B\).*/\1 \2/p' "$tmp/run.out" |
+    awk '{ f = $2 == "KiB" ? 1 / 1024 : $2 == "GiB" ? 1024 : 1; print $1 * f }')
+  awk -v l="$layout" -v ps="$pred_s" -v ms="$meas_s" -v pm="$pred_m" -v mm="$meas_m" 'BEGIN {
+    printf "%-26s %12.1f %12.1f %7.2f %12.1f %12.1f %7.2f\n", l, ps * 1e3, ms, ms / (ps * 1e3), pm / 1048576, mm, mm / (pm / 1048576) }'
+done
