@@ -135,33 +135,7 @@ static void emit_update(CG *C) {
   for (int p = 0; p < g->nfwd; p++) {
     if (g->grad[p] < 0) continue;
     const Node *n = g->nodes[p];
-    int nstate = t->opt == OPT_ADAMW ? 2 : 1;
-    int state[2] = {-1, -1};
-    for (int k = 0; k < nstate; k++) {
-      state[k] = new_buf(C,
-                         arena_printf("%s.%s", n->name,
-                                      t->opt == OPT_SGD ? "mom"
-                                      : k               ? "v"
-                                                        : "m"),
-                         DT_F32, &n->shape, BUF_OPTSTATE);
-      emit(&C->init, OP_INIT, state[k])->i[0] = INIT_ZEROS;
-    }
-    /* Weight decay applies to matrices, not to biases and norm gains. */
-    double wd = n->shape.rank >= 2 ? t->wd : 0;
-    Instr *in = emit(&C->step, t->opt == OPT_ADAMW ? OP_ADAMW : OP_SGD, C->buf[p]);
-    in->i[0] = t->warmup;
-    in->in[0] = C->gacc[p];
-    in->in[1] = state[0];
-    if (t->opt == OPT_ADAMW) {
-      in->nin = 4;
-      in->in[2] = state[1];
-      in->in[3] = clip;
-      in->f[0] = t->lr, in->f[1] = t->beta1, in->f[2] = t->beta2, in->f[3] = t->eps, in->f[4] = wd;
-    } else {
-      in->nin = 3;
-      in->in[2] = clip;
-      in->f[0] = t->lr, in->f[1] = t->momentum, in->f[2] = wd;
-    }
+    prog_optimizer(C->p, &C->cap_bufs, &C->init, &C->step, t, n, &n->shape, C->buf[p], C->gacc[p], clip);
   }
 }
 

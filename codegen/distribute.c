@@ -439,36 +439,12 @@ static void emit_update(Rank *R) {
     if (shard_grad[p] < 0) continue;
     const Node *n = g->nodes[p];
     Shape ss = L->zero ? flat(chunk_of(shape_numel(&n->shape), L->dp)) : n->shape;
-    int nstate = t->opt == OPT_ADAMW ? 2 : 1, state[2] = {-1, -1};
-    for (int k = 0; k < nstate; k++) {
-      state[k] = buf(R,
-                     arena_printf("%s.%s", n->name,
-                                  t->opt == OPT_SGD ? "mom"
-                                  : k               ? "v"
-                                                    : "m"),
-                     DT_F32, &ss, BUF_OPTSTATE);
-      prog_emit(&R->init, OP_INIT, state[k])->i[0] = INIT_ZEROS;
-    }
     int target = R->pbuf[p];
     if (L->zero == 1 || L->zero == 2) { /* update this replica's part, then share it */
       target = buf(R, arena_printf("%s/part", n->name), DT_F32, &ss, BUF_ACT);
       prog_emit1(&R->step, OP_SHARD, target, R->pbuf[p])->i[0] = D->dp_group[R->dev];
     }
-    double wd = n->shape.rank >= 2 ? t->wd : 0; /* matrices decay; biases and gains do not */
-    Instr *in = prog_emit(&R->step, t->opt == OPT_ADAMW ? OP_ADAMW : OP_SGD, target);
-    in->i[0] = t->warmup;
-    in->in[0] = shard_grad[p];
-    in->in[1] = state[0];
-    if (t->opt == OPT_ADAMW) {
-      in->nin = 4;
-      in->in[2] = state[1];
-      in->in[3] = clip;
-      in->f[0] = t->lr, in->f[1] = t->beta1, in->f[2] = t->beta2, in->f[3] = t->eps, in->f[4] = wd;
-    } else {
-      in->nin = 3;
-      in->in[2] = clip;
-      in->f[0] = t->lr, in->f[1] = t->momentum, in->f[2] = wd;
-    }
+    prog_optimizer(R->p, &R->cap, &R->init, &R->step, t, n, &ss, target, shard_grad[p], clip);
     if (target != R->pbuf[p]) prog_emit1(&R->step, OP_ALL_GATHER, R->pbuf[p], target)->i[0] = D->dp_group[R->dev];
   }
 }

@@ -105,3 +105,28 @@ void prog_finish(Program *p, const PtrVec *init, const PtrVec *step) {
   p->step = arena_alloc(sizeof(Instr) * (size_t)(step->n + 1));
   for (int i = 0; i < step->n; i++) p->step[i] = *(Instr *)step->v[i];
 }
+
+void prog_optimizer(Program *p, int *cap, PtrVec *init, PtrVec *step, const Train *t, const Node *param,
+                    const Shape *state_shape, int target, int grad, int clip) {
+  int nstate = t->opt == OPT_ADAMW ? 2 : 1, state[2] = {-1, -1};
+  for (int k = 0; k < nstate; k++) {
+    const char *what = t->opt == OPT_SGD ? "mom" : k ? "v" : "m";
+    state[k] = prog_buf(p, cap, arena_printf("%s.%s", param->name, what), DT_F32, state_shape, BUF_OPTSTATE);
+    prog_emit(init, OP_INIT, state[k])->i[0] = INIT_ZEROS;
+  }
+  double wd = param->shape.rank >= 2 ? t->wd : 0; /* matrices decay; biases and norm gains do not */
+  Instr *in = prog_emit(step, t->opt == OPT_ADAMW ? OP_ADAMW : OP_SGD, target);
+  in->i[0] = t->warmup;
+  in->in[0] = grad;
+  in->in[1] = state[0];
+  if (t->opt == OPT_ADAMW) {
+    in->nin = 4;
+    in->in[2] = state[1];
+    in->in[3] = clip;
+    in->f[0] = t->lr, in->f[1] = t->beta1, in->f[2] = t->beta2, in->f[3] = t->eps, in->f[4] = wd;
+  } else {
+    in->nin = 3;
+    in->in[2] = clip;
+    in->f[0] = t->lr, in->f[1] = t->momentum, in->f[2] = wd;
+  }
+}

@@ -10,6 +10,10 @@ Instr *prog_emit1(PtrVec *list, OpKind op, int out, int x); /* one input */
 /* Persistent buffers first, then first-fit placement of transient buffers
    (input, act) over their live intervals in step[first, end); sets the arena. */
 void prog_place(Program *p, const PtrVec *step, int first, int end);
+/* The optimizer for one parameter: its state buffers (state_shape, zeroed in
+   init) and the update of target from grad, scaled by the clip factor. */
+void prog_optimizer(Program *p, int *cap, PtrVec *init, PtrVec *step, const Train *t, const Node *param,
+                    const Shape *state_shape, int target, int grad, int clip);
 /* Copies the instruction lists into the program. */
 void prog_finish(Program *p, const PtrVec *init, const PtrVec *step);
 
