@@ -460,6 +460,8 @@ struct Transport {
   bool (*agree)(Transport *t, bool ok);
   double (*sum)(Transport *t, double v); /* over the world */
   double (*max)(Transport *t, double v);
+  /* every rank's `bytes` bytes, in rank order, to every rank (traces) */
+  bool (*gather_all)(Transport *t, const void *in, int64_t bytes, void *out);
   /* ends every rank's process now (after a rank-local error mid-step, when
      the others may be waiting on this one) */
   void (*abort)(Transport *t, int code); /* does not return */
@@ -485,6 +487,7 @@ typedef struct RunOptions {
   Transport *net;          /* NULL: the local transport (world 1) */
   const char *save_params; /* after the run, each rank writes PATH.rankN */
   double *step_s;          /* receives the mean step time after the first */
+  const char *trace;       /* write a Chrome/Perfetto trace of the last step here (rank 0) */
 } RunOptions;
 
 /* Runs the init section, then `steps` steps. Returns 0 or prints an error

@@ -26,6 +26,7 @@ typedef struct Run {
   Transport *net, *own_net; /* own_net: made here (local), closed here */
   float *pad;               /* zero-padded staging for gathers and scatters */
   double comm_s;            /* seconds in communication instructions */
+  double *trace;            /* when set: start and end of each step instruction */
   size_t pad_cap;
 } Run;
 
@@ -475,7 +476,9 @@ static int run_list(Run *R, const Instr *list, int n) {
   bool prof = R->o->profile;
   for (int i = 0; i < n; i++) {
     double t0 = prof ? now_seconds() : 0;
+    if (R->trace && list == R->p->step) R->trace[2 * i] = now_seconds();
     exec(R, &list[i]);
+    if (R->trace && list == R->p->step) R->trace[2 * i + 1] = now_seconds();
     if (prof) {
       R->op_time[list[i].op] += now_seconds() - t0;
       R->op_count[list[i].op]++;
@@ -589,6 +592,7 @@ void runtime_free(Runtime *rt) {
   free(rt->r.arena);
   free(rt->r.scratch.p);
   free(rt->r.pad);
+  free(rt->r.trace);
   if (rt->r.own_net) rt->r.own_net->close(rt->r.own_net);
   free(rt);
 }
@@ -614,6 +618,61 @@ bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
   return ok;
 }
 
+static bool is_comm(OpKind op) {
+  return op == OP_ALL_REDUCE || op == OP_ALL_GATHER || op == OP_REDUCE_SCATTER || op == OP_SEND || op == OP_RECV;
+}
+
+/* The traced step as Chrome trace events, one track per rank: compute and
+   communication instructions by name; the gaps are where the rank waited. */
+static char *trace_events(const Run *R, double t0, size_t *len) {
+  char *text = NULL;
+  FILE *f = open_memstream(&text, len);
+  const Program *p = R->p;
+  fprintf(f, ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":0,\"tid\":%d,\"args\":{\"name\":\"rank %d\"}}", p->rank,
+          p->rank);
+  for (int i = 0; i < p->nstep; i++) {
+    const Instr *in = &p->step[i];
+    int b = in->out >= 0 ? in->out : in->in[0];
+    fprintf(f,
+            ",\n{\"name\":\"%s %s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":0,\"tid\":%d,\"ts\":%.3f,"
+            "\"dur\":%.3f}",
+            op_info[in->op].name, p->bufs[b].name, is_comm(in->op) ? "communication" : "compute", p->rank,
+            (R->trace[2 * i] - t0) * 1e6, (R->trace[2 * i + 1] - R->trace[2 * i]) * 1e6);
+  }
+  fclose(f);
+  return text;
+}
+
+/* Every rank's events to rank 0, which writes the file. */
+static bool trace_write(Run *R, double t0, const char *path) {
+  Transport *t = R->net;
+  size_t len = 0;
+  char *mine = trace_events(R, t0, &len);
+  int64_t block = (int64_t)t->max(t, (double)len) + 1;
+  char *in = xcalloc((size_t)block, 1), *all = xmalloc((size_t)(block * t->world));
+  memcpy(in, mine, len);
+  bool ok = t->gather_all(t, in, block, all);
+  if (ok && t->rank == 0) {
+    const char *tmp = arena_printf("%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    ok = f != NULL;
+    if (ok) {
+      fprintf(f, "{\"traceEvents\":[\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":0,\"args\":{\"name\":"
+                 "\"ranks (one step)\"}}");
+      for (int r = 0; r < t->world; r++) fputs(all + (size_t)r * (size_t)block, f);
+      fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
+      ok = !ferror(f);
+      ok &= fclose(f) == 0;
+    }
+    if (ok) ok = rename(tmp, path) == 0;
+    if (!ok) fprintf(stderr, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
+  }
+  free(mine);
+  free(in);
+  free(all);
+  return ok;
+}
+
 int runtime_run(const Program *p, const RunOptions *o) {
   FILE *out = o->out ? o->out : stdout;
   Runtime *rt = runtime_new(p, o);
@@ -624,11 +683,17 @@ int runtime_run(const Program *p, const RunOptions *o) {
   double t_total = 0, comm_total = 0;
   char b1[32], b2[32];
   for (int s = 1; s <= o->steps && rc == 0; s++) {
+    bool traced = o->trace && s == o->steps;
+    if (traced) { /* one start for every rank's track */
+      rt->r.trace = xcalloc(2 * (size_t)p->nstep + 2, sizeof(double));
+      net->agree(net, true);
+    }
     double loss, t0 = now_seconds(), c0 = rt->r.comm_s;
     rc = runtime_step(rt, &loss);
     double dt = now_seconds() - t0, dc = rt->r.comm_s - c0;
     if (rc && many) net->abort(net, 1); /* the other ranks may be waiting on this one */
     if (rc) break;
+    if (traced && !trace_write(&rt->r, t0, o->trace)) rc = 1;
     if (many) dt = net->max(net, dt), dc = net->max(net, dc); /* the step ends when its slowest rank does */
     if (s > 1 || o->steps == 1) t_total += dt, comm_total += dc;
     if (!isfinite(loss)) {

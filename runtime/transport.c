@@ -67,6 +67,11 @@ static double local_value(Transport *t, double v) {
   (void)t;
   return v;
 }
+static bool local_gather_all(Transport *t, const void *in, int64_t bytes, void *out) {
+  (void)t;
+  memmove(out, in, (size_t)bytes);
+  return true;
+}
 static void local_abort(Transport *t, int code) {
   (void)t;
   exit(code);
@@ -75,9 +80,22 @@ static void local_close(Transport *t) { free(t); }
 
 Transport *transport_local(void) {
   Transport *t = xcalloc(1, sizeof(Transport));
-  *t = (Transport){"local",     0,           1,           local_groups, local_all_reduce, local_copy,
-                   local_copy,  local_send,  local_recv,  local_flush,  local_agree,      local_value,
-                   local_value, local_abort, local_close, NULL};
+  *t = (Transport){.name = "local",
+                   .rank = 0,
+                   .world = 1,
+                   .groups = local_groups,
+                   .all_reduce = local_all_reduce,
+                   .all_gather = local_copy,
+                   .reduce_scatter = local_copy,
+                   .send = local_send,
+                   .recv = local_recv,
+                   .flush = local_flush,
+                   .agree = local_agree,
+                   .sum = local_value,
+                   .max = local_value,
+                   .gather_all = local_gather_all,
+                   .abort = local_abort,
+                   .close = local_close};
   return t;
 }
 
@@ -219,6 +237,11 @@ static double mpi_reduce(Transport *t, double v, MPI_Op op) {
 static double mpi_sum(Transport *t, double v) { return mpi_reduce(t, v, MPI_SUM); }
 static double mpi_max(Transport *t, double v) { return mpi_reduce(t, v, MPI_MAX); }
 
+static bool mpi_gather_all(Transport *t, const void *in, int64_t bytes, void *out) {
+  return count_fits(t, bytes) &&
+         mpi_ok(t, MPI_Allgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, MPI_COMM_WORLD), "MPI_Allgather");
+}
+
 static void mpi_abort(Transport *t, int code) {
   (void)t;
   fflush(stdout);
@@ -246,22 +269,22 @@ Transport *transport_open(int *argc, char ***argv) {
   if (MPI_Init(argc, argv) != MPI_SUCCESS) carve_fatal("MPI_Init failed");
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   Transport *t = xcalloc(1, sizeof(Transport));
-  *t = (Transport){"mpi",
-                   0,
-                   1,
-                   mpi_groups,
-                   mpi_all_reduce,
-                   mpi_all_gather,
-                   mpi_reduce_scatter,
-                   mpi_send,
-                   mpi_recv,
-                   mpi_flush,
-                   mpi_agree,
-                   mpi_sum,
-                   mpi_max,
-                   mpi_abort,
-                   mpi_close,
-                   xcalloc(1, sizeof(Mpi))};
+  *t = (Transport){.name = "mpi",
+                   .world = 1,
+                   .groups = mpi_groups,
+                   .all_reduce = mpi_all_reduce,
+                   .all_gather = mpi_all_gather,
+                   .reduce_scatter = mpi_reduce_scatter,
+                   .send = mpi_send,
+                   .recv = mpi_recv,
+                   .flush = mpi_flush,
+                   .agree = mpi_agree,
+                   .sum = mpi_sum,
+                   .max = mpi_max,
+                   .gather_all = mpi_gather_all,
+                   .abort = mpi_abort,
+                   .close = mpi_close,
+                   .impl = xcalloc(1, sizeof(Mpi))};
   MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
   MPI_Comm_size(MPI_COMM_WORLD, &t->world);
   return t;

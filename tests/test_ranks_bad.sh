@@ -1,9 +1,10 @@
 #!/bin/sh
-# test_ranks_bad.sh CARVE: a distributed run that cannot start, or loses a
+# test_ranks_bad.sh CARVE PROG_RESIGN: a distributed run that cannot start, or loses a
 # rank, stops every rank with a message that says what and where, and a
 # non-zero exit; never a hang. Prints "N passed, M failed".
 set -u
 carve=$1
+resign=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
@@ -25,20 +26,6 @@ expect() {
     sed 's/^/  | /' "$tmp/out" | head -10
   fi
 }
-# resign FILE: a valid checksum for an edited program
-resign() {
-  sed -i '$d' "$1"
-  python3 - "$1" <<'PY'
-import sys
-p = sys.argv[1]
-b = open(p, 'rb').read()
-h = 1469598103934665603
-for c in b:
-    h = ((h ^ c) * 0x100000001b3) & 0xffffffffffffffff
-open(p, 'ab').write(b'checksum %016x\n' % h)
-PY
-}
-
 "$carve" compile gpt --preset gpt-tiny --layout "pp=2,mb=2" -o "$tmp/p" >/dev/null || { echo "FAILED: compile"; exit 1; }
 expect "too many ranks" "plan for 2 ranks, but this run has 3" $mpirun -np 3 "$carve" run "$tmp/p" --steps 1
 expect "too few ranks" "plan for 2 ranks, but this run has 1" $mpirun -np 1 "$carve" run "$tmp/p" --steps 1
@@ -50,7 +37,7 @@ expect "missing program" "rank1.prog" $mpirun -np 2 "$carve" run "$tmp/missing" 
 cp -r "$tmp/p" "$tmp/corrupt" && sed -i '20s/[0-9]/7/' "$tmp/corrupt/rank1.prog"
 expect "corrupted program" "checksum mismatch" $mpirun -np 2 "$carve" run "$tmp/corrupt" --steps 1
 
-cp -r "$tmp/p" "$tmp/version" && sed -i '2s/.*/carve 0.0.1/' "$tmp/version/rank0.prog" && resign "$tmp/version/rank0.prog"
+cp -r "$tmp/p" "$tmp/version" && sed -i '2s/.*/carve 0.0.1/' "$tmp/version/rank0.prog" && "$resign" "$tmp/version/rank0.prog"
 expect "other carve version" "written by carve 0.0.1" $mpirun -np 2 "$carve" run "$tmp/version" --steps 1
 
 cp -r "$tmp/p" "$tmp/swapped" && mv "$tmp/swapped/rank0.prog" "$tmp/x" && mv "$tmp/swapped/rank1.prog" \
@@ -93,6 +80,16 @@ else
     sed 's/^/  | /' "$tmp/killed" | head -10
     fail=$((fail + 1))
   fi
+fi
+# a trace of the last step: one track per rank, compute and communication
+if $mpirun -np 2 "$carve" run "$tmp/p" --steps 2 --quiet --trace "$tmp/trace.json" >"$tmp/out" 2>&1 &&
+  grep -q '"tid":0,' "$tmp/trace.json" && grep -q '"tid":1,' "$tmp/trace.json" &&
+  grep -q '"cat":"communication"' "$tmp/trace.json" && tail -1 "$tmp/trace.json" | grep -q '}$'; then
+  pass=$((pass + 1))
+else
+  echo "FAILED: --trace"
+  sed 's/^/  | /' "$tmp/out" | head -5
+  fail=$((fail + 1))
 fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -150,6 +150,8 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->quiet = true;
     else if (GROUP('r') && !strcmp(key, "--profile"))
       o->profile = true;
+    else if (GROUP('r') && !strcmp(key, "--trace"))
+      o->trace = v;
     else if (GROUP('r') && !strcmp(key, "--save-params"))
       o->save_params = v;
     else if (GROUP('l') && !strcmp(key, "--layout"))
@@ -274,7 +276,7 @@ static void print_train_help(const char *cmd, const char *args, const char *what
 
 static void print_run_help(void) {
   printf("run options:\n  --steps N (10)  --data FILE (a token file from 'carve data'; default: synthetic)\n"
-         "  --log-every N (10)  --quiet  --profile (time by instruction kind)\n");
+         "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n");
 }
 
 int cmd_compile(int argc, char **argv) {
@@ -353,7 +355,8 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
                    .quiet = o->quiet,
                    .profile = o->profile,
                    .net = net,
-                   .save_params = o->save_params};
+                   .save_params = o->save_params,
+                   .trace = o->trace};
   if (!o->quiet && net->rank == 0) {
     printf("training %s: %d steps on %s", p->model, o->steps, td ? td->path : "synthetic data");
     if (net->world > 1) printf(", %d ranks", net->world);
@@ -385,7 +388,8 @@ int cmd_run(int argc, char **argv) {
            "before the first step every rank checks its program (version, checksum, world size,\n"
            "buffers, data) and all stop together, with the failing rank's message, if one fails.\n\n");
     print_run_help();
-    printf("  --save-params PATH   after the run, each rank writes its parameters to PATH.rankN\n");
+    printf("  --save-params PATH   after the run, each rank writes its parameters to PATH.rankN\n"
+           "  --trace FILE         a Chrome/Perfetto trace of the last step: every rank's instructions\n");
     return 0;
   }
   Transport *net = transport_open(&argc, &argv);
