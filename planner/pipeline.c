@@ -75,6 +75,7 @@ typedef struct Ctx {
   int nsub, D, B;
   int unit;               /* devices per unit the stage DP counts: 1, or a node */
   int64_t batch;          /* the step's batch (0: none) */
+  double cutoff;          /* the best step found so far, 0 if none: a stage B times slower cannot help */
   bool compose;           /* search with composed span costs (large clusters) */
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
   const Plan **plan;
@@ -123,6 +124,21 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
   int most = c->D / c->sub[k].devices; /* stages a pipeline could still have */
   int inflight = c->B < most ? c->B : most;
   Graph *sg = stage_graph(c->g, c->group, i, j);
+  if (c->cutoff > 0) { /* B microbatches of this stage alone, at the cost model's rate, already lose */
+    /* einsum FLOPs as the cost model counts them: the forward, and one more
+       product per input whose gradient is needed (it depends on a parameter) */
+    bool *dep = arena_alloc(sizeof(bool) * (size_t)sg->n);
+    double flops = 0;
+    for (int v = 0; v < sg->n; v++) {
+      const Node *n = sg->nodes[v];
+      int ngrad = 0;
+      dep[v] = n->op == OP_PARAM;
+      for (int k = 0; k < n->nin; k++) dep[v] |= dep[n->in[k]], ngrad += dep[n->in[k]];
+      if (n->op == OP_EINSUM) flops += node_flops(sg, n) * (1 + ngrad);
+    }
+    double peak = c->po->mixed && c->cl->flops_bf16 > 0 ? c->cl->flops_bf16 : c->cl->flops_f32;
+    if (c->B * flops / (PEAK_FRACTION * peak * c->sub[k].devices) >= c->cutoff) return c->t[x] = -1;
+  }
   int64_t what[4] = {c->sub[k].nodes, c->sub[k].per_node, inflight, c->B};
   uint64_t key = hash_bytes(what, sizeof what, signature(sg));
   for (int y = 0; y < c->cache->n; y++) {
@@ -422,7 +438,8 @@ static Ctx search_ctx(Search *S, const AtB *a, int groups) {
            .g = a->g,
            .unit = 1,
            .cache = &S->cache,
-           .batch = S->batch};
+           .batch = S->batch,
+           .cutoff = S->best ? S->best->step_s : 0};
   group_layers(&c, a->L, a->layer_of, groups);
   return c;
 }
@@ -547,6 +564,9 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
     return NULL;
   }
   if (!graph_at(&S, 1, err)) return NULL;
+  /* on large clusters the balanced pipelines first: their best step cuts
+     off every stage the DP would try that is too slow to beat it */
+  if (cluster_devices(cl) > 16 && batch > 0) balanced_search(&S, fixed_B, progress, err);
   /* the stage DP at the microbatch count asked for, or at powers of two up to 64 */
   for (int B = fixed_B > 0 ? fixed_B : 1; B <= (fixed_B > 0 ? fixed_B : 64) && (B == 1 || batch > 0); B *= 2) {
     if (B > 1 && batch % B) break;
@@ -554,7 +574,6 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
     if (!a) return NULL;
     dp_at(&S, a, progress);
   }
-  if (cluster_devices(cl) > 16 && batch > 0) balanced_search(&S, fixed_B, progress, err);
   PipelinePlan *best = S.best;
   if (!best) {
     fprintf(err, "carve: error: no pipeline plan fits the %d devices of %s at any microbatch count tried\n",
