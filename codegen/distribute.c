@@ -67,13 +67,27 @@ typedef struct Dist {
   int *gsize;
   int **granks;
   int world_group;
-  int *dp_group;   /* device -> its replicas */
-  int *hold_group; /* param -> every rank holding it (ZeRO 0) */
-  int *tie_group;  /* [param][replica] -> the replica's copies (ZeRO >= 1, ndev > 1) */
+  int *dp_group;   /* [device][position] -> the replicas' ranks at that position */
+  int *tp_group;   /* [device][replica] -> the replica's tp ranks */
+  int *hold_group; /* [param][position] -> every rank holding the same part (ZeRO 0) */
+  int *tie_group;  /* [param][replica][position] -> the copies on other devices (ZeRO >= 1, ndev > 1) */
+  int tp;
+  struct Shard *sh; /* per node: how the tp ranks of a replica split it */
 } Dist;
 
+/* Tensor parallelism inside a replica: each tensor is whole on every one of
+   the tp ranks, or split along one dim (`out`: the dim of the node's value;
+   `in[k]`: the dim the op reads input k in, -1 whole). An op whose output is
+   a partial sum (a split contracted or reduced dim) all-reduces it over the
+   tp ranks; a mean over split rows also divides by tp (`mean`), and so does
+   the gradient of a mean loss over split rows (`post_scale`). */
+typedef struct Shard {
+  int8_t out, in[MAXIN];
+  bool partial, mean, post_scale;
+} Shard;
+
 static int dev_of(const Dist *D, int vs) { return vs % D->L->pp; }
-static int rank_of(const Dist *D, int dev, int rep) { return dev * D->L->dp + rep; }
+static int rank_of(const Dist *D, int dev, int rep, int t) { return (dev * D->L->dp + rep) * D->tp + t; }
 
 static int intern_group(Dist *D, const int *ranks, int n) {
   for (int g = 0; g < D->ngroups; g++)
@@ -214,32 +228,230 @@ static bool analyse(Dist *D, FILE *err) {
 
 static void make_groups(Dist *D) {
   const Layout *L = D->L;
-  int P = L->pp, *r = arena_alloc(sizeof(int) * (size_t)D->world);
+  int P = L->pp, T = D->tp, *r = arena_alloc(sizeof(int) * (size_t)D->world);
   for (int k = 0; k < D->world; k++) r[k] = k;
   D->world_group = intern_group(D, r, D->world);
-  D->dp_group = arena_alloc(sizeof(int) * (size_t)P);
+  D->dp_group = arena_alloc(sizeof(int) * (size_t)(P * T));
+  D->tp_group = arena_alloc(sizeof(int) * (size_t)(P * L->dp));
   for (int d = 0; d < P; d++) {
-    for (int j = 0; j < L->dp; j++) r[j] = rank_of(D, d, j);
-    D->dp_group[d] = intern_group(D, r, L->dp);
-  }
-  const Graph *g = D->g;
-  D->hold_group = arena_alloc(sizeof(int) * (size_t)g->nfwd);
-  D->tie_group = arena_alloc(sizeof(int) * (size_t)g->nfwd * (size_t)L->dp);
-  for (int p = 0; p < g->nfwd; p++) {
-    if (g->nodes[p]->op != OP_PARAM || g->grad[p] < 0 || !D->ndev[p]) continue;
-    int n = 0;
-    for (int d = 0; d < P; d++)
-      if (D->held[(size_t)p * P + d])
-        for (int j = 0; j < L->dp; j++) r[n++] = rank_of(D, d, j);
-    if (L->zero == 0) D->hold_group[p] = intern_group(D, r, n);
-    if (L->zero == 0 || D->ndev[p] < 2) continue;
+    for (int t = 0; t < T; t++) {
+      for (int j = 0; j < L->dp; j++) r[j] = rank_of(D, d, j, t);
+      D->dp_group[d * T + t] = intern_group(D, r, L->dp);
+    }
     for (int j = 0; j < L->dp; j++) {
-      n = 0;
-      for (int d = 0; d < P; d++)
-        if (D->held[(size_t)p * P + d]) r[n++] = rank_of(D, d, j);
-      D->tie_group[(size_t)p * L->dp + j] = intern_group(D, r, n);
+      for (int t = 0; t < T; t++) r[t] = rank_of(D, d, j, t);
+      D->tp_group[d * L->dp + j] = intern_group(D, r, T);
     }
   }
+  const Graph *g = D->g;
+  D->hold_group = arena_alloc(sizeof(int) * (size_t)g->nfwd * (size_t)T);
+  D->tie_group = arena_alloc(sizeof(int) * (size_t)g->nfwd * (size_t)(L->dp * T));
+  for (int p = 0; p < g->nfwd; p++) {
+    if (g->nodes[p]->op != OP_PARAM || g->grad[p] < 0 || !D->ndev[p]) continue;
+    for (int t = 0; t < T; t++) {
+      int n = 0;
+      for (int d = 0; d < P; d++)
+        if (D->held[(size_t)p * P + d])
+          for (int j = 0; j < L->dp; j++) r[n++] = rank_of(D, d, j, t);
+      if (L->zero == 0) D->hold_group[(size_t)p * T + t] = intern_group(D, r, n);
+      if (L->zero == 0 || D->ndev[p] < 2) continue;
+      for (int j = 0; j < L->dp; j++) {
+        n = 0;
+        for (int d = 0; d < P; d++)
+          if (D->held[(size_t)p * P + d]) r[n++] = rank_of(D, d, j, t);
+        D->tie_group[((size_t)p * L->dp + j) * T + t] = intern_group(D, r, n);
+      }
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- tensor parallelism */
+
+static int split_of(const Spec *s) { /* the dim mesh axis 1 (tp) splits, -1 */
+  for (int d = 0; d < s->rank; d++)
+    if (s->d[d] & 2) return d;
+  return -1;
+}
+
+static const Node *find_node(const Graph *g, const char *name) {
+  for (int i = 0; i < g->nfwd; i++)
+    if (strcmp(g->nodes[i]->name, name) == 0) return g->nodes[i];
+  return NULL;
+}
+
+/* dim d of a tensor of rank r, trailing-aligned to rank R; -1 if absent */
+static int align(int d, int r, int R) { return d < 0 || d + R - r < 0 ? -1 : d + R - r; }
+
+/* A backward op's split, from how its inputs are held (its forward op's
+   strategy for einsums, whose labels the backward einsums share). */
+static void infer_backward(Dist *D, int i) {
+  const Graph *g = D->g;
+  const Node *n = g->nodes[i], *f = g->nodes[n->origin];
+  Shard *s = &D->sh[i];
+  int R = n->shape.rank;
+  int h[MAXIN]; /* how each input is held */
+  for (int k = 0; k < n->nin; k++) h[k] = D->sh[n->in[k]].out;
+  switch (n->op) {
+  case OP_EINSUM: {
+    char c = 0; /* the label the forward einsum split */
+    const Shard *fs = &D->sh[f->id];
+    if (f->op == OP_EINSUM) {
+      for (int k = 0; k < f->nin && !c; k++)
+        if (fs->in[k] >= 0) c = f->labels[k][fs->in[k]];
+      if (!c && fs->out >= 0) c = f->labels[f->nin][fs->out];
+    }
+    bool in_any = false;
+    for (int k = 0; k < n->nin; k++) {
+      const char *p = c ? strchr(n->labels[k], c) : NULL;
+      s->in[k] = p ? (int8_t)(p - n->labels[k]) : -1;
+      in_any |= p != NULL;
+    }
+    const char *p = c ? strchr(n->labels[n->nin], c) : NULL;
+    s->out = p ? (int8_t)(p - n->labels[n->nin]) : -1;
+    s->partial = in_any && !p;
+    return;
+  }
+  case OP_SUM_TO: { /* sums leading dims away */
+    int lead = g->nodes[n->in[0]]->shape.rank - R;
+    s->in[0] = (int8_t)h[0];
+    s->out = h[0] >= lead ? (int8_t)(h[0] - lead) : -1;
+    s->partial = h[0] >= 0 && h[0] < lead;
+    return;
+  }
+  case OP_EXPAND: /* inserts dim i[0] */
+    s->in[0] = (int8_t)h[0];
+    s->out = h[0] < 0 ? -1 : (int8_t)(h[0] >= n->i[0] ? h[0] + 1 : h[0]);
+    return;
+  case OP_MAX_BWD: { /* (x, dy) over axis i[0] */
+    int d = h[0] == n->i[0] ? -1 : h[0];
+    s->out = s->in[0] = (int8_t)d;
+    s->in[1] = d < 0 ? -1 : (int8_t)(d > n->i[0] ? d - 1 : d);
+    return;
+  }
+  case OP_LN_BWD_G:
+  case OP_RMS_BWD_G: { /* (x, dy) rows x h -> h: split rows leave a partial sum */
+    int d = h[0] == R - 1 + 0 && R == 1 && g->nodes[n->in[0]]->shape.rank - 1 == h[0] ? -1 : h[0];
+    if (d == g->nodes[n->in[0]]->shape.rank - 1) d = -1;
+    s->in[0] = s->in[1] = (int8_t)d;
+    s->out = -1;
+    s->partial = d >= 0;
+    return;
+  }
+  case OP_EMBED_BWD: { /* (ids, dy) -> [vocab, hidden] */
+    int r = g->nodes[n->in[1]]->shape.rank;
+    if (h[1] == r - 1) {
+      s->in[0] = -1, s->in[1] = (int8_t)h[1], s->out = 1;
+    } else {
+      s->in[0] = s->in[1] = (int8_t)h[1], s->out = -1, s->partial = h[1] >= 0;
+    }
+    return;
+  }
+  case OP_XENT_BWD: { /* (logits, labels, dy): rows may split, classes may not */
+    int d = h[0] == R - 1 ? -1 : h[0];
+    s->out = s->in[0] = s->in[1] = (int8_t)d;
+    s->in[2] = -1;
+    s->post_scale = d >= 0;
+    return;
+  }
+  case OP_MSE_BWD:
+    s->out = s->in[0] = s->in[1] = (int8_t)h[0];
+    s->in[2] = -1;
+    s->post_scale = h[0] >= 0;
+    return;
+  case OP_RESHAPE: {
+    const Shape *a = &g->nodes[n->in[0]]->shape;
+    int pre = 0;
+    while (pre < R && pre < a->rank && n->shape.d[pre] == a->d[pre]) pre++;
+    s->out = s->in[0] = h[0] >= 0 && h[0] < pre ? (int8_t)h[0] : -1;
+    return;
+  }
+  case OP_MOE_COMBINE_BWD:
+  case OP_SUM:
+  case OP_MEAN:
+  case OP_MAX:
+  case OP_FILL: return; /* whole */
+  default: {            /* elementwise, trailing-aligned: follow the first split input of the output's rank */
+    int d = -1;
+    for (int k = 0; k < n->nin && d < 0; k++)
+      if (g->nodes[n->in[k]]->shape.rank == R) d = h[k];
+    bool norm = n->op == OP_SOFTMAX_BWD || n->op == OP_LN_BWD_X || n->op == OP_RMS_BWD_X || n->op == OP_SOFTMAX ||
+                n->op == OP_LAYERNORM || n->op == OP_RMSNORM;
+    if (norm && d == R - 1) d = -1;
+    s->out = (int8_t)d;
+    for (int k = 0; k < n->nin; k++) {
+      int r = g->nodes[n->in[k]]->shape.rank;
+      int a = d < 0 ? -1 : d - (R - r);
+      s->in[k] = (int8_t)(a >= 0 && g->nodes[n->in[k]]->shape.d[a] == n->shape.d[d] ? a : -1);
+    }
+    (void)align;
+    return;
+  }
+  }
+}
+
+/* How the tp ranks of a replica split every live node, from each stage's
+   plan (forward ops: the strategy's mesh axis 1; parameters and inputs: as
+   their first reader reads them) and, for backward ops, inferred. */
+static bool shard_graph(Dist *D, FILE *err) {
+  const Graph *g = D->g;
+  D->sh = arena_alloc(sizeof(Shard) * (size_t)g->n);
+  for (int i = 0; i < g->n; i++) {
+    D->sh[i].out = -1;
+    memset(D->sh[i].in, -1, sizeof D->sh[i].in);
+  }
+  if (D->tp == 1) return true;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    if (!D->live[i] || is_leaf(n)) continue;
+    const Plan *pl = D->L->plans[D->vst[i]];
+    const Node *pn = find_node(pl->g, n->name);
+    if (!pn) {
+      fprintf(err, "carve: error: the plan of stage %d has no node %s\n", D->vst[i], n->name);
+      return false;
+    }
+    if (pl->a2a[pn->id]) {
+      fprintf(err, "carve: error: %s uses an all-to-all (expert parallelism), which carve does not lower yet\n",
+              n->name);
+      return false;
+    }
+    Shard *s = &D->sh[i];
+    s->out = (int8_t)split_of(&pl->layout[pn->id]);
+    for (int k = 0; k < n->nin; k++) s->in[k] = (int8_t)split_of(&pl->reads[(size_t)pn->id * MAXIN + k]);
+    s->partial = pl->partial[pn->id] & 2;
+    s->mean = s->partial && (n->op == OP_MEAN || n->op == OP_XENT || n->op == OP_MSE);
+    /* an op that follows its input's layout in the plan may inherit a split
+       its kernel cannot take (a normalised dim, a causal row): whole instead */
+    int R = n->shape.rank;
+    bool norm = n->op == OP_SOFTMAX || n->op == OP_LAYERNORM || n->op == OP_RMSNORM;
+    if ((norm && s->out == R - 1) || (n->op == OP_SOFTMAX && n->i[0] && s->out == R - 2)) {
+      s->out = -1;
+      for (int k = 0; k < n->nin; k++) s->in[k] = -1;
+    }
+    for (int k = 0; k < n->nin; k++) { /* parameters: stored as their first reader reads them (inputs
+                                           load whole and are cut where read) */
+      Shard *u = &D->sh[n->in[k]];
+      if (g->nodes[n->in[k]]->op == OP_PARAM && !u->partial) u->out = s->in[k], u->partial = true; /* set */
+    }
+  }
+  for (int i = 0; i < g->nfwd; i++)
+    if (is_leaf(g->nodes[i])) D->sh[i].partial = false;
+  for (int i = g->nfwd; i < g->n; i++)
+    if (D->live[i]) infer_backward(D, i);
+  /* every split dim must divide */
+  for (int i = 0; i < g->n; i++) {
+    const Node *n = g->nodes[i];
+    const Shard *s = &D->sh[i];
+    for (int k = -1; k < (D->live[i] ? n->nin : 0); k++) {
+      int d = k < 0 ? s->out : s->in[k];
+      const Shape *sh = k < 0 ? &n->shape : &g->nodes[n->in[k]]->shape;
+      if (d >= 0 && (d >= sh->rank || sh->d[d] % D->tp)) {
+        fprintf(err, "carve: error: %s: dim %d of size %lld does not split over %d ranks\n",
+                k < 0 ? n->name : g->nodes[n->in[k]]->name, d, (long long)(d < sh->rank ? sh->d[d] : 0), D->tp);
+        return false;
+      }
+    }
+  }
+  return true;
 }
 
 /* ---------------------------------------------------------------- one rank */
@@ -249,7 +461,7 @@ typedef struct Rank {
   Program *p;
   int cap;
   PtrVec init, step;
-  int dev, rep;
+  int dev, rep, t;
   int *have;     /* [node][mb][instance]: buffer, -1 (instance 1: recomputed) */
   int *pbuf;     /* param -> its buffer (ZeRO 3: the shard) */
   int *gacc;     /* param -> gradient accumulator (ZeRO >= 2: the shard) */
@@ -263,6 +475,13 @@ static int buf(Rank *R, const char *name, DType dt, const Shape *s, BufKind k) {
 }
 
 static Shape flat(int64_t n) { return (Shape){1, {n}}; }
+
+/* A node's shape on one rank when dim `split` is split over the tp ranks. */
+static Shape local_shape(const Rank *R, const Node *n, int split) {
+  Shape s = n->shape;
+  if (split >= 0) s.d[split] /= R->D->tp;
+  return s;
+}
 
 /* elements per member when a flat tensor is split over a group */
 static int64_t chunk_of(int64_t numel, int members) { return (numel + members - 1) / members; }
@@ -282,7 +501,7 @@ static int param_value(Rank *R, int p) {
   if (R->gathered[p] < 0) {
     const Node *n = D->g->nodes[p];
     R->gathered[p] = buf(R, arena_printf("%s/gathered", n->name), DT_F32, &n->shape, BUF_ACT);
-    prog_emit1(&R->step, OP_ALL_GATHER, R->gathered[p], R->pbuf[p])->i[0] = D->dp_group[R->dev];
+    prog_emit1(&R->step, OP_ALL_GATHER, R->gathered[p], R->pbuf[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
   }
   return R->gathered[p];
 }
@@ -310,9 +529,10 @@ static int value(Rank *R, int u, int mb, int inst) {
   int from = dev_of(D, D->vst[u]);
   if (from != R->dev) {
     if (*have < 0) {
-      *have = buf(R, inst_name(R, n, mb, 0), n->dtype, &n->shape, BUF_ACT);
+      Shape ls = local_shape(R, n, D->sh[u].out);
+      *have = buf(R, inst_name(R, n, mb, 0), n->dtype, &ls, BUF_ACT);
       Instr *in = prog_emit(&R->step, OP_RECV, *have);
-      in->i[0] = rank_of(D, from, R->rep);
+      in->i[0] = rank_of(D, from, R->rep, R->t);
       in->i[1] = u * D->m + mb;
     }
     return *have;
@@ -322,25 +542,50 @@ static int value(Rank *R, int u, int mb, int inst) {
   return *have;
 }
 
+/* Buffer b, node u's value held split along dim `from`, as read split
+   along `to` (-1: whole): gathered and/or cut over the replica's tp ranks. */
+static int reshard(Rank *R, int u, int b, int from, int to) {
+  if (from == to) return b;
+  const Dist *D = R->D;
+  const Node *n = D->g->nodes[u];
+  int group = D->tp_group[R->dev * D->L->dp + R->rep];
+  if (from >= 0) {
+    b = prog_emit1(&R->step, OP_GATHER_DIM, buf(R, arena_printf("%s/whole", n->name), n->dtype, &n->shape, BUF_ACT), b)
+            ->out;
+    Instr *in = &*(Instr *)R->step.v[R->step.n - 1];
+    in->i[0] = group, in->i[1] = from;
+  }
+  if (to >= 0) {
+    Shape ls = local_shape(R, n, to);
+    Instr *in =
+        prog_emit1(&R->step, OP_SPLIT_DIM, buf(R, arena_printf("%s/split%d", n->name, to), n->dtype, &ls, BUF_ACT), b);
+    in->i[0] = group, in->i[1] = to;
+    b = in->out;
+  }
+  return b;
+}
+
 /* Adds a fresh gradient contribution into parameter p's accumulator. */
-static void accumulate(Rank *R, int p, int c) {
+static void accumulate(Rank *R, int p, int cnode, int c) {
   const Dist *D = R->D;
   const Node *pn = D->g->nodes[p];
+  c = reshard(R, cnode, c, D->sh[cnode].out, D->sh[p].out);
+  Shape pl = local_shape(R, pn, D->sh[p].out);
   if (D->L->zero < 2) {
     prog_emit1(&R->step, OP_ACC, R->gacc[p], c);
     return;
   }
   if (R->gcount[p]++ == 0) {
-    R->gmb[p] = buf(R, arena_printf("%s.grad/mb", pn->name), DT_F32, &pn->shape, BUF_ACT);
+    R->gmb[p] = buf(R, arena_printf("%s.grad/mb", pn->name), DT_F32, &pl, BUF_ACT);
     prog_emit1(&R->step, OP_COPY, R->gmb[p], c);
   } else {
     prog_emit1(&R->step, OP_ACC, R->gmb[p], c);
   }
   if (R->gcount[p] < D->ncontrib[(size_t)p * D->L->pp + R->dev]) return;
   R->gcount[p] = 0;
-  Shape cs = flat(chunk_of(shape_numel(&pn->shape), D->L->dp));
+  Shape cs = flat(chunk_of(shape_numel(&pl), D->L->dp));
   int part = buf(R, arena_printf("%s.grad/part", pn->name), DT_F32, &cs, BUF_ACT);
-  prog_emit1(&R->step, OP_REDUCE_SCATTER, part, R->gmb[p])->i[0] = D->dp_group[R->dev];
+  prog_emit1(&R->step, OP_REDUCE_SCATTER, part, R->gmb[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
   prog_emit1(&R->step, OP_ACC, R->gacc[p], part);
 }
 
@@ -348,13 +593,18 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   const Dist *D = R->D;
   const Node *n = D->g->nodes[i];
   bool bwd = i >= D->g->nfwd;
+  const Shard *sh = &D->sh[i];
   int ins[MAXIN];
-  for (int k = 0; k < n->nin; k++) ins[k] = value(R, n->in[k], mb, inst || (bwd && D->L->recompute));
+  for (int k = 0; k < n->nin; k++) {
+    int u = n->in[k], b = value(R, u, mb, inst || (bwd && D->L->recompute));
+    ins[k] = reshard(R, u, b, D->sh[u].out, sh->in[k]);
+  }
   Instr *in = prog_emit(&R->step, n->op, -1); /* after the loads and receives value() emits */
   in->nin = n->nin;
   memcpy(in->in, ins, sizeof(int) * (size_t)n->nin);
   int *out = slot(R, i, mb, inst);
-  *out = buf(R, inst_name(R, n, mb, inst), n->dtype, &n->shape, BUF_ACT);
+  Shape ls = local_shape(R, n, sh->out);
+  *out = buf(R, inst_name(R, n, mb, inst), n->dtype, &ls, BUF_ACT);
   in->out = *out;
   in->i[0] = n->i[0], in->i[1] = n->i[1];
   in->f[0] = n->f[0], in->f[1] = n->f[1];
@@ -364,15 +614,18 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
       len += snprintf(in->spec + len, sizeof in->spec - (size_t)len, "%s%s", k ? "," : "", n->labels[k]);
     snprintf(in->spec + len, sizeof in->spec - (size_t)len, "->%s", n->labels[n->nin]);
   }
+  int tpg = D->tp_group[R->dev * D->L->dp + R->rep];
+  if (sh->mean || sh->post_scale) prog_emit1(&R->step, OP_SCALE, *out, *out)->f[0] = 1.0 / D->tp;
+  if (sh->partial) prog_emit1(&R->step, OP_ALL_REDUCE, *out, *out)->i[0] = tpg;
   if (inst) return; /* a recomputed value: used here, never sent or counted */
-  if (i == D->g->loss) prog_emit1(&R->step, OP_LOSS, -1, *out)->f[0] = 1.0 / (D->m * D->L->dp);
+  if (i == D->g->loss) prog_emit1(&R->step, OP_LOSS, -1, *out)->f[0] = 1.0 / (D->m * D->L->dp * D->tp);
   for (int d = 0; d < D->L->pp; d++)
     if (D->need[(size_t)i * D->L->pp + d]) {
       Instr *s = prog_emit1(&R->step, OP_SEND, -1, *out);
-      s->i[0] = rank_of(D, d, R->rep);
+      s->i[0] = rank_of(D, d, R->rep, R->t);
       s->i[1] = i * D->m + mb;
     }
-  for (int k = 0; k < D->feeds[i].n; k++) accumulate(R, (int)(intptr_t)D->feeds[i].v[k], *out);
+  for (int k = 0; k < D->feeds[i].n; k++) accumulate(R, (int)(intptr_t)D->feeds[i].v[k], i, *out);
 }
 
 static void emit_task(Rank *R, Task t) {
@@ -408,20 +661,21 @@ static void emit_update(Rank *R) {
     if (!trainable_here(R, p)) continue;
     const Node *pn = g->nodes[p];
     if (L->zero == 0) {
-      prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = D->hold_group[p];
+      prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = D->hold_group[(size_t)p * D->tp + R->t];
       shard_grad[p] = R->gacc[p];
       continue;
     }
+    Shape pl = local_shape(R, pn, D->sh[p].out);
     if (L->zero == 1) {
-      Shape cs = flat(chunk_of(shape_numel(&pn->shape), L->dp));
+      Shape cs = flat(chunk_of(shape_numel(&pl), L->dp));
       shard_grad[p] = buf(R, arena_printf("%s.grad/part", pn->name), DT_F32, &cs, BUF_ACT);
-      prog_emit1(&R->step, OP_REDUCE_SCATTER, shard_grad[p], R->gacc[p])->i[0] = D->dp_group[R->dev];
+      prog_emit1(&R->step, OP_REDUCE_SCATTER, shard_grad[p], R->gacc[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
     } else {
       shard_grad[p] = R->gacc[p];
     }
     if (D->ndev[p] > 1)
       prog_emit1(&R->step, OP_ALL_REDUCE, shard_grad[p], shard_grad[p])->i[0] =
-          D->tie_group[(size_t)p * L->dp + R->rep];
+          D->tie_group[((size_t)p * L->dp + R->rep) * D->tp + R->t];
   }
   int clip = buf(R, "grad_clip_factor", DT_F32, &scalar, BUF_SCALAR);
   if (t->clip > 0) {
@@ -429,7 +683,8 @@ static void emit_update(Rank *R) {
     prog_emit(&R->step, OP_FILL, ss)->f[0] = 0;
     for (int p = 0; p < g->nfwd; p++)
       if (shard_grad[p] >= 0) /* weighed by how many ranks hold the same elements */
-        prog_emit1(&R->step, OP_SUMSQ, ss, shard_grad[p])->f[0] = 1.0 / (D->ndev[p] * (L->zero ? 1 : L->dp));
+        prog_emit1(&R->step, OP_SUMSQ, ss, shard_grad[p])->f[0] =
+            1.0 / (D->ndev[p] * (L->zero ? 1 : L->dp) * (D->sh[p].out < 0 ? D->tp : 1));
     if (D->world > 1) prog_emit1(&R->step, OP_ALL_REDUCE, ss, ss)->i[0] = D->world_group;
     prog_emit1(&R->step, OP_CLIP, clip, ss)->f[0] = t->clip;
   } else {
@@ -438,24 +693,26 @@ static void emit_update(Rank *R) {
   for (int p = 0; p < g->nfwd; p++) {
     if (shard_grad[p] < 0) continue;
     const Node *n = g->nodes[p];
-    Shape ss = L->zero ? flat(chunk_of(shape_numel(&n->shape), L->dp)) : n->shape;
+    Shape pl = local_shape(R, n, D->sh[p].out);
+    Shape ss = L->zero ? flat(chunk_of(shape_numel(&pl), L->dp)) : pl;
     int target = R->pbuf[p];
     if (L->zero == 1 || L->zero == 2) { /* update this replica's part, then share it */
       target = buf(R, arena_printf("%s/part", n->name), DT_F32, &ss, BUF_ACT);
-      prog_emit1(&R->step, OP_SHARD, target, R->pbuf[p])->i[0] = D->dp_group[R->dev];
+      prog_emit1(&R->step, OP_SHARD, target, R->pbuf[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
     }
     prog_optimizer(R->p, &R->cap, &R->init, &R->step, t, n, &ss, target, shard_grad[p], clip);
-    if (target != R->pbuf[p]) prog_emit1(&R->step, OP_ALL_GATHER, R->pbuf[p], target)->i[0] = D->dp_group[R->dev];
+    if (target != R->pbuf[p])
+      prog_emit1(&R->step, OP_ALL_GATHER, R->pbuf[p], target)->i[0] = D->dp_group[R->dev * D->tp + R->t];
   }
 }
 
-static Program *emit_rank(const Dist *D, int dev, int rep, uint64_t seed) {
+static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed) {
   const Graph *g = D->g;
   const Layout *L = D->L;
-  Rank R = {.D = D, .dev = dev, .rep = rep};
+  Rank R = {.D = D, .dev = dev, .rep = rep, .t = t};
   Program *p = R.p = arena_alloc(sizeof(Program));
   p->model = g->model;
-  p->rank = rank_of(D, dev, rep);
+  p->rank = rank_of(D, dev, rep, t);
   p->world = D->world;
   p->seed = seed;
   p->microbatches = D->m;
@@ -482,16 +739,18 @@ static Program *emit_rank(const Dist *D, int dev, int rep, uint64_t seed) {
     if (n->op != OP_PARAM || !D->held[(size_t)i * L->pp + dev]) continue;
     /* ZeRO 3 keeps this replica's part of the flat parameter, drawn from
        the same random stream at the same element indices */
-    int64_t numel = shape_numel(&n->shape), c = chunk_of(numel, L->dp);
-    Shape ps = L->zero == 3 ? flat(c) : n->shape;
+    Shape whole = local_shape(&R, n, D->sh[i].out); /* a tp part: a slice of one dim */
+    int64_t numel = shape_numel(&whole), c = chunk_of(numel, L->dp);
+    Shape ps = L->zero == 3 ? flat(c) : whole;
     R.pbuf[i] = buf(&R, n->name, DT_F32, &ps, BUF_PARAM);
     Instr *in = prog_emit(&R.init, OP_INIT, R.pbuf[i]);
     in->i[0] = n->init;
     in->i[1] = L->zero == 3 ? c * rep : 0;
+    if (D->sh[i].out >= 0) in->i[2] = D->sh[i].out, in->i[3] = D->tp, in->i[4] = t;
     in->f[0] = n->init_a;
     in->f[1] = n->init_b;
     if (g->grad[i] < 0) continue;
-    Shape gs = L->zero >= 2 ? flat(c) : n->shape;
+    Shape gs = L->zero >= 2 ? flat(c) : whole;
     R.gacc[i] = buf(&R, arena_printf("%s.grad", n->name), DT_F32, &gs, BUF_GRAD);
     prog_emit(&R.step, OP_FILL, R.gacc[i])->f[0] = 0;
   }
@@ -509,17 +768,23 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
     fprintf(err, "carve: error: a layout needs dp, pp, v and microbatches of at least 1 and ZeRO 0-3\n");
     return NULL;
   }
-  Dist D = {.g = g, .t = t, .L = L, .S = L->pp * L->v, .m = L->microbatches, .world = L->dp * L->pp};
+  int tp = L->tp > 1 ? L->tp : 1;
+  if (tp > 1 && (!L->plans || L->zero == 3)) {
+    fprintf(err, "carve: error: tensor parallelism needs a plan for every stage, and does not go with ZeRO-3 yet\n");
+    return NULL;
+  }
+  Dist D = {.g = g, .t = t, .L = L, .S = L->pp * L->v, .m = L->microbatches, .world = L->dp * L->pp * tp, .tp = tp};
   if ((int64_t)g->n * D.m >= (1 << 30)) {
     fprintf(err, "carve: error: %d nodes x %d microbatches is too many to tag messages\n", g->n, D.m);
     return NULL;
   }
   D.sched = schedule_make((SchedKind)L->schedule, L->pp, D.m, L->v, err);
-  if (!D.sched || !analyse(&D, err)) return NULL;
+  if (!D.sched || !analyse(&D, err) || !shard_graph(&D, err)) return NULL;
   make_groups(&D);
   Program **progs = arena_alloc(sizeof(Program *) * (size_t)D.world);
   for (int d = 0; d < L->pp; d++)
-    for (int j = 0; j < L->dp; j++) progs[rank_of(&D, d, j)] = emit_rank(&D, d, j, seed);
+    for (int j = 0; j < L->dp; j++)
+      for (int q = 0; q < tp; q++) progs[rank_of(&D, d, j, q)] = emit_rank(&D, d, j, q, seed);
   return progs;
 }
 
@@ -540,5 +805,21 @@ Program **compile_layout(const char *model_path, const ElabOptions *eo, const Tr
   if (!autodiff(g, (int)total, err)) return NULL;
   Train tl = *t;
   tl.microbatches = L->microbatches;
-  return codegen_ranks(g, &tl, seed, L, err);
+  Layout with = *L;
+  if (L->tp > 1 && !L->plans) { /* tensor parallelism by hand: the planner splits one replica over 1 x tp */
+    Cluster *cl = cluster_load("local", err);
+    Mesh me;
+    if (!cl || !cluster_resize(cl, 1, L->tp, err)) return NULL;
+    /* communication priced near free: tp was asked for, so split whatever divides the work */
+    cl->intra_bandwidth = cl->inter_bandwidth = 1e15, cl->intra_latency = cl->inter_latency = 0;
+    if (!mesh_make(cl, 1, L->tp, false, &me, err)) return NULL;
+    PlanOptions po = {
+        .zero = 0, .batch_axis = -1, .time_limit = 60, .quiet = true, .lowerable = true, .batch_not_axis1 = true};
+    const Plan *pl = plan_intra(g, cl, &me, &po, err);
+    if (!pl) return NULL;
+    const Plan **plans = arena_alloc(sizeof(Plan *) * (size_t)(L->pp * L->v));
+    for (int s = 0; s < L->pp * L->v; s++) plans[s] = pl;
+    with.plans = plans;
+  }
+  return codegen_ranks(g, &tl, seed, &with, err);
 }

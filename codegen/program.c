@@ -53,7 +53,7 @@ static bool kind_attr(OpKind op, int k) { return (op == OP_INIT || op == OP_LOAD
 static void print_attrs(const Instr *in, FILE *out) {
   char name[32];
   const OpInfo *oi = &op_info[in->op];
-  for (int k = 0; k < 2 && attr_name(oi->iattrs, k, name, sizeof name); k++) {
+  for (int k = 0; k < MAXIATTR && attr_name(oi->iattrs, k, name, sizeof name); k++) {
     if (kind_attr(in->op, k) && in->i[k] >= 0 && in->i[k] < INIT_COUNT)
       fprintf(out, " %s=%s", name, init_names[in->i[k]]);
     else
@@ -249,7 +249,7 @@ static bool parse_attr(Reader *R, Instr *in, const char *tok) {
     strcpy(in->spec, val);
     return true;
   }
-  for (int k = 0; k < 2 && attr_name(oi->iattrs, k, name, sizeof name); k++) {
+  for (int k = 0; k < MAXIATTR && attr_name(oi->iattrs, k, name, sizeof name); k++) {
     if (strlen(name) != klen || strncmp(name, tok, klen) != 0) continue;
     if (kind_attr(in->op, k)) {
       int lo = in->op == OP_INIT ? INIT_ZEROS : SRC_TOKENS, hi = in->op == OP_INIT ? INIT_UNIFORM : SRC_UNIFORM;

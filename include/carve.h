@@ -361,12 +361,13 @@ typedef struct Buffer {
   int64_t bytes;
 } Buffer;
 
+#define MAXIATTR 5 /* integer attributes of an instruction */
 typedef struct Instr {
   OpKind op;
   int out; /* buffer id or -1 */
   int nin;
   int in[MAXIN];
-  int64_t i[2];
+  int64_t i[MAXIATTR];
   double f[5];
   char spec[64]; /* einsum: "abc,cd->abd" */
 } Instr;
@@ -397,10 +398,15 @@ typedef struct Program {
 Program *codegen(const Graph *g, const Train *t, uint64_t seed);
 /* How a plan splits training over ranks (codegen/distribute.c): dp
  * data-parallel replicas of a pipeline of pp devices, each device holding v
- * virtual stages (v > 1: interleaved), m microbatches per replica and step.
- * Rank = device x dp + replica. */
+ * virtual stages (v > 1: interleaved), m microbatches per replica and step;
+ * each replica on tp ranks that split its tensors as a plan says.
+ * Rank = (device x dp + replica) x tp + position. */
+struct Plan;
 typedef struct Layout {
   int dp, pp, v, microbatches;
+  int tp;                          /* ranks splitting each replica's tensors (1: none) */
+  const struct Plan *const *plans; /* tp > 1: per virtual stage, the intra-operator plan whose
+                                      shardings (mesh axis 1) the ranks of a replica follow */
   int schedule; /* SchedKind (planner.h) */
   int zero;     /* ZeRO stage 0-3 over each device's replicas */
   bool recompute;

@@ -69,6 +69,7 @@ typedef struct OpModel {
   int moe_e;                      /* expert iteration dim of an MoE einsum, -1: none */
   uint32_t moe_tokens;            /* token iteration dims (bit mask) */
   uint32_t frozen;                /* iteration dims that may not be split */
+  uint32_t unlowered;             /* iteration dims the code generator cannot split (PlanOptions.lowerable) */
 } OpModel;
 
 typedef struct Strategy {
@@ -133,6 +134,7 @@ static void op_model(const Graph *g, const Node *v, OpModel *m) {
     m->rank[0] = 2, m->map[0][0] = (int8_t)(r + 1), m->map[0][1] = (int8_t)r;
     map_identity(m, 1, r, 0);
     map_identity(m, 2, r + 1, 0);
+    m->unlowered = 1u << (r + 1); /* the vocabulary */
     return;
   }
   case OP_SUM:
@@ -143,6 +145,7 @@ static void op_model(const Graph *g, const Node *v, OpModel *m) {
     m->rank[1] = v->shape.rank;
     for (int i = 0, j = 0; i < in0->shape.rank; i++)
       if (i != v->i[0]) m->map[1][j++] = (int8_t)i;
+    if (v->op == OP_MAX) m->unlowered = 1u << v->i[0];
     return;
   case OP_XENT:
   case OP_MSE:
@@ -158,6 +161,7 @@ static void op_model(const Graph *g, const Node *v, OpModel *m) {
     map_identity(m, 0, in0->shape.rank, 0);
     map_identity(m, 1, v->shape.rank, 0);
     m->frozen = 1u << (v->shape.rank - 1); /* capacity */
+    m->unlowered = ~0u;                    /* routing sees the whole batch */
     return;
   case OP_RESHAPE: { /* dims of a common prefix keep their splits; the rest may not split */
     dims_of(m, &v->shape);
@@ -178,6 +182,8 @@ static void op_model(const Graph *g, const Node *v, OpModel *m) {
       for (int i = 0; i < s->rank; i++) m->map[k][i] = (int8_t)(v->shape.rank - s->rank + i);
     }
     if (v->op == OP_SOFTMAX || v->op == OP_LAYERNORM || v->op == OP_RMSNORM) m->norm = v->shape.rank - 1;
+    if (v->op == OP_SOFTMAX && v->i[0] && v->shape.rank >= 2) /* causal: a row's mask needs its index */
+      m->unlowered = 1u << (v->shape.rank - 2);
     return;
   }
 }
@@ -237,6 +243,8 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
     int id = st->ax[a];
     if (id < 0) continue;
     if (C->me->n[a] == 1 || (m->frozen >> id & 1)) return false;
+    if (C->o->lowerable && ((m->unlowered >> id & 1) || id == m->norm)) return false;
+    if (C->o->batch_not_axis1 && a == 1 && id == bdim) return false;
     if (C->o->force_dp && id != bdim) return false;
     split[id] *= C->me->n[a];
   }
@@ -260,7 +268,7 @@ static int enumerate(const Ctx *C, const OpModel *m, int bdim, Strategy *out, in
       Strategy st = {{(int8_t)a0, (int8_t)a1}, -1};
       if (valid(C, m, &st, bdim) && n < max) out[n++] = st;
       /* MoE: axis a on a token dim also splits the experts of the other side */
-      for (int a = 0; a < 2 && m->moe_e >= 0; a++) {
+      for (int a = 0; a < 2 && m->moe_e >= 0 && !C->o->lowerable; a++) {
         int id = a ? a1 : a0;
         if (id < 0 || !(m->moe_tokens >> id & 1)) continue;
         Strategy x = st;
@@ -1029,6 +1037,9 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
   Plan *pl = arena_alloc(sizeof(Plan));
   pl->g = g, pl->cluster = cl, pl->mesh = *P->C.me, pl->opt = *o, pl->zero = P->C.zero;
   pl->layout = arena_alloc(sizeof(Spec) * (size_t)(g->nfwd + 1));
+  pl->reads = arena_alloc(sizeof(Spec) * (size_t)(g->nfwd + 1) * MAXIN);
+  pl->partial = arena_alloc(sizeof(uint8_t) * (size_t)(g->nfwd + 1));
+  pl->a2a = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
   PtrVec rec = {0};
   Acc acc = {.rec = &rec};
   for (int i = 0; i < g->nfwd; i++) {
@@ -1042,6 +1053,11 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     pl->layout[i] = layout_of(P, i, s);
     Strategy st = strategy_of(P, i, s);
     node_cost(&P->C, v, &P->model[i], &st, &acc);
+    const OpModel *m = &P->model[i];
+    for (int k = 0; k < m->nt - 1 && k < MAXIN; k++) pl->reads[(size_t)i * MAXIN + k] = tensor_spec(m, k, &st);
+    for (int a = 0; a < 2; a++)
+      if (st.ax[a] >= 0 && !maps(m, m->nt - 1, st.ax[a])) pl->partial[i] |= (uint8_t)(1 << a);
+    pl->a2a[i] = st.a2a >= 0;
     double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
     if (P->shared[i] >= 0) { /* into its layout variable, once */
       Spec a = pl->layout[i], b = held_layouts(P, i, true)[S->choice[P->shared[i]]];

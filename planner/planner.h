@@ -84,6 +84,9 @@ typedef struct PlanOptions {
   int node_limit;    /* stop the solver after this many branch-and-bound nodes (0: none); searches
                         use it so that a stage plan under tight memory costs a bounded, machine-
                         independent effort, and keep the best plan found with its gap */
+  bool lowerable;    /* only strategies the per-rank code generator lowers: no split of a normalised
+                        dim, an embedding's vocabulary, a max-reduced dim or a MoE gate, no all-to-all */
+  bool batch_not_axis1; /* the batch dim never uses mesh axis 1 (tensor parallelism proper) */
 } PlanOptions;
 
 /* One collective of the plan, aggregated over identical ones. */
@@ -106,6 +109,9 @@ typedef struct Plan {
   PlanOptions opt;
   int zero;     /* the stage used */
   Spec *layout; /* per forward node: its output's sharding */
+  Spec *reads;    /* per forward op and input (node x MAXIN + k): the sharding the op reads it in */
+  uint8_t *partial; /* per forward op: mesh axes its output is a partial sum over (to all-reduce) */
+  bool *a2a;        /* per forward op: an MoE all-to-all strategy */
   double compute_s, comm_s, objective;
   double mem_params, mem_grads, mem_optim, mem_acts; /* bytes per device */
   Comm *comms;

@@ -71,7 +71,17 @@ static const char *check_comm(const Program *p, const Instr *in) {
   int pos = group_pos(p, in->i[0], p->rank);
   if (pos < 0) return "this rank is not in the instruction's group";
   int size = p->group_size[in->i[0]];
-  if (p->bufs[o].dtype != DT_F32 || p->bufs[x].dtype != DT_F32) return "expected f32 buffers";
+  bool moves = in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM;
+  if (moves ? p->bufs[o].dtype != p->bufs[x].dtype : p->bufs[o].dtype != DT_F32 || p->bufs[x].dtype != DT_F32)
+    return "expected f32 buffers";
+  if (in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM) { /* the whole tensor is `size` parts along axis */
+    const Shape *whole = S(p, in->op == OP_GATHER_DIM ? o : x), *part = S(p, in->op == OP_GATHER_DIM ? x : o);
+    int64_t a = in->i[1];
+    if (a < 0 || a >= whole->rank || whole->rank != part->rank) return "axis out of range";
+    for (int k = 0; k < whole->rank; k++)
+      if (whole->d[k] != (k == a ? part->d[k] * size : part->d[k])) return "shapes are not the group's parts";
+    return NULL;
+  }
   switch (in->op) {
   case OP_ALL_REDUCE: return N(p, o) == N(p, x) ? NULL : "input and output sizes differ";
   case OP_ALL_GATHER: return chunks_fit(N(p, o), N(p, x), size) ? NULL : "output is not the group's chunks";
@@ -85,8 +95,10 @@ static const char *check_instr(const Program *p, const Instr *in) {
   const Shape *os = o >= 0 ? S(p, o) : NULL;
   for (int k = 0; k < in->nin; k++)
     if (in->in[k] < 0) return "missing input buffer";
+  bool moves = in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM; /* any 4-byte dtype, kept */
   bool want_i32_out =
-      in->op == OP_LOAD && (in->i[0] == SRC_TOKENS || in->i[0] == SRC_NEXT_TOKENS || in->i[0] == SRC_CLASSES);
+      (moves && in->nin == 1 && B[in->in[0]].dtype == DT_I32) ||
+      (in->op == OP_LOAD && (in->i[0] == SRC_TOKENS || in->i[0] == SRC_NEXT_TOKENS || in->i[0] == SRC_CLASSES));
   if (o >= 0 && (B[o].dtype == DT_I32) != want_i32_out) return "output buffer has the wrong dtype";
   int x = in->nin ? in->in[0] : -1;
   switch (in->op) {
@@ -94,6 +106,8 @@ static const char *check_instr(const Program *p, const Instr *in) {
   case OP_ALL_GATHER:
   case OP_REDUCE_SCATTER:
   case OP_SHARD:
+  case OP_GATHER_DIM:
+  case OP_SPLIT_DIM:
   case OP_SEND:
   case OP_RECV: return check_comm(p, in);
   case OP_FILL:
@@ -101,6 +115,9 @@ static const char *check_instr(const Program *p, const Instr *in) {
   case OP_LOAD:
     if (in->op == OP_INIT && (in->i[0] < INIT_ZEROS || in->i[0] > INIT_UNIFORM)) return "bad init kind";
     if (in->op == OP_INIT && (in->i[1] < 0 || in->i[1] > (1ll << 48))) return "bad element offset";
+    if (in->op == OP_INIT && in->i[3] > 1 &&
+        (in->i[2] < 0 || in->i[2] >= S(p, o)->rank || in->i[3] > (1 << 20) || in->i[4] < 0 || in->i[4] >= in->i[3]))
+      return "bad shard of a split dim";
     if (in->op == OP_LOAD && (in->i[0] < SRC_TOKENS || in->i[0] > SRC_UNIFORM)) return "bad load kind";
     if (in->op == OP_LOAD && (in->i[1] < 0 || in->i[1] > (1ll << 40))) return "bad row offset";
     if (in->op == OP_LOAD && want_i32_out && (in->f[0] < 1 || in->f[0] > 65536)) return "bad token range";
@@ -259,15 +276,27 @@ static void init(Run *R, const Instr *in) {
   float *x = F(R, in->out);
   int64_t n = shape_numel(&b->shape);
   uint64_t key = hash_str(b->name) ^ R->p->seed;
-  uint64_t off = (uint64_t)in->i[1]; /* a shard's first element in the whole tensor */
+  uint64_t off = (uint64_t)in->i[1]; /* a flat shard's first element in the whole tensor */
+  /* a shard of dim `axis` split in `parts`: element (o, j, r) of the shard is
+     element (o, part x len + j, r) of the whole tensor */
+  int64_t outer = 1, len = 1, inner = 1, parts = in->i[3] > 1 ? in->i[3] : 1, part = in->i[4];
+  if (parts > 1) {
+    const Shape *s = &b->shape;
+    for (int k = 0; k < s->rank; k++) *(k < in->i[2] ? &outer : k == in->i[2] ? &len : &inner) *= s->d[k];
+  }
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) {
+  for (int64_t e = 0; e < n; e++) {
+    uint64_t i = off + (uint64_t)e; /* the element's index in the whole tensor */
+    if (parts > 1) {
+      int64_t o = e / (len * inner), j = e / inner % len, r = e % inner;
+      i = (uint64_t)((o * parts * len + part * len + j) * inner + r);
+    }
     switch (in->i[0]) {
-    case INIT_ZEROS: x[i] = 0; break;
-    case INIT_ONES: x[i] = 1; break;
-    case INIT_CONST: x[i] = (float)in->f[0]; break;
-    case INIT_NORMAL: x[i] = (float)in->f[0] * rng_normal(key, off + (uint64_t)i); break;
-    default: x[i] = (float)(in->f[0] + (in->f[1] - in->f[0]) * rng_uniform(key, off + (uint64_t)i)); break;
+    case INIT_ZEROS: x[e] = 0; break;
+    case INIT_ONES: x[e] = 1; break;
+    case INIT_CONST: x[e] = (float)in->f[0]; break;
+    case INIT_NORMAL: x[e] = (float)in->f[0] * rng_normal(key, i); break;
+    default: x[e] = (float)(in->f[0] + (in->f[1] - in->f[0]) * rng_uniform(key, i)); break;
     }
   }
 }
@@ -351,6 +380,31 @@ static const char *communicate(Run *R, const Instr *in) {
       k_copy(F(R, o), src + c * group_pos(p, g, p->rank), c);
     else
       ok = t->reduce_scatter(t, g, src, c, F(R, o));
+    break;
+  }
+  case OP_GATHER_DIM:
+  case OP_SPLIT_DIM: { /* [outer, parts x len, inner] <-> part [outer, len, inner] */
+    bool gather = in->op == OP_GATHER_DIM;
+    const Shape *part = S(p, gather ? x : o);
+    int64_t outer = 1, len = part->d[in->i[1]], inner = 1, parts = p->group_size[g];
+    for (int k = 0; k < part->rank; k++)
+      if (k != in->i[1]) *(k < in->i[1] ? &outer : &inner) *= part->d[k];
+    int64_t n = outer * len * inner;
+    const float *all = F(R, x);
+    if (gather) { /* the members' parts one after another, then interleaved into place */
+      float *tmp = pad_buf(R, n * parts);
+      ok = t->all_gather(t, g, F(R, x), n, tmp);
+      all = tmp;
+    }
+    int me = group_pos(p, g, p->rank);
+    float *dst = F(R, o);
+    for (int64_t q = 0; q < (gather ? parts : 1); q++)
+      for (int64_t a = 0; a < outer; a++) {
+        int64_t pi = gather ? q : me;
+        const float *src = gather ? all + q * n + a * len * inner : all + (a * parts + pi) * len * inner;
+        float *d = gather ? dst + (a * parts + pi) * len * inner : dst + a * len * inner;
+        memcpy(d, src, sizeof(float) * (size_t)(len * inner));
+      }
     break;
   }
   default: CARVE_ASSERT(0, "not a communication instruction");
@@ -466,6 +520,8 @@ static void exec(Run *R, const Instr *in) {
   case OP_ALL_GATHER:
   case OP_REDUCE_SCATTER:
   case OP_SHARD:
+  case OP_GATHER_DIM:
+  case OP_SPLIT_DIM:
   case OP_SEND:
   case OP_RECV: R->error = communicate(R, in); break;
   default: CARVE_ASSERT(0, "instruction checked but not executable");
@@ -597,9 +653,11 @@ void runtime_free(Runtime *rt) {
   free(rt);
 }
 
-/* Writes every parameter this rank holds: "name numel offset\n" (offset:
-   the first element's index in the whole tensor, for a ZeRO-3 shard), then
-   the raw floats (tests compare runs on different rank counts). */
+/* Writes every parameter this rank holds: "name numel offset axis parts
+   part rank d0 d1 ...\n", then the raw floats. offset: a ZeRO-3 shard's first
+   element in the flat tensor; axis, parts, part: a tensor-parallel part, one
+   of `parts` slices of dim `axis` (parts 0: whole); d: the buffer's shape.
+   Tests compare runs on different rank counts with it. */
 bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
   const Program *p = rt->r.p;
   FILE *f = fopen(path, "wb");
@@ -607,11 +665,13 @@ bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
   for (int b = 0; ok && b < p->nbufs; b++) {
     const Buffer *B = &p->bufs[b];
     if (B->kind != BUF_PARAM) continue;
-    int64_t offset = 0;
+    int64_t at[MAXIATTR] = {0};
     for (int i = 0; i < p->ninit; i++)
-      if (p->init[i].op == OP_INIT && p->init[i].out == b) offset = p->init[i].i[1];
-    ok = fprintf(f, "%s %lld %lld\n", B->name, (long long)shape_numel(&B->shape), (long long)offset) > 0 &&
-         fwrite(rt->r.arena + B->offset, 1, (size_t)B->bytes, f) == (size_t)B->bytes;
+      if (p->init[i].op == OP_INIT && p->init[i].out == b) memcpy(at, p->init[i].i, sizeof at);
+    ok = fprintf(f, "%s %lld %lld %lld %lld %lld %d", B->name, (long long)shape_numel(&B->shape), (long long)at[1],
+                 (long long)at[2], (long long)at[3], (long long)at[4], B->shape.rank) > 0;
+    for (int k = 0; k < B->shape.rank; k++) fprintf(f, " %lld", (long long)B->shape.d[k]);
+    ok = ok && fputc('\n', f) != EOF && fwrite(rt->r.arena + B->offset, 1, (size_t)B->bytes, f) == (size_t)B->bytes;
   }
   if (f) ok &= fclose(f) == 0;
   if (!ok) fprintf(err, "carve: error: cannot write parameters to '%s': %s\n", path, strerror(errno));
@@ -619,7 +679,8 @@ bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
 }
 
 static bool is_comm(OpKind op) {
-  return op == OP_ALL_REDUCE || op == OP_ALL_GATHER || op == OP_REDUCE_SCATTER || op == OP_SEND || op == OP_RECV;
+  return op == OP_ALL_REDUCE || op == OP_ALL_GATHER || op == OP_REDUCE_SCATTER || op == OP_GATHER_DIM ||
+         op == OP_SEND || op == OP_RECV;
 }
 
 /* The traced step as Chrome trace events, one track per rank: compute and

@@ -16,9 +16,21 @@
 
 typedef struct Piece {
   char name[512];
-  long long n, offset;
+  long long n, offset, axis, parts, part;
+  int rank;
+  long long d[8];
   float *v;
 } Piece;
+
+/* The index in the whole tensor of element e of a piece. */
+static long long whole_index(const Piece *p, long long e) {
+  if (p->parts <= 1) return p->offset + e;
+  long long outer = 1, len = p->d[p->axis], inner = 1;
+  for (int k = 0; k < p->rank; k++)
+    if (k != p->axis) *(k < p->axis ? &outer : &inner) *= p->d[k];
+  long long o = e / (len * inner), j = e / inner % len, r = e % inner;
+  return (o * p->parts * len + p->part * len + j) * inner + r;
+}
 
 static Piece *load(const char *prefix, int ranks, int *count) {
   Piece *ps = NULL;
@@ -32,8 +44,12 @@ static Piece *load(const char *prefix, int ranks, int *count) {
       exit(1);
     }
     Piece p;
-    while (fscanf(f, "%511s %lld %lld", p.name, &p.n, &p.offset) == 3) {
-      if (fgetc(f) != '\n' || p.n < 0 || p.offset < 0) break;
+    while (fscanf(f, "%511s %lld %lld %lld %lld %lld %d", p.name, &p.n, &p.offset, &p.axis, &p.parts, &p.part,
+                  &p.rank) == 7) {
+      if (p.rank < 0 || p.rank > 8) break;
+      for (int k = 0; k < p.rank; k++)
+        if (fscanf(f, "%lld", &p.d[k]) != 1) p.rank = -1;
+      if (p.rank < 0 || fgetc(f) != '\n' || p.n < 0 || p.offset < 0 || (p.parts > 1 && p.axis >= p.rank)) break;
       p.v = malloc(sizeof(float) * (size_t)(p.n + 1));
       if (fread(p.v, sizeof(float), (size_t)p.n, f) != (size_t)p.n) {
         fprintf(stderr, "param_compare: %s: truncated at %s\n", path, p.name);
@@ -69,10 +85,12 @@ int main(int argc, char **argv) {
     for (int j = 0; j < nrun; j++) {
       Piece *P = &run[j];
       if (strcmp(P->name, R->name) != 0) continue;
-      for (long long k = 0; k < P->n && P->offset + k < R->n; k++) {
-        double d = (double)P->v[k] - R->v[P->offset + k];
-        if (!covered[P->offset + k]) diff2 += d * d;
-        covered[P->offset + k] = 1;
+      for (long long k = 0; k < P->n; k++) {
+        long long w = whole_index(P, k);
+        if (w >= R->n) continue; /* a ZeRO-3 shard's padding */
+        double d = (double)P->v[k] - R->v[w];
+        if (!covered[w]) diff2 += d * d;
+        covered[w] = 1;
       }
     }
     double err = sqrt(diff2) / fmax(sqrt(ref2), 1e-30);

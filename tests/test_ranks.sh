@@ -38,7 +38,13 @@ dp=2,mb=2,zero=2
 dp=4,zero=3
 dp=2,pp=2,mb=2,zero=1
 dp=8
-dp=2,pp=4,mb=4,schedule=1f1b,zero=2"
+dp=2,pp=4,mb=4,schedule=1f1b,zero=2
+tp=2
+tp=4
+dp=2,tp=2
+tp=2,zero=1
+pp=2,tp=2,mb=2
+dp=2,tp=2,pp=2,mb=2"
 
 losses() { grep '^step' "$1" | awk '{print $4}'; }
 
@@ -50,8 +56,9 @@ for spec in $models; do
     dp=$(echo "$layout" | tr ',' '\n' | sed -n 's/^dp=//p')
     pp=$(echo "$layout" | tr ',' '\n' | sed -n 's/^pp=//p')
     mb=$(echo "$layout" | tr ',' '\n' | sed -n 's/^mb=//p')
-    dp=${dp:-1} pp=${pp:-1} mb=${mb:-1}
-    n=$((dp * pp))
+    tp=$(echo "$layout" | tr ',' '\n' | sed -n 's/^tp=//p')
+    dp=${dp:-1} pp=${pp:-1} mb=${mb:-1} tp=${tp:-1}
+    n=$((dp * pp * tp))
     what="$model $layout ($n ranks)"
     ref=$tmp/ref-$model-$((mb * dp))
     if [ ! -f "$ref.out" ]; then

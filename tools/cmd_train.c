@@ -239,14 +239,10 @@ static Program *compile(Opts *o, const char *dflt, const char *dflt_preset, Grap
 static bool layout_parse(Opts *o, Layout *L) {
   Manual m;
   if (!manual_parse(o->layout, &m, stderr)) return false;
-  if (m.tp > 1) {
-    usage_error(o->cmd, "--layout: tp=%d: tensor parallelism is not lowered to programs yet; use dp, pp and zero",
-                m.tp);
-    return false;
-  }
   *L = (Layout){.dp = m.dp ? m.dp : 1,
                 .pp = m.pp ? m.pp : 1,
                 .v = 1,
+                .tp = m.tp ? m.tp : 1,
                 .microbatches = m.mb ? m.mb : o->train.microbatches,
                 .schedule = m.schedule == SCHED_KINDS ? SCHED_1F1B : m.schedule,
                 .zero = m.zero < 0 ? 0 : m.zero,
@@ -260,7 +256,7 @@ static Program **compile_ranks(Opts *o, int *world) {
   Layout L;
   if (!layout_parse(o, &L)) return NULL;
   if (!o->model) return usage_error(o->cmd, "which model? give a .graph file or a shipped model name"), NULL;
-  *world = L.dp * L.pp;
+  *world = L.dp * L.pp * L.tp;
   return compile_layout(model_resolve(o->model), &o->elab, &o->train, o->seed, &L, stderr);
 }
 
