@@ -84,6 +84,7 @@ typedef struct Dist {
 typedef struct Shard {
   int8_t out, in[MAXIN];
   bool partial, mean, post_scale;
+  bool cut; /* computed whole, then cut to `out` (an expert-parallel dispatch) */
 } Shard;
 
 static int dev_of(const Dist *D, int vs) { return vs % D->L->pp; }
@@ -389,6 +390,26 @@ static void infer_backward(Dist *D, int i) {
   }
 }
 
+/* Can op n's kernel run on the parts this split gives it? A plan made for
+   speed (not PlanOptions.lowerable), or an op that follows its input's
+   layout, may split what a kernel needs whole: a normalised dim, a causal
+   row, a max-reduced dim, an embedding's vocabulary, or the tokens an MoE
+   gate routes together (its capacity is per microbatch). */
+static bool kernel_takes(const Graph *g, const Node *n, const Shard *s) {
+  int R = n->shape.rank, r0 = n->nin ? g->nodes[n->in[0]]->shape.rank : 0;
+  switch (n->op) {
+  case OP_SOFTMAX: return s->out != R - 1 && !(n->i[0] && s->out == R - 2);
+  case OP_LAYERNORM:
+  case OP_RMSNORM: return s->out != R - 1;
+  case OP_MOE_DISPATCH:
+  case OP_MOE_COMBINE: return s->out < 0 && s->in[0] < 0;
+  case OP_EMBED: return s->in[0] != 0;
+  case OP_XENT: return s->in[0] != r0 - 1;
+  case OP_MAX: return s->in[0] != n->i[0];
+  default: return true;
+  }
+}
+
 /* How the tp ranks of a replica split every live node, from each stage's
    plan (forward ops: the strategy's mesh axis 1; parameters and inputs: as
    their first reader reads them) and, for backward ops, inferred. */
@@ -409,22 +430,30 @@ static bool shard_graph(Dist *D, FILE *err) {
       fprintf(err, "carve: error: the plan of stage %d has no node %s\n", D->vst[i], n->name);
       return false;
     }
-    if (pl->a2a[pn->id]) {
-      fprintf(err, "carve: error: %s uses an all-to-all (expert parallelism), which carve does not lower yet\n",
-              n->name);
-      return false;
-    }
     Shard *s = &D->sh[i];
     s->out = (int8_t)split_of(&pl->layout[pn->id]);
     for (int k = 0; k < n->nin; k++) s->in[k] = (int8_t)split_of(&pl->reads[(size_t)pn->id * MAXIN + k]);
+    if (pl->a2a[pn->id]) { /* expert parallelism: tokens split on the token side, experts on the other */
+      if (n->op != OP_EINSUM) {
+        fprintf(err, "carve: error: %s: an all-to-all on a %s is not lowered\n", n->name, op_info[n->op].name);
+        return false;
+      }
+      char tok = 0; /* the label the dispatch or combine tensor is split on */
+      for (int k = 0; k < n->nin; k++) {
+        const Node *u = g->nodes[n->in[k]];
+        if ((u->op == OP_MOE_DISPATCH || u->op == OP_MOE_COMBINE) && s->in[k] >= 0) tok = n->labels[k][s->in[k]];
+      }
+      /* expert-side inputs are read whole; an expert-side output is made whole
+         from the local tokens, summed over the ranks, and cut to its experts
+         (the all-to-all's data, moved as an all-reduce) */
+      for (int k = 0; k < n->nin; k++)
+        if (s->in[k] >= 0 && n->labels[k][s->in[k]] != tok) s->in[k] = -1;
+      if (s->out >= 0 && n->labels[n->nin][s->out] != tok) s->cut = true;
+    }
     s->partial = pl->partial[pn->id] & 2;
     s->mean = s->partial && (n->op == OP_MEAN || n->op == OP_XENT || n->op == OP_MSE);
-    /* an op that follows its input's layout in the plan may inherit a split
-       its kernel cannot take (a normalised dim, a causal row): whole instead */
-    int R = n->shape.rank;
-    bool norm = n->op == OP_SOFTMAX || n->op == OP_LAYERNORM || n->op == OP_RMSNORM;
-    if ((norm && s->out == R - 1) || (n->op == OP_SOFTMAX && n->i[0] && s->out == R - 2)) {
-      s->out = -1;
+    if (!kernel_takes(g, n, s)) { /* run it whole: gathered in, whole out */
+      s->out = -1, s->partial = s->mean = s->cut = false;
       for (int k = 0; k < n->nin; k++) s->in[k] = -1;
     }
     for (int k = 0; k < n->nin; k++) { /* parameters: stored as their first reader reads them (inputs
@@ -603,8 +632,8 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   in->nin = n->nin;
   memcpy(in->in, ins, sizeof(int) * (size_t)n->nin);
   int *out = slot(R, i, mb, inst);
-  Shape ls = local_shape(R, n, sh->out);
-  *out = buf(R, inst_name(R, n, mb, inst), n->dtype, &ls, BUF_ACT);
+  Shape ls = local_shape(R, n, sh->cut ? -1 : sh->out);
+  *out = buf(R, inst_name(R, n, mb, sh->cut ? inst + 0 : inst), n->dtype, &ls, BUF_ACT);
   in->out = *out;
   in->i[0] = n->i[0], in->i[1] = n->i[1];
   in->f[0] = n->f[0], in->f[1] = n->f[1];
@@ -617,6 +646,7 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   int tpg = D->tp_group[R->dev * D->L->dp + R->rep];
   if (sh->mean || sh->post_scale) prog_emit1(&R->step, OP_SCALE, *out, *out)->f[0] = 1.0 / D->tp;
   if (sh->partial) prog_emit1(&R->step, OP_ALL_REDUCE, *out, *out)->i[0] = tpg;
+  if (sh->cut) *out = reshard(R, i, *out, -1, sh->out);
   if (inst) return; /* a recomputed value: used here, never sent or counted */
   if (i == D->g->loss) prog_emit1(&R->step, OP_LOSS, -1, *out)->f[0] = 1.0 / (D->m * D->L->dp * D->tp);
   for (int d = 0; d < D->L->pp; d++)

@@ -828,39 +828,76 @@ PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster
   return best;
 }
 
-/* A plan as a program layout: equal data-parallel stages whose parameters
-   are all replicated (the code generator does not lower tensor parallelism
-   yet). stage_last needs room for one entry per stage. */
+/* Does stage s's plan split anything but a batch dim over mesh axis 0? */
+static bool axis0_beyond_batch(const Plan *pl, char *what, size_t n) {
+  const Graph *g = pl->g;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    if (v->op == OP_PARAM) continue; /* a parameter kept whole on each replica is still correct */
+    for (int k = -1; k < (v->op == OP_INPUT ? 0 : v->nin); k++) {
+      const Spec *sp = k < 0 ? &pl->layout[i] : &pl->reads[(size_t)i * MAXIN + k];
+      const Node *t = k < 0 ? v : g->nodes[v->in[k]];
+      for (int d = 0; d < sp->rank && d < t->shape.rank; d++)
+        if ((sp->d[d] & 1) && (!t->dimname[d] || strcmp(t->dimname[d], "batch") != 0)) {
+          snprintf(what, n, "%s dim %d", t->name, d);
+          return true;
+        }
+    }
+  }
+  return false;
+}
+
+/* A plan as a program layout. Stages whose parameters are all whole are
+   data parallel over all their devices; otherwise each stage's n0 x n1 mesh
+   becomes n0 replicas (the batch on axis 0) of n1 tensor-parallel ranks that
+   follow the stage plan's axis 1. stage_last needs one int per stage. */
 bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *err) {
-  int dp = p->stages[0].nodes * p->stages[0].per_node;
+  const PipeStage *s0 = &p->stages[0];
+  int devs = s0->nodes * s0->per_node;
+  bool split = false;
   for (int s = 0; s < p->nstages; s++) {
     const PipeStage *st = &p->stages[s];
-    if (st->nodes * st->per_node != dp || st->plan->zero != p->stages[0].plan->zero) {
+    if (st->nodes * st->per_node != devs || st->plan->zero != s0->plan->zero) {
       fprintf(err, "stages differ in device count or ZeRO stage");
       return false;
     }
     const Graph *g = st->plan->g;
-    for (int i = 0; i < g->nfwd; i++) {
-      if (g->nodes[i]->op != OP_PARAM) continue;
-      const Spec *sp = &st->plan->layout[i];
-      for (int k = 0; k < sp->rank; k++)
-        if (sp->d[k]) {
-          char b[64];
-          fprintf(err, "stage %d shards %s as [%s] (tensor parallelism)", s, g->nodes[i]->name,
-                  spec_str(sp, b, sizeof b));
-          return false;
-        }
-    }
+    for (int i = 0; i < g->nfwd; i++)
+      if (g->nodes[i]->op == OP_PARAM)
+        for (int k = 0; k < st->plan->layout[i].rank; k++) split |= st->plan->layout[i].d[k] != 0;
     stage_last[s] = st->last;
   }
-  *L = (Layout){.dp = dp,
+  *L = (Layout){.dp = devs,
                 .pp = p->nstages,
                 .v = p->v,
+                .tp = 1,
                 .microbatches = p->microbatches,
                 .schedule = p->schedule,
-                .zero = p->stages[0].plan->zero,
+                .zero = s0->plan->zero,
                 .recompute = p->recompute,
                 .stage_last = p->v > 1 ? NULL : stage_last,
                 .layers_want = MAXGROUPS};
+  if (!split) return true;
+  const Mesh *m0 = &s0->plan->mesh;
+  if (p->v > 1 || s0->plan->zero == 3) {
+    fprintf(err, "tensor parallelism with %s", p->v > 1 ? "an interleaved schedule" : "ZeRO-3");
+    return false;
+  }
+  const Plan **plans = arena_alloc(sizeof(Plan *) * (size_t)p->nstages);
+  for (int s = 0; s < p->nstages; s++) {
+    const Plan *pl = p->stages[s].plan;
+    char what[300];
+    if (pl->mesh.n[0] != m0->n[0] || pl->mesh.n[1] != m0->n[1]) {
+      fprintf(err, "tensor-parallel stages on different meshes (%dx%d, %dx%d)", m0->n[0], m0->n[1], pl->mesh.n[0],
+              pl->mesh.n[1]);
+      return false;
+    }
+    if (axis0_beyond_batch(pl, what, sizeof what)) {
+      fprintf(err, "stage %d splits %s over mesh axis 0, where carve lowers only the batch", s, what);
+      return false;
+    }
+    plans[s] = pl;
+  }
+  L->dp = m0->n[0], L->tp = m0->n[1], L->plans = plans;
   return true;
 }

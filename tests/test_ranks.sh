@@ -6,7 +6,9 @@
 # single-rank program with the same microbatches (m x dp of them, so every
 # microbatch sees the same rows): the loss of every step within 1e-5
 # relative, every final parameter within 1e-4 of its tensor's largest
-# magnitude. Prints "N passed, M failed".
+# magnitude. Then the same for plans the planner made and `carve plan -o`
+# lowered (the automatic plan for a local cluster of 2 and 4 ranks, and a
+# hand-written tp x pp plan). Prints "N passed, M failed".
 #
 # One exception: attention's key bias (b_k) has a zero gradient in exact
 # arithmetic (softmax does not change when every key score moves by the same
@@ -93,11 +95,56 @@ for spec in $models; do
     fi
   done
 done
+# plans from the planner, lowered by carve plan -o: the automatic plan for
+# a local cluster of 2 and of 4 ranks, and a hand-written tp x pp plan
+for spec in $models; do
+  model=${spec%%:*}
+  preset=${spec#*:}
+  for how in "2:" "4:" "4:tp=2,pp=2,mb=2"; do
+    n=${how%%:*}
+    manual=${how#*:}
+    what="$model plan on local x $n ${manual:-(automatic)}"
+    if ! "$carve" plan "$model" --preset "$preset" --set batch=16,layers=4 --cluster local --devices-per-node $n \
+      ${manual:+--manual "$manual"} -o "$tmp/plan" >"$tmp/plan.out" 2>&1 ||
+      ! grep -q "rank$((n - 1)).prog (dp=" "$tmp/plan.out"; then
+      echo "FAILED: $what: no programs"
+      tail -3 "$tmp/plan.out"
+      fail=$((fail + 1))
+      continue
+    fi
+    dp=$(sed -n 's/.*(dp=\([0-9]*\) .*/\1/p' "$tmp/plan.out")
+    mb=$(sed -n 's/.* \([0-9]*\) microbatch.* per replica.*/\1/p' "$tmp/plan.out")
+    ref=$tmp/ref-$model-$((mb * dp))
+    if [ ! -f "$ref.out" ]; then
+      "$carve" compile "$model" --preset "$preset" --set batch=16,layers=4 --microbatches $((mb * dp)) -o "$ref.dir" \
+        >/dev/null 2>&1 && "$carve" run "$ref.dir" --steps $steps --log-every 1 --save-params "$ref" >"$ref.out" 2>&1
+    fi
+    rm -f "$tmp/run".rank*
+    timeout 120 $mpirun -np $n "$carve" run "$tmp/plan" --steps $steps --log-every 1 --save-params "$tmp/run" \
+      >"$tmp/run.out" 2>&1
+    losses "$ref.out" >"$tmp/a"
+    losses "$tmp/run.out" >"$tmp/b"
+    loss_ok=$(paste "$tmp/a" "$tmp/b" | awk -v want=$steps '
+      { n++; d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (d > 1e-5 * s + 1e-6) bad++ }
+      END { print (n == want && !bad) ? "yes" : "no" }')
+    if [ "$loss_ok" = yes ] && "$compare" "$ref" 1 "$tmp/run" $n 1e-4 .b_k >"$tmp/cmp" 2>&1; then
+      pass=$((pass + 1))
+    else
+      echo "FAILED: $what (dp=$dp, $mb microbatches): losses match: $loss_ok"
+      tail -3 "$tmp/run.out"
+      cat "$tmp/cmp"
+      fail=$((fail + 1))
+    fi
+  done
+done
+
 # the comparison can fail: a run at another learning rate must not pass
-"$carve" compile gpt --preset gpt-tiny --set batch=16,layers=4 --layout dp=2 --lr 2e-3 -o "$tmp/other" >/dev/null &&
-  $mpirun -np 2 "$carve" run "$tmp/other" --steps $steps --quiet --save-params "$tmp/other" 2>/dev/null
-if [ -f "$tmp/ref-gpt-2.rank0" ] && [ -f "$tmp/other.rank1" ] &&
-  ! "$compare" "$tmp/ref-gpt-2" 1 "$tmp/other" 2 1e-4 .b_k >/dev/null 2>&1; then
+first=${models%% *}
+model=${first%%:*}
+"$carve" compile "$model" --preset "${first#*:}" --set batch=16,layers=4 --layout dp=2 --lr 2e-3 -o "$tmp/other" \
+  >/dev/null && $mpirun -np 2 "$carve" run "$tmp/other" --steps $steps --quiet --save-params "$tmp/other" 2>/dev/null
+if [ -f "$tmp/ref-$model-2.rank0" ] && [ -f "$tmp/other.rank1" ] &&
+  ! "$compare" "$tmp/ref-$model-2" 1 "$tmp/other" 2 1e-4 .b_k >/dev/null 2>&1; then
   pass=$((pass + 1))
 else
   echo "FAILED: a run at another learning rate passed the parameter comparison (or did not run)"

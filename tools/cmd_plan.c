@@ -62,14 +62,15 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
   train_defaults(&t);
   Program **progs = compile_layout(model_path, eo, &t, 1234, &L, stderr);
   if (!progs) return false;
-  int world = L.dp * L.pp;
+  int world = L.dp * L.pp * L.tp;
   for (int r = 0; r < world; r++)
     if (!program_write(progs[r], arena_printf("%s/rank%d.prog", dir, r), stderr)) return false;
   for (int r = world;; r++) /* an earlier plan's extra ranks must not linger */
     if (remove(arena_printf("%s/rank%d.prog", dir, r)) != 0) break;
   if (!quiet)
-    printf("\nwrote %s/plan.json and rank0.prog .. rank%d.prog; train it with: mpirun -np %d carve run %s\n", dir,
-           world - 1, world, dir);
+    printf("\nwrote %s/plan.json and rank0.prog .. rank%d.prog (dp=%d tp=%d pp=%d, %d microbatch%s per replica); "
+           "train it with: mpirun -np %d carve run %s\n",
+           dir, world - 1, L.dp, L.tp, L.pp, L.microbatches, L.microbatches == 1 ? "" : "es", world, dir);
   return true;
 }
 
