@@ -281,11 +281,12 @@ int cmd_compile(int argc, char **argv) {
     print_train_help("compile", "MODEL -o DIR [options]",
                      "Compiles MODEL into a program directory: DIR/rank0.prog, a versioned text program\n"
                      "that 'carve run DIR' executes and 'carve explain DIR' prints.");
-    printf("distribution:\n  --layout \"dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full\"\n"
-           "      one program per rank (DIR/rankN.prog, rank = stage x dp + replica): dp data-parallel\n"
-           "      replicas of a pp-stage pipeline, mb microbatches per replica, schedule gpipe, 1f1b,\n"
+    printf("distribution:\n  --layout \"dp=2,tp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full\"\n"
+           "      one program per rank (DIR/rankN.prog, rank = (stage x dp + replica) x tp + position):\n"
+           "      dp data-parallel replicas of a pp-stage pipeline, each replica's tensors split over tp\n"
+           "      ranks (as the planner splits them), mb microbatches per replica, schedule gpipe, 1f1b,\n"
            "      interleaved or zb-h1, ZeRO stage 0-3, recompute none or full. Run it with\n"
-           "      mpirun -np (dp x pp) carve run DIR\n");
+           "      mpirun -np (dp x tp x pp) carve run DIR\n");
     return 0;
   }
   if (!parse_opts(argc, argv, "mtol", &o)) return free_opts(&o), 2;
