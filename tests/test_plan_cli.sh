@@ -91,7 +91,7 @@ expect 1 "needs 9 devices" plan mlp --cluster "$node4" --mesh 3x3 --intra-only
 expect 1 "unknown cluster" plan mlp --cluster no-such-machine --mesh 2 --intra-only
 expect 2 "which cluster" plan mlp --intra-only
 expect 2 "expects AxB" plan mlp --cluster "$node4" --mesh 2y2 --intra-only
-expect 2 "--zero is auto" plan mlp --cluster "$node4" --intra-only --zero 7
+expect 2 "--zero expects a number from 0 to 3" plan mlp --cluster "$node4" --intra-only --zero 7
 expect 1 "cannot be split" plan mlp --set batch=6 --cluster "$node4" --mesh 4 --intra-only --force-dp
 expect 1 "does not fit" plan gpt --set batch=8,seq=64,hidden=2048,heads=16,layers=24,vocab=256 --cluster "$node4" --mesh 4 --intra-only
 echo "$pass passed, $fail failed"

@@ -130,41 +130,20 @@ int cmd_plan(int argc, char **argv) {
       eo.preset = v;
     else if (!strcmp(a, "--set")) {
       if (!parse_sets(v, &eo.sets, &eo.nsets, stderr)) goto done;
+    } else if (!strcmp(a, "--zero") && !strcmp(v, "auto")) {
+      po.zero = -1;
+    } else if (!strcmp(a, "--zero")) {
+      int64_t x;
+      if (!opt_integer("plan", a, v, 0, 3, &x)) goto done;
+      po.zero = (int)x;
+    } else if (!strcmp(a, "--time-limit")) {
+      if (!opt_number("plan", a, v, 1e-3, 1e7, &po.time_limit)) goto done;
     } else if (!strcmp(a, "--nodes") || !strcmp(a, "--devices-per-node") || !strcmp(a, "--batch-axis") ||
-               !strcmp(a, "--zero") || !strcmp(a, "--time-limit") || !strcmp(a, "--microbatches")) {
-      char *end;
-      errno = 0;
-      double x = strtod(v, &end);
-      bool auto_zero = !strcmp(a, "--zero") && !strcmp(v, "auto");
-      if (!auto_zero && (end == v || *end || errno || x < 0 || x > 1e7)) {
-        rc = usage_error("plan", "%s expects a number, got '%s'", a, v);
-        goto done;
-      }
-      if (!strcmp(a, "--nodes"))
-        nodes = (int)x;
-      else if (!strcmp(a, "--devices-per-node"))
-        dpn = (int)x;
-      else if (!strcmp(a, "--time-limit"))
-        po.time_limit = x;
-      else if (!strcmp(a, "--microbatches")) {
-        if (x < 1 || x > 1024 || x != (int)x) {
-          rc = usage_error("plan", "--microbatches is a whole number from 1 to 1024 that divides the batch");
-          goto done;
-        }
-        microbatches = (int)x;
-      } else if (!strcmp(a, "--batch-axis")) {
-        if (x != 0 && x != 1) {
-          rc = usage_error("plan", "--batch-axis is 0 or 1");
-          goto done;
-        }
-        po.batch_axis = (int)x;
-      } else if (!auto_zero) {
-        if (x > 3 || x != (int)x) {
-          rc = usage_error("plan", "--zero is auto, 0, 1, 2 or 3");
-          goto done;
-        }
-        po.zero = (int)x;
-      }
+               !strcmp(a, "--microbatches")) {
+      bool axis = !strcmp(a, "--batch-axis"), mb = !strcmp(a, "--microbatches");
+      int64_t x;
+      if (!opt_integer("plan", a, v, axis ? 0 : 1, axis ? 1 : mb ? 1024 : 1e6, &x)) goto done;
+      *(axis ? &po.batch_axis : mb ? &microbatches : !strcmp(a, "--nodes") ? &nodes : &dpn) = (int)x;
     } else {
       rc = usage_error("plan", "unknown option '%s'", a);
       goto done;

@@ -30,6 +30,29 @@ int usage_error(const char *cmd, const char *fmt, ...) {
   return 2;
 }
 
+bool opt_number(const char *cmd, const char *opt, const char *v, double lo, double hi, double *out) {
+  char *end;
+  errno = 0;
+  double x = v ? strtod(v, &end) : 0;
+  if (!v || end == v || *end || errno || !isfinite(x) || x < lo || x > hi) {
+    usage_error(cmd, "%s expects a number from %g to %g, got '%s'", opt, lo, hi, v ? v : "");
+    return false;
+  }
+  *out = x;
+  return true;
+}
+
+bool opt_integer(const char *cmd, const char *opt, const char *v, double lo, double hi, int64_t *out) {
+  double x;
+  if (!opt_number(cmd, opt, v, lo, hi, &x)) return false;
+  if (x != floor(x)) {
+    usage_error(cmd, "%s expects a whole number, got '%s'", opt, v);
+    return false;
+  }
+  *out = (int64_t)x;
+  return true;
+}
+
 bool wants_help(int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return true;
@@ -46,29 +69,6 @@ typedef struct Opts {
   int steps, log_every, rank;
   bool quiet, dump, dump_training, profile;
 } Opts;
-
-static bool num(const char *cmd, const char *opt, const char *v, double lo, double hi, double *out) {
-  char *end;
-  errno = 0;
-  double x = v ? strtod(v, &end) : 0;
-  if (!v || end == v || *end || errno || !isfinite(x) || x < lo || x > hi) {
-    usage_error(cmd, "%s expects a number from %g to %g, got '%s'", opt, lo, hi, v ? v : "");
-    return false;
-  }
-  *out = x;
-  return true;
-}
-
-static bool integer(const char *cmd, const char *opt, const char *v, double lo, double hi, int64_t *out) {
-  double x;
-  if (!num(cmd, opt, v, lo, hi, &x)) return false;
-  if (x != floor(x)) {
-    usage_error(cmd, "%s expects a whole number, got '%s'", opt, v);
-    return false;
-  }
-  *out = (int64_t)x;
-  return true;
-}
 
 /* Parses argv (after the subcommand). `allowed` lists the option groups the
  * command takes: m(odel) t(rain) r(un) o(utput) d(ump). */
@@ -116,33 +116,33 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       else
         ok = usage_error(o->cmd, "--optimizer is adamw or sgd, not '%s'", v) == 0;
     } else if (GROUP('t') && !strcmp(key, "--lr"))
-      ok = num(o->cmd, key, v, 0, 10, &o->train.lr);
+      ok = opt_number(o->cmd, key, v, 0, 10, &o->train.lr);
     else if (GROUP('t') && !strcmp(key, "--wd"))
-      ok = num(o->cmd, key, v, 0, 10, &o->train.wd);
+      ok = opt_number(o->cmd, key, v, 0, 10, &o->train.wd);
     else if (GROUP('t') && !strcmp(key, "--beta1"))
-      ok = num(o->cmd, key, v, 0, 0.999999, &o->train.beta1);
+      ok = opt_number(o->cmd, key, v, 0, 0.999999, &o->train.beta1);
     else if (GROUP('t') && !strcmp(key, "--beta2"))
-      ok = num(o->cmd, key, v, 0, 0.999999, &o->train.beta2);
+      ok = opt_number(o->cmd, key, v, 0, 0.999999, &o->train.beta2);
     else if (GROUP('t') && !strcmp(key, "--eps"))
-      ok = num(o->cmd, key, v, 1e-30, 1, &o->train.eps);
+      ok = opt_number(o->cmd, key, v, 1e-30, 1, &o->train.eps);
     else if (GROUP('t') && !strcmp(key, "--momentum"))
-      ok = num(o->cmd, key, v, 0, 0.999999, &o->train.momentum);
+      ok = opt_number(o->cmd, key, v, 0, 0.999999, &o->train.momentum);
     else if (GROUP('t') && !strcmp(key, "--clip"))
-      ok = num(o->cmd, key, v, 0, 1e30, &o->train.clip);
+      ok = opt_number(o->cmd, key, v, 0, 1e30, &o->train.clip);
     else if (GROUP('t') && !strcmp(key, "--warmup")) {
-      ok = integer(o->cmd, key, v, 0, 1e9, &n);
+      ok = opt_integer(o->cmd, key, v, 0, 1e9, &n);
       o->train.warmup = (int)n;
     } else if (GROUP('t') && !strcmp(key, "--microbatches")) {
-      ok = integer(o->cmd, key, v, 1, 1e6, &n);
+      ok = opt_integer(o->cmd, key, v, 1, 1e6, &n);
       o->train.microbatches = (int)n;
     } else if (GROUP('t') && !strcmp(key, "--seed")) {
-      ok = integer(o->cmd, key, v, 0, 1e15, &n);
+      ok = opt_integer(o->cmd, key, v, 0, 1e15, &n);
       o->seed = (uint64_t)n;
     } else if (GROUP('r') && !strcmp(key, "--steps")) {
-      ok = integer(o->cmd, key, v, 0, 1e9, &n);
+      ok = opt_integer(o->cmd, key, v, 0, 1e9, &n);
       o->steps = (int)n;
     } else if (GROUP('r') && !strcmp(key, "--log-every")) {
-      ok = integer(o->cmd, key, v, 1, 1e9, &n);
+      ok = opt_integer(o->cmd, key, v, 1, 1e9, &n);
       o->log_every = (int)n;
     } else if (GROUP('r') && !strcmp(key, "--data"))
       o->data = v;
@@ -157,7 +157,7 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
     else if (GROUP('l') && !strcmp(key, "--layout"))
       o->layout = v;
     else if (GROUP('x') && !strcmp(key, "--rank")) {
-      ok = integer(o->cmd, key, v, 0, 1e6, &n);
+      ok = opt_integer(o->cmd, key, v, 0, 1e6, &n);
       o->rank = (int)n;
     } else if (GROUP('o') && (!strcmp(key, "-o") || !strcmp(key, "--out")))
       o->out = v;

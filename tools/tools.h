@@ -19,4 +19,8 @@ int cmd_profile(int argc, char **argv);
 /* Prints "carve: error: ..." and a hint to use --help; returns 2. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool wants_help(int argc, char **argv);
+/* An option's number within [lo, hi] (a whole number for opt_integer), or
+   false after a usage message naming the option and the range. */
+bool opt_number(const char *cmd, const char *opt, const char *v, double lo, double hi, double *out);
+bool opt_integer(const char *cmd, const char *opt, const char *v, double lo, double hi, int64_t *out);
 #endif
