@@ -26,19 +26,24 @@ OMP_NUM_THREADS=1 $mpirun -np 2 "$carve" profile -o "$tmp/two.cluster" >"$tmp/pr
 OMP_NUM_THREADS=$cores "$carve" run "$tmp/p1" --steps $((steps + 1)) --log-every 1 >"$tmp/run1.out"
 "$carve" plan $model --cluster "$tmp/two.cluster" --manual dp=2 -o "$tmp/p2" >/dev/null 2>&1
 OMP_NUM_THREADS=1 $mpirun -np 2 "$carve" run "$tmp/p2" --steps $((steps + 1)) --log-every 1 >"$tmp/run2.out"
+"$carve" plan $model --cluster "$tmp/two.cluster" --manual tp=2 -o "$tmp/p3" >/dev/null 2>&1
+OMP_NUM_THREADS=1 $mpirun -np 2 "$carve" run "$tmp/p3" --steps $((steps + 1)) --log-every 1 >"$tmp/run3.out"
 
 median_ms() { grep '^step' "$1" | tail -n +2 | awk '{print $5}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 pred_ms() { grep -o '"predicted_step_s": [0-9.e+-]*' "$1" | head -1 | awk '{printf "%.1f", $2 * 1e3}'; }
 tokens=$((4 * 256))
 m1=$(median_ms "$tmp/run1.out")
 m2=$(median_ms "$tmp/run2.out")
+m3=$(median_ms "$tmp/run3.out")
+p3=$(pred_ms "$tmp/p3/plan.json")
 p1=$(pred_ms "$tmp/p1/plan.json")
 p2=$(pred_ms "$tmp/p2/plan.json")
 echo "gpt2-124m shape, seq 256, batch 4 ($tokens tokens/step), $cores cores, median of $steps steps after the first"
 printf '%-22s %10s %10s %12s %12s\n' "" "ms/step" "tok/s" "predicted" "meas/pred"
 awk -v n="1 rank" -v m="$m1" -v p="$p1" -v t=$tokens 'BEGIN { printf "%-22s %10.0f %10.0f %12.0f %12.2f\n", n, m, t / m * 1e3, p, m / p }'
 awk -v n="2 ranks, dp=2" -v m="$m2" -v p="$p2" -v t=$tokens 'BEGIN { printf "%-22s %10.0f %10.0f %12.0f %12.2f\n", n, m, t / m * 1e3, p, m / p }'
-awk -v a="$m1" -v b="$m2" 'BEGIN { printf "2 ranks / 1 rank tokens/s: %.2f\n", a / b }'
+awk -v n="2 ranks, tp=2" -v m="$m3" -v p="$p3" -v t=$tokens 'BEGIN { printf "%-22s %10.0f %10.0f %12.0f %12.2f\n", n, m, t / m * 1e3, p, m / p }'
+awk -v a="$m1" -v b="$m2" -v c="$m3" 'BEGIN { printf "tokens/s against 1 rank: dp=2 %.2f, tp=2 %.2f\n", a / b, a / c }'
 
 # the transport against the collectives alone: the step's communication
 # (time inside all-reduce instructions, busiest rank) against the gradient
