@@ -23,7 +23,8 @@ $mpirun "$carve" profile --quick -o "$tmp/this.cluster" >/dev/null
 echo "$model $preset on $ranks ranks of this machine ($(getconf _NPROCESSORS_ONLN) cores), cluster measured by carve profile --quick"
 printf '%-26s %12s %12s %7s %12s %12s %7s\n' layout "pred ms" "meas ms" ratio "pred MiB" "meas MiB" ratio
 half=$((ranks / 2))
-for layout in "dp=$ranks" "dp=$ranks,zero=1" "dp=$half,pp=2,mb=4" "pp=$ranks,mb=8" "pp=$ranks,mb=8,schedule=gpipe"; do
+for layout in "dp=$ranks" "dp=$ranks,zero=1" "tp=$ranks" "dp=$half,tp=2" "dp=$half,pp=2,mb=4" "pp=$ranks,mb=8" \
+  "pp=$ranks,mb=8,schedule=gpipe"; do
   if ! "$carve" plan "$model" --preset "$preset" --cluster "$tmp/this.cluster" --manual "$layout" -o "$tmp/p" \
     >"$tmp/plan.out" 2>&1 || [ ! -f "$tmp/p/rank0.prog" ]; then
     printf '%-26s (not planned: %s)\n' "$layout" "$(tail -1 "$tmp/plan.out")"

@@ -198,17 +198,6 @@ static bool analyse(Dist *D, FILE *err) {
       for (int k = 0; k < g->nodes[i]->nin; k++) D->live[g->nodes[i]->in[k]] = true;
   for (int i = 0; i < n; i++)
     if (D->chain[i]) D->live[i] = false;
-  /* W: backward work only parameter gradients wait for */
-  bool *consumed_by_b = arena_alloc(sizeof(bool) * (size_t)n);
-  bool *consumed = arena_alloc(sizeof(bool) * (size_t)n);
-  for (int i = n - 1; i >= g->nfwd; i--) {
-    if (!D->live[i]) continue;
-    D->wphase[i] = D->sched->split_w && !consumed_by_b[i] && (consumed[i] || D->feeds[i].n > 0);
-    for (int k = 0; k < g->nodes[i]->nin; k++) {
-      consumed[g->nodes[i]->in[k]] = true;
-      if (!D->wphase[i]) consumed_by_b[g->nodes[i]->in[k]] = true;
-    }
-  }
   /* what crosses devices; who holds parameters */
   for (int i = 0; i < n; i++) {
     if (!D->live[i] || is_leaf(g->nodes[i])) continue;
@@ -224,6 +213,19 @@ static bool analyse(Dist *D, FILE *err) {
   }
   for (int p = 0; p < g->nfwd; p++)
     for (int d = 0; d < P; d++) D->ndev[p] += D->held[(size_t)p * P + d];
+  /* split schedules: B is the backward work an earlier stage waits for (the
+     gradients sent back, and everything of this stage they need); all the
+     rest, weight gradients above all, is W */
+  bool *b = arena_alloc(sizeof(bool) * (size_t)n);
+  for (int i = n - 1; i >= g->nfwd; i--) {
+    if (!D->live[i]) continue;
+    for (int d = 0; d < P; d++) b[i] |= D->need[(size_t)i * P + d];
+    D->wphase[i] = D->sched->split_w && !b[i];
+    for (int k = 0; k < g->nodes[i]->nin && b[i]; k++) {
+      int u = g->nodes[i]->in[k];
+      if (u >= g->nfwd && D->vst[u] == D->vst[i]) b[u] = true;
+    }
+  }
   return true;
 }
 

@@ -762,6 +762,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   PlanOptions o = *po;
   o.zero = m->zero;
   o.batch_axis = m->dp > 1 ? 0 : -1;
+  o.batch_not_axis1 = m->tp > 1; /* tp means tensor parallelism, not more data parallelism */
   o.inflight = m->recompute == 1 ? 1 : B < m->pp ? B : m->pp; /* recomputing stages keep one microbatch */
   o.microbatches = B;
   Mesh me;
