@@ -73,6 +73,7 @@ typedef struct Dist {
   int *tie_group;  /* [param][replica][position] -> the copies on other devices (ZeRO >= 1, ndev > 1) */
   int tp;
   struct Shard *sh; /* per node: how the tp ranks of a replica split it */
+  bool *sel;        /* forward nodes selective recomputation re-runs */
 } Dist;
 
 /* Tensor parallelism inside a replica: each tensor is whole on every one of
@@ -88,6 +89,9 @@ typedef struct Shard {
 } Shard;
 
 static int dev_of(const Dist *D, int vs) { return vs % D->L->pp; }
+static int rc_of(const Dist *D, int vs) { /* RC_NONE, RC_SELECTIVE or RC_FULL */
+  return D->L->stage_recompute ? D->L->stage_recompute[vs % D->L->pp] : D->L->recompute;
+}
 static int rank_of(const Dist *D, int dev, int rep, int t) { return (dev * D->L->dp + rep) * D->tp + t; }
 
 static int intern_group(Dist *D, const int *ranks, int n) {
@@ -627,7 +631,7 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   const Shard *sh = &D->sh[i];
   int ins[MAXIN];
   for (int k = 0; k < n->nin; k++) {
-    int u = n->in[k], b = value(R, u, mb, inst || (bwd && D->L->recompute));
+    int u = n->in[k], b = value(R, u, mb, inst || (bwd && rc_of(D, D->vst[i]) != RC_NONE));
     ins[k] = reshard(R, u, b, D->sh[u].out, sh->in[k]);
   }
   Instr *in = prog_emit(&R->step, n->op, -1); /* after the loads and receives value() emits */
@@ -664,9 +668,10 @@ static void emit_task(Rank *R, Task t) {
   const Dist *D = R->D;
   const Graph *g = D->g;
   for (int p = 0; p < g->nfwd; p++) R->gathered[p] = -1;
-  if (t.phase != TASK_F && D->L->recompute)
+  int rc = rc_of(D, t.stage);
+  if (t.phase == TASK_B && rc != RC_NONE) /* remake what the forward did not keep */
     for (int i = 0; i < g->nfwd; i++)
-      if (D->live[i] && D->vst[i] == t.stage && t.phase == TASK_B) emit_node(R, i, t.mb, 1);
+      if (D->live[i] && D->vst[i] == t.stage && (rc == RC_FULL || D->sel[i])) emit_node(R, i, t.mb, 1);
   int lo = t.phase == TASK_F ? 0 : g->nfwd, hi = t.phase == TASK_F ? g->nfwd : g->n;
   for (int i = lo; i < hi; i++) {
     if (!D->live[i] || D->vst[i] != t.stage) continue;
@@ -812,6 +817,7 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
   }
   D.sched = schedule_make((SchedKind)L->schedule, L->pp, D.m, L->v, err);
   if (!D.sched || !analyse(&D, err) || !shard_graph(&D, err)) return NULL;
+  D.sel = selective_nodes(g);
   make_groups(&D);
   Program **progs = arena_alloc(sizeof(Program *) * (size_t)D.world);
   for (int d = 0; d < L->pp; d++)

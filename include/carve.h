@@ -407,11 +407,12 @@ typedef struct Layout {
   int tp;                          /* ranks splitting each replica's tensors (1: none) */
   const struct Plan *const *plans; /* tp > 1: per virtual stage, the intra-operator plan whose
                                       shardings (mesh axis 1) the ranks of a replica follow */
-  int schedule; /* SchedKind (planner.h) */
-  int zero;     /* ZeRO stage 0-3 over each device's replicas */
-  bool recompute;
-  const int *stage_last; /* per virtual stage, its last layer; NULL: equal spans */
-  int layers_want;       /* layers to cut a model without repeat blocks into (0: one per stage) */
+  int schedule;                    /* SchedKind (planner.h) */
+  int zero;                        /* ZeRO stage 0-3 over each device's replicas */
+  int recompute;                   /* 0 none, 1 selective, 2 full (planner.h RC_*), for every stage ... */
+  const int *stage_recompute;      /* ... or per pipeline stage (NULL: recompute) */
+  const int *stage_last;           /* per virtual stage, its last layer; NULL: equal spans */
+  int layers_want;                 /* layers to cut a model without repeat blocks into (0: one per stage) */
 } Layout;
 /* One program per rank, indexed by rank. g is one microbatch of one
  * replica: built at batch / (m dp), its loss gradient seeded with 1 / (m dp).

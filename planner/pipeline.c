@@ -262,7 +262,7 @@ static double boundary_bytes(const Graph *g, const int *layer_of, int first, int
  * of a stage's time, the backward two thirds (ZB-H1: one third for the input
  * gradient, one for the weight gradient); an interleaved chunk does 1/v of
  * its stage and passes its boundary on like the stage does. */
-static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, bool recompute, SimInput *in, FILE *err) {
+static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const int *rc, SimInput *in, FILE *err) {
   int p = pp->nstages, S = p * v;
   Schedule *sched = schedule_make(kind, p, pp->microbatches, v, err);
   if (!sched) return false;
@@ -274,7 +274,11 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, bool rec
     const PipeStage *st = &pp->stages[vs % p];
     double t = st->t / v;
     tf[vs] = t / 3;
-    tb[vs] = (kind == SCHED_ZB_H1 ? t / 3 : 2 * t / 3) + (recompute ? t / 3 : 0); /* re-run the forward */
+    int mode = rc[vs % p];
+    double again = mode == RC_FULL        ? t / 3
+                   : mode == RC_SELECTIVE ? st->sel_t / v
+                                          : 0; /* re-run (part of) the forward */
+    tb[vs] = (kind == SCHED_ZB_H1 ? t / 3 : 2 * t / 3) + again;
     tw[vs] = t / 3;
     p2p[vs] = vs % p == p - 1 ? link : st->p2p; /* a chunk's last device hands on to device 0 */
     tail = fmax(tail, st->sync);
@@ -284,52 +288,94 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, bool rec
 }
 
 bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err) {
-  return sim_input_rc(p, p->schedule, p->v, p->recompute, in, err);
+  int *rc = arena_alloc(sizeof(int) * (size_t)p->nstages);
+  for (int d = 0; d < p->nstages; d++) rc[d] = p->stages[d].recompute;
+  return sim_input_rc(p, p->schedule, p->v, rc, in, err);
+}
+
+const char *pipeline_recompute(const PipelinePlan *p) {
+  for (int d = 1; d < p->nstages; d++)
+    if (p->stages[d].recompute != p->stages[0].recompute) return "per stage";
+  return rc_names[p->stages[0].recompute];
+}
+
+/* What selective recomputation saves and costs on stage d, per microbatch
+   and device: the attention probabilities it does not keep, and the time to
+   remake them (FLOPs at 80% of peak, other ops at 80% of memory bandwidth). */
+static void selective_cost(PipelinePlan *pp, int d) {
+  PipeStage *st = &pp->stages[d];
+  const Plan *pl = st->plan;
+  const Graph *g = pl->g;
+  const Cluster *cl = pp->cluster;
+  bool *sel = selective_nodes(g);
+  double peak = pl->opt.mixed && cl->flops_bf16 > 0 ? cl->flops_bf16 : cl->flops_f32, elem = pl->opt.mixed ? 2 : 4;
+  st->sel_bytes = st->sel_t = 0;
+  for (int i = 0; i < g->nfwd; i++) {
+    if (!sel[i]) continue;
+    const Node *n = g->nodes[i];
+    int shards = 1;
+    for (int k = 0; k < pl->layout[i].rank; k++)
+      shards *= (pl->layout[i].d[k] & 1 ? pl->mesh.n[0] : 1) * (pl->layout[i].d[k] & 2 ? pl->mesh.n[1] : 1);
+    double bytes = (double)shape_numel(&n->shape) * elem / shards;
+    if (n->op == OP_SOFTMAX) st->sel_bytes += bytes; /* what the backward would have kept */
+    st->sel_t += n->op == OP_EINSUM ? node_flops(g, n) / shards / (PEAK_FRACTION * peak)
+                                    : 2 * bytes / (PEAK_FRACTION * cl->mem_bandwidth);
+  }
 }
 
 /* The schedule that is fastest within memory; false if none fits. */
 /* Memory of stage d under a schedule keeping `inflight` microbatches: with
  * full recomputation a stage keeps only its input per microbatch, plus one
  * microbatch's activations while it recomputes. */
-static double stage_memory(const PipelinePlan *pp, int d, double inflight, bool recompute) {
+static double stage_memory(const PipelinePlan *pp, int d, double inflight, int mode) {
   const Plan *pl = pp->stages[d].plan;
   double per_mb = pl->mem_acts / (pl->opt.inflight > 1 ? pl->opt.inflight : 1);
-  double input = d > 0 ? pp->stages[d - 1].p2p_bytes : 0;
-  double acts = recompute ? input * inflight + per_mb : per_mb * inflight;
+  double input = d > 0 ? pp->stages[d - 1].p2p_bytes : 0, sel = fmin(pp->stages[d].sel_bytes, per_mb);
+  double acts = mode == RC_FULL        ? input * inflight + per_mb
+                : mode == RC_SELECTIVE ? (per_mb - sel) * inflight + sel
+                                       : per_mb * inflight;
   return pl->mem_params + pl->mem_grads + pl->mem_optim + acts;
 }
 
-/* The schedule and recomputation that are fastest within memory; false if
- * nothing fits. `only` fixes the schedule (SCHED_KINDS: any), `rc` the
- * recomputation (-1: either). */
+/* The schedule and each stage's recomputation that are fastest within
+ * memory; false if nothing fits. `only` fixes the schedule (SCHED_KINDS:
+ * any), `rc` the recomputation of every stage (-1: per stage, the cheapest
+ * that fits: none, then selective, then full). */
 static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind only, int rc, FILE *err) {
   static const SchedKind kinds[] = {SCHED_1F1B, SCHED_GPIPE, SCHED_INTERLEAVED, SCHED_ZB_H1};
   bool found = false;
   FILE *quiet = fopen("/dev/null", "w");
-  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
-    for (int recompute = 0; recompute < 2; recompute++) {
-      if ((only != SCHED_KINDS && kinds[i] != only) || (rc >= 0 && rc != recompute)) continue;
-      int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
-      SimInput in;
-      SimResult r;
-      if (!sim_input_rc(pp, kinds[i], v, recompute, &in, quiet) || !simulate(&in, &r, quiet)) continue;
-      bool fits = true;
-      for (int d = 0; d < pp->nstages; d++) {
-        double inflight = (double)schedule_max_inflight(in.sched, d) / v;
-        if (kinds[i] == SCHED_ZB_H1) inflight = fmin(pp->nstages, pp->microbatches);
-        fits &= stage_memory(pp, d, inflight, recompute) <= device_memory;
+  int p = pp->nstages, *mode = arena_alloc(sizeof(int) * (size_t)p);
+  double *inflight = arena_alloc(sizeof(double) * (size_t)p);
+  for (int d = 0; d < p; d++) selective_cost(pp, d);
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    if (only != SCHED_KINDS && kinds[i] != only) continue;
+    int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
+    Schedule *sched = schedule_make(kinds[i], p, pp->microbatches, v, quiet);
+    if (!sched) continue;
+    bool fits = true;
+    for (int d = 0; d < p && fits; d++) {
+      inflight[d] = kinds[i] == SCHED_ZB_H1 ? fmin(p, pp->microbatches) : (double)schedule_max_inflight(sched, d) / v;
+      mode[d] = -1;
+      for (int m = RC_NONE; m < RC_KINDS && mode[d] < 0; m++) {
+        if (rc >= 0 && m != rc) continue;
+        if (m == RC_SELECTIVE && pp->stages[d].sel_bytes <= 0 && rc < 0) continue; /* nothing to drop */
+        if (stage_memory(pp, d, inflight[d], m) <= device_memory) mode[d] = m;
       }
-      if (fits && (!found || r.step_s < pp->step_s)) {
-        found = true;
-        pp->schedule = kinds[i], pp->v = v, pp->recompute = recompute, pp->sim = r, pp->step_s = r.step_s;
-        pp->bubble = r.bubble;
-        for (int d = 0; d < pp->nstages; d++) { /* report the memory at the schedule's peak */
-          double inflight = (double)schedule_max_inflight(in.sched, d) / v;
-          if (kinds[i] == SCHED_ZB_H1) inflight = fmin(pp->nstages, pp->microbatches);
-          pp->stages[d].memory = stage_memory(pp, d, inflight, recompute);
-        }
+      fits = mode[d] >= 0;
+    }
+    SimInput in;
+    SimResult r;
+    if (!fits || !sim_input_rc(pp, kinds[i], v, mode, &in, quiet) || !simulate(&in, &r, quiet)) continue;
+    if (!found || r.step_s < pp->step_s) {
+      found = true;
+      pp->schedule = kinds[i], pp->v = v, pp->sim = r, pp->step_s = r.step_s, pp->bubble = r.bubble;
+      for (int d = 0; d < p; d++) { /* the memory at the schedule's peak */
+        pp->stages[d].recompute = mode[d];
+        pp->stages[d].memory = stage_memory(pp, d, inflight[d], mode[d]);
       }
     }
+  }
   fclose(quiet);
   if (!found)
     fprintf(err, "carve: error: no schedule fits the stages' activations in memory, even with recomputation\n");
@@ -596,16 +642,20 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
           "\npredicted step  %.4g s (bubble %.1f%%), %.1f TFLOP/s per device, MFU %.1f%% (model FLOPs)\n"
           "recomputation   %s\n\n",
           p->step_s, 100 * p->bubble, p->tflops_per_device, 100 * p->mfu,
-          p->recompute ? "full: each stage keeps only its inputs and re-runs its forward before the backward" : "none");
-  fprintf(out, "  %-6s %-9s %-14s %-8s %12s %12s %10s\n", "stage", "layers", "devices", "mesh", "s/microbatch",
-          "sync s/step", "memory");
+          !strcmp(pipeline_recompute(p), "full")
+              ? "full: each stage keeps only its inputs and re-runs its forward before the backward"
+          : !strcmp(pipeline_recompute(p), "selective")
+              ? "selective: the attention probabilities are remade before the backward, not kept"
+              : pipeline_recompute(p));
+  fprintf(out, "  %-6s %-9s %-14s %-8s %12s %12s %10s  %s\n", "stage", "layers", "devices", "mesh", "s/microbatch",
+          "sync s/step", "memory", "recompute");
   for (int s = 0; s < p->nstages; s++) {
     const PipeStage *st = &p->stages[s];
     int n = st->nodes * st->per_node;
-    fprintf(out, "  %-6d %-9s %-14s %-8s %12.4g %12.4g %10s\n", s, arena_printf("%d-%d", st->first, st->last),
+    fprintf(out, "  %-6d %-9s %-14s %-8s %12.4g %12.4g %10s  %s\n", s, arena_printf("%d-%d", st->first, st->last),
             arena_printf("%d-%d", st->device0, st->device0 + n - 1),
             arena_printf("%dx%d", st->plan->mesh.n[0], st->plan->mesh.n[1]), st->t, st->sync,
-            fmt_bytes(st->memory, a, sizeof a));
+            fmt_bytes(st->memory, a, sizeof a), rc_names[st->recompute]);
   }
   fprintf(out, "\nsearch: %d intra-operator plans, %.2f s\n", p->ilps, p->search_s);
 }
@@ -617,8 +667,8 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
           "  \"devices\": %d,\n  \"schedule\": \"%s\",\n  \"chunks_per_device\": %d,\n  \"microbatches\": %d,\n"
           "  \"zero_stage\": %d,\n",
           p->devices, sched_names[p->schedule], p->v, p->microbatches, p->stages[0].plan->zero);
-  fprintf(out, "  \"recompute\": \"%s\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n",
-          p->recompute ? "full" : "none", p->step_s, p->bubble);
+  fprintf(out, "  \"recompute\": \"%s\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n", pipeline_recompute(p),
+          p->step_s, p->bubble);
   double most[COLL_KINDS] = {0}, mem = 0, p2p = 0;
   for (int s = 0; s < p->nstages; s++) {
     double b[COLL_KINDS];
@@ -640,8 +690,10 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
     for (int d = 0; d < n; d++) fprintf(out, "%s%d", d ? ", " : "", st->device0 + d);
     fprintf(out,
             "], \"logical_mesh\": [%d, %d], \"predicted_stage_s\": %.9g, \"sync_s\": %.9g, "
-            "\"p2p_s\": %.9g, \"memory_per_device_bytes\": %.0f, \"zero_stage\": %d}",
-            st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->p2p, st->memory, st->plan->zero);
+            "\"p2p_s\": %.9g, \"memory_per_device_bytes\": %.0f, \"zero_stage\": %d, \"recompute\": \"%s\", "
+            "\"selective_recompute_s\": %.9g}",
+            st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->p2p, st->memory, st->plan->zero,
+            rc_names[st->recompute], st->sel_t);
   }
   fprintf(out, "\n  ],\n  \"search\": {\"intra_plans\": %d, \"seconds\": %.6f}\n}\n", p->ilps, p->search_s);
 }
@@ -691,12 +743,11 @@ bool manual_parse(const char *text, Manual *m, FILE *err) {
       }
       m->schedule = (SchedKind)k;
     } else if (!strcmp(key, "recompute")) {
-      if (vlen == 4 && !strncmp(v, "none", 4))
-        m->recompute = 0;
-      else if (vlen == 4 && !strncmp(v, "full", 4))
-        m->recompute = 1;
-      else {
-        fprintf(err, "carve: error: --manual: recompute is none or full, got '%.*s'\n", vlen, v);
+      m->recompute = -1;
+      for (int k = 0; k < RC_KINDS; k++)
+        if ((int)strlen(rc_names[k]) == vlen && !strncmp(v, rc_names[k], (size_t)vlen)) m->recompute = k;
+      if (m->recompute < 0) {
+        fprintf(err, "carve: error: --manual: recompute is none, selective or full, got '%.*s'\n", vlen, v);
         return false;
       }
     } else {
@@ -763,7 +814,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   o.zero = m->zero;
   o.batch_axis = m->dp > 1 ? 0 : -1;
   o.batch_not_axis1 = m->tp > 1; /* tp means tensor parallelism, not more data parallelism */
-  o.inflight = m->recompute == 1 ? 1 : B < m->pp ? B : m->pp; /* recomputing stages keep one microbatch */
+  o.inflight = m->recompute == RC_FULL ? 1 : B < m->pp ? B : m->pp; /* recomputing stages keep one microbatch */
   o.microbatches = B;
   Mesh me;
   if (!mesh_make(&sub, m->dp, m->tp, po->mixed, &me, err)) return NULL;
@@ -854,6 +905,8 @@ static bool axis0_beyond_batch(const Plan *pl, char *what, size_t n) {
    follow the stage plan's axis 1. stage_last needs one int per stage. */
 bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *err) {
   const PipeStage *s0 = &p->stages[0];
+  int *stage_rc = arena_alloc(sizeof(int) * (size_t)p->nstages);
+  for (int s = 0; s < p->nstages; s++) stage_rc[s] = p->stages[s].recompute;
   int devs = s0->nodes * s0->per_node;
   bool split = false;
   for (int s = 0; s < p->nstages; s++) {
@@ -875,7 +928,8 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
                 .microbatches = p->microbatches,
                 .schedule = p->schedule,
                 .zero = s0->plan->zero,
-                .recompute = p->recompute,
+                .recompute = p->stages[0].recompute,
+                .stage_recompute = stage_rc,
                 .stage_last = p->v > 1 ? NULL : stage_last,
                 .layers_want = MAXGROUPS};
   if (!split) return true;

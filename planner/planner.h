@@ -72,20 +72,20 @@ double coll_time(const Mesh *m, CollKind k, int axis, double bytes);
 #define PEAK_FRACTION 0.8
 
 typedef struct PlanOptions {
-  int zero;          /* 0..3, or -1: the smallest stage that fits */
-  bool force_dp;     /* shard only the dim named "batch" */
-  int batch_axis;    /* -1, or the mesh axis the "batch" dim must use */
-  bool mixed;        /* 16-bit compute and activations, fp32 master weights */
-  double time_limit; /* seconds for the solver */
-  bool quiet;        /* no explanation of an infeasible problem (searches) */
-  int inflight;      /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
-  int microbatches;  /* the graph is one of this many microbatches of a step: collectives that happen
-                        once per step (gradient syncs) weigh 1/microbatches in the objective; 0 means 1 */
-  int node_limit;    /* stop the solver after this many branch-and-bound nodes (0: none); searches
-                        use it so that a stage plan under tight memory costs a bounded, machine-
-                        independent effort, and keep the best plan found with its gap */
-  bool lowerable;    /* only strategies the per-rank code generator lowers: no split of a normalised
-                        dim, an embedding's vocabulary, a max-reduced dim or a MoE gate, no all-to-all */
+  int zero;             /* 0..3, or -1: the smallest stage that fits */
+  bool force_dp;        /* shard only the dim named "batch" */
+  int batch_axis;       /* -1, or the mesh axis the "batch" dim must use */
+  bool mixed;           /* 16-bit compute and activations, fp32 master weights */
+  double time_limit;    /* seconds for the solver */
+  bool quiet;           /* no explanation of an infeasible problem (searches) */
+  int inflight;         /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
+  int microbatches;     /* the graph is one of this many microbatches of a step: collectives that happen
+                           once per step (gradient syncs) weigh 1/microbatches in the objective; 0 means 1 */
+  int node_limit;       /* stop the solver after this many branch-and-bound nodes (0: none); searches
+                           use it so that a stage plan under tight memory costs a bounded, machine-
+                           independent effort, and keep the best plan found with its gap */
+  bool lowerable;       /* only strategies the per-rank code generator lowers: no split of a normalised
+                           dim, an embedding's vocabulary, a max-reduced dim or a MoE gate, no all-to-all */
   bool batch_not_axis1; /* the batch dim never uses mesh axis 1 (tensor parallelism proper) */
 } PlanOptions;
 
@@ -107,9 +107,9 @@ typedef struct Plan {
   const Cluster *cluster;
   Mesh mesh;
   PlanOptions opt;
-  int zero;     /* the stage used */
-  Spec *layout; /* per forward node: its output's sharding */
-  Spec *reads;    /* per forward op and input (node x MAXIN + k): the sharding the op reads it in */
+  int zero;         /* the stage used */
+  Spec *layout;     /* per forward node: its output's sharding */
+  Spec *reads;      /* per forward op and input (node x MAXIN + k): the sharding the op reads it in */
   uint8_t *partial; /* per forward op: mesh axes its output is a partial sum over (to all-reduce) */
   bool *a2a;        /* per forward op: an MoE all-to-all strategy */
   double compute_s, comm_s, objective;
@@ -284,6 +284,15 @@ Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last);
  * planner/pipeline.c: the whole plan: stages, submeshes, schedule
  * ====================================================================== */
 
+/* Recomputation of a stage: none; selective (the attention core: the
+ * scores einsum, what scales or masks them, and the softmax, re-run before
+ * the backward instead of keeping the probabilities); full (the stage keeps
+ * only its inputs and re-runs its whole forward). */
+enum { RC_NONE, RC_SELECTIVE, RC_FULL, RC_KINDS };
+extern const char *const rc_names[RC_KINDS]; /* "none", "selective", "full" */
+/* The forward nodes selective recomputation re-runs (an array over g->n). */
+bool *selective_nodes(const Graph *g);
+
 typedef struct PipeStage {
   int first, last;     /* the model's layers (repeat iterations) */
   int nodes, per_node; /* the submesh: whole nodes, or per_node devices of one */
@@ -294,6 +303,9 @@ typedef struct PipeStage {
   double memory;       /* bytes per device with the schedule's in-flight activations */
   double p2p;          /* seconds to send one microbatch's boundary to the next stage */
   double p2p_bytes;    /* bytes per device of that boundary */
+  int recompute;       /* RC_NONE, RC_SELECTIVE or RC_FULL */
+  double sel_bytes;    /* bytes per device and microbatch that selective recomputation does not keep */
+  double sel_t;        /* seconds per microbatch to recompute them */
 } PipeStage;
 
 typedef struct PipelinePlan {
@@ -302,8 +314,7 @@ typedef struct PipelinePlan {
   int devices;
   int microbatches;
   SchedKind schedule;
-  int v;          /* model chunks per device (interleaved) */
-  bool recompute; /* full recomputation: activations re-made in the backward pass */
+  int v; /* model chunks per device (interleaved) */
   int nstages;
   PipeStage *stages;
   int layers;
@@ -330,13 +341,15 @@ typedef struct Manual {
   int dp, tp, pp, mb;
   SchedKind schedule;
   int zero;
-  int recompute; /* 0 none, 1 full, -1 chosen */
+  int recompute; /* RC_NONE, RC_SELECTIVE, RC_FULL, or -1: chosen per stage */
 } Manual;
 /* Parses "dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,recompute=none". */
 bool manual_parse(const char *text, Manual *m, FILE *err);
 PipelinePlan *plan_manual(const char *model_path, const ElabOptions *eo, const Cluster *c, const PlanOptions *po,
                           const Manual *m, FILE *err);
 void pipeline_report(const PipelinePlan *p, FILE *out);
+/* "none", "selective", "full", or "per stage" when the stages differ. */
+const char *pipeline_recompute(const PipelinePlan *p);
 /* The simulation input of a pipeline plan's chosen schedule (for traces). */
 bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err);
 void pipeline_json(const PipelinePlan *p, FILE *out);

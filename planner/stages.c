@@ -251,3 +251,28 @@ Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last) {
   sg->nfwd = sg->n;
   return sg;
 }
+
+/* ---------------------------------------------------------------- selective recomputation */
+
+const char *const rc_names[RC_KINDS] = {"none", "selective", "full"};
+
+static bool scales_or_masks(OpKind op) {
+  return op == OP_DIV || op == OP_SCALE || op == OP_MUL || op == OP_ADD || op == OP_SUB;
+}
+
+/* Each softmax of the forward graph, and back from it through the ops that
+   scale or mask its input, up to and with the einsum that made the scores. */
+bool *selective_nodes(const Graph *g) {
+  bool *sel = arena_alloc(sizeof(bool) * (size_t)(g->n + 1));
+  for (int i = 0; i < g->nfwd; i++) {
+    if (g->nodes[i]->op != OP_SOFTMAX) continue;
+    sel[i] = true;
+    const Node *u = g->nodes[g->nodes[i]->in[0]];
+    while (scales_or_masks(u->op) && u->nin >= 1 && !sel[u->id]) {
+      sel[u->id] = true;
+      u = g->nodes[u->in[0]];
+    }
+    if (u->op == OP_EINSUM) sel[u->id] = true;
+  }
+  return sel;
+}

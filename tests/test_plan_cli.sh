@@ -80,7 +80,16 @@ if [ -n "$r" ] && [ -n "$n" ] && awk -v r="$r" -v n="$n" 'BEGIN {exit !(r > n)}'
 else
   fail=$((fail + 1)); echo "FAILED: recomputation should cost time: $r vs $n"
 fi
-expect 1 "recompute is none or full" plan $big --manual "pp=4,recompute=some"
+expect 1 "recompute is none, selective or full" plan $big --manual "pp=4,recompute=some"
+# recomputation chosen per stage: with room for the probabilities on one
+# stage only, that stage keeps them and the other remakes them
+attn="gpt --set batch=8,seq=1024,vocab=256,hidden=256,heads=8,layers=4"
+sed 's/^memory .*/memory 190e6/' "$dir/../clusters/local.cluster" >"$tmp/small.cluster"
+expect 0 "0-1 .* selective" plan $attn --cluster "$tmp/small.cluster" --devices-per-node 2 --manual "pp=2,mb=8,zero=0"
+expect 0 "2-3 .* none" plan $attn --cluster "$tmp/small.cluster" --devices-per-node 2 --manual "pp=2,mb=8,zero=0"
+expect 0 "recomputation   per stage" plan $attn --cluster "$tmp/small.cluster" --devices-per-node 2 --manual "pp=2,mb=8,zero=0"
+expect 0 "recomputation   selective" plan $attn --cluster local --devices-per-node 2 --manual "pp=2,mb=8,recompute=selective"
+expect 0 '"recompute": "selective", "selective_recompute_s"' plan $attn --cluster local --devices-per-node 2 --manual "pp=2,mb=8,recompute=selective" --json
 expect 1 "dp x tp x pp = 3 x 1 x 1 = 3, but dgx-a100 has 8 devices" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=3,tp=1,pp=1"
 expect 1 "tp=8 does not divide the model's 4 attention heads" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=1,tp=8,pp=1"
 expect 1 "unknown key 'foo'" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,foo=1"

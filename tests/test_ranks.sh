@@ -33,6 +33,8 @@ dp=4,zero=1
 dp=2,mb=4
 pp=2,mb=4,schedule=gpipe
 pp=2,mb=4,schedule=1f1b,recompute=full
+pp=2,mb=4,schedule=zb-h1,recompute=selective
+dp=2,recompute=selective
 pp=4,mb=4,schedule=1f1b
 pp=2,mb=4,schedule=interleaved
 pp=4,mb=4,schedule=zb-h1

@@ -55,6 +55,10 @@ static PipelinePlan *pipeline_of(const Json *j, const char *path) {
       p->stages[s].t = json_num(stages->items[s], "predicted_stage_s", -1);
       p->stages[s].sync = json_num(stages->items[s], "sync_s", 0);
       p->stages[s].p2p = json_num(stages->items[s], "p2p_s", 0);
+      const char *rc = json_str(stages->items[s], "recompute", "none");
+      for (int k = 0; k < RC_KINDS; k++)
+        if (!strcmp(rc, rc_names[k])) p->stages[s].recompute = k;
+      p->stages[s].sel_t = json_num(stages->items[s], "selective_recompute_s", 0);
     }
   }
   bool ok = p->schedule < SCHED_KINDS && p->nstages > 0 && p->microbatches > 0 && p->v > 0;

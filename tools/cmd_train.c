@@ -246,7 +246,7 @@ static bool layout_parse(Opts *o, Layout *L) {
                 .microbatches = m.mb ? m.mb : o->train.microbatches,
                 .schedule = m.schedule == SCHED_KINDS ? SCHED_1F1B : m.schedule,
                 .zero = m.zero < 0 ? 0 : m.zero,
-                .recompute = m.recompute == 1};
+                .recompute = m.recompute < 0 ? RC_NONE : m.recompute};
   if (L->schedule == SCHED_INTERLEAVED) L->v = 2;
   return true;
 }
@@ -285,7 +285,8 @@ int cmd_compile(int argc, char **argv) {
            "      one program per rank (DIR/rankN.prog, rank = (stage x dp + replica) x tp + position):\n"
            "      dp data-parallel replicas of a pp-stage pipeline, each replica's tensors split over tp\n"
            "      ranks (as the planner splits them), mb microbatches per replica, schedule gpipe, 1f1b,\n"
-           "      interleaved or zb-h1, ZeRO stage 0-3, recompute none or full. Run it with\n"
+           "      interleaved or zb-h1, ZeRO stage 0-3, recompute none, selective (the attention\n"
+           "      probabilities) or full. Run it with\n"
            "      mpirun -np (dp x tp x pp) carve run DIR\n");
     return 0;
   }
