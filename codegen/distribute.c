@@ -2,9 +2,12 @@
  *
  * The layout: dp data-parallel replicas of a pipeline of pp devices, each
  * device holding v consecutive-in-turn virtual stages (v > 1: interleaved);
- * m microbatches per replica and step; a schedule (GPipe, 1F1B, interleaved,
- * ZB-H1) that orders each device's (stage, microbatch, phase) tasks; a ZeRO
- * stage; full recomputation or none. Rank = device x dp + replica.
+ * each replica on tp ranks that split its tensors as an intra-operator plan
+ * says (see Shard below); m microbatches per replica and step; a schedule
+ * (GPipe, 1F1B, interleaved, ZB-H1) that orders each device's (stage,
+ * microbatch, phase) tasks; a ZeRO stage; recomputation per stage (none,
+ * selective: the attention core, or full). Rank = (device x dp + replica) x
+ * tp + position.
  *
  * The graph is one microbatch of one replica (batch / (m dp) rows), its loss
  * gradient seeded with 1 / (m dp), so summing every replica's and
@@ -29,8 +32,9 @@
  * runtime/transport.c, so any valid schedule runs to completion). Every
  * (node, microbatch) has its own buffer; placing them over the whole step
  * makes the arena hold exactly what the schedule keeps in flight. With
- * recomputation, a backward task first runs its stage's forward again into
- * fresh buffers, so the forward task's buffers die after their sends.
+ * recomputation, a backward task first runs its stage's forward (selective:
+ * its attention core) again into fresh buffers, so the forward task's
+ * buffers die after their sends and forward readers.
  *
  * Then, once per step: gradients summed over replicas and parameter copies
  * (ZeRO 0: all-reduce; ZeRO 1: reduce-scatter at the end; ZeRO 2 and 3:
@@ -286,9 +290,6 @@ static const Node *find_node(const Graph *g, const char *name) {
   return NULL;
 }
 
-/* dim d of a tensor of rank r, trailing-aligned to rank R; -1 if absent */
-static int align(int d, int r, int R) { return d < 0 || d + R - r < 0 ? -1 : d + R - r; }
-
 /* A backward op's split, from how its inputs are held (its forward op's
    strategy for einsums, whose labels the backward einsums share). */
 static void infer_backward(Dist *D, int i) {
@@ -337,8 +338,7 @@ static void infer_backward(Dist *D, int i) {
   }
   case OP_LN_BWD_G:
   case OP_RMS_BWD_G: { /* (x, dy) rows x h -> h: split rows leave a partial sum */
-    int d = h[0] == R - 1 + 0 && R == 1 && g->nodes[n->in[0]]->shape.rank - 1 == h[0] ? -1 : h[0];
-    if (d == g->nodes[n->in[0]]->shape.rank - 1) d = -1;
+    int d = h[0] == g->nodes[n->in[0]]->shape.rank - 1 ? -1 : h[0]; /* the normalised dim stays whole */
     s->in[0] = s->in[1] = (int8_t)d;
     s->out = -1;
     s->partial = d >= 0;
@@ -390,7 +390,6 @@ static void infer_backward(Dist *D, int i) {
       int a = d < 0 ? -1 : d - (R - r);
       s->in[k] = (int8_t)(a >= 0 && g->nodes[n->in[k]]->shape.d[a] == n->shape.d[d] ? a : -1);
     }
-    (void)align;
     return;
   }
   }
