@@ -283,6 +283,7 @@ static int enumerate(const Ctx *C, const OpModel *m, int bdim, Strategy *out, in
 
 typedef struct Acc {
   double compute, comm;
+  double fwd, wgrad;     /* the forward's share of compute + comm, and the weight gradients' */
   double mp, mg, mo, ma; /* memory per device: params, grads, optimizer state, activations */
   PtrVec *rec;           /* if set: the collectives, for the plan */
 } Acc;
@@ -295,6 +296,7 @@ static void comm_w(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, C
   double t = coll_time(C->me, k, axis, bytes);
   if (t <= 0) return;
   acc->comm += once && C->o->microbatches > 1 ? t / C->o->microbatches : t;
+  if (ph == PHASE_FORWARD) acc->fwd += t;
   if (acc->rec) {
     Comm *c = arena_alloc(sizeof(Comm));
     *c = (Comm){k, 1 << axis, bytes, 1, ph, what, once};
@@ -391,6 +393,14 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   bytes = (bytes + (double)shape_numel(&v->shape)) * C->act_bytes * (ngrad ? 3 : 1) / shards;
   double t = fmax(flops / (PEAK_FRACTION * me->flops), bytes / (PEAK_FRACTION * me->mem_bw)) + 2e-6;
   acc->compute += t;
+  /* its parts: the forward (1), input gradients, weight gradients (an
+     einsum's product per input that needs one; other ops' backward is two
+     passes over the input's gradient) */
+  int wgrads = 0;
+  for (int k = 0; k < nin && v->op == OP_EINSUM; k++)
+    wgrads += C->needs_grad[v->in[k]] && g->nodes[v->in[k]]->op == OP_PARAM;
+  double units = 1 + (v->op == OP_EINSUM ? ngrad : ngrad ? 2 : 0);
+  acc->fwd += t / units, acc->wgrad += t * wgrads / units;
 
   Spec out = tensor_spec(m, nin, st);
   double out_b = tensor_bytes(C, v, &out);
@@ -1075,6 +1085,9 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     }
   }
   pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective;
+  double per_mb = acc.compute + acc.comm;
+  pl->fwd_frac = per_mb > 0 ? acc.fwd / per_mb : 1.0 / 3;
+  pl->wgrad_frac = per_mb > 0 ? acc.wgrad / per_mb : 1.0 / 3;
   pl->mem_params = acc.mp, pl->mem_grads = acc.mg, pl->mem_optim = acc.mo, pl->mem_acts = acc.ma;
   aggregate(pl, &rec);
   pl->vars = S->cols, pl->binaries = S->binaries, pl->constraints = S->rows, pl->groups = P->nvars;

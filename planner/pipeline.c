@@ -258,10 +258,17 @@ static double boundary_bytes(const Graph *g, const int *layer_of, int first, int
     if (!strncmp(sg->nodes[i]->name, "recv:", 5)) b += (double)shape_numel(&sg->nodes[i]->shape) * (mixed ? 2 : 4);
   return b;
 }
-/* Per-stage times of schedule `kind` with v chunks: the forward is a third
- * of a stage's time, the backward two thirds (ZB-H1: one third for the input
- * gradient, one for the weight gradient); an interleaved chunk does 1/v of
- * its stage and passes its boundary on like the stage does. */
+/* Per-stage times of schedule `kind` with v chunks: the forward, input-
+ * gradient and weight-gradient shares of a stage's time as its plan's cost
+ * model counts them (a third each when unknown: a plan read from JSON
+ * without them); ZB-H1 runs the weight gradients apart (W). An interleaved
+ * chunk does 1/v of its stage and passes its boundary on like the stage does. */
+static void stage_fractions(const PipeStage *st, double *ff, double *wf) {
+  bool known = st->plan ? st->plan->fwd_frac > 0 : st->fwd_frac > 0;
+  *ff = !known ? 1.0 / 3 : st->plan ? st->plan->fwd_frac : st->fwd_frac;
+  *wf = !known ? 1.0 / 3 : st->plan ? st->plan->wgrad_frac : st->wgrad_frac;
+}
+
 static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const int *rc, SimInput *in, FILE *err) {
   int p = pp->nstages, S = p * v;
   Schedule *sched = schedule_make(kind, p, pp->microbatches, v, err);
@@ -273,13 +280,15 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const in
   for (int vs = 0; vs < S; vs++) {
     const PipeStage *st = &pp->stages[vs % p];
     double t = st->t / v;
-    tf[vs] = t / 3;
+    double ff, wf;
+    stage_fractions(st, &ff, &wf);
+    tf[vs] = ff * t;
     int mode = rc[vs % p];
-    double again = mode == RC_FULL        ? t / 3
+    double again = mode == RC_FULL        ? tf[vs]
                    : mode == RC_SELECTIVE ? st->sel_t / v
                                           : 0; /* re-run (part of) the forward */
-    tb[vs] = (kind == SCHED_ZB_H1 ? t / 3 : 2 * t / 3) + again;
-    tw[vs] = t / 3;
+    tb[vs] = (kind == SCHED_ZB_H1 ? (1 - ff - wf) * t : (1 - ff) * t) + again;
+    tw[vs] = wf * t;
     p2p[vs] = vs % p == p - 1 ? link : st->p2p; /* a chunk's last device hands on to device 0 */
     tail = fmax(tail, st->sync);
   }
@@ -367,7 +376,7 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
     SimInput in;
     SimResult r;
     if (!fits || !sim_input_rc(pp, kinds[i], v, mode, &in, quiet) || !simulate(&in, &r, quiet)) continue;
-    if (!found || r.step_s < pp->step_s) {
+    if (!found || r.step_s < pp->step_s * (1 - 1e-9)) { /* a tie (rounding) keeps the simpler schedule */
       found = true;
       pp->schedule = kinds[i], pp->v = v, pp->sim = r, pp->step_s = r.step_s, pp->bubble = r.bubble;
       for (int d = 0; d < p; d++) { /* the memory at the schedule's peak */
@@ -686,14 +695,16 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
   for (int s = 0; s < p->nstages; s++) {
     const PipeStage *st = &p->stages[s];
     int n = st->nodes * st->per_node;
+    double ff, wf;
+    stage_fractions(st, &ff, &wf);
     fprintf(out, "%s\n    {\"layers\": [%d, %d], \"devices\": [", s ? "," : "", st->first, st->last);
     for (int d = 0; d < n; d++) fprintf(out, "%s%d", d ? ", " : "", st->device0 + d);
     fprintf(out,
             "], \"logical_mesh\": [%d, %d], \"predicted_stage_s\": %.9g, \"sync_s\": %.9g, "
             "\"p2p_s\": %.9g, \"memory_per_device_bytes\": %.0f, \"zero_stage\": %d, \"recompute\": \"%s\", "
-            "\"selective_recompute_s\": %.9g}",
+            "\"selective_recompute_s\": %.9g, \"forward_fraction\": %.6g, \"weight_grad_fraction\": %.6g}",
             st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->p2p, st->memory, st->plan->zero,
-            rc_names[st->recompute], st->sel_t);
+            rc_names[st->recompute], st->sel_t, ff, wf);
   }
   fprintf(out, "\n  ],\n  \"search\": {\"intra_plans\": %d, \"seconds\": %.6f}\n}\n", p->ilps, p->search_s);
 }

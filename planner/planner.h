@@ -113,6 +113,7 @@ typedef struct Plan {
   uint8_t *partial; /* per forward op: mesh axes its output is a partial sum over (to all-reduce) */
   bool *a2a;        /* per forward op: an MoE all-to-all strategy */
   double compute_s, comm_s, objective;
+  double fwd_frac, wgrad_frac; /* of compute + communication: the forward's share, the weight gradients' */
   double mem_params, mem_grads, mem_optim, mem_acts; /* bytes per device */
   Comm *comms;
   int ncomms;
@@ -304,6 +305,8 @@ typedef struct PipeStage {
   double p2p;          /* seconds to send one microbatch's boundary to the next stage */
   double p2p_bytes;    /* bytes per device of that boundary */
   int recompute;       /* RC_NONE, RC_SELECTIVE or RC_FULL */
+  double fwd_frac;     /* of t: the forward's share (the rest is backward) ... */
+  double wgrad_frac;   /* ... and, of that, the weight gradients' (ZB-H1's W) */
   double sel_bytes;    /* bytes per device and microbatch that selective recomputation does not keep */
   double sel_t;        /* seconds per microbatch to recompute them */
 } PipeStage;

@@ -59,6 +59,8 @@ static PipelinePlan *pipeline_of(const Json *j, const char *path) {
       for (int k = 0; k < RC_KINDS; k++)
         if (!strcmp(rc, rc_names[k])) p->stages[s].recompute = k;
       p->stages[s].sel_t = json_num(stages->items[s], "selective_recompute_s", 0);
+      p->stages[s].fwd_frac = json_num(stages->items[s], "forward_fraction", 0);
+      p->stages[s].wgrad_frac = json_num(stages->items[s], "weight_grad_fraction", 0);
     }
   }
   bool ok = p->schedule < SCHED_KINDS && p->nstages > 0 && p->microbatches > 0 && p->v > 0;
