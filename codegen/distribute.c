@@ -650,8 +650,15 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   }
   int tpg = D->tp_group[R->dev * D->L->dp + R->rep];
   if (sh->mean || sh->post_scale) prog_emit1(&R->step, OP_SCALE, *out, *out)->f[0] = 1.0 / D->tp;
-  if (sh->partial) prog_emit1(&R->step, OP_ALL_REDUCE, *out, *out)->i[0] = tpg;
-  if (sh->cut) *out = reshard(R, i, *out, -1, sh->out);
+  if (sh->cut && sh->partial && sh->out == 0) { /* experts lead: each rank's summed part is one contiguous chunk */
+    Shape part = local_shape(R, n, 0);
+    int whole = *out;
+    *out = buf(R, arena_printf("%s/experts", n->name), n->dtype, &part, BUF_ACT);
+    prog_emit1(&R->step, OP_REDUCE_SCATTER, *out, whole)->i[0] = tpg;
+  } else {
+    if (sh->partial) prog_emit1(&R->step, OP_ALL_REDUCE, *out, *out)->i[0] = tpg;
+    if (sh->cut) *out = reshard(R, i, *out, -1, sh->out);
+  }
   if (inst) return; /* a recomputed value: used here, never sent or counted */
   if (i == D->g->loss) prog_emit1(&R->step, OP_LOSS, -1, *out)->f[0] = 1.0 / (D->m * D->L->dp * D->tp);
   for (int d = 0; d < D->L->pp; d++)
