@@ -429,8 +429,11 @@ static bool shard_graph(Dist *D, FILE *err) {
   for (int i = 0; i < g->nfwd; i++) {
     const Node *n = g->nodes[i];
     if (!D->live[i] || is_leaf(n)) continue;
+    /* its stage's plan; with interleaved chunks, whichever stage plan has it */
     const Plan *pl = D->L->plans[D->vst[i]];
     const Node *pn = find_node(pl->g, n->name);
+    for (int s = 0; s < D->S && !pn; s++)
+      if ((pn = find_node(D->L->plans[s]->g, n->name))) pl = D->L->plans[s];
     if (!pn) {
       fprintf(err, "carve: error: the plan of stage %d has no node %s\n", D->vst[i], n->name);
       return false;

@@ -945,11 +945,11 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
                 .layers_want = MAXGROUPS};
   if (!split) return true;
   const Mesh *m0 = &s0->plan->mesh;
-  if (p->v > 1 || s0->plan->zero == 3) {
-    fprintf(err, "tensor parallelism with %s", p->v > 1 ? "an interleaved schedule" : "ZeRO-3");
+  if (s0->plan->zero == 3) {
+    fprintf(err, "tensor parallelism with ZeRO-3");
     return false;
   }
-  const Plan **plans = arena_alloc(sizeof(Plan *) * (size_t)p->nstages);
+  const Plan **plans = arena_alloc(sizeof(Plan *) * (size_t)(p->nstages * p->v));
   for (int s = 0; s < p->nstages; s++) {
     const Plan *pl = p->stages[s].plan;
     char what[300];
@@ -962,7 +962,7 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
       fprintf(err, "stage %d splits %s over mesh axis 0, where carve lowers only the batch", s, what);
       return false;
     }
-    plans[s] = pl;
+    for (int c = 0; c < p->v; c++) plans[c * p->nstages + s] = pl; /* virtual stage c x pp + s is on device s */
   }
   L->dp = m0->n[0], L->tp = m0->n[1], L->plans = plans;
   return true;

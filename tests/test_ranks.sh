@@ -48,6 +48,7 @@ tp=4
 dp=2,tp=2
 tp=2,zero=1
 pp=2,tp=2,mb=2
+pp=2,tp=2,mb=4,schedule=interleaved
 dp=2,tp=2,pp=2,mb=2"
 
 losses() { grep '^step' "$1" | awk '{print $4}'; }
