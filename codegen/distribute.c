@@ -537,7 +537,8 @@ static int param_value(Rank *R, int p) {
   if (D->L->zero < 3) return R->pbuf[p];
   if (R->gathered[p] < 0) {
     const Node *n = D->g->nodes[p];
-    R->gathered[p] = buf(R, arena_printf("%s/gathered", n->name), DT_F32, &n->shape, BUF_ACT);
+    Shape part = local_shape(R, n, D->sh[p].out);
+    R->gathered[p] = buf(R, arena_printf("%s/gathered", n->name), DT_F32, &part, BUF_ACT);
     prog_emit1(&R->step, OP_ALL_GATHER, R->gathered[p], R->pbuf[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
   }
   return R->gathered[p];
@@ -792,7 +793,12 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
     Instr *in = prog_emit(&R.init, OP_INIT, R.pbuf[i]);
     in->i[0] = n->init;
     in->i[1] = L->zero == 3 ? c * rep : 0;
-    if (D->sh[i].out >= 0) in->i[2] = D->sh[i].out, in->i[3] = D->tp, in->i[4] = t;
+    if (D->sh[i].out >= 0) { /* a tp part: its dims around the split one */
+      int a = D->sh[i].out;
+      int64_t inner = 1;
+      for (int k = a + 1; k < whole.rank; k++) inner *= whole.d[k];
+      in->i[2] = a, in->i[3] = D->tp, in->i[4] = t, in->i[5] = whole.d[a], in->i[6] = inner;
+    }
     in->f[0] = n->init_a;
     in->f[1] = n->init_b;
     if (g->grad[i] < 0) continue;
@@ -815,8 +821,8 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
     return NULL;
   }
   int tp = L->tp > 1 ? L->tp : 1;
-  if (tp > 1 && (!L->plans || L->zero == 3)) {
-    fprintf(err, "carve: error: tensor parallelism needs a plan for every stage, and does not go with ZeRO-3 yet\n");
+  if (tp > 1 && !L->plans) {
+    fprintf(err, "carve: error: tensor parallelism needs a plan for every stage\n");
     return NULL;
   }
   Dist D = {.g = g, .t = t, .L = L, .S = L->pp * L->v, .m = L->microbatches, .world = L->dp * L->pp * tp, .tp = tp};

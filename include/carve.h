@@ -361,7 +361,7 @@ typedef struct Buffer {
   int64_t bytes;
 } Buffer;
 
-#define MAXIATTR 5 /* integer attributes of an instruction */
+#define MAXIATTR 7 /* integer attributes of an instruction */
 typedef struct Instr {
   OpKind op;
   int out; /* buffer id or -1 */

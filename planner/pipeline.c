@@ -945,10 +945,6 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
                 .layers_want = MAXGROUPS};
   if (!split) return true;
   const Mesh *m0 = &s0->plan->mesh;
-  if (s0->plan->zero == 3) {
-    fprintf(err, "tensor parallelism with ZeRO-3");
-    return false;
-  }
   const Plan **plans = arena_alloc(sizeof(Plan *) * (size_t)(p->nstages * p->v));
   for (int s = 0; s < p->nstages; s++) {
     const Plan *pl = p->stages[s].plan;

@@ -116,8 +116,9 @@ static const char *check_instr(const Program *p, const Instr *in) {
     if (in->op == OP_INIT && (in->i[0] < INIT_ZEROS || in->i[0] > INIT_UNIFORM)) return "bad init kind";
     if (in->op == OP_INIT && (in->i[1] < 0 || in->i[1] > (1ll << 48))) return "bad element offset";
     if (in->op == OP_INIT && in->i[3] > 1 &&
-        (in->i[2] < 0 || in->i[2] >= S(p, o)->rank || in->i[3] > (1 << 20) || in->i[4] < 0 || in->i[4] >= in->i[3]))
-      return "bad shard of a split dim";
+        (in->i[3] > (1 << 20) || in->i[4] < 0 || in->i[4] >= in->i[3] || in->i[5] < 1 || in->i[6] < 1 ||
+         in->i[5] > (1ll << 40) || in->i[6] > (1ll << 40)))
+      return "bad part of a split dim";
     if (in->op == OP_LOAD && (in->i[0] < SRC_TOKENS || in->i[0] > SRC_UNIFORM)) return "bad load kind";
     if (in->op == OP_LOAD && (in->i[1] < 0 || in->i[1] > (1ll << 40))) return "bad row offset";
     if (in->op == OP_LOAD && want_i32_out && (in->f[0] < 1 || in->f[0] > 65536)) return "bad token range";
@@ -276,19 +277,17 @@ static void init(Run *R, const Instr *in) {
   float *x = F(R, in->out);
   int64_t n = shape_numel(&b->shape);
   uint64_t key = hash_str(b->name) ^ R->p->seed;
-  uint64_t off = (uint64_t)in->i[1]; /* a flat shard's first element in the whole tensor */
-  /* a shard of dim `axis` split in `parts`: element (o, j, r) of the shard is
-     element (o, part x len + j, r) of the whole tensor */
-  int64_t outer = 1, len = 1, inner = 1, parts = in->i[3] > 1 ? in->i[3] : 1, part = in->i[4];
-  if (parts > 1) {
-    const Shape *s = &b->shape;
-    for (int k = 0; k < s->rank; k++) *(k < in->i[2] ? &outer : k == in->i[2] ? &len : &inner) *= s->d[k];
-  }
+  /* element e is element q = offset + e of the part (a ZeRO-3 shard starts
+     at `offset`); with dim `axis` split in `parts` (the part's dims around
+     it: len, inner), element (o, j, r) of the part is element
+     (o, part x len + j, r) of the whole tensor */
+  uint64_t off = (uint64_t)in->i[1];
+  int64_t parts = in->i[3] > 1 ? in->i[3] : 1, part = in->i[4], len = in->i[5], inner = in->i[6];
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t e = 0; e < n; e++) {
     uint64_t i = off + (uint64_t)e; /* the element's index in the whole tensor */
     if (parts > 1) {
-      int64_t o = e / (len * inner), j = e / inner % len, r = e % inner;
+      int64_t q = (int64_t)i, o = q / (len * inner), j = q / inner % len, r = q % inner;
       i = (uint64_t)((o * parts * len + part * len + j) * inner + r);
     }
     switch (in->i[0]) {
@@ -653,11 +652,11 @@ void runtime_free(Runtime *rt) {
   free(rt);
 }
 
-/* Writes every parameter this rank holds: "name numel offset axis parts
-   part rank d0 d1 ...\n", then the raw floats. offset: a ZeRO-3 shard's first
-   element in the flat tensor; axis, parts, part: a tensor-parallel part, one
-   of `parts` slices of dim `axis` (parts 0: whole); d: the buffer's shape.
-   Tests compare runs on different rank counts with it. */
+/* Writes every parameter this rank holds: "name numel offset parts part
+   len inner\n", then the raw floats: element e is element offset + e of the
+   tensor (a ZeRO-3 shard) or of this rank's part of it, one of `parts`
+   slices of a dim with `len` elements of it here and `inner` elements in the
+   dims after it (see init). Tests compare runs on different rank counts. */
 bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
   const Program *p = rt->r.p;
   FILE *f = fopen(path, "wb");
@@ -668,10 +667,9 @@ bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
     int64_t at[MAXIATTR] = {0};
     for (int i = 0; i < p->ninit; i++)
       if (p->init[i].op == OP_INIT && p->init[i].out == b) memcpy(at, p->init[i].i, sizeof at);
-    ok = fprintf(f, "%s %lld %lld %lld %lld %lld %d", B->name, (long long)shape_numel(&B->shape), (long long)at[1],
-                 (long long)at[2], (long long)at[3], (long long)at[4], B->shape.rank) > 0;
-    for (int k = 0; k < B->shape.rank; k++) fprintf(f, " %lld", (long long)B->shape.d[k]);
-    ok = ok && fputc('\n', f) != EOF && fwrite(rt->r.arena + B->offset, 1, (size_t)B->bytes, f) == (size_t)B->bytes;
+    ok = fprintf(f, "%s %lld %lld %lld %lld %lld %lld\n", B->name, (long long)shape_numel(&B->shape), (long long)at[1],
+                 (long long)at[3], (long long)at[4], (long long)at[5], (long long)at[6]) > 0 &&
+         fwrite(rt->r.arena + B->offset, 1, (size_t)B->bytes, f) == (size_t)B->bytes;
   }
   if (f) ok &= fclose(f) == 0;
   if (!ok) fprintf(err, "carve: error: cannot write parameters to '%s': %s\n", path, strerror(errno));

@@ -16,20 +16,17 @@
 
 typedef struct Piece {
   char name[512];
-  long long n, offset, axis, parts, part;
-  int rank;
-  long long d[8];
+  long long n, offset, parts, part, len, inner;
   float *v;
 } Piece;
 
-/* The index in the whole tensor of element e of a piece. */
+/* The index in the whole tensor of element e of a piece (see carve run
+   --save-params). */
 static long long whole_index(const Piece *p, long long e) {
-  if (p->parts <= 1) return p->offset + e;
-  long long outer = 1, len = p->d[p->axis], inner = 1;
-  for (int k = 0; k < p->rank; k++)
-    if (k != p->axis) *(k < p->axis ? &outer : &inner) *= p->d[k];
-  long long o = e / (len * inner), j = e / inner % len, r = e % inner;
-  return (o * p->parts * len + p->part * len + j) * inner + r;
+  long long q = p->offset + e;
+  if (p->parts <= 1) return q;
+  long long o = q / (p->len * p->inner), j = q / p->inner % p->len, r = q % p->inner;
+  return (o * p->parts * p->len + p->part * p->len + j) * p->inner + r;
 }
 
 static Piece *load(const char *prefix, int ranks, int *count) {
@@ -44,12 +41,9 @@ static Piece *load(const char *prefix, int ranks, int *count) {
       exit(1);
     }
     Piece p;
-    while (fscanf(f, "%511s %lld %lld %lld %lld %lld %d", p.name, &p.n, &p.offset, &p.axis, &p.parts, &p.part,
-                  &p.rank) == 7) {
-      if (p.rank < 0 || p.rank > 8) break;
-      for (int k = 0; k < p.rank; k++)
-        if (fscanf(f, "%lld", &p.d[k]) != 1) p.rank = -1;
-      if (p.rank < 0 || fgetc(f) != '\n' || p.n < 0 || p.offset < 0 || (p.parts > 1 && p.axis >= p.rank)) break;
+    while (fscanf(f, "%511s %lld %lld %lld %lld %lld %lld", p.name, &p.n, &p.offset, &p.parts, &p.part, &p.len,
+                  &p.inner) == 7) {
+      if (fgetc(f) != '\n' || p.n < 0 || p.offset < 0 || (p.parts > 1 && (p.len < 1 || p.inner < 1))) break;
       p.v = malloc(sizeof(float) * (size_t)(p.n + 1));
       if (fread(p.v, sizeof(float), (size_t)p.n, f) != (size_t)p.n) {
         fprintf(stderr, "param_compare: %s: truncated at %s\n", path, p.name);

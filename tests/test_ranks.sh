@@ -47,6 +47,7 @@ tp=2
 tp=4
 dp=2,tp=2
 tp=2,zero=1
+dp=2,tp=2,zero=3
 pp=2,tp=2,mb=2
 pp=2,tp=2,mb=4,schedule=interleaved
 dp=2,tp=2,pp=2,mb=2"
