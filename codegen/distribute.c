@@ -587,6 +587,13 @@ static int reshard(Rank *R, int u, int b, int from, int to) {
   const Dist *D = R->D;
   const Node *n = D->g->nodes[u];
   int group = D->tp_group[R->dev * D->L->dp + R->rep];
+  if (from >= 0 && to >= 0) { /* from one split to another: each rank sends each other rank its part */
+    Shape ls = local_shape(R, n, to);
+    Instr *in = prog_emit1(&R->step, OP_ALL_TO_ALL_DIM,
+                           buf(R, arena_printf("%s/split%d", n->name, to), n->dtype, &ls, BUF_ACT), b);
+    in->i[0] = group, in->i[1] = from, in->i[2] = to;
+    return in->out;
+  }
   if (from >= 0) {
     b = prog_emit1(&R->step, OP_GATHER_DIM, buf(R, arena_printf("%s/whole", n->name), n->dtype, &n->shape, BUF_ACT), b)
             ->out;

@@ -458,6 +458,8 @@ struct Transport {
   bool (*all_gather)(Transport *t, int group, const float *in, int64_t chunk, float *out);
   /* in holds chunk x group size floats; out gets the sum of this member's chunk */
   bool (*reduce_scatter)(Transport *t, int group, const float *in, int64_t chunk, float *out);
+  /* chunk k of in goes to member k; out gets every member's chunk for this one, in rank order */
+  bool (*all_to_all)(Transport *t, int group, const float *in, int64_t chunk, float *out);
   /* send returns at once (the data is copied or in flight; buf may be reused);
      recv blocks until the message from peer with this tag has arrived */
   bool (*send)(Transport *t, const void *buf, int64_t bytes, int peer, int tag);

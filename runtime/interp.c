@@ -71,7 +71,7 @@ static const char *check_comm(const Program *p, const Instr *in) {
   int pos = group_pos(p, in->i[0], p->rank);
   if (pos < 0) return "this rank is not in the instruction's group";
   int size = p->group_size[in->i[0]];
-  bool moves = in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM;
+  bool moves = in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM || in->op == OP_ALL_TO_ALL_DIM;
   if (moves ? p->bufs[o].dtype != p->bufs[x].dtype : p->bufs[o].dtype != DT_F32 || p->bufs[x].dtype != DT_F32)
     return "expected f32 buffers";
   if (in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM) { /* the whole tensor is `size` parts along axis */
@@ -80,6 +80,15 @@ static const char *check_comm(const Program *p, const Instr *in) {
     if (a < 0 || a >= whole->rank || whole->rank != part->rank) return "axis out of range";
     for (int k = 0; k < whole->rank; k++)
       if (whole->d[k] != (k == a ? part->d[k] * size : part->d[k])) return "shapes are not the group's parts";
+    return NULL;
+  }
+  if (in->op == OP_ALL_TO_ALL_DIM) { /* split along `from` in, along `to` out */
+    const Shape *a = S(p, x), *b = S(p, o);
+    int64_t f = in->i[1], t = in->i[2];
+    if (f < 0 || t < 0 || f == t || f >= a->rank || t >= a->rank || a->rank != b->rank) return "axes out of range";
+    for (int k = 0; k < a->rank; k++)
+      if (k == f ? b->d[k] != a->d[k] * size : k == t ? a->d[k] != b->d[k] * size : a->d[k] != b->d[k])
+        return "shapes are not the group's parts";
     return NULL;
   }
   switch (in->op) {
@@ -95,7 +104,7 @@ static const char *check_instr(const Program *p, const Instr *in) {
   const Shape *os = o >= 0 ? S(p, o) : NULL;
   for (int k = 0; k < in->nin; k++)
     if (in->in[k] < 0) return "missing input buffer";
-  bool moves = in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM; /* any 4-byte dtype, kept */
+  bool moves = in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM || in->op == OP_ALL_TO_ALL_DIM; /* 4-byte, kept */
   bool want_i32_out =
       (moves && in->nin == 1 && B[in->in[0]].dtype == DT_I32) ||
       (in->op == OP_LOAD && (in->i[0] == SRC_TOKENS || in->i[0] == SRC_NEXT_TOKENS || in->i[0] == SRC_CLASSES));
@@ -108,6 +117,7 @@ static const char *check_instr(const Program *p, const Instr *in) {
   case OP_SHARD:
   case OP_GATHER_DIM:
   case OP_SPLIT_DIM:
+  case OP_ALL_TO_ALL_DIM:
   case OP_SEND:
   case OP_RECV: return check_comm(p, in);
   case OP_FILL:
@@ -406,6 +416,27 @@ static const char *communicate(Run *R, const Instr *in) {
       }
     break;
   }
+  case OP_ALL_TO_ALL_DIM: { /* cut along `to` and send part k to member k; place what member k sends as part k
+                              along `from` */
+    int64_t f = in->i[1], to = in->i[2], parts = p->group_size[g], n = N(p, x) / parts;
+    const Shape *xs = S(p, x), *ys = S(p, o);
+    int64_t ot = 1, lt = ys->d[to], it = 1, of = 1, lf = xs->d[f], inf = 1;
+    for (int k = 0; k < xs->rank; k++) {
+      if (k != to) *(k < to ? &ot : &it) *= xs->d[k];
+      if (k != f) *(k < f ? &of : &inf) *= ys->d[k];
+    }
+    float *send = pad_buf(R, 2 * n * parts), *recv = send + n * parts;
+    const float *src = F(R, x);
+    for (int64_t k = 0; k < parts; k++)
+      for (int64_t a = 0; a < ot; a++)
+        memcpy(send + k * n + a * lt * it, src + (a * parts + k) * lt * it, sizeof(float) * (size_t)(lt * it));
+    ok = t->all_to_all(t, g, send, n, recv);
+    float *dst = F(R, o);
+    for (int64_t k = 0; k < parts; k++)
+      for (int64_t a = 0; a < of; a++)
+        memcpy(dst + (a * parts + k) * lf * inf, recv + k * n + a * lf * inf, sizeof(float) * (size_t)(lf * inf));
+    break;
+  }
   default: CARVE_ASSERT(0, "not a communication instruction");
   }
   R->comm_s += now_seconds() - t0;
@@ -521,6 +552,7 @@ static void exec(Run *R, const Instr *in) {
   case OP_SHARD:
   case OP_GATHER_DIM:
   case OP_SPLIT_DIM:
+  case OP_ALL_TO_ALL_DIM:
   case OP_SEND:
   case OP_RECV: R->error = communicate(R, in); break;
   default: CARVE_ASSERT(0, "instruction checked but not executable");
@@ -678,7 +710,7 @@ bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
 
 static bool is_comm(OpKind op) {
   return op == OP_ALL_REDUCE || op == OP_ALL_GATHER || op == OP_REDUCE_SCATTER || op == OP_GATHER_DIM ||
-         op == OP_SEND || op == OP_RECV;
+         op == OP_ALL_TO_ALL_DIM || op == OP_SEND || op == OP_RECV;
 }
 
 /* The traced step as Chrome trace events, one track per rank: compute and

@@ -87,6 +87,7 @@ Transport *transport_local(void) {
                    .all_reduce = local_all_reduce,
                    .all_gather = local_copy,
                    .reduce_scatter = local_copy,
+                   .all_to_all = local_copy,
                    .send = local_send,
                    .recv = local_recv,
                    .flush = local_flush,
@@ -166,6 +167,12 @@ static bool mpi_reduce_scatter(Transport *t, int group, const float *in, int64_t
   return count_fits(t, chunk) &&
          mpi_ok(t, MPI_Reduce_scatter_block(in, out, (int)chunk, MPI_FLOAT, MPI_SUM, comm_of(t, group)),
                 "MPI_Reduce_scatter_block");
+}
+
+static bool mpi_all_to_all(Transport *t, int group, const float *in, int64_t chunk, float *out) {
+  return count_fits(t, chunk) &&
+         mpi_ok(t, MPI_Alltoall(in, (int)chunk, MPI_FLOAT, out, (int)chunk, MPI_FLOAT, comm_of(t, group)),
+                "MPI_Alltoall");
 }
 
 /* Frees the staging blocks of completed sends; with `all`, waits for all. */
@@ -275,6 +282,7 @@ Transport *transport_open(int *argc, char ***argv) {
                    .all_reduce = mpi_all_reduce,
                    .all_gather = mpi_all_gather,
                    .reduce_scatter = mpi_reduce_scatter,
+                   .all_to_all = mpi_all_to_all,
                    .send = mpi_send,
                    .recv = mpi_recv,
                    .flush = mpi_flush,
