@@ -54,7 +54,12 @@ typedef struct Dist {
   const Graph *g;
   const Train *t;
   const Layout *L;
-  int S, m, world;
+  int S, world;
+  int U, M;     /* graph instances ("units") per microbatch and per step: a stage of dp replicas gives each U / dp */
+  int *dpd;     /* device -> its replicas */
+  int *base;    /* device -> its first rank */
+  int *repbase; /* device -> replicas on earlier devices */
+  int maxdp;
   Schedule *sched;
   int *vst;         /* node -> virtual stage, -1 for leaves and add-chain nodes */
   bool *live;       /* node is emitted */
@@ -96,7 +101,9 @@ static int dev_of(const Dist *D, int vs) { return vs % D->L->pp; }
 static int rc_of(const Dist *D, int vs) { /* RC_NONE, RC_SELECTIVE or RC_FULL */
   return D->L->stage_recompute ? D->L->stage_recompute[vs % D->L->pp] : D->L->recompute;
 }
-static int rank_of(const Dist *D, int dev, int rep, int t) { return (dev * D->L->dp + rep) * D->tp + t; }
+static int rank_of(const Dist *D, int dev, int rep, int t) { return D->base[dev] + rep * D->tp + t; }
+/* the replica of device dev that runs unit q */
+static int owner(const Dist *D, int dev, int q) { return q % D->U / (D->U / D->dpd[dev]); }
 
 static int intern_group(Dist *D, const int *ranks, int n) {
   for (int g = 0; g < D->ngroups; g++)
@@ -243,34 +250,34 @@ static void make_groups(Dist *D) {
   for (int k = 0; k < D->world; k++) r[k] = k;
   D->world_group = intern_group(D, r, D->world);
   D->dp_group = arena_alloc(sizeof(int) * (size_t)(P * T));
-  D->tp_group = arena_alloc(sizeof(int) * (size_t)(P * L->dp));
+  D->tp_group = arena_alloc(sizeof(int) * (size_t)(D->repbase[P - 1] + D->dpd[P - 1]));
   for (int d = 0; d < P; d++) {
     for (int t = 0; t < T; t++) {
-      for (int j = 0; j < L->dp; j++) r[j] = rank_of(D, d, j, t);
-      D->dp_group[d * T + t] = intern_group(D, r, L->dp);
+      for (int j = 0; j < D->dpd[d]; j++) r[j] = rank_of(D, d, j, t);
+      D->dp_group[d * T + t] = intern_group(D, r, D->dpd[d]);
     }
-    for (int j = 0; j < L->dp; j++) {
+    for (int j = 0; j < D->dpd[d]; j++) {
       for (int t = 0; t < T; t++) r[t] = rank_of(D, d, j, t);
-      D->tp_group[d * L->dp + j] = intern_group(D, r, T);
+      D->tp_group[D->repbase[d] + j] = intern_group(D, r, T);
     }
   }
   const Graph *g = D->g;
   D->hold_group = arena_alloc(sizeof(int) * (size_t)g->nfwd * (size_t)T);
-  D->tie_group = arena_alloc(sizeof(int) * (size_t)g->nfwd * (size_t)(L->dp * T));
+  D->tie_group = arena_alloc(sizeof(int) * (size_t)g->nfwd * (size_t)(D->maxdp * T));
   for (int p = 0; p < g->nfwd; p++) {
     if (g->nodes[p]->op != OP_PARAM || g->grad[p] < 0 || !D->ndev[p]) continue;
     for (int t = 0; t < T; t++) {
       int n = 0;
       for (int d = 0; d < P; d++)
         if (D->held[(size_t)p * P + d])
-          for (int j = 0; j < L->dp; j++) r[n++] = rank_of(D, d, j, t);
+          for (int j = 0; j < D->dpd[d]; j++) r[n++] = rank_of(D, d, j, t);
       if (L->zero == 0) D->hold_group[(size_t)p * T + t] = intern_group(D, r, n);
       if (L->zero == 0 || D->ndev[p] < 2) continue;
-      for (int j = 0; j < L->dp; j++) {
+      for (int j = 0; j < D->maxdp; j++) { /* copies of one replica's shard (equal replicas: checked) */
         n = 0;
         for (int d = 0; d < P; d++)
-          if (D->held[(size_t)p * P + d]) r[n++] = rank_of(D, d, j, t);
-        D->tie_group[((size_t)p * L->dp + j) * T + t] = intern_group(D, r, n);
+          if (D->held[(size_t)p * P + d] && j < D->dpd[d]) r[n++] = rank_of(D, d, j, t);
+        D->tie_group[((size_t)p * D->maxdp + j) * T + t] = intern_group(D, r, n);
       }
     }
   }
@@ -524,12 +531,12 @@ static Shape local_shape(const Rank *R, const Node *n, int split) {
 static int64_t chunk_of(int64_t numel, int members) { return (numel + members - 1) / members; }
 
 static int *slot(Rank *R, int node, int mb, int inst) {
-  return &R->have[((size_t)node * (size_t)R->D->m + (size_t)mb) * 2 + (size_t)inst];
+  return &R->have[((size_t)node * (size_t)R->D->M + (size_t)mb) * 2 + (size_t)inst];
 }
 
 static const char *inst_name(const Rank *R, const Node *n, int mb, int inst) {
-  if (R->D->m == 1 && !inst) return n->name;
-  return arena_printf("%s%s%s", n->name, R->D->m > 1 ? arena_printf("#%d", mb) : "", inst ? "/re" : "");
+  if (R->D->M == 1 && !inst) return n->name;
+  return arena_printf("%s%s%s", n->name, R->D->M > 1 ? arena_printf("#%d", mb) : "", inst ? "/re" : "");
 }
 
 static int param_value(Rank *R, int p) {
@@ -558,7 +565,7 @@ static int value(Rank *R, int u, int mb, int inst) {
       *have = buf(R, n->name, n->dtype, &n->shape, BUF_INPUT);
       Instr *in = prog_emit(&R->step, OP_LOAD, *have);
       in->i[0] = n->init;
-      in->i[1] = ((int64_t)mb * D->L->dp + R->rep) * (n->shape.rank ? n->shape.d[0] : 1);
+      in->i[1] = (int64_t)mb * (n->shape.rank ? n->shape.d[0] : 1); /* unit mb's rows of the step's batch */
       in->f[0] = n->init_a;
       in->f[1] = n->init_b;
     }
@@ -570,8 +577,8 @@ static int value(Rank *R, int u, int mb, int inst) {
       Shape ls = local_shape(R, n, D->sh[u].out);
       *have = buf(R, inst_name(R, n, mb, 0), n->dtype, &ls, BUF_ACT);
       Instr *in = prog_emit(&R->step, OP_RECV, *have);
-      in->i[0] = rank_of(D, from, R->rep, R->t);
-      in->i[1] = u * D->m + mb;
+      in->i[0] = rank_of(D, from, owner(D, from, mb), R->t);
+      in->i[1] = u * D->M + mb;
     }
     return *have;
   }
@@ -586,7 +593,7 @@ static int reshard(Rank *R, int u, int b, int from, int to) {
   if (from == to) return b;
   const Dist *D = R->D;
   const Node *n = D->g->nodes[u];
-  int group = D->tp_group[R->dev * D->L->dp + R->rep];
+  int group = D->tp_group[D->repbase[R->dev] + R->rep];
   if (from >= 0 && to >= 0) { /* from one split to another: each rank sends each other rank its part */
     Shape ls = local_shape(R, n, to);
     Instr *in = prog_emit1(&R->step, OP_ALL_TO_ALL_DIM,
@@ -628,7 +635,7 @@ static void accumulate(Rank *R, int p, int cnode, int c) {
   }
   if (R->gcount[p] < D->ncontrib[(size_t)p * D->L->pp + R->dev]) return;
   R->gcount[p] = 0;
-  Shape cs = flat(chunk_of(shape_numel(&pl), D->L->dp));
+  Shape cs = flat(chunk_of(shape_numel(&pl), D->dpd[R->dev]));
   int part = buf(R, arena_printf("%s.grad/part", pn->name), DT_F32, &cs, BUF_ACT);
   prog_emit1(&R->step, OP_REDUCE_SCATTER, part, R->gmb[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
   prog_emit1(&R->step, OP_ACC, R->gacc[p], part);
@@ -659,7 +666,7 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
       len += snprintf(in->spec + len, sizeof in->spec - (size_t)len, "%s%s", k ? "," : "", n->labels[k]);
     snprintf(in->spec + len, sizeof in->spec - (size_t)len, "->%s", n->labels[n->nin]);
   }
-  int tpg = D->tp_group[R->dev * D->L->dp + R->rep];
+  int tpg = D->tp_group[D->repbase[R->dev] + R->rep];
   if (sh->mean || sh->post_scale) prog_emit1(&R->step, OP_SCALE, *out, *out)->f[0] = 1.0 / D->tp;
   if (sh->cut && sh->partial && sh->out == 0) { /* experts lead: each rank's summed part is one contiguous chunk */
     Shape part = local_shape(R, n, 0);
@@ -671,35 +678,48 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
     if (sh->cut) *out = reshard(R, i, *out, -1, sh->out);
   }
   if (inst) return; /* a recomputed value: used here, never sent or counted */
-  if (i == D->g->loss) prog_emit1(&R->step, OP_LOSS, -1, *out)->f[0] = 1.0 / (D->m * D->L->dp * D->tp);
+  if (i == D->g->loss) prog_emit1(&R->step, OP_LOSS, -1, *out)->f[0] = 1.0 / (D->M * D->tp);
   for (int d = 0; d < D->L->pp; d++)
     if (D->need[(size_t)i * D->L->pp + d]) {
       Instr *s = prog_emit1(&R->step, OP_SEND, -1, *out);
-      s->i[0] = rank_of(D, d, R->rep, R->t);
-      s->i[1] = i * D->m + mb;
+      s->i[0] = rank_of(D, d, owner(D, d, mb), R->t);
+      s->i[1] = i * D->M + mb;
     }
   for (int k = 0; k < D->feeds[i].n; k++) accumulate(R, (int)(intptr_t)D->feeds[i].v[k], i, *out);
 }
 
+/* A task of microbatch t.mb: the units of it this replica runs, one after
+   another (a stage of fewer replicas runs more units per microbatch). */
 static void emit_task(Rank *R, Task t) {
   const Dist *D = R->D;
   const Graph *g = D->g;
   for (int p = 0; p < g->nfwd; p++) R->gathered[p] = -1;
-  int rc = rc_of(D, t.stage);
-  if (t.phase == TASK_B && rc != RC_NONE) /* remake what the forward did not keep */
-    for (int i = 0; i < g->nfwd; i++)
-      if (D->live[i] && D->vst[i] == t.stage && (rc == RC_FULL || D->sel[i])) emit_node(R, i, t.mb, 1);
-  int lo = t.phase == TASK_F ? 0 : g->nfwd, hi = t.phase == TASK_F ? g->nfwd : g->n;
-  for (int i = lo; i < hi; i++) {
-    if (!D->live[i] || D->vst[i] != t.stage) continue;
-    if (t.phase != TASK_F && D->wphase[i] != (t.phase == TASK_W)) continue;
-    emit_node(R, i, t.mb, 0);
+  int rc = rc_of(D, t.stage), per = D->U / D->dpd[R->dev];
+  for (int w = 0; w < per; w++) {
+    int q = t.mb * D->U + R->rep * per + w;
+    if (t.phase == TASK_B && rc != RC_NONE) /* remake what the forward did not keep */
+      for (int i = 0; i < g->nfwd; i++)
+        if (D->live[i] && D->vst[i] == t.stage && (rc == RC_FULL || D->sel[i])) emit_node(R, i, q, 1);
+    int lo = t.phase == TASK_F ? 0 : g->nfwd, hi = t.phase == TASK_F ? g->nfwd : g->n;
+    for (int i = lo; i < hi; i++) {
+      if (!D->live[i] || D->vst[i] != t.stage) continue;
+      if (t.phase != TASK_F && D->wphase[i] != (t.phase == TASK_W)) continue;
+      emit_node(R, i, q, 0);
+    }
   }
 }
 
 static bool trainable_here(const Rank *R, int p) {
   const Dist *D = R->D;
   return D->g->nodes[p]->op == OP_PARAM && D->g->grad[p] >= 0 && D->held[(size_t)p * D->L->pp + R->dev];
+}
+
+/* Ranks at one tp position holding parameter p: its devices' replicas. */
+static int holders(const Dist *D, int p) {
+  int n = 0;
+  for (int d = 0; d < D->L->pp; d++)
+    if (D->held[(size_t)p * D->L->pp + d]) n += D->dpd[d];
+  return n;
 }
 
 /* Gradient sums, norm, clipping and the optimizer, once per step. */
@@ -721,7 +741,7 @@ static void emit_update(Rank *R) {
     }
     Shape pl = local_shape(R, pn, D->sh[p].out);
     if (L->zero == 1) {
-      Shape cs = flat(chunk_of(shape_numel(&pl), L->dp));
+      Shape cs = flat(chunk_of(shape_numel(&pl), D->dpd[R->dev]));
       shard_grad[p] = buf(R, arena_printf("%s.grad/part", pn->name), DT_F32, &cs, BUF_ACT);
       prog_emit1(&R->step, OP_REDUCE_SCATTER, shard_grad[p], R->gacc[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
     } else {
@@ -729,7 +749,7 @@ static void emit_update(Rank *R) {
     }
     if (D->ndev[p] > 1)
       prog_emit1(&R->step, OP_ALL_REDUCE, shard_grad[p], shard_grad[p])->i[0] =
-          D->tie_group[((size_t)p * L->dp + R->rep) * D->tp + R->t];
+          D->tie_group[((size_t)p * D->maxdp + R->rep) * D->tp + R->t];
   }
   int clip = buf(R, "grad_clip_factor", DT_F32, &scalar, BUF_SCALAR);
   if (t->clip > 0) {
@@ -738,7 +758,7 @@ static void emit_update(Rank *R) {
     for (int p = 0; p < g->nfwd; p++)
       if (shard_grad[p] >= 0) /* weighed by how many ranks hold the same elements */
         prog_emit1(&R->step, OP_SUMSQ, ss, shard_grad[p])->f[0] =
-            1.0 / (D->ndev[p] * (L->zero ? 1 : L->dp) * (D->sh[p].out < 0 ? D->tp : 1));
+            1.0 / ((L->zero ? D->ndev[p] : holders(D, p)) * (D->sh[p].out < 0 ? D->tp : 1));
     if (D->world > 1) prog_emit1(&R->step, OP_ALL_REDUCE, ss, ss)->i[0] = D->world_group;
     prog_emit1(&R->step, OP_CLIP, clip, ss)->f[0] = t->clip;
   } else {
@@ -748,7 +768,7 @@ static void emit_update(Rank *R) {
     if (shard_grad[p] < 0) continue;
     const Node *n = g->nodes[p];
     Shape pl = local_shape(R, n, D->sh[p].out);
-    Shape ss = L->zero ? flat(chunk_of(shape_numel(&pl), L->dp)) : pl;
+    Shape ss = L->zero ? flat(chunk_of(shape_numel(&pl), D->dpd[R->dev])) : pl;
     int target = R->pbuf[p];
     if (L->zero == 1 || L->zero == 2) { /* update this replica's part, then share it */
       target = buf(R, arena_printf("%s/part", n->name), DT_F32, &ss, BUF_ACT);
@@ -769,11 +789,11 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   p->rank = rank_of(D, dev, rep, t);
   p->world = D->world;
   p->seed = seed;
-  p->microbatches = D->m;
+  p->microbatches = D->M;
   p->ngroups = D->ngroups;
   p->group_size = D->gsize;
   p->group_ranks = D->granks;
-  size_t slots = (size_t)g->n * (size_t)D->m * 2;
+  size_t slots = (size_t)g->n * (size_t)D->M * 2;
   R.have = arena_alloc(sizeof(int) * slots);
   for (size_t k = 0; k < slots; k++) R.have[k] = -1;
   R.pbuf = arena_alloc(sizeof(int) * (size_t)g->nfwd);
@@ -782,19 +802,19 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   R.gcount = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   R.gathered = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   for (int i = 0; i < g->n; i++) /* model FLOPs of the whole step, every rank's share */
-    if (g->nodes[i]->op == OP_EINSUM && D->live[i]) p->flops_per_step += node_flops(g, g->nodes[i]) * D->m * L->dp;
+    if (g->nodes[i]->op == OP_EINSUM && D->live[i]) p->flops_per_step += node_flops(g, g->nodes[i]) * D->M;
   for (int i = 0; i < g->nfwd; i++) {
     const Node *n = g->nodes[i];
     R.pbuf[i] = R.gacc[i] = -1;
     if (D->live[i] && n->op == OP_INPUT && n->init == SRC_TOKENS) {
-      p->tokens_per_step = shape_numel(&n->shape) * D->m * L->dp;
+      p->tokens_per_step = shape_numel(&n->shape) * D->M;
       p->vocab = (int64_t)n->init_a;
     }
     if (n->op != OP_PARAM || !D->held[(size_t)i * L->pp + dev]) continue;
     /* ZeRO 3 keeps this replica's part of the flat parameter, drawn from
        the same random stream at the same element indices */
     Shape whole = local_shape(&R, n, D->sh[i].out); /* a tp part: a slice of one dim */
-    int64_t numel = shape_numel(&whole), c = chunk_of(numel, L->dp);
+    int64_t numel = shape_numel(&whole), c = chunk_of(numel, D->dpd[dev]);
     Shape ps = L->zero == 3 ? flat(c) : whole;
     R.pbuf[i] = buf(&R, n->name, DT_F32, &ps, BUF_PARAM);
     Instr *in = prog_emit(&R.init, OP_INIT, R.pbuf[i]);
@@ -821,6 +841,23 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   return p;
 }
 
+static int gcd(int a, int b) { return b ? gcd(b, a % b) : a; }
+
+int layout_units(const Layout *L) {
+  int u = 1;
+  for (int d = 0; d < L->pp; d++) {
+    int dp = L->stage_dp ? L->stage_dp[d] : L->dp;
+    if (dp > 0) u = u / gcd(u, dp) * dp;
+  }
+  return u;
+}
+
+int layout_world(const Layout *L) {
+  int n = 0;
+  for (int d = 0; d < L->pp; d++) n += L->stage_dp ? L->stage_dp[d] : L->dp;
+  return n * (L->tp > 1 ? L->tp : 1);
+}
+
 Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, FILE *err) {
   CARVE_ASSERT(g->grad, "codegen takes a training graph");
   if (L->dp < 1 || L->pp < 1 || L->v < 1 || L->microbatches < 1 || L->zero < 0 || L->zero > 3) {
@@ -832,25 +869,49 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
     fprintf(err, "carve: error: tensor parallelism needs a plan for every stage\n");
     return NULL;
   }
-  Dist D = {.g = g, .t = t, .L = L, .S = L->pp * L->v, .m = L->microbatches, .world = L->dp * L->pp * tp, .tp = tp};
-  if ((int64_t)g->n * D.m >= (1 << 30)) {
-    fprintf(err, "carve: error: %d nodes x %d microbatches is too many to tag messages\n", g->n, D.m);
+  Dist D = {.g = g, .t = t, .L = L, .S = L->pp * L->v, .tp = tp, .U = layout_units(L)};
+  D.M = L->microbatches * D.U;
+  D.dpd = arena_alloc(sizeof(int) * (size_t)L->pp);
+  D.base = arena_alloc(sizeof(int) * (size_t)L->pp);
+  D.repbase = arena_alloc(sizeof(int) * (size_t)L->pp);
+  for (int d = 0; d < L->pp; d++) {
+    D.dpd[d] = L->stage_dp ? L->stage_dp[d] : L->dp;
+    if (D.dpd[d] < 1) {
+      fprintf(err, "carve: error: stage %d has no replicas\n", d);
+      return NULL;
+    }
+    D.repbase[d] = d ? D.repbase[d - 1] + D.dpd[d - 1] : 0;
+    D.base[d] = D.repbase[d] * tp;
+    D.maxdp = D.dpd[d] > D.maxdp ? D.dpd[d] : D.maxdp;
+  }
+  D.world = (D.repbase[L->pp - 1] + D.dpd[L->pp - 1]) * tp;
+  if ((int64_t)g->n * D.M >= (1 << 30)) {
+    fprintf(err, "carve: error: %d nodes x %d microbatch units is too many to tag messages\n", g->n, D.M);
     return NULL;
   }
-  D.sched = schedule_make((SchedKind)L->schedule, L->pp, D.m, L->v, err);
+  D.sched = schedule_make((SchedKind)L->schedule, L->pp, L->microbatches, L->v, err);
   if (!D.sched || !analyse(&D, err) || !shard_graph(&D, err)) return NULL;
   D.sel = selective_nodes(g);
+  for (int p = 0; p < g->nfwd && L->zero; p++) /* a tied parameter's shards must line up across its copies */
+    for (int d = 0; d < L->pp && D.ndev[p] > 1; d++)
+      for (int e = 0; e < L->pp; e++)
+        if (D.held[(size_t)p * L->pp + d] && D.held[(size_t)p * L->pp + e] && D.dpd[d] != D.dpd[e]) {
+          fprintf(err, "carve: error: %s is on stages %d and %d, which have %d and %d replicas: ZeRO %d would shard "
+                  "it differently on each; use ZeRO 0 or equal replicas\n", g->nodes[p]->name, d, e, D.dpd[d],
+                  D.dpd[e], L->zero);
+          return NULL;
+        }
   make_groups(&D);
   Program **progs = arena_alloc(sizeof(Program *) * (size_t)D.world);
   for (int d = 0; d < L->pp; d++)
-    for (int j = 0; j < L->dp; j++)
+    for (int j = 0; j < D.dpd[d]; j++)
       for (int q = 0; q < tp; q++) progs[rank_of(&D, d, j, q)] = emit_rank(&D, d, j, q, seed);
   return progs;
 }
 
 Program **compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
                          FILE *err) {
-  int64_t total = (int64_t)L->microbatches * L->dp;
+  int64_t total = (int64_t)L->microbatches * layout_units(L);
   if (total < 1 || total > 1 << 20) {
     fprintf(err, "carve: error: %lld microbatches x replicas is out of range\n", (long long)total);
     return NULL;

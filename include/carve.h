@@ -411,11 +411,16 @@ typedef struct Layout {
   int zero;                        /* ZeRO stage 0-3 over each device's replicas */
   int recompute;                   /* 0 none, 1 selective, 2 full (planner.h RC_*), for every stage ... */
   const int *stage_recompute;      /* ... or per pipeline stage (NULL: recompute) */
+  const int *stage_dp;             /* per pipeline stage, its replicas (NULL: dp for every stage) */
   const int *stage_last;           /* per virtual stage, its last layer; NULL: equal spans */
   int layers_want;                 /* layers to cut a model without repeat blocks into (0: one per stage) */
 } Layout;
-/* One program per rank, indexed by rank. g is one microbatch of one
- * replica: built at batch / (m dp), its loss gradient seeded with 1 / (m dp).
+/* Graph instances ("units") per microbatch: the lcm of the stages' replica
+ * counts (each replica of a stage runs units / its replicas of them). */
+int layout_units(const Layout *L);
+int layout_world(const Layout *L); /* ranks */
+/* One program per rank, indexed by rank. g is one unit: built at
+ * batch / (m units), its loss gradient seeded with 1 / (m units).
  * NULL with a message when the layout does not fit the model. */
 Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, FILE *err);
 /* The same from a model file: loads it at the microbatch size, differentiates it. */

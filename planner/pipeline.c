@@ -911,19 +911,21 @@ static bool axis0_beyond_batch(const Plan *pl, char *what, size_t n) {
 }
 
 /* A plan as a program layout. Stages whose parameters are all whole are
-   data parallel over all their devices; otherwise each stage's n0 x n1 mesh
-   becomes n0 replicas (the batch on axis 0) of n1 tensor-parallel ranks that
-   follow the stage plan's axis 1. stage_last needs one int per stage. */
+   data parallel over all their devices (stages may differ in devices);
+   otherwise each stage's n0 x n1 mesh becomes n0 replicas (the batch on
+   axis 0) of n1 tensor-parallel ranks that follow the stage plan's axis 1
+   (n1 the same on every stage). stage_last needs one int per stage. */
 bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *err) {
   const PipeStage *s0 = &p->stages[0];
   int *stage_rc = arena_alloc(sizeof(int) * (size_t)p->nstages);
   for (int s = 0; s < p->nstages; s++) stage_rc[s] = p->stages[s].recompute;
-  int devs = s0->nodes * s0->per_node;
+  int *stage_dp = arena_alloc(sizeof(int) * (size_t)p->nstages);
   bool split = false;
   for (int s = 0; s < p->nstages; s++) {
     const PipeStage *st = &p->stages[s];
-    if (st->nodes * st->per_node != devs || st->plan->zero != s0->plan->zero) {
-      fprintf(err, "stages differ in device count or ZeRO stage");
+    stage_dp[s] = st->nodes * st->per_node;
+    if (st->plan->zero != s0->plan->zero) {
+      fprintf(err, "stages differ in ZeRO stage");
       return false;
     }
     const Graph *g = st->plan->g;
@@ -932,7 +934,8 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
         for (int k = 0; k < st->plan->layout[i].rank; k++) split |= st->plan->layout[i].d[k] != 0;
     stage_last[s] = st->last;
   }
-  *L = (Layout){.dp = devs,
+  *L = (Layout){.dp = stage_dp[0],
+                .stage_dp = stage_dp,
                 .pp = p->nstages,
                 .v = p->v,
                 .tp = 1,
@@ -949,11 +952,11 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
   for (int s = 0; s < p->nstages; s++) {
     const Plan *pl = p->stages[s].plan;
     char what[300];
-    if (pl->mesh.n[0] != m0->n[0] || pl->mesh.n[1] != m0->n[1]) {
-      fprintf(err, "tensor-parallel stages on different meshes (%dx%d, %dx%d)", m0->n[0], m0->n[1], pl->mesh.n[0],
-              pl->mesh.n[1]);
+    if (pl->mesh.n[1] != m0->n[1]) {
+      fprintf(err, "stages with different tensor-parallel widths (%d, %d)", m0->n[1], pl->mesh.n[1]);
       return false;
     }
+    stage_dp[s] = pl->mesh.n[0];
     if (axis0_beyond_batch(pl, what, sizeof what)) {
       fprintf(err, "stage %d splits %s over mesh axis 0, where carve lowers only the batch", s, what);
       return false;

@@ -50,7 +50,10 @@ tp=2,zero=1
 dp=2,tp=2,zero=3
 pp=2,tp=2,mb=2
 pp=2,tp=2,mb=4,schedule=interleaved
-dp=2,tp=2,pp=2,mb=2"
+dp=2,tp=2,pp=2,mb=2
+pp=2,dp=1:2,mb=2
+pp=2,dp=2:1,mb=2,schedule=gpipe
+pp=2,dp=1:2,tp=2,mb=2"
 
 losses() { grep '^step' "$1" | awk '{print $4}'; }
 
@@ -64,7 +67,15 @@ for spec in $models; do
     mb=$(echo "$layout" | tr ',' '\n' | sed -n 's/^mb=//p')
     tp=$(echo "$layout" | tr ',' '\n' | sed -n 's/^tp=//p')
     dp=${dp:-1} pp=${pp:-1} mb=${mb:-1} tp=${tp:-1}
-    n=$((dp * pp * tp))
+    # dp=1:2: replicas per stage; ranks are their sum, units per microbatch their lcm
+    units=$(echo "$dp" | tr ':' '\n' | awk 'function g(a, b) { return b ? g(b, a % b) : a }
+      { u = NR == 1 ? $1 : u / g(u, $1) * $1 } END { print u }')
+    if echo "$dp" | grep -q ':'; then
+      n=$(($(echo "$dp" | tr ':' '\n' | awk '{ s += $1 } END { print s }') * tp))
+    else
+      n=$((dp * pp * tp))
+    fi
+    dp=$units
     what="$model $layout ($n ranks)"
     ref=$tmp/ref-$model-$((mb * dp))
     if [ ! -f "$ref.out" ]; then
@@ -116,11 +127,11 @@ for spec in $models; do
       fail=$((fail + 1))
       continue
     fi
-    dp=$(sed -n 's/.*(dp=\([0-9]*\) .*/\1/p' "$tmp/plan.out")
-    mb=$(sed -n 's/.* \([0-9]*\) microbatch.* per replica.*/\1/p' "$tmp/plan.out")
-    ref=$tmp/ref-$model-$((mb * dp))
+    dp=$(sed -n 's/.*(dp=\([0-9:]*\) .*/\1/p' "$tmp/plan.out")
+    units=$(sed -n 's/.* \([0-9]*\) units* per step.*/\1/p' "$tmp/plan.out")
+    ref=$tmp/ref-$model-$units
     if [ ! -f "$ref.out" ]; then
-      "$carve" compile "$model" --preset "$preset" --set batch=16,layers=4 --microbatches $((mb * dp)) -o "$ref.dir" \
+      "$carve" compile "$model" --preset "$preset" --set batch=16,layers=4 --microbatches "$units" -o "$ref.dir" \
         >/dev/null 2>&1 && "$carve" run "$ref.dir" --steps $steps --log-every 1 --save-params "$ref" >"$ref.out" 2>&1
     fi
     rm -f "$tmp/run".rank*
@@ -134,7 +145,7 @@ for spec in $models; do
     if [ "$loss_ok" = yes ] && "$compare" "$ref" 1 "$tmp/run" $n 1e-4 .b_k >"$tmp/cmp" 2>&1; then
       pass=$((pass + 1))
     else
-      echo "FAILED: $what (dp=$dp, $mb microbatches): losses match: $loss_ok"
+      echo "FAILED: $what (dp=$dp, $units units per step): losses match: $loss_ok"
       tail -3 "$tmp/run.out"
       cat "$tmp/cmp"
       fail=$((fail + 1))

@@ -38,6 +38,15 @@ static void help(void) {
          "                         a terminal)\n");
 }
 
+/* "2" or, when the stages differ, "1:2" */
+static const char *stage_dps(const Layout *L) {
+  const char *s = arena_printf("%d", L->stage_dp ? L->stage_dp[0] : L->dp);
+  bool differ = false;
+  for (int d = 1; d < L->pp && L->stage_dp; d++) differ |= L->stage_dp[d] != L->stage_dp[0];
+  for (int d = 1; d < L->pp && differ; d++) s = arena_printf("%s:%d", s, L->stage_dp[d]);
+  return s;
+}
+
 /* DIR/rankN.prog for every rank of a whole plan (default training options),
    or a note on why this plan cannot become programs yet. */
 static bool write_programs(const char *dir, const char *model_path, const ElabOptions *eo, const PipelinePlan *pp,
@@ -62,15 +71,16 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
   train_defaults(&t);
   Program **progs = compile_layout(model_path, eo, &t, 1234, &L, stderr);
   if (!progs) return false;
-  int world = L.dp * L.pp * L.tp;
+  int world = layout_world(&L);
   for (int r = 0; r < world; r++)
     if (!program_write(progs[r], arena_printf("%s/rank%d.prog", dir, r), stderr)) return false;
   for (int r = world;; r++) /* an earlier plan's extra ranks must not linger */
     if (remove(arena_printf("%s/rank%d.prog", dir, r)) != 0) break;
   if (!quiet)
-    printf("\nwrote %s/plan.json and rank0.prog .. rank%d.prog (dp=%d tp=%d pp=%d, %d microbatch%s per replica); "
-           "train it with: mpirun -np %d carve run %s\n",
-           dir, world - 1, L.dp, L.tp, L.pp, L.microbatches, L.microbatches == 1 ? "" : "es", world, dir);
+    printf("\nwrote %s/plan.json and rank0.prog .. rank%d.prog (dp=%s tp=%d pp=%d, %d microbatch%s, %d unit%s per "
+           "step); train it with: mpirun -np %d carve run %s\n",
+           dir, world - 1, stage_dps(&L), L.tp, L.pp, L.microbatches, L.microbatches == 1 ? "" : "es",
+           L.microbatches * layout_units(&L), L.microbatches * layout_units(&L) == 1 ? "" : "s", world, dir);
   return true;
 }
 

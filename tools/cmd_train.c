@@ -238,7 +238,28 @@ static Program *compile(Opts *o, const char *dflt, const char *dflt_preset, Grap
 /* --layout TEXT -> Layout; the microbatch count goes to o->train. */
 static bool layout_parse(Opts *o, Layout *L) {
   Manual m;
-  if (!manual_parse(o->layout, &m, stderr)) return false;
+  /* dp=1:2 gives each pipeline stage its own replica count */
+  char *text = arena_strdup(o->layout), *dps = strstr(text, "dp=");
+  int *stage_dp = NULL, nstage = 0;
+  if (dps && (dps == text || dps[-1] == ',')) {
+    char *v = dps + 3, *end = v + strcspn(v, ",");
+    if (memchr(v, ':', (size_t)(end - v))) {
+      stage_dp = arena_alloc(sizeof(int) * (size_t)(end - v + 1));
+      int most = 0;
+      for (char *q = v; q < end;) {
+        char *stop;
+        long x = strtol(q, &stop, 10);
+        if (stop == q || x < 1 || x > 1 << 16 || (stop < end && *stop != ':'))
+          return usage_error(o->cmd, "--layout: dp=%.*s: replicas per stage are whole numbers joined by ':'",
+                             (int)(end - v), v) == 0;
+        stage_dp[nstage++] = (int)x;
+        most = x > most ? (int)x : most;
+        q = stop + (stop < end);
+      }
+      text = arena_printf("%.*sdp=%d%s", (int)(dps - text), text, most, end); /* the rest parses as usual */
+    }
+  }
+  if (!manual_parse(text, &m, stderr)) return false;
   *L = (Layout){.dp = m.dp ? m.dp : 1,
                 .pp = m.pp ? m.pp : 1,
                 .v = 1,
@@ -248,6 +269,9 @@ static bool layout_parse(Opts *o, Layout *L) {
                 .zero = m.zero < 0 ? 0 : m.zero,
                 .recompute = m.recompute < 0 ? RC_NONE : m.recompute};
   if (L->schedule == SCHED_INTERLEAVED) L->v = 2;
+  if (stage_dp && nstage != L->pp)
+    return usage_error(o->cmd, "--layout: dp gives %d stages' replicas, but pp=%d", nstage, L->pp) == 0;
+  L->stage_dp = stage_dp;
   return true;
 }
 
@@ -256,7 +280,7 @@ static Program **compile_ranks(Opts *o, int *world) {
   Layout L;
   if (!layout_parse(o, &L)) return NULL;
   if (!o->model) return usage_error(o->cmd, "which model? give a .graph file or a shipped model name"), NULL;
-  *world = L.dp * L.pp * L.tp;
+  *world = layout_world(&L);
   return compile_layout(model_resolve(o->model), &o->elab, &o->train, o->seed, &L, stderr);
 }
 
