@@ -48,6 +48,7 @@ static const Key keys[] = {
     {"devices_per_node", V_COUNT, F(devices_per_node), 1, MAX_DEVICES_PER_NODE, false, "devices in each node"},
     {"flops_f32", V_FLOPS, F(flops_f32), 1e6, 1e17, false, "peak FLOP/s per device at f32"},
     {"flops_bf16", V_FLOPS, F(flops_bf16), 1e6, 1e17, true, "peak FLOP/s per device at bf16"},
+    {"flops_vector", V_FLOPS, F(flops_vector), 1e6, 1e17, true, "FLOP/s of elementwise math per device"},
     {"memory", V_BYTES, F(memory), 1e6, 1e14, false, "bytes of memory per device"},
     {"mem_bandwidth", V_RATE, F(mem_bandwidth), 1e6, 1e14, false, "memory bandwidth per device, bytes/s"},
     {"intra_bandwidth", V_RATE, F(intra_bandwidth), 1e6, 1e14, false,
@@ -408,6 +409,7 @@ void cluster_print(const Cluster *c, FILE *out) {
   fprintf(out, "  device        %s\n", *c->device ? c->device : "(not named)");
   fprintf(out, "  per device    %s; %s memory at %s\n", peaks(c->flops_f32, c->flops_bf16), si(c->memory, "B"),
           si(c->mem_bandwidth, "B/s"));
+  if (c->flops_vector > 0) fprintf(out, "  elementwise   %s\n", si(c->flops_vector, "FLOP/s"));
   fprintf(out, "  inside node   %s per device each way, latency %s%s\n", si(c->intra_bandwidth, "B/s"),
           seconds(c->intra_latency), c->devices_per_node == 1 ? " (unused: one device per node)" : "");
   fprintf(out, "  across nodes  %s per device each way, latency %s%s\n", si(c->inter_bandwidth, "B/s"),

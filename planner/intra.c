@@ -391,7 +391,8 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   double bytes = 0;
   for (int k = 0; k < nin; k++) bytes += (double)shape_numel(&g->nodes[v->in[k]]->shape);
   bytes = (bytes + (double)shape_numel(&v->shape)) * C->act_bytes * (ngrad ? 3 : 1) / shards;
-  double t = fmax(flops / (PEAK_FRACTION * me->flops), bytes / (PEAK_FRACTION * me->mem_bw)) + 2e-6;
+  double rate = v->op == OP_EINSUM ? me->flops : me->vec_flops; /* products run at the peak, the rest slower */
+  double t = fmax(flops / (PEAK_FRACTION * rate), bytes / (PEAK_FRACTION * me->mem_bw)) + 2e-6;
   acc->compute += t;
   /* its parts: the forward (1), input gradients, weight gradients (an
      einsum's product per input that needs one; other ops' backward is two

@@ -42,6 +42,7 @@ bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err)
     m->lat[a] = m->inter[a] ? c->inter_latency : c->intra_latency;
   }
   m->flops = mixed && c->flops_bf16 > 0 ? c->flops_bf16 : c->flops_f32;
+  m->vec_flops = c->flops_vector > 0 ? c->flops_vector : m->flops;
   m->mem_bw = c->mem_bandwidth;
   m->memory = c->memory;
   return true;

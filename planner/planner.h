@@ -16,6 +16,7 @@ typedef struct Cluster {
   int devices_per_node;
   double flops_f32;       /* peak FLOP/s per device */
   double flops_bf16;      /* peak FLOP/s per device at 16-bit (0: none) */
+  double flops_vector;    /* FLOP/s of elementwise math (gelu, exp, norms) per device (0: the peak) */
   double memory;          /* bytes per device */
   double mem_bandwidth;   /* bytes/s per device */
   double intra_bandwidth; /* bytes/s per device, one direction, inside a node */
@@ -42,8 +43,9 @@ int cluster_devices(const Cluster *c);
 typedef struct Mesh {
   int n[2];
   double bw[2], lat[2];
-  bool inter[2]; /* the axis crosses nodes */
-  double flops;  /* per device, at the planned precision */
+  bool inter[2];    /* the axis crosses nodes */
+  double flops;     /* per device, at the planned precision */
+  double vec_flops; /* per device, elementwise math */
   double mem_bw, memory;
 } Mesh;
 

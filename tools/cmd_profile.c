@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "../planner/planner.h"
+#include "../runtime/runtime.h"
 #include "tools.h"
 
 /* What a one-rank run writes for the links, which it cannot measure: the
@@ -78,7 +79,7 @@ static bool can_write(const char *path) {
 
 /* ------------------------------------------------------------ measuring */
 
-typedef enum { B_GEMM, B_STREAM, B_ALL_REDUCE, B_PING_PONG } BenchKind;
+typedef enum { B_GEMM, B_STREAM, B_VECTOR, B_ALL_REDUCE, B_PING_PONG } BenchKind;
 
 typedef struct Bench {
   BenchKind kind;
@@ -100,6 +101,7 @@ static bool bench_once(Transport *t, const Bench *b) {
     for (int64_t i = 0; i < b->n; i++) y[i] += x[i];
     return true;
   }
+  case B_VECTOR: k_unary(OP_GELU, b->a, b->b, b->n); return true; /* the runtime's own elementwise kernel */
   case B_ALL_REDUCE: return t->all_reduce(t, 0, b->a, b->n);
   case B_PING_PONG:
     if (t->rank == 0) return t->send(t, b->a, b->n, 1, 1) && t->recv(t, b->a, b->n, 1, 2);
@@ -145,6 +147,7 @@ typedef struct Profile {
   int ngemm, gemm_n[MAX_SIZES];
   double gemm_rate[MAX_SIZES]; /* FLOP/s per rank */
   double mem_bandwidth;        /* bytes/s per rank */
+  double vector_rate;          /* FLOP/s per rank of elementwise math (gelu, counted as the planner counts it) */
   double ar_latency;           /* seconds, 4 bytes */
   double p2p_latency;          /* seconds one way, 4 bytes */
   int nmsg;
@@ -185,6 +188,17 @@ static void measure_memory(Transport *t, Profile *p, double target) {
   /* read x, read y, write y */
   p->mem_bandwidth = 3.0 * sizeof(float) * MEM_FLOATS / best_time(t, &b, p->samples, target);
   sink = b.a[MEM_FLOATS / 2];
+  free(b.a), free(b.b);
+}
+
+/* gelu over 1M floats (in cache): 8 FLOPs an element, as the planner counts
+   elementwise ops (frontend/summary.c), so its rate prices them */
+static void measure_vector(Transport *t, Profile *p, double target) {
+  enum { N = 1 << 20 };
+  Bench b = {B_VECTOR, N, xmalloc(sizeof(float) * N), xmalloc(sizeof(float) * N), NULL};
+  fill(b.b, N, 1e-1f);
+  p->vector_rate = 8.0 * N / best_time(t, &b, p->samples, target);
+  sink = b.a[N / 2];
   free(b.a), free(b.b);
 }
 
@@ -248,6 +262,8 @@ static void print_table(const Profile *p) {
   printf("%-30s %16s %16s\n", arena_printf("memory, y += x, %s arrays", size_label(MEM_FLOATS * 4)),
          arena_printf("%.2f GB/s", p->mem_bandwidth / 1e9),
          arena_printf("%.2f GB/s", p->world * p->mem_bandwidth / 1e9));
+  printf("%-30s %16s %16s\n", "gelu, 1M floats (8 FLOP each)", arena_printf("%.2f GFLOP/s", p->vector_rate / 1e9),
+         arena_printf("%.2f GFLOP/s", p->world * p->vector_rate / 1e9));
   if (p->world == 1) {
     printf("\nlinks: one rank, nothing to measure (mpirun -np N carve profile measures N ranks)\n");
     return;
@@ -315,6 +331,7 @@ static void write_cluster(FILE *f, const Profile *p) {
   fprintf(f, "%-34s # cblas_sgemm %d^3%s\n", arena_printf("flops_f32 %s", eng(p->gemm_rate[g])), p->gemm_n[g],
           w > 1 ? arena_printf(" (%.1f GFLOP/s on all ranks)", w * p->gemm_rate[g] / 1e9) : "");
   fprintf(f, "%-34s # no bf16 arithmetic on this backend\n", "flops_bf16 0");
+  fprintf(f, "%-34s # gelu over 1M floats, 8 FLOPs an element\n", arena_printf("flops_vector %s", eng(p->vector_rate)));
   fprintf(f, "%-34s # 3/4 of %.1f GB of physical memory, shared by %d rank%s\n",
           arena_printf("memory %s", eng(round(memory / 1e6) * 1e6)), ram / 1e9, w, plural(w, "", "s"));
   fprintf(f, "%-34s # y += x on %s float arrays: 12 bytes per element\n",
@@ -379,6 +396,7 @@ static int profile(Transport *t, int argc, char **argv) {
   double target = o.quick ? 0.01 : 0.1; /* seconds per sample */
   measure_gemm(t, &p, target);
   measure_memory(t, &p, target);
+  measure_vector(t, &p, target);
   if (p.world > 1) measure_links(t, &p, target);
   if (!root) return 0;
   print_table(&p);
