@@ -364,6 +364,22 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
 static int axes_size(const Mesh *me, int axes) { return (axes & 1 ? me->n[0] : 1) * (axes & 2 ? me->n[1] : 1); }
 
 /* Compute, communication and memory of node v run with strategy st. */
+/* Activations that evaluate tanh or exp per element (forward or backward): on a
+   device with a separate elementwise rate (Cluster.flops_vector) they are
+   priced at it, everything else at the peak or the memory bandwidth. */
+static bool transcendental(OpKind op) {
+  switch (op) {
+  case OP_GELU:
+  case OP_GELU_BWD:
+  case OP_TANH:
+  case OP_TANH_BWD:
+  case OP_SILU:
+  case OP_SILU_BWD:
+  case OP_EXP: return true;
+  default: return false;
+  }
+}
+
 static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strategy *st, Acc *acc) {
   const Graph *g = C->g;
   const Mesh *me = C->me;
@@ -391,7 +407,7 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   double bytes = 0;
   for (int k = 0; k < nin; k++) bytes += (double)shape_numel(&g->nodes[v->in[k]]->shape);
   bytes = (bytes + (double)shape_numel(&v->shape)) * C->act_bytes * (ngrad ? 3 : 1) / shards;
-  double rate = v->op == OP_EINSUM ? me->flops : me->vec_flops; /* products run at the peak, the rest slower */
+  double rate = transcendental(v->op) ? me->vec_flops : me->flops; /* tanh and exp run slower than products */
   double t = fmax(flops / (PEAK_FRACTION * rate), bytes / (PEAK_FRACTION * me->mem_bw)) + 2e-6;
   acc->compute += t;
   /* its parts: the forward (1), input gradients, weight gradients (an

@@ -360,6 +360,7 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
   for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
     if (only != SCHED_KINDS && kinds[i] != only) continue;
     int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
+    if (v > 1 && pp->layers > 0 && pp->layers < p * v) continue; /* every chunk needs a layer of its own */
     Schedule *sched = schedule_make(kinds[i], p, pp->microbatches, v, quiet);
     if (!sched) continue;
     bool fits = true;
@@ -394,6 +395,7 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
 static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
   PipelinePlan *pp = arena_alloc(sizeof(PipelinePlan));
   pp->cluster = c->cl, pp->devices = c->D, pp->microbatches = c->B, pp->nstages = ns;
+  pp->layers = c->last_layer[c->G - 1] + 1;
   pp->stages = arena_alloc(sizeof(PipeStage) * (size_t)ns);
   int dev = 0;
   for (int s = 0; s < ns; s++) {

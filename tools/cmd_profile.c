@@ -101,7 +101,10 @@ static bool bench_once(Transport *t, const Bench *b) {
     for (int64_t i = 0; i < b->n; i++) y[i] += x[i];
     return true;
   }
-  case B_VECTOR: k_unary(OP_GELU, b->a, b->b, b->n); return true; /* the runtime's own elementwise kernel */
+  case B_VECTOR: /* the runtime's own kernels: gelu and its gradient */
+    k_unary(OP_GELU, b->a, b->b, b->n);
+    k_unary_bwd(OP_GELU_BWD, b->c, b->b, b->a, b->n);
+    return true;
   case B_ALL_REDUCE: return t->all_reduce(t, 0, b->a, b->n);
   case B_PING_PONG:
     if (t->rank == 0) return t->send(t, b->a, b->n, 1, 1) && t->recv(t, b->a, b->n, 1, 2);
@@ -191,15 +194,16 @@ static void measure_memory(Transport *t, Profile *p, double target) {
   free(b.a), free(b.b);
 }
 
-/* gelu over 1M floats (in cache): 8 FLOPs an element, as the planner counts
-   elementwise ops (frontend/summary.c), so its rate prices them */
+/* gelu and its gradient over 1M floats: 8 FLOPs an element forward and 16
+   backward, as the planner counts an activation (frontend/summary.c, and
+   twice the forward for its gradient), so the rate prices them */
 static void measure_vector(Transport *t, Profile *p, double target) {
   enum { N = 1 << 20 };
-  Bench b = {B_VECTOR, N, xmalloc(sizeof(float) * N), xmalloc(sizeof(float) * N), NULL};
+  Bench b = {B_VECTOR, N, xmalloc(sizeof(float) * N), xmalloc(sizeof(float) * N), xmalloc(sizeof(float) * N)};
   fill(b.b, N, 1e-1f);
-  p->vector_rate = 8.0 * N / best_time(t, &b, p->samples, target);
+  p->vector_rate = 24.0 * N / best_time(t, &b, p->samples, target);
   sink = b.a[N / 2];
-  free(b.a), free(b.b);
+  free(b.a), free(b.b), free(b.c);
 }
 
 static void measure_links(Transport *t, Profile *p, double target) {
@@ -262,7 +266,7 @@ static void print_table(const Profile *p) {
   printf("%-30s %16s %16s\n", arena_printf("memory, y += x, %s arrays", size_label(MEM_FLOATS * 4)),
          arena_printf("%.2f GB/s", p->mem_bandwidth / 1e9),
          arena_printf("%.2f GB/s", p->world * p->mem_bandwidth / 1e9));
-  printf("%-30s %16s %16s\n", "gelu, 1M floats (8 FLOP each)", arena_printf("%.2f GFLOP/s", p->vector_rate / 1e9),
+  printf("%-30s %16s %16s\n", "gelu + gradient, 1M floats", arena_printf("%.2f GFLOP/s", p->vector_rate / 1e9),
          arena_printf("%.2f GFLOP/s", p->world * p->vector_rate / 1e9));
   if (p->world == 1) {
     printf("\nlinks: one rank, nothing to measure (mpirun -np N carve profile measures N ranks)\n");
@@ -331,7 +335,8 @@ static void write_cluster(FILE *f, const Profile *p) {
   fprintf(f, "%-34s # cblas_sgemm %d^3%s\n", arena_printf("flops_f32 %s", eng(p->gemm_rate[g])), p->gemm_n[g],
           w > 1 ? arena_printf(" (%.1f GFLOP/s on all ranks)", w * p->gemm_rate[g] / 1e9) : "");
   fprintf(f, "%-34s # no bf16 arithmetic on this backend\n", "flops_bf16 0");
-  fprintf(f, "%-34s # gelu over 1M floats, 8 FLOPs an element\n", arena_printf("flops_vector %s", eng(p->vector_rate)));
+  fprintf(f, "%-34s # gelu and its gradient over 1M floats, 24 FLOPs an element\n",
+          arena_printf("flops_vector %s", eng(p->vector_rate)));
   fprintf(f, "%-34s # 3/4 of %.1f GB of physical memory, shared by %d rank%s\n",
           arena_printf("memory %s", eng(round(memory / 1e6) * 1e6)), ram / 1e9, w, plural(w, "", "s"));
   fprintf(f, "%-34s # y += x on %s float arrays: 12 bytes per element\n",
