@@ -194,7 +194,7 @@ typedef enum {
   OP_COUNT
 } OpKind;
 
-enum { OPF_GRAPH = 1, OPF_PROG = 2, OPF_UNARY = 4 };
+enum { OPF_GRAPH = 1, OPF_PROG = 2, OPF_UNARY = 4, OPF_COMM = 8 };
 
 typedef struct OpInfo {
   const char *name;

@@ -110,16 +110,8 @@ static const char *check_instr(const Program *p, const Instr *in) {
       (in->op == OP_LOAD && (in->i[0] == SRC_TOKENS || in->i[0] == SRC_NEXT_TOKENS || in->i[0] == SRC_CLASSES));
   if (o >= 0 && (B[o].dtype == DT_I32) != want_i32_out) return "output buffer has the wrong dtype";
   int x = in->nin ? in->in[0] : -1;
+  if (op_info[in->op].flags & OPF_COMM) return check_comm(p, in);
   switch (in->op) {
-  case OP_ALL_REDUCE:
-  case OP_ALL_GATHER:
-  case OP_REDUCE_SCATTER:
-  case OP_SHARD:
-  case OP_GATHER_DIM:
-  case OP_SPLIT_DIM:
-  case OP_ALL_TO_ALL_DIM:
-  case OP_SEND:
-  case OP_RECV: return check_comm(p, in);
   case OP_FILL:
   case OP_INIT:
   case OP_LOAD:
@@ -546,16 +538,9 @@ static void exec(Run *R, const Instr *in) {
   }
   case OP_ADAMW: adamw(R, in); break;
   case OP_SGD: sgd(R, in); break;
-  case OP_ALL_REDUCE:
-  case OP_ALL_GATHER:
-  case OP_REDUCE_SCATTER:
-  case OP_SHARD:
-  case OP_GATHER_DIM:
-  case OP_SPLIT_DIM:
-  case OP_ALL_TO_ALL_DIM:
-  case OP_SEND:
-  case OP_RECV: R->error = communicate(R, in); break;
-  default: CARVE_ASSERT(0, "instruction checked but not executable");
+  default:
+    CARVE_ASSERT(op_info[in->op].flags & OPF_COMM, "instruction checked but not executable");
+    R->error = communicate(R, in);
   }
 }
 
@@ -708,9 +693,8 @@ bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
   return ok;
 }
 
-static bool is_comm(OpKind op) {
-  return op == OP_ALL_REDUCE || op == OP_ALL_GATHER || op == OP_REDUCE_SCATTER || op == OP_GATHER_DIM ||
-         op == OP_ALL_TO_ALL_DIM || op == OP_SEND || op == OP_RECV;
+static bool is_comm(OpKind op) { /* moves data between ranks (a shard or a cut does not) */
+  return (op_info[op].flags & OPF_COMM) && op != OP_SHARD && op != OP_SPLIT_DIM;
 }
 
 /* The traced step as Chrome trace events, one track per rank: compute and

@@ -57,6 +57,34 @@ pp=2,dp=1:2,tp=2,mb=2"
 
 losses() { grep '^step' "$1" | awk '{print $4}'; }
 
+# reference MODEL PRESET UNITS: one rank, the single-rank program with UNITS
+# microbatches (as many as the distributed run's units per step); sets $ref
+reference() {
+  ref=$tmp/ref-$1-$3
+  [ -f "$ref.out" ] && return 0
+  "$carve" compile "$1" --preset "$2" --set batch=16,layers=4 --microbatches "$3" -o "$ref.dir" >/dev/null \
+    2>"$ref.err" && "$carve" run "$ref.dir" --steps $steps --log-every 1 --save-params "$ref" >"$ref.out" 2>>"$ref.err"
+}
+
+# judge WHAT OUT N: the run's losses (OUT.out) and parameters (OUT.rank*, N
+# ranks) against the reference's
+judge() {
+  losses "$ref.out" >"$tmp/a"
+  losses "$2.out" >"$tmp/b"
+  loss_ok=$(paste "$tmp/a" "$tmp/b" | awk -v want=$steps '
+    { n++; d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (d > 1e-5 * s + 1e-6) bad++ }
+    END { print (n == want && !bad) ? "yes" : "no" }')
+  if [ "$loss_ok" = yes ] && "$compare" "$ref" 1 "$2" "$3" 1e-4 .b_k >"$tmp/cmp" 2>&1; then
+    pass=$((pass + 1))
+  else
+    echo "FAILED: $1: losses match: $loss_ok"
+    paste "$tmp/a" "$tmp/b" | head -10 | sed 's/^/  | /'
+    tail -3 "$2.out"
+    cat "$tmp/cmp"
+    fail=$((fail + 1))
+  fi
+}
+
 for spec in $models; do
   model=${spec%%:*}
   preset=${spec#*:}
@@ -75,15 +103,9 @@ for spec in $models; do
     else
       n=$((dp * pp * tp))
     fi
-    dp=$units
     what="$model $layout ($n ranks)"
-    ref=$tmp/ref-$model-$((mb * dp))
-    if [ ! -f "$ref.out" ]; then
-      "$carve" compile "$model" --preset "$preset" --set "$set_dims" --microbatches $((mb * dp)) -o "$ref.dir" \
-        >/dev/null 2>"$ref.err" &&
-        "$carve" run "$ref.dir" --steps $steps --log-every 1 --save-params "$ref" >"$ref.out" 2>>"$ref.err" ||
-        { echo "FAILED: reference run for $what"; head -5 "$ref.err"; fail=$((fail + 1)); continue; }
-    fi
+    reference "$model" "$preset" $((mb * units)) ||
+      { echo "FAILED: reference run for $what"; head -5 "$ref.err"; fail=$((fail + 1)); continue; }
     out=$tmp/run
     rm -f "$out".rank*
     if ! "$carve" compile "$model" --preset "$preset" --set "$set_dims" --layout "$layout" -o "$tmp/dist" \
@@ -95,19 +117,7 @@ for spec in $models; do
       fail=$((fail + 1))
       continue
     fi
-    losses "$ref.out" >"$tmp/a"
-    losses "$out.out" >"$tmp/b"
-    loss_ok=$(paste "$tmp/a" "$tmp/b" | awk -v want=$steps '
-      { n++; d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (d > 1e-5 * s + 1e-6) bad++ }
-      END { print (n == want && !bad) ? "yes" : "no" }')
-    if [ "$loss_ok" = yes ] && "$compare" "$ref" 1 "$out" $n 1e-4 .b_k >"$tmp/cmp" 2>&1; then
-      pass=$((pass + 1))
-    else
-      echo "FAILED: $what: losses match: $loss_ok"
-      paste "$tmp/a" "$tmp/b" | head -10 | sed 's/^/  | /'
-      cat "$tmp/cmp"
-      fail=$((fail + 1))
-    fi
+    judge "$what" "$out" $n
   done
 done
 # plans from the planner, lowered by carve plan -o: the automatic plan for
@@ -127,29 +137,13 @@ for spec in $models; do
       fail=$((fail + 1))
       continue
     fi
-    dp=$(sed -n 's/.*(dp=\([0-9:]*\) .*/\1/p' "$tmp/plan.out")
     units=$(sed -n 's/.* \([0-9]*\) units* per step.*/\1/p' "$tmp/plan.out")
-    ref=$tmp/ref-$model-$units
-    if [ ! -f "$ref.out" ]; then
-      "$carve" compile "$model" --preset "$preset" --set batch=16,layers=4 --microbatches "$units" -o "$ref.dir" \
-        >/dev/null 2>&1 && "$carve" run "$ref.dir" --steps $steps --log-every 1 --save-params "$ref" >"$ref.out" 2>&1
-    fi
+    reference "$model" "$preset" "$units" ||
+      { echo "FAILED: reference run for $what"; head -5 "$ref.err"; fail=$((fail + 1)); continue; }
     rm -f "$tmp/run".rank*
     timeout 120 $mpirun -np $n "$carve" run "$tmp/plan" --steps $steps --log-every 1 --save-params "$tmp/run" \
       >"$tmp/run.out" 2>&1
-    losses "$ref.out" >"$tmp/a"
-    losses "$tmp/run.out" >"$tmp/b"
-    loss_ok=$(paste "$tmp/a" "$tmp/b" | awk -v want=$steps '
-      { n++; d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (d > 1e-5 * s + 1e-6) bad++ }
-      END { print (n == want && !bad) ? "yes" : "no" }')
-    if [ "$loss_ok" = yes ] && "$compare" "$ref" 1 "$tmp/run" $n 1e-4 .b_k >"$tmp/cmp" 2>&1; then
-      pass=$((pass + 1))
-    else
-      echo "FAILED: $what (dp=$dp, $units units per step): losses match: $loss_ok"
-      tail -3 "$tmp/run.out"
-      cat "$tmp/cmp"
-      fail=$((fail + 1))
-    fi
+    judge "$what ($units units per step)" "$tmp/run" $n
   done
 done
 
