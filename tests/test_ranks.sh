@@ -1,14 +1,16 @@
 #!/bin/sh
-# test_ranks.sh CARVE PARAM_COMPARE [MODELS]: N ranks train exactly like one.
+# test_ranks.sh CARVE PARAM_COMPARE [MODELS [LAYOUTS [PLANS]]]: N ranks train
+# exactly like one.
 #
-# For each model (tiny presets, batch 16, 4 layers) and each layout below,
-# 10 AdamW steps on N ranks under mpirun must match one rank running the
-# single-rank program with the same microbatches (m x dp of them, so every
-# microbatch sees the same rows): the loss of every step within 1e-5
-# relative, every final parameter within 1e-4 of its tensor's largest
-# magnitude. Then the same for plans the planner made and `carve plan -o`
-# lowered (the automatic plan for a local cluster of 2 and 4 ranks, and a
-# hand-written tp x pp plan). Prints "N passed, M failed".
+# For each model (tiny presets, batch 16, 4 layers) and each layout below (or
+# LAYOUTS, space-separated), 10 AdamW steps on N ranks under mpirun must
+# match one rank running the single-rank program with as many microbatches
+# as the distributed step has units (so every microbatch sees the same rows):
+# the loss of every step within 1e-5 relative, every parameter tensor within
+# 1e-4 (relative 2-norm). Then, unless PLANS is "no", the same for plans the
+# planner made and `carve plan -o` lowered (the automatic plan for a local
+# cluster of 2 and 4 ranks, and a hand-written tp x pp plan). Prints
+# "N passed, M failed".
 #
 # One exception: attention's key bias (b_k) has a zero gradient in exact
 # arithmetic (softmax does not change when every key score moves by the same
@@ -54,6 +56,7 @@ dp=2,tp=2,pp=2,mb=2
 pp=2,dp=1:2,mb=2
 pp=2,dp=2:1,mb=2,schedule=gpipe
 pp=2,dp=1:2,tp=2,mb=2"
+layouts=${4:-$layouts}
 
 losses() { grep '^step' "$1" | awk '{print $4}'; }
 
@@ -122,7 +125,8 @@ for spec in $models; do
 done
 # plans from the planner, lowered by carve plan -o: the automatic plan for
 # a local cluster of 2 and of 4 ranks, and a hand-written tp x pp plan
-for spec in $models; do
+[ "${5:-yes}" = no ] && models_planned="" || models_planned=$models
+for spec in $models_planned; do
   model=${spec%%:*}
   preset=${spec#*:}
   for how in "2:" "4:" "4:tp=2,pp=2,mb=2"; do
