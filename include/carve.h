@@ -5,8 +5,9 @@
  *
  *   model.graph --lex/parse--> Ast --elaborate--> Graph (forward)
  *               --autodiff--> Graph (forward + backward) + Train (optimizer)
- *               --codegen--> Program (flat instructions over numbered buffers)
- *               --runtime--> losses
+ *               --codegen--> Program (flat instructions over numbered buffers;
+ *                            codegen_ranks: one per rank of a Layout)
+ *               --runtime--> losses (ranks talk through a Transport: MPI)
  *
  * Three kinds of failure, three mechanisms:
  *   - user input: a located message through Diag (file:line:col, source line,
