@@ -38,8 +38,6 @@ static int new_buf(CG *C, const char *name, DType dt, const Shape *s, BufKind ki
   return prog_buf(C->p, &C->cap_bufs, name, dt, s, kind);
 }
 
-static Instr *emit(PtrVec *list, OpKind op, int out) { return prog_emit(list, op, out); }
-
 /* Marks the nodes the step needs: the loss, every parameter gradient, and
  * everything they read. */
 static void mark_live(CG *C) {
@@ -57,7 +55,7 @@ static void emit_node(CG *C, const Node *n, int mb) {
   if (n->op == OP_PARAM) return;
   Instr *in;
   if (n->op == OP_INPUT) {
-    in = emit(&C->step, OP_LOAD, C->buf[n->id]);
+    in = prog_emit(&C->step, OP_LOAD, C->buf[n->id]);
     in->i[0] = n->init;
     in->i[1] = (int64_t)mb * (n->shape.rank ? n->shape.d[0] : 1);
     in->f[0] = n->init_a;
@@ -66,7 +64,7 @@ static void emit_node(CG *C, const Node *n, int mb) {
   }
   int out = C->buf[n->id];
   if (mb > 0 && C->alt[n->id] >= 0) out = C->alt[n->id];
-  in = emit(&C->step, n->op, out);
+  in = prog_emit(&C->step, n->op, out);
   in->nin = n->nin;
   for (int k = 0; k < n->nin; k++) in->in[k] = C->buf[n->in[k]];
   in->i[0] = n->i[0];
@@ -80,10 +78,7 @@ static void emit_node(CG *C, const Node *n, int mb) {
     snprintf(in->spec + len, sizeof in->spec - (size_t)len, "->%s", n->labels[n->nin]);
   }
   if (n->id == g->loss) {
-    Instr *l = emit(&C->step, OP_LOSS, -1);
-    l->nin = 1;
-    l->in[0] = C->buf[n->id];
-    l->f[0] = 1.0 / C->t->microbatches;
+    prog_emit1(&C->step, OP_LOSS, -1, C->buf[n->id])->f[0] = 1.0 / C->t->microbatches;
   }
 }
 
@@ -93,45 +88,24 @@ static void emit_grad_fold(CG *C, int gradnode, int mb) {
   int p = C->final[gradnode];
   if (p == -1) return;
   if (p >= 0 && C->buf[gradnode] == C->gacc[p]) { /* written in place in the first microbatch */
-    if (mb > 0) {
-      Instr *in = emit(&C->step, OP_ACC, C->gacc[p]);
-      in->nin = 1;
-      in->in[0] = C->alt[gradnode];
-    }
+    if (mb > 0) prog_emit1(&C->step, OP_ACC, C->gacc[p], C->alt[gradnode]);
     return;
   }
   /* the gradient has its own buffer (read by other nodes, or shared by
      several parameters): fold it into every parameter it belongs to */
   for (int q = 0; q < C->g->nfwd; q++) {
     if (C->g->grad[q] != gradnode) continue;
-    Instr *in = emit(&C->step, mb == 0 ? OP_COPY : OP_ACC, C->gacc[q]);
-    in->nin = 1;
-    in->in[0] = C->buf[gradnode];
+    prog_emit1(&C->step, mb == 0 ? OP_COPY : OP_ACC, C->gacc[q], C->buf[gradnode]);
   }
 }
 
 static void emit_update(CG *C) {
   const Graph *g = C->g;
   const Train *t = C->t;
-  Shape scalar = {0};
-  int clip = new_buf(C, "grad_clip_factor", DT_F32, &scalar, BUF_SCALAR);
-  if (t->clip > 0) {
-    int ss = new_buf(C, "grad_sumsq", DT_F32, &scalar, BUF_SCALAR);
-    emit(&C->step, OP_FILL, ss)->f[0] = 0;
-    for (int p = 0; p < g->nfwd; p++) {
-      if (g->grad[p] < 0) continue;
-      Instr *in = emit(&C->step, OP_SUMSQ, ss);
-      in->f[0] = 1;
-      in->nin = 1;
-      in->in[0] = C->gacc[p];
-    }
-    Instr *in = emit(&C->step, OP_CLIP, clip);
-    in->nin = 1;
-    in->in[0] = ss;
-    in->f[0] = t->clip;
-  } else {
-    emit(&C->step, OP_FILL, clip)->f[0] = 1;
-  }
+  int *grads = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1)), n = 0;
+  for (int p = 0; p < g->nfwd; p++)
+    if (g->grad[p] >= 0) grads[n++] = C->gacc[p];
+  int clip = prog_clip(C->p, &C->cap_bufs, &C->step, t, grads, NULL, n, -1);
   for (int p = 0; p < g->nfwd; p++) {
     if (g->grad[p] < 0) continue;
     const Node *n = g->nodes[p];
@@ -177,7 +151,7 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
     }
     C.buf[i] = new_buf(&C, n->name, n->dtype, &n->shape, kind);
     if (n->op == OP_PARAM) {
-      Instr *in = emit(&C.init, OP_INIT, C.buf[i]);
+      Instr *in = prog_emit(&C.init, OP_INIT, C.buf[i]);
       in->i[0] = n->init;
       in->f[0] = n->init_a;
       in->f[1] = n->init_b;

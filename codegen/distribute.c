@@ -728,7 +728,6 @@ static void emit_update(Rank *R) {
   const Graph *g = D->g;
   const Train *t = D->t;
   const Layout *L = D->L;
-  Shape scalar = {0};
   int *shard_grad = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   for (int p = 0; p < g->nfwd; p++) {
     shard_grad[p] = -1;
@@ -751,19 +750,14 @@ static void emit_update(Rank *R) {
       prog_emit1(&R->step, OP_ALL_REDUCE, shard_grad[p], shard_grad[p])->i[0] =
           D->tie_group[((size_t)p * D->maxdp + R->rep) * D->tp + R->t];
   }
-  int clip = buf(R, "grad_clip_factor", DT_F32, &scalar, BUF_SCALAR);
-  if (t->clip > 0) {
-    int ss = buf(R, "grad_sumsq", DT_F32, &scalar, BUF_SCALAR);
-    prog_emit(&R->step, OP_FILL, ss)->f[0] = 0;
-    for (int p = 0; p < g->nfwd; p++)
-      if (shard_grad[p] >= 0) /* weighed by how many ranks hold the same elements */
-        prog_emit1(&R->step, OP_SUMSQ, ss, shard_grad[p])->f[0] =
-            1.0 / ((L->zero ? D->ndev[p] : holders(D, p)) * (D->sh[p].out < 0 ? D->tp : 1));
-    if (D->world > 1) prog_emit1(&R->step, OP_ALL_REDUCE, ss, ss)->i[0] = D->world_group;
-    prog_emit1(&R->step, OP_CLIP, clip, ss)->f[0] = t->clip;
-  } else {
-    prog_emit(&R->step, OP_FILL, clip)->f[0] = 1;
-  }
+  int *grads = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1)), n = 0;
+  double *weight = arena_alloc(sizeof(double) * (size_t)(g->nfwd + 1));
+  for (int p = 0; p < g->nfwd; p++)
+    if (shard_grad[p] >= 0) { /* weighed by how many ranks hold the same elements */
+      grads[n] = shard_grad[p];
+      weight[n++] = 1.0 / ((L->zero ? D->ndev[p] : holders(D, p)) * (D->sh[p].out < 0 ? D->tp : 1));
+    }
+  int clip = prog_clip(R->p, &R->cap, &R->step, t, grads, weight, n, D->world > 1 ? D->world_group : -1);
   for (int p = 0; p < g->nfwd; p++) {
     if (shard_grad[p] < 0) continue;
     const Node *n = g->nodes[p];
@@ -896,9 +890,10 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
     for (int d = 0; d < L->pp && D.ndev[p] > 1; d++)
       for (int e = 0; e < L->pp; e++)
         if (D.held[(size_t)p * L->pp + d] && D.held[(size_t)p * L->pp + e] && D.dpd[d] != D.dpd[e]) {
-          fprintf(err, "carve: error: %s is on stages %d and %d, which have %d and %d replicas: ZeRO %d would shard "
-                  "it differently on each; use ZeRO 0 or equal replicas\n", g->nodes[p]->name, d, e, D.dpd[d],
-                  D.dpd[e], L->zero);
+          fprintf(err,
+                  "carve: error: %s is on stages %d and %d, which have %d and %d replicas: ZeRO %d would shard "
+                  "it differently on each; use ZeRO 0 or equal replicas\n",
+                  g->nodes[p]->name, d, e, D.dpd[d], D.dpd[e], L->zero);
           return NULL;
         }
   make_groups(&D);

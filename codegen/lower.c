@@ -97,6 +97,22 @@ void prog_place(Program *p, const PtrVec *step, int first, int end) {
   free(live);
 }
 
+int prog_clip(Program *p, int *cap, PtrVec *step, const Train *t, const int *grads, const double *weight, int n,
+              int group) {
+  Shape scalar = {0};
+  int clip = prog_buf(p, cap, "grad_clip_factor", DT_F32, &scalar, BUF_SCALAR);
+  if (t->clip <= 0) {
+    prog_emit(step, OP_FILL, clip)->f[0] = 1;
+    return clip;
+  }
+  int ss = prog_buf(p, cap, "grad_sumsq", DT_F32, &scalar, BUF_SCALAR);
+  prog_emit(step, OP_FILL, ss)->f[0] = 0;
+  for (int k = 0; k < n; k++) prog_emit1(step, OP_SUMSQ, ss, grads[k])->f[0] = weight ? weight[k] : 1;
+  if (group >= 0) prog_emit1(step, OP_ALL_REDUCE, ss, ss)->i[0] = group;
+  prog_emit1(step, OP_CLIP, clip, ss)->f[0] = t->clip;
+  return clip;
+}
+
 void prog_finish(Program *p, const PtrVec *init, const PtrVec *step) {
   p->ninit = init->n;
   p->init = arena_alloc(sizeof(Instr) * (size_t)(init->n + 1));

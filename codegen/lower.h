@@ -14,6 +14,12 @@ void prog_place(Program *p, const PtrVec *step, int first, int end);
    init) and the update of target from grad, scaled by the clip factor. */
 void prog_optimizer(Program *p, int *cap, PtrVec *init, PtrVec *step, const Train *t, const Node *param,
                     const Shape *state_shape, int target, int grad, int clip);
+/* The clip factor of the global gradient norm, min(1, max_norm / |g|), from
+   the n gradient buffers grads (each's sum of squares weighed by weight[k];
+   NULL: 1), summed over `group` (-1: this rank's alone); the constant 1 when
+   clipping is off. Returns the factor's buffer. */
+int prog_clip(Program *p, int *cap, PtrVec *step, const Train *t, const int *grads, const double *weight, int n,
+              int group);
 /* Copies the instruction lists into the program. */
 void prog_finish(Program *p, const PtrVec *init, const PtrVec *step);
 
