@@ -42,8 +42,8 @@ build) echo "setup: built build/carve" ;;
 run)
   # measure this machine as 2 ranks, plan a small GPT for it, train the plan
   # under mpirun on real text
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-  mpirun="mpirun --oversubscribe --bind-to none -np 2"
+  . tests/mpi.sh
+  mpirun="$mpirun -np 2"
   [ -f build/licenses.tok ] || build/carve data /usr/share/common-licenses/* -o build/licenses.tok
   [ -f build/profiled.cluster ] || $mpirun build/carve profile --quick -o build/profiled.cluster >/dev/null
   build/carve plan gpt --preset gpt-tiny --cluster build/profiled.cluster -o build/plan

@@ -12,13 +12,12 @@ carve=${1:-build/carve}
 steps=${2:-4}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
+. "$(dirname "$0")/../tests/mpi.sh"
 model="gpt --preset gpt2-124m --set seq=256,batch=4"
 cores=$(getconf _NPROCESSORS_ONLN)
-mpirun="mpirun --oversubscribe --bind-to none"
 
 # the machine, as 1 rank and as 2
-"$carve" profile --quick -o "$tmp/one.cluster" >/dev/null
+OMP_NUM_THREADS=$cores "$carve" profile --quick -o "$tmp/one.cluster" >/dev/null
 OMP_NUM_THREADS=1 $mpirun -np 2 "$carve" profile -o "$tmp/two.cluster" >"$tmp/profile2.out"
 
 # 1 rank: the single-rank program; 2 ranks: dp=2 from the planner

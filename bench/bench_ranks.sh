@@ -17,8 +17,8 @@ model=${3:-gpt}
 preset=${4:-gpt-small}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-mpirun="mpirun --oversubscribe --bind-to none -np $ranks"
+. "$(dirname "$0")/../tests/mpi.sh"
+mpirun="$mpirun -np $ranks"
 $mpirun "$carve" profile --quick -o "$tmp/this.cluster" >/dev/null
 echo "$model $preset on $ranks ranks of this machine ($(getconf _NPROCESSORS_ONLN) cores), cluster measured by carve profile --quick"
 printf '%-26s %12s %12s %7s %12s %12s %7s\n' layout "pred ms" "meas ms" ratio "pred MiB" "meas MiB" ratio

@@ -37,8 +37,8 @@ expect 0 "usage: carve profile" profile --help
 
 # (b) two ranks under MPI: the links are measured
 if command -v mpirun >/dev/null 2>&1; then
-  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 \
-    mpirun -np 2 --oversubscribe "$carve" profile --quick -o "$tmp/two.cluster" >"$tmp/out" 2>&1
+  . "$(dirname "$0")/mpi.sh"
+  $mpirun -np 2 "$carve" profile --quick -o "$tmp/two.cluster" >"$tmp/out" 2>&1
   got=$?
   if [ "$got" -eq 0 ] && grep -q "all-reduce over 2 ranks" "$tmp/out"; then ok; else bad "mpirun -np 2 carve profile: status $got" && said; fi
   [ "$(grep -c '^carve profile:' "$tmp/out")" -eq 1 ] && ok || bad "two ranks: not exactly one report"

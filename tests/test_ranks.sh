@@ -25,8 +25,7 @@ compare=$2
 models=${3:-"mlp:mlp-tiny gpt:gpt-tiny bert:bert-tiny moe:moe-tiny"}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-mpirun="mpirun --oversubscribe --bind-to none"
+. "$(dirname "$0")/mpi.sh"
 pass=0
 fail=0
 steps=10

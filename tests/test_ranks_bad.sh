@@ -7,8 +7,7 @@ carve=$1
 resign=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-mpirun="mpirun --oversubscribe --bind-to none"
+. "$(dirname "$0")/mpi.sh"
 pass=0
 fail=0
 # expect NAME PATTERN COMMAND...: non-zero exit within 60 s, PATTERN in the output
