@@ -14,7 +14,7 @@ mode=${1:-run}
 case $mode in run|test|build) ;; *) echo "usage: ./setup.sh [run|test|build]" >&2; exit 2 ;; esac
 
 # Debian packages carve builds and runs with.
-pkgs="build-essential cmake libopenblas-openmp-dev libglpk-dev libopenmpi-dev openmpi-bin base-files"
+pkgs="build-essential cmake libdnnl-dev libglpk-dev libopenmpi-dev openmpi-bin base-files"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

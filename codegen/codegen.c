@@ -30,6 +30,9 @@ typedef struct CG {
   int *final; /* node id -> the parameter whose gradient it completes, or -1 */
   int *alt;   /* such a node's transient buffer for microbatches after the first */
   bool *live; /* node is needed for the loss or a gradient */
+  DType *dt;  /* node -> the dtype of its buffers (value_dtypes) */
+  int *rd;    /* node -> the buffer its readers read: a parameter's bf16 copy, else buf */
+  int *cast;  /* node -> its value cast for an einsum whose other operand has another dtype, or -1 */
   PtrVec init, step;
   int cap_bufs;
 } CG;
@@ -50,6 +53,24 @@ static void mark_live(CG *C) {
       for (int k = 0; k < g->nodes[i]->nin; k++) C->live[g->nodes[i]->in[k]] = true;
 }
 
+/* The buffers node n reads; an einsum's two operands in one dtype (bf16 if
+   either is: a cast is emitted first). */
+static void operands(CG *C, const Node *n, int *ins) {
+  for (int k = 0; k < n->nin; k++) ins[k] = C->rd[n->in[k]];
+  if (n->op != OP_EINSUM || n->nin != 2) return;
+  const Buffer *B = C->p->bufs;
+  DType want = B[ins[0]].dtype == DT_BF16 || B[ins[1]].dtype == DT_BF16 ? DT_BF16 : DT_F32;
+  for (int k = 0; k < 2; k++) {
+    int u = n->in[k];
+    if (B[ins[k]].dtype == want) continue;
+    if (C->cast[u] < 0) /* one buffer for every microbatch, as a node's own */
+      C->cast[u] = new_buf(C, arena_printf("%s/%s", B[ins[k]].name, dtype_name(want)), want, &B[ins[k]].shape, BUF_ACT);
+    prog_emit1(&C->step, OP_CAST, C->cast[u], ins[k]);
+    ins[k] = C->cast[u];
+    B = C->p->bufs; /* new_buf may have moved them */
+  }
+}
+
 static void emit_node(CG *C, const Node *n, int mb) {
   const Graph *g = C->g;
   if (n->op == OP_PARAM) return;
@@ -62,11 +83,12 @@ static void emit_node(CG *C, const Node *n, int mb) {
     in->f[1] = n->init_b;
     return;
   }
-  int out = C->buf[n->id];
+  int out = C->buf[n->id], ins[MAXIN];
   if (mb > 0 && C->alt[n->id] >= 0) out = C->alt[n->id];
+  operands(C, n, ins);
   in = prog_emit(&C->step, n->op, out);
   in->nin = n->nin;
-  for (int k = 0; k < n->nin; k++) in->in[k] = C->buf[n->in[k]];
+  memcpy(in->in, ins, sizeof(int) * (size_t)n->nin);
   in->i[0] = n->i[0];
   in->i[1] = n->i[1];
   in->f[0] = n->f[0];
@@ -122,6 +144,11 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
   p->world = 1;
   p->seed = seed;
   p->microbatches = t->microbatches;
+  p->precision = t->precision;
+  C.dt = value_dtypes(g, t->precision);
+  C.rd = arena_alloc(sizeof(int) * (size_t)g->n);
+  C.cast = arena_alloc(sizeof(int) * (size_t)g->n);
+  for (int i = 0; i < g->n; i++) C.cast[i] = -1;
   C.buf = arena_alloc(sizeof(int) * (size_t)g->n);
   C.gacc = arena_alloc(sizeof(int) * (size_t)g->n);
   C.live = arena_alloc(sizeof(bool) * (size_t)g->n);
@@ -146,10 +173,13 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
     BufKind kind = n->op == OP_PARAM ? BUF_PARAM : n->op == OP_INPUT ? BUF_INPUT : BUF_ACT;
     if (C.final[i] >= 0 && users[i] == 0 && n->op != OP_FILL) { /* writes its one accumulator directly */
       C.buf[i] = C.gacc[C.final[i]];
-      if (t->microbatches > 1) C.alt[i] = new_buf(&C, n->name, n->dtype, &n->shape, BUF_ACT);
+      if (t->microbatches > 1) C.alt[i] = new_buf(&C, n->name, C.dt[i], &n->shape, BUF_ACT);
+      C.rd[i] = C.buf[i];
       continue;
     }
-    C.buf[i] = new_buf(&C, n->name, n->dtype, &n->shape, kind);
+    C.buf[i] = C.rd[i] = new_buf(&C, n->name, C.dt[i], &n->shape, kind);
+    if (n->op == OP_PARAM && t->precision == PREC_BF16 && C.live[i]) /* its bf16 copy, made at the step's start */
+      C.rd[i] = prog_work_copy(p, &C.cap_bufs, &C.step, n->name, &n->shape, C.buf[i]);
     if (n->op == OP_PARAM) {
       Instr *in = prog_emit(&C.init, OP_INIT, C.buf[i]);
       in->i[0] = n->init;

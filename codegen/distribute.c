@@ -82,6 +82,7 @@ typedef struct Dist {
   int *tie_group;  /* [param][replica][position] -> the copies on other devices (ZeRO >= 1, ndev > 1) */
   int tp;
   struct Shard *sh; /* per node: how the tp ranks of a replica split it */
+  DType *dt;        /* per node: the dtype of its values (value_dtypes) */
   bool *sel;        /* forward nodes selective recomputation re-runs */
 } Dist;
 
@@ -124,17 +125,9 @@ static int intern_group(Dist *D, const int *ranks, int n) {
   return D->ngroups++;
 }
 
-/* Is n an add node of param p's gradient sum (autodiff names them so)? */
-static bool chain_of(const Graph *g, const Node *n, const Node *p) {
-  if (n->op != OP_ADD || n->phase != PH_BACKWARD) return false;
-  size_t len = strlen(p->name);
-  return strncmp(n->name, "d.", 2) == 0 && strncmp(n->name + 2, p->name, len) == 0 &&
-         strncmp(n->name + 2 + len, "/acc.", 5) == 0 && g->grad[p->id] >= 0;
-}
-
 static void collect(Dist *D, int p, int node) {
   const Node *n = D->g->nodes[node];
-  if (chain_of(D->g, n, D->g->nodes[p])) {
+  if (grad_chain_of(D->g, n, D->g->nodes[p])) {
     D->chain[node] = true;
     for (int k = 0; k < n->nin; k++) collect(D, p, n->in[k]);
     return;
@@ -512,6 +505,7 @@ typedef struct Rank {
   int *gmb;      /* param -> this microbatch's gradient (ZeRO >= 2), -1 */
   int *gcount;   /* param -> contributions added to gmb so far */
   int *gathered; /* param -> this task's gathered copy (ZeRO 3), -1 */
+  int *work;     /* param -> its bf16 copy for the step (bf16, ZeRO < 3), -1 */
 } Rank;
 
 static int buf(Rank *R, const char *name, DType dt, const Shape *s, BufKind k) {
@@ -539,14 +533,23 @@ static const char *inst_name(const Rank *R, const Node *n, int mb, int inst) {
   return arena_printf("%s%s%s", n->name, R->D->M > 1 ? arena_printf("#%d", mb) : "", inst ? "/re" : "");
 }
 
+/* The buffer a parameter is read from: its master, or its bf16 copy of the
+   step; under ZeRO 3 the shard gathered at the start of each task (in bf16:
+   the shard is cast, then gathered, so half the bytes move). */
 static int param_value(Rank *R, int p) {
   const Dist *D = R->D;
-  if (D->L->zero < 3) return R->pbuf[p];
+  if (D->L->zero < 3) return R->work[p] >= 0 ? R->work[p] : R->pbuf[p];
   if (R->gathered[p] < 0) {
     const Node *n = D->g->nodes[p];
     Shape part = local_shape(R, n, D->sh[p].out);
-    R->gathered[p] = buf(R, arena_printf("%s/gathered", n->name), DT_F32, &part, BUF_ACT);
-    prog_emit1(&R->step, OP_ALL_GATHER, R->gathered[p], R->pbuf[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
+    int shard = R->pbuf[p];
+    DType dt = D->t->precision == PREC_BF16 ? DT_BF16 : DT_F32;
+    if (dt == DT_BF16) {
+      shard = buf(R, arena_printf("%s/bf16", n->name), DT_BF16, &R->p->bufs[shard].shape, BUF_ACT);
+      prog_emit1(&R->step, OP_CAST, shard, R->pbuf[p]);
+    }
+    R->gathered[p] = buf(R, arena_printf("%s/gathered", n->name), dt, &part, BUF_ACT);
+    prog_emit1(&R->step, OP_ALL_GATHER, R->gathered[p], shard)->i[0] = D->dp_group[R->dev * D->tp + R->t];
   }
   return R->gathered[p];
 }
@@ -562,7 +565,7 @@ static int value(Rank *R, int u, int mb, int inst) {
   if (n->op == OP_INPUT) {
     if (*have < 0) {
       /* named as the input itself: the data a load draws is keyed by the name */
-      *have = buf(R, n->name, n->dtype, &n->shape, BUF_INPUT);
+      *have = buf(R, n->name, D->dt[u], &n->shape, BUF_INPUT);
       Instr *in = prog_emit(&R->step, OP_LOAD, *have);
       in->i[0] = n->init;
       in->i[1] = (int64_t)mb * (n->shape.rank ? n->shape.d[0] : 1); /* unit mb's rows of the step's batch */
@@ -575,7 +578,7 @@ static int value(Rank *R, int u, int mb, int inst) {
   if (from != R->dev) {
     if (*have < 0) {
       Shape ls = local_shape(R, n, D->sh[u].out);
-      *have = buf(R, inst_name(R, n, mb, 0), n->dtype, &ls, BUF_ACT);
+      *have = buf(R, inst_name(R, n, mb, 0), D->dt[u], &ls, BUF_ACT);
       Instr *in = prog_emit(&R->step, OP_RECV, *have);
       in->i[0] = rank_of(D, from, owner(D, from, mb), R->t);
       in->i[1] = u * D->M + mb;
@@ -594,23 +597,23 @@ static int reshard(Rank *R, int u, int b, int from, int to) {
   const Dist *D = R->D;
   const Node *n = D->g->nodes[u];
   int group = D->tp_group[D->repbase[R->dev] + R->rep];
+  DType dt = R->p->bufs[b].dtype;
   if (from >= 0 && to >= 0) { /* from one split to another: each rank sends each other rank its part */
     Shape ls = local_shape(R, n, to);
-    Instr *in = prog_emit1(&R->step, OP_ALL_TO_ALL_DIM,
-                           buf(R, arena_printf("%s/split%d", n->name, to), n->dtype, &ls, BUF_ACT), b);
+    Instr *in =
+        prog_emit1(&R->step, OP_ALL_TO_ALL_DIM, buf(R, arena_printf("%s/split%d", n->name, to), dt, &ls, BUF_ACT), b);
     in->i[0] = group, in->i[1] = from, in->i[2] = to;
     return in->out;
   }
   if (from >= 0) {
-    b = prog_emit1(&R->step, OP_GATHER_DIM, buf(R, arena_printf("%s/whole", n->name), n->dtype, &n->shape, BUF_ACT), b)
-            ->out;
+    b = prog_emit1(&R->step, OP_GATHER_DIM, buf(R, arena_printf("%s/whole", n->name), dt, &n->shape, BUF_ACT), b)->out;
     Instr *in = &*(Instr *)R->step.v[R->step.n - 1];
     in->i[0] = group, in->i[1] = from;
   }
   if (to >= 0) {
     Shape ls = local_shape(R, n, to);
     Instr *in =
-        prog_emit1(&R->step, OP_SPLIT_DIM, buf(R, arena_printf("%s/split%d", n->name, to), n->dtype, &ls, BUF_ACT), b);
+        prog_emit1(&R->step, OP_SPLIT_DIM, buf(R, arena_printf("%s/split%d", n->name, to), dt, &ls, BUF_ACT), b);
     in->i[0] = group, in->i[1] = to;
     b = in->out;
   }
@@ -651,12 +654,21 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
     int u = n->in[k], b = value(R, u, mb, inst || (bwd && rc_of(D, D->vst[i]) != RC_NONE));
     ins[k] = reshard(R, u, b, D->sh[u].out, sh->in[k]);
   }
+  if (n->op == OP_EINSUM && n->nin == 2) /* both operands in one dtype: bf16 if either is */
+    for (int k = 0; k < 2; k++) {
+      const Buffer *B = R->p->bufs;
+      DType want = B[ins[0]].dtype == DT_BF16 || B[ins[1]].dtype == DT_BF16 ? DT_BF16 : DT_F32;
+      if (B[ins[k]].dtype == want) continue;
+      int c = buf(R, arena_printf("%s/%s", B[ins[k]].name, dtype_name(want)), want, &B[ins[k]].shape, BUF_ACT);
+      prog_emit1(&R->step, OP_CAST, c, ins[k]);
+      ins[k] = c;
+    }
   Instr *in = prog_emit(&R->step, n->op, -1); /* after the loads and receives value() emits */
   in->nin = n->nin;
   memcpy(in->in, ins, sizeof(int) * (size_t)n->nin);
   int *out = slot(R, i, mb, inst);
   Shape ls = local_shape(R, n, sh->cut ? -1 : sh->out);
-  *out = buf(R, inst_name(R, n, mb, sh->cut ? inst + 0 : inst), n->dtype, &ls, BUF_ACT);
+  *out = buf(R, inst_name(R, n, mb, sh->cut ? inst + 0 : inst), D->dt[i], &ls, BUF_ACT);
   in->out = *out;
   in->i[0] = n->i[0], in->i[1] = n->i[1];
   in->f[0] = n->f[0], in->f[1] = n->f[1];
@@ -671,7 +683,7 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   if (sh->cut && sh->partial && sh->out == 0) { /* experts lead: each rank's summed part is one contiguous chunk */
     Shape part = local_shape(R, n, 0);
     int whole = *out;
-    *out = buf(R, arena_printf("%s/experts", n->name), n->dtype, &part, BUF_ACT);
+    *out = buf(R, arena_printf("%s/experts", n->name), D->dt[i], &part, BUF_ACT);
     prog_emit1(&R->step, OP_REDUCE_SCATTER, *out, whole)->i[0] = tpg;
   } else {
     if (sh->partial) prog_emit1(&R->step, OP_ALL_REDUCE, *out, *out)->i[0] = tpg;
@@ -784,6 +796,7 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   p->world = D->world;
   p->seed = seed;
   p->microbatches = D->M;
+  p->precision = D->t->precision;
   p->ngroups = D->ngroups;
   p->group_size = D->gsize;
   p->group_ranks = D->granks;
@@ -795,11 +808,12 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   R.gmb = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   R.gcount = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   R.gathered = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  R.work = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   for (int i = 0; i < g->n; i++) /* model FLOPs of the whole step, every rank's share */
     if (g->nodes[i]->op == OP_EINSUM && D->live[i]) p->flops_per_step += node_flops(g, g->nodes[i]) * D->M;
   for (int i = 0; i < g->nfwd; i++) {
     const Node *n = g->nodes[i];
-    R.pbuf[i] = R.gacc[i] = -1;
+    R.pbuf[i] = R.gacc[i] = R.work[i] = -1;
     if (D->live[i] && n->op == OP_INPUT && n->init == SRC_TOKENS) {
       p->tokens_per_step = shape_numel(&n->shape) * D->M;
       p->vocab = (int64_t)n->init_a;
@@ -822,6 +836,8 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
     }
     in->f[0] = n->init_a;
     in->f[1] = n->init_b;
+    if (D->t->precision == PREC_BF16 && L->zero < 3) /* its bf16 copy, made at the step's start */
+      R.work[i] = prog_work_copy(p, &R.cap, &R.step, n->name, &ps, R.pbuf[i]);
     if (g->grad[i] < 0) continue;
     Shape gs = L->zero >= 2 ? flat(c) : whole;
     R.gacc[i] = buf(&R, arena_printf("%s.grad", n->name), DT_F32, &gs, BUF_GRAD);
@@ -886,6 +902,7 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
   D.sched = schedule_make((SchedKind)L->schedule, L->pp, L->microbatches, L->v, err);
   if (!D.sched || !analyse(&D, err) || !shard_graph(&D, err)) return NULL;
   D.sel = selective_nodes(g);
+  D.dt = value_dtypes(g, t->precision);
   for (int p = 0; p < g->nfwd && L->zero; p++) /* a tied parameter's shards must line up across its copies */
     for (int d = 0; d < L->pp && D.ndev[p] > 1; d++)
       for (int e = 0; e < L->pp; e++)

@@ -48,7 +48,7 @@ static int64_t aligned(int64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
 
 void prog_place(Program *p, const PtrVec *step, int first, int end) {
   int64_t off = 0;
-  for (int b = 0; b < p->nbufs; b++) {
+  for (int b = 0; b < p->nbufs; b++) { /* persistent: parameters, their copies, gradients, state, scalars */
     BufKind k = p->bufs[b].kind;
     if (k == BUF_ACT || k == BUF_INPUT) continue;
     p->bufs[b].offset = off;
@@ -145,4 +145,37 @@ void prog_optimizer(Program *p, int *cap, PtrVec *init, PtrVec *step, const Trai
     in->in[2] = clip;
     in->f[0] = t->lr, in->f[1] = t->momentum, in->f[2] = wd;
   }
+}
+
+bool grad_chain_of(const Graph *g, const Node *n, const Node *p) {
+  if (n->op != OP_ADD || n->phase != PH_BACKWARD) return false;
+  size_t len = strlen(p->name);
+  return strncmp(n->name, "d.", 2) == 0 && strncmp(n->name + 2, p->name, len) == 0 &&
+         strncmp(n->name + 2 + len, "/acc.", 5) == 0 && g->grad[p->id] >= 0;
+}
+
+static void mark_grad(const Graph *g, bool *m, int node, const Node *p) {
+  m[node] = true;
+  const Node *n = g->nodes[node];
+  if (grad_chain_of(g, n, p))
+    for (int k = 0; k < n->nin; k++) mark_grad(g, m, n->in[k], p);
+}
+
+DType *value_dtypes(const Graph *g, Precision prec) {
+  DType *dt = arena_alloc(sizeof(DType) * (size_t)(g->n + 1));
+  bool *grad = arena_alloc(sizeof(bool) * (size_t)(g->n + 1));
+  for (int p = 0; p < g->nfwd && g->grad; p++)
+    if (g->nodes[p]->op == OP_PARAM && g->grad[p] >= 0) mark_grad(g, grad, g->grad[p], g->nodes[p]);
+  for (int i = 0; i < g->n; i++) {
+    const Node *n = g->nodes[i];
+    bool keep = n->dtype != DT_F32 || n->op == OP_PARAM || n->shape.rank == 0 || grad[i];
+    dt[i] = prec == PREC_BF16 && !keep ? DT_BF16 : n->dtype;
+  }
+  return dt;
+}
+
+int prog_work_copy(Program *p, int *cap, PtrVec *list, const char *name, const Shape *s, int master) {
+  int w = prog_buf(p, cap, arena_printf("%s.bf16", name), DT_BF16, s, BUF_WORK);
+  prog_emit1(list, OP_CAST, w, master);
+  return w;
 }

@@ -20,6 +20,16 @@ void prog_optimizer(Program *p, int *cap, PtrVec *init, PtrVec *step, const Trai
    clipping is off. Returns the factor's buffer. */
 int prog_clip(Program *p, int *cap, PtrVec *step, const Train *t, const int *grads, const double *weight, int n,
               int group);
+/* Is n an add node of param p's gradient sum (autodiff names them so)? */
+bool grad_chain_of(const Graph *g, const Node *n, const Node *p);
+/* Precision: per node, the dtype of its buffers. Under bf16 a float node is
+   bf16, except scalars (the loss and its seed) and parameter gradients and
+   their contributions, which stay f32 (they are summed into f32
+   accumulators). Parameters are f32 masters (their bf16 copies: BUF_WORK). */
+DType *value_dtypes(const Graph *g, Precision prec);
+/* The bf16 working copy of param buffer `master` (shape s): a persistent
+   buffer, cast from the master where `list` says. */
+int prog_work_copy(Program *p, int *cap, PtrVec *list, const char *name, const Shape *s, int master);
 /* Copies the instruction lists into the program. */
 void prog_finish(Program *p, const PtrVec *init, const PtrVec *step);
 

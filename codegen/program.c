@@ -2,12 +2,13 @@
  *
  * A program file is text, one item per line:
  *
- *   carve-program 1                    format version
+ *   carve-program 3                    format version
  *   carve 0.1.0                        the carve that wrote it
  *   model gpt
  *   rank 0 world 1
  *   seed 1234
  *   microbatches 1
+ *   precision bf16                     fp32, or bf16 mixed precision
  *   tokens_per_step 1024               tokens a step consumes (0: no token input)
  *   vocab 256                          token space of the token inputs
  *   flops_per_step 2.8e+09             einsum FLOPs of one step
@@ -33,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const buf_kind_names[] = {"param", "grad", "optstate", "input", "act", "scalar"};
+const char *const buf_kind_names[] = {"param", "grad", "optstate", "input", "act", "scalar", "work"};
 
 /* The name of attribute k of an op: integer attributes first, then floats. */
 static bool attr_name(const char *list, int k, char *out, size_t n) {
@@ -80,8 +81,8 @@ void instr_print(const Program *p, const Instr *in, FILE *out, bool names) {
 static void print_program(const Program *p, FILE *f) {
   fprintf(f, "carve-program %d\ncarve %s\nmodel %s\nrank %d world %d\nseed %" PRIu64 "\n", CARVE_PROGRAM_FORMAT,
           CARVE_VERSION, p->model, p->rank, p->world, p->seed);
-  fprintf(f, "microbatches %d\ntokens_per_step %" PRId64 "\nvocab %" PRId64 "\nflops_per_step %.17g\n", p->microbatches,
-          p->tokens_per_step, p->vocab, p->flops_per_step);
+  fprintf(f, "microbatches %d\nprecision %s\ntokens_per_step %" PRId64 "\nvocab %" PRId64 "\nflops_per_step %.17g\n",
+          p->microbatches, precision_name(p->precision), p->tokens_per_step, p->vocab, p->flops_per_step);
   fprintf(f, "arena %" PRId64 "\nbuffers %d\n", p->arena_bytes, p->nbufs);
   for (int b = 0; b < p->nbufs; b++) {
     const Buffer *B = &p->bufs[b];
@@ -101,6 +102,7 @@ static void print_program(const Program *p, FILE *f) {
 }
 
 bool program_write(const Program *p, const char *path, FILE *err) {
+  if (!program_verify(p, err)) return false; /* a bug in a code generator: never written */
   char *text = NULL;
   size_t len = 0;
   FILE *m = open_memstream(&text, &len);
@@ -193,11 +195,11 @@ static bool read_buffer(Reader *R, Program *p, int b) {
     return bad(R, arena_printf("expected 'buf %d <kind> <dtype> <shape> @<offset> <name>'", b));
   Buffer *B = &p->bufs[b];
   int k = 0;
-  while (k <= BUF_SCALAR && strcmp(buf_kind_names[k], kind) != 0) k++;
-  if (k > BUF_SCALAR) return bad(R, "unknown buffer kind");
+  while (k < BUF_KINDS && strcmp(buf_kind_names[k], kind) != 0) k++;
+  if (k == BUF_KINDS) return bad(R, "unknown buffer kind");
   B->kind = (BufKind)k;
-  if (strcmp(dt, "f32") && strcmp(dt, "i32")) return bad(R, "unknown dtype");
-  B->dtype = strcmp(dt, "i32") == 0 ? DT_I32 : DT_F32;
+  if (strcmp(dt, "f32") && strcmp(dt, "i32") && strcmp(dt, "bf16")) return bad(R, "unknown dtype");
+  B->dtype = strcmp(dt, "i32") == 0 ? DT_I32 : strcmp(dt, "bf16") == 0 ? DT_BF16 : DT_F32;
   if (!parse_shape(shape, &B->shape)) return bad(R, "malformed shape");
   B->bytes = shape_numel(&B->shape) * dtype_size(B->dtype);
   if (off < 0 || off > p->arena_bytes || B->bytes > p->arena_bytes - off)
@@ -371,8 +373,12 @@ Program *program_read(const char *path, FILE *err) {
       p->model = arena_strdup(model);
       p->rank = (int)rank;
       p->world = (int)world;
-      bool ok = header_i64(&R, "seed", &seed) && header_i64(&R, "microbatches", &mb) &&
-                header_i64(&R, "tokens_per_step", &tps) && header_i64(&R, "vocab", &vocab);
+      char prec[16];
+      bool ok = header_i64(&R, "seed", &seed) && header_i64(&R, "microbatches", &mb);
+      if (ok &&
+          (!next_line(&R) || sscanf(R.line, "precision %15s", prec) != 1 || !precision_parse(prec, &p->precision)))
+        ok = bad(&R, "expected 'precision fp32' or 'precision bf16'");
+      ok = ok && header_i64(&R, "tokens_per_step", &tps) && header_i64(&R, "vocab", &vocab);
       if (ok && (!next_line(&R) || sscanf(R.line, "flops_per_step %lf", &flops) != 1))
         ok = bad(&R, "expected 'flops_per_step <number>'");
       ok = ok && header_i64(&R, "arena", &arena) && header_i64(&R, "buffers", &nbufs);
@@ -406,12 +412,13 @@ void program_explain(const Program *p, FILE *out) {
   char a[32], b[32];
   fprintf(out, "program for model %s, rank %d of %d (format %d)\n", p->model, p->rank, p->world, CARVE_PROGRAM_FORMAT);
   fprintf(out, "  arena %s in one allocation; %d buffers\n", fmt_bytes((double)p->arena_bytes, a, sizeof a), p->nbufs);
-  fprintf(out, "  %d microbatch%s, %lld tokens and %s einsum FLOPs per step\n", p->microbatches,
-          p->microbatches == 1 ? "" : "es", (long long)p->tokens_per_step, fmt_si(p->flops_per_step, b, sizeof b));
-  int64_t by_kind[BUF_SCALAR + 1] = {0};
+  fprintf(out, "  %d microbatch%s, %s, %lld tokens and %s einsum FLOPs per step\n", p->microbatches,
+          p->microbatches == 1 ? "" : "es", p->precision == PREC_BF16 ? "bf16 mixed precision" : "fp32",
+          (long long)p->tokens_per_step, fmt_si(p->flops_per_step, b, sizeof b));
+  int64_t by_kind[BUF_KINDS] = {0};
   for (int i = 0; i < p->nbufs; i++) by_kind[p->bufs[i].kind] += p->bufs[i].bytes;
   fprintf(out, "  bytes by kind:");
-  for (int k = 0; k <= BUF_SCALAR; k++)
+  for (int k = 0; k < BUF_KINDS; k++)
     fprintf(out, " %s %s", buf_kind_names[k], fmt_bytes((double)by_kind[k], a, sizeof a));
   fprintf(out, "\n\nbuffers\n");
   for (int i = 0; i < p->nbufs; i++) {

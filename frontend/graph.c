@@ -21,10 +21,15 @@ int op_lookup(const char *name) {
   return -1;
 }
 
-const char *dtype_name(DType t) { return t == DT_I32 ? "i32" : "f32"; }
-int dtype_size(DType t) {
-  (void)t;
-  return 4;
+const char *dtype_name(DType t) { return t == DT_I32 ? "i32" : t == DT_BF16 ? "bf16" : "f32"; }
+int dtype_size(DType t) { return t == DT_BF16 ? 2 : 4; }
+
+const char *precision_name(Precision p) { return p == PREC_BF16 ? "bf16" : "fp32"; }
+
+bool precision_parse(const char *s, Precision *p) {
+  if (!strcmp(s, "fp32") || !strcmp(s, "f32")) return *p = PREC_FP32, true;
+  if (!strcmp(s, "bf16") || !strcmp(s, "mixed")) return *p = PREC_BF16, true;
+  return false;
 }
 
 int64_t shape_numel(const Shape *s) {

@@ -25,7 +25,7 @@
 #include <stdio.h>
 
 #define CARVE_VERSION "0.1.0"
-#define CARVE_PROGRAM_FORMAT 2
+#define CARVE_PROGRAM_FORMAT 3
 
 #define MAXRANK 8 /* tensor rank limit */
 #define MAXIN 4   /* inputs per node / instruction */
@@ -206,7 +206,7 @@ typedef struct OpInfo {
 extern const OpInfo op_info[OP_COUNT];
 int op_lookup(const char *name); /* -1 if unknown */
 
-typedef enum { DT_F32, DT_I32 } DType;
+typedef enum { DT_F32, DT_I32, DT_BF16 } DType;
 const char *dtype_name(DType t);
 int dtype_size(DType t);
 
@@ -316,11 +316,22 @@ bool parse_sets(const char *text, Override **sets, int *nsets, FILE *err);
 
 typedef enum { OPT_ADAMW, OPT_SGD } OptKind;
 
+/* fp32: every float in f32. bf16: mixed precision: f32 master parameters,
+ * optimizer state and gradient accumulators; a bf16 working copy of each
+ * parameter made once per step; activations and their gradients in bf16;
+ * products bf16 x bf16 with f32 accumulation; statistics, the loss and norms
+ * in f32 (docs/program-format.md, "Precision"). */
+typedef enum { PREC_FP32, PREC_BF16 } Precision;
+const char *precision_name(Precision p); /* "fp32", "bf16" */
+/* "fp32" or "bf16" (also "mixed", the planner's old name); false if neither */
+bool precision_parse(const char *s, Precision *p);
+
 typedef struct Train {
   OptKind opt;
   double lr, beta1, beta2, eps, wd, momentum, clip;
   int warmup;       /* steps of linear learning-rate warm-up */
   int microbatches; /* gradient accumulation: the graph is one microbatch */
+  Precision precision;
 } Train;
 
 void train_defaults(Train *t);
@@ -350,7 +361,9 @@ void summary_print(const Graph *g, const Summary *s, FILE *out);
  * codegen/: programs
  * ====================================================================== */
 
-typedef enum { BUF_PARAM, BUF_GRAD, BUF_OPTSTATE, BUF_INPUT, BUF_ACT, BUF_SCALAR } BufKind;
+/* work: a parameter's bf16 working copy, made from the f32 master each step */
+typedef enum { BUF_PARAM, BUF_GRAD, BUF_OPTSTATE, BUF_INPUT, BUF_ACT, BUF_SCALAR, BUF_WORK } BufKind;
+#define BUF_KINDS (BUF_WORK + 1)
 extern const char *const buf_kind_names[];
 
 typedef struct Buffer {
@@ -378,6 +391,7 @@ typedef struct Program {
   int rank, world;
   uint64_t seed;
   int microbatches;
+  Precision precision;
   int64_t tokens_per_step; /* 0 when the model has no token input */
   int64_t vocab;           /* size of the token space, 0 if none */
   double flops_per_step;   /* model FLOPs of one step: what GFLOP/s counts */
@@ -433,8 +447,22 @@ Program *program_read(const char *path, FILE *err);
 void program_explain(const Program *p, FILE *out);
 void instr_print(const Program *p, const Instr *in, FILE *out, bool names);
 
+/* codegen/verify.c: what every program must satisfy, checked before it is
+ * written and again when it is read (a kernel then never reads or writes
+ * outside a buffer). NULL or the reason an instruction is wrong. */
+const char *instr_verify(const Program *p, const Instr *in);
+/* false with "program for rank R, step instruction I (op): why" on err */
+bool program_verify(const Program *p, FILE *err);
+/* This rank's position in group g, or -1. */
+int group_pos(const Program *p, int64_t g, int rank);
+/* "ab,bc->ac" into its operands' labels (one input: parts[1] is the output);
+ * false if malformed. */
+bool einsum_parse(const char *spec, int nin, char parts[3][MAXRANK + 1]);
+/* NULL or what is wrong with spec for these shapes. */
+const char *einsum_check(const char *spec, int nin, const Shape *const *in, const Shape *out);
+
 /* ======================================================================
- * runtime/: execution on the CPU
+ * runtime/: execution (runtime/backend.h: the compute backends)
  * ====================================================================== */
 
 typedef struct TokenData {
@@ -459,13 +487,15 @@ struct Transport {
   /* Makes a communicator per group of a program (every rank calls it with
      the same list, in the same order: it is collective over the world). */
   bool (*groups)(Transport *t, int n, const int *sizes, int *const *ranks);
-  bool (*all_reduce)(Transport *t, int group, float *buf, int64_t n);
-  /* out holds chunk x group size floats: the members' chunks in rank order */
-  bool (*all_gather)(Transport *t, int group, const float *in, int64_t chunk, float *out);
-  /* in holds chunk x group size floats; out gets the sum of this member's chunk */
-  bool (*reduce_scatter)(Transport *t, int group, const float *in, int64_t chunk, float *out);
+  /* Collectives move elements of one dtype (counts are in elements); sums
+     of bf16 add in f32 and round. */
+  bool (*all_reduce)(Transport *t, int group, void *buf, int64_t n, DType dt);
+  /* out holds chunk x group size elements: the members' chunks in rank order */
+  bool (*all_gather)(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt);
+  /* in holds chunk x group size elements; out gets the sum of this member's chunk */
+  bool (*reduce_scatter)(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt);
   /* chunk k of in goes to member k; out gets every member's chunk for this one, in rank order */
-  bool (*all_to_all)(Transport *t, int group, const float *in, int64_t chunk, float *out);
+  bool (*all_to_all)(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt);
   /* send returns at once (the data is copied or in flight; buf may be reused);
      recv blocks until the message from peer with this tag has arrived */
   bool (*send)(Transport *t, const void *buf, int64_t bytes, int peer, int tag);
@@ -503,6 +533,8 @@ typedef struct RunOptions {
   const char *save_params; /* after the run, each rank writes PATH.rankN */
   double *step_s;          /* receives the mean step time after the first */
   const char *trace;       /* write a Chrome/Perfetto trace of the last step here (rank 0) */
+  double *peak_bytes;      /* receives the bytes the rank held: arena, scratch, staging */
+  struct Backend *backend; /* NULL: the CPU backend, opened and closed by the run */
 } RunOptions;
 
 /* Runs the init section, then `steps` steps. Returns 0 or prints an error
@@ -514,7 +546,8 @@ int runtime_run(const Program *p, const RunOptions *o);
 typedef struct Runtime Runtime;
 Runtime *runtime_new(const Program *p, const RunOptions *o);
 int runtime_step(Runtime *rt, double *loss);
-float *runtime_buffer(Runtime *rt, const char *name, int64_t *numel);
+/* host address of a buffer (its dtype's elements), NULL if none has the name */
+void *runtime_buffer(Runtime *rt, const char *name, int64_t *numel);
 void runtime_free(Runtime *rt);
 bool runtime_save_params(Runtime *rt, const char *path, FILE *err);
 

@@ -319,11 +319,14 @@ static double tensor_bytes(const Ctx *C, const Node *n, const Spec *s) {
   return b / spec_shards(C->me, s);
 }
 
-/* Optimizer-related bytes per parameter element: P param, G grad, O state. */
+/* Optimizer-related bytes per parameter element, as the runtime holds them
+ * (docs/program-format.md, Precision): P the parameter (bf16: its f32 master
+ * and its bf16 working copy), G its f32 gradient accumulator, O AdamW's two
+ * f32 moments. */
 static void state_bytes(const Ctx *C, double *P, double *G, double *O) {
-  *P = C->o->mixed ? 2 : 4;
-  *G = C->o->mixed ? 2 : 4;
-  *O = C->o->mixed ? 12 : 8; /* fp32 master copy and two moments, or the two moments */
+  *P = C->o->mixed ? 6 : 4;
+  *G = 4;
+  *O = 8;
 }
 
 /* Memory of parameter u stored with spec s, its gradient reduced over
@@ -343,7 +346,7 @@ static void param_memory(const Ctx *C, Acc *acc, const Node *u, const Spec *s, i
  * every microbatch; the rest happens once per step. */
 static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int axes) {
   double P, G, O;
-  state_bytes(C, &P, &G, &O);
+  state_bytes(C, &P, &G, &O); /* gradients are reduced in f32, as they are accumulated */
   double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s);
   for (int a = 0; a < 2; a++) {
     if (!(axes >> a & 1)) continue;
@@ -351,11 +354,14 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
       comm_w(C, acc, COLL_ALL_REDUCE, a, e * G, PHASE_BACKWARD, u->name, true);
     } else { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
       comm_w(C, acc, COLL_REDUCE_SCATTER, a, e * G, PHASE_BACKWARD, u->name, true);
+      /* ZeRO 3 gathers the working copy (bf16 under mixed precision) for every
+         microbatch; ZeRO 1 and 2 gather the updated f32 masters once */
+      double w = C->zero >= 3 && C->o->mixed ? 2 : 4;
       if (C->zero >= 3)
-        comm(C, acc, COLL_ALL_GATHER, a, e * P, PHASE_FORWARD, u->name);
+        comm(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_FORWARD, u->name);
       else
-        comm_w(C, acc, COLL_ALL_GATHER, a, e * P, PHASE_UPDATE, u->name, true);
-      if (C->zero >= 3) comm(C, acc, COLL_ALL_GATHER, a, e * P, PHASE_BACKWARD, u->name);
+        comm_w(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_UPDATE, u->name, true);
+      if (C->zero >= 3) comm(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_BACKWARD, u->name);
       e /= C->me->n[a];
     }
   }

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "carve.h"
+#include "kmath.h"
 
 /* ---------------------------------------------------------------- local */
 
@@ -33,13 +34,13 @@ static bool local_groups(Transport *t, int n, const int *sizes, int *const *rank
     }
   return true;
 }
-static bool local_all_reduce(Transport *t, int group, float *buf, int64_t n) {
-  (void)t, (void)group, (void)buf, (void)n;
+static bool local_all_reduce(Transport *t, int group, void *buf, int64_t n, DType dt) {
+  (void)t, (void)group, (void)buf, (void)n, (void)dt;
   return true;
 }
-static bool local_copy(Transport *t, int group, const float *in, int64_t chunk, float *out) {
+static bool local_copy(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
   (void)t, (void)group;
-  memmove(out, in, sizeof(float) * (size_t)chunk);
+  memmove(out, in, (size_t)dtype_size(dt) * (size_t)chunk);
   return true;
 }
 static bool local_p2p(Transport *t, int peer) {
@@ -112,6 +113,7 @@ typedef struct Mpi {
   int ncomm;
   Pending *pend;
   int npend, cap;
+  MPI_Op bf16_sum;
 } Mpi;
 
 static bool mpi_ok(Transport *t, int rc, const char *call) {
@@ -152,26 +154,40 @@ static bool mpi_groups(Transport *t, int n, const int *sizes, int *const *ranks)
   return true;
 }
 
-static bool mpi_all_reduce(Transport *t, int group, float *buf, int64_t n) {
-  return count_fits(t, n) &&
-         mpi_ok(t, MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, comm_of(t, group)), "MPI_Allreduce");
+/* MPI has no bf16: bf16 data moves as 16-bit words and sums through an
+   operation of carve's own (each pair added in f32, rounded back). */
+static void bf16_sum(void *in, void *inout, int *len, MPI_Datatype *type) {
+  (void)type;
+  const uint16_t *a = in;
+  uint16_t *b = inout;
+  for (int i = 0; i < *len; i++) b[i] = km_bf16(km_f32(a[i]) + km_f32(b[i]));
 }
 
-static bool mpi_all_gather(Transport *t, int group, const float *in, int64_t chunk, float *out) {
+static MPI_Datatype mpi_type(DType dt) { return dt == DT_BF16 ? MPI_UINT16_T : dt == DT_I32 ? MPI_INT32_T : MPI_FLOAT; }
+
+static MPI_Op sum_op(Transport *t, DType dt) { return dt == DT_BF16 ? ((Mpi *)t->impl)->bf16_sum : MPI_SUM; }
+
+static bool mpi_all_reduce(Transport *t, int group, void *buf, int64_t n, DType dt) {
+  return count_fits(t, n) &&
+         mpi_ok(t, MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, mpi_type(dt), sum_op(t, dt), comm_of(t, group)),
+                "MPI_Allreduce");
+}
+
+static bool mpi_all_gather(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
   return count_fits(t, chunk) &&
-         mpi_ok(t, MPI_Allgather(in, (int)chunk, MPI_FLOAT, out, (int)chunk, MPI_FLOAT, comm_of(t, group)),
+         mpi_ok(t, MPI_Allgather(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt), comm_of(t, group)),
                 "MPI_Allgather");
 }
 
-static bool mpi_reduce_scatter(Transport *t, int group, const float *in, int64_t chunk, float *out) {
+static bool mpi_reduce_scatter(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
   return count_fits(t, chunk) &&
-         mpi_ok(t, MPI_Reduce_scatter_block(in, out, (int)chunk, MPI_FLOAT, MPI_SUM, comm_of(t, group)),
+         mpi_ok(t, MPI_Reduce_scatter_block(in, out, (int)chunk, mpi_type(dt), sum_op(t, dt), comm_of(t, group)),
                 "MPI_Reduce_scatter_block");
 }
 
-static bool mpi_all_to_all(Transport *t, int group, const float *in, int64_t chunk, float *out) {
+static bool mpi_all_to_all(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
   return count_fits(t, chunk) &&
-         mpi_ok(t, MPI_Alltoall(in, (int)chunk, MPI_FLOAT, out, (int)chunk, MPI_FLOAT, comm_of(t, group)),
+         mpi_ok(t, MPI_Alltoall(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt), comm_of(t, group)),
                 "MPI_Alltoall");
 }
 
@@ -264,6 +280,7 @@ static void mpi_close(Transport *t) {
     if (m->comm[g] != MPI_COMM_NULL) MPI_Comm_free(&m->comm[g]);
   free(m->comm);
   free(m->pend);
+  MPI_Op_free(&m->bf16_sum);
   free(m);
   free(t);
   MPI_Finalize();
@@ -293,6 +310,7 @@ Transport *transport_open(int *argc, char ***argv) {
                    .abort = mpi_abort,
                    .close = mpi_close,
                    .impl = xcalloc(1, sizeof(Mpi))};
+  MPI_Op_create(bf16_sum, 1, &((Mpi *)t->impl)->bf16_sum);
   MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
   MPI_Comm_size(MPI_COMM_WORLD, &t->world);
   return t;

@@ -1,11 +1,13 @@
-/* test_einsum.c: the sgemm-based einsum engine against a naive loop over
- * every label assignment, for fixed cases (every layout autodiff produces
- * for a matmul and for attention) and for random specs and permutations. */
+/* test_einsum.c: the CPU backend's einsum engine (oneDNN products, prepared
+ * per shape) against a naive loop over every label assignment, for fixed
+ * cases (every layout autodiff produces for a matmul and for attention) and
+ * for random specs and permutations; in f32, and in bf16 with f32 and bf16
+ * outputs (against the naive loop over the bf16-rounded inputs). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/runtime.h"
+#include "../runtime/cpu/cpu.h"
 #include "harness.h"
 
 static void naive(const char *spec, int nin, const float *const *in, const Shape *const *ins, float *out,
@@ -56,7 +58,34 @@ static Shape shape_for(const char *labels, const int64_t *sizes) {
   return s;
 }
 
-static void compare(const char *spec, const int64_t *sizes, EinsumScratch *scratch) {
+/* dt: the inputs' dtype; out: the output's */
+static double run_case(const char *spec, int nin, const Shape *const *ins, const Shape *sc, const float *const *in,
+                       float *want, DType dt, DType out, Scratch *scratch) {
+  char why[256];
+  EinsumPlan *e = einsum_prepare(spec, nin, ins, dt, sc, out, why, sizeof why);
+  CHECK(e != NULL, "%s: prepared (%s)", spec, e ? "" : why);
+  if (!e) return 1;
+  int64_t n[3] = {shape_numel(ins[0]), nin > 1 ? shape_numel(ins[1]) : 0, shape_numel(sc)};
+  void *x[2] = {malloc(4 * (size_t)n[0]), malloc(4 * (size_t)(n[1] + 1))}, *got = malloc(4 * (size_t)n[2]);
+  for (int k = 0; k < nin; k++)
+    for (int64_t i = 0; i < n[k]; i++)
+      if (dt == DT_BF16)
+        ((uint16_t *)x[k])[i] = km_bf16(in[k][i]);
+      else
+        ((float *)x[k])[i] = in[k][i];
+  einsum_exec(e, (const void *const *)x, got, scratch);
+  double worst = 0;
+  for (int64_t i = 0; i < n[2]; i++) {
+    double g = out == DT_BF16 ? km_f32(((uint16_t *)got)[i]) : ((float *)got)[i];
+    double err = fabs(g - want[i]) / (1 + fabs(want[i]));
+    if (err > worst) worst = err;
+  }
+  einsum_free(e);
+  free(x[0]), free(x[1]), free(got);
+  return worst;
+}
+
+static void compare(const char *spec, const int64_t *sizes, Scratch *scratch) {
   char a[16] = "", b[16] = "", c[16] = "";
   const char *arrow = strstr(spec, "->");
   const char *comma = strchr(spec, ',');
@@ -68,24 +97,26 @@ static void compare(const char *spec, const int64_t *sizes, EinsumScratch *scrat
   const Shape *ins[2] = {&sa, &sb};
   CHECK(einsum_check(spec, nin, ins, &sc) == NULL, "%s: spec accepted", spec);
   float *x = malloc(sizeof(float) * (size_t)shape_numel(&sa)), *y = malloc(sizeof(float) * (size_t)shape_numel(&sb));
-  float *got = malloc(sizeof(float) * (size_t)shape_numel(&sc)),
-        *want = malloc(sizeof(float) * (size_t)shape_numel(&sc));
+  float *want = malloc(sizeof(float) * (size_t)shape_numel(&sc));
   for (int64_t i = 0; i < shape_numel(&sa); i++) x[i] = rng_normal(1, (uint64_t)i);
   for (int64_t i = 0; i < shape_numel(&sb); i++) y[i] = rng_normal(2, (uint64_t)i);
   const float *in[2] = {x, y};
-  einsum_run(spec, nin, in, ins, got, &sc, scratch);
   naive(spec, nin, in, ins, want, &sc);
-  double worst = 0;
-  for (int64_t i = 0; i < shape_numel(&sc); i++) {
-    double e = fabs(got[i] - want[i]) / (1 + fabs(want[i]));
-    if (e > worst) worst = e;
-  }
-  CHECK(worst < 1e-4, "%s: einsum differs from the naive loop by %g", spec, worst);
-  free(x), free(y), free(got), free(want);
+  double e = run_case(spec, nin, ins, &sc, in, want, DT_F32, DT_F32, scratch);
+  CHECK(e < 1e-4, "%s: f32 einsum differs from the naive loop by %g", spec, e);
+  /* bf16: the naive loop over the rounded inputs */
+  for (int64_t i = 0; i < shape_numel(&sa); i++) x[i] = km_f32(km_bf16(x[i]));
+  for (int64_t i = 0; i < shape_numel(&sb); i++) y[i] = km_f32(km_bf16(y[i]));
+  naive(spec, nin, in, ins, want, &sc);
+  e = run_case(spec, nin, ins, &sc, in, want, DT_BF16, nin == 1 ? DT_BF16 : DT_F32, scratch);
+  CHECK(e < 1e-4, "%s: bf16 einsum (f32 out) differs from the naive loop by %g", spec, e);
+  e = run_case(spec, nin, ins, &sc, in, want, DT_BF16, DT_BF16, scratch);
+  CHECK(e < 1e-2, "%s: bf16 einsum (bf16 out) differs from the naive loop by %g", spec, e);
+  free(x), free(y), free(want);
 }
 
 int main(void) {
-  EinsumScratch scratch = {0};
+  Scratch scratch = {0};
   const int64_t sizes[26] = {2, 3, 4, 5, 3, 2, 4, 3, 2, 5, 3, 2, 4, 2, 3, 2, 2, 3, 2, 2, 3, 2, 2, 2, 2, 2};
   static const char *fixed[] = {
       "ab,bc->ac",     "ab,ac->bc",       "ac,bc->ab",       "abc,cd->abd",     "abd,cd->abc",

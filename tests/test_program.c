@@ -165,7 +165,7 @@ static void test_damaged_files(void) {
   char *body = body_of(path);
   size_t n = strlen(body) + 64;
   char *edited = xmalloc(n);
-  replace_once(body, "carve-program 2", "carve-program 99", edited, n);
+  replace_once(body, "carve-program 3", "carve-program 99", edited, n);
   write_with_checksum(bad, edited);
   CHECK(refused(bad, "program format 99"), "another program format is refused");
   replace_once(body, "carve " CARVE_VERSION, "carve 0.0.1", edited, n);

@@ -33,7 +33,7 @@ expect "no launcher" "plan for 2 ranks, but this run has 1" "$carve" run "$tmp/p
 cp -r "$tmp/p" "$tmp/missing" && rm "$tmp/missing/rank1.prog"
 expect "missing program" "rank1.prog" $mpirun -np 2 "$carve" run "$tmp/missing" --steps 1
 
-cp -r "$tmp/p" "$tmp/corrupt" && sed -i '20s/[0-9]/7/' "$tmp/corrupt/rank1.prog"
+cp -r "$tmp/p" "$tmp/corrupt" && sed -i '20s/[0-9]/x/' "$tmp/corrupt/rank1.prog"
 expect "corrupted program" "checksum mismatch" $mpirun -np 2 "$carve" run "$tmp/corrupt" --steps 1
 
 cp -r "$tmp/p" "$tmp/version" && sed -i '2s/.*/carve 0.0.1/' "$tmp/version/rank0.prog" && "$resign" "$tmp/version/rank0.prog"

@@ -28,7 +28,7 @@ static void help(void) {
          "  --zero auto|0|1|2|3    ZeRO stage (default auto: the lowest that fits)\n"
          "  --force-dp             split only the batch dim (pure data parallelism)\n"
          "  --batch-axis 0|1       the batch dim must use this mesh axis\n"
-         "  --precision fp32|mixed (default: mixed when the devices have 16-bit peak)\n"
+         "  --precision fp32|bf16 (default: bf16 mixed precision when the devices have a bf16 rate)\n"
          "  --time-limit S         solver time limit in seconds (default 60)\n"
          "  --preset NAME  --set dim=N,...   model sizes\n"
          "  -o DIR                 also write DIR/plan.json and, for a whole plan, one program per rank\n"
@@ -69,6 +69,7 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
   free(why);
   Train t;
   train_defaults(&t);
+  t.precision = pp->stages[0].plan->opt.mixed ? PREC_BF16 : PREC_FP32; /* what the plan priced */
   Program **progs = compile_layout(model_path, eo, &t, 1234, &L, stderr);
   if (!progs) return false;
   int world = layout_world(&L);
@@ -178,11 +179,12 @@ int cmd_plan(int argc, char **argv) {
   }
   po.mixed = cl->flops_bf16 > 0;
   if (precision) {
-    if (strcmp(precision, "fp32") && strcmp(precision, "mixed")) {
-      rc = usage_error("plan", "--precision is fp32 or mixed");
+    Precision pr;
+    if (!precision_parse(precision, &pr)) {
+      rc = usage_error("plan", "--precision is fp32 or bf16, not '%s'", precision);
       goto done;
     }
-    po.mixed = !strcmp(precision, "mixed");
+    po.mixed = pr == PREC_BF16;
   }
   if (!intra) { /* the whole plan: stages, submeshes, microbatches, schedule */
     if (mesh) {

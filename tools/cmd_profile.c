@@ -1,13 +1,13 @@
 /* cmd_profile.c: `carve profile [-o FILE] [--quick]` measures this machine's
- * backend: the cblas_sgemm rate, the memory bandwidth of an elementwise op
- * and, with several ranks (mpirun -np N carve profile), the all-reduce and
+ * backend, running the runtime's own instructions through it: the matrix
+ * product rate in f32 and in bf16, the memory bandwidth of an elementwise op,
+ * the rate of elementwise math and, with several ranks (mpirun -np N carve profile), the all-reduce and
  * point-to-point latency and bandwidth through the Transport. Every rank runs
  * every measurement at the same time, as in training, and a figure is the
  * slowest rank's, so it is what one rank gets while the others work too.
  * Rank 0 prints a table and, with -o, writes a cluster file
  * (docs/cluster-format.md) that carve plan --cluster FILE takes.
  * Exit status: 0 fine, 1 the file could not be written, 2 a bad command line. */
-#include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
@@ -18,7 +18,8 @@
 #include <unistd.h>
 
 #include "../planner/planner.h"
-#include "../runtime/runtime.h"
+#include "../runtime/backend.h"
+#include "kmath.h"
 #include "tools.h"
 
 /* What a one-rank run writes for the links, which it cannot measure: the
@@ -31,8 +32,9 @@
 
 static void profile_help(void) {
   printf("usage: carve profile [-o FILE] [--quick]\n\n"
-         "Measures this machine's backend and prints what it found: the cblas_sgemm rate on square\n"
-         "matrices up to 2048, the memory bandwidth of an elementwise op (y += x on 64 MiB arrays) and,\n"
+         "Measures this machine's backend and prints what it found: the matrix product rate (f32 and\n"
+         "bf16 einsums) on square matrices up to 2048, the memory bandwidth of an elementwise op (y += x on 64 MiB "
+         "arrays) and,\n"
          "when started with several ranks (mpirun -np N carve profile), the all-reduce latency and bus\n"
          "bandwidth over all ranks and the point-to-point latency and bandwidth between ranks 0 and 1.\n"
          "Every rank runs every measurement at once, as in training: a figure is what one rank gets\n"
@@ -79,33 +81,79 @@ static bool can_write(const char *path) {
 
 /* ------------------------------------------------------------ measuring */
 
-typedef enum { B_GEMM, B_STREAM, B_VECTOR, B_ALL_REDUCE, B_PING_PONG } BenchKind;
+typedef enum { B_COMPUTE, B_ALL_REDUCE, B_PING_PONG } BenchKind;
+
+/* A compute measurement is a program of a few step instructions over its
+ * own buffers, loaded into the backend as any program is. */
+typedef struct Probe {
+  Program p;
+  Buffer bufs[3];
+  Instr step[2];
+  Backend *be;
+} Probe;
 
 typedef struct Bench {
   BenchKind kind;
-  int64_t n; /* matrix side; floats; floats; bytes */
-  float *a, *b, *c;
+  int64_t n; /* floats (all-reduce); bytes (ping-pong) */
+  float *a;
+  Probe *probe;
 } Bench;
+
+/* Buffers a, b, c of the given shapes and dtype, one after another. */
+static Probe *probe_new(DType dt, const Shape *sa, const Shape *sb, const Shape *sc) {
+  Probe *q = xcalloc(1, sizeof(Probe));
+  const Shape *shapes[3] = {sa, sb, sc};
+  int64_t off = 0;
+  for (int k = 0; k < 3; k++) {
+    int64_t bytes = shape_numel(shapes[k]) * dtype_size(dt);
+    q->bufs[k] = (Buffer){.name = k == 0   ? "a"
+                                  : k == 1 ? "b"
+                                           : "c",
+                          .dtype = dt,
+                          .shape = *shapes[k],
+                          .kind = BUF_ACT,
+                          .offset = off,
+                          .bytes = bytes};
+    off += (bytes + 63) / 64 * 64;
+  }
+  q->p = (Program){.model = "profile", .world = 1, .bufs = q->bufs, .nbufs = 3, .arena_bytes = off, .step = q->step};
+  return q;
+}
+
+/* Loads the probe's instructions and fills a and b with small values. */
+static void probe_load(Probe *q) {
+  char why[256];
+  q->be = backend_open(NULL, why, sizeof why);
+  if (!q->be || !program_verify(&q->p, stderr) || !q->be->load(q->be, &q->p, stderr))
+    carve_fatal("profile: the backend cannot run its own measurement (%s)", q->be ? "see above" : why);
+  for (int k = 0; k < 2; k++) {
+    int64_t n = shape_numel(&q->bufs[k].shape);
+    float *x = xmalloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) x[i] = 1e-2f * (float)(i % 7 - 3);
+    if (q->bufs[k].dtype == DT_BF16)
+      for (int64_t i = 0; i < n; i++) ((uint16_t *)x)[i] = km_bf16(x[i]);
+    q->be->upload(q->be, q->bufs[k].offset, x, q->bufs[k].bytes);
+    free(x);
+  }
+}
+
+static void probe_free(Probe *q) {
+  if (q->be) q->be->close(q->be);
+  free(q);
+}
+
+static void probe_run(Probe *q) {
+  StepInfo si = {.step = 1};
+  for (int i = 0; i < q->p.nstep; i++) q->be->exec(q->be, &q->step[i], i, false, &si);
+  StepStatus st;
+  q->be->synchronize(q->be, &st);
+}
 
 /* One operation on this rank. The ping-pong involves ranks 0 and 1 only. */
 static bool bench_once(Transport *t, const Bench *b) {
-  int n = (int)b->n;
   switch (b->kind) {
-  case B_GEMM:
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, b->a, n, b->b, n, 0.0f, b->c, n);
-    return true;
-  case B_STREAM: {
-    float *y = b->a;
-    const float *x = b->b;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < b->n; i++) y[i] += x[i];
-    return true;
-  }
-  case B_VECTOR: /* the runtime's own kernels: gelu and its gradient */
-    k_unary(OP_GELU, b->a, b->b, b->n);
-    k_unary_bwd(OP_GELU_BWD, b->c, b->b, b->a, b->n);
-    return true;
-  case B_ALL_REDUCE: return t->all_reduce(t, 0, b->a, b->n);
+  case B_COMPUTE: probe_run(b->probe); return true;
+  case B_ALL_REDUCE: return t->all_reduce(t, 0, b->a, b->n, DT_F32);
   case B_PING_PONG:
     if (t->rank == 0) return t->send(t, b->a, b->n, 1, 1) && t->recv(t, b->a, b->n, 1, 2);
     if (t->rank == 1) return t->recv(t, b->a, b->n, 0, 1) && t->send(t, b->a, b->n, 0, 2);
@@ -144,11 +192,13 @@ static double best_time(Transport *t, const Bench *b, int samples, double target
 }
 
 typedef struct Profile {
-  int world, blas_threads, omp_threads;
+  int world, omp_threads;
   bool quick;
   int samples;
   int ngemm, gemm_n[MAX_SIZES];
-  double gemm_rate[MAX_SIZES]; /* FLOP/s per rank */
+  double gemm_rate[MAX_SIZES]; /* FLOP/s per rank, f32 */
+  double gemm_bf16[MAX_SIZES]; /* FLOP/s per rank, bf16 x bf16 (f32 accumulation) */
+  const char *engine;          /* what runs the products */
   double mem_bandwidth;        /* bytes/s per rank */
   double vector_rate;          /* FLOP/s per rank of elementwise math (gelu, counted as the planner counts it) */
   double ar_latency;           /* seconds, 4 bytes */
@@ -159,39 +209,40 @@ typedef struct Profile {
   double p2p_time[MAX_SIZES], p2p_bw[MAX_SIZES];
 } Profile;
 
-static void fill(float *x, int64_t n, float scale) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) x[i] = scale * (float)(i % 7 - 3);
+/* C = A B on n x n matrices of dtype dt, through the einsum instruction. */
+static double gemm_rate(Transport *t, const Profile *p, int n, DType dt, double target) {
+  Shape m = {2, {n, n}};
+  Probe *q = probe_new(dt, &m, &m, &m);
+  q->p.nstep = 1;
+  q->step[0] = (Instr){.op = OP_EINSUM, .out = 2, .nin = 2, .in = {0, 1}, .spec = "ij,jk->ik"};
+  probe_load(q);
+  Bench b = {.kind = B_COMPUTE, .probe = q};
+  double rate = 2.0 * n * n * n / best_time(t, &b, p->samples, target);
+  probe_free(q);
+  return rate;
 }
-
-static volatile float sink; /* keeps the results of the measured loops alive */
 
 static void measure_gemm(Transport *t, Profile *p, double target) {
   static const int full[] = {256, 512, 1024, 2048}, quick[] = {256, 512, 1024};
   const int *sizes = p->quick ? quick : full;
   p->ngemm = p->quick ? 3 : 4;
-  int64_t big = sizes[p->ngemm - 1];
-  Bench b = {B_GEMM, 0, xmalloc(sizeof(float) * (size_t)(big * big)), xmalloc(sizeof(float) * (size_t)(big * big)),
-             xmalloc(sizeof(float) * (size_t)(big * big))};
-  fill(b.a, big * big, 1e-2f);
-  fill(b.b, big * big, 1e-2f);
   for (int i = 0; i < p->ngemm; i++) {
-    b.n = p->gemm_n[i] = sizes[i];
-    double n = sizes[i];
-    p->gemm_rate[i] = 2 * n * n * n / best_time(t, &b, p->samples, target);
+    p->gemm_n[i] = sizes[i];
+    p->gemm_rate[i] = gemm_rate(t, p, sizes[i], DT_F32, target);
+    p->gemm_bf16[i] = gemm_rate(t, p, sizes[i], DT_BF16, target);
   }
-  sink = b.c[0];
-  free(b.a), free(b.b), free(b.c);
 }
 
+/* y += x (the acc instruction): read x, read y, write y */
 static void measure_memory(Transport *t, Profile *p, double target) {
-  Bench b = {B_STREAM, MEM_FLOATS, xmalloc(sizeof(float) * MEM_FLOATS), xmalloc(sizeof(float) * MEM_FLOATS), NULL};
-  fill(b.a, MEM_FLOATS, 1e-3f);
-  fill(b.b, MEM_FLOATS, 1e-6f);
-  /* read x, read y, write y */
+  Shape v = {1, {MEM_FLOATS}};
+  Probe *q = probe_new(DT_F32, &v, &v, &v);
+  q->p.nstep = 1;
+  q->step[0] = (Instr){.op = OP_ACC, .out = 1, .nin = 1, .in = {0}};
+  probe_load(q);
+  Bench b = {.kind = B_COMPUTE, .probe = q};
   p->mem_bandwidth = 3.0 * sizeof(float) * MEM_FLOATS / best_time(t, &b, p->samples, target);
-  sink = b.a[MEM_FLOATS / 2];
-  free(b.a), free(b.b);
+  probe_free(q);
 }
 
 /* gelu and its gradient over 1M floats: 8 FLOPs an element forward and 16
@@ -199,11 +250,15 @@ static void measure_memory(Transport *t, Profile *p, double target) {
    twice the forward for its gradient), so the rate prices them */
 static void measure_vector(Transport *t, Profile *p, double target) {
   enum { N = 1 << 20 };
-  Bench b = {B_VECTOR, N, xmalloc(sizeof(float) * N), xmalloc(sizeof(float) * N), xmalloc(sizeof(float) * N)};
-  fill(b.b, N, 1e-1f);
+  Shape v = {1, {N}};
+  Probe *q = probe_new(DT_F32, &v, &v, &v);
+  q->p.nstep = 2;
+  q->step[0] = (Instr){.op = OP_GELU, .out = 2, .nin = 1, .in = {0}};
+  q->step[1] = (Instr){.op = OP_GELU_BWD, .out = 1, .nin = 2, .in = {0, 2}};
+  probe_load(q);
+  Bench b = {.kind = B_COMPUTE, .probe = q};
   p->vector_rate = 24.0 * N / best_time(t, &b, p->samples, target);
-  sink = b.a[N / 2];
-  free(b.a), free(b.b), free(b.c);
+  probe_free(q);
 }
 
 static void measure_links(Transport *t, Profile *p, double target) {
@@ -218,7 +273,7 @@ static void measure_links(Transport *t, Profile *p, double target) {
   p->nmsg = p->quick ? 3 : 7;
   int64_t big = sizes[p->nmsg - 1];
   float *buf = xcalloc((size_t)big / sizeof(float), sizeof(float));
-  Bench ar = {B_ALL_REDUCE, 1, buf, NULL, NULL}, pp = {B_PING_PONG, 4, buf, NULL, NULL};
+  Bench ar = {B_ALL_REDUCE, 1, buf, NULL}, pp = {B_PING_PONG, 4, buf, NULL};
   p->ar_latency = best_time(t, &ar, p->samples, target);
   p->p2p_latency = best_time(t, &pp, p->samples, target) / 2;
   double bus = 2.0 * (p->world - 1) / p->world;
@@ -249,20 +304,19 @@ static const char *time_label(double s) {
 static const char *plural(int n, const char *one, const char *many) { return n == 1 ? one : many; }
 
 static void print_table(const Profile *p) {
-  printf("carve profile: %d rank%s; per rank %d OpenBLAS thread%s, %d OpenMP thread%s%s\n", p->world,
-         plural(p->world, "", "s"), p->blas_threads, plural(p->blas_threads, "", "s"), p->omp_threads,
-         plural(p->omp_threads, "", "s"), p->quick ? "; quick" : "");
+  printf("carve profile: %d rank%s; per rank %d thread%s; products by %s%s\n", p->world, plural(p->world, "", "s"),
+         p->omp_threads, plural(p->omp_threads, "", "s"), p->engine, p->quick ? "; quick" : "");
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  int threads = p->blas_threads > p->omp_threads ? p->blas_threads : p->omp_threads;
+  int threads = p->omp_threads;
   if (cores > 0 && (long)p->world * threads > cores)
     printf("note: %d rank%s x %d threads on %ld cores: oversubscribed; set OMP_NUM_THREADS=%ld to measure "
            "what training gets\n",
            p->world, plural(p->world, "", "s"), threads, cores, cores / p->world > 0 ? cores / p->world : 1);
-  printf("\n%-30s %16s %16s\n", "sgemm, all ranks at once", "per rank", "all ranks");
+  printf("\n%-30s %16s %16s %16s\n", "products, all ranks at once", "f32 per rank", "bf16 per rank", "bf16 all ranks");
   for (int i = 0; i < p->ngemm; i++)
-    printf("  %-28s %16s %16s\n", arena_printf("%d^3", p->gemm_n[i]),
-           arena_printf("%.1f GFLOP/s", p->gemm_rate[i] / 1e9),
-           arena_printf("%.1f GFLOP/s", p->world * p->gemm_rate[i] / 1e9));
+    printf("  %-28s %16s %16s %16s\n", arena_printf("%d^3", p->gemm_n[i]),
+           arena_printf("%.1f GFLOP/s", p->gemm_rate[i] / 1e9), arena_printf("%.1f GFLOP/s", p->gemm_bf16[i] / 1e9),
+           arena_printf("%.1f GFLOP/s", p->world * p->gemm_bf16[i] / 1e9));
   printf("%-30s %16s %16s\n", arena_printf("memory, y += x, %s arrays", size_label(MEM_FLOATS * 4)),
          arena_printf("%.2f GB/s", p->mem_bandwidth / 1e9),
          arena_printf("%.2f GB/s", p->world * p->mem_bandwidth / 1e9));
@@ -322,19 +376,20 @@ static void write_cluster(FILE *f, const Profile *p) {
   double bw = w > 1 ? p->ar_busbw[m] : LOCAL_LINK_BANDWIDTH, lat = w > 1 ? p->ar_latency : LOCAL_LINK_LATENCY;
   fprintf(f,
           "# profiled.cluster: written by `carve profile%s` (carve %s) on %s.\n"
-          "# This machine as %d CPU rank%s (MPI) on one node; per rank %d OpenBLAS thread%s and %d OpenMP\n"
-          "# thread%s. Every figure is per rank, measured with all ranks running at once; the\n"
+          "# This machine as %d CPU rank%s (MPI) on one node; per rank %d thread%s; products by\n"
+          "# %s. Every figure is per rank, measured with all ranks running at once; the\n"
           "# slowest rank's time, best of %d samples. Measure again for another rank count.\n"
           "# Format: docs/cluster-format.md.\n",
-          p->quick ? " --quick" : "", CARVE_VERSION, when, w, plural(w, "", "s"), p->blas_threads,
-          plural(p->blas_threads, "", "s"), p->omp_threads, plural(p->omp_threads, "", "s"), p->samples);
+          p->quick ? " --quick" : "", CARVE_VERSION, when, w, plural(w, "", "s"), p->omp_threads,
+          plural(p->omp_threads, "", "s"), p->engine, p->samples);
   fprintf(f, "name profiled\n");
-  fprintf(f, "device %s (one MPI rank, OpenBLAS)\n", cpu_name());
+  fprintf(f, "device %s (one MPI rank, oneDNN)\n", cpu_name());
   fprintf(f, "nodes 1\n");
   fprintf(f, "devices_per_node %d\n", w);
-  fprintf(f, "%-34s # cblas_sgemm %d^3%s\n", arena_printf("flops_f32 %s", eng(p->gemm_rate[g])), p->gemm_n[g],
+  fprintf(f, "%-34s # f32 einsum %d^3%s\n", arena_printf("flops_f32 %s", eng(p->gemm_rate[g])), p->gemm_n[g],
           w > 1 ? arena_printf(" (%.1f GFLOP/s on all ranks)", w * p->gemm_rate[g] / 1e9) : "");
-  fprintf(f, "%-34s # no bf16 arithmetic on this backend\n", "flops_bf16 0");
+  fprintf(f, "%-34s # bf16 einsum %d^3, f32 accumulation\n", arena_printf("flops_bf16 %s", eng(p->gemm_bf16[g])),
+          p->gemm_n[g]);
   fprintf(f, "%-34s # gelu and its gradient over 1M floats, 24 FLOPs an element\n",
           arena_printf("flops_vector %s", eng(p->vector_rate)));
   fprintf(f, "%-34s # 3/4 of %.1f GB of physical memory, shared by %d rank%s\n",
@@ -380,6 +435,15 @@ static bool save(const char *path, const Profile *p) {
   return true;
 }
 
+static const char *engine_name(void) {
+  char why[256];
+  Backend *b = backend_open(NULL, why, sizeof why);
+  if (!b) carve_fatal("profile: %s", why);
+  const char *d = arena_strdup(b->describe);
+  b->close(b);
+  return d;
+}
+
 static int profile(Transport *t, int argc, char **argv) {
   bool root = t->rank == 0;
   if (wants_help(argc, argv)) {
@@ -394,8 +458,8 @@ static int profile(Transport *t, int argc, char **argv) {
   if (!t->agree(t, ok)) return 1;
 
   Profile p = {.world = t->world,
-               .blas_threads = openblas_get_num_threads(),
                .omp_threads = omp_get_max_threads(),
+               .engine = engine_name(),
                .quick = o.quick,
                .samples = o.quick ? 3 : 5};
   double target = o.quick ? 0.01 : 0.1; /* seconds per sample */

@@ -7,6 +7,8 @@
  * Training options (compile, train):
  *   --optimizer adamw|sgd  --lr X  --wd X  --beta1 X  --beta2 X  --eps X
  *   --momentum X  --clip X (0: off)  --warmup N  --microbatches N  --seed N
+ *   --precision fp32|bf16 (default: bf16 where the backend has bf16 units)
+ *   (run takes --precision too: it checks the program's)
  * Run options (run, train):
  *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH
  * compile --layout "dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full":
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../runtime/backend.h"
 #include "planner.h"
 #include "tools.h"
 
@@ -68,6 +71,7 @@ typedef struct Opts {
   const char *layout, *save_params, *trace;
   int steps, log_every, rank;
   bool quiet, dump, dump_training, profile;
+  bool precision_set; /* --precision given: train.precision holds it */
 } Opts;
 
 /* Parses argv (after the subcommand). `allowed` lists the option groups the
@@ -108,7 +112,11 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->elab.preset = v;
     else if (GROUP('m') && !strcmp(key, "--set"))
       ok = parse_sets(v, &o->elab.sets, &o->elab.nsets, stderr);
-    else if (GROUP('t') && !strcmp(key, "--optimizer")) {
+    else if ((GROUP('t') || GROUP('r')) && !strcmp(key, "--precision")) {
+      ok = precision_parse(v, &o->train.precision);
+      if (!ok) usage_error(o->cmd, "--precision is fp32 or bf16, not '%s'", v);
+      o->precision_set = true;
+    } else if (GROUP('t') && !strcmp(key, "--optimizer")) {
       if (!strcmp(v, "adamw"))
         o->train.opt = OPT_ADAMW;
       else if (!strcmp(v, "sgd"))
@@ -226,8 +234,18 @@ int cmd_check(int argc, char **argv) {
   return rc;
 }
 
+/* Without --precision: bf16 where this machine's backend has bf16 units. */
+static void default_precision(Opts *o) {
+  if (o->precision_set) return;
+  char why[256];
+  Backend *b = backend_open(NULL, why, sizeof why);
+  o->train.precision = b && b->bf16_fast ? PREC_BF16 : PREC_FP32;
+  if (b) b->close(b);
+}
+
 /* Model -> training graph (per microbatch) -> program; *graph gets the graph. */
 static Program *compile(Opts *o, const char *dflt, const char *dflt_preset, Graph **graph) {
+  default_precision(o);
   if (!o->model && dflt && !o->elab.preset) o->elab.preset = dflt_preset;
   Graph *g = load_model(o, dflt);
   if (!g || !autodiff(g, o->train.microbatches, stderr)) return NULL;
@@ -281,6 +299,7 @@ static Program **compile_ranks(Opts *o, int *world) {
   if (!layout_parse(o, &L)) return NULL;
   if (!o->model) return usage_error(o->cmd, "which model? give a .graph file or a shipped model name"), NULL;
   *world = layout_world(&L);
+  default_precision(o);
   return compile_layout(model_resolve(o->model), &o->elab, &o->train, o->seed, &L, stderr);
 }
 
@@ -291,11 +310,15 @@ static void print_train_help(const char *cmd, const char *args, const char *what
          "training options:\n  --optimizer adamw|sgd  (default adamw)\n  --lr X (1e-3)  --wd X (0.1)  "
          "--beta1 X (0.9)  --beta2 X (0.95)  --eps X (1e-8)\n  --momentum X (0.9, sgd)  --clip X (1.0; 0 turns "
          "clipping off)  --warmup N (0)\n  --microbatches N (1): gradient accumulation, N must divide batch\n"
+         "  --precision fp32|bf16: bf16 is mixed precision (f32 master weights, optimizer state and\n"
+         "      gradient sums; bf16 activations and products with f32 accumulation); default bf16\n"
+         "      where this machine has bf16 matrix units, else fp32\n"
          "  --seed N (1234): parameter initialisation and data\n");
 }
 
 static void print_run_help(void) {
   printf("run options:\n  --steps N (10)  --data FILE (a token file from 'carve data'; default: synthetic)\n"
+         "  --precision fp32|bf16 (run: refuse a program compiled in the other)\n"
          "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n");
 }
 
@@ -370,6 +393,12 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
     fprintf(stderr, "carve: error: --data given, but the model has no token input (~ tokens(vocab))\n");
     ok = false;
   }
+  if (ok && o->precision_set && o->train.precision != p->precision) {
+    if (net->rank == 0)
+      fprintf(stderr, "carve: error: the program was compiled for %s, not %s: recompile it with --precision %s\n",
+              precision_name(p->precision), precision_name(o->train.precision), precision_name(o->train.precision));
+    ok = false;
+  }
   if (!net->agree(net, ok)) return tokens_free(td), 1;
   RunOptions ro = {.steps = o->steps,
                    .data = td,
@@ -382,6 +411,7 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
   if (!o->quiet && net->rank == 0) {
     printf("training %s: %d steps on %s", p->model, o->steps, td ? td->path : "synthetic data");
     if (net->world > 1) printf(", %d ranks", net->world);
+    printf(", %s", p->precision == PREC_BF16 ? "bf16 mixed precision" : "fp32");
     printf("\n");
     fflush(stdout);
   }

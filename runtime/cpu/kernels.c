@@ -1,8 +1,10 @@
 /* kernels.c: the CPU kernels behind every non-einsum op, fp32, contiguous
- * row-major arrays. They are the readable reference a GPU backend will be
+ * row-major arrays. They are the readable reference a GPU backend is
  * checked against. Reductions accumulate in double so that results do not
- * depend on the blocking of a faster implementation more than necessary. */
-#include "runtime.h"
+ * depend on the blocking of a faster implementation more than necessary.
+ * bf16 operands reach them converted (backend.c); the per-element formulas
+ * shared with other backends are in kmath.h. */
+#include "cpu.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -92,23 +94,11 @@ double k_sumsq(const float *x, int64_t n) {
   return total;
 }
 
-/* tanh from one expf: 1 - 2 / (exp(2u) + 1), exact at the float limits */
-static inline float fast_tanh(float u) {
-  if (u > 10) return 1;
-  if (u < -10) return -1;
-  return 1.0f - 2.0f / (expf(2.0f * u) + 1.0f);
-}
-
-#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
-
 void k_unary(OpKind op, float *out, const float *x, int64_t n) {
   switch (op) {
   case OP_GELU: /* tanh approximation */
     PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) {
-      float v = x[i];
-      out[i] = 0.5f * v * (1.0f + fast_tanh(GELU_C * (v + 0.044715f * v * v * v)));
-    }
+    for (int64_t i = 0; i < n; i++) out[i] = km_gelu(x[i]);
     break;
   case OP_RELU:
     PARALLEL(n)
@@ -140,11 +130,7 @@ void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t 
   switch (op) {
   case OP_GELU_BWD:
     PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) {
-      float v = x[i], u = GELU_C * (v + 0.044715f * v * v * v), t = fast_tanh(u);
-      float du = GELU_C * (1.0f + 3.0f * 0.044715f * v * v);
-      dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
-    }
+    for (int64_t i = 0; i < n; i++) dx[i] = km_gelu_bwd(x[i], dy[i]);
     break;
   case OP_RELU_BWD:
     PARALLEL(n)
@@ -353,30 +339,24 @@ static double logsumexp(const float *x, int64_t n, float *max) {
   return log(s) + m;
 }
 
-/* Mean over rows of -log softmax(logits)[label]. Rows run in parallel; the
- * per-row losses are summed in order. */
-bool k_xent(float *loss, const float *logits, const int32_t *labels, int64_t rows, int64_t v) {
+/* -log softmax(logits)[label] of each row, in double. */
+bool k_xent_rows(double *row, const float *logits, const int32_t *labels, int64_t rows, int64_t v) {
   for (int64_t r = 0; r < rows; r++)
     if (labels[r] < 0 || labels[r] >= v) return false;
-  double *row = xmalloc(sizeof(double) * (size_t)rows);
   PARALLEL(rows * v)
   for (int64_t r = 0; r < rows; r++) {
     float m;
     row[r] = logsumexp(logits + r * v, v, &m) - logits[r * v + labels[r]];
   }
-  double total = 0;
-  for (int64_t r = 0; r < rows; r++) total += row[r];
-  free(row);
-  *loss = (float)(total / (double)rows);
   return true;
 }
 
-/* d logits = (softmax - onehot) * dy / rows, one exp per logit: the
- * exponentials are written first, then scaled by 1 / their sum. */
-bool k_xent_bwd(float *dx, const float *logits, const int32_t *labels, const float *dy, int64_t rows, int64_t v) {
+/* d logits = (softmax - onehot) * scale (dy / all rows of the loss), one
+ * exp per logit: the exponentials are written first, then scaled by 1 / their
+ * sum. */
+bool k_xent_bwd(float *dx, const float *logits, const int32_t *labels, float scale, int64_t rows, int64_t v) {
   for (int64_t r = 0; r < rows; r++)
     if (labels[r] < 0 || labels[r] >= v) return false;
-  float scale = dy[0] / (float)rows;
   PARALLEL(rows * v)
   for (int64_t r = 0; r < rows; r++) {
     const float *x = logits + r * v;
@@ -464,4 +444,24 @@ void k_moe_combine_bwd(float *dx, const float *logits, const float *dy, int64_t 
   free(prob);
   free(slot);
   free(dp);
+}
+
+/* ---------------------------------------------------------------- optimizers */
+
+/* The step's learning rate: lr, ramped linearly over the warm-up steps. */
+float k_lr_at(float lr, int64_t warmup, int step) {
+  if (warmup > 0 && step < warmup) lr *= (float)step / (float)warmup;
+  return lr;
+}
+
+void k_adamw(float *p, const float *g, float *m, float *v, int64_t n, float clip, float lr, float b1, float b2,
+             float eps, float wd, int step) {
+  float c1 = 1.0f - powf(b1, (float)step), c2 = 1.0f - powf(b2, (float)step);
+  PARALLEL(n)
+  for (int64_t i = 0; i < n; i++) p[i] = km_adamw(p[i], g[i] * clip, &m[i], &v[i], lr, b1, b2, c1, c2, eps, wd);
+}
+
+void k_sgd(float *p, const float *g, float *mom, int64_t n, float clip, float lr, float mu, float wd) {
+  PARALLEL(n)
+  for (int64_t i = 0; i < n; i++) p[i] = km_sgd(p[i], g[i] * clip, &mom[i], lr, mu, wd);
 }

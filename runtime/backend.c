@@ -1,0 +1,27 @@
+/* backend.c: choosing a backend, and the load-time check every backend
+ * shares (backend.h). */
+#include <string.h>
+
+#include "backend.h"
+
+Backend *backend_open(const char *name, char *why, size_t n) {
+  if (!name || strcmp(name, "cpu") == 0) return backend_cpu();
+  snprintf(why, n, "unknown backend '%s' (this carve has: cpu)", name);
+  return NULL;
+}
+
+bool backend_check(Backend *b, const Program *p, FILE *err) {
+  const Instr *lists[2] = {p->init, p->step};
+  int counts[2] = {p->ninit, p->nstep};
+  for (int s = 0; s < 2; s++)
+    for (int i = 0; i < counts[s]; i++) {
+      const Instr *in = &lists[s][i];
+      const char *why = b->supports(b, p, in);
+      if (why) {
+        fprintf(err, "carve: error: program for rank %d, %s instruction %d (%s): the %s backend cannot run it: %s\n",
+                p->rank, s ? "step" : "init", i, op_info[in->op].name, b->name, why);
+        return false;
+      }
+    }
+  return true;
+}

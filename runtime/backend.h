@@ -1,0 +1,74 @@
+/* backend.h: the compute-backend seam. The interpreter (interp.c) runs a
+ * program through this table and knows no kernel: a backend owns the
+ * arena, runs one instruction at a time, and reports at `synchronize`, the
+ * one host wait per step, the step's loss and whether a kernel found bad
+ * data (an id or label out of range).
+ *
+ * A backend fills the table; the CPU one (runtime/cpu/) is the readable
+ * reference, a GPU one is its fast twin. Communication instructions are not
+ * kernels: they go through the transport (runtime/comm.c), which reads and
+ * writes the arena where `host` says it is.
+ *
+ * Lifetime: backend_open, then load (checks that every instruction is
+ * supported, naming the first that is not, allocates the arena and prepares
+ * what the kernels need for this program: the matrix-product primitive of
+ * each einsum shape is made here, never per step), then exec ... synchronize
+ * once per step, then close. */
+#ifndef CARVE_BACKEND_H
+#define CARVE_BACKEND_H
+#include "carve.h"
+
+/* What a step's kernels read besides their instruction. */
+typedef struct StepInfo {
+  int step;              /* 1-based step being run (learning-rate warm-up, bias corrections) */
+  uint64_t data_step;    /* the step whose data loads draw */
+  const TokenData *data; /* NULL: synthetic data from the seed */
+} StepInfo;
+
+/* What synchronize reports about the instructions run since the last one. */
+typedef struct StepStatus {
+  double loss;       /* sum of the loss instructions' weighted values */
+  const char *error; /* NULL, or what a kernel found (the first) */
+  int error_instr;   /* index of that instruction in its list */
+  bool error_init;   /* it was in the init list */
+} StepStatus;
+
+typedef struct Backend Backend;
+struct Backend {
+  const char *name;     /* "cpu" */
+  const char *describe; /* what does the work: "oneDNN 2.6, avx512_core_bf16" */
+  bool bf16_fast;       /* bf16 matrix units: bf16 is this backend's default precision */
+  /* Checks and prepares p: false with a message naming the instruction it
+     cannot run, or why the arena cannot be had. */
+  bool (*load)(Backend *b, const Program *p, FILE *err);
+  /* NULL when the backend runs in (list, index) order, or why it cannot */
+  const char *(*supports)(Backend *b, const Program *p, const Instr *in);
+  /* the arena: host address of an offset (NULL if the arena is not host memory) */
+  void *(*host)(Backend *b, int64_t offset);
+  void (*upload)(Backend *b, int64_t offset, const void *src, int64_t bytes);
+  void (*download)(Backend *b, void *dst, int64_t offset, int64_t bytes);
+  void (*copy)(Backend *b, int64_t dst, int64_t src, int64_t bytes);
+  /* runs instruction `index` of the init (init = true) or step list */
+  void (*exec)(Backend *b, const Instr *in, int index, bool init, const StepInfo *si);
+  /* streams and events: an event recorded on one stream, waited for on
+     another (the CPU runs everything in order: both are no-ops there) */
+  int (*record)(Backend *b, int stream);
+  void (*wait)(Backend *b, int stream, int event);
+  /* waits for everything issued; fills st and clears the loss and error */
+  void (*synchronize)(Backend *b, StepStatus *st);
+  /* bytes the backend holds besides the arena (scratch, staging) at most so far */
+  int64_t (*extra_bytes)(Backend *b);
+  void (*close)(Backend *b);
+  void *impl;
+};
+
+/* "cpu" (the default when name is NULL). NULL with the reason in why when
+   the backend is not available here. */
+Backend *backend_open(const char *name, char *why, size_t n);
+Backend *backend_cpu(void);
+
+/* Checks every instruction of p against b->supports; false with the first
+   refused instruction named. */
+bool backend_check(Backend *b, const Program *p, FILE *err);
+
+#endif
