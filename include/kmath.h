@@ -8,7 +8,6 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #ifdef __CUDACC__
 #define KM_FN static inline __host__ __device__
@@ -18,26 +17,44 @@
 
 /* bf16: the top 16 bits of an f32 (8 exponent bits, 7 stored mantissa bits).
    Rounding is to nearest, ties to even; a NaN stays a (quiet) NaN. */
-KM_FN uint16_t km_bf16(float f) {
+/* the bits of a float and back (a union: loops over it vectorise) */
+typedef union {
+  float f;
   uint32_t u;
-  memcpy(&u, &f, 4);
+} KmBits;
+
+KM_FN uint16_t km_bf16(float f) {
+  uint32_t u = ((KmBits){.f = f}).u;
   if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
   u += 0x7fffu + ((u >> 16) & 1u);
   return (uint16_t)(u >> 16);
 }
 
-KM_FN float km_f32(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
+KM_FN float km_f32(uint16_t h) { return ((KmBits){.u = (uint32_t)h << 16}).f; }
+
+/* e^x without branches or calls, so loops over it vectorise: x = n ln 2 + r with
+   |r| <= ln 2 / 2 (ln 2 in two parts, so r is exact), e^r by its degree-6
+   Taylor polynomial (relative error below 2e-7 there), 2^n put into the
+   exponent bits. Inputs are clamped to [-87.3, 88.3], where e^x and 2^n are
+   normal floats: below, the result is 1e-38 where 0 is the true value;
+   above, 2e38 stands for larger values (and for the infinity expf gives past
+   88.7). */
+KM_FN float km_exp(float x) {
+  x = x < -87.33654f ? -87.33654f : x > 88.3f ? 88.3f : x;
+  float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to the nearest integer: 1.5 x 2^23 */
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p =
+      1.0f +
+      r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666667e-2f + r * (8.3333333e-3f + r * 1.3888889e-3f)))));
+  int32_t e = (int32_t)n + 127;
+  return p * ((KmBits){.u = (uint32_t)(e < 1 ? 1 : e) << 23}).f;
 }
 
-/* tanh from one expf: 1 - 2 / (exp(2u) + 1), exact at the float limits */
+/* tanh from one exponential: 1 - 2 / (exp(2u) + 1), exact at the float limits */
 KM_FN float km_tanh(float u) {
-  if (u > 10) return 1;
-  if (u < -10) return -1;
-  return 1.0f - 2.0f / (expf(2.0f * u) + 1.0f);
+  u = u > 10 ? 10 : u < -10 ? -10 : u;
+  float t = 1.0f - 2.0f / (km_exp(2.0f * u) + 1.0f);
+  return u >= 10 ? 1 : u <= -10 ? -1 : t;
 }
 
 #define KM_GELU_C 0.7978845608028654f /* sqrt(2/pi) */

@@ -11,12 +11,13 @@
  * whole operands. Einsums take bf16 as it is (einsum.c). So scratch holds a
  * few chunks, except for those ops; extra_bytes reports its peak. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu.h"
 
-#define CHUNK (1 << 18) /* elements of the widest operand per chunk */
+#define CHUNK (1 << 15) /* elements of the widest operand per chunk: a few of them fit in a core's L2 */
 #define OUT MAXIN       /* scratch slot of the output */
 
 typedef struct Cpu {
@@ -25,9 +26,11 @@ typedef struct Cpu {
   double loss;
   StepStatus err;
   Scratch conv[MAXIN + 1]; /* f32 views of bf16 operands: one per input, one for the output */
-  Scratch es;              /* einsum staging */
-  Scratch rows;            /* per-row losses */
-  EinsumPlan **plans[2];   /* [init?][instruction] */
+  Scratch *tconv;          /* the same for each thread's chunks: [thread][MAXIN + 1] */
+  int threads;
+  Scratch es;            /* einsum staging */
+  Scratch rows;          /* per-row losses */
+  EinsumPlan **plans[2]; /* [init?][instruction] */
   int64_t arena_alloc;
 } Cpu;
 
@@ -40,12 +43,12 @@ void *scratch_get(Scratch *s, size_t bytes) {
   return s->p;
 }
 
-void cvt_to_f32(float *dst, const uint16_t *src, int64_t n) {
+CARVE_CLONES void cvt_to_f32(float *restrict dst, const uint16_t *restrict src, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++) dst[i] = km_f32(src[i]);
 }
 
-void cvt_to_bf16(uint16_t *dst, const float *src, int64_t n) {
+CARVE_CLONES void cvt_to_bf16(uint16_t *restrict dst, const float *restrict src, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++) dst[i] = km_bf16(src[i]);
 }
@@ -61,6 +64,7 @@ static int64_t last(const Cpu *c, int b) {
 }
 
 static void fail(Cpu *c, const char *why) {
+#pragma omp critical(carve_cpu_error)
   if (!c->err.error) c->err.error = why;
 }
 
@@ -68,21 +72,25 @@ static void fail(Cpu *c, const char *why) {
 
 /* Elements [e0, e0 + n) of buffer b as f32 (i32 as it is): the arena itself,
    or widened into scratch slot k. */
-static const float *rd(Cpu *c, int k, int b, int64_t e0, int64_t n) {
+static const float *rd_in(Cpu *c, Scratch *s, int k, int b, int64_t e0, int64_t n) {
   if (T(c, b) != DT_BF16) return (const float *)A(c, b) + e0;
-  float *t = scratch_get(&c->conv[k], sizeof(float) * (size_t)n);
+  float *t = scratch_get(&s[k], sizeof(float) * (size_t)n);
   cvt_to_f32(t, (const uint16_t *)A(c, b) + e0, n);
   return t;
 }
 
 /* Where a kernel writes elements [e0, e0 + n) of b; `keep`: with their
    current values (the kernel adds to them). */
-static float *wr(Cpu *c, int b, int64_t e0, int64_t n, bool keep) {
+static float *wr_in(Cpu *c, Scratch *s, int b, int64_t e0, int64_t n, bool keep) {
   if (T(c, b) != DT_BF16) return (float *)A(c, b) + e0;
-  float *t = scratch_get(&c->conv[OUT], sizeof(float) * (size_t)n);
+  float *t = scratch_get(&s[OUT], sizeof(float) * (size_t)n);
   if (keep) cvt_to_f32(t, (const uint16_t *)A(c, b) + e0, n);
   return t;
 }
+
+/* the same in the shared slots, outside parallel chunks */
+static const float *rd(Cpu *c, int k, int b, int64_t e0, int64_t n) { return rd_in(c, c->conv, k, b, e0, n); }
+static float *wr(Cpu *c, int b, int64_t e0, int64_t n, bool keep) { return wr_in(c, c->conv, b, e0, n, keep); }
 
 static void wr_done(Cpu *c, int b, int64_t e0, int64_t n, float *t) {
   if (T(c, b) == DT_BF16) cvt_to_bf16((uint16_t *)A(c, b) + e0, t, n);
@@ -112,28 +120,43 @@ static bool any_bf16(const Cpu *c, const Instr *in) {
   return any;
 }
 
-/* Runs k over the rows of `in`: in one call when nothing needs widening,
-   else chunk by chunk. */
-static void by_rows(Cpu *c, const Instr *in, Rows r, RowKernel k) {
-  int64_t per = r.rows, n_out = N(c, in->out), w_out = n_out / (r.rows ? r.rows : 1);
-  if (any_bf16(c, in) && n_out > CHUNK) {
-    per = CHUNK / (w_out ? w_out : 1);
-    if (per < 1) per = 1;
-    if (r.align > 1) per = (per + r.align - 1) / r.align * r.align;
+/* One chunk of rows [r0, r0 + nr): its operands widened into the slots s,
+   the kernel, the output rounded back. */
+static void chunk(Cpu *c, const Instr *in, const Rows *r, RowKernel k, Scratch *s, const Chunk *whole, int64_t r0,
+                  int64_t nr) {
+  Chunk ch = *whole;
+  int64_t w_out = N(c, in->out) / r->rows;
+  ch.r0 = r0, ch.nr = nr;
+  for (int j = 0; j < in->nin; j++) {
+    if (r->whole >> j & 1) continue;
+    int64_t w = N(c, in->in[j]) / r->rows;
+    ch.x[j] = rd_in(c, s, j, in->in[j], r0 * w, nr * w);
   }
-  Chunk ch = {.rows = r.rows};
+  ch.o = wr_in(c, s, in->out, r0 * w_out, nr * w_out, r->keep);
+  k(c, in, &ch);
+  wr_done(c, in->out, r0 * w_out, nr * w_out, ch.o);
+}
+
+/* Runs k over the rows of `in`: in one call when nothing needs widening
+   (the kernel parallelises itself), else in chunks that small enough to stay
+   in cache, the chunks shared out over the threads (one parallel region). */
+static void by_rows(Cpu *c, const Instr *in, Rows r, RowKernel k) {
+  int64_t n_out = N(c, in->out), w_out = n_out / (r.rows ? r.rows : 1);
+  Chunk whole = {.rows = r.rows};
   for (int j = 0; j < in->nin; j++)
-    if (r.whole >> j & 1) ch.x[j] = rd(c, j, in->in[j], 0, N(c, in->in[j]));
-  for (ch.r0 = 0; ch.r0 < r.rows; ch.r0 += per) {
-    ch.nr = r.rows - ch.r0 < per ? r.rows - ch.r0 : per;
-    for (int j = 0; j < in->nin; j++) {
-      if (r.whole >> j & 1) continue;
-      int64_t w = N(c, in->in[j]) / r.rows;
-      ch.x[j] = rd(c, j, in->in[j], ch.r0 * w, ch.nr * w);
-    }
-    ch.o = wr(c, in->out, ch.r0 * w_out, ch.nr * w_out, r.keep);
-    k(c, in, &ch);
-    wr_done(c, in->out, ch.r0 * w_out, ch.nr * w_out, ch.o);
+    if (r.whole >> j & 1) whole.x[j] = rd(c, j, in->in[j], 0, N(c, in->in[j]));
+  if (!any_bf16(c, in) || n_out <= CHUNK || r.rows == 1) {
+    chunk(c, in, &r, k, c->conv, &whole, 0, r.rows);
+    return;
+  }
+  int64_t per = CHUNK / (w_out ? w_out : 1);
+  if (per < 1) per = 1;
+  if (r.align > 1) per = (per + r.align - 1) / r.align * r.align;
+  int64_t nchunks = (r.rows + per - 1) / per;
+#pragma omp parallel for schedule(static) num_threads(c->threads)
+  for (int64_t q = 0; q < nchunks; q++) {
+    int64_t r0 = q * per, nr = r.rows - r0 < per ? r.rows - r0 : per;
+    chunk(c, in, &r, k, c->tconv + (size_t)omp_get_thread_num() * (MAXIN + 1), &whole, r0, nr);
   }
 }
 
@@ -294,12 +317,19 @@ static void xent(Cpu *c, const Instr *in) {
   int x = in->in[0];
   int64_t rows = rows_of(c, x), v = last(c, x);
   double *row = scratch_get(&c->rows, sizeof(double) * (size_t)rows);
-  int64_t per = T(c, x) == DT_BF16 ? (CHUNK / v > 0 ? CHUNK / v : 1) : rows;
   const int32_t *labels = A(c, in->in[1]);
-  for (int64_t r0 = 0; r0 < rows; r0 += per) {
-    int64_t nr = rows - r0 < per ? rows - r0 : per;
-    if (!k_xent_rows(row + r0, rd(c, 0, x, r0 * v, nr * v), labels + r0, nr, v))
-      return fail(c, "a label is outside the classes");
+  if (T(c, x) != DT_BF16) {
+    if (!k_xent_rows(row, A(c, x), labels, rows, v)) return fail(c, "a label is outside the classes");
+  } else {
+    int64_t per = CHUNK / v > 0 ? CHUNK / v : 1, nchunks = (rows + per - 1) / per;
+#pragma omp parallel for schedule(static) num_threads(c->threads)
+    for (int64_t q = 0; q < nchunks; q++) {
+      int64_t r0 = q * per, nr = rows - r0 < per ? rows - r0 : per;
+      Scratch *s = c->tconv + (size_t)omp_get_thread_num() * (MAXIN + 1);
+      if (!k_xent_rows(row + r0, rd_in(c, s, 0, x, r0 * v, nr * v), labels + r0, nr, v))
+        fail(c, "a label is outside the classes");
+    }
+    if (c->err.error) return;
   }
   double total = 0;
   for (int64_t r = 0; r < rows; r++) total += row[r];
@@ -499,6 +529,8 @@ static bool cpu_load(Backend *b, const Program *p, FILE *err) {
   }
   memset(c->arena, 0, bytes); /* touched once here, not in the first step; and deterministic */
   c->arena_alloc = (int64_t)bytes;
+  c->threads = omp_get_max_threads();
+  c->tconv = xcalloc((size_t)c->threads * (MAXIN + 1), sizeof(Scratch));
   return prepare_list(c, p->init, p->ninit, true, err) && prepare_list(c, p->step, p->nstep, false, err);
 }
 
@@ -540,6 +572,7 @@ static int64_t cpu_extra(Backend *b) {
   Cpu *c = C(b);
   int64_t n = (int64_t)(c->es.cap + c->rows.cap);
   for (int k = 0; k <= MAXIN; k++) n += (int64_t)c->conv[k].cap;
+  for (int k = 0; c->tconv && k < c->threads * (MAXIN + 1); k++) n += (int64_t)c->tconv[k].cap;
   return n + (c->arena_alloc - (c->p ? c->p->arena_bytes : 0));
 }
 
@@ -551,6 +584,8 @@ static void cpu_close(Backend *b) {
     free(c->plans[l]);
   }
   for (int k = 0; k <= MAXIN; k++) free(c->conv[k].p);
+  for (int k = 0; c->tconv && k < c->threads * (MAXIN + 1); k++) free(c->tconv[k].p);
+  free(c->tconv);
   free(c->es.p);
   free(c->rows.p);
   free(c->arena);

@@ -12,6 +12,14 @@
 #include "../backend.h"
 #include "kmath.h"
 
+/* Hot loops are compiled for three x86-64 levels (AVX-512, AVX2, baseline);
+ * the loader picks the widest this CPU has, so one binary is fast anywhere. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define CARVE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CARVE_CLONES
+#endif
+
 /* A growable host buffer that lives as long as the backend. */
 typedef struct Scratch {
   void *p;

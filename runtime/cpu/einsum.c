@@ -38,6 +38,7 @@ struct EinsumPlan {
   Op view[3]; /* as the product reads them (a canonical copy's layout where copy[k]) */
   bool copy[3];
   bool plain;             /* a product with an empty M, N or K: a loop of carve's own */
+  bool swap;              /* C's innermost dim is A's: computed as C^T = B^T A^T (A and B swapped) */
   int64_t batch, M, N, K; /* its sizes */
   int order[3][MAXRANK];  /* canonical copy: dims of orig in canonical order */
   int ncanon[3];
@@ -94,7 +95,7 @@ static int find(const Op *o, char c) {
 }
 
 /* dst (contiguous, dims in the order of `order`) <- src viewed by o */
-static void permute_copy(void *dst, const void *src, const Op *o, const int *order, int n, size_t es) {
+CARVE_CLONES static void permute_copy(void *dst, const void *src, const Op *o, const int *order, int n, size_t es) {
   int64_t size[MAXRANK] = {0}, stride[MAXRANK] = {0}, total = 1;
   for (int i = 0; i < n; i++) {
     size[i] = o->size[order[i]];
@@ -272,7 +273,7 @@ static float elem(const void *p, int64_t i, size_t es) {
   return es == 2 ? km_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
-static void plain_product(const EinsumPlan *e, void *const *ptr) {
+CARVE_CLONES static void plain_product(const EinsumPlan *e, void *const *ptr) {
   int64_t M = e->M, N = e->N, K = e->K;
 #pragma omp parallel for schedule(static) if (e->batch * M * N * K > 65536)
   for (int64_t bm = 0; bm < e->batch * M; bm++) {
@@ -333,8 +334,12 @@ EinsumPlan *einsum_prepare(const char *spec, int nin, const Shape *const *ins, D
     for (int i = 0; i < ins[0]->rank; i++) e->order[0][i] = find(&e->orig[0], parts[1][i]);
     return e;
   }
-  op_init(&e->orig[0], parts[0], ins[0]);
-  op_init(&e->orig[1], parts[1], ins[1]);
+  /* the product writes C's rows in order: if C's innermost label is A's,
+     swap the operands, so it is one of the second operand's (N) labels */
+  char inner = parts[2][0] ? parts[2][strlen(parts[2]) - 1] : 0;
+  e->swap = inner && strchr(parts[0], inner) && !strchr(parts[1], inner);
+  op_init(&e->orig[0], parts[e->swap], ins[e->swap]);
+  op_init(&e->orig[1], parts[!e->swap], ins[!e->swap]);
   op_init(&e->orig[2], parts[2], out);
   dnnl_data_type_t tin = in_dt == DT_BF16 ? dnnl_bf16 : dnnl_f32, tout = out_dt == DT_BF16 ? dnnl_bf16 : dnnl_f32;
   if (!prepare_product(e, tin, tout)) {
@@ -352,10 +357,10 @@ void einsum_exec(const EinsumPlan *e, const void *const *in, void *out, Scratch 
     return;
   }
   unsigned char *tmp = scratch_get(s, e->scratch), *at = tmp;
-  void *ptr[3] = {(void *)in[0], (void *)in[1], out};
+  void *ptr[3] = {(void *)in[e->swap], (void *)in[!e->swap], out};
   for (int k = 0; k < 3; k++) {
     if (!e->copy[k]) continue;
-    if (k < 2) permute_copy(at, in[k], &e->orig[k], e->order[k], e->ncanon[k], e->esize_in);
+    if (k < 2) permute_copy(at, ptr[k], &e->orig[k], e->order[k], e->ncanon[k], e->esize_in);
     ptr[k] = at;
     at += (size_t)numel_of(&e->orig[k]) * (k == 2 ? e->esize_out : e->esize_in);
   }

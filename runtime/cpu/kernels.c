@@ -15,6 +15,33 @@
  * exactly one thread and sums in a fixed order, so results do not depend on
  * the number of threads. */
 #define PRAGMA(x) _Pragma(#x)
+
+/* Row sums and maxima in 16 float lanes, combined in a fixed order (the sum
+ * in double): the loops vectorise, and the result is the same on any
+ * number of threads. */
+#define LANES 16
+CARVE_CLONES static double sum_lanes(const float *x, int64_t n) {
+  float lane[LANES] = {0};
+  int64_t j = 0;
+  for (; j + LANES <= n; j += LANES)
+    for (int k = 0; k < LANES; k++) lane[k] += x[j + k];
+  double s = 0;
+  for (; j < n; j++) s += x[j];
+  for (int k = 0; k < LANES; k++) s += lane[k];
+  return s;
+}
+
+CARVE_CLONES static float max_lanes(const float *x, int64_t n) {
+  float lane[LANES];
+  for (int k = 0; k < LANES; k++) lane[k] = x[0];
+  int64_t j = 0;
+  for (; j + LANES <= n; j += LANES)
+    for (int k = 0; k < LANES; k++) lane[k] = x[j + k] > lane[k] ? x[j + k] : lane[k];
+  float m = x[0];
+  for (; j < n; j++) m = x[j] > m ? x[j] : m;
+  for (int k = 0; k < LANES; k++) m = lane[k] > m ? lane[k] : m;
+  return m;
+}
 #define PARALLEL(n) PRAGMA(omp parallel for schedule(static) if ((n) > 32768))
 
 static inline float binop(OpKind op, float x, float y) {
@@ -28,7 +55,7 @@ static inline float binop(OpKind op, float x, float y) {
 
 /* Trailing-aligned broadcasting: the smaller operand repeats; index i of
  * the output reads a[i % na] and b[i % nb]. */
-void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, const float *b, int64_t nb) {
+CARVE_CLONES void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, const float *b, int64_t nb) {
   if (na == n && nb == n) {
     PARALLEL(n)
     for (int64_t i = 0; i < n; i++) out[i] = binop(op, a[i], b[i]);
@@ -56,24 +83,24 @@ void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, cons
   }
 }
 
-void k_scale(float *out, const float *x, int64_t n, float mul, float add) {
+CARVE_CLONES void k_scale(float *out, const float *x, int64_t n, float mul, float add) {
   PARALLEL(n)
   for (int64_t i = 0; i < n; i++) out[i] = x[i] * mul + add;
 }
 
-void k_acc(float *out, const float *x, int64_t n) {
+CARVE_CLONES void k_acc(float *out, const float *x, int64_t n) {
   PARALLEL(n)
   for (int64_t i = 0; i < n; i++) out[i] += x[i];
 }
 
-void k_copy(float *out, const float *x, int64_t n) {
+CARVE_CLONES void k_copy(float *out, const float *x, int64_t n) {
   PARALLEL(n)
   for (int64_t i = 0; i < n; i++) out[i] = x[i];
 }
 
 /* Sum of squares in fixed chunks, each summed in float lanes and the
  * chunks added in order in double: fast and thread-count independent. */
-double k_sumsq(const float *x, int64_t n) {
+CARVE_CLONES double k_sumsq(const float *x, int64_t n) {
   enum { CHUNK = 8192 };
   int64_t nc = (n + CHUNK - 1) / CHUNK;
   double *part = xmalloc(sizeof(double) * (size_t)(nc ? nc : 1));
@@ -94,7 +121,7 @@ double k_sumsq(const float *x, int64_t n) {
   return total;
 }
 
-void k_unary(OpKind op, float *out, const float *x, int64_t n) {
+CARVE_CLONES void k_unary(OpKind op, float *out, const float *x, int64_t n) {
   switch (op) {
   case OP_GELU: /* tanh approximation */
     PARALLEL(n)
@@ -106,7 +133,7 @@ void k_unary(OpKind op, float *out, const float *x, int64_t n) {
     break;
   case OP_SILU:
     PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-x[i]));
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + km_exp(-x[i]));
     break;
   case OP_TANH:
     PARALLEL(n)
@@ -114,7 +141,7 @@ void k_unary(OpKind op, float *out, const float *x, int64_t n) {
     break;
   case OP_EXP:
     PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = expf(x[i]);
+    for (int64_t i = 0; i < n; i++) out[i] = km_exp(x[i]);
     break;
   case OP_RSQRT:
     PARALLEL(n)
@@ -126,7 +153,7 @@ void k_unary(OpKind op, float *out, const float *x, int64_t n) {
 
 /* x is the forward input for gelu/relu/silu and the forward output for
  * tanh/rsqrt. */
-void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t n) {
+CARVE_CLONES void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t n) {
   switch (op) {
   case OP_GELU_BWD:
     PARALLEL(n)
@@ -139,7 +166,7 @@ void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t 
   case OP_SILU_BWD:
     PARALLEL(n)
     for (int64_t i = 0; i < n; i++) {
-      float s = 1.0f / (1.0f + expf(-x[i]));
+      float s = 1.0f / (1.0f + km_exp(-x[i]));
       dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
     }
     break;
@@ -156,7 +183,7 @@ void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t 
 }
 
 /* x viewed as [outer, n, inner], reduced over n. */
-void k_reduce(OpKind op, float *out, const float *x, int64_t outer, int64_t n, int64_t inner) {
+CARVE_CLONES void k_reduce(OpKind op, float *out, const float *x, int64_t outer, int64_t n, int64_t inner) {
   for (int64_t o = 0; o < outer; o++)
     for (int64_t i = 0; i < inner; i++) {
       const float *p = x + o * n * inner + i;
@@ -172,7 +199,7 @@ void k_reduce(OpKind op, float *out, const float *x, int64_t outer, int64_t n, i
     }
 }
 
-void k_expand(float *out, const float *dy, int64_t outer, int64_t n, int64_t inner, float scale) {
+CARVE_CLONES void k_expand(float *out, const float *dy, int64_t outer, int64_t n, int64_t inner, float scale) {
   for (int64_t o = 0; o < outer; o++)
     for (int64_t j = 0; j < n; j++)
       for (int64_t i = 0; i < inner; i++) out[(o * n + j) * inner + i] = dy[o * inner + i] * scale;
@@ -194,26 +221,21 @@ void k_max_bwd(float *dx, const float *x, const float *dy, int64_t outer, int64_
 /* Softmax over the last dim. Causal: the row's query position is its index
  * modulo n (the last two dims are [query, key], both of size n); keys after
  * the query get probability 0. */
-void k_softmax(float *y, const float *x, int64_t rows, int64_t n, bool causal) {
+CARVE_CLONES void k_softmax(float *y, const float *x, int64_t rows, int64_t n, bool causal) {
   PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     const float *xr = x + r * n;
     float *yr = y + r * n;
     int64_t valid = causal ? r % n + 1 : n;
-    float m = xr[0];
-    for (int64_t j = 1; j < valid; j++) m = xr[j] > m ? xr[j] : m;
-    double s = 0;
-    for (int64_t j = 0; j < valid; j++) {
-      yr[j] = expf(xr[j] - m);
-      s += yr[j];
-    }
-    float inv = (float)(1.0 / s);
+    float m = max_lanes(xr, valid);
+    for (int64_t j = 0; j < valid; j++) yr[j] = km_exp(xr[j] - m);
+    float inv = (float)(1.0 / sum_lanes(yr, valid));
     for (int64_t j = 0; j < valid; j++) yr[j] *= inv;
     for (int64_t j = valid; j < n; j++) yr[j] = 0;
   }
 }
 
-void k_softmax_bwd(float *dx, const float *y, const float *dy, int64_t rows, int64_t n) {
+CARVE_CLONES void k_softmax_bwd(float *dx, const float *y, const float *dy, int64_t rows, int64_t n) {
   PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     const float *yr = y + r * n, *dr = dy + r * n;
@@ -224,7 +246,7 @@ void k_softmax_bwd(float *dx, const float *y, const float *dy, int64_t rows, int
 }
 
 /* Per-row statistics: mean (0 for rms) and 1/sqrt(var + eps). */
-static void row_stats(const float *x, int64_t n, float eps, bool rms, float *mean, float *rstd) {
+CARVE_CLONES static void row_stats(const float *x, int64_t n, float eps, bool rms, float *mean, float *rstd) {
   double s = 0, ss = 0;
   for (int64_t j = 0; j < n; j++) s += x[j];
   double mu = rms ? 0 : s / (double)n;
@@ -233,7 +255,8 @@ static void row_stats(const float *x, int64_t n, float eps, bool rms, float *mea
   *rstd = (float)(1.0 / sqrt(ss / (double)n + eps));
 }
 
-void k_layernorm(float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t n, float eps) {
+CARVE_CLONES void k_layernorm(float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t n,
+                              float eps) {
   PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     float mu, rs;
@@ -242,7 +265,7 @@ void k_layernorm(float *y, const float *x, const float *g, const float *b, int64
   }
 }
 
-void k_rmsnorm(float *y, const float *x, const float *g, int64_t rows, int64_t n, float eps) {
+CARVE_CLONES void k_rmsnorm(float *y, const float *x, const float *g, int64_t rows, int64_t n, float eps) {
   PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     float mu, rs;
@@ -253,8 +276,8 @@ void k_rmsnorm(float *y, const float *x, const float *g, int64_t rows, int64_t n
 
 /* dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = dy * g;
  * for rms the mean(dxh) term is absent. */
-void k_layernorm_bwd_x(float *dx, const float *x, const float *g, const float *dy, int64_t rows, int64_t n, float eps,
-                       bool rms) {
+CARVE_CLONES void k_layernorm_bwd_x(float *dx, const float *x, const float *g, const float *dy, int64_t rows, int64_t n,
+                                    float eps, bool rms) {
   PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) {
     const float *xr = x + r * n, *dr = dy + r * n;
@@ -278,7 +301,8 @@ void k_layernorm_bwd_x(float *dx, const float *x, const float *g, const float *d
  * columns and adds rows in order. */
 #define COLBLOCK 64
 
-void k_layernorm_bwd_g(float *dg, const float *x, const float *dy, int64_t rows, int64_t n, float eps, bool rms) {
+CARVE_CLONES void k_layernorm_bwd_g(float *dg, const float *x, const float *dy, int64_t rows, int64_t n, float eps,
+                                    bool rms) {
   float *mu = xmalloc(sizeof(float) * (size_t)rows), *rs = xmalloc(sizeof(float) * (size_t)rows);
   PARALLEL(rows * n)
   for (int64_t r = 0; r < rows; r++) row_stats(x + r * n, n, eps, rms, &mu[r], &rs[r]);
@@ -295,7 +319,7 @@ void k_layernorm_bwd_g(float *dg, const float *x, const float *dy, int64_t rows,
   free(rs);
 }
 
-void k_sum_to(float *out, const float *x, int64_t reps, int64_t n) {
+CARVE_CLONES void k_sum_to(float *out, const float *x, int64_t reps, int64_t n) {
   int64_t nb = (n + COLBLOCK - 1) / COLBLOCK;
   PARALLEL(reps * n)
   for (int64_t blk = 0; blk < nb; blk++) {
@@ -315,7 +339,8 @@ bool k_embed(float *out, const float *table, const int32_t *ids, int64_t nids, i
   return true;
 }
 
-bool k_embed_bwd(float *dtable, const int32_t *ids, const float *dy, int64_t nids, int64_t vocab, int64_t h) {
+CARVE_CLONES bool k_embed_bwd(float *dtable, const int32_t *ids, const float *dy, int64_t nids, int64_t vocab,
+                              int64_t h) {
   memset(dtable, 0, sizeof(float) * (size_t)(vocab * h));
   for (int64_t t = 0; t < nids; t++) {
     if (ids[t] < 0 || ids[t] >= vocab) return false;
@@ -325,22 +350,21 @@ bool k_embed_bwd(float *dtable, const int32_t *ids, const float *dy, int64_t nid
   return true;
 }
 
-static double logsumexp(const float *x, int64_t n, float *max) {
-  float m = x[0];
-  for (int64_t j = 1; j < n; j++) m = x[j] > m ? x[j] : m;
-  float lane[8] = {0};
+CARVE_CLONES static double logsumexp(const float *x, int64_t n, float *max) {
+  float m = max_lanes(x, n);
+  float lane[LANES] = {0};
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int k = 0; k < 8; k++) lane[k] += expf(x[j + k] - m);
+  for (; j + LANES <= n; j += LANES)
+    for (int k = 0; k < LANES; k++) lane[k] += km_exp(x[j + k] - m);
   double s = 0;
-  for (; j < n; j++) s += expf(x[j] - m);
-  for (int k = 0; k < 8; k++) s += lane[k];
+  for (; j < n; j++) s += km_exp(x[j] - m);
+  for (int k = 0; k < LANES; k++) s += lane[k];
   *max = m;
   return log(s) + m;
 }
 
 /* -log softmax(logits)[label] of each row, in double. */
-bool k_xent_rows(double *row, const float *logits, const int32_t *labels, int64_t rows, int64_t v) {
+CARVE_CLONES bool k_xent_rows(double *row, const float *logits, const int32_t *labels, int64_t rows, int64_t v) {
   for (int64_t r = 0; r < rows; r++)
     if (labels[r] < 0 || labels[r] >= v) return false;
   PARALLEL(rows * v)
@@ -354,34 +378,30 @@ bool k_xent_rows(double *row, const float *logits, const int32_t *labels, int64_
 /* d logits = (softmax - onehot) * scale (dy / all rows of the loss), one
  * exp per logit: the exponentials are written first, then scaled by 1 / their
  * sum. */
-bool k_xent_bwd(float *dx, const float *logits, const int32_t *labels, float scale, int64_t rows, int64_t v) {
+CARVE_CLONES bool k_xent_bwd(float *dx, const float *logits, const int32_t *labels, float scale, int64_t rows,
+                             int64_t v) {
   for (int64_t r = 0; r < rows; r++)
     if (labels[r] < 0 || labels[r] >= v) return false;
   PARALLEL(rows * v)
   for (int64_t r = 0; r < rows; r++) {
     const float *x = logits + r * v;
     float *d = dx + r * v;
-    float m = x[0];
-    for (int64_t j = 1; j < v; j++) m = x[j] > m ? x[j] : m;
-    double s = 0;
-    for (int64_t j = 0; j < v; j++) {
-      d[j] = expf(x[j] - m);
-      s += d[j];
-    }
-    float k = (float)(scale / s);
+    float m = max_lanes(x, v);
+    for (int64_t j = 0; j < v; j++) d[j] = km_exp(x[j] - m);
+    float k = (float)(scale / sum_lanes(d, v));
     for (int64_t j = 0; j < v; j++) d[j] *= k;
     d[labels[r]] -= scale;
   }
   return true;
 }
 
-void k_mse(float *loss, const float *p, const float *t, int64_t n) {
+CARVE_CLONES void k_mse(float *loss, const float *p, const float *t, int64_t n) {
   double s = 0;
   for (int64_t i = 0; i < n; i++) s += ((double)p[i] - t[i]) * ((double)p[i] - t[i]);
   *loss = (float)(s / (double)n);
 }
 
-void k_mse_bwd(float *dp, const float *p, const float *t, const float *dy, int64_t n) {
+CARVE_CLONES void k_mse_bwd(float *dp, const float *p, const float *t, const float *dy, int64_t n) {
   float scale = 2.0f * dy[0] / (float)n;
   for (int64_t i = 0; i < n; i++) dp[i] = (p[i] - t[i]) * scale;
 }
@@ -454,14 +474,24 @@ float k_lr_at(float lr, int64_t warmup, int step) {
   return lr;
 }
 
-void k_adamw(float *p, const float *g, float *m, float *v, int64_t n, float clip, float lr, float b1, float b2,
-             float eps, float wd, int step) {
+CARVE_CLONES CARVE_CLONES void k_adamw(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
+                                       int64_t n, float clip, float lr, float b1, float b2, float eps, float wd,
+                                       int step) {
   float c1 = 1.0f - powf(b1, (float)step), c2 = 1.0f - powf(b2, (float)step);
   PARALLEL(n)
-  for (int64_t i = 0; i < n; i++) p[i] = km_adamw(p[i], g[i] * clip, &m[i], &v[i], lr, b1, b2, c1, c2, eps, wd);
+  for (int64_t i = 0; i < n; i++) {
+    float mi = m[i], vi = v[i]; /* in registers, so the loop vectorises */
+    p[i] = km_adamw(p[i], g[i] * clip, &mi, &vi, lr, b1, b2, c1, c2, eps, wd);
+    m[i] = mi, v[i] = vi;
+  }
 }
 
-void k_sgd(float *p, const float *g, float *mom, int64_t n, float clip, float lr, float mu, float wd) {
+CARVE_CLONES void k_sgd(float *restrict p, const float *restrict g, float *restrict mom, int64_t n, float clip,
+                        float lr, float mu, float wd) {
   PARALLEL(n)
-  for (int64_t i = 0; i < n; i++) p[i] = km_sgd(p[i], g[i] * clip, &mom[i], lr, mu, wd);
+  for (int64_t i = 0; i < n; i++) {
+    float mi = mom[i];
+    p[i] = km_sgd(p[i], g[i] * clip, &mi, lr, mu, wd);
+    mom[i] = mi;
+  }
 }
