@@ -254,6 +254,12 @@ static int64_t numel_of(const Op *o) {
   return n;
 }
 
+/* Scratch bytes of operand k's canonical copy, 64-byte aligned. */
+static size_t copy_bytes(const EinsumPlan *e, int k) {
+  size_t b = (size_t)numel_of(&e->orig[k]) * (k == 2 ? e->esize_out : e->esize_in);
+  return (b + 63) / 64 * 64;
+}
+
 /* Outer products, matrix-vector and batched dot products (an empty M, N
    or K): oneDNN's matmul does not take them reliably, and they are small.
    Every operand canonical, then a loop with f32 sums. */
@@ -298,7 +304,7 @@ static bool prepare_product(EinsumPlan *e, dnnl_data_type_t tin, dnnl_data_type_
   int nr[3] = {r.nm, r.nk, r.nm}, nc[3] = {r.nk, r.nn, r.nn};
   if (!r.nm || !r.nn || !r.nk) {
     plain_prepare(e, &r, rows, nr, cols, nc);
-    for (int k = 0; k < 3; k++) e->scratch += (size_t)numel_of(&e->orig[k]) * (k == 2 ? e->esize_out : e->esize_in);
+    for (int k = 0; k < 3; k++) e->scratch += copy_bytes(e, k);
     return true;
   }
   for (int k = 0; k < 3; k++) {
@@ -313,7 +319,7 @@ static bool prepare_product(EinsumPlan *e, dnnl_data_type_t tin, dnnl_data_type_
     if (!create(e, &r, tin, tout)) return false;
   }
   for (int k = 0; k < 3; k++)
-    if (e->copy[k]) e->scratch += (size_t)numel_of(&e->orig[k]) * (k == 2 ? e->esize_out : e->esize_in);
+    if (e->copy[k]) e->scratch += copy_bytes(e, k);
   return true;
 }
 
@@ -362,7 +368,7 @@ void einsum_exec(const EinsumPlan *e, const void *const *in, void *out, Scratch 
     if (!e->copy[k]) continue;
     if (k < 2) permute_copy(at, ptr[k], &e->orig[k], e->order[k], e->ncanon[k], e->esize_in);
     ptr[k] = at;
-    at += (size_t)numel_of(&e->orig[k]) * (k == 2 ? e->esize_out : e->esize_in);
+    at += copy_bytes(e, k);
   }
   if (e->plain) {
     plain_product(e, ptr);
