@@ -45,6 +45,10 @@ struct EinsumPlan {
   size_t scratch; /* bytes of the copies */
   dnnl_primitive_t prim;
   dnnl_memory_t mem[3];
+  /* bf16 where oneDNN has no bf16 product (a CPU without AVX-512): the
+     inputs widened to f32, an f32 plan, the output rounded back */
+  EinsumPlan *widened;
+  Scratch wide;
 };
 
 static dnnl_engine_t engine;
@@ -348,7 +352,17 @@ EinsumPlan *einsum_prepare(const char *spec, int nin, const Shape *const *ins, D
   op_init(&e->orig[1], parts[!e->swap], ins[!e->swap]);
   op_init(&e->orig[2], parts[2], out);
   dnnl_data_type_t tin = in_dt == DT_BF16 ? dnnl_bf16 : dnnl_f32, tout = out_dt == DT_BF16 ? dnnl_bf16 : dnnl_f32;
-  if (!prepare_product(e, tin, tout)) {
+  if (!prepare_product(e, tin, tout) && in_dt == DT_BF16) {
+    einsum_free(e);
+    e = xcalloc(1, sizeof(EinsumPlan));
+    e->nin = nin, e->esize_in = 2, e->esize_out = (size_t)dtype_size(out_dt);
+    op_init(&e->orig[0], parts[0], ins[0]);
+    op_init(&e->orig[1], parts[1], ins[1]);
+    op_init(&e->orig[2], parts[2], out);
+    e->widened = einsum_prepare(spec, nin, ins, DT_F32, out, DT_F32, why, n);
+    if (e->widened) return e;
+  }
+  if (!e->prim && !e->plain) {
     snprintf(why, n, "oneDNN has no matrix product for %s x %s -> %s here", dtype_name(in_dt), dtype_name(in_dt),
              dtype_name(out_dt));
     einsum_free(e);
@@ -357,7 +371,23 @@ EinsumPlan *einsum_prepare(const char *spec, int nin, const Shape *const *ins, D
   return e;
 }
 
+/* a bf16 product through f32 (see EinsumPlan.widened) */
+static void widened_exec(const EinsumPlan *e, const void *const *in, void *out, Scratch *s) {
+  int64_t n[3] = {numel_of(&e->orig[0]), numel_of(&e->orig[1]), numel_of(&e->orig[2])};
+  float *w = scratch_get((Scratch *)&e->wide, sizeof(float) * (size_t)(n[0] + n[1] + n[2]));
+  cvt_to_f32(w, in[0], n[0]);
+  cvt_to_f32(w + n[0], in[1], n[1]);
+  const void *wide[2] = {w, w + n[0]};
+  float *o = e->esize_out == 2 ? w + n[0] + n[1] : out;
+  einsum_exec(e->widened, wide, o, s);
+  if (o != out) cvt_to_bf16(out, o, n[2]);
+}
+
 void einsum_exec(const EinsumPlan *e, const void *const *in, void *out, Scratch *s) {
+  if (e->widened) {
+    widened_exec(e, in, out, s);
+    return;
+  }
   if (e->nin == 1) {
     permute_copy(out, in[0], &e->orig[0], e->order[0], e->orig[0].rank, e->esize_in);
     return;
@@ -395,6 +425,8 @@ void einsum_exec(const EinsumPlan *e, const void *const *in, void *out, Scratch 
 
 void einsum_free(EinsumPlan *e) {
   if (!e) return;
+  einsum_free(e->widened);
+  free(e->wide.p);
   release(e);
   free(e);
 }
