@@ -44,7 +44,9 @@ bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err)
   m->flops = mixed && c->flops_bf16 > 0 ? c->flops_bf16 : c->flops_f32;
   m->vec_flops = c->flops_vector > 0 ? c->flops_vector : m->flops;
   m->mem_bw = c->mem_bandwidth;
-  m->memory = c->memory;
+  if (mixed && c->flops_vector_bf16 > 0) m->vec_flops = c->flops_vector_bf16; /* what bf16 kernels achieve */
+  if (mixed && c->mem_bandwidth_bf16 > 0) m->mem_bw = c->mem_bandwidth_bf16;
+  m->memory = c->memory - c->workspace; /* what the program's buffers may use */
   return true;
 }
 

@@ -343,7 +343,7 @@ static double stage_memory(const PipelinePlan *pp, int d, double inflight, int m
   double acts = mode == RC_FULL        ? input * inflight + per_mb
                 : mode == RC_SELECTIVE ? (per_mb - sel) * inflight + sel
                                        : per_mb * inflight;
-  return pl->mem_params + pl->mem_grads + pl->mem_optim + acts;
+  return pl->mem_params + pl->mem_grads + pl->mem_optim + acts + pp->cluster->workspace;
 }
 
 /* The schedule and each stage's recomputation that are fastest within
@@ -651,8 +651,10 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
           p->microbatches == 1 ? "" : "es");
   fprintf(out,
           "\npredicted step  %.4g s (bubble %.1f%%), %.1f TFLOP/s per device, MFU %.1f%% (model FLOPs)\n"
+          "precision       %s\n"
           "recomputation   %s\n\n",
           p->step_s, 100 * p->bubble, p->tflops_per_device, 100 * p->mfu,
+          p->stages[0].plan->opt.mixed ? "bf16 (mixed: f32 master weights, optimizer state and gradient sums)" : "fp32",
           !strcmp(pipeline_recompute(p), "full")
               ? "full: each stage keeps only its inputs and re-runs its forward before the backward"
           : !strcmp(pipeline_recompute(p), "selective")
@@ -676,8 +678,9 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
           p->model, p->cluster->name);
   fprintf(out,
           "  \"devices\": %d,\n  \"schedule\": \"%s\",\n  \"chunks_per_device\": %d,\n  \"microbatches\": %d,\n"
-          "  \"zero_stage\": %d,\n",
-          p->devices, sched_names[p->schedule], p->v, p->microbatches, p->stages[0].plan->zero);
+          "  \"zero_stage\": %d,\n  \"precision\": \"%s\",\n",
+          p->devices, sched_names[p->schedule], p->v, p->microbatches, p->stages[0].plan->zero,
+          p->stages[0].plan->opt.mixed ? "bf16" : "fp32");
   fprintf(out, "  \"recompute\": \"%s\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n", pipeline_recompute(p),
           p->step_s, p->bubble);
   double most[COLL_KINDS] = {0}, mem = 0, p2p = 0;

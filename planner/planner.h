@@ -14,11 +14,15 @@ typedef struct Cluster {
   const char *device; /* "A100 SXM 80GB" */
   int nodes;
   int devices_per_node;
-  double flops_f32;       /* peak FLOP/s per device */
-  double flops_bf16;      /* peak FLOP/s per device at 16-bit (0: none) */
-  double flops_vector;    /* FLOP/s of elementwise math (gelu, exp, norms) per device (0: the peak) */
-  double memory;          /* bytes per device */
-  double mem_bandwidth;   /* bytes/s per device */
+  double flops_f32;     /* peak FLOP/s per device */
+  double flops_bf16;    /* peak FLOP/s per device at 16-bit (0: none) */
+  double flops_vector;  /* FLOP/s of elementwise math (gelu, exp, norms) per device (0: the peak) */
+  double memory;        /* bytes per device */
+  double mem_bandwidth; /* bytes/s per device */
+  /* the same two for bf16 programs, where the runtime's elementwise kernels
+     read and write bf16 (0: as in f32) */
+  double flops_vector_bf16, mem_bandwidth_bf16;
+  double workspace;       /* bytes per device the runtime holds besides the program's buffers (0: none) */
   double intra_bandwidth; /* bytes/s per device, one direction, inside a node */
   double intra_latency;   /* seconds */
   double inter_bandwidth; /* bytes/s per device, one direction, across nodes */

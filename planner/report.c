@@ -50,7 +50,7 @@ void plan_report(const Plan *p, FILE *out) {
     fprintf(out, "  mesh axis %d: %d devices, %s, %s/s, %.1f us\n", x, m->n[x],
             m->inter[x] ? "across nodes" : "inside a node", fmt_bytes(m->bw[x], a, sizeof a), m->lat[x] * 1e6);
   fprintf(out, "  precision %s, ZeRO stage %d%s\n",
-          p->opt.mixed ? "mixed (16-bit compute, fp32 master weights)" : "fp32", p->zero,
+          p->opt.mixed ? "bf16 (mixed: f32 master weights, optimizer state and gradient sums)" : "fp32", p->zero,
           p->opt.zero < 0 ? " (the lowest that fits)" : "");
   fprintf(out, "\npredicted step   %.4g s = compute %.4g s + communication %.4g s (no overlap assumed)\n",
           p->compute_s + p->comm_s, p->compute_s, p->comm_s);
@@ -114,7 +114,7 @@ void plan_json(const Plan *p, FILE *out) {
   for (int x = 0; x < 2; x++)
     fprintf(out, "%s{\"devices\": %d, \"bandwidth_bytes_per_s\": %.6g, \"latency_s\": %.6g, \"across_nodes\": %s}",
             x ? ", " : "", m->n[x], m->bw[x], m->lat[x], m->inter[x] ? "true" : "false");
-  fprintf(out, "],\n  \"precision\": \"%s\",\n  \"zero_stage\": %d,\n", p->opt.mixed ? "mixed" : "fp32", p->zero);
+  fprintf(out, "],\n  \"precision\": \"%s\",\n  \"zero_stage\": %d,\n", p->opt.mixed ? "bf16" : "fp32", p->zero);
   fprintf(
       out,
       "  \"objective\": %.9g,\n  \"predicted_step_s\": %.9g,\n  \"compute_s\": %.9g,\n  \"communication_s\": %.9g,\n",

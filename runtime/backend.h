@@ -38,6 +38,8 @@ struct Backend {
   const char *name;     /* "cpu" */
   const char *describe; /* what does the work: "oneDNN 2.6, avx512_core_bf16" */
   bool bf16_fast;       /* bf16 matrix units: bf16 is this backend's default precision */
+  int64_t workspace;    /* bytes it holds besides the arena for a bf16 program's row-wise ops, at most (a
+                           cluster file's `workspace`: memory the planner leaves free) */
   /* Checks and prepares p: false with a message naming the instruction it
      cannot run, or why the arena cannot be had. */
   bool (*load)(Backend *b, const Program *p, FILE *err);

@@ -199,10 +199,12 @@ typedef struct Profile {
   double gemm_rate[MAX_SIZES]; /* FLOP/s per rank, f32 */
   double gemm_bf16[MAX_SIZES]; /* FLOP/s per rank, bf16 x bf16 (f32 accumulation) */
   const char *engine;          /* what runs the products */
+  double workspace;            /* bytes the backend holds besides the arena */
   double mem_bandwidth;        /* bytes/s per rank */
   double vector_rate;          /* FLOP/s per rank of elementwise math (gelu, counted as the planner counts it) */
-  double ar_latency;           /* seconds, 4 bytes */
-  double p2p_latency;          /* seconds one way, 4 bytes */
+  double mem_bandwidth_bf16, vector_bf16; /* the same on bf16 arrays */
+  double ar_latency;                      /* seconds, 4 bytes */
+  double p2p_latency;                     /* seconds one way, 4 bytes */
   int nmsg;
   int64_t msg_bytes[MAX_SIZES];
   double ar_time[MAX_SIZES], ar_busbw[MAX_SIZES];
@@ -233,32 +235,45 @@ static void measure_gemm(Transport *t, Profile *p, double target) {
   }
 }
 
-/* y += x (the acc instruction): read x, read y, write y */
-static void measure_memory(Transport *t, Profile *p, double target) {
+/* y += x (the acc instruction) on arrays of dtype dt: read x, read y, write y;
+   bytes/s */
+static double memory_rate(Transport *t, Profile *p, DType dt, double target) {
   Shape v = {1, {MEM_FLOATS}};
-  Probe *q = probe_new(DT_F32, &v, &v, &v);
+  Probe *q = probe_new(dt, &v, &v, &v);
   q->p.nstep = 1;
   q->step[0] = (Instr){.op = OP_ACC, .out = 1, .nin = 1, .in = {0}};
   probe_load(q);
   Bench b = {.kind = B_COMPUTE, .probe = q};
-  p->mem_bandwidth = 3.0 * sizeof(float) * MEM_FLOATS / best_time(t, &b, p->samples, target);
+  double rate = 3.0 * dtype_size(dt) * MEM_FLOATS / best_time(t, &b, p->samples, target);
   probe_free(q);
+  return rate;
+}
+
+static void measure_memory(Transport *t, Profile *p, double target) {
+  p->mem_bandwidth = memory_rate(t, p, DT_F32, target);
+  p->mem_bandwidth_bf16 = memory_rate(t, p, DT_BF16, target);
 }
 
 /* gelu and its gradient over 1M floats: 8 FLOPs an element forward and 16
    backward, as the planner counts an activation (frontend/summary.c, and
    twice the forward for its gradient), so the rate prices them */
-static void measure_vector(Transport *t, Profile *p, double target) {
+static double vector_rate(Transport *t, Profile *p, DType dt, double target) {
   enum { N = 1 << 20 };
   Shape v = {1, {N}};
-  Probe *q = probe_new(DT_F32, &v, &v, &v);
+  Probe *q = probe_new(dt, &v, &v, &v);
   q->p.nstep = 2;
   q->step[0] = (Instr){.op = OP_GELU, .out = 2, .nin = 1, .in = {0}};
   q->step[1] = (Instr){.op = OP_GELU_BWD, .out = 1, .nin = 2, .in = {0, 2}};
   probe_load(q);
   Bench b = {.kind = B_COMPUTE, .probe = q};
-  p->vector_rate = 24.0 * N / best_time(t, &b, p->samples, target);
+  double rate = 24.0 * N / best_time(t, &b, p->samples, target);
   probe_free(q);
+  return rate;
+}
+
+static void measure_vector(Transport *t, Profile *p, double target) {
+  p->vector_rate = vector_rate(t, p, DT_F32, target);
+  p->vector_bf16 = vector_rate(t, p, DT_BF16, target);
 }
 
 static void measure_links(Transport *t, Profile *p, double target) {
@@ -320,8 +335,12 @@ static void print_table(const Profile *p) {
   printf("%-30s %16s %16s\n", arena_printf("memory, y += x, %s arrays", size_label(MEM_FLOATS * 4)),
          arena_printf("%.2f GB/s", p->mem_bandwidth / 1e9),
          arena_printf("%.2f GB/s", p->world * p->mem_bandwidth / 1e9));
+  printf("%-30s %16s %16s\n", "  the same on bf16 arrays", arena_printf("%.2f GB/s", p->mem_bandwidth_bf16 / 1e9),
+         arena_printf("%.2f GB/s", p->world * p->mem_bandwidth_bf16 / 1e9));
   printf("%-30s %16s %16s\n", "gelu + gradient, 1M floats", arena_printf("%.2f GFLOP/s", p->vector_rate / 1e9),
          arena_printf("%.2f GFLOP/s", p->world * p->vector_rate / 1e9));
+  printf("%-30s %16s %16s\n", "  the same on bf16 arrays", arena_printf("%.2f GFLOP/s", p->vector_bf16 / 1e9),
+         arena_printf("%.2f GFLOP/s", p->world * p->vector_bf16 / 1e9));
   if (p->world == 1) {
     printf("\nlinks: one rank, nothing to measure (mpirun -np N carve profile measures N ranks)\n");
     return;
@@ -392,10 +411,16 @@ static void write_cluster(FILE *f, const Profile *p) {
           p->gemm_n[g]);
   fprintf(f, "%-34s # gelu and its gradient over 1M floats, 24 FLOPs an element\n",
           arena_printf("flops_vector %s", eng(p->vector_rate)));
+  fprintf(f, "%-34s # the CPU backend's conversion chunks (%d thread%s)\n",
+          arena_printf("workspace %s", eng(p->workspace)), p->omp_threads, plural(p->omp_threads, "", "s"));
   fprintf(f, "%-34s # 3/4 of %.1f GB of physical memory, shared by %d rank%s\n",
           arena_printf("memory %s", eng(round(memory / 1e6) * 1e6)), ram / 1e9, w, plural(w, "", "s"));
   fprintf(f, "%-34s # y += x on %s float arrays: 12 bytes per element\n",
           arena_printf("mem_bandwidth %s", eng(p->mem_bandwidth)), size_label(MEM_FLOATS * 4));
+  fprintf(f, "%-34s # the same two for bf16 programs: gelu and its gradient,\n",
+          arena_printf("flops_vector_bf16 %s", eng(p->vector_bf16)));
+  fprintf(f, "%-34s # y += x on bf16 arrays (6 bytes per element)\n",
+          arena_printf("mem_bandwidth_bf16 %s", eng(p->mem_bandwidth_bf16)));
   if (w > 1) {
     fprintf(f, "%-34s # all-reduce of %s over %d ranks: bus bandwidth\n", arena_printf("intra_bandwidth %s", eng(bw)),
             size_label(p->msg_bytes[m]), w);
@@ -435,11 +460,12 @@ static bool save(const char *path, const Profile *p) {
   return true;
 }
 
-static const char *engine_name(void) {
+static const char *engine_name(double *workspace) {
   char why[256];
   Backend *b = backend_open(NULL, why, sizeof why);
   if (!b) carve_fatal("profile: %s", why);
   const char *d = arena_strdup(b->describe);
+  *workspace = (double)b->workspace;
   b->close(b);
   return d;
 }
@@ -457,9 +483,12 @@ static int profile(Transport *t, int argc, char **argv) {
   if (!ok) fprintf(stderr, "carve: error: cannot write %s: %s\n", o.out, strerror(errno));
   if (!t->agree(t, ok)) return 1;
 
+  double workspace = 0;
+  const char *engine = engine_name(&workspace);
   Profile p = {.world = t->world,
                .omp_threads = omp_get_max_threads(),
-               .engine = engine_name(),
+               .engine = engine,
+               .workspace = workspace,
                .quick = o.quick,
                .samples = o.quick ? 3 : 5};
   double target = o.quick ? 0.01 : 0.1; /* seconds per sample */

@@ -43,14 +43,25 @@ void *scratch_get(Scratch *s, size_t bytes) {
   return s->p;
 }
 
+/* Conversions split across threads when they are long and no parallel region
+   runs (inside one, as in a chunk, they stay serial: even a parallel region
+   that runs on one thread costs about half a microsecond to enter). */
 CARVE_CLONES void cvt_to_f32(float *restrict dst, const uint16_t *restrict src, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i++) dst[i] = km_f32(src[i]);
+  if (n > 65536 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) dst[i] = km_f32(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; i++) dst[i] = km_f32(src[i]);
+  }
 }
 
 CARVE_CLONES void cvt_to_bf16(uint16_t *restrict dst, const float *restrict src, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i++) dst[i] = km_bf16(src[i]);
+  if (n > 65536 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) dst[i] = km_bf16(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; i++) dst[i] = km_bf16(src[i]);
+  }
 }
 
 static Cpu *C(Backend *b) { return b->impl; }
@@ -246,11 +257,6 @@ static void r_whole(Cpu *c, const Instr *in, const Chunk *ch) {
   case OP_MAX: k_reduce(in->op, ch->o, ch->x[0], outer, n, inner); break;
   case OP_EXPAND: k_expand(ch->o, ch->x[0], outer, n, inner, (float)in->f[0]); break;
   case OP_MAX_BWD: k_max_bwd(ch->o, ch->x[0], ch->x[1], outer, n, inner); break;
-  case OP_LN_BWD_G:
-  case OP_RMS_BWD_G:
-    k_layernorm_bwd_g(ch->o, ch->x[0], ch->x[1], rows_of(c, x), last(c, x), (float)in->f[0], in->op == OP_RMS_BWD_G);
-    break;
-  case OP_SUM_TO: k_sum_to(ch->o, ch->x[0], N(c, x) / N(c, in->out), N(c, in->out)); break;
   case OP_MSE: k_mse(ch->o, ch->x[0], ch->x[1], N(c, x)); break;
   case OP_MSE_BWD: k_mse_bwd(ch->o, ch->x[0], ch->x[1], ch->x[2], N(c, x)); break;
   case OP_MOE_DISPATCH:
@@ -264,6 +270,30 @@ static void r_whole(Cpu *c, const Instr *in, const Chunk *ch) {
   }
 }
 static void whole(Cpu *c, const Instr *in) { by_rows(c, in, (Rows){.rows = 1}, r_whole); }
+
+/* ---------------------------------------------------------------- column sums */
+
+/* sum_to and the norms' gain gradients: rows added into double column sums,
+   a chunk of rows at a time (widened when bf16), then stored */
+static void column_sums(Cpu *c, const Instr *in) {
+  int x = in->in[0], o = in->out;
+  int64_t n = N(c, o), rows = N(c, x) / n;
+  double *acc = scratch_get(&c->rows, sizeof(double) * (size_t)n);
+  memset(acc, 0, sizeof(double) * (size_t)n);
+  int64_t per = any_bf16(c, in) ? (CHUNK / n > 0 ? CHUNK / n : 1) : rows;
+  for (int64_t r0 = 0; r0 < rows; r0 += per) {
+    int64_t nr = rows - r0 < per ? rows - r0 : per;
+    const float *xs = rd(c, 0, x, r0 * n, nr * n);
+    if (in->op == OP_SUM_TO)
+      k_sum_to_rows(acc, xs, nr, n);
+    else
+      k_layernorm_bwd_g_rows(acc, xs, rd(c, 1, in->in[1], r0 * n, nr * n), nr, n, (float)in->f[0],
+                             in->op == OP_RMS_BWD_G);
+  }
+  float *out = wr(c, o, 0, n, false);
+  for (int64_t j = 0; j < n; j++) out[j] = (float)acc[j];
+  wr_done(c, o, 0, n, out);
+}
 
 /* ---------------------------------------------------------------- indexed ops */
 
@@ -373,6 +403,7 @@ static void run_scale(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, e
 static void run_copy(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, elementwise(c, in, r_copy, false); }
 static void run_acc(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, elementwise(c, in, r_acc, true); }
 static void run_whole(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, whole(c, in); }
+static void run_columns(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, column_sums(c, in); }
 static void run_softmax(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
   int64_t n = last(c, in->out);
@@ -455,7 +486,7 @@ typedef void (*Kernel)(Cpu *c, const Instr *in, const StepInfo *si);
 #define run_MOE_COMBINE run_whole
 #define run_RESHAPE run_copy
 #define run_CAST run_copy
-#define run_SUM_TO run_whole
+#define run_SUM_TO run_columns
 #define run_EXPAND run_whole
 #define run_GELU_BWD run_unary_bwd
 #define run_RELU_BWD run_unary_bwd
@@ -465,9 +496,9 @@ typedef void (*Kernel)(Cpu *c, const Instr *in, const StepInfo *si);
 #define run_MAX_BWD run_whole
 #define run_SOFTMAX_BWD run_softmax
 #define run_LN_BWD_X run_norm
-#define run_LN_BWD_G run_whole
+#define run_LN_BWD_G run_columns
 #define run_RMS_BWD_X run_norm
-#define run_RMS_BWD_G run_whole
+#define run_RMS_BWD_G run_columns
 #define run_EMBED_BWD run_embed_bwd
 #define run_XENT_BWD run_xent_bwd
 #define run_MSE_BWD run_whole
@@ -598,6 +629,8 @@ Backend *backend_cpu(void) {
   *b = (Backend){.name = "cpu",
                  .describe = einsum_engine(),
                  .bf16_fast = einsum_bf16_fast(),
+                 /* a chunk per operand slot and thread, and two for column sums */
+                 .workspace = ((int64_t)omp_get_max_threads() * (MAXIN + 1) + 2) * CHUNK * (int64_t)sizeof(float),
                  .load = cpu_load,
                  .supports = cpu_supports,
                  .host = cpu_host,
