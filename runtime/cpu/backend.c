@@ -273,25 +273,17 @@ static void whole(Cpu *c, const Instr *in) { by_rows(c, in, (Rows){.rows = 1}, r
 
 /* ---------------------------------------------------------------- column sums */
 
-/* sum_to and the norms' gain gradients: rows added into double column sums,
-   a chunk of rows at a time (widened when bf16), then stored */
+/* sum_to and the norms' gain gradients read bf16 as they go (kernels.c) */
+static Arr arr(Cpu *c, int b) { return (Arr){A(c, b), T(c, b) == DT_BF16}; }
+
 static void column_sums(Cpu *c, const Instr *in) {
   int x = in->in[0], o = in->out;
   int64_t n = N(c, o), rows = N(c, x) / n;
-  double *acc = scratch_get(&c->rows, sizeof(double) * (size_t)n);
-  memset(acc, 0, sizeof(double) * (size_t)n);
-  int64_t per = any_bf16(c, in) ? (CHUNK / n > 0 ? CHUNK / n : 1) : rows;
-  for (int64_t r0 = 0; r0 < rows; r0 += per) {
-    int64_t nr = rows - r0 < per ? rows - r0 : per;
-    const float *xs = rd(c, 0, x, r0 * n, nr * n);
-    if (in->op == OP_SUM_TO)
-      k_sum_to_rows(acc, xs, nr, n);
-    else
-      k_layernorm_bwd_g_rows(acc, xs, rd(c, 1, in->in[1], r0 * n, nr * n), nr, n, (float)in->f[0],
-                             in->op == OP_RMS_BWD_G);
-  }
   float *out = wr(c, o, 0, n, false);
-  for (int64_t j = 0; j < n; j++) out[j] = (float)acc[j];
+  if (in->op == OP_SUM_TO)
+    k_sum_to(out, arr(c, x), rows, n);
+  else
+    k_layernorm_bwd_g(out, arr(c, x), arr(c, in->in[1]), rows, n, (float)in->f[0], in->op == OP_RMS_BWD_G);
   wr_done(c, o, 0, n, out);
 }
 

@@ -57,10 +57,14 @@ void k_softmax_bwd(float *dx, const float *y, const float *dy, int64_t rows, int
 void k_layernorm(float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t n, float eps);
 void k_layernorm_bwd_x(float *dx, const float *x, const float *g, const float *dy, int64_t rows, int64_t n, float eps,
                        bool rms);
-/* column sums added into double accumulators (one per column) */
-void k_layernorm_bwd_g_rows(double *acc, const float *x, const float *dy, int64_t rows, int64_t n, float eps, bool rms);
+/* an input that is f32 or bf16 */
+typedef struct Arr {
+  const void *p;
+  bool bf16;
+} Arr;
+void k_layernorm_bwd_g(float *dg, Arr x, Arr dy, int64_t rows, int64_t n, float eps, bool rms);
 void k_rmsnorm(float *y, const float *x, const float *g, int64_t rows, int64_t n, float eps);
-void k_sum_to_rows(double *acc, const float *x, int64_t reps, int64_t n);
+void k_sum_to(float *out, Arr x, int64_t reps, int64_t n);
 /* Return false if an id or label is out of range (the backend reports it). */
 bool k_embed(float *out, const float *table, const int32_t *ids, int64_t nids, int64_t vocab, int64_t h);
 bool k_embed_bwd(float *dtable, const int32_t *ids, const float *dy, int64_t nids, int64_t vocab, int64_t h);

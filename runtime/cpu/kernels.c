@@ -301,32 +301,45 @@ CARVE_CLONES void k_layernorm_bwd_x(float *dx, const float *x, const float *g, c
  * columns and adds rows in order. */
 #define COLBLOCK 64
 
-/* The column sums below add rows into double accumulators that the caller
- * keeps, so a reduction can run over its rows in chunks (bf16 inputs, widened
- * a chunk at a time) and give exactly the sums one pass would. */
-CARVE_CLONES void k_layernorm_bwd_g_rows(double *acc, const float *x, const float *dy, int64_t rows, int64_t n,
-                                         float eps, bool rms) {
+/* The column sums below read their inputs in either float dtype (Arr), a
+ * block of 64 columns per thread, each column summed over the rows in order
+ * in double: no widened copy, and the same sums in both dtypes and on any
+ * number of threads. */
+static inline float at(Arr a, int64_t i) {
+  return a.bf16 ? km_f32(((const uint16_t *)a.p)[i]) : ((const float *)a.p)[i];
+}
+
+CARVE_CLONES void k_layernorm_bwd_g(float *dg, Arr x, Arr dy, int64_t rows, int64_t n, float eps, bool rms) {
   float *mu = xmalloc(sizeof(float) * (size_t)rows), *rs = xmalloc(sizeof(float) * (size_t)rows);
   PARALLEL(rows * n)
-  for (int64_t r = 0; r < rows; r++) row_stats(x + r * n, n, eps, rms, &mu[r], &rs[r]);
+  for (int64_t r = 0; r < rows; r++) {
+    float row[n > 0 ? n : 1]; /* a row, widened */
+    for (int64_t j = 0; j < n; j++) row[j] = at(x, r * n + j);
+    row_stats(row, n, eps, rms, &mu[r], &rs[r]);
+  }
   int64_t nb = (n + COLBLOCK - 1) / COLBLOCK;
   PARALLEL(rows * n)
   for (int64_t blk = 0; blk < nb; blk++) {
+    double acc[COLBLOCK] = {0};
     int64_t lo = blk * COLBLOCK, w = lo + COLBLOCK < n ? COLBLOCK : n - lo;
     for (int64_t r = 0; r < rows; r++)
-      for (int64_t j = 0; j < w; j++) acc[lo + j] += (double)dy[r * n + lo + j] * ((x[r * n + lo + j] - mu[r]) * rs[r]);
+      for (int64_t j = 0; j < w; j++)
+        acc[j] += (double)at(dy, r * n + lo + j) * ((at(x, r * n + lo + j) - mu[r]) * rs[r]);
+    for (int64_t j = 0; j < w; j++) dg[lo + j] = (float)acc[j];
   }
   free(mu);
   free(rs);
 }
 
-CARVE_CLONES void k_sum_to_rows(double *acc, const float *x, int64_t reps, int64_t n) {
+CARVE_CLONES void k_sum_to(float *out, Arr x, int64_t reps, int64_t n) {
   int64_t nb = (n + COLBLOCK - 1) / COLBLOCK;
   PARALLEL(reps * n)
   for (int64_t blk = 0; blk < nb; blk++) {
+    double acc[COLBLOCK] = {0};
     int64_t lo = blk * COLBLOCK, w = lo + COLBLOCK < n ? COLBLOCK : n - lo;
     for (int64_t r = 0; r < reps; r++)
-      for (int64_t j = 0; j < w; j++) acc[lo + j] += x[r * n + lo + j];
+      for (int64_t j = 0; j < w; j++) acc[j] += at(x, r * n + lo + j);
+    for (int64_t j = 0; j < w; j++) out[lo + j] = (float)acc[j];
   }
 }
 
