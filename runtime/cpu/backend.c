@@ -621,8 +621,8 @@ Backend *backend_cpu(void) {
   *b = (Backend){.name = "cpu",
                  .describe = einsum_engine(),
                  .bf16_fast = einsum_bf16_fast(),
-                 /* a chunk per operand slot and thread, and two for column sums */
-                 .workspace = ((int64_t)omp_get_max_threads() * (MAXIN + 1) + 2) * CHUNK * (int64_t)sizeof(float),
+                 /* a chunk per operand slot and thread */
+                 .workspace = (int64_t)omp_get_max_threads() * (MAXIN + 1) * CHUNK * (int64_t)sizeof(float),
                  .load = cpu_load,
                  .supports = cpu_supports,
                  .host = cpu_host,
