@@ -68,6 +68,11 @@ KM_FN float km_gelu_bwd(float v, float dy) {
   return dy * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
 }
 
+KM_FN float km_silu_bwd(float x, float dy) {
+  float s = 1.0f / (1.0f + km_exp(-x));
+  return dy * s * (1.0f + x * (1.0f - s));
+}
+
 /* One AdamW step of one element: moments m, v updated in place, the new
    parameter returned. c1, c2 are the bias corrections 1 - beta^step. */
 KM_FN float km_adamw(float p, float g, float *m, float *v, float lr, float b1, float b2, float c1, float c2, float eps,

@@ -386,14 +386,52 @@ static void run_einsum(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)c, (void)in, (void)si;
   CARVE_ASSERT(0, "einsums run through their prepared plan");
 }
-static void run_unary(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, elementwise(c, in, r_unary, false); }
-static void run_unary_bwd(Cpu *c, const Instr *in, const StepInfo *si) {
-  (void)si, elementwise(c, in, r_unary_bwd, false);
+/* Element-wise ops: f32 through kernels.c, anything with bf16 through
+   elementwise.c in one pass. */
+static Out out_of(Cpu *c, int b) { return (Out){A(c, b), T(c, b) == DT_BF16}; }
+static void run_unary(Cpu *c, const Instr *in, const StepInfo *si) {
+  (void)si;
+  if (!any_bf16(c, in))
+    elementwise(c, in, r_unary, false);
+  else
+    e_unary(in->op, out_of(c, in->out), arr(c, in->in[0]), N(c, in->out));
 }
-static void run_binary(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, binary(c, in); }
-static void run_scale(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, elementwise(c, in, r_scale, false); }
-static void run_copy(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, elementwise(c, in, r_copy, false); }
-static void run_acc(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, elementwise(c, in, r_acc, true); }
+static void run_unary_bwd(Cpu *c, const Instr *in, const StepInfo *si) {
+  (void)si;
+  if (!any_bf16(c, in))
+    elementwise(c, in, r_unary_bwd, false);
+  else
+    e_unary_bwd(in->op, out_of(c, in->out), arr(c, in->in[0]), arr(c, in->in[1]), N(c, in->out));
+}
+static void run_binary(Cpu *c, const Instr *in, const StepInfo *si) {
+  (void)si;
+  if (!any_bf16(c, in))
+    binary(c, in);
+  else
+    e_binary(in->op, out_of(c, in->out), N(c, in->out), arr(c, in->in[0]), N(c, in->in[0]), arr(c, in->in[1]),
+             N(c, in->in[1]));
+}
+static void run_scale(Cpu *c, const Instr *in, const StepInfo *si) {
+  (void)si;
+  if (!any_bf16(c, in))
+    elementwise(c, in, r_scale, false);
+  else
+    e_scale(out_of(c, in->out), arr(c, in->in[0]), N(c, in->out), (float)in->f[0], (float)in->f[1]);
+}
+static void run_copy(Cpu *c, const Instr *in, const StepInfo *si) {
+  (void)si;
+  if (!any_bf16(c, in))
+    elementwise(c, in, r_copy, false);
+  else if (in->out != in->in[0]) /* not a reshape in place */
+    e_scale(out_of(c, in->out), arr(c, in->in[0]), N(c, in->out), 1, 0);
+}
+static void run_acc(Cpu *c, const Instr *in, const StepInfo *si) {
+  (void)si;
+  if (!any_bf16(c, in))
+    elementwise(c, in, r_acc, true);
+  else
+    e_acc(out_of(c, in->out), arr(c, in->in[0]), N(c, in->out));
+}
 static void run_whole(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, whole(c, in); }
 static void run_columns(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, column_sums(c, in); }
 static void run_softmax(Cpu *c, const Instr *in, const StepInfo *si) {

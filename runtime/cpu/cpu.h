@@ -5,6 +5,7 @@
  *   kernels.c   fp32 kernels over contiguous arrays, one per op, and the
  *               optimizers
  *   sources.c   init (parameters from the counter-based RNG), load (inputs)
+ *   elementwise.c  element-wise ops reading and writing bf16 as they go
  *   einsum.c    einsums as oneDNN matrix products, one primitive per shape
  *               made when a program is loaded */
 #ifndef CARVE_CPU_H
@@ -57,11 +58,15 @@ void k_softmax_bwd(float *dx, const float *y, const float *dy, int64_t rows, int
 void k_layernorm(float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t n, float eps);
 void k_layernorm_bwd_x(float *dx, const float *x, const float *g, const float *dy, int64_t rows, int64_t n, float eps,
                        bool rms);
-/* an input that is f32 or bf16 */
+/* an input, and an output, that are f32 or bf16 */
 typedef struct Arr {
   const void *p;
   bool bf16;
 } Arr;
+typedef struct Out {
+  void *p;
+  bool bf16;
+} Out;
 void k_layernorm_bwd_g(float *dg, Arr x, Arr dy, int64_t rows, int64_t n, float eps, bool rms);
 void k_rmsnorm(float *y, const float *x, const float *g, int64_t rows, int64_t n, float eps);
 void k_sum_to(float *out, Arr x, int64_t reps, int64_t n);
@@ -79,6 +84,13 @@ float k_lr_at(float lr, int64_t warmup, int step);
 void k_adamw(float *p, const float *g, float *m, float *v, int64_t n, float clip, float lr, float b1, float b2,
              float eps, float wd, int step);
 void k_sgd(float *p, const float *g, float *mom, int64_t n, float clip, float lr, float mu, float wd);
+
+/* elementwise.c: the element-wise ops on operands of either float dtype */
+void e_unary(OpKind op, Out o, Arr a, int64_t n);
+void e_unary_bwd(OpKind op, Out o, Arr a, Arr b, int64_t n);
+void e_binary(OpKind op, Out o, int64_t n, Arr a, int64_t na, Arr b, int64_t nb);
+void e_scale(Out o, Arr a, int64_t n, float mul, float add);
+void e_acc(Out o, Arr a, int64_t n);
 
 /* sources.c */
 void k_init(float *x, int64_t n, const Instr *in, const char *name, uint64_t seed);

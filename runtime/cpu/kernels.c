@@ -165,10 +165,7 @@ CARVE_CLONES void k_unary_bwd(OpKind op, float *dx, const float *x, const float 
     break;
   case OP_SILU_BWD:
     PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) {
-      float s = 1.0f / (1.0f + km_exp(-x[i]));
-      dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
-    }
+    for (int64_t i = 0; i < n; i++) dx[i] = km_silu_bwd(x[i], dy[i]);
     break;
   case OP_TANH_BWD:
     PARALLEL(n)
