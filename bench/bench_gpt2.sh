@@ -5,8 +5,9 @@
 # cluster carve profile measures; and the transport's cost against the
 # plan's own collectives measured alone.
 #
-# Tensor parallelism is not lowered to programs yet, so only data parallel
-# is measured. Prints a table of medians over STEPS steps (after the first).
+# PRECISION=bf16 in the environment plans and runs bf16 (default: fp32, the
+# figures in bench/README.md). Prints a table of medians over STEPS steps
+# (after the first).
 set -eu
 carve=${1:-build/carve}
 steps=${2:-4}
@@ -21,11 +22,11 @@ OMP_NUM_THREADS=$cores "$carve" profile --quick -o "$tmp/one.cluster" >/dev/null
 OMP_NUM_THREADS=1 $mpirun -np 2 "$carve" profile -o "$tmp/two.cluster" >"$tmp/profile2.out"
 
 # 1 rank: the single-rank program; 2 ranks: dp=2 from the planner
-"$carve" plan $model --cluster "$tmp/one.cluster" --manual dp=1 -o "$tmp/p1" >/dev/null 2>&1
+"$carve" plan $model --cluster "$tmp/one.cluster" --manual dp=1 --precision "${PRECISION:-fp32}" -o "$tmp/p1" >/dev/null 2>&1
 OMP_NUM_THREADS=$cores "$carve" run "$tmp/p1" --steps $((steps + 1)) --log-every 1 >"$tmp/run1.out"
-"$carve" plan $model --cluster "$tmp/two.cluster" --manual dp=2 -o "$tmp/p2" >/dev/null 2>&1
+"$carve" plan $model --cluster "$tmp/two.cluster" --manual dp=2 --precision "${PRECISION:-fp32}" -o "$tmp/p2" >/dev/null 2>&1
 OMP_NUM_THREADS=1 $mpirun -np 2 "$carve" run "$tmp/p2" --steps $((steps + 1)) --log-every 1 >"$tmp/run2.out"
-"$carve" plan $model --cluster "$tmp/two.cluster" --manual tp=2 -o "$tmp/p3" >/dev/null 2>&1
+"$carve" plan $model --cluster "$tmp/two.cluster" --manual tp=2 --precision "${PRECISION:-fp32}" -o "$tmp/p3" >/dev/null 2>&1
 OMP_NUM_THREADS=1 $mpirun -np 2 "$carve" run "$tmp/p3" --steps $((steps + 1)) --log-every 1 >"$tmp/run3.out"
 
 median_ms() { grep '^step' "$1" | tail -n +2 | awk '{print $5}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -90,18 +90,16 @@ static const float *rd_in(Cpu *c, Scratch *s, int k, int b, int64_t e0, int64_t 
   return t;
 }
 
-/* Where a kernel writes elements [e0, e0 + n) of b; `keep`: with their
-   current values (the kernel adds to them). */
-static float *wr_in(Cpu *c, Scratch *s, int b, int64_t e0, int64_t n, bool keep) {
+/* Where a kernel writes elements [e0, e0 + n) of b. */
+static float *wr_in(Cpu *c, Scratch *s, int b, int64_t e0, int64_t n) {
   if (T(c, b) != DT_BF16) return (float *)A(c, b) + e0;
   float *t = scratch_get(&s[OUT], sizeof(float) * (size_t)n);
-  if (keep) cvt_to_f32(t, (const uint16_t *)A(c, b) + e0, n);
   return t;
 }
 
 /* the same in the shared slots, outside parallel chunks */
 static const float *rd(Cpu *c, int k, int b, int64_t e0, int64_t n) { return rd_in(c, c->conv, k, b, e0, n); }
-static float *wr(Cpu *c, int b, int64_t e0, int64_t n, bool keep) { return wr_in(c, c->conv, b, e0, n, keep); }
+static float *wr(Cpu *c, int b, int64_t e0, int64_t n) { return wr_in(c, c->conv, b, e0, n); }
 
 static void wr_done(Cpu *c, int b, int64_t e0, int64_t n, float *t) {
   if (T(c, b) == DT_BF16) cvt_to_bf16((uint16_t *)A(c, b) + e0, t, n);
@@ -122,7 +120,6 @@ typedef struct Rows {
   int64_t rows;   /* rows of the output */
   unsigned whole; /* bit k: input k is read whole by every row (a gain, a bias); the others have rows */
   int64_t align;  /* chunks start at multiples of this many rows */
-  bool keep;      /* the kernel reads the output */
 } Rows;
 
 static bool any_bf16(const Cpu *c, const Instr *in) {
@@ -143,7 +140,7 @@ static void chunk(Cpu *c, const Instr *in, const Rows *r, RowKernel k, Scratch *
     int64_t w = N(c, in->in[j]) / r->rows;
     ch.x[j] = rd_in(c, s, j, in->in[j], r0 * w, nr * w);
   }
-  ch.o = wr_in(c, s, in->out, r0 * w_out, nr * w_out, r->keep);
+  ch.o = wr_in(c, s, in->out, r0 * w_out, nr * w_out);
   k(c, in, &ch);
   wr_done(c, in->out, r0 * w_out, nr * w_out, ch.o);
 }
@@ -169,48 +166,6 @@ static void by_rows(Cpu *c, const Instr *in, Rows r, RowKernel k) {
     int64_t r0 = q * per, nr = r.rows - r0 < per ? r.rows - r0 : per;
     chunk(c, in, &r, k, c->tconv + (size_t)omp_get_thread_num() * (MAXIN + 1), &whole, r0, nr);
   }
-}
-
-static void r_unary(Cpu *c, const Instr *in, const Chunk *ch) {
-  (void)c;
-  k_unary(in->op, ch->o, ch->x[0], ch->nr);
-}
-static void r_unary_bwd(Cpu *c, const Instr *in, const Chunk *ch) {
-  (void)c;
-  k_unary_bwd(in->op, ch->o, ch->x[0], ch->x[1], ch->nr);
-}
-static void r_scale(Cpu *c, const Instr *in, const Chunk *ch) {
-  (void)c;
-  k_scale(ch->o, ch->x[0], ch->nr, (float)in->f[0], (float)in->f[1]);
-}
-static void r_copy(Cpu *c, const Instr *in, const Chunk *ch) {
-  (void)c, (void)in;
-  if (ch->o != ch->x[0]) k_copy(ch->o, ch->x[0], ch->nr);
-}
-static void r_acc(Cpu *c, const Instr *in, const Chunk *ch) {
-  (void)c, (void)in;
-  k_acc(ch->o, ch->x[0], ch->nr);
-}
-
-/* one element per row */
-static void elementwise(Cpu *c, const Instr *in, RowKernel k, bool keep) {
-  by_rows(c, in, (Rows){.rows = N(c, in->out), .keep = keep}, k);
-}
-
-/* Broadcasting: rows as long as the smaller operand, which every row reads. */
-static void r_binary(Cpu *c, const Instr *in, const Chunk *ch) {
-  int64_t all = N(c, in->out), n = ch->nr * (all / ch->rows);
-  int64_t na = N(c, in->in[0]) == all ? n : N(c, in->in[0]), nb = N(c, in->in[1]) == all ? n : N(c, in->in[1]);
-  k_binary(in->op, ch->o, n, ch->x[0], na, ch->x[1], nb);
-}
-static void binary(Cpu *c, const Instr *in) {
-  int64_t n = N(c, in->out), na = N(c, in->in[0]), nb = N(c, in->in[1]);
-  if (na == nb) {
-    by_rows(c, in, (Rows){.rows = n}, r_binary);
-    return;
-  }
-  int64_t small = na < nb ? na : nb;
-  by_rows(c, in, (Rows){.rows = n / small, .whole = na < nb ? 1u : 2u}, r_binary);
 }
 
 static void r_softmax(Cpu *c, const Instr *in, const Chunk *ch) {
@@ -279,7 +234,7 @@ static Arr arr(Cpu *c, int b) { return (Arr){A(c, b), T(c, b) == DT_BF16}; }
 static void column_sums(Cpu *c, const Instr *in) {
   int x = in->in[0], o = in->out;
   int64_t n = N(c, o), rows = N(c, x) / n;
-  float *out = wr(c, o, 0, n, false);
+  float *out = wr(c, o, 0, n);
   if (in->op == OP_SUM_TO)
     k_sum_to(out, arr(c, x), rows, n);
   else
@@ -318,7 +273,7 @@ static void embed_bwd(Cpu *c, const Instr *in) {
   int o = in->out, dy = in->in[1];
   const int32_t *ids = A(c, in->in[0]);
   int64_t n = N(c, in->in[0]), vocab = S(c, o)->d[0], h = S(c, o)->d[1];
-  float *out = wr(c, o, 0, N(c, o), false);
+  float *out = wr(c, o, 0, N(c, o));
   memset(out, 0, sizeof(float) * (size_t)N(c, o));
   int64_t per = T(c, dy) == DT_BF16 ? (CHUNK / h > 0 ? CHUNK / h : 1) : n;
   for (int64_t t0 = 0; t0 < n; t0 += per) {
@@ -355,7 +310,7 @@ static void xent(Cpu *c, const Instr *in) {
   }
   double total = 0;
   for (int64_t r = 0; r < rows; r++) total += row[r];
-  float *o = wr(c, in->out, 0, 1, false);
+  float *o = wr(c, in->out, 0, 1);
   o[0] = (float)(total / (double)rows);
   wr_done(c, in->out, 0, 1, o);
 }
@@ -365,20 +320,20 @@ static void xent(Cpu *c, const Instr *in) {
 static void run_fill(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
   int64_t n = N(c, in->out);
-  float *o = wr(c, in->out, 0, n, false);
+  float *o = wr(c, in->out, 0, n);
   for (int64_t i = 0; i < n; i++) o[i] = (float)in->f[0];
   wr_done(c, in->out, 0, n, o);
 }
 static void run_init(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
   int64_t n = N(c, in->out);
-  float *o = wr(c, in->out, 0, n, false);
+  float *o = wr(c, in->out, 0, n);
   k_init(o, n, in, c->p->bufs[in->out].name, c->p->seed);
   wr_done(c, in->out, 0, n, o);
 }
 static void run_load(Cpu *c, const Instr *in, const StepInfo *si) {
   int64_t n = N(c, in->out);
-  void *o = T(c, in->out) == DT_I32 ? A(c, in->out) : wr(c, in->out, 0, n, false);
+  void *o = T(c, in->out) == DT_I32 ? A(c, in->out) : wr(c, in->out, 0, n);
   k_load(o, &c->p->bufs[in->out], in, c->p->seed, si);
   if (T(c, in->out) != DT_I32) wr_done(c, in->out, 0, n, o);
 }
@@ -386,51 +341,33 @@ static void run_einsum(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)c, (void)in, (void)si;
   CARVE_ASSERT(0, "einsums run through their prepared plan");
 }
-/* Element-wise ops: f32 through kernels.c, anything with bf16 through
-   elementwise.c in one pass. */
+/* Element-wise ops, in one pass whatever the dtypes (elementwise.c). */
 static Out out_of(Cpu *c, int b) { return (Out){A(c, b), T(c, b) == DT_BF16}; }
 static void run_unary(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
-  if (!any_bf16(c, in))
-    elementwise(c, in, r_unary, false);
-  else
-    e_unary(in->op, out_of(c, in->out), arr(c, in->in[0]), N(c, in->out));
+  e_unary(in->op, out_of(c, in->out), arr(c, in->in[0]), N(c, in->out));
 }
 static void run_unary_bwd(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
-  if (!any_bf16(c, in))
-    elementwise(c, in, r_unary_bwd, false);
-  else
-    e_unary_bwd(in->op, out_of(c, in->out), arr(c, in->in[0]), arr(c, in->in[1]), N(c, in->out));
+  e_unary_bwd(in->op, out_of(c, in->out), arr(c, in->in[0]), arr(c, in->in[1]), N(c, in->out));
 }
 static void run_binary(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
-  if (!any_bf16(c, in))
-    binary(c, in);
-  else
-    e_binary(in->op, out_of(c, in->out), N(c, in->out), arr(c, in->in[0]), N(c, in->in[0]), arr(c, in->in[1]),
-             N(c, in->in[1]));
+  e_binary(in->op, out_of(c, in->out), N(c, in->out), arr(c, in->in[0]), N(c, in->in[0]), arr(c, in->in[1]),
+           N(c, in->in[1]));
 }
 static void run_scale(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
-  if (!any_bf16(c, in))
-    elementwise(c, in, r_scale, false);
-  else
-    e_scale(out_of(c, in->out), arr(c, in->in[0]), N(c, in->out), (float)in->f[0], (float)in->f[1]);
+  e_scale(out_of(c, in->out), arr(c, in->in[0]), N(c, in->out), (float)in->f[0], (float)in->f[1]);
 }
 static void run_copy(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
-  if (!any_bf16(c, in))
-    elementwise(c, in, r_copy, false);
-  else if (in->out != in->in[0]) /* not a reshape in place */
+  if (in->out != in->in[0]) /* not a reshape in place */
     e_scale(out_of(c, in->out), arr(c, in->in[0]), N(c, in->out), 1, 0);
 }
 static void run_acc(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
-  if (!any_bf16(c, in))
-    elementwise(c, in, r_acc, true);
-  else
-    e_acc(out_of(c, in->out), arr(c, in->in[0]), N(c, in->out));
+  e_acc(out_of(c, in->out), arr(c, in->in[0]), N(c, in->out));
 }
 static void run_whole(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, whole(c, in); }
 static void run_columns(Cpu *c, const Instr *in, const StepInfo *si) { (void)si, column_sums(c, in); }

@@ -2,10 +2,10 @@
  *
  *   backend.c   the Backend table: arena, dispatch by op, dtype conversion,
  *               loss and the error flag
- *   kernels.c   fp32 kernels over contiguous arrays, one per op, and the
- *               optimizers
+ *   kernels.c   fp32 kernels over contiguous arrays (row-wise ops, reductions,
+ *               norms, cross-entropy, routing) and the optimizers
  *   sources.c   init (parameters from the counter-based RNG), load (inputs)
- *   elementwise.c  element-wise ops reading and writing bf16 as they go
+ *   elementwise.c  element-wise ops, on f32 or bf16 as they come
  *   einsum.c    einsums as oneDNN matrix products, one primitive per shape
  *               made when a program is loaded */
 #ifndef CARVE_CPU_H
@@ -43,13 +43,7 @@ bool einsum_bf16_fast(void);
 
 /* kernels.c: one function per op over contiguous f32 arrays. Shapes are
  * passed as (outer, n, inner) triples or element counts as each op needs. */
-void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, const float *b, int64_t nb);
-void k_scale(float *out, const float *x, int64_t n, float mul, float add);
-void k_acc(float *out, const float *x, int64_t n);
-void k_copy(float *out, const float *x, int64_t n);
 double k_sumsq(const float *x, int64_t n);
-void k_unary(OpKind op, float *out, const float *x, int64_t n);
-void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t n);
 void k_reduce(OpKind op, float *out, const float *x, int64_t outer, int64_t n, int64_t inner);
 void k_expand(float *out, const float *dy, int64_t outer, int64_t n, int64_t inner, float scale);
 void k_max_bwd(float *dx, const float *x, const float *dy, int64_t outer, int64_t n, int64_t inner);
@@ -85,7 +79,7 @@ void k_adamw(float *p, const float *g, float *m, float *v, int64_t n, float clip
              float eps, float wd, int step);
 void k_sgd(float *p, const float *g, float *mom, int64_t n, float clip, float lr, float mu, float wd);
 
-/* elementwise.c: the element-wise ops on operands of either float dtype */
+/* elementwise.c: the element-wise ops, on operands of either float dtype */
 void e_unary(OpKind op, Out o, Arr a, int64_t n);
 void e_unary_bwd(OpKind op, Out o, Arr a, Arr b, int64_t n);
 void e_binary(OpKind op, Out o, int64_t n, Arr a, int64_t na, Arr b, int64_t nb);

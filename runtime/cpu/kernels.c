@@ -3,7 +3,8 @@
  * checked against. Reductions accumulate in double so that results do not
  * depend on the blocking of a faster implementation more than necessary.
  * bf16 operands reach them converted (backend.c); the per-element formulas
- * shared with other backends are in kmath.h. */
+ * shared with other backends are in kmath.h. Element-wise ops, for either
+ * dtype, are in elementwise.c. */
 #include "cpu.h"
 
 #include <math.h>
@@ -44,60 +45,6 @@ CARVE_CLONES static float max_lanes(const float *x, int64_t n) {
 }
 #define PARALLEL(n) PRAGMA(omp parallel for schedule(static) if ((n) > 32768))
 
-static inline float binop(OpKind op, float x, float y) {
-  switch (op) {
-  case OP_ADD: return x + y;
-  case OP_SUB: return x - y;
-  case OP_MUL: return x * y;
-  default: return x / y;
-  }
-}
-
-/* Trailing-aligned broadcasting: the smaller operand repeats; index i of
- * the output reads a[i % na] and b[i % nb]. */
-CARVE_CLONES void k_binary(OpKind op, float *out, int64_t n, const float *a, int64_t na, const float *b, int64_t nb) {
-  if (na == n && nb == n) {
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = binop(op, a[i], b[i]);
-    return;
-  }
-  int64_t small = na < nb ? na : nb, reps = n / small;
-  PARALLEL(n)
-  for (int64_t r = 0; r < reps; r++) {
-    const float *x = na == n ? a + r * small : a, *y = nb == n ? b + r * small : b;
-    float *o = out + r * small;
-    switch (op) {
-    case OP_ADD:
-      for (int64_t i = 0; i < small; i++) o[i] = x[i] + y[i];
-      break;
-    case OP_SUB:
-      for (int64_t i = 0; i < small; i++) o[i] = x[i] - y[i];
-      break;
-    case OP_MUL:
-      for (int64_t i = 0; i < small; i++) o[i] = x[i] * y[i];
-      break;
-    default:
-      for (int64_t i = 0; i < small; i++) o[i] = x[i] / y[i];
-      break;
-    }
-  }
-}
-
-CARVE_CLONES void k_scale(float *out, const float *x, int64_t n, float mul, float add) {
-  PARALLEL(n)
-  for (int64_t i = 0; i < n; i++) out[i] = x[i] * mul + add;
-}
-
-CARVE_CLONES void k_acc(float *out, const float *x, int64_t n) {
-  PARALLEL(n)
-  for (int64_t i = 0; i < n; i++) out[i] += x[i];
-}
-
-CARVE_CLONES void k_copy(float *out, const float *x, int64_t n) {
-  PARALLEL(n)
-  for (int64_t i = 0; i < n; i++) out[i] = x[i];
-}
-
 /* Sum of squares in fixed chunks, each summed in float lanes and the
  * chunks added in order in double: fast and thread-count independent. */
 CARVE_CLONES double k_sumsq(const float *x, int64_t n) {
@@ -119,64 +66,6 @@ CARVE_CLONES double k_sumsq(const float *x, int64_t n) {
   for (int64_t c = 0; c < nc; c++) total += part[c];
   free(part);
   return total;
-}
-
-CARVE_CLONES void k_unary(OpKind op, float *out, const float *x, int64_t n) {
-  switch (op) {
-  case OP_GELU: /* tanh approximation */
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = km_gelu(x[i]);
-    break;
-  case OP_RELU:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : 0;
-    break;
-  case OP_SILU:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + km_exp(-x[i]));
-    break;
-  case OP_TANH:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = tanhf(x[i]);
-    break;
-  case OP_EXP:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = km_exp(x[i]);
-    break;
-  case OP_RSQRT:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) out[i] = 1.0f / sqrtf(x[i]);
-    break;
-  default: CARVE_ASSERT(0, "not a unary op");
-  }
-}
-
-/* x is the forward input for gelu/relu/silu and the forward output for
- * tanh/rsqrt. */
-CARVE_CLONES void k_unary_bwd(OpKind op, float *dx, const float *x, const float *dy, int64_t n) {
-  switch (op) {
-  case OP_GELU_BWD:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) dx[i] = km_gelu_bwd(x[i], dy[i]);
-    break;
-  case OP_RELU_BWD:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0 ? dy[i] : 0;
-    break;
-  case OP_SILU_BWD:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) dx[i] = km_silu_bwd(x[i], dy[i]);
-    break;
-  case OP_TANH_BWD:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * (1.0f - x[i] * x[i]);
-    break;
-  case OP_RSQRT_BWD:
-    PARALLEL(n)
-    for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * -0.5f * x[i] * x[i] * x[i];
-    break;
-  default: CARVE_ASSERT(0, "not a unary backward op");
-  }
 }
 
 /* x viewed as [outer, n, inner], reduced over n. */
