@@ -386,6 +386,23 @@ static bool transcendental(OpKind op) {
   }
 }
 
+/* Ops that work a row at a time with statistics (norms, softmax,
+   cross-entropy and their input gradients): a CPU backend runs bf16 ones on
+   rows widened to f32 (Mesh.row_bw, row_elem). */
+static bool row_wise(OpKind op) {
+  switch (op) {
+  case OP_LAYERNORM:
+  case OP_RMSNORM:
+  case OP_SOFTMAX:
+  case OP_XENT:
+  case OP_LN_BWD_X:
+  case OP_RMS_BWD_X:
+  case OP_SOFTMAX_BWD:
+  case OP_XENT_BWD: return true;
+  default: return false;
+  }
+}
+
 static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strategy *st, Acc *acc) {
   const Graph *g = C->g;
   const Mesh *me = C->me;
@@ -412,9 +429,10 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   double f = node_flops(g, v), flops = f * (1 + (v->op == OP_EINSUM ? ngrad : ngrad ? 2 : 0)) / shards;
   double bytes = 0;
   for (int k = 0; k < nin; k++) bytes += (double)shape_numel(&g->nodes[v->in[k]]->shape);
-  bytes = (bytes + (double)shape_numel(&v->shape)) * C->act_bytes * (ngrad ? 3 : 1) / shards;
+  bool rows = row_wise(v->op);
+  bytes = (bytes + (double)shape_numel(&v->shape)) * (rows ? me->row_elem : C->act_bytes) * (ngrad ? 3 : 1) / shards;
   double rate = transcendental(v->op) ? me->vec_flops : me->flops; /* tanh and exp run slower than products */
-  double t = fmax(flops / (PEAK_FRACTION * rate), bytes / (PEAK_FRACTION * me->mem_bw)) + 2e-6;
+  double t = fmax(flops / (PEAK_FRACTION * rate), bytes / (PEAK_FRACTION * (rows ? me->row_bw : me->mem_bw))) + 2e-6;
   acc->compute += t;
   /* its parts: the forward (1), input gradients, weight gradients (an
      einsum's product per input that needs one; other ops' backward is two

@@ -45,7 +45,11 @@ bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err)
   m->vec_flops = c->flops_vector > 0 ? c->flops_vector : m->flops;
   m->mem_bw = c->mem_bandwidth;
   if (mixed && c->flops_vector_bf16 > 0) m->vec_flops = c->flops_vector_bf16; /* what bf16 kernels achieve */
+  m->row_bw = m->mem_bw, m->row_elem = mixed ? 2 : 4;
   if (mixed && c->mem_bandwidth_bf16 > 0) m->mem_bw = c->mem_bandwidth_bf16;
+  /* a measured bf16 rate is a CPU backend's: it runs row-wise ops on rows
+     widened to f32, at the f32 rate */
+  if (mixed && c->mem_bandwidth_bf16 > 0) m->row_elem = 4;
   m->memory = c->memory - c->workspace; /* what the program's buffers may use */
   return true;
 }

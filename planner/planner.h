@@ -51,6 +51,7 @@ typedef struct Mesh {
   double flops;     /* per device, at the planned precision */
   double vec_flops; /* per device, elementwise math */
   double mem_bw, memory;
+  double row_bw, row_elem; /* row-wise ops (norms, softmax, cross-entropy): bytes/s, bytes per element */
 } Mesh;
 
 bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err);

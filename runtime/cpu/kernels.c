@@ -132,13 +132,24 @@ CARVE_CLONES void k_softmax_bwd(float *dx, const float *y, const float *dy, int6
 }
 
 /* Per-row statistics: mean (0 for rms) and 1/sqrt(var + eps). */
+/* Sums of squared deviations from m, in lanes like sum_lanes. */
+CARVE_CLONES static double sqdev_lanes(const float *x, int64_t n, float m) {
+  float lane[LANES] = {0};
+  int64_t j = 0;
+  for (; j + LANES <= n; j += LANES)
+    for (int k = 0; k < LANES; k++) lane[k] += (x[j + k] - m) * (x[j + k] - m);
+  double s = 0;
+  for (; j < n; j++) s += ((double)x[j] - m) * ((double)x[j] - m);
+  for (int k = 0; k < LANES; k++) s += lane[k];
+  return s;
+}
+
+/* The mean (0 for rms) and 1/sqrt(variance + eps) of a row: sums in lanes,
+   two passes (the deviations from the mean, not the raw squares). */
 CARVE_CLONES static void row_stats(const float *x, int64_t n, float eps, bool rms, float *mean, float *rstd) {
-  double s = 0, ss = 0;
-  for (int64_t j = 0; j < n; j++) s += x[j];
-  double mu = rms ? 0 : s / (double)n;
-  for (int64_t j = 0; j < n; j++) ss += ((double)x[j] - mu) * ((double)x[j] - mu);
-  *mean = (float)mu;
-  *rstd = (float)(1.0 / sqrt(ss / (double)n + eps));
+  float mu = rms ? 0 : (float)(sum_lanes(x, n) / (double)n);
+  *mean = mu;
+  *rstd = (float)(1.0 / sqrt(sqdev_lanes(x, n, mu) / (double)n + eps));
 }
 
 CARVE_CLONES void k_layernorm(float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t n,
@@ -169,16 +180,23 @@ CARVE_CLONES void k_layernorm_bwd_x(float *dx, const float *x, const float *g, c
     const float *xr = x + r * n, *dr = dy + r * n;
     float mu, rs;
     row_stats(xr, n, eps, rms, &mu, &rs);
+    float ld[LANES] = {0}, ldx[LANES] = {0}; /* sums of dxh and dxh * xh, in lanes */
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+      for (int k = 0; k < LANES; k++) {
+        float dxh = dr[j + k] * g[j + k], xh = (xr[j + k] - mu) * rs;
+        ld[k] += dxh, ldx[k] += dxh * xh;
+      }
     double sd = 0, sdx = 0;
-    for (int64_t j = 0; j < n; j++) {
+    for (; j < n; j++) {
       double dxh = (double)dr[j] * g[j], xh = ((double)xr[j] - mu) * rs;
-      sd += dxh;
-      sdx += dxh * xh;
+      sd += dxh, sdx += dxh * xh;
     }
-    double md = rms ? 0 : sd / (double)n, mdx = sdx / (double)n;
-    for (int64_t j = 0; j < n; j++) {
-      double dxh = (double)dr[j] * g[j], xh = ((double)xr[j] - mu) * rs;
-      dx[r * n + j] = (float)(rs * (dxh - md - xh * mdx));
+    for (int k = 0; k < LANES; k++) sd += ld[k], sdx += ldx[k];
+    float md = rms ? 0 : (float)(sd / (double)n), mdx = (float)(sdx / (double)n);
+    for (j = 0; j < n; j++) {
+      float dxh = dr[j] * g[j], xh = (xr[j] - mu) * rs;
+      dx[r * n + j] = rs * (dxh - md - xh * mdx);
     }
   }
 }
