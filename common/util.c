@@ -178,9 +178,9 @@ const char *fmt_bytes(double v, char *buf, size_t n) {
   return fmt_scaled(v, 1024, u, buf, n);
 }
 
-/* OpenMP threads that spin while waiting steal the cores that BLAS and the
- * other ranks need; on small machines that costs up to 10x. libgomp reads
- * its wait policy before main runs, so set it and start again, once. */
+/* OpenMP threads that spin while waiting steal the cores that the other
+ * ranks on the machine need. libgomp reads its wait policy before main runs,
+ * so set it and start again, once. */
 void carve_passive_threads(char **argv) {
   if (getenv("OMP_WAIT_POLICY")) return;
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);

@@ -65,7 +65,8 @@ uint64_t hash_bytes(const void *p, size_t n, uint64_t seed); /* FNV-1a 64 */
 uint64_t hash_str(const char *s);
 char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure */
 double now_seconds(void);
-/* Re-executes the program with OMP_WAIT_POLICY=PASSIVE unless it is set. */
+/* Re-executes the program with OMP_WAIT_POLICY=PASSIVE unless it is set
+ * (carve does so under an MPI launcher: ranks share the cores). */
 void carve_passive_threads(char **argv);
 const char *fmt_si(double v, char *buf, size_t n); /* 1.23G, 45.6M ... */
 const char *fmt_bytes(double v, char *buf, size_t n);

@@ -41,7 +41,10 @@ static void help(FILE *out) {
 }
 
 int main(int argc, char **argv) {
-  carve_passive_threads(argv);
+  /* ranks started by mpirun share the cores: their threads must not spin
+     while they wait; one process alone does best with libgomp's default
+     (spin briefly, then sleep) */
+  if (transport_launched()) carve_passive_threads(argv);
   if (argc < 2) {
     help(stderr);
     return 2;
