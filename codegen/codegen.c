@@ -15,7 +15,13 @@
  * microbatch. Microbatches after the first all have the same shape (the
  * first differs only in writing gradients in place), so the placement
  * computed over the last microbatch serves them all. Placement is first-fit over those intervals, decided here, so the
- * runtime makes one allocation and never allocates again. */
+ * runtime makes one allocation and never allocates again.
+ *
+ * Precision (Train.precision, docs/program-format.md): under bf16 each
+ * parameter's f32 master gets a bf16 copy (a `work` buffer) cast at the start
+ * of the step, which every reader reads; values are bf16 except scalars and
+ * parameter gradients (value_dtypes); an einsum whose operands would differ
+ * casts one. */
 #include "lower.h"
 
 #include <stdlib.h>

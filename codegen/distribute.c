@@ -43,7 +43,11 @@
  * summed over the world), clipping, the optimizer on the rank's part, and
  * (ZeRO 1, 2) an all-gather of the updated parameters. ZeRO 3 keeps only a
  * shard of each parameter and gathers it at the start of every task that
- * reads it. */
+ * reads it.
+ *
+ * Precision: as in codegen.c; under bf16 a parameter's bf16 copy is cast
+ * once per step, or, under ZeRO 3, its shard is cast and then gathered in
+ * bf16. Gradient reductions stay f32 (the accumulators are). */
 #include <stdlib.h>
 #include <string.h>
 
