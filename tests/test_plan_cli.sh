@@ -58,6 +58,14 @@ expect 0 "trace written" simulate "$tmp/a" --trace "$tmp/trace.json"
 grep -q '"traceEvents"' "$tmp/trace.json" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAILED: no trace"; }
 expect 0 "fastest: \[1\]" compare "$tmp/a" "$tmp/b"
 expect 0 "slower" compare "$tmp/a" "$tmp/b"
+# every report says the precision: the plan's own, the simulation and the comparison
+# (this cluster has no bf16 rate: fp32 unless asked)
+expect 0 "precision       fp32" plan $big --microbatches 8
+expect 0 "precision       bf16" plan $big --microbatches 8 --precision bf16 -o "$tmp/c"
+grep -q "^precision bf16" "$tmp/c/rank0.prog" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAILED: bf16 plan, fp32 programs"; }
+expect 0 "microbatches, bf16" simulate "$tmp/c"
+expect 0 "precision  *bf16  *fp32" compare "$tmp/c" "$tmp/b"
+expect 2 "fp32 or bf16" plan $big --precision fp16
 printf '{"format": "carve-plan", "version": 1, "stages": [' >"$tmp/bad.json"
 expect 1 "malformed JSON" simulate "$tmp/bad.json"
 printf '{"format": "carve-plan", "version": 2}' >"$tmp/v2.json"

@@ -102,8 +102,8 @@ int cmd_simulate(int argc, char **argv) {
   SimInput in;
   SimResult r;
   if (!p || !pipeline_sim_input(p, &in, stderr) || !simulate(&in, &r, stderr)) return 1;
-  printf("%s: %d stage%s, %s, %d microbatch%s\n", path, p->nstages, p->nstages == 1 ? "" : "s",
-         sched_names[p->schedule], p->microbatches, p->microbatches == 1 ? "" : "es");
+  printf("%s: %d stage%s, %s, %d microbatch%s, %s\n", path, p->nstages, p->nstages == 1 ? "" : "s",
+         sched_names[p->schedule], p->microbatches, p->microbatches == 1 ? "" : "es", json_str(j, "precision", "fp32"));
   printf("step %.6g s, bubble %.1f%%\n", r.step_s, 100 * r.bubble);
   for (int d = 0; d < p->nstages; d++) printf("  stage %d: busy %.6g s\n", d, r.busy_s[d]);
   if (trace) {
@@ -151,6 +151,7 @@ int cmd_compare(int argc, char **argv) {
   ROW("stages", json_get(j, "stages") ? arena_printf("%d", json_get(j, "stages")->n) : "1 (one mesh)");
   ROW("schedule", json_str(j, "schedule", "-"));
   ROW("microbatches", arena_printf("%g", json_num(j, "microbatches", 1)));
+  ROW("precision", json_str(j, "precision", "-"));
   ROW("predicted step (s)", arena_printf("%.4g", json_num(j, "predicted_step_s", NAN)));
   ROW("TFLOP/s per device", json_get(j, "predicted_tflops_per_device")
                                 ? arena_printf("%.1f", json_num(j, "predicted_tflops_per_device", 0))
