@@ -200,6 +200,7 @@ typedef struct Profile {
   double gemm_bf16[MAX_SIZES]; /* FLOP/s per rank, bf16 x bf16 (f32 accumulation) */
   const char *engine;          /* what runs the products */
   double workspace;            /* bytes the backend holds besides the arena */
+  bool bf16_units;             /* the backend runs bf16 products on bf16 units */
   double mem_bandwidth;        /* bytes/s per rank */
   double vector_rate;          /* FLOP/s per rank of elementwise math (gelu, counted as the planner counts it) */
   double mem_bandwidth_bf16, vector_bf16; /* the same on bf16 arrays */
@@ -407,8 +408,12 @@ static void write_cluster(FILE *f, const Profile *p) {
   fprintf(f, "devices_per_node %d\n", w);
   fprintf(f, "%-34s # f32 einsum %d^3%s\n", arena_printf("flops_f32 %s", eng(p->gemm_rate[g])), p->gemm_n[g],
           w > 1 ? arena_printf(" (%.1f GFLOP/s on all ranks)", w * p->gemm_rate[g] / 1e9) : "");
-  fprintf(f, "%-34s # bf16 einsum %d^3, f32 accumulation\n", arena_printf("flops_bf16 %s", eng(p->gemm_bf16[g])),
-          p->gemm_n[g]);
+  if (p->bf16_units)
+    fprintf(f, "%-34s # bf16 einsum %d^3, f32 accumulation\n", arena_printf("flops_bf16 %s", eng(p->gemm_bf16[g])),
+            p->gemm_n[g]);
+  else /* bf16 runs, widened to f32, but plans for this machine should be fp32 */
+    fprintf(f, "%-34s # no bf16 units: bf16 einsums ran at %.1f GFLOP/s, widened to f32\n", "flops_bf16 0",
+            p->gemm_bf16[g] / 1e9);
   fprintf(f, "%-34s # gelu and its gradient over 1M floats, 24 FLOPs an element\n",
           arena_printf("flops_vector %s", eng(p->vector_rate)));
   fprintf(f, "%-34s # the CPU backend's conversion chunks (%d thread%s)\n",
@@ -460,12 +465,13 @@ static bool save(const char *path, const Profile *p) {
   return true;
 }
 
-static const char *engine_name(double *workspace) {
+static const char *engine_name(double *workspace, bool *bf16_units) {
   char why[256];
   Backend *b = backend_open(NULL, why, sizeof why);
   if (!b) carve_fatal("profile: %s", why);
   const char *d = arena_strdup(b->describe);
   *workspace = (double)b->workspace;
+  *bf16_units = b->bf16_fast;
   b->close(b);
   return d;
 }
@@ -484,11 +490,13 @@ static int profile(Transport *t, int argc, char **argv) {
   if (!t->agree(t, ok)) return 1;
 
   double workspace = 0;
-  const char *engine = engine_name(&workspace);
+  bool bf16_units = false;
+  const char *engine = engine_name(&workspace, &bf16_units);
   Profile p = {.world = t->world,
                .omp_threads = omp_get_max_threads(),
                .engine = engine,
                .workspace = workspace,
+               .bf16_units = bf16_units,
                .quick = o.quick,
                .samples = o.quick ? 3 : 5};
   double target = o.quick ? 0.01 : 0.1; /* seconds per sample */
