@@ -204,6 +204,7 @@ static bool read_buffer(Reader *R, Program *p, int b) {
   B->bytes = shape_numel(&B->shape) * dtype_size(B->dtype);
   if (off < 0 || off > p->arena_bytes || B->bytes > p->arena_bytes - off)
     return bad(R, "buffer lies outside the arena");
+  if (off % dtype_size(B->dtype)) return bad(R, "buffer offset is not a multiple of its element size");
   B->offset = off;
   B->name = arena_strdup(name);
   return true;

@@ -213,8 +213,8 @@ static const char *check_moe(const Program *p, const Instr *in) {
 static const char *check_f32_state(const Program *p, const Instr *in) {
   int o = in->out, x = in->nin ? in->in[0] : -1;
   switch (in->op) {
-  case OP_LOSS: return N(p, x) != 1 ? "needs a scalar" : NULL;
-  case OP_SUMSQ: return N(p, o) != 1 || T(p, o) != DT_F32 ? "needs an f32 scalar" : NULL;
+  case OP_LOSS: return N(p, x) != 1 || T(p, x) != DT_F32 ? "needs an f32 scalar" : NULL;
+  case OP_SUMSQ: return N(p, o) != 1 || T(p, o) != DT_F32 || T(p, x) != DT_F32 ? "needs f32 gradients and scalar" : NULL;
   case OP_CLIP:
     return N(p, o) != 1 || N(p, x) != 1 || T(p, o) != DT_F32 || T(p, x) != DT_F32 ? "needs f32 scalars" : NULL;
   default: /* adamw, sgd */
@@ -311,7 +311,19 @@ const char *instr_verify(const Program *p, const Instr *in) {
   return check_compute(p, in);
 }
 
+/* A program that says fp32 holds no bf16 buffer (runs would report the wrong precision). */
+static bool precision_holds(const Program *p, FILE *err) {
+  for (int b = 0; b < p->nbufs && p->precision == PREC_FP32; b++)
+    if (p->bufs[b].dtype == DT_BF16) {
+      fprintf(err, "carve: error: program for rank %d says precision fp32, but buffer %d (%s) is bf16\n", p->rank, b,
+              p->bufs[b].name);
+      return false;
+    }
+  return true;
+}
+
 bool program_verify(const Program *p, FILE *err) {
+  if (!precision_holds(p, err)) return false;
   const Instr *lists[2] = {p->init, p->step};
   int counts[2] = {p->ninit, p->nstep};
   for (int s = 0; s < 2; s++)

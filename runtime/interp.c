@@ -68,6 +68,62 @@ static bool fits_run(const Program *p, const RunOptions *o, const Transport *net
   return true;
 }
 
+/* The collectives this rank runs on group g, in order (op, dtype, element
+   counts), folded into one hash; 0 when the rank is not in the group. */
+static uint64_t group_hash(const Program *p, int g) {
+  if (group_pos(p, g, p->rank) < 0) return 0;
+  uint64_t h = 1;
+  const Instr *lists[2] = {p->init, p->step};
+  int counts[2] = {p->ninit, p->nstep};
+  for (int s = 0; s < 2; s++)
+    for (int i = 0; i < counts[s]; i++) {
+      const Instr *in = &lists[s][i];
+      bool talks = (op_info[in->op].flags & OPF_COMM) && in->op != OP_SEND && in->op != OP_RECV && in->op != OP_SHARD &&
+                   in->op != OP_SPLIT_DIM;
+      if (!talks || in->i[0] != g) continue;
+      int64_t rec[4] = {in->op, p->bufs[in->in[0]].dtype, shape_numel(&p->bufs[in->in[0]].shape),
+                        shape_numel(&p->bufs[in->out].shape)};
+      h = hash_bytes(rec, sizeof rec, h);
+    }
+  return h ? h : 1;
+}
+
+/* Every member of a group must run the same collectives on it, with the
+   same counts and dtypes, or MPI reads or writes past a buffer: the hashes
+   of every rank's groups, compared before the first step. */
+static bool collectives_agree(const Program *p, Transport *t) {
+  if (t->world == 1) return true;
+  int n = p->ngroups;
+  if (t->max(t, n) != -t->max(t, -n)) {
+    if (t->rank == 0)
+      fprintf(stderr, "carve: error: the ranks' programs list different rank groups: they come from different plans\n");
+    return false;
+  }
+  uint64_t *mine = xcalloc((size_t)n + 1, sizeof(uint64_t)),
+           *all = xcalloc(((size_t)n + 1) * (size_t)t->world, sizeof(uint64_t));
+  for (int g = 0; g < n; g++) mine[g] = group_hash(p, g);
+  bool ok = t->gather_all(t, mine, (int64_t)sizeof(uint64_t) * (n + 1), all);
+  for (int g = 0; ok && g < n; g++)
+    for (int r = 0, first = -1; r < t->world; r++) {
+      uint64_t h = all[(size_t)r * (size_t)(n + 1) + (size_t)g];
+      if (!h) continue;
+      if (first < 0) {
+        first = r;
+      } else if (h != all[(size_t)first * (size_t)(n + 1) + (size_t)g]) {
+        if (t->rank == 0)
+          fprintf(stderr,
+                  "carve: error: ranks %d and %d run different collectives on group %d: their programs come from "
+                  "different plans\n",
+                  first, r, g);
+        ok = false;
+        break;
+      }
+    }
+  free(mine);
+  free(all);
+  return ok;
+}
+
 /* Every check before the first step ends in an agreement over the world,
    so a failure on one rank stops all of them: the failing rank says why,
    the others stop quietly, and none waits for a peer that gave up. */
@@ -87,7 +143,7 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
     if (!R->be) fprintf(stderr, "carve: error: %s\n", why);
     ok = R->be && R->be->load(R->be, p, stderr);
   }
-  ok = net->agree(net, ok) && net->groups(net, p->ngroups, p->group_size, p->group_ranks);
+  ok = net->agree(net, ok) && collectives_agree(p, net) && net->groups(net, p->ngroups, p->group_size, p->group_ranks);
   StepStatus st;
   ok = net->agree(net, ok && run_list(R, p->init, p->ninit, true, &st));
   if (!ok) {

@@ -229,9 +229,17 @@ static bool mpi_send(Transport *t, const void *buf, int64_t bytes, int peer, int
 
 static bool mpi_recv(Transport *t, void *buf, int64_t bytes, int peer, int tag) {
   MPI_Status st;
-  if (!count_fits(t, bytes) ||
-      !mpi_ok(t, MPI_Recv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &st), "MPI_Recv"))
+  if (!count_fits(t, bytes)) return false;
+  int rc = MPI_Recv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &st), cls = 0;
+  MPI_Error_class(rc, &cls);
+  if (rc != MPI_SUCCESS && cls == MPI_ERR_TRUNCATE) {
+    fprintf(stderr,
+            "carve: error: rank %d: the message from rank %d (tag %d) is larger than the %lld bytes expected: the "
+            "ranks run programs of different plans\n",
+            t->rank, peer, tag, (long long)bytes);
     return false;
+  }
+  if (!mpi_ok(t, rc, "MPI_Recv")) return false;
   int got = 0;
   MPI_Get_count(&st, MPI_BYTE, &got);
   if (got != bytes) {
