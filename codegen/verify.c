@@ -214,7 +214,8 @@ static const char *check_f32_state(const Program *p, const Instr *in) {
   int o = in->out, x = in->nin ? in->in[0] : -1;
   switch (in->op) {
   case OP_LOSS: return N(p, x) != 1 || T(p, x) != DT_F32 ? "needs an f32 scalar" : NULL;
-  case OP_SUMSQ: return N(p, o) != 1 || T(p, o) != DT_F32 || T(p, x) != DT_F32 ? "needs f32 gradients and scalar" : NULL;
+  case OP_SUMSQ:
+    return N(p, o) != 1 || T(p, o) != DT_F32 || T(p, x) != DT_F32 ? "needs f32 gradients and scalar" : NULL;
   case OP_CLIP:
     return N(p, o) != 1 || N(p, x) != 1 || T(p, o) != DT_F32 || T(p, x) != DT_F32 ? "needs f32 scalars" : NULL;
   default: /* adamw, sgd */
