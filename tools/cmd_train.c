@@ -318,7 +318,6 @@ static void print_train_help(const char *cmd, const char *args, const char *what
 
 static void print_run_help(void) {
   printf("run options:\n  --steps N (10)  --data FILE (a token file from 'carve data'; default: synthetic)\n"
-         "  --precision fp32|bf16 (run: refuse a program compiled in the other)\n"
          "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n");
 }
 
@@ -440,7 +439,8 @@ int cmd_run(int argc, char **argv) {
            "before the first step every rank checks its program (version, checksum, world size,\n"
            "buffers, data) and all stop together, with the failing rank's message, if one fails.\n\n");
     print_run_help();
-    printf("  --save-params PATH   after the run, each rank writes its parameters to PATH.rankN\n"
+    printf("  --precision fp32|bf16  refuse a program compiled in the other precision\n"
+           "  --save-params PATH   after the run, each rank writes its parameters to PATH.rankN\n"
            "  --trace FILE         a Chrome/Perfetto trace of the last step: every rank's instructions\n");
     return 0;
   }
