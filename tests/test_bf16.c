@@ -53,8 +53,14 @@ static float *run(const Case *c, DType dt, int64_t *nout) {
   Instr in = {.op = c->op, .out = c->nin, .nin = c->nin, .i = {c->i0}, .f = {c->f0}};
   for (int k = 0; k < c->nin; k++) in.in[k] = k;
   if (c->spec) snprintf(in.spec, sizeof in.spec, "%s", c->spec);
-  Program p = {
-      .model = "t", .world = 1, .bufs = bufs, .nbufs = c->nin + 1, .arena_bytes = off, .step = &in, .nstep = 1};
+  Program p = {.precision = dt == DT_BF16 ? PREC_BF16 : PREC_FP32,
+               .model = "t",
+               .world = 1,
+               .bufs = bufs,
+               .nbufs = c->nin + 1,
+               .arena_bytes = off,
+               .step = &in,
+               .nstep = 1};
   CHECK(program_verify(&p, stderr), "%s: program verifies", c->what);
   char why[256];
   Backend *be = backend_open(NULL, why, sizeof why);

@@ -116,7 +116,13 @@ static Probe *probe_new(DType dt, const Shape *sa, const Shape *sb, const Shape 
                           .bytes = bytes};
     off += (bytes + 63) / 64 * 64;
   }
-  q->p = (Program){.model = "profile", .world = 1, .bufs = q->bufs, .nbufs = 3, .arena_bytes = off, .step = q->step};
+  q->p = (Program){.model = "profile",
+                   .world = 1,
+                   .precision = dt == DT_BF16 ? PREC_BF16 : PREC_FP32,
+                   .bufs = q->bufs,
+                   .nbufs = 3,
+                   .arena_bytes = off,
+                   .step = q->step};
   return q;
 }
 
