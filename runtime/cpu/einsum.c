@@ -352,13 +352,8 @@ EinsumPlan *einsum_prepare(const char *spec, int nin, const Shape *const *ins, D
   op_init(&e->orig[1], parts[!e->swap], ins[!e->swap]);
   op_init(&e->orig[2], parts[2], out);
   dnnl_data_type_t tin = in_dt == DT_BF16 ? dnnl_bf16 : dnnl_f32, tout = out_dt == DT_BF16 ? dnnl_bf16 : dnnl_f32;
-  if (!prepare_product(e, tin, tout) && in_dt == DT_BF16) {
-    einsum_free(e);
-    e = xcalloc(1, sizeof(EinsumPlan));
-    e->nin = nin, e->esize_in = 2, e->esize_out = (size_t)dtype_size(out_dt);
-    op_init(&e->orig[0], parts[0], ins[0]);
-    op_init(&e->orig[1], parts[1], ins[1]);
-    op_init(&e->orig[2], parts[2], out);
+  if (!prepare_product(e, tin, tout) && in_dt == DT_BF16) { /* no bf16 product here: through f32 */
+    release(e);
     e->widened = einsum_prepare(spec, nin, ins, DT_F32, out, DT_F32, why, n);
     if (e->widened) return e;
   }
@@ -373,7 +368,8 @@ EinsumPlan *einsum_prepare(const char *spec, int nin, const Shape *const *ins, D
 
 /* a bf16 product through f32 (see EinsumPlan.widened) */
 static void widened_exec(const EinsumPlan *e, const void *const *in, void *out, Scratch *s) {
-  int64_t n[3] = {numel_of(&e->orig[0]), numel_of(&e->orig[1]), numel_of(&e->orig[2])};
+  /* in[0] is orig[swap] (the operands may have been swapped, see swap) */
+  int64_t n[3] = {numel_of(&e->orig[e->swap]), numel_of(&e->orig[!e->swap]), numel_of(&e->orig[2])};
   float *w = scratch_get((Scratch *)&e->wide, sizeof(float) * (size_t)(n[0] + n[1] + n[2]));
   cvt_to_f32(w, in[0], n[0]);
   cvt_to_f32(w + n[0], in[1], n[1]);
