@@ -2,14 +2,16 @@
  * exec dispatches through `kernels`, a table with one entry per op of
  * ops.def, so an op without a CPU kernel does not compile.
  *
- * Dtypes: the kernels compute in f32. An instruction whose operands are all
- * f32 (or i32) runs its kernel on the arena in one call. One with bf16
- * operands runs in chunks of rows: each chunk of a bf16 operand is widened
- * into scratch, the f32 kernel runs on the chunk, and a bf16 output is
- * rounded (to nearest even) back into the arena. Ops that are not row-wise
- * (reductions over an axis, norms' gain gradients, MoE routing) widen their
- * whole operands. Einsums take bf16 as it is (einsum.c). So scratch holds a
- * few chunks, except for those ops; extra_bytes reports its peak. */
+ * Dtypes: the kernels compute in f32. Element-wise ops (elementwise.c) and
+ * column sums (sum_to, the norms' gain gradients) read and write bf16 as they
+ * go; einsums take bf16 as it is (einsum.c). The row-wise ops (norms,
+ * softmax, cross-entropy) run an all-f32 instruction on the arena in one
+ * call, one with bf16 operands in chunks of rows: each chunk of a bf16
+ * operand is widened into a thread's scratch, the f32 kernel runs on the
+ * chunk, and a bf16 output is rounded (to nearest even) back into the arena.
+ * The rest (reductions over an axis, MoE routing, mse) widen their whole
+ * operands. So scratch holds a few chunks per thread, except for those ops;
+ * extra_bytes reports its peak. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -28,9 +30,12 @@ typedef struct Cpu {
   Scratch conv[MAXIN + 1]; /* f32 views of bf16 operands: one per input, one for the output */
   Scratch *tconv;          /* the same for each thread's chunks: [thread][MAXIN + 1] */
   int threads;
-  Scratch es;            /* einsum staging */
-  Scratch rows;          /* per-row losses */
-  EinsumPlan **plans[2]; /* [init?][instruction] */
+  Scratch es;             /* einsum staging */
+  Scratch rows;           /* per-row losses */
+  EinsumPlan **plans[2];  /* [init?][instruction]: one of `shapes` */
+  EinsumPlan **shapes;    /* the plans, one per einsum spec, shapes and dtypes */
+  const Instr **shape_of; /* the first instruction of each */
+  int nshapes;
   int64_t arena_alloc;
 } Cpu;
 
@@ -122,6 +127,9 @@ typedef struct Rows {
   int64_t align;  /* chunks start at multiples of this many rows */
 } Rows;
 
+/* The scratch slots of the calling thread (inside a parallel region). */
+static Scratch *thread_slots(Cpu *c) { return c->tconv + (size_t)omp_get_thread_num() * (MAXIN + 1); }
+
 static bool any_bf16(const Cpu *c, const Instr *in) {
   bool any = in->out >= 0 && T(c, in->out) == DT_BF16;
   for (int k = 0; k < in->nin; k++) any |= T(c, in->in[k]) == DT_BF16;
@@ -164,7 +172,7 @@ static void by_rows(Cpu *c, const Instr *in, Rows r, RowKernel k) {
 #pragma omp parallel for schedule(static) num_threads(c->threads)
   for (int64_t q = 0; q < nchunks; q++) {
     int64_t r0 = q * per, nr = r.rows - r0 < per ? r.rows - r0 : per;
-    chunk(c, in, &r, k, c->tconv + (size_t)omp_get_thread_num() * (MAXIN + 1), &whole, r0, nr);
+    chunk(c, in, &r, k, thread_slots(c), &whole, r0, nr);
   }
 }
 
@@ -302,8 +310,7 @@ static void xent(Cpu *c, const Instr *in) {
 #pragma omp parallel for schedule(static) num_threads(c->threads)
     for (int64_t q = 0; q < nchunks; q++) {
       int64_t r0 = q * per, nr = rows - r0 < per ? rows - r0 : per;
-      Scratch *s = c->tconv + (size_t)omp_get_thread_num() * (MAXIN + 1);
-      if (!k_xent_rows(row + r0, rd_in(c, s, 0, x, r0 * v, nr * v), labels + r0, nr, v))
+      if (!k_xent_rows(row + r0, rd_in(c, thread_slots(c), 0, x, r0 * v, nr * v), labels + r0, nr, v))
         fail(c, "a label is outside the classes");
     }
     if (c->err.error) return;
@@ -494,16 +501,40 @@ static const char *cpu_supports(Backend *b, const Program *p, const Instr *in) {
   return kernels[in->op] ? NULL : "the CPU backend has no kernel for it";
 }
 
-/* The einsum plans of one list; identical shapes share a plan. */
+/* Do two einsum instructions compute the same product: spec, shapes, dtypes? */
+static bool same_einsum(const Cpu *c, const Instr *a, const Instr *b) {
+  if (strcmp(a->spec, b->spec) || a->nin != b->nin) return false;
+  int ba[MAXIN + 1], bb[MAXIN + 1];
+  for (int k = 0; k < a->nin; k++) ba[k] = a->in[k], bb[k] = b->in[k];
+  ba[a->nin] = a->out, bb[a->nin] = b->out;
+  for (int k = 0; k <= a->nin; k++)
+    if (T(c, ba[k]) != T(c, bb[k]) || !shape_eq(S(c, ba[k]), S(c, bb[k]))) return false;
+  return true;
+}
+
+/* The plan of an einsum instruction: one made for the same product earlier,
+   or a new one (NULL with why). */
+static EinsumPlan *plan_for(Cpu *c, const Instr *in, char *why, size_t n) {
+  for (int k = 0; k < c->nshapes; k++)
+    if (same_einsum(c, in, c->shape_of[k])) return c->shapes[k];
+  const Shape *ins[2] = {S(c, in->in[0]), in->nin > 1 ? S(c, in->in[1]) : NULL};
+  EinsumPlan *e = einsum_prepare(in->spec, in->nin, ins, T(c, in->in[0]), S(c, in->out), T(c, in->out), why, n);
+  if (!e) return NULL;
+  c->shapes = xrealloc(c->shapes, sizeof(EinsumPlan *) * (size_t)(c->nshapes + 1));
+  c->shape_of = xrealloc(c->shape_of, sizeof(Instr *) * (size_t)(c->nshapes + 1));
+  c->shapes[c->nshapes] = e, c->shape_of[c->nshapes++] = in;
+  return e;
+}
+
+/* The einsum plans of one list; identical products share a plan. */
 static bool prepare_list(Cpu *c, const Instr *list, int n, bool init, FILE *err) {
   const Program *p = c->p;
   EinsumPlan **plans = c->plans[init] = xcalloc((size_t)n + 1, sizeof(EinsumPlan *));
   for (int i = 0; i < n; i++) {
     const Instr *in = &list[i];
     if (in->op != OP_EINSUM) continue;
-    const Shape *ins[2] = {S(c, in->in[0]), in->nin > 1 ? S(c, in->in[1]) : NULL};
     char why[256];
-    plans[i] = einsum_prepare(in->spec, in->nin, ins, T(c, in->in[0]), S(c, in->out), T(c, in->out), why, sizeof why);
+    plans[i] = plan_for(c, in, why, sizeof why);
     if (!plans[i]) {
       fprintf(err, "carve: error: program for rank %d, %s instruction %d (einsum %s): %s\n", p->rank,
               init ? "init" : "step", i, in->spec, why);
@@ -576,11 +607,11 @@ static int64_t cpu_extra(Backend *b) {
 
 static void cpu_close(Backend *b) {
   Cpu *c = C(b);
-  for (int l = 0; l < 2; l++) {
-    int n = c->p ? (l ? c->p->ninit : c->p->nstep) : 0;
-    for (int i = 0; c->plans[l] && i < n; i++) einsum_free(c->plans[l][i]);
-    free(c->plans[l]);
-  }
+  for (int k = 0; k < c->nshapes; k++) einsum_free(c->shapes[k]);
+  free(c->shapes);
+  free(c->shape_of);
+  free(c->plans[0]);
+  free(c->plans[1]);
   for (int k = 0; k <= MAXIN; k++) free(c->conv[k].p);
   for (int k = 0; c->tconv && k < c->threads * (MAXIN + 1); k++) free(c->tconv[k].p);
   free(c->tconv);
