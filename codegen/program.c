@@ -414,8 +414,8 @@ void program_explain(const Program *p, FILE *out) {
   fprintf(out, "program for model %s, rank %d of %d (format %d)\n", p->model, p->rank, p->world, CARVE_PROGRAM_FORMAT);
   fprintf(out, "  arena %s in one allocation; %d buffers\n", fmt_bytes((double)p->arena_bytes, a, sizeof a), p->nbufs);
   fprintf(out, "  %d microbatch%s, %s, %lld tokens and %s einsum FLOPs per step\n", p->microbatches,
-          p->microbatches == 1 ? "" : "es", p->precision == PREC_BF16 ? "bf16 mixed precision" : "fp32",
-          (long long)p->tokens_per_step, fmt_si(p->flops_per_step, b, sizeof b));
+          p->microbatches == 1 ? "" : "es", precision_describe(p->precision, false), (long long)p->tokens_per_step,
+          fmt_si(p->flops_per_step, b, sizeof b));
   int64_t by_kind[BUF_KINDS] = {0};
   for (int i = 0; i < p->nbufs; i++) by_kind[p->bufs[i].kind] += p->bufs[i].bytes;
   fprintf(out, "  bytes by kind:");

@@ -26,6 +26,11 @@ int dtype_size(DType t) { return t == DT_BF16 ? 2 : 4; }
 
 const char *precision_name(Precision p) { return p == PREC_BF16 ? "bf16" : "fp32"; }
 
+const char *precision_describe(Precision p, bool detail) {
+  if (p != PREC_BF16) return "fp32";
+  return detail ? "bf16 (mixed: f32 master weights, optimizer state and gradient sums)" : "bf16 mixed precision";
+}
+
 bool precision_parse(const char *s, Precision *p) {
   if (!strcmp(s, "fp32") || !strcmp(s, "f32")) return *p = PREC_FP32, true;
   if (!strcmp(s, "bf16") || !strcmp(s, "mixed")) return *p = PREC_BF16, true;

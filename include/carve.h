@@ -324,6 +324,8 @@ typedef enum { OPT_ADAMW, OPT_SGD } OptKind;
  * in f32 (docs/program-format.md, "Precision"). */
 typedef enum { PREC_FP32, PREC_BF16 } Precision;
 const char *precision_name(Precision p); /* "fp32", "bf16" */
+/* for reports: "fp32", "bf16 mixed precision"; with detail, what mixed keeps in f32 */
+const char *precision_describe(Precision p, bool detail);
 /* "fp32" or "bf16" (also "mixed", the planner's old name); false if neither */
 bool precision_parse(const char *s, Precision *p);
 

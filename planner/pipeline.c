@@ -654,7 +654,7 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
           "precision       %s\n"
           "recomputation   %s\n\n",
           p->step_s, 100 * p->bubble, p->tflops_per_device, 100 * p->mfu,
-          p->stages[0].plan->opt.mixed ? "bf16 (mixed: f32 master weights, optimizer state and gradient sums)" : "fp32",
+          precision_describe(p->stages[0].plan->opt.mixed ? PREC_BF16 : PREC_FP32, true),
           !strcmp(pipeline_recompute(p), "full")
               ? "full: each stage keeps only its inputs and re-runs its forward before the backward"
           : !strcmp(pipeline_recompute(p), "selective")

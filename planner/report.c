@@ -49,9 +49,8 @@ void plan_report(const Plan *p, FILE *out) {
   for (int x = 0; x < 2; x++)
     fprintf(out, "  mesh axis %d: %d devices, %s, %s/s, %.1f us\n", x, m->n[x],
             m->inter[x] ? "across nodes" : "inside a node", fmt_bytes(m->bw[x], a, sizeof a), m->lat[x] * 1e6);
-  fprintf(out, "  precision %s, ZeRO stage %d%s\n",
-          p->opt.mixed ? "bf16 (mixed: f32 master weights, optimizer state and gradient sums)" : "fp32", p->zero,
-          p->opt.zero < 0 ? " (the lowest that fits)" : "");
+  fprintf(out, "  precision %s, ZeRO stage %d%s\n", precision_describe(p->opt.mixed ? PREC_BF16 : PREC_FP32, true),
+          p->zero, p->opt.zero < 0 ? " (the lowest that fits)" : "");
   fprintf(out, "\npredicted step   %.4g s = compute %.4g s + communication %.4g s (no overlap assumed)\n",
           p->compute_s + p->comm_s, p->compute_s, p->comm_s);
   fprintf(out, "memory per device %s of %s (%.0f%%): parameters %s, gradients %s, optimizer %s, activations %s\n",

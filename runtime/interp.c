@@ -185,13 +185,6 @@ void runtime_free(Runtime *rt) {
   free(rt);
 }
 
-/* The precision a program runs in, from its buffers. */
-static const char *precision_of(const Program *p) {
-  for (int b = 0; b < p->nbufs; b++)
-    if (p->bufs[b].dtype == DT_BF16) return "bf16 mixed precision";
-  return "fp32";
-}
-
 /* Bytes this rank holds for the run: the arena, the backend's scratch and
    the communication staging (the largest over ranks). */
 static double peak_bytes(Run *R) {
@@ -207,7 +200,7 @@ int runtime_run(const Program *p, const RunOptions *o) {
   Transport *net = R->net;
   bool many = net->world > 1, speak = !o->quiet && net->rank == 0;
   int rc = 0;
-  RunTotals tot = {.precision = precision_of(p), .backend = R->be->describe};
+  RunTotals tot = {.precision = precision_describe(p->precision, false), .backend = R->be->describe};
   for (int s = 1; s <= o->steps && rc == 0; s++) {
     bool traced = o->trace && s == o->steps;
     if (traced) { /* one start for every rank's track */

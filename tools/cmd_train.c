@@ -410,7 +410,7 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
   if (!o->quiet && net->rank == 0) {
     printf("training %s: %d steps on %s", p->model, o->steps, td ? td->path : "synthetic data");
     if (net->world > 1) printf(", %d ranks", net->world);
-    printf(", %s", p->precision == PREC_BF16 ? "bf16 mixed precision" : "fp32");
+    printf(", %s", precision_describe(p->precision, false));
     printf("\n");
     fflush(stdout);
   }
