@@ -64,17 +64,10 @@ static void mark_live(CG *C) {
 static void operands(CG *C, const Node *n, int *ins) {
   for (int k = 0; k < n->nin; k++) ins[k] = C->rd[n->in[k]];
   if (n->op != OP_EINSUM || n->nin != 2) return;
-  const Buffer *B = C->p->bufs;
-  DType want = B[ins[0]].dtype == DT_BF16 || B[ins[1]].dtype == DT_BF16 ? DT_BF16 : DT_F32;
-  for (int k = 0; k < 2; k++) {
-    int u = n->in[k];
-    if (B[ins[k]].dtype == want) continue;
-    if (C->cast[u] < 0) /* one buffer for every microbatch, as a node's own */
-      C->cast[u] = new_buf(C, arena_printf("%s/%s", B[ins[k]].name, dtype_name(want)), want, &B[ins[k]].shape, BUF_ACT);
-    prog_emit1(&C->step, OP_CAST, C->cast[u], ins[k]);
-    ins[k] = C->cast[u];
-    B = C->p->bufs; /* new_buf may have moved them */
-  }
+  DType want = prog_einsum_dtype(C->p, ins);
+  for (int k = 0; k < 2; k++) /* into one buffer for every microbatch, as a node's own */
+    if (C->p->bufs[ins[k]].dtype != want)
+      ins[k] = C->cast[n->in[k]] = prog_cast(C->p, &C->cap_bufs, &C->step, ins[k], want, C->cast[n->in[k]]);
 }
 
 static void emit_node(CG *C, const Node *n, int mb) {

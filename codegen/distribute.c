@@ -658,15 +658,11 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
     int u = n->in[k], b = value(R, u, mb, inst || (bwd && rc_of(D, D->vst[i]) != RC_NONE));
     ins[k] = reshard(R, u, b, D->sh[u].out, sh->in[k]);
   }
-  if (n->op == OP_EINSUM && n->nin == 2) /* both operands in one dtype: bf16 if either is */
-    for (int k = 0; k < 2; k++) {
-      const Buffer *B = R->p->bufs;
-      DType want = B[ins[0]].dtype == DT_BF16 || B[ins[1]].dtype == DT_BF16 ? DT_BF16 : DT_F32;
-      if (B[ins[k]].dtype == want) continue;
-      int c = buf(R, arena_printf("%s/%s", B[ins[k]].name, dtype_name(want)), want, &B[ins[k]].shape, BUF_ACT);
-      prog_emit1(&R->step, OP_CAST, c, ins[k]);
-      ins[k] = c;
-    }
+  if (n->op == OP_EINSUM && n->nin == 2) { /* both operands in one dtype */
+    DType want = prog_einsum_dtype(R->p, ins);
+    for (int k = 0; k < 2; k++)
+      if (R->p->bufs[ins[k]].dtype != want) ins[k] = prog_cast(R->p, &R->cap, &R->step, ins[k], want, -1);
+  }
   Instr *in = prog_emit(&R->step, n->op, -1); /* after the loads and receives value() emits */
   in->nin = n->nin;
   memcpy(in->in, ins, sizeof(int) * (size_t)n->nin);

@@ -179,3 +179,16 @@ int prog_work_copy(Program *p, int *cap, PtrVec *list, const char *name, const S
   prog_emit1(list, OP_CAST, w, master);
   return w;
 }
+
+DType prog_einsum_dtype(const Program *p, const int *ins) {
+  return p->bufs[ins[0]].dtype == DT_BF16 || p->bufs[ins[1]].dtype == DT_BF16 ? DT_BF16 : DT_F32;
+}
+
+int prog_cast(Program *p, int *cap, PtrVec *list, int b, DType dt, int into) {
+  if (into < 0) {
+    Buffer B = p->bufs[b]; /* prog_buf may move the array */
+    into = prog_buf(p, cap, arena_printf("%s/%s", B.name, dtype_name(dt)), dt, &B.shape, BUF_ACT);
+  }
+  prog_emit1(list, OP_CAST, into, b);
+  return into;
+}

@@ -30,6 +30,11 @@ DType *value_dtypes(const Graph *g, Precision prec);
 /* The bf16 working copy of param buffer `master` (shape s): a persistent
    buffer, cast from the master where `list` says. */
 int prog_work_copy(Program *p, int *cap, PtrVec *list, const char *name, const Shape *s, int master);
+/* The dtype an einsum's two operands (buffers ins[0], ins[1]) are read in: bf16 if either is. */
+DType prog_einsum_dtype(const Program *p, const int *ins);
+/* Emits a cast of buffer b to dt into `into` (-1: a new act buffer);
+   returns the buffer cast into. */
+int prog_cast(Program *p, int *cap, PtrVec *list, int b, DType dt, int into);
 /* Copies the instruction lists into the program. */
 void prog_finish(Program *p, const PtrVec *init, const PtrVec *step);
 
