@@ -21,9 +21,10 @@ static bool run_list(Run *R, const Instr *list, int n, bool init, StepStatus *st
     const Instr *in = &list[i];
     double t0 = prof || traced ? now_seconds() : 0;
     if (op_info[in->op].flags & OPF_COMM) {
-      const char *why = comm_exec(R, in);
-      if (why && !comm_error) comm_error = why, comm_at = i;
-      if (why) break; /* the peer's side is gone: later collectives would wait forever */
+      if ((comm_error = comm_exec(R, in))) { /* the peer's side is gone: later collectives would wait forever */
+        comm_at = i;
+        break;
+      }
     } else {
       R->be->exec(R->be, in, i, init, &si);
     }

@@ -219,16 +219,22 @@ typedef struct Profile {
 } Profile;
 
 /* C = A B on n x n matrices of dtype dt, through the einsum instruction. */
-static double gemm_rate(Transport *t, const Profile *p, int n, DType dt, double target) {
-  Shape m = {2, {n, n}};
-  Probe *q = probe_new(dt, &m, &m, &m);
-  q->p.nstep = 1;
-  q->step[0] = (Instr){.op = OP_EINSUM, .out = 2, .nin = 2, .in = {0, 1}, .spec = "ij,jk->ik"};
+/* Seconds per run of the nstep instructions steps on the probe q (loaded
+   here, freed after). */
+static double probe_seconds(Transport *t, const Profile *p, Probe *q, int nstep, const Instr *steps, double target) {
+  q->p.nstep = nstep;
+  memcpy(q->step, steps, sizeof(Instr) * (size_t)nstep);
   probe_load(q);
   Bench b = {.kind = B_COMPUTE, .probe = q};
-  double rate = 2.0 * n * n * n / best_time(t, &b, p->samples, target);
+  double s = best_time(t, &b, p->samples, target);
   probe_free(q);
-  return rate;
+  return s;
+}
+
+static double gemm_rate(Transport *t, const Profile *p, int n, DType dt, double target) {
+  Shape m = {2, {n, n}};
+  Instr e = {.op = OP_EINSUM, .out = 2, .nin = 2, .in = {0, 1}, .spec = "ij,jk->ik"};
+  return 2.0 * n * n * n / probe_seconds(t, p, probe_new(dt, &m, &m, &m), 1, &e, target);
 }
 
 static void measure_gemm(Transport *t, Profile *p, double target) {
@@ -246,14 +252,8 @@ static void measure_gemm(Transport *t, Profile *p, double target) {
    bytes/s */
 static double memory_rate(Transport *t, Profile *p, DType dt, double target) {
   Shape v = {1, {MEM_FLOATS}};
-  Probe *q = probe_new(dt, &v, &v, &v);
-  q->p.nstep = 1;
-  q->step[0] = (Instr){.op = OP_ACC, .out = 1, .nin = 1, .in = {0}};
-  probe_load(q);
-  Bench b = {.kind = B_COMPUTE, .probe = q};
-  double rate = 3.0 * dtype_size(dt) * MEM_FLOATS / best_time(t, &b, p->samples, target);
-  probe_free(q);
-  return rate;
+  Instr acc = {.op = OP_ACC, .out = 1, .nin = 1, .in = {0}};
+  return 3.0 * dtype_size(dt) * MEM_FLOATS / probe_seconds(t, p, probe_new(dt, &v, &v, &v), 1, &acc, target);
 }
 
 static void measure_memory(Transport *t, Profile *p, double target) {
@@ -267,15 +267,9 @@ static void measure_memory(Transport *t, Profile *p, double target) {
 static double vector_rate(Transport *t, Profile *p, DType dt, double target) {
   enum { N = 1 << 20 };
   Shape v = {1, {N}};
-  Probe *q = probe_new(dt, &v, &v, &v);
-  q->p.nstep = 2;
-  q->step[0] = (Instr){.op = OP_GELU, .out = 2, .nin = 1, .in = {0}};
-  q->step[1] = (Instr){.op = OP_GELU_BWD, .out = 1, .nin = 2, .in = {0, 2}};
-  probe_load(q);
-  Bench b = {.kind = B_COMPUTE, .probe = q};
-  double rate = 24.0 * N / best_time(t, &b, p->samples, target);
-  probe_free(q);
-  return rate;
+  Instr steps[2] = {{.op = OP_GELU, .out = 2, .nin = 1, .in = {0}},
+                    {.op = OP_GELU_BWD, .out = 1, .nin = 2, .in = {0, 2}}};
+  return 24.0 * N / probe_seconds(t, p, probe_new(dt, &v, &v, &v), 2, steps, target);
 }
 
 static void measure_vector(Transport *t, Profile *p, double target) {
