@@ -118,7 +118,7 @@ bool program_write(const Program *p, const char *path, FILE *err) {
     ok &= fprintf(f, "checksum %016" PRIx64 "\n", hash_bytes(text, len, 0)) > 0;
     ok &= fclose(f) == 0;
   }
-  if (ok) ok = rename(tmp, path) == 0;
+  if (ok) ok = rename_into_place(tmp, path);
   if (!ok) {
     fprintf(err, "carve: error: cannot write program '%s': %s\n", path, strerror(errno));
     remove(tmp);
@@ -205,6 +205,7 @@ static bool read_buffer(Reader *R, Program *p, int b) {
   if (off < 0 || off > p->arena_bytes || B->bytes > p->arena_bytes - off)
     return bad(R, "buffer lies outside the arena");
   if (off % dtype_size(B->dtype)) return bad(R, "buffer offset is not a multiple of its element size");
+  if (B->kind == BUF_WORK && B->dtype != DT_BF16) return bad(R, "a work buffer (a parameter's working copy) is bf16");
   B->offset = off;
   B->name = arena_strdup(name);
   return true;

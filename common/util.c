@@ -187,3 +187,12 @@ void carve_passive_threads(char **argv) {
   execv("/proc/self/exe", argv);
   /* exec failed: go on with the default policy */
 }
+
+bool rename_into_place(const char *tmp, const char *path) {
+  struct stat st;
+  if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+    errno = EEXIST;
+    return false;
+  }
+  return rename(tmp, path) == 0;
+}

@@ -64,6 +64,10 @@ void ptrvec_push(PtrVec *pv, void *p);
 uint64_t hash_bytes(const void *p, size_t n, uint64_t seed); /* FNV-1a 64 */
 uint64_t hash_str(const char *s);
 char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure */
+/* Renames the finished temporary file tmp to path, unless path exists and is
+   not a regular file (a device, a directory, a FIFO: renaming would replace
+   it, /dev/null included): then false with errno EEXIST. */
+bool rename_into_place(const char *tmp, const char *path);
 double now_seconds(void);
 /* Re-executes the program with OMP_WAIT_POLICY=PASSIVE unless it is set
  * (carve does so under an MPI launcher: ranks share the cores). */

@@ -214,7 +214,7 @@ bool sim_trace_write(const SimResult *r, const char *path, FILE *err) {
     ok = !ferror(f);
     ok &= fclose(f) == 0;
   }
-  if (ok) ok = rename(tmp, path) == 0;
+  if (ok) ok = rename_into_place(tmp, path);
   if (!ok) {
     fprintf(err, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
     remove(tmp);

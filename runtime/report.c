@@ -95,8 +95,11 @@ bool trace_write(Run *R, double t0, const char *path) {
       ok = !ferror(f);
       ok &= fclose(f) == 0;
     }
-    if (ok) ok = rename(tmp, path) == 0;
-    if (!ok) fprintf(stderr, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
+    if (ok) ok = rename_into_place(tmp, path);
+    if (!ok) {
+      fprintf(stderr, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
+      remove(tmp);
+    }
   }
   free(mine);
   free(in);

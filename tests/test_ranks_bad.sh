@@ -97,5 +97,11 @@ else
   sed 's/^/  | /' "$tmp/out" | head -5
   fail=$((fail + 1))
 fi
+# a trace onto something that is not a regular file (a FIFO here; /dev/null
+# run as root) is refused, and the file is left as it was
+mkfifo "$tmp/fifo"
+expect "trace onto a fifo" "cannot write the trace.*File exists" $mpirun -np 2 "$carve" run "$tmp/p" --steps 1 --quiet \
+  --trace "$tmp/fifo"
+[ -p "$tmp/fifo" ] && [ ! -e "$tmp/fifo.tmp" ] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAILED: the fifo was replaced"; }
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

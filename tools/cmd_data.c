@@ -21,7 +21,7 @@ static bool write_tokens(const char *path, const uint16_t *tok, uint64_t n, uint
   bool ok = fwrite("CARVETOK", 1, 8, f) == 8 && fwrite(&version, 4, 1, f) == 1 && fwrite(&vocab, 4, 1, f) == 1 &&
             fwrite(&n, 8, 1, f) == 1 && fwrite(tok, 2, n, f) == n;
   ok &= fclose(f) == 0;
-  if (ok) ok = rename(tmp, path) == 0;
+  if (ok) ok = rename_into_place(tmp, path);
   if (!ok) remove(tmp);
   return ok;
 }

@@ -96,9 +96,12 @@ static bool write_plan(const char *dir, const Plan *p, const PipelinePlan *pp) {
       pipeline_json(pp, f);
     else
       plan_json(p, f);
-    ok = fclose(f) == 0 && rename(tmp, path) == 0;
+    ok = fclose(f) == 0 && rename_into_place(tmp, path);
   }
-  if (!ok) fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
+  if (!ok) {
+    fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
+    if (f) remove(tmp);
+  }
   return ok;
 }
 
