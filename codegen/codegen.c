@@ -130,7 +130,8 @@ static void emit_update(CG *C) {
   for (int p = 0; p < g->nfwd; p++) {
     if (g->grad[p] < 0) continue;
     const Node *n = g->nodes[p];
-    prog_optimizer(C->p, &C->cap_bufs, &C->init, &C->step, t, n, &n->shape, C->buf[p], C->gacc[p], clip);
+    prog_optimizer(C->p, &C->cap_bufs, &C->init, &C->step, t, n, &n->shape, &(Instr){.op = OP_INIT}, C->buf[p],
+                   C->gacc[p], clip);
   }
 }
 
@@ -142,6 +143,7 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
   p->rank = 0;
   p->world = 1;
   p->seed = seed;
+  p->plan_id = prog_recipe(g, t, seed);
   p->microbatches = t->microbatches;
   p->precision = t->precision;
   C.dt = value_dtypes(g, t->precision);
@@ -181,6 +183,7 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
       C.rd[i] = prog_work_copy(p, &C.cap_bufs, &C.step, n->name, &n->shape, C.buf[i]);
     if (n->op == OP_PARAM) {
       Instr *in = prog_emit(&C.init, OP_INIT, C.buf[i]);
+      p->bufs[C.buf[i]].whole = n->shape;
       in->i[0] = n->init;
       in->f[0] = n->init_a;
       in->f[1] = n->init_b;

@@ -86,6 +86,7 @@ typedef struct Dist {
   int *tie_group;  /* [param][replica][position] -> the copies on other devices (ZeRO >= 1, ndev > 1) */
   int tp;
   struct Shard *sh; /* per node: how the tp ranks of a replica split it */
+  uint64_t plan_id; /* what the programs are made from: graph, training, layout, splits */
   DType *dt;        /* per node: the dtype of its values (value_dtypes) */
   bool *sel;        /* forward nodes selective recomputation re-runs */
 } Dist;
@@ -505,6 +506,7 @@ typedef struct Rank {
   int dev, rep, t;
   int *have;     /* [node][mb][instance]: buffer, -1 (instance 1: recomputed) */
   int *pbuf;     /* param -> its buffer (ZeRO 3: the shard) */
+  Instr **pinit; /* param -> its init: which piece of the whole it holds */
   int *gacc;     /* param -> gradient accumulator (ZeRO >= 2: the shard) */
   int *gmb;      /* param -> this microbatch's gradient (ZeRO >= 2), -1 */
   int *gcount;   /* param -> contributions added to gmb so far */
@@ -780,7 +782,9 @@ static void emit_update(Rank *R) {
       target = buf(R, arena_printf("%s/part", n->name), DT_F32, &ss, BUF_ACT);
       prog_emit1(&R->step, OP_SHARD, target, R->pbuf[p])->i[0] = D->dp_group[R->dev * D->tp + R->t];
     }
-    prog_optimizer(R->p, &R->cap, &R->init, &R->step, t, n, &ss, target, shard_grad[p], clip);
+    Instr piece = *R->pinit[p]; /* the state holds the elements its update writes: a chunk under ZeRO */
+    piece.i[1] = L->zero ? shape_numel(&ss) * R->rep : 0;
+    prog_optimizer(R->p, &R->cap, &R->init, &R->step, t, n, &ss, &piece, target, shard_grad[p], clip);
     if (target != R->pbuf[p])
       prog_emit1(&R->step, OP_ALL_GATHER, R->pbuf[p], target)->i[0] = D->dp_group[R->dev * D->tp + R->t];
   }
@@ -795,6 +799,7 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   p->rank = rank_of(D, dev, rep, t);
   p->world = D->world;
   p->seed = seed;
+  p->plan_id = D->plan_id;
   p->microbatches = D->M;
   p->precision = D->t->precision;
   p->ngroups = D->ngroups;
@@ -804,6 +809,7 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   R.have = arena_alloc(sizeof(int) * slots);
   for (size_t k = 0; k < slots; k++) R.have[k] = -1;
   R.pbuf = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  R.pinit = arena_alloc(sizeof(Instr *) * (size_t)g->nfwd);
   R.gacc = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   R.gmb = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   R.gcount = arena_alloc(sizeof(int) * (size_t)g->nfwd);
@@ -825,7 +831,8 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
     int64_t numel = shape_numel(&whole), c = chunk_of(numel, D->dpd[dev]);
     Shape ps = L->zero == 3 ? flat(c) : whole;
     R.pbuf[i] = buf(&R, n->name, DT_F32, &ps, BUF_PARAM);
-    Instr *in = prog_emit(&R.init, OP_INIT, R.pbuf[i]);
+    Instr *in = R.pinit[i] = prog_emit(&R.init, OP_INIT, R.pbuf[i]);
+    p->bufs[R.pbuf[i]].whole = n->shape;
     in->i[0] = n->init;
     in->i[1] = L->zero == 3 ? c * rep : 0;
     if (D->sh[i].out >= 0) { /* a tp part: its dims around the split one */
@@ -849,6 +856,18 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   prog_place(p, &R.step, 0, R.step.n);
   prog_finish(p, &R.init, &R.step);
   return p;
+}
+
+/* The plan id: a hash of everything the rank programs are made from. */
+static uint64_t plan_id(const Dist *D, uint64_t seed) {
+  const Layout *L = D->L;
+  int64_t f[] = {L->dp, L->pp, L->v, L->microbatches, D->tp, L->schedule, L->zero, L->recompute};
+  uint64_t h = hash_bytes(f, sizeof f, prog_recipe(D->g, D->t, seed));
+  for (int d = 0; d < L->pp; d++) {
+    int64_t st[2] = {D->dpd[d], L->stage_recompute ? L->stage_recompute[d] : -1};
+    h = hash_bytes(st, sizeof st, h);
+  }
+  return hash_bytes(D->sh, sizeof(Shard) * (size_t)D->g->n, h);
 }
 
 static int gcd(int a, int b) { return b ? gcd(b, a % b) : a; }
@@ -914,6 +933,7 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
           return NULL;
         }
   make_groups(&D);
+  D.plan_id = plan_id(&D, seed);
   Program **progs = arena_alloc(sizeof(Program *) * (size_t)D.world);
   for (int d = 0; d < L->pp; d++)
     for (int j = 0; j < D.dpd[d]; j++)

@@ -16,8 +16,25 @@ int prog_buf(Program *p, int *cap, const char *name, DType dt, const Shape *s, B
     p->bufs = v;
   }
   Buffer *b = &p->bufs[p->nbufs];
-  *b = (Buffer){name, dt, *s, kind, -1, shape_numel(s) * dtype_size(dt)};
+  *b = (Buffer){
+      .name = name, .dtype = dt, .shape = *s, .kind = kind, .offset = -1, .bytes = shape_numel(s) * dtype_size(dt)};
   return p->nbufs++;
+}
+
+#define HASH(x, h) hash_bytes(&(x), sizeof(x), h)
+
+uint64_t prog_recipe(const Graph *g, const Train *t, uint64_t seed) {
+  uint64_t h = hash_str(CARVE_VERSION) ^ hash_str(g->model ? g->model : "");
+  for (int i = 0; i < g->n; i++) {
+    const Node *n = g->nodes[i];
+    h = hash_bytes(n->name, strlen(n->name), h);
+    h = HASH(n->op, h), h = HASH(n->in, h), h = HASH(n->shape, h), h = HASH(n->dtype, h), h = HASH(n->i, h);
+    h = HASH(n->f, h), h = HASH(n->labels, h), h = HASH(n->init, h), h = HASH(n->init_a, h), h = HASH(n->init_b, h);
+  }
+  h = HASH(t->opt, h), h = HASH(t->lr, h), h = HASH(t->beta1, h), h = HASH(t->beta2, h), h = HASH(t->eps, h);
+  h = HASH(t->wd, h), h = HASH(t->momentum, h), h = HASH(t->clip, h), h = HASH(t->warmup, h);
+  h = HASH(t->microbatches, h), h = HASH(t->precision, h);
+  return HASH(seed, h);
 }
 
 Instr *prog_emit(PtrVec *list, OpKind op, int out) {
@@ -123,12 +140,15 @@ void prog_finish(Program *p, const PtrVec *init, const PtrVec *step) {
 }
 
 void prog_optimizer(Program *p, int *cap, PtrVec *init, PtrVec *step, const Train *t, const Node *param,
-                    const Shape *state_shape, int target, int grad, int clip) {
+                    const Shape *state_shape, const Instr *piece, int target, int grad, int clip) {
   int nstate = t->opt == OPT_ADAMW ? 2 : 1, state[2] = {-1, -1};
   for (int k = 0; k < nstate; k++) {
     const char *what = t->opt == OPT_SGD ? "mom" : k ? "v" : "m";
     state[k] = prog_buf(p, cap, arena_printf("%s.%s", param->name, what), DT_F32, state_shape, BUF_OPTSTATE);
-    prog_emit(init, OP_INIT, state[k])->i[0] = INIT_ZEROS;
+    p->bufs[state[k]].whole = param->shape;
+    Instr *in = prog_emit(init, OP_INIT, state[k]);
+    memcpy(in->i, piece->i, sizeof in->i); /* the same piece of the whole as the parameter's update */
+    in->i[0] = INIT_ZEROS;
   }
   double wd = param->shape.rank >= 2 ? t->wd : 0; /* matrices decay; biases and norm gains do not */
   Instr *in = prog_emit(step, t->opt == OPT_ADAMW ? OP_ADAMW : OP_SGD, target);

@@ -5,15 +5,20 @@
 
 /* Appends a buffer (offset decided by prog_place); *cap is the array's capacity. */
 int prog_buf(Program *p, int *cap, const char *name, DType dt, const Shape *s, BufKind kind);
+/* A hash of what a single-rank program is made from (the training graph,
+   the training options, the seed): the start of a plan id. */
+uint64_t prog_recipe(const Graph *g, const Train *t, uint64_t seed);
 Instr *prog_emit(PtrVec *list, OpKind op, int out);
 Instr *prog_emit1(PtrVec *list, OpKind op, int out, int x); /* one input */
 /* Persistent buffers first, then first-fit placement of transient buffers
    (input, act) over their live intervals in step[first, end); sets the arena. */
 void prog_place(Program *p, const PtrVec *step, int first, int end);
 /* The optimizer for one parameter: its state buffers (state_shape, zeroed in
-   init) and the update of target from grad, scaled by the clip factor. */
+   init; `piece`'s geometry attributes say which elements of the whole
+   parameter they hold, see piece_of) and the update of target from grad,
+   scaled by the clip factor. */
 void prog_optimizer(Program *p, int *cap, PtrVec *init, PtrVec *step, const Train *t, const Node *param,
-                    const Shape *state_shape, int target, int grad, int clip);
+                    const Shape *state_shape, const Instr *piece, int target, int grad, int clip);
 /* The clip factor of the global gradient norm, min(1, max_norm / |g|), from
    the n gradient buffers grads (each's sum of squares weighed by weight[k];
    NULL: 1), summed over `group` (-1: this rank's alone); the constant 1 when

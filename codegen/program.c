@@ -2,10 +2,11 @@
  *
  * A program file is text, one item per line:
  *
- *   carve-program 3                    format version
+ *   carve-program 4                    format version
  *   carve 0.1.0                        the carve that wrote it
  *   model gpt
  *   rank 0 world 1
+ *   plan 5e1b0c2a9d8f7e61              the same in every rank program of one plan
  *   seed 1234
  *   microbatches 1
  *   precision bf16                     fp32, or bf16 mixed precision
@@ -14,7 +15,9 @@
  *   flops_per_step 2.8e+09             einsum FLOPs of one step
  *   arena 21037248                     bytes the rank allocates, once
  *   buffers 270
- *   buf 0 param f32 [256,128] @0 wte   id, kind, dtype, local shape, offset, name
+ *   buf 0 param f32 [256,64] @0 wte of [256,128]
+ *                                      id, kind, dtype, local shape, offset, name;
+ *                                      param, optstate: the whole tensor's shape
  *   ...
  *   init 40                            instructions run once
  *   init 0 : kind=normal a=0.02 b=0    op, output buffer, ':', inputs, attributes
@@ -78,16 +81,20 @@ void instr_print(const Program *p, const Instr *in, FILE *out, bool names) {
   fputc('\n', out);
 }
 
+/* Buffers that are a piece of a whole tensor, which their line names. */
+static bool has_whole(BufKind k) { return k == BUF_PARAM || k == BUF_OPTSTATE; }
+
 static void print_program(const Program *p, FILE *f) {
-  fprintf(f, "carve-program %d\ncarve %s\nmodel %s\nrank %d world %d\nseed %" PRIu64 "\n", CARVE_PROGRAM_FORMAT,
-          CARVE_VERSION, p->model, p->rank, p->world, p->seed);
+  fprintf(f, "carve-program %d\ncarve %s\nmodel %s\nrank %d world %d\nplan %016" PRIx64 "\nseed %" PRIu64 "\n",
+          CARVE_PROGRAM_FORMAT, CARVE_VERSION, p->model, p->rank, p->world, p->plan_id, p->seed);
   fprintf(f, "microbatches %d\nprecision %s\ntokens_per_step %" PRId64 "\nvocab %" PRId64 "\nflops_per_step %.17g\n",
           p->microbatches, precision_name(p->precision), p->tokens_per_step, p->vocab, p->flops_per_step);
   fprintf(f, "arena %" PRId64 "\nbuffers %d\n", p->arena_bytes, p->nbufs);
   for (int b = 0; b < p->nbufs; b++) {
     const Buffer *B = &p->bufs[b];
-    fprintf(f, "buf %d %s %s %s @%" PRId64 " %s\n", b, buf_kind_names[B->kind], dtype_name(B->dtype),
+    fprintf(f, "buf %d %s %s %s @%" PRId64 " %s", b, buf_kind_names[B->kind], dtype_name(B->dtype),
             shape_str(&B->shape), B->offset, B->name);
+    fprintf(f, has_whole(B->kind) ? " of %s\n" : "\n", shape_str(&B->whole));
   }
   fprintf(f, "groups %d\n", p->ngroups);
   for (int g = 0; g < p->ngroups; g++) {
@@ -187,12 +194,13 @@ static bool parse_shape(const char *s, Shape *sh) {
 }
 
 static bool read_buffer(Reader *R, Program *p, int b) {
-  char kind[16], dt[8], shape[256], name[512];
-  int id;
+  char kind[16], dt[8], shape[256], name[512], whole[256] = "";
+  int id, n = 0, m = 0;
   long long off;
-  if (!next_line(R) || sscanf(R->line, "buf %d %15s %7s %255s @%lld %511s", &id, kind, dt, shape, &off, name) != 6 ||
-      id != b)
-    return bad(R, arena_printf("expected 'buf %d <kind> <dtype> <shape> @<offset> <name>'", b));
+  if (!next_line(R) ||
+      sscanf(R->line, "buf %d %15s %7s %255s @%lld %511s%n", &id, kind, dt, shape, &off, name, &n) != 6 || id != b ||
+      (R->line[n] && (sscanf(R->line + n, " of %255s%n", whole, &m) != 1 || R->line[n + m])))
+    return bad(R, arena_printf("expected 'buf %d <kind> <dtype> <shape> @<offset> <name> [of <shape>]'", b));
   Buffer *B = &p->bufs[b];
   int k = 0;
   while (k < BUF_KINDS && strcmp(buf_kind_names[k], kind) != 0) k++;
@@ -201,6 +209,10 @@ static bool read_buffer(Reader *R, Program *p, int b) {
   if (strcmp(dt, "f32") && strcmp(dt, "i32") && strcmp(dt, "bf16")) return bad(R, "unknown dtype");
   B->dtype = strcmp(dt, "i32") == 0 ? DT_I32 : strcmp(dt, "bf16") == 0 ? DT_BF16 : DT_F32;
   if (!parse_shape(shape, &B->shape)) return bad(R, "malformed shape");
+  if (has_whole(B->kind) != (whole[0] != 0))
+    return bad(R, has_whole(B->kind) ? "a param or optstate buffer names its whole tensor's shape ('of [...]')"
+                                     : "only param and optstate buffers name a whole tensor");
+  if (whole[0] && !parse_shape(whole, &B->whole)) return bad(R, "malformed whole-tensor shape");
   B->bytes = shape_numel(&B->shape) * dtype_size(B->dtype);
   if (off < 0 || off > p->arena_bytes || B->bytes > p->arena_bytes - off)
     return bad(R, "buffer lies outside the arena");
@@ -354,6 +366,7 @@ Program *program_read(const char *path, FILE *err) {
     *last = 0;
     R.next = R.text;
     int64_t v, world, rank;
+    int plan_end = 0;
     char model[256], ver[64];
     if (!next_line(&R) || sscanf(R.line, "carve-program %" SCNd64, &v) != 1) {
       bad(&R, "not a carve program (expected 'carve-program <version>')");
@@ -369,6 +382,9 @@ Program *program_read(const char *path, FILE *err) {
     } else if (!next_line(&R) || sscanf(R.line, "rank %" SCNd64 " world %" SCNd64, &rank, &world) != 2 || world < 1 ||
                rank < 0 || rank >= world) {
       bad(&R, "expected 'rank <r> world <n>' with 0 <= r < n");
+    } else if (!next_line(&R) || sscanf(R.line, "plan %" SCNx64 "%n", &p->plan_id, &plan_end) != 1 ||
+               R.line[plan_end]) {
+      bad(&R, "expected 'plan <id>'");
     } else {
       int64_t seed, mb, tps, vocab, arena, nbufs;
       double flops;
@@ -412,7 +428,8 @@ Program *program_read(const char *path, FILE *err) {
 
 void program_explain(const Program *p, FILE *out) {
   char a[32], b[32];
-  fprintf(out, "program for model %s, rank %d of %d (format %d)\n", p->model, p->rank, p->world, CARVE_PROGRAM_FORMAT);
+  fprintf(out, "program for model %s, rank %d of %d (format %d), plan %016" PRIx64 "\n", p->model, p->rank, p->world,
+          CARVE_PROGRAM_FORMAT, p->plan_id);
   fprintf(out, "  arena %s in one allocation; %d buffers\n", fmt_bytes((double)p->arena_bytes, a, sizeof a), p->nbufs);
   fprintf(out, "  %d microbatch%s, %s, %lld tokens and %s einsum FLOPs per step\n", p->microbatches,
           p->microbatches == 1 ? "" : "es", precision_describe(p->precision, false), (long long)p->tokens_per_step,
@@ -425,8 +442,9 @@ void program_explain(const Program *p, FILE *out) {
   fprintf(out, "\n\nbuffers\n");
   for (int i = 0; i < p->nbufs; i++) {
     const Buffer *B = &p->bufs[i];
-    fprintf(out, "  %4d %-8s %s%-18s @%-12lld %s\n", i, buf_kind_names[B->kind], dtype_name(B->dtype),
+    fprintf(out, "  %4d %-8s %s%-18s @%-12lld %s", i, buf_kind_names[B->kind], dtype_name(B->dtype),
             shape_str(&B->shape), (long long)B->offset, B->name);
+    fprintf(out, has_whole(B->kind) ? "  (of %s)\n" : "\n", shape_str(&B->whole));
   }
   if (p->ngroups) fprintf(out, "\ngroups (world ranks)\n");
   for (int g = 0; g < p->ngroups; g++) {

@@ -323,8 +323,46 @@ static bool precision_holds(const Program *p, FILE *err) {
   return true;
 }
 
+const Instr *program_init_of(const Program *p, int b) {
+  for (int i = 0; i < p->ninit; i++)
+    if (p->init[i].op == OP_INIT && p->init[i].out == b) return &p->init[i];
+  return NULL;
+}
+
+/* Why a param or optstate buffer's piece does not fit its whole tensor, or NULL. */
+static const char *piece_fits(const Program *p, int b) {
+  const Buffer *B = &p->bufs[b];
+  const Instr *in = program_init_of(p, b);
+  if (!in) return "has no init instruction";
+  Piece g = piece_of(in);
+  int64_t whole = shape_numel(&B->whole), inner = 1;
+  if (B->dtype != DT_F32) return "is not f32";
+  if (g.parts > 1) {
+    if (g.axis < 0 || g.axis >= B->whole.rank || B->whole.d[g.axis] != g.parts * g.len) return "split dim does not fit";
+    for (int k = (int)g.axis + 1; k < B->whole.rank; k++) inner *= B->whole.d[k];
+    if (inner != g.inner) return "split dim's inner size does not fit";
+  }
+  if (g.offset > whole / g.parts) return "element offset lies past the end of its part";
+  if (g.offset == 0 && shape_numel(&B->shape) != whole / g.parts && B->shape.rank != 1)
+    return "shape does not match its part of the whole tensor";
+  return NULL;
+}
+
+/* Every parameter and optimizer state buffer is one piece of its whole tensor. */
+static bool pieces_fit(const Program *p, FILE *err) {
+  for (int b = 0; b < p->nbufs; b++) {
+    if (p->bufs[b].kind != BUF_PARAM && p->bufs[b].kind != BUF_OPTSTATE) continue;
+    const char *why = piece_fits(p, b);
+    if (why) {
+      fprintf(err, "carve: error: program for rank %d, buffer %d (%s): %s\n", p->rank, b, p->bufs[b].name, why);
+      return false;
+    }
+  }
+  return true;
+}
+
 bool program_verify(const Program *p, FILE *err) {
-  if (!precision_holds(p, err)) return false;
+  if (!precision_holds(p, err) || !pieces_fit(p, err)) return false;
   const Instr *lists[2] = {p->init, p->step};
   int counts[2] = {p->ninit, p->nstep};
   for (int s = 0; s < 2; s++)

@@ -25,7 +25,7 @@
 #include <stdio.h>
 
 #define CARVE_VERSION "0.1.0"
-#define CARVE_PROGRAM_FORMAT 3
+#define CARVE_PROGRAM_FORMAT 4
 
 #define MAXRANK 8 /* tensor rank limit */
 #define MAXIN 4   /* inputs per node / instruction */
@@ -380,6 +380,7 @@ typedef struct Buffer {
   BufKind kind;
   int64_t offset; /* bytes into the rank's arena */
   int64_t bytes;
+  Shape whole; /* param, optstate: the whole tensor this buffer holds a piece of (its init says which) */
 } Buffer;
 
 #define MAXIATTR 7 /* integer attributes of an instruction */
@@ -395,6 +396,7 @@ typedef struct Instr {
 
 typedef struct Program {
   const char *model;
+  uint64_t plan_id; /* the same in every rank program of one plan, different for another plan */
   int rank, world;
   uint64_t seed;
   int microbatches;
@@ -415,6 +417,28 @@ typedef struct Program {
   int *group_size;
   int **group_ranks;
 } Program;
+
+/* Which elements of a whole tensor a rank's buffer holds (a param or
+ * optstate buffer's init attributes offset, axis, parts, part, len, inner):
+ * element e of the buffer is element q = offset + e of the rank's part (a
+ * ZeRO shard starts at `offset`); with dim `axis` split in `parts` (the
+ * part's dims around it: len, inner), element (o, j, r) of the part is
+ * element (o, part x len + j, r) of the whole. An index at or past the
+ * whole's element count is a shard's padding. */
+typedef struct Piece {
+  int64_t offset, axis, parts, part, len, inner;
+} Piece;
+static inline Piece piece_of(const Instr *init) {
+  return (Piece){init->i[1], init->i[2], init->i[3] > 1 ? init->i[3] : 1, init->i[4], init->i[5], init->i[6]};
+}
+static inline int64_t piece_index(const Piece *g, int64_t e) {
+  int64_t q = g->offset + e;
+  if (g->parts == 1) return q;
+  int64_t o = q / (g->len * g->inner), j = q / g->inner % g->len, r = q % g->inner;
+  return (o * g->parts * g->len + g->part * g->len + j) * g->inner + r;
+}
+/* The init instruction of buffer b, or NULL. */
+const Instr *program_init_of(const Program *p, int b);
 
 /* Lowers a training graph to one single-rank program. */
 Program *codegen(const Graph *g, const Train *t, uint64_t seed);

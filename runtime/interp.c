@@ -125,6 +125,26 @@ static bool collectives_agree(const Program *p, Transport *t) {
   return ok;
 }
 
+/* Every rank's program comes from one plan: a folder that mixes the
+   programs of two (two compiles into one folder, or one that stopped
+   half-way) is refused before any collective could read past a buffer. */
+static bool plans_agree(const Program *p, Transport *t) {
+  if (t->world == 1) return true;
+  uint64_t *all = xcalloc((size_t)t->world, sizeof(uint64_t));
+  bool ok = t->gather_all(t, &p->plan_id, sizeof(uint64_t), all);
+  for (int r = 1; ok && r < t->world; r++)
+    if (all[r] != all[0]) {
+      if (t->rank == 0)
+        fprintf(stderr,
+                "carve: error: the programs of ranks 0 and %d come from different plans (%016llx, %016llx): the "
+                "folder mixes two compiles; compile the plan again into an empty folder\n",
+                r, (unsigned long long)all[0], (unsigned long long)all[r]);
+      ok = false;
+    }
+  free(all);
+  return ok;
+}
+
 /* Every check before the first step ends in an agreement over the world,
    so a failure on one rank stops all of them: the failing rank says why,
    the others stop quietly, and none waits for a peer that gave up. */
@@ -144,7 +164,8 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
     if (!R->be) fprintf(stderr, "carve: error: %s\n", why);
     ok = R->be && R->be->load(R->be, p, stderr);
   }
-  ok = net->agree(net, ok) && collectives_agree(p, net) && net->groups(net, p->ngroups, p->group_size, p->group_ranks);
+  ok = net->agree(net, ok) && plans_agree(p, net) && collectives_agree(p, net) &&
+       net->groups(net, p->ngroups, p->group_size, p->group_ranks);
   StepStatus st;
   ok = net->agree(net, ok && run_list(R, p->init, p->ninit, true, &st));
   if (!ok) {

@@ -57,7 +57,13 @@ static void unsupported(void) {
 /* ids drawn from [0, 1000) for a table of 8 rows */
 static void bad_ids(void) {
   Buffer bufs[3] = {
-      {.name = "table", .dtype = DT_F32, .shape = {2, {8, 4}}, .kind = BUF_PARAM, .offset = 0, .bytes = 128},
+      {.name = "table",
+       .dtype = DT_F32,
+       .shape = {2, {8, 4}},
+       .kind = BUF_PARAM,
+       .offset = 0,
+       .bytes = 128,
+       .whole = {2, {8, 4}}},
       {.name = "ids", .dtype = DT_I32, .shape = {1, {16}}, .kind = BUF_INPUT, .offset = 128, .bytes = 64},
       {.name = "out", .dtype = DT_F32, .shape = {2, {16, 4}}, .kind = BUF_ACT, .offset = 192, .bytes = 256}};
   Instr init = {.op = OP_INIT, .out = 0, .i = {INIT_NORMAL}, .f = {1}};

@@ -165,7 +165,9 @@ static void test_damaged_files(void) {
   char *body = body_of(path);
   size_t n = strlen(body) + 64;
   char *edited = xmalloc(n);
-  replace_once(body, "carve-program 3", "carve-program 99", edited, n);
+  char format[32];
+  snprintf(format, sizeof format, "carve-program %d", CARVE_PROGRAM_FORMAT);
+  replace_once(body, format, "carve-program 99", edited, n);
   write_with_checksum(bad, edited);
   CHECK(refused(bad, "program format 99"), "another program format is refused");
   replace_once(body, "carve " CARVE_VERSION, "carve 0.0.1", edited, n);
@@ -184,6 +186,15 @@ static void test_damaged_files(void) {
   replace_once(body, "buf 0 input i32 [4,16]", "buf 0 input i32 [4,17]", edited, n);
   write_with_checksum(bad, edited);
   CHECK(refused(bad, "embed"), "a buffer shape that disagrees with its users is refused");
+  replace_once(body, "\nplan ", "\nplan_id ", edited, n);
+  write_with_checksum(bad, edited);
+  CHECK(refused(bad, "expected 'plan <id>'"), "a program without its plan id is refused");
+  replace_once(body, " wte of [256,128]", " wte", edited, n);
+  write_with_checksum(bad, edited);
+  CHECK(refused(bad, "names its whole tensor"), "a parameter without its whole shape is refused");
+  replace_once(body, " wte of [256,128]", " wte of [256,64]", edited, n);
+  write_with_checksum(bad, edited);
+  CHECK(refused(bad, "does not match its part of the whole"), "a parameter bigger than its whole tensor is refused");
   free(edited);
   free(body);
   free(orig);

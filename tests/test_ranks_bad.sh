@@ -43,12 +43,16 @@ cp -r "$tmp/p" "$tmp/swapped" && mv "$tmp/swapped/rank0.prog" "$tmp/x" && mv "$t
   "$tmp/swapped/rank0.prog" && mv "$tmp/x" "$tmp/swapped/rank1.prog"
 expect "programs swapped" "was given the program of rank" $mpirun -np 2 "$carve" run "$tmp/swapped" --steps 1
 
-# rank 1's program from another plan whose collectives move other sizes:
-# refused before the first step (MPI would otherwise write past a buffer)
+# rank 1's program from another plan (two compiles into one folder): refused
+# by the plan ids before the first step
 "$carve" compile gpt --preset gpt-tiny --layout tp=2 -o "$tmp/tpa" >/dev/null
 "$carve" compile gpt --preset gpt-tiny --set hidden=64 --layout tp=2 -o "$tmp/tpb" >/dev/null
-cp "$tmp/tpb/rank1.prog" "$tmp/tpa/rank1.prog"
-expect "collectives of two plans" "different plans" $mpirun -np 2 "$carve" run "$tmp/tpa" --steps 1
+cp -r "$tmp/tpa" "$tmp/mixed" && cp "$tmp/tpb/rank1.prog" "$tmp/mixed/rank1.prog"
+expect "programs of two plans" "folder mixes two compiles" $mpirun -np 2 "$carve" run "$tmp/mixed" --steps 1
+# the same with the plan id forged to match: the collectives, which move other
+# sizes, are still refused (MPI would otherwise write past a buffer)
+sed -i "s/^plan .*/$(grep '^plan ' "$tmp/tpa/rank0.prog")/" "$tmp/mixed/rank1.prog" && "$resign" "$tmp/mixed/rank1.prog"
+expect "collectives of two plans" "run different collectives" $mpirun -np 2 "$carve" run "$tmp/mixed" --steps 1
 
 printf 'some text for a token file, long enough to make a few batches of it. %.0s' $(seq 200) >"$tmp/text"
 "$carve" data "$tmp/text" -o "$tmp/text.tok" >/dev/null 2>&1

@@ -5,23 +5,12 @@
  * the global batch. */
 #include "cpu.h"
 
-/* Element e of a part is element q = offset + e of the part (a ZeRO-3 shard
-   starts at `offset`); with dim `axis` split in `parts` (the part's dims
-   around it: len, inner), element (o, j, r) of the part is element
-   (o, part x len + j, r) of the whole tensor. */
-static uint64_t whole_index(const Instr *in, int64_t e) {
-  uint64_t i = (uint64_t)in->i[1] + (uint64_t)e;
-  int64_t parts = in->i[3] > 1 ? in->i[3] : 1, part = in->i[4], len = in->i[5], inner = in->i[6];
-  if (parts == 1) return i;
-  int64_t q = (int64_t)i, o = q / (len * inner), j = q / inner % len, r = q % inner;
-  return (uint64_t)((o * parts * len + part * len + j) * inner + r);
-}
-
 void k_init(float *x, int64_t n, const Instr *in, const char *name, uint64_t seed) {
   uint64_t key = hash_str(name) ^ seed;
+  Piece g = piece_of(in);
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t e = 0; e < n; e++) {
-    uint64_t i = whole_index(in, e);
+    uint64_t i = (uint64_t)piece_index(&g, e);
     switch (in->i[0]) {
     case INIT_ZEROS: x[e] = 0; break;
     case INIT_ONES: x[e] = 1; break;
