@@ -117,19 +117,15 @@ bool program_write(const Program *p, const char *path, FILE *err) {
   print_program(p, m);
   fclose(m);
   /* write to a temporary name, then rename: a reader never sees half a file */
-  const char *tmp = arena_printf("%s.tmp", path);
-  FILE *f = fopen(tmp, "wb");
+  const char *tmp;
+  FILE *f = temp_beside(path, &tmp);
   bool ok = f != NULL;
   if (ok) {
-    ok = fwrite(text, 1, len, f) == len;
-    ok &= fprintf(f, "checksum %016" PRIx64 "\n", hash_bytes(text, len, 0)) > 0;
-    ok &= fclose(f) == 0;
+    fwrite(text, 1, len, f);
+    fprintf(f, "checksum %016" PRIx64 "\n", hash_bytes(text, len, 0));
+    ok = temp_commit(f, tmp, path);
   }
-  if (ok) ok = rename_into_place(tmp, path);
-  if (!ok) {
-    fprintf(err, "carve: error: cannot write program '%s': %s\n", path, strerror(errno));
-    remove(tmp);
-  }
+  if (!ok) fprintf(err, "carve: error: cannot write program '%s': %s\n", path, strerror(errno));
   free(text);
   return ok;
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -188,6 +189,14 @@ void carve_passive_threads(char **argv) {
   /* exec failed: go on with the default policy */
 }
 
+/* mkstemp makes files only their owner may read; a file carve writes gets
+   the usual permissions (0666 less the umask), as fopen would give it. */
+static bool fchmod_default(const char *tmp) {
+  mode_t mask = umask(0);
+  umask(mask);
+  return chmod(tmp, 0666 & ~mask) == 0;
+}
+
 bool rename_into_place(const char *tmp, const char *path) {
   struct stat st;
   if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
@@ -195,4 +204,52 @@ bool rename_into_place(const char *tmp, const char *path) {
     return false;
   }
   return rename(tmp, path) == 0;
+}
+
+FILE *temp_beside(const char *path, const char **tmp) {
+  const char *slash = strrchr(path, '/');
+  int dirlen = slash ? (int)(slash - path) + 1 : 0;
+  char *name = arena_printf("%.*s.%s.XXXXXX", dirlen, path, slash ? slash + 1 : path);
+  int fd = mkstemp(name); /* O_CREAT | O_EXCL: never an existing file, never through a link */
+  FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+  if (fd >= 0 && !f) {
+    int e = errno;
+    close(fd);
+    remove(name);
+    errno = e;
+  }
+  *tmp = name;
+  return f;
+}
+
+bool temp_commit(FILE *f, const char *tmp, const char *path) {
+  bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
+  int e = errno;
+  ok &= fclose(f) == 0;
+  if (!ok && errno == 0) errno = e ? e : EIO;
+  if (ok && fchmod_default(tmp) && rename_into_place(tmp, path)) return true;
+  e = errno;
+  remove(tmp);
+  errno = e;
+  return false;
+}
+
+bool sync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return false;
+  bool ok = fsync(fd) == 0;
+  close(fd);
+  return ok;
+}
+
+uint64_t hash_words(const void *p, size_t n, uint64_t seed) {
+  const unsigned char *s = p;
+  uint64_t h = 1469598103934665603ull ^ seed, w;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    memcpy(&w, s + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  for (; i < n; i++) h = (h ^ s[i]) * 1099511628211ull;
+  return h;
 }

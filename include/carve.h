@@ -68,6 +68,18 @@ char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure
    not a regular file (a device, a directory, a FIFO: renaming would replace
    it, /dev/null included): then false with errno EEXIST. */
 bool rename_into_place(const char *tmp, const char *path);
+/* Every file carve writes goes through these: temp_beside creates a new file
+   beside path (same folder, so the rename is atomic) exclusively, never
+   opening an existing file or a link someone planted; *tmp gets its name
+   (arena). temp_commit flushes it to disk, closes it and renames it into
+   place (rename_into_place); on any failure the temporary file is removed
+   and errno says why. Neither prints. */
+FILE *temp_beside(const char *path, const char **tmp);
+bool temp_commit(FILE *f, const char *tmp, const char *path);
+/* Flushes a folder's entries (a rename in it) to disk. */
+bool sync_dir(const char *dir);
+/* FNV-1a 64 over 8-byte words (then the tail bytes): checksums of big data. */
+uint64_t hash_words(const void *p, size_t n, uint64_t seed);
 double now_seconds(void);
 /* Re-executes the program with OMP_WAIT_POLICY=PASSIVE unless it is set
  * (carve does so under an MPI launcher: ranks share the cores). */

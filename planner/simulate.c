@@ -206,18 +206,13 @@ static void write_trace(const SimResult *r, FILE *f) {
 
 bool sim_trace_write(const SimResult *r, const char *path, FILE *err) {
   /* write to a temporary name, then rename: a reader never sees half a file */
-  const char *tmp = arena_printf("%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
+  const char *tmp;
+  FILE *f = temp_beside(path, &tmp);
   bool ok = f != NULL;
   if (ok) {
     write_trace(r, f);
-    ok = !ferror(f);
-    ok &= fclose(f) == 0;
+    ok = temp_commit(f, tmp, path);
   }
-  if (ok) ok = rename_into_place(tmp, path);
-  if (!ok) {
-    fprintf(err, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
-    remove(tmp);
-  }
+  if (!ok) fprintf(err, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
   return ok;
 }

@@ -22,19 +22,25 @@ static bool write_buffer(Backend *be, const Buffer *B, FILE *f) {
    dims after it (see init). Tests compare runs on different rank counts. */
 bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
   const Program *p = rt->r.p;
-  FILE *f = fopen(path, "wb");
+  const char *tmp;
+  FILE *f = temp_beside(path, &tmp);
   bool ok = f != NULL;
   for (int b = 0; ok && b < p->nbufs; b++) {
     const Buffer *B = &p->bufs[b];
     if (B->kind != BUF_PARAM) continue;
     int64_t at[MAXIATTR] = {0};
-    for (int i = 0; i < p->ninit; i++)
-      if (p->init[i].op == OP_INIT && p->init[i].out == b) memcpy(at, p->init[i].i, sizeof at);
+    const Instr *in = program_init_of(p, b);
+    if (in) memcpy(at, in->i, sizeof at);
     ok = fprintf(f, "%s %lld %lld %lld %lld %lld %lld\n", B->name, (long long)shape_numel(&B->shape), (long long)at[1],
                  (long long)at[3], (long long)at[4], (long long)at[5], (long long)at[6]) > 0 &&
          write_buffer(rt->r.be, B, f);
   }
-  if (f) ok &= fclose(f) == 0;
+  if (f && ok) {
+    ok = temp_commit(f, tmp, path);
+  } else if (f) {
+    fclose(f);
+    remove(tmp);
+  }
   if (!ok) fprintf(err, "carve: error: cannot write parameters to '%s': %s\n", path, strerror(errno));
   return ok;
 }

@@ -84,18 +84,16 @@ bool trace_write(Run *R, double t0, const char *path) {
   memcpy(in, mine, len);
   bool ok = t->gather_all(t, in, block, all);
   if (ok && t->rank == 0) {
-    const char *tmp = arena_printf("%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
+    const char *tmp;
+    FILE *f = temp_beside(path, &tmp);
     ok = f != NULL;
     if (ok) {
       fprintf(f, "{\"traceEvents\":[\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":0,\"args\":{\"name\":"
                  "\"ranks (one step)\"}}");
       for (int r = 0; r < t->world; r++) fputs(all + (size_t)r * (size_t)block, f);
       fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
-      ok = !ferror(f);
-      ok &= fclose(f) == 0;
+      ok = temp_commit(f, tmp, path);
     }
-    if (ok) ok = rename_into_place(tmp, path);
     if (!ok) {
       fprintf(stderr, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
       remove(tmp);

@@ -14,16 +14,16 @@
 #include "tools.h"
 
 static bool write_tokens(const char *path, const uint16_t *tok, uint64_t n, uint32_t vocab) {
-  const char *tmp = arena_printf("%s.tmp", path);
-  FILE *f = fopen(tmp, "wb");
+  const char *tmp;
+  FILE *f = temp_beside(path, &tmp);
   if (!f) return false;
   uint32_t version = 1;
   bool ok = fwrite("CARVETOK", 1, 8, f) == 8 && fwrite(&version, 4, 1, f) == 1 && fwrite(&vocab, 4, 1, f) == 1 &&
             fwrite(&n, 8, 1, f) == 1 && fwrite(tok, 2, n, f) == n;
-  ok &= fclose(f) == 0;
-  if (ok) ok = rename_into_place(tmp, path);
-  if (!ok) remove(tmp);
-  return ok;
+  if (ok) return temp_commit(f, tmp, path);
+  fclose(f);
+  remove(tmp);
+  return false;
 }
 
 int cmd_data(int argc, char **argv) {
@@ -88,11 +88,12 @@ int cmd_data(int argc, char **argv) {
     if (count[c]) h -= (double)count[c] / (double)total * log((double)count[c] / (double)total);
   bool ok = write_tokens(out, tok, total, vocab);
   if (ok && charlevel) {
-    FILE *f = fopen(arena_printf("%s.vocab", out), "w");
+    const char *vpath = arena_printf("%s.vocab", out), *tmp;
+    FILE *f = temp_beside(vpath, &tmp);
     ok = f != NULL;
     for (int c = 0; ok && c < 256; c++)
       if (count[c]) fprintf(f, "%u %d\n", id[c], c);
-    if (f) ok &= fclose(f) == 0;
+    if (f) ok = temp_commit(f, tmp, vpath);
   }
   if (!ok)
     fprintf(stderr, "carve: error: cannot write '%s': %s\n", out, strerror(errno));

@@ -88,20 +88,17 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
 /* DIR/plan.json, written through a temporary name. */
 static bool write_plan(const char *dir, const Plan *p, const PipelinePlan *pp) {
   if (!dir) return true;
-  const char *path = arena_printf("%s/plan.json", dir), *tmp = arena_printf("%s/plan.json.tmp", dir);
+  const char *path = arena_printf("%s/plan.json", dir), *tmp;
   FILE *f = NULL;
-  bool ok = (mkdir(dir, 0777) == 0 || errno == EEXIST) && (f = fopen(tmp, "w"));
+  bool ok = (mkdir(dir, 0777) == 0 || errno == EEXIST) && (f = temp_beside(path, &tmp));
   if (ok) {
     if (pp)
       pipeline_json(pp, f);
     else
       plan_json(p, f);
-    ok = fclose(f) == 0 && rename_into_place(tmp, path);
+    ok = temp_commit(f, tmp, path);
   }
-  if (!ok) {
-    fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
-    if (f) remove(tmp);
-  }
+  if (!ok) fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
   return ok;
 }
 

@@ -445,16 +445,11 @@ static void write_cluster(FILE *f, const Profile *p) {
 
 /* Writes the cluster file and reads it back through the planner's loader. */
 static bool save(const char *path, const Profile *p) {
-  FILE *f = fopen(path, "w");
-  if (!f) {
+  const char *tmp;
+  FILE *f = temp_beside(path, &tmp);
+  if (f) write_cluster(f, p);
+  if (!f || !temp_commit(f, tmp, path)) {
     fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
-    return false;
-  }
-  write_cluster(f, p);
-  int err = ferror(f) ? errno : 0;
-  if (fclose(f) && !err) err = errno;
-  if (err) {
-    fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(err));
     return false;
   }
   if (!cluster_load(path, stderr)) {
