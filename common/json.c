@@ -16,25 +16,29 @@ static void ws(JP *J) {
 
 static Json *value(JP *J);
 
+/* A string; \uXXXX escapes (four hex digits) read as '?'. */
 static const char *string(JP *J) {
   if (*J->p != '"') return NULL;
-  const char *s = ++J->p;
+  const char *s = ++J->p, *end = s;
+  while (*end && *end != '"') end += end[0] == '\\' && end[1] ? 2 : 1; /* the string's size, not the rest's */
+  if (*end != '"') return NULL;
+  char *out = arena_alloc((size_t)(end - s) + 1);
   size_t n = 0;
-  char *out = arena_alloc(strlen(s) + 1);
-  while (*J->p && *J->p != '"') {
-    if (*J->p == '\\') {
-      J->p++;
-      char c = *J->p;
-      if (!c) return NULL;
-      out[n++] = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'u' ? '?' : c;
-      if (c == 'u') J->p += 4 < strlen(J->p) ? 4 : 0;
-      J->p++;
+  while (J->p < end) {
+    char c = *J->p++;
+    if (c != '\\') {
+      out[n++] = c;
       continue;
     }
-    out[n++] = *J->p++;
+    c = *J->p++;
+    if (c == 'u') {
+      for (int k = 0; k < 4; k++, J->p++)
+        if (J->p >= end || !strchr("0123456789abcdefABCDEF", *J->p)) return NULL;
+      c = '?';
+    }
+    out[n++] = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c == 'b' ? '\b' : c == 'f' ? '\f' : c;
   }
-  if (*J->p != '"') return NULL;
-  J->p++;
+  J->p = end + 1;
   out[n] = 0;
   return out;
 }
