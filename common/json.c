@@ -130,3 +130,16 @@ const char *json_str(const Json *obj, const char *key, const char *dflt) {
   const Json *v = json_get(obj, key);
   return v && v->kind == JSON_STRING ? v->str : dflt;
 }
+
+void json_write_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; s && *s; s++) {
+    if (*s == '"' || *s == '\\')
+      fprintf(f, "\\%c", *s);
+    else if ((unsigned char)*s < 0x20)
+      fprintf(f, "\\u%04x", *s);
+    else
+      fputc(*s, f);
+  }
+  fputc('"', f);
+}

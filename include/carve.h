@@ -103,6 +103,8 @@ Json *json_parse(const char *text, size_t *error_offset);
 const Json *json_get(const Json *obj, const char *key);
 double json_num(const Json *obj, const char *key, double dflt);
 const char *json_str(const Json *obj, const char *key, const char *dflt);
+/* Writes s as a JSON string, quoted and escaped. */
+void json_write_str(FILE *f, const char *s);
 
 /* ======================================================================
  * frontend/lex.c: tokens and located diagnostics
@@ -578,6 +580,12 @@ typedef struct RunOptions {
   const char *trace;       /* write a Chrome/Perfetto trace of the last step here (rank 0) */
   double *peak_bytes;      /* receives the bytes the rank held: arena, scratch, staging */
   struct Backend *backend; /* NULL: the CPU backend, opened and closed by the run */
+  /* checkpoints (docs/checkpoints.md): after every `checkpoint_every` steps
+     and the last, into checkpoint_dir/step-N, keeping the newest `keep` */
+  const char *checkpoint_dir;
+  int checkpoint_every, checkpoint_keep;
+  const char *resume;    /* continue from this checkpoint (or the newest in this folder of them) */
+  const char *init_from; /* start from the parameters of this safetensors file or checkpoint */
 } RunOptions;
 
 /* Runs the init section, then `steps` steps. Returns 0 or prints an error
@@ -593,6 +601,13 @@ int runtime_step(Runtime *rt, double *loss);
 void *runtime_buffer(Runtime *rt, const char *name, int64_t *numel);
 void runtime_free(Runtime *rt);
 bool runtime_save_params(Runtime *rt, const char *path, FILE *err);
+/* The newest complete checkpoint's step in folder ck, or -1. */
+int checkpoint_newest(const char *ck);
+/* A checkpoint folder, or the newest complete one in a folder of them;
+   NULL with *why saying what is wrong. */
+const char *checkpoint_resolve(const char *path, const char **why);
+/* ck/step-NNNNNNNN (arena) */
+const char *checkpoint_folder(const char *ck, int step);
 
 /* Counter-based random numbers: the value at (key, index) never depends on
  * how a tensor is split or in which order elements are produced. */

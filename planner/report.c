@@ -90,18 +90,6 @@ void plan_report(const Plan *p, FILE *out) {
           p->optimal ? "optimal" : arena_printf("stopped at the time limit, gap %.2g%%", 100 * p->gap));
 }
 
-static void json_write_str(FILE *out, const char *s) {
-  fputc('"', out);
-  for (; s && *s; s++) {
-    if (*s == '"' || *s == '\\') fputc('\\', out);
-    if ((unsigned char)*s < 32)
-      fprintf(out, "\\u%04x", *s);
-    else
-      fputc(*s, out);
-  }
-  fputc('"', out);
-}
-
 void plan_json(const Plan *p, FILE *out) {
   const Graph *g = p->g;
   const Mesh *m = &p->mesh;

@@ -168,6 +168,7 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
        net->groups(net, p->ngroups, p->group_size, p->group_ranks);
   StepStatus st;
   ok = net->agree(net, ok && run_list(R, p->init, p->ninit, true, &st));
+  if (ok && (o->resume || o->init_from)) ok = checkpoint_restore(R);
   if (!ok) {
     runtime_free(rt);
     return NULL;
@@ -223,7 +224,10 @@ int runtime_run(const Program *p, const RunOptions *o) {
   bool many = net->world > 1, speak = !o->quiet && net->rank == 0;
   int rc = 0;
   RunTotals tot = {.precision = precision_describe(p->precision, false), .backend = R->be->describe};
-  for (int s = 1; s <= o->steps && rc == 0; s++) {
+  int first = R->step + 1; /* after a checkpoint's step when resuming */
+  if (first > o->steps && o->steps > 0 && speak)
+    printf("the run is already at step %d of %d: nothing to do\n", R->step, o->steps);
+  for (int s = first; s <= o->steps && rc == 0; s++) {
     bool traced = o->trace && s == o->steps;
     if (traced) { /* one start for every rank's track */
       R->trace = xcalloc(2 * (size_t)p->nstep + 2, sizeof(double));
@@ -236,7 +240,7 @@ int runtime_run(const Program *p, const RunOptions *o) {
     if (rc) break;
     if (traced && !trace_write(R, t0, o->trace)) rc = 1;
     if (many) dt = net->max(net, dt), dc = net->max(net, dc); /* the step ends when its slowest rank does */
-    if (s > 1 || o->steps == 1) tot.step_s += dt, tot.comm_s += dc, tot.timed++;
+    if (s > first || first == o->steps) tot.step_s += dt, tot.comm_s += dc, tot.timed++;
     if (!isfinite(loss)) {
       if (net->rank == 0)
         fprintf(stderr, "carve: error: step %d: the loss is %g; training diverged (try a lower --lr)\n", s, loss);
@@ -244,11 +248,14 @@ int runtime_run(const Program *p, const RunOptions *o) {
       break;
     }
     if (o->losses) o->losses[s - 1] = loss;
-    if (speak && (s == 1 || s == o->steps || (o->log_every > 0 && s % o->log_every == 0)))
+    if (speak && (s == first || s == o->steps || (o->log_every > 0 && s % o->log_every == 0)))
       report_step(p, s, loss, dt, out);
+    if (o->checkpoint_dir && ((o->checkpoint_every > 0 && s % o->checkpoint_every == 0) || s == o->steps) &&
+        !checkpoint_write(R, s))
+      rc = 1;
   }
   tot.peak_bytes = peak_bytes(R);
-  if (rc == 0 && speak && o->steps > 0) report_done(p, &tot, o->steps, out);
+  if (rc == 0 && speak && o->steps >= first) report_done(p, &tot, o->steps - first + 1, out);
   if (rc == 0 && o->step_s && tot.timed) *o->step_s = tot.step_s / tot.timed;
   if (rc == 0 && o->peak_bytes) *o->peak_bytes = tot.peak_bytes;
   if (rc == 0 && o->save_params && !runtime_save_params(rt, arena_printf("%s.rank%d", o->save_params, p->rank), stderr))

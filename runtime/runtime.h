@@ -1,7 +1,7 @@
 /* runtime.h: what the parts of the interpreter share (runtime/): the state of
  * one rank's run. interp.c owns the step loop; comm.c the communication
  * instructions; report.c the per-step lines, the profile and traces;
- * params.c parameter files. Kernels are the backend's (backend.h). */
+ * params.c parameter files; checkpoint.c checkpoints (store.c reads them). Kernels are the backend's (backend.h). */
 #ifndef CARVE_RUNTIME_H
 #define CARVE_RUNTIME_H
 #include "backend.h"
@@ -23,6 +23,13 @@ typedef struct Run {
 struct Runtime {
   Run r;
 };
+
+/* checkpoint.c: after step `step`, every rank its shard, then rank 0 the
+   manifest; false (on every rank) after a message when it could not. */
+bool checkpoint_write(Run *R, int step);
+/* --resume or --init-from: fills this rank's buffers (and R->step); false on
+   every rank after the first failing rank's message. */
+bool checkpoint_restore(Run *R);
 
 /* comm.c: runs a communication instruction through the transport on the
    arena's host memory; NULL or what failed. */

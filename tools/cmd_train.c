@@ -11,6 +11,7 @@
  *   (run takes --precision too: it checks the program's)
  * Run options (run, train):
  *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH
+ *   --checkpoint-dir CK  --checkpoint-every N  --keep K  --resume CK  --init-from FILE
  * compile --layout "dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full":
  * one program per rank; explain --rank N prints rank N's. */
 #include <errno.h>
@@ -69,7 +70,8 @@ typedef struct Opts {
   Train train;
   uint64_t seed;
   const char *layout, *save_params, *trace;
-  int steps, log_every, rank;
+  const char *checkpoint_dir, *resume, *init_from;
+  int steps, log_every, rank, checkpoint_every, keep;
   bool quiet, dump, dump_training, profile;
   bool precision_set; /* --precision given: train.precision holds it */
 } Opts;
@@ -162,6 +164,18 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->trace = v;
     else if (GROUP('r') && !strcmp(key, "--save-params"))
       o->save_params = v;
+    else if (GROUP('r') && !strcmp(key, "--checkpoint-dir"))
+      o->checkpoint_dir = v;
+    else if (GROUP('r') && !strcmp(key, "--checkpoint-every")) {
+      ok = opt_integer(o->cmd, key, v, 1, 1e9, &n);
+      o->checkpoint_every = (int)n;
+    } else if (GROUP('r') && !strcmp(key, "--keep")) {
+      ok = opt_integer(o->cmd, key, v, 1, 1e6, &n);
+      o->keep = (int)n;
+    } else if (GROUP('r') && !strcmp(key, "--resume"))
+      o->resume = v;
+    else if (GROUP('r') && !strcmp(key, "--init-from"))
+      o->init_from = v;
     else if (GROUP('l') && !strcmp(key, "--layout"))
       o->layout = v;
     else if (GROUP('x') && !strcmp(key, "--rank")) {
@@ -183,6 +197,10 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
     }
     if (!ok) return false;
   }
+  if ((o->checkpoint_every || o->keep) && !o->checkpoint_dir)
+    return usage_error(o->cmd, "--checkpoint-every and --keep need --checkpoint-dir") == 0;
+  if (o->resume && o->init_from)
+    return usage_error(o->cmd, "--resume continues a run, --init-from starts one: give one of them") == 0;
   return true;
 }
 
@@ -317,8 +335,18 @@ static void print_train_help(const char *cmd, const char *args, const char *what
 }
 
 static void print_run_help(void) {
-  printf("run options:\n  --steps N (10)  --data FILE (a token file from 'carve data'; default: synthetic)\n"
-         "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n");
+  printf("run options:\n  --steps N (10): the step the run ends after (a resumed run continues up to it)\n"
+         "  --data FILE (a token file from 'carve data'; default: synthetic)\n"
+         "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n"
+         "checkpoints (docs/checkpoints.md):\n"
+         "  --checkpoint-dir CK  write checkpoints to CK/step-N (parameters, optimizer state, step) after\n"
+         "      the last step and, with --checkpoint-every N, after every N steps; each is complete or absent\n"
+         "  --keep K (3)         keep the newest K checkpoints\n"
+         "  --resume CK          continue from checkpoint folder CK, or the newest checkpoint in CK (when CK\n"
+         "      is --checkpoint-dir and holds none yet, start at step 1); a checkpoint of another plan or\n"
+         "      number of ranks is resharded onto this one\n"
+         "  --init-from FILE     start from the parameters of a safetensors file (from 'carve export' or\n"
+         "      another tool: tensors named as carve names its parameters) or a checkpoint folder\n");
 }
 
 int cmd_compile(int argc, char **argv) {
@@ -406,7 +434,12 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
                    .profile = o->profile,
                    .net = net,
                    .save_params = o->save_params,
-                   .trace = o->trace};
+                   .trace = o->trace,
+                   .checkpoint_dir = o->checkpoint_dir,
+                   .checkpoint_every = o->checkpoint_every,
+                   .checkpoint_keep = o->keep ? o->keep : 3,
+                   .resume = o->resume,
+                   .init_from = o->init_from};
   if (!o->quiet && net->rank == 0) {
     printf("training %s: %d steps on %s", p->model, o->steps, td ? td->path : "synthetic data");
     if (net->world > 1) printf(", %d ranks", net->world);

@@ -19,6 +19,7 @@ static const Command commands[] = {
     {"compile", cmd_compile, "compile a model into a program directory"},
     {"run", cmd_run, "run a compiled program"},
     {"explain", cmd_explain, "print a compiled program, instruction by instruction"},
+    {"export", cmd_export, "write a checkpoint's parameters as a safetensors file"},
     {"data", cmd_data, "turn text files into a token file"},
     {"cluster", cmd_cluster, "check a cluster file and print the machine it describes"},
     {"profile", cmd_profile, "measure this machine's backend and write a cluster file"},

@@ -1,0 +1,169 @@
+#!/bin/sh
+# test_checkpoint.sh CARVE PARAM_COMPARE: checkpoints lose nothing.
+#
+# - Stop and resume on the same plan is bit-identical to a run that never
+#   stopped (the parameter files of every rank compare equal byte for byte,
+#   and so do the losses): one rank, dp=2 x tp=2, and a 1F1B pipeline with
+#   two replicas (4 ranks each).
+# - Resuming on another plan reshards the checkpoint: dp=2 -> tp=2 and dp=2 ->
+#   1 rank in fp32 (losses within 1e-5 relative of the run that never
+#   stopped, parameters within 1e-4: what N ranks against one are held to);
+#   dp=2 x tp=2 -> 1 rank in bf16 and an fp32 checkpoint resumed in bf16
+#   (the bf16 tolerances of ranks_bf16).
+# - A run killed (SIGKILL, through CARVE_FAULT) while it writes a checkpoint,
+#   in its shards or before its manifest, leaves the previous checkpoint
+#   whole; --resume takes it and the run ends bit-identical.
+# - --keep K keeps the newest K; a folder without a manifest is no checkpoint.
+# - What does not fit is refused with the tensor named: another model size,
+#   another optimizer; a damaged shard (hash), a cut shard, a broken manifest.
+# - --init-from a safetensors file from 'carve export' gives the parameters
+#   the checkpoint held, bit for bit.
+# Prints "N passed, M failed".
+set -u
+carve=$1
+compare=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/mpi.sh"
+pass=0
+fail=0
+model="gpt --preset gpt-tiny --set batch=16,layers=2"
+ok() { pass=$((pass + 1)); }
+bad() {
+  fail=$((fail + 1))
+  echo "FAILED: $1"
+  [ -f "$tmp/log" ] && sed 's/^/  | /' "$tmp/log" | tail -8
+}
+
+# compile NAME LAYOUT [options]: the plan's programs in $tmp/NAME ("" layout: one rank)
+compile() {
+  name=$1
+  layout=$2
+  shift 2
+  if [ -n "$layout" ]; then
+    $carve compile $model --layout "$layout" -o "$tmp/$name" "$@" >/dev/null
+  else
+    $carve compile $model -o "$tmp/$name" "$@" >/dev/null
+  fi
+}
+# run NAME RANKS OUT [options]: runs plan NAME, losses (one per line) to $tmp/OUT.loss
+run() {
+  name=$1
+  n=$2
+  out=$3
+  shift 3
+  if [ "$n" -eq 1 ]; then
+    timeout 120 "$carve" run "$tmp/$name" --log-every 1 --save-params "$tmp/$out" "$@" >"$tmp/log" 2>&1
+  else
+    timeout 120 $mpirun -np "$n" "$carve" run "$tmp/$name" --log-every 1 --save-params "$tmp/$out" "$@" >"$tmp/log" 2>&1
+  fi
+  status=$?
+  awk '/^step /{print $2, $4}' "$tmp/log" >"$tmp/$out.loss"
+  return $status
+}
+# same_files A B N: rank files A.rank0.. equal B.rank0.. byte for byte
+same_files() {
+  r=0
+  while [ "$r" -lt "$3" ]; do
+    cmp -s "$tmp/$1.rank$r" "$tmp/$2.rank$r" || return 1
+    r=$((r + 1))
+  done
+}
+# losses_match REF RESUMED TOL: every step the resumed run ran matches the reference's
+losses_match() {
+  [ -s "$tmp/$2.loss" ] && awk -v tol="$3" 'NR == FNR { ref[$1] = $2; next }
+    { if (!($1 in ref)) exit 1; d = $2 - ref[$1]; if (d < 0) d = -d; r = ref[$1] < 0 ? -ref[$1] : ref[$1]
+      if (d > tol * r) exit 1; seen++ } END { exit seen ? 0 : 1 }' "$tmp/$1.loss" "$tmp/$2.loss"
+}
+
+# bit_identity NAME LAYOUT RANKS: 6 steps straight against 3 + 3 resumed
+bit_identity() {
+  compile "$1" "$2" || { bad "$1: compile"; return; }
+  run "$1" "$3" "$1.full" --steps 6 &&
+    run "$1" "$3" "$1.half" --steps 3 --checkpoint-dir "$tmp/$1.ck" --checkpoint-every 2 &&
+    run "$1" "$3" "$1.resumed" --steps 6 --resume "$tmp/$1.ck" || { bad "$1: runs"; return; }
+  if grep -q "resuming after step 3" "$tmp/log" && same_files "$1.full" "$1.resumed" "$3" &&
+    losses_match "$1.full" "$1.resumed" 0; then ok; else bad "$1: stop and resume is not bit-identical"; fi
+}
+bit_identity one "" 1
+bit_identity dptp "dp=2,tp=2" 4
+bit_identity pipe "dp=2,pp=2,mb=2,schedule=1f1b" 4
+
+# resharding, in fp32 (a bf16 run's rounding depends on how tensors are
+# split, so bf16 plans agree only to ranks_bf16's tolerances): the dp=2
+# checkpoint at step 3 resumed on tp=2 and on one rank; the bf16 dp=2 x tp=2
+# one on one bf16 rank; an fp32 one in bf16
+compile dp "dp=2" --precision fp32 && run dp 2 dp.half --steps 3 --checkpoint-dir "$tmp/dp.ck" || bad "dp: run"
+compile tp "tp=2" --precision fp32 || bad "tp: compile"
+compile one2 "" --microbatches 2 --precision fp32 && run one2 1 one2.full --steps 6 || bad "one rank: run"
+compile onebf "" --microbatches 2 --precision bf16 && run onebf 1 onebf.full --steps 6 || bad "bf16: run"
+reshard() { # NAME CK PLAN RANKS REF LOSS-TOL PARAM-TOL (REF: a one-rank run that never stopped)
+  if run "$3" "$4" "$1" --steps 6 --resume "$tmp/$2" && grep -q "resharded" "$tmp/log" &&
+    losses_match "$5" "$1" "$6" && "$compare" "$tmp/$5" 1 "$tmp/$1" "$4" "$7" b_k >/dev/null; then
+    ok
+  else
+    bad "$1: resharded resume"
+  fi
+}
+reshard dp_to_tp dp.ck tp 2 one2.full 1e-5 1e-4
+reshard dp_to_one dp.ck one2 1 one2.full 1e-5 1e-4
+reshard four_to_one dptp.ck onebf 1 onebf.full 1e-4 0.2
+reshard fp32_to_bf16 dp.ck onebf 1 onebf.full 2e-3 0.2
+
+# a crash while writing: killed in the shards of step 4, and (2 ranks) before the manifest of step 4
+for fault in checkpoint-shard checkpoint-manifest; do
+  rm -rf "$tmp/crash.ck"
+  run dp 2 crash.before --steps 2 --checkpoint-dir "$tmp/crash.ck" || bad "$fault: first run"
+  CARVE_FAULT=$fault run dp 2 crash --steps 6 --resume "$tmp/crash.ck" --checkpoint-dir "$tmp/crash.ck" \
+    --checkpoint-every 2
+  killed=$?
+  [ -d "$tmp/crash.ck/step-00000004" ] && [ ! -f "$tmp/crash.ck/step-00000004/manifest.json" ] && [ "$killed" -ne 0 ] ||
+    bad "$fault: the run was not stopped inside the checkpoint of step 4"
+  run dp 2 dp.crashed --steps 6 --resume "$tmp/crash.ck" --checkpoint-dir "$tmp/crash.ck" --checkpoint-every 2 &&
+    run dp 2 dp.full --steps 6
+  if same_files dp.full dp.crashed 2 && [ -f "$tmp/crash.ck/step-00000006/manifest.json" ]; then ok; else
+    bad "$fault: resumed after a crash, not bit-identical"
+  fi
+done
+
+# --keep: the newest two of three; a restartable command starts fresh on an empty folder
+run one 1 keep --steps 3 --checkpoint-dir "$tmp/keep.ck" --checkpoint-every 1 --keep 2 --resume "$tmp/keep.ck"
+if grep -q "no checkpoint in" "$tmp/log" && [ "$(ls "$tmp/keep.ck")" = "step-00000002
+step-00000003" ]; then ok; else bad "--keep 2 kept: $(ls "$tmp/keep.ck" | tr '\n' ' ')"; fi
+
+# refusals, each naming what does not fit
+refused() { # NAME PATTERN RANKS-PLAN...
+  name=$1
+  pattern=$2
+  shift 2
+  if ! run "$@" >/dev/null 2>&1 && grep -q -- "$pattern" "$tmp/log" && ! grep -qi "internal error\|sanitizer" "$tmp/log"; then
+    ok
+  else
+    bad "$name: not refused with '$pattern'"
+  fi
+}
+$carve compile gpt --preset gpt-tiny --set batch=16,layers=2,hidden=64 -o "$tmp/small" >/dev/null
+refused "another model size" "tensor 'wte' is \[256,128\]" small 1 x --steps 6 --resume "$tmp/one.ck"
+compile sgd "" --optimizer sgd
+refused "another optimizer" "has no tensor 'wte.mom'" sgd 1 x --steps 6 --resume "$tmp/one.ck"
+cp -r "$tmp/one.ck/step-00000003" "$tmp/flip"
+printf '\377' | dd of="$tmp/flip/rank0.shard" bs=1 seek=100 conv=notrunc 2>/dev/null
+refused "damaged shard" "does not match its hash" one 1 x --steps 6 --resume "$tmp/flip"
+cp -r "$tmp/one.ck/step-00000003" "$tmp/cut" && truncate -s 1000 "$tmp/cut/rank0.shard"
+refused "cut shard" "past the end of its shard file" one 1 x --steps 6 --resume "$tmp/cut"
+cp -r "$tmp/one.ck/step-00000003" "$tmp/broken" && printf '{"format": "carve-checkpoint", "ranks": [' \
+  >"$tmp/broken/manifest.json"
+refused "broken manifest" "malformed JSON" one 1 x --steps 6 --resume "$tmp/broken"
+mkdir "$tmp/empty"
+refused "no checkpoint" "holds no complete checkpoint" one 1 x --steps 6 --resume "$tmp/empty"
+ln -s /dev/zero "$tmp/zero.safetensors"
+refused "a device as safetensors" "not a regular file" one 1 x --steps 1 --init-from "$tmp/zero.safetensors"
+
+# export and --init-from: the parameters of the checkpoint, bit for bit
+if $carve export "$tmp/one.ck" -o "$tmp/one.safetensors" >"$tmp/log" 2>&1 &&
+  run one 1 from_st --steps 0 --init-from "$tmp/one.safetensors" &&
+  run one 1 at_ck --steps 3 --resume "$tmp/one.ck/step-00000003" && same_files from_st at_ck 1; then ok; else
+  bad "export, then --init-from"
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
