@@ -609,6 +609,10 @@ const char *checkpoint_resolve(const char *path, const char **why);
 /* ck/step-NNNNNNNN (arena) */
 const char *checkpoint_folder(const char *ck, int step);
 
+/* Bytes of the staging buffer the communication instructions of p need
+   (gathers and scatters of flat buffers that are not whole chunks), at most. */
+int64_t comm_staging_bytes(const Program *p);
+
 /* Counter-based random numbers: the value at (key, index) never depends on
  * how a tensor is split or in which order elements are produced. */
 uint64_t rng_u64(uint64_t key, uint64_t index);

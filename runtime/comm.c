@@ -24,6 +24,28 @@ static void *pad_buf(Run *R, size_t bytes) {
   return R->pad;
 }
 
+/* The staging bytes instruction `in` takes (see the instructions below). */
+static int64_t staging_of(const Program *p, const Instr *in) {
+  int x = in->nin ? in->in[0] : -1, o = in->out;
+  int64_t parts =
+      (op_info[in->op].flags & OPF_COMM) && in->op != OP_SEND && in->op != OP_RECV ? p->group_size[in->i[0]] : 1;
+  switch (in->op) {
+  case OP_ALL_GATHER: return N(p, x) * parts == N(p, o) ? 0 : N(p, x) * parts * (int64_t)E(p, o);
+  case OP_REDUCE_SCATTER:
+  case OP_SHARD: return N(p, o) * parts == N(p, x) ? 0 : N(p, o) * parts * (int64_t)E(p, x);
+  case OP_GATHER_DIM: return N(p, x) * parts * (int64_t)E(p, x);
+  case OP_ALL_TO_ALL_DIM: return 2 * N(p, x) * (int64_t)E(p, x);
+  default: return 0;
+  }
+}
+
+int64_t comm_staging_bytes(const Program *p) {
+  int64_t most = 0;
+  for (int i = 0; i < p->ninit; i++) most = staging_of(p, &p->init[i]) > most ? staging_of(p, &p->init[i]) : most;
+  for (int i = 0; i < p->nstep; i++) most = staging_of(p, &p->step[i]) > most ? staging_of(p, &p->step[i]) : most;
+  return most;
+}
+
 /* all_gather into a padded block when the output is not a whole number of chunks */
 static bool all_gather(Run *R, const Instr *in) {
   const Program *p = R->p;

@@ -154,6 +154,12 @@ refused "cut shard" "past the end of its shard file" one 1 x --steps 6 --resume 
 cp -r "$tmp/one.ck/step-00000003" "$tmp/broken" && printf '{"format": "carve-checkpoint", "ranks": [' \
   >"$tmp/broken/manifest.json"
 refused "broken manifest" "malformed JSON" one 1 x --steps 6 --resume "$tmp/broken"
+cp -r "$tmp/one.ck/step-00000003" "$tmp/escape" && sed -i 's|"rank0.shard"|"../../../etc/passwd"|' "$tmp/escape/manifest.json"
+refused "a shard outside the folder" "expected its file rank0.shard" one 1 x --steps 6 --resume "$tmp/escape"
+cp -r "$tmp/one.ck/step-00000003" "$tmp/huge" && sed -i '0,/"numel": [0-9]*/s//"numel": 1e300/' "$tmp/huge/manifest.json"
+refused "an absurd element count" "a piece without its tensor" one 1 x --steps 6 --resume "$tmp/huge"
+cp -r "$tmp/one.ck/step-00000003" "$tmp/world" && sed -i 's/"world": 1/"world": 1000000/' "$tmp/world/manifest.json"
+refused "a world the ranks do not list" "lists every rank's shard" one 1 x --steps 6 --resume "$tmp/world"
 mkdir "$tmp/empty"
 refused "no checkpoint" "holds no complete checkpoint" one 1 x --steps 6 --resume "$tmp/empty"
 ln -s /dev/zero "$tmp/zero.safetensors"

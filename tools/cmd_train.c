@@ -447,8 +447,9 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
     printf("\n");
     fflush(stdout);
   }
-  double measured = 0;
+  double measured = 0, peak = 0;
   ro.step_s = &measured;
+  ro.peak_bytes = &peak;
   int rc = runtime_run(p, &ro);
   tokens_free(td);
   /* a plan directory: set the planner's prediction against what ran */
@@ -457,9 +458,14 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
       net->rank == 0 && rc == 0 && measured > 0 ? read_file(arena_printf("%s/plan.json", o->model), &len) : NULL;
   Json *plan = text ? json_parse(text, NULL) : NULL;
   double predicted = plan ? json_num(plan, "predicted_step_s", 0) : 0;
+  double memory = plan ? json_num(plan, "memory_per_device_bytes", 0) : 0;
   if (predicted > 0 && !o->quiet)
     printf("predicted step %.1f ms (%s/plan.json), measured %.1f ms: measured / predicted = %.2f\n", predicted * 1e3,
            o->model, measured * 1e3, measured / predicted);
+  char a[32], b[32];
+  if (memory > 0 && peak > 0 && !o->quiet)
+    printf("predicted memory per device %s, measured peak %s (%.0f bytes): measured / predicted = %.3f\n",
+           fmt_bytes(memory, a, sizeof a), fmt_bytes(peak, b, sizeof b), peak, peak / memory);
   free(text);
   return rc;
 }

@@ -627,8 +627,10 @@ Backend *backend_cpu(void) {
   *b = (Backend){.name = "cpu",
                  .describe = einsum_engine(),
                  .bf16_fast = einsum_bf16_fast(),
-                 /* a chunk per operand slot and thread */
-                 .workspace = (int64_t)omp_get_max_threads() * (MAXIN + 1) * CHUNK * (int64_t)sizeof(float),
+                 /* a chunk per operand slot, for each thread and the shared slots, and room for the
+                    per-row losses, whole reads of small operands (gains) and the arena's alignment */
+                 .workspace =
+                     (int64_t)(omp_get_max_threads() + 1) * (MAXIN + 1) * CHUNK * (int64_t)sizeof(float) + (1 << 20),
                  .load = cpu_load,
                  .supports = cpu_supports,
                  .host = cpu_host,
