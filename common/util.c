@@ -78,6 +78,18 @@ void arena_reset(void) {
   }
 }
 
+ArenaMark arena_mark(void) { return (ArenaMark){arena_head, arena_head ? arena_head->used : 0}; }
+
+void arena_release(ArenaMark m) {
+  while (arena_head && arena_head != m.block) {
+    Block *next = arena_head->next;
+    free(arena_head);
+    arena_head = next;
+  }
+  CARVE_ASSERT(arena_head == m.block, "an arena mark released after an older one or after arena_reset");
+  if (arena_head) arena_head->used = m.used;
+}
+
 char *arena_strndup(const char *s, size_t n) {
   char *p = arena_alloc(n + 1);
   memcpy(p, s, n);

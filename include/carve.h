@@ -49,6 +49,15 @@ char *arena_strdup(const char *s);
 char *arena_strndup(const char *s, size_t n);
 char *arena_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void arena_reset(void);
+/* A point in the arena's history: arena_release(m) frees everything
+ * allocated after arena_mark() returned m (what a loop makes and drops each
+ * round, such as one rank's program), and keeps everything before it. */
+typedef struct ArenaMark {
+  void *block;
+  size_t used;
+} ArenaMark;
+ArenaMark arena_mark(void);
+void arena_release(ArenaMark m);
 
 void *xmalloc(size_t size); /* heap, checked; for long-lived runtime data */
 void *xcalloc(size_t n, size_t size);
