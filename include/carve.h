@@ -450,13 +450,19 @@ typedef struct Layout {
  * counts (each replica of a stage runs units / its replicas of them). */
 int layout_units(const Layout *L);
 int layout_world(const Layout *L); /* ranks */
-/* One program per rank, indexed by rank. g is one unit: built at
- * batch / (m units), its loss gradient seeded with 1 / (m units).
- * NULL with a message when the layout does not fit the model. */
-Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, FILE *err);
+/* Receives each rank's program in turn; the program lives in the arena only
+ * until the call returns (copy what must outlive it). false stops the ranks. */
+typedef bool (*RankSink)(const Program *p, void *ctx);
+/* One program per rank, handed to `each` in rank order, one at a time: the
+ * analysis the ranks share is made once; a rank's program is made, handed
+ * over and freed before the next, so memory holds one program, not world of
+ * them. g is one unit: built at batch / (m units), its loss gradient seeded
+ * with 1 / (m units). false with a message when the layout does not fit the
+ * model, or when `each` returns false (it says why). */
+bool codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, RankSink each, void *ctx, FILE *err);
 /* The same from a model file: loads it at the microbatch size, differentiates it. */
-Program **compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
-                         FILE *err);
+bool compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
+                    RankSink each, void *ctx, FILE *err);
 /* Program files: versioned text with a checksum. */
 bool program_write(const Program *p, const char *path, FILE *err);
 Program *program_read(const char *path, FILE *err);
