@@ -190,6 +190,18 @@ double now_seconds(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+int int_str(int64_t v, char *out) {
+  char rev[24];
+  int n = 0, len = 0;
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  do rev[n++] = (char)('0' + u % 10);
+  while (u /= 10);
+  if (v < 0) out[len++] = '-';
+  while (n) out[len++] = rev[--n];
+  out[len] = 0;
+  return len;
+}
+
 static const char *fmt_scaled(double v, double base, const char *const *units, char *buf, size_t n) {
   int u = 0;
   while ((v >= base || v <= -base) && units[u + 1]) {

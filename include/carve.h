@@ -82,6 +82,9 @@ double now_seconds(void);
  * (carve does so under an MPI launcher: ranks share the cores). */
 void carve_passive_threads(char **argv);
 const char *fmt_si(double v, char *buf, size_t n); /* 1.23G, 45.6M ... */
+/* v in decimal, as %lld prints it, into out (room for 21 characters and the
+ * NUL); returns its length. For writers of large text files. */
+int int_str(int64_t v, char *out);
 const char *fmt_bytes(double v, char *buf, size_t n);
 
 /* common/json.c: reading carve's own JSON files (plans) */
