@@ -39,14 +39,14 @@ typedef struct Interval {
   int buf, def, last;
 } Interval;
 
-static int cmp_def(const void *a, const void *b) {
-  const Interval *x = a, *y = b;
-  return x->def != y->def ? x->def - y->def : x->buf - y->buf;
-}
-
-static int cmp_last(const void *a, const void *b) {
-  const Interval *x = a, *y = b;
-  return x->last != y->last ? x->last - y->last : x->buf - y->buf;
+/* iv's n intervals in order of key (def or last, in [first, end)), ties in
+   buffer order: a counting sort, as keys are instruction indices. */
+static void sort_by(Interval *out, const Interval *iv, int n, bool by_last, int first, int end) {
+  int *start = xcalloc((size_t)(end - first + 1), sizeof(int));
+  for (int k = 0; k < n; k++) start[(by_last ? iv[k].last : iv[k].def) - first + 1]++;
+  for (int i = 1; i <= end - first; i++) start[i] += start[i - 1];
+  for (int k = 0; k < n; k++) out[start[(by_last ? iv[k].last : iv[k].def) - first]++] = iv[k];
+  free(start);
 }
 
 static int64_t aligned(int64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
@@ -99,11 +99,10 @@ static void hole_give(Holes *H, int64_t at, int64_t end) {
 /* Transient buffers in order of definition, each at the lowest offset free
    over its live interval (first fit); a buffer's range is free again once
    the instruction after its last use is reached. Returns the top. */
-static int64_t place_transient(Program *p, Interval *iv, int n, int64_t base) {
-  Interval *byend = xmalloc(sizeof(Interval) * (size_t)(n + 1));
-  memcpy(byend, iv, sizeof(Interval) * (size_t)n);
-  qsort(iv, (size_t)n, sizeof(Interval), cmp_def);
-  qsort(byend, (size_t)n, sizeof(Interval), cmp_last);
+static int64_t place_transient(Program *p, const Interval *all, int n, int64_t base, int first, int end) {
+  Interval *iv = xmalloc(sizeof(Interval) * (size_t)(n + 1)), *byend = xmalloc(sizeof(Interval) * (size_t)(n + 1));
+  sort_by(iv, all, n, false, first, end);
+  sort_by(byend, all, n, true, first, end);
   Holes H = {xmalloc(sizeof(struct Hole) * 16), 1, 16};
   H.v[0] = (struct Hole){base, INT64_MAX};
   int64_t top = base;
@@ -117,6 +116,7 @@ static int64_t place_transient(Program *p, Interval *iv, int n, int64_t base) {
     p->bufs[iv[i].buf].offset = at;
     if (at + size > top) top = at + size;
   }
+  free(iv);
   free(byend);
   free(H.v);
   return top;
@@ -143,7 +143,7 @@ void prog_place(Program *p, const PtrVec *step, int first, int end) {
     BufKind k = p->bufs[b].kind;
     if ((k == BUF_ACT || k == BUF_INPUT) && iv[b].def >= 0) iv[n++] = iv[b];
   }
-  p->arena_bytes = place_transient(p, iv, n, off);
+  p->arena_bytes = place_transient(p, iv, n, off, first, end);
   free(iv);
 }
 
