@@ -88,6 +88,7 @@ typedef struct Dist {
   struct Shard *sh; /* per node: how the tp ranks of a replica split it */
   DType *dt;        /* per node: the dtype of its values (value_dtypes) */
   bool *sel;        /* forward nodes selective recomputation re-runs */
+  PtrVec *runs;     /* [virtual stage][TaskPhase, or 3: recomputed]: the nodes a task emits, in order */
 } Dist;
 
 /* Tensor parallelism inside a replica: each tensor is whole on every one of
@@ -706,24 +707,41 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   for (int k = 0; k < D->feeds[i].n; k++) accumulate(R, (int)(intptr_t)D->feeds[i].v[k], i, *out);
 }
 
+#define RUN_RECOMPUTE 3 /* after TASK_F, TASK_B, TASK_W */
+
+/* The nodes each kind of task emits, per virtual stage, made once for every
+   rank: a forward task its stage's live forward nodes; B and W the backward
+   ones of their phase; a backward task under recomputation first remakes
+   what the forward did not keep (all of it, or selective's nodes). */
+static void task_runs(Dist *D) {
+  const Graph *g = D->g;
+  D->runs = arena_alloc(sizeof(PtrVec) * (size_t)D->S * 4);
+  for (int i = 0; i < g->n; i++) {
+    int s = D->vst[i];
+    if (!D->live[i] || s < 0) continue;
+    PtrVec *r = &D->runs[s * 4];
+    intptr_t node = i;
+    if (i >= g->nfwd) {
+      ptrvec_push(&r[D->wphase[i] ? TASK_W : TASK_B], (void *)node);
+      continue;
+    }
+    ptrvec_push(&r[TASK_F], (void *)node);
+    if (rc_of(D, s) == RC_FULL || (rc_of(D, s) == RC_SELECTIVE && D->sel[i]))
+      ptrvec_push(&r[RUN_RECOMPUTE], (void *)node);
+  }
+}
+
 /* A task of microbatch t.mb: the units of it this replica runs, one after
    another (a stage of fewer replicas runs more units per microbatch). */
 static void emit_task(Rank *R, Task t) {
   const Dist *D = R->D;
-  const Graph *g = D->g;
-  for (int p = 0; p < g->nfwd; p++) R->gathered[p] = -1;
-  int rc = rc_of(D, t.stage), per = D->U / D->dpd[R->dev];
-  for (int w = 0; w < per; w++) {
-    int q = t.mb * D->U + R->rep * per + w;
-    if (t.phase == TASK_B && rc != RC_NONE) /* remake what the forward did not keep */
-      for (int i = 0; i < g->nfwd; i++)
-        if (D->live[i] && D->vst[i] == t.stage && (rc == RC_FULL || D->sel[i])) emit_node(R, i, q, 1);
-    int lo = t.phase == TASK_F ? 0 : g->nfwd, hi = t.phase == TASK_F ? g->nfwd : g->n;
-    for (int i = lo; i < hi; i++) {
-      if (!D->live[i] || D->vst[i] != t.stage) continue;
-      if (t.phase != TASK_F && D->wphase[i] != (t.phase == TASK_W)) continue;
-      emit_node(R, i, q, 0);
-    }
+  if (D->L->zero == 3)
+    for (int p = 0; p < D->g->nfwd; p++) R->gathered[p] = -1;
+  const PtrVec *run = &D->runs[t.stage * 4 + t.phase], *re = &D->runs[t.stage * 4 + RUN_RECOMPUTE];
+  for (int w = 0; w < R->per; w++) {
+    int q = t.mb * D->U + R->rep * R->per + w;
+    for (int k = 0; t.phase == TASK_B && k < re->n; k++) emit_node(R, (int)(intptr_t)re->v[k], q, 1);
+    for (int k = 0; k < run->n; k++) emit_node(R, (int)(intptr_t)run->v[k], q, 0);
   }
 }
 
@@ -926,6 +944,7 @@ bool codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *
   if (!D.sched || !analyse(&D, err) || !shard_graph(&D, err)) return false;
   D.sel = selective_nodes(g);
   D.dt = value_dtypes(g, t->precision);
+  task_runs(&D);
   for (int p = 0; p < g->nfwd && L->zero; p++) /* a tied parameter's shards must line up across its copies */
     for (int d = 0; d < L->pp && D.ndev[p] > 1; d++)
       for (int e = 0; e < L->pp; e++)
