@@ -89,6 +89,7 @@ typedef struct Dist {
   uint64_t plan_id; /* what the programs are made from: graph, training, layout, splits */
   DType *dt;        /* per node: the dtype of its values (value_dtypes) */
   bool *sel;        /* forward nodes selective recomputation re-runs */
+  PtrVec *runs;     /* [virtual stage][TaskPhase, or 3: recomputed]: the nodes a task emits, in order */
 } Dist;
 
 /* Tensor parallelism inside a replica: each tensor is whole on every one of
@@ -292,7 +293,7 @@ static int split_of(const Spec *s) { /* the dim mesh axis 1 (tp) splits, -1 */
 static const Node *find_node(const Graph *g, const char *name) {
   for (int i = 0; i < g->nfwd; i++)
     if (strcmp(g->nodes[i]->name, name) == 0) return g->nodes[i];
-  return NULL;
+  return false;
 }
 
 /* A backward op's split, from how its inputs are held (its forward op's
@@ -504,7 +505,9 @@ typedef struct Rank {
   int cap;
   PtrVec init, step;
   int dev, rep, t;
-  int *have;     /* [node][mb][instance]: buffer, -1 (instance 1: recomputed) */
+  int per;       /* units of each microbatch this replica runs */
+  int *have;     /* [node][unit][instance]: buffer, -1 (instance 1: recomputed); a
+                    unit of this replica's own, numbered 0 .. microbatches x per - 1 */
   int *pbuf;     /* param -> its buffer (ZeRO 3: the shard) */
   Instr **pinit; /* param -> its init: which piece of the whole it holds */
   int *gacc;     /* param -> gradient accumulator (ZeRO >= 2: the shard) */
@@ -530,8 +533,12 @@ static Shape local_shape(const Rank *R, const Node *n, int split) {
 /* elements per member when a flat tensor is split over a group */
 static int64_t chunk_of(int64_t numel, int members) { return (numel + members - 1) / members; }
 
-static int *slot(Rank *R, int node, int mb, int inst) {
-  return &R->have[((size_t)node * (size_t)R->D->M + (size_t)mb) * 2 + (size_t)inst];
+/* Unit q (of the step's M) is this replica's unit (q / U) x per + q % per. */
+static int *slot(Rank *R, int node, int q, int inst) {
+  const Dist *D = R->D;
+  CARVE_ASSERT(q % D->U / R->per == R->rep, "a slot for another replica's unit");
+  size_t own = (size_t)(q / D->U) * (size_t)R->per + (size_t)(q % R->per);
+  return &R->have[((size_t)node * (size_t)D->L->microbatches * (size_t)R->per + own) * 2 + (size_t)inst];
 }
 
 static const char *inst_name(const Rank *R, const Node *n, int mb, int inst) {
@@ -702,24 +709,41 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   for (int k = 0; k < D->feeds[i].n; k++) accumulate(R, (int)(intptr_t)D->feeds[i].v[k], i, *out);
 }
 
+#define RUN_RECOMPUTE 3 /* after TASK_F, TASK_B, TASK_W */
+
+/* The nodes each kind of task emits, per virtual stage, made once for every
+   rank: a forward task its stage's live forward nodes; B and W the backward
+   ones of their phase; a backward task under recomputation first remakes
+   what the forward did not keep (all of it, or selective's nodes). */
+static void task_runs(Dist *D) {
+  const Graph *g = D->g;
+  D->runs = arena_alloc(sizeof(PtrVec) * (size_t)D->S * 4);
+  for (int i = 0; i < g->n; i++) {
+    int s = D->vst[i];
+    if (!D->live[i] || s < 0) continue;
+    PtrVec *r = &D->runs[s * 4];
+    intptr_t node = i;
+    if (i >= g->nfwd) {
+      ptrvec_push(&r[D->wphase[i] ? TASK_W : TASK_B], (void *)node);
+      continue;
+    }
+    ptrvec_push(&r[TASK_F], (void *)node);
+    if (rc_of(D, s) == RC_FULL || (rc_of(D, s) == RC_SELECTIVE && D->sel[i]))
+      ptrvec_push(&r[RUN_RECOMPUTE], (void *)node);
+  }
+}
+
 /* A task of microbatch t.mb: the units of it this replica runs, one after
    another (a stage of fewer replicas runs more units per microbatch). */
 static void emit_task(Rank *R, Task t) {
   const Dist *D = R->D;
-  const Graph *g = D->g;
-  for (int p = 0; p < g->nfwd; p++) R->gathered[p] = -1;
-  int rc = rc_of(D, t.stage), per = D->U / D->dpd[R->dev];
-  for (int w = 0; w < per; w++) {
-    int q = t.mb * D->U + R->rep * per + w;
-    if (t.phase == TASK_B && rc != RC_NONE) /* remake what the forward did not keep */
-      for (int i = 0; i < g->nfwd; i++)
-        if (D->live[i] && D->vst[i] == t.stage && (rc == RC_FULL || D->sel[i])) emit_node(R, i, q, 1);
-    int lo = t.phase == TASK_F ? 0 : g->nfwd, hi = t.phase == TASK_F ? g->nfwd : g->n;
-    for (int i = lo; i < hi; i++) {
-      if (!D->live[i] || D->vst[i] != t.stage) continue;
-      if (t.phase != TASK_F && D->wphase[i] != (t.phase == TASK_W)) continue;
-      emit_node(R, i, q, 0);
-    }
+  if (D->L->zero == 3)
+    for (int p = 0; p < D->g->nfwd; p++) R->gathered[p] = -1;
+  const PtrVec *run = &D->runs[t.stage * 4 + t.phase], *re = &D->runs[t.stage * 4 + RUN_RECOMPUTE];
+  for (int w = 0; w < R->per; w++) {
+    int q = t.mb * D->U + R->rep * R->per + w;
+    for (int k = 0; t.phase == TASK_B && k < re->n; k++) emit_node(R, (int)(intptr_t)re->v[k], q, 1);
+    for (int k = 0; k < run->n; k++) emit_node(R, (int)(intptr_t)run->v[k], q, 0);
   }
 }
 
@@ -805,7 +829,8 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   p->ngroups = D->ngroups;
   p->group_size = D->gsize;
   p->group_ranks = D->granks;
-  size_t slots = (size_t)g->n * (size_t)D->M * 2;
+  R.per = D->U / D->dpd[dev];
+  size_t slots = (size_t)g->n * (size_t)L->microbatches * (size_t)R.per * 2;
   R.have = arena_alloc(sizeof(int) * slots);
   for (size_t k = 0; k < slots; k++) R.have[k] = -1;
   R.pbuf = arena_alloc(sizeof(int) * (size_t)g->nfwd);
@@ -870,6 +895,21 @@ static uint64_t plan_id(const Dist *D, uint64_t seed) {
   return hash_bytes(D->sh, sizeof(Shard) * (size_t)D->g->n, h);
 }
 
+/* Every rank's program in rank order (device, replica, position), each
+   handed to `each` and then released: what the ranks share (Dist) stays,
+   what one rank's program takes is freed before the next is made. */
+static bool emit_ranks(const Dist *D, uint64_t seed, RankSink each, void *ctx) {
+  for (int d = 0; d < D->L->pp; d++)
+    for (int j = 0; j < D->dpd[d]; j++)
+      for (int q = 0; q < D->tp; q++) {
+        ArenaMark m = arena_mark();
+        bool ok = each(emit_rank(D, d, j, q, seed), ctx);
+        arena_release(m);
+        if (!ok) return false;
+      }
+  return true;
+}
+
 static int gcd(int a, int b) { return b ? gcd(b, a % b) : a; }
 
 int layout_units(const Layout *L) {
@@ -887,16 +927,17 @@ int layout_world(const Layout *L) {
   return n * (L->tp > 1 ? L->tp : 1);
 }
 
-Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, FILE *err) {
+bool codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, RankSink each, void *ctx,
+                   FILE *err) {
   CARVE_ASSERT(g->grad, "codegen takes a training graph");
   if (L->dp < 1 || L->pp < 1 || L->v < 1 || L->microbatches < 1 || L->zero < 0 || L->zero > 3) {
     fprintf(err, "carve: error: a layout needs dp, pp, v and microbatches of at least 1 and ZeRO 0-3\n");
-    return NULL;
+    return false;
   }
   int tp = L->tp > 1 ? L->tp : 1;
   if (tp > 1 && !L->plans) {
     fprintf(err, "carve: error: tensor parallelism needs a plan for every stage\n");
-    return NULL;
+    return false;
   }
   Dist D = {.g = g, .t = t, .L = L, .S = L->pp * L->v, .tp = tp, .U = layout_units(L)};
   D.M = L->microbatches * D.U;
@@ -907,7 +948,7 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
     D.dpd[d] = L->stage_dp ? L->stage_dp[d] : L->dp;
     if (D.dpd[d] < 1) {
       fprintf(err, "carve: error: stage %d has no replicas\n", d);
-      return NULL;
+      return false;
     }
     D.repbase[d] = d ? D.repbase[d - 1] + D.dpd[d - 1] : 0;
     D.base[d] = D.repbase[d] * tp;
@@ -916,12 +957,13 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
   D.world = (D.repbase[L->pp - 1] + D.dpd[L->pp - 1]) * tp;
   if ((int64_t)g->n * D.M >= (1 << 30)) {
     fprintf(err, "carve: error: %d nodes x %d microbatch units is too many to tag messages\n", g->n, D.M);
-    return NULL;
+    return false;
   }
   D.sched = schedule_make((SchedKind)L->schedule, L->pp, L->microbatches, L->v, err);
-  if (!D.sched || !analyse(&D, err) || !shard_graph(&D, err)) return NULL;
+  if (!D.sched || !analyse(&D, err) || !shard_graph(&D, err)) return false;
   D.sel = selective_nodes(g);
   D.dt = value_dtypes(g, t->precision);
+  task_runs(&D);
   for (int p = 0; p < g->nfwd && L->zero; p++) /* a tied parameter's shards must line up across its copies */
     for (int d = 0; d < L->pp && D.ndev[p] > 1; d++)
       for (int e = 0; e < L->pp; e++)
@@ -930,49 +972,45 @@ Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Lay
                   "carve: error: %s is on stages %d and %d, which have %d and %d replicas: ZeRO %d would shard "
                   "it differently on each; use ZeRO 0 or equal replicas\n",
                   g->nodes[p]->name, d, e, D.dpd[d], D.dpd[e], L->zero);
-          return NULL;
+          return false;
         }
   make_groups(&D);
   D.plan_id = plan_id(&D, seed);
-  Program **progs = arena_alloc(sizeof(Program *) * (size_t)D.world);
-  for (int d = 0; d < L->pp; d++)
-    for (int j = 0; j < D.dpd[d]; j++)
-      for (int q = 0; q < tp; q++) progs[rank_of(&D, d, j, q)] = emit_rank(&D, d, j, q, seed);
-  return progs;
+  return emit_ranks(&D, seed, each, ctx);
 }
 
-Program **compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
-                         FILE *err) {
+bool compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
+                    RankSink each, void *ctx, FILE *err) {
   int64_t total = (int64_t)L->microbatches * layout_units(L);
   if (total < 1 || total > 1 << 20) {
     fprintf(err, "carve: error: %lld microbatches x replicas is out of range\n", (long long)total);
-    return NULL;
+    return false;
   }
   Diag d;
   diag_init(&d, err);
   Graph *g = frontend_load_microbatch(model_path, eo, (int)total, &d); /* one microbatch of one replica */
   if (!g) {
     if (d.errors) fprintf(err, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
-    return NULL;
+    return false;
   }
-  if (!autodiff(g, (int)total, err)) return NULL;
+  if (!autodiff(g, (int)total, err)) return false;
   Train tl = *t;
   tl.microbatches = L->microbatches;
   Layout with = *L;
   if (L->tp > 1 && !L->plans) { /* tensor parallelism by hand: the planner splits one replica over 1 x tp */
     Cluster *cl = cluster_load("local", err);
     Mesh me;
-    if (!cl || !cluster_resize(cl, 1, L->tp, err)) return NULL;
+    if (!cl || !cluster_resize(cl, 1, L->tp, err)) return false;
     /* communication priced near free: tp was asked for, so split whatever divides the work */
     cl->intra_bandwidth = cl->inter_bandwidth = 1e15, cl->intra_latency = cl->inter_latency = 0;
-    if (!mesh_make(cl, 1, L->tp, false, &me, err)) return NULL;
+    if (!mesh_make(cl, 1, L->tp, false, &me, err)) return false;
     PlanOptions po = {
         .zero = 0, .batch_axis = -1, .time_limit = 60, .quiet = true, .lowerable = true, .batch_not_axis1 = true};
     const Plan *pl = plan_intra(g, cl, &me, &po, err);
-    if (!pl) return NULL;
+    if (!pl) return false;
     const Plan **plans = arena_alloc(sizeof(Plan *) * (size_t)(L->pp * L->v));
     for (int s = 0; s < L->pp * L->v; s++) plans[s] = pl;
     with.plans = plans;
   }
-  return codegen_ranks(g, &tl, seed, &with, err);
+  return codegen_ranks(g, &tl, seed, &with, each, ctx, err);
 }

@@ -56,12 +56,88 @@ typedef struct Interval {
   int buf, def, last;
 } Interval;
 
-static int cmp_def(const void *a, const void *b) {
-  const Interval *x = a, *y = b;
-  return x->def != y->def ? x->def - y->def : x->buf - y->buf;
+/* iv's n intervals in order of key (def or last, in [first, end)), ties in
+   buffer order: a counting sort, as keys are instruction indices. */
+static void sort_by(Interval *out, const Interval *iv, int n, bool by_last, int first, int end) {
+  int *start = xcalloc((size_t)(end - first + 1), sizeof(int));
+  for (int k = 0; k < n; k++) start[(by_last ? iv[k].last : iv[k].def) - first + 1]++;
+  for (int i = 1; i <= end - first; i++) start[i] += start[i - 1];
+  for (int k = 0; k < n; k++) out[start[(by_last ? iv[k].last : iv[k].def) - first]++] = iv[k];
+  free(start);
 }
 
 static int64_t aligned(int64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
+
+/* The arena's free ranges above the persistent buffers, by offset; the last
+   runs to the end of the address space. */
+typedef struct Holes {
+  struct Hole {
+    int64_t at, end;
+  } * v;
+  int n, cap;
+} Holes;
+
+/* First fit: the lowest free range of `size` bytes. */
+static int64_t hole_take(Holes *H, int64_t size) {
+  int k = 0;
+  while (H->v[k].end - H->v[k].at < size) k++; /* the last hole is endless */
+  int64_t at = H->v[k].at;
+  H->v[k].at += size;
+  if (H->v[k].at == H->v[k].end) memmove(H->v + k, H->v + k + 1, sizeof *H->v * (size_t)(--H->n - k));
+  return at;
+}
+
+/* Frees [at, end), merging it with the free ranges it touches. */
+static void hole_give(Holes *H, int64_t at, int64_t end) {
+  int lo = 0, hi = H->n; /* k: the first hole above it */
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    if (H->v[mid].at < at)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  int k = lo;
+  bool left = k > 0 && H->v[k - 1].end == at, right = k < H->n && H->v[k].at == end;
+  if (left && right) {
+    H->v[k - 1].end = H->v[k].end;
+    memmove(H->v + k, H->v + k + 1, sizeof *H->v * (size_t)(--H->n - k));
+  } else if (left) {
+    H->v[k - 1].end = end;
+  } else if (right) {
+    H->v[k].at = at;
+  } else {
+    if (H->n == H->cap) H->v = xrealloc(H->v, sizeof *H->v * (size_t)(H->cap *= 2));
+    memmove(H->v + k + 1, H->v + k, sizeof *H->v * (size_t)(H->n++ - k));
+    H->v[k] = (struct Hole){at, end};
+  }
+}
+
+/* Transient buffers in order of definition, each at the lowest offset free
+   over its live interval (first fit); a buffer's range is free again once
+   the instruction after its last use is reached. Returns the top. */
+static int64_t place_transient(Program *p, const Interval *all, int n, int64_t base, int first, int end) {
+  Interval *iv = xmalloc(sizeof(Interval) * (size_t)(n + 1)), *byend = xmalloc(sizeof(Interval) * (size_t)(n + 1));
+  sort_by(iv, all, n, false, first, end);
+  sort_by(byend, all, n, true, first, end);
+  Holes H = {xmalloc(sizeof(struct Hole) * 16), 1, 16};
+  H.v[0] = (struct Hole){base, INT64_MAX};
+  int64_t top = base;
+  for (int i = 0, e = 0; i < n; i++) {
+    for (; e < n && byend[e].last < iv[i].def; e++) {
+      const Buffer *b = &p->bufs[byend[e].buf];
+      if (aligned(b->bytes) > 0) hole_give(&H, b->offset, b->offset + aligned(b->bytes));
+    }
+    int64_t size = aligned(p->bufs[iv[i].buf].bytes);
+    int64_t at = size > 0 ? hole_take(&H, size) : base; /* nothing to hold: the bottom */
+    p->bufs[iv[i].buf].offset = at;
+    if (at + size > top) top = at + size;
+  }
+  free(iv);
+  free(byend);
+  free(H.v);
+  return top;
+}
 
 void prog_place(Program *p, const PtrVec *step, int first, int end) {
   int64_t off = 0;
@@ -71,7 +147,6 @@ void prog_place(Program *p, const PtrVec *step, int first, int end) {
     p->bufs[b].offset = off;
     off += aligned(p->bufs[b].bytes);
   }
-  int64_t base = off, top = off;
   Interval *iv = xcalloc((size_t)p->nbufs + 1, sizeof(Interval));
   for (int b = 0; b < p->nbufs; b++) iv[b] = (Interval){b, -1, -1};
   for (int i = first; i < end; i++) {
@@ -85,33 +160,8 @@ void prog_place(Program *p, const PtrVec *step, int first, int end) {
     BufKind k = p->bufs[b].kind;
     if ((k == BUF_ACT || k == BUF_INPUT) && iv[b].def >= 0) iv[n++] = iv[b];
   }
-  qsort(iv, (size_t)n, sizeof(Interval), cmp_def);
-  /* live[]: placed intervals still alive, kept sorted by offset */
-  Interval *live = xcalloc((size_t)n + 1, sizeof(Interval));
-  int nlive = 0;
-  for (int i = 0; i < n; i++) {
-    int j = 0;
-    for (int k = 0; k < nlive; k++)
-      if (live[k].last >= iv[i].def) live[j++] = live[k];
-    nlive = j;
-    int64_t size = aligned(p->bufs[iv[i].buf].bytes);
-    int64_t at = base;
-    int pos = 0;
-    for (; pos < nlive; pos++) {
-      int64_t s = p->bufs[live[pos].buf].offset;
-      if (s - at >= size) break;
-      int64_t e = s + aligned(p->bufs[live[pos].buf].bytes);
-      if (e > at) at = e;
-    }
-    p->bufs[iv[i].buf].offset = at;
-    memmove(live + pos + 1, live + pos, sizeof(Interval) * (size_t)(nlive - pos));
-    live[pos] = iv[i];
-    nlive++;
-    if (at + size > top) top = at + size;
-  }
-  p->arena_bytes = top;
+  p->arena_bytes = place_transient(p, iv, n, off, first, end);
   free(iv);
-  free(live);
 }
 
 int prog_clip(Program *p, int *cap, PtrVec *step, const Train *t, const int *grads, const double *weight, int n,

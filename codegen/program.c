@@ -54,31 +54,71 @@ static bool attr_name(const char *list, int k, char *out, size_t n) {
 
 static bool kind_attr(OpKind op, int k) { return (op == OP_INIT || op == OP_LOAD) && k == 0; }
 
-static void print_attrs(const Instr *in, FILE *out) {
-  char name[32];
+/* A line of text built in place: an instruction line has at most a few
+   hundred characters (written once, instead of a formatted print per item). */
+typedef struct Line {
+  char s[1024];
+  int n;
+} Line;
+
+static void put_str(Line *l, const char *s, size_t len) {
+  CARVE_ASSERT(l->n + len < sizeof l->s, "an instruction line too long");
+  memcpy(l->s + l->n, s, len);
+  l->n += (int)len;
+}
+
+static void put_int(Line *l, char sep, int64_t v) {
+  char d[24];
+  int n = int_str(v, d + 1);
+  d[0] = sep;
+  put_str(l, d, (size_t)n + 1);
+}
+
+/* " name=value" for each attribute of in, in the order op_info lists them. */
+static void put_attrs(Line *l, const Instr *in) {
   const OpInfo *oi = &op_info[in->op];
-  for (int k = 0; k < MAXIATTR && attr_name(oi->iattrs, k, name, sizeof name); k++) {
-    if (kind_attr(in->op, k) && in->i[k] >= 0 && in->i[k] < INIT_COUNT)
-      fprintf(out, " %s=%s", name, init_names[in->i[k]]);
-    else
-      fprintf(out, " %s=%" PRId64, name, in->i[k]);
+  const char *p = oi->iattrs;
+  for (int k = 0; k < MAXIATTR && *p; k++, p += strcspn(p, ",") + (p[strcspn(p, ",")] == ',')) {
+    put_str(l, " ", 1);
+    put_str(l, p, strcspn(p, ","));
+    if (kind_attr(in->op, k) && in->i[k] >= 0 && in->i[k] < INIT_COUNT) {
+      put_str(l, "=", 1);
+      put_str(l, init_names[in->i[k]], strlen(init_names[in->i[k]]));
+    } else {
+      put_int(l, '=', in->i[k]);
+    }
   }
-  for (int k = 0; k < 5 && attr_name(oi->fattrs, k, name, sizeof name); k++) fprintf(out, " %s=%.17g", name, in->f[k]);
-  if (in->op == OP_EINSUM) fprintf(out, " spec=%s", in->spec);
+  p = oi->fattrs;
+  for (int k = 0; k < 5 && *p; k++, p += strcspn(p, ",") + (p[strcspn(p, ",")] == ',')) {
+    char v[40];
+    int n = snprintf(v, sizeof v, "=%.17g", in->f[k]);
+    put_str(l, " ", 1);
+    put_str(l, p, strcspn(p, ","));
+    put_str(l, v, (size_t)n);
+  }
+  if (in->op == OP_EINSUM) {
+    put_str(l, " spec=", 6);
+    put_str(l, in->spec, strlen(in->spec));
+  }
 }
 
 void instr_print(const Program *p, const Instr *in, FILE *out, bool names) {
+  Line l = {.n = 0};
   if (!names) {
-    fprintf(out, "%s %d :", op_info[in->op].name, in->out);
-    for (int k = 0; k < in->nin; k++) fprintf(out, " %d", in->in[k]);
-    print_attrs(in, out);
-    fputc('\n', out);
+    put_str(&l, op_info[in->op].name, strlen(op_info[in->op].name));
+    put_int(&l, ' ', in->out);
+    put_str(&l, " :", 2);
+    for (int k = 0; k < in->nin; k++) put_int(&l, ' ', in->in[k]);
+    put_attrs(&l, in);
+    put_str(&l, "\n", 1);
+    fwrite(l.s, 1, (size_t)l.n, out);
     return;
   }
   fprintf(out, "%-16s %-30s <-", op_info[in->op].name, in->out >= 0 ? p->bufs[in->out].name : "-");
   for (int k = 0; k < in->nin; k++) fprintf(out, " %s", p->bufs[in->in[k]].name);
-  print_attrs(in, out);
-  fputc('\n', out);
+  put_attrs(&l, in);
+  put_str(&l, "\n", 1);
+  fwrite(l.s, 1, (size_t)l.n, out);
 }
 
 /* Buffers that are a piece of a whole tensor, which their line names. */

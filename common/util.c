@@ -46,23 +46,36 @@ void *xrealloc(void *p, size_t size) {
   return p;
 }
 
-/* The arena is a chain of blocks; arena_reset frees them all at once. */
+/* The arena is a chain of blocks; arena_reset frees them all at once.
+   Blocks arena_release gives back are kept as spares for the next
+   allocations (their pages are already mapped), and freed by arena_reset. */
 typedef struct Block {
   struct Block *next;
   size_t used, cap;
   _Alignas(16) unsigned char data[];
 } Block;
 
-static Block *arena_head;
+static Block *arena_head, *arena_spare;
+
+/* A block of at least cap bytes: a spare that is big enough, or a new one. */
+static Block *new_block(size_t cap) {
+  for (Block **s = &arena_spare; *s; s = &(*s)->next)
+    if ((*s)->cap >= cap) {
+      Block *b = *s;
+      *s = b->next;
+      return b;
+    }
+  Block *b = xmalloc(sizeof(Block) + cap);
+  b->cap = cap;
+  return b;
+}
 
 void *arena_alloc(size_t size) {
   size = (size + 15) & ~(size_t)15;
   if (!arena_head || arena_head->used + size > arena_head->cap) {
-    size_t cap = size > (1u << 20) ? size : (1u << 20);
-    Block *b = xmalloc(sizeof(Block) + cap);
+    Block *b = new_block(size > (1u << 20) ? size : (1u << 20));
     b->next = arena_head;
     b->used = 0;
-    b->cap = cap;
     arena_head = b;
   }
   void *p = arena_head->data + arena_head->used;
@@ -71,12 +84,31 @@ void *arena_alloc(size_t size) {
   return p;
 }
 
+static void free_blocks(Block *b) {
+  while (b) {
+    Block *next = b->next;
+    free(b);
+    b = next;
+  }
+}
+
 void arena_reset(void) {
-  while (arena_head) {
+  free_blocks(arena_head);
+  free_blocks(arena_spare);
+  arena_head = arena_spare = NULL;
+}
+
+ArenaMark arena_mark(void) { return (ArenaMark){arena_head, arena_head ? arena_head->used : 0}; }
+
+void arena_release(ArenaMark m) {
+  while (arena_head && arena_head != m.block) {
     Block *next = arena_head->next;
-    free(arena_head);
+    arena_head->next = arena_spare;
+    arena_spare = arena_head;
     arena_head = next;
   }
+  CARVE_ASSERT(arena_head == m.block, "an arena mark released after an older one or after arena_reset");
+  if (arena_head) arena_head->used = m.used;
 }
 
 char *arena_strndup(const char *s, size_t n) {
@@ -157,6 +189,18 @@ double now_seconds(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int int_str(int64_t v, char *out) {
+  char rev[24];
+  int n = 0, len = 0;
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  do rev[n++] = (char)('0' + u % 10);
+  while (u /= 10);
+  if (v < 0) out[len++] = '-';
+  while (n) out[len++] = rev[--n];
+  out[len] = 0;
+  return len;
 }
 
 static const char *fmt_scaled(double v, double base, const char *const *units, char *buf, size_t n) {

@@ -51,12 +51,15 @@ bool shape_eq(const Shape *a, const Shape *b) {
 }
 
 char *shape_str(const Shape *s) {
-  char buf[256];
-  int n = snprintf(buf, sizeof buf, "[");
-  for (int i = 0; i < s->rank; i++)
-    n += snprintf(buf + n, sizeof buf - (size_t)n, "%s%lld", i ? "," : "", (long long)s->d[i]);
-  snprintf(buf + n, sizeof buf - (size_t)n, "]");
-  return arena_strdup(buf);
+  char buf[3 + MAXRANK * 22]; /* a comma and up to 20 digits and a sign per dim */
+  int n = 0;
+  buf[n++] = '[';
+  for (int i = 0; i < s->rank; i++) {
+    if (i) buf[n++] = ',';
+    n += int_str(s->d[i], buf + n);
+  }
+  buf[n++] = ']';
+  return arena_strndup(buf, (size_t)n);
 }
 
 Graph *graph_new(const char *model) {

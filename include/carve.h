@@ -49,6 +49,15 @@ char *arena_strdup(const char *s);
 char *arena_strndup(const char *s, size_t n);
 char *arena_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void arena_reset(void);
+/* A point in the arena's history: arena_release(m) frees everything
+ * allocated after arena_mark() returned m (what a loop makes and drops each
+ * round, such as one rank's program), and keeps everything before it. */
+typedef struct ArenaMark {
+  void *block;
+  size_t used;
+} ArenaMark;
+ArenaMark arena_mark(void);
+void arena_release(ArenaMark m);
 
 void *xmalloc(size_t size); /* heap, checked; for long-lived runtime data */
 void *xcalloc(size_t n, size_t size);
@@ -85,6 +94,9 @@ double now_seconds(void);
  * (carve does so under an MPI launcher: ranks share the cores). */
 void carve_passive_threads(char **argv);
 const char *fmt_si(double v, char *buf, size_t n); /* 1.23G, 45.6M ... */
+/* v in decimal, as %lld prints it, into out (room for 21 characters and the
+ * NUL); returns its length. For writers of large text files. */
+int int_str(int64_t v, char *out);
 const char *fmt_bytes(double v, char *buf, size_t n);
 
 /* common/json.c: reading carve's own JSON files (plans) */
@@ -479,13 +491,19 @@ typedef struct Layout {
  * counts (each replica of a stage runs units / its replicas of them). */
 int layout_units(const Layout *L);
 int layout_world(const Layout *L); /* ranks */
-/* One program per rank, indexed by rank. g is one unit: built at
- * batch / (m units), its loss gradient seeded with 1 / (m units).
- * NULL with a message when the layout does not fit the model. */
-Program **codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, FILE *err);
+/* Receives each rank's program in turn; the program lives in the arena only
+ * until the call returns (copy what must outlive it). false stops the ranks. */
+typedef bool (*RankSink)(const Program *p, void *ctx);
+/* One program per rank, handed to `each` in rank order, one at a time: the
+ * analysis the ranks share is made once; a rank's program is made, handed
+ * over and freed before the next, so memory holds one program, not world of
+ * them. g is one unit: built at batch / (m units), its loss gradient seeded
+ * with 1 / (m units). false with a message when the layout does not fit the
+ * model, or when `each` returns false (it says why). */
+bool codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, RankSink each, void *ctx, FILE *err);
 /* The same from a model file: loads it at the microbatch size, differentiates it. */
-Program **compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
-                         FILE *err);
+bool compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
+                    RankSink each, void *ctx, FILE *err);
 /* Program files: versioned text with a checksum. */
 bool program_write(const Program *p, const char *path, FILE *err);
 Program *program_read(const char *path, FILE *err);

@@ -209,6 +209,7 @@ static int stand_in_loss(Graph *sg, const Graph *g, const int *layer_of, int las
     if (!read_later || g->nodes[i]->dtype != DT_F32) continue;
     Node *t = graph_add(sg, OP_INPUT, arena_printf("grad:%s", g->nodes[i]->name));
     t->shape = g->nodes[i]->shape;
+    memcpy(t->dimname, g->nodes[i]->dimname, sizeof t->dimname);
     t->init = SRC_NORMAL;
     t->init_a = 1;
     t->layer = g->nodes[i]->layer;

@@ -70,13 +70,10 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
   Train t;
   train_defaults(&t);
   t.precision = pp->stages[0].plan->opt.mixed ? PREC_BF16 : PREC_FP32; /* what the plan priced */
-  Program **progs = compile_layout(model_path, eo, &t, 1234, &L, stderr);
-  if (!progs) return false;
+  RankFiles F = {.dir = dir};
+  if (!compile_layout(model_path, eo, &t, 1234, &L, rank_file_write, &F, stderr)) return false;
   int world = layout_world(&L);
-  for (int r = 0; r < world; r++)
-    if (!program_write(progs[r], arena_printf("%s/rank%d.prog", dir, r), stderr)) return false;
-  for (int r = world;; r++) /* an earlier plan's extra ranks must not linger */
-    if (remove(arena_printf("%s/rank%d.prog", dir, r)) != 0) break;
+  rank_files_trim(dir, world); /* an earlier plan's extra ranks must not linger */
   if (!quiet)
     printf("\nwrote %s/plan.json and rank0.prog .. rank%d.prog (dp=%s tp=%d pp=%d, %d microbatch%s, %d unit%s per "
            "step); train it with: mpirun -np %d carve run %s\n",

@@ -311,14 +311,31 @@ static bool layout_parse(Opts *o, Layout *L) {
   return true;
 }
 
-/* Model -> per-rank programs of a layout; *world gets their count. */
-static Program **compile_ranks(Opts *o, int *world) {
+bool rank_file_write(const Program *p, void *files) {
+  RankFiles *F = files;
+  if (F->written++ == 0 && mkdir(F->dir, 0777) != 0 && errno != EEXIST) {
+    fprintf(stderr, "carve: error: cannot create '%s': %s\n", F->dir, strerror(errno));
+    return false;
+  }
+  if (p->arena_bytes > F->arena) F->arena = p->arena_bytes;
+  if (p->rank == 0) F->nbufs = p->nbufs, F->ninit = p->ninit, F->nstep = p->nstep;
+  return program_write(p, arena_printf("%s/rank%d.prog", F->dir, p->rank), stderr);
+}
+
+void rank_files_trim(const char *dir, int world) {
+  for (int r = world;; r++)
+    if (remove(arena_printf("%s/rank%d.prog", dir, r)) != 0) break;
+}
+
+/* Model -> per-rank programs of a layout, written into F->dir one at a
+   time; *world gets their count. */
+static bool compile_ranks(Opts *o, RankFiles *F, int *world) {
   Layout L;
-  if (!layout_parse(o, &L)) return NULL;
-  if (!o->model) return usage_error(o->cmd, "which model? give a .graph file or a shipped model name"), NULL;
+  if (!layout_parse(o, &L)) return false;
+  if (!o->model) return usage_error(o->cmd, "which model? give a .graph file or a shipped model name") == 0;
   *world = layout_world(&L);
   default_precision(o);
-  return compile_layout(model_resolve(o->model), &o->elab, &o->train, o->seed, &L, stderr);
+  return compile_layout(model_resolve(o->model), &o->elab, &o->train, o->seed, &L, rank_file_write, F, stderr);
 }
 
 static void print_train_help(const char *cmd, const char *args, const char *what) {
@@ -367,37 +384,21 @@ int cmd_compile(int argc, char **argv) {
   if (!parse_opts(argc, argv, "mtol", &o)) return free_opts(&o), 2;
   if (!o.out) return free_opts(&o), usage_error("compile", "where to? give -o DIR");
   int world = 1;
-  Program **progs = NULL;
+  RankFiles F = {.dir = o.out};
   Program *single = NULL;
-  if (o.layout)
-    progs = compile_ranks(&o, &world);
-  else if ((single = compile(&o, NULL, NULL, NULL)))
-    progs = &single;
-  int rc = 1;
-  if (progs) {
-    if (mkdir(o.out, 0777) != 0 && errno != EEXIST) {
-      fprintf(stderr, "carve: error: cannot create '%s': %s\n", o.out, strerror(errno));
-    } else {
-      rc = 0;
-      int64_t arena = 0;
-      for (int r = 0; r < world && rc == 0; r++) {
-        if (!program_write(progs[r], arena_printf("%s/rank%d.prog", o.out, r), stderr)) rc = 1;
-        if (progs[r]->arena_bytes > arena) arena = progs[r]->arena_bytes;
-      }
-      /* a stale program of an earlier, larger layout must not be taken for this one's */
-      for (int r = world;; r++)
-        if (remove(arena_printf("%s/rank%d.prog", o.out, r)) != 0) break;
-      char a[32];
-      if (rc == 0 && world == 1)
-        printf("wrote %s/rank0.prog: %d buffers, %d + %d instructions, arena %s\n", o.out, progs[0]->nbufs,
-               progs[0]->ninit, progs[0]->nstep, fmt_bytes((double)arena, a, sizeof a));
-      else if (rc == 0)
-        printf("wrote %s/rank0.prog .. rank%d.prog: %d ranks, largest arena %s; run with mpirun -np %d carve run %s\n",
-               o.out, world - 1, world, fmt_bytes((double)arena, a, sizeof a), world, o.out);
-    }
-  }
+  bool ok = o.layout ? compile_ranks(&o, &F, &world)
+                     : (single = compile(&o, NULL, NULL, NULL)) && rank_file_write(single, &F);
+  /* a stale program of an earlier, larger layout must not be taken for this one's */
+  if (F.written) rank_files_trim(o.out, world);
+  char a[32];
+  if (ok && world == 1)
+    printf("wrote %s/rank0.prog: %d buffers, %d + %d instructions, arena %s\n", o.out, F.nbufs, F.ninit, F.nstep,
+           fmt_bytes((double)F.arena, a, sizeof a));
+  else if (ok)
+    printf("wrote %s/rank0.prog .. rank%d.prog: %d ranks, largest arena %s; run with mpirun -np %d carve run %s\n",
+           o.out, world - 1, world, fmt_bytes((double)F.arena, a, sizeof a), world, o.out);
   free_opts(&o);
-  return rc;
+  return ok ? 0 : 1;
 }
 
 /* A program path: a file, or a directory holding rankN.prog. */

@@ -17,6 +17,19 @@ int cmd_compare(int argc, char **argv);
 int cmd_profile(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 
+/* Rank programs written as DIR/rankN.prog as codegen_ranks makes them
+   (rank_file_write is a RankSink): DIR is made before the first; `arena`
+   gets the largest arena of those written, nbufs .. nstep rank 0's sizes. */
+typedef struct RankFiles {
+  const char *dir;
+  int written;
+  int64_t arena;
+  int nbufs, ninit, nstep;
+} RankFiles;
+bool rank_file_write(const Program *p, void *files);
+/* Removes DIR/rankN.prog from N = world on: an earlier, larger layout's. */
+void rank_files_trim(const char *dir, int world);
+
 /* Prints "carve: error: ..." and a hint to use --help; returns 2. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool wants_help(int argc, char **argv);
