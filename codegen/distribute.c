@@ -899,9 +899,10 @@ static uint64_t plan_id(const Dist *D, uint64_t seed) {
    handed to `each` and then released: what the ranks share (Dist) stays,
    what one rank's program takes is freed before the next is made. */
 static bool emit_ranks(const Dist *D, uint64_t seed, RankSink each, void *ctx) {
+  bool one = D->L->first_of_stage;
   for (int d = 0; d < D->L->pp; d++)
-    for (int j = 0; j < D->dpd[d]; j++)
-      for (int q = 0; q < D->tp; q++) {
+    for (int j = 0; j < (one ? 1 : D->dpd[d]); j++)
+      for (int q = 0; q < (one ? 1 : D->tp); q++) {
         ArenaMark m = arena_mark();
         bool ok = each(emit_rank(D, d, j, q, seed), ctx);
         arena_release(m);

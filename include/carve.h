@@ -486,6 +486,8 @@ typedef struct Layout {
   const int *stage_dp;             /* per pipeline stage, its replicas (NULL: dp for every stage) */
   const int *stage_last;           /* per virtual stage, its last layer; NULL: equal spans */
   int layers_want;                 /* layers to cut a model without repeat blocks into (0: one per stage) */
+  bool first_of_stage;             /* make only the first rank of each pipeline device (what a device
+                                      holds: every replica and position of a device takes as much) */
 } Layout;
 /* Graph instances ("units") per microbatch: the lcm of the stages' replica
  * counts (each replica of a stage runs units / its replicas of them). */

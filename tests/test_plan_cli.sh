@@ -90,9 +90,10 @@ else
 fi
 expect 1 "recompute is none, selective or full" plan $big --manual "pp=4,recompute=some"
 # recomputation chosen per stage: with room for the probabilities on one
-# stage only, that stage keeps them and the other remakes them
+# stage only, that stage keeps them and the other remakes them (the
+# programs take 339 and 235 MiB keeping them, 211 and 174 MiB remaking them)
 attn="gpt --set batch=8,seq=1024,vocab=256,hidden=256,heads=8,layers=4"
-sed 's/^memory .*/memory 190e6/' "$dir/../clusters/local.cluster" >"$tmp/small.cluster"
+sed 's/^memory .*/memory 250e6/' "$dir/../clusters/local.cluster" >"$tmp/small.cluster"
 expect 0 "0-1 .* selective" plan $attn --cluster "$tmp/small.cluster" --devices-per-node 2 --manual "pp=2,mb=8,zero=0"
 expect 0 "2-3 .* none" plan $attn --cluster "$tmp/small.cluster" --devices-per-node 2 --manual "pp=2,mb=8,zero=0"
 expect 0 "recomputation   per stage" plan $attn --cluster "$tmp/small.cluster" --devices-per-node 2 --manual "pp=2,mb=8,zero=0"

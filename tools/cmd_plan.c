@@ -2,6 +2,7 @@
  * to split every tensor of the training step over a logical mesh, chosen by
  * the intra-operator ILP; printed as a report, or as JSON. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -47,6 +48,82 @@ static const char *stage_dps(const Layout *L) {
   return s;
 }
 
+/* The training options a plan's programs are made with: the defaults, in the precision the plan priced. */
+static Train plan_train(const PipelinePlan *pp) {
+  Train t;
+  train_defaults(&t);
+  t.precision = pp->stages[0].plan->opt.mixed ? PREC_BF16 : PREC_FP32;
+  return t;
+}
+
+/* The device of each rank in a layout's rank order, and the most bytes a
+   rank of each device holds: its arena and its collectives' staging. */
+typedef struct DeviceBytes {
+  const Layout *L;
+  double *bytes;
+} DeviceBytes;
+
+static bool measure_rank(const Program *p, void *ctx) {
+  DeviceBytes *M = ctx;
+  int d = 0, first = 0, tp = M->L->tp > 1 ? M->L->tp : 1;
+  while (d + 1 < M->L->pp && p->rank >= first + M->L->stage_dp[d] * tp) first += M->L->stage_dp[d++] * tp;
+  M->bytes[d] = fmax(M->bytes[d], (double)p->arena_bytes + (double)comm_staging_bytes(p));
+  return true;
+}
+
+/* Each stage's memory per device as its programs take it (the first rank
+   of each device, made in memory): arena, staging and the cluster's backend
+   workspace. False, with the model's estimate left, when the plan does not
+   lower to programs. */
+static bool lowered_memory(PipelinePlan *pp, const char *model_path, const ElabOptions *eo, FILE *err) {
+  Layout L;
+  int *stage_last = arena_alloc(sizeof(int) * (size_t)(pp->nstages + 1));
+  FILE *quiet = fopen("/dev/null", "w");
+  bool ok = pipeline_layout(pp, &L, stage_last, quiet);
+  fclose(quiet);
+  if (!ok) return false;
+  L.first_of_stage = true;
+  Train t = plan_train(pp);
+  DeviceBytes M = {&L, arena_alloc(sizeof(double) * (size_t)L.pp)};
+  if (!compile_layout(model_path, eo, &t, 1234, &L, measure_rank, &M, err)) return false;
+  for (int s = 0; s < pp->nstages; s++) pp->stages[s].memory = M.bytes[s] + pp->cluster->workspace;
+  return true;
+}
+
+/* The plan found (by the search or by hand), held to the memory its
+   programs take: a plan whose programs would not fit is searched again
+   with the devices' memory lessened by the excess, a few times. */
+static PipelinePlan *plan_that_fits(const char *model_path, const ElabOptions *eo, Cluster *cl, const PlanOptions *po,
+                                    const Manual *manual, int microbatches, FILE *progress) {
+  Cluster *budget = arena_alloc(sizeof(Cluster)); /* the plans keep pointing at it */
+  *budget = *cl;
+  for (int tries = 0;; tries++) {
+    PipelinePlan *pp = manual ? plan_manual(model_path, eo, budget, po, manual, stderr)
+                              : plan_pipeline(model_path, eo, budget, po, microbatches, progress, stderr);
+    char a[32], b[32];
+    if (!pp && tries)
+      fprintf(stderr,
+              "carve: note: that search allowed %s per device: a plan the estimate fitted into the %s of %s needed "
+              "more as programs\n",
+              fmt_bytes(budget->memory, a, sizeof a), fmt_bytes(cl->memory, b, sizeof b), cl->name);
+    if (!pp) return NULL;
+    pp->cluster = cl;
+    if (!lowered_memory(pp, model_path, eo, stderr)) return pp;
+    double most = 0;
+    for (int s = 0; s < pp->nstages; s++) most = fmax(most, pp->stages[s].memory);
+    if (most <= cl->memory) return pp;
+    if (tries == 5) {
+      fprintf(stderr, "carve: error: the best plan's programs need %s per device, more than the %s of %s\n",
+              fmt_bytes(most, a, sizeof a), fmt_bytes(cl->memory, b, sizeof b), cl->name);
+      return NULL;
+    }
+    budget->memory *= 0.98 * cl->memory / most; /* as much less as the estimate fell short */
+    if (progress)
+      fprintf(progress, "\nthe plan's programs need %s per device, more than the model estimated: searching with %s\n",
+              fmt_bytes(most, a, sizeof a), fmt_bytes(budget->memory, b, sizeof b));
+  }
+}
+
 /* DIR/rankN.prog for every rank of a whole plan (default training options),
    or a note on why this plan cannot become programs yet. */
 static bool write_programs(const char *dir, const char *model_path, const ElabOptions *eo, const PipelinePlan *pp,
@@ -67,9 +144,7 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
     return true;
   }
   free(why);
-  Train t;
-  train_defaults(&t);
-  t.precision = pp->stages[0].plan->opt.mixed ? PREC_BF16 : PREC_FP32; /* what the plan priced */
+  Train t = plan_train(pp); /* what the plan priced */
   RankFiles F = {.dir = dir};
   if (!compile_layout(model_path, eo, &t, 1234, &L, rank_file_write, &F, stderr)) return false;
   int world = layout_world(&L);
@@ -188,17 +263,12 @@ int cmd_plan(int argc, char **argv) {
       rc = usage_error("plan", "--mesh goes with --intra-only; the full plan chooses each stage's mesh");
       goto done;
     }
-    PipelinePlan *pp = NULL;
-    if (manual) {
-      Manual m;
-      if (!manual_parse(manual, &m, stderr)) goto done;
-      if (microbatches) m.mb = microbatches;
-      pp = plan_manual(model_resolve(model), &eo, cl, &po, &m, stderr);
-    } else {
-      FILE *progress = !quiet && isatty(fileno(stderr)) ? stderr : NULL; /* pipes and files stay clean */
-      pp = plan_pipeline(model_resolve(model), &eo, cl, &po, microbatches, progress, stderr);
-      if (progress) fputc('\n', progress);
-    }
+    Manual m;
+    if (manual && !manual_parse(manual, &m, stderr)) goto done;
+    if (manual && microbatches) m.mb = microbatches;
+    FILE *progress = !quiet && isatty(fileno(stderr)) ? stderr : NULL; /* pipes and files stay clean */
+    PipelinePlan *pp = plan_that_fits(model_resolve(model), &eo, cl, &po, manual ? &m : NULL, microbatches, progress);
+    if (progress && !manual) fputc('\n', progress);
     if (!pp) goto done;
     if (json)
       pipeline_json(pp, stdout);
