@@ -1,4 +1,4 @@
-/* util.c: the compile arena, checked allocation, hashing, files, number
+/* util.c: the compile arena, checked allocation, hashing and string maps, files, number
  * formatting, and the two ways carve stops on something it cannot handle:
  * carve_bug (a broken invariant, i.e. a bug in carve) and carve_fatal (a
  * failed external call or an unrecoverable runtime condition). */
@@ -122,6 +122,52 @@ uint64_t hash_bytes(const void *p, size_t n, uint64_t seed) {
 }
 
 uint64_t hash_str(const char *s) { return hash_bytes(s, strlen(s), 0); }
+
+/* Linear probing from the key's hash; cap is a power of two. */
+static int strmap_find(const StrMap *m, const char *key) {
+  int mask = m->cap - 1, i = (int)(hash_str(key) & (uint64_t)mask);
+  while (m->keys[i] && strcmp(m->keys[i], key) != 0) i = (i + 1) & mask;
+  return i;
+}
+
+int *strmap_get(const StrMap *m, const char *key) {
+  if (!m->cap) return NULL;
+  int i = strmap_find(m, key);
+  return m->keys[i] ? &m->vals[i] : NULL;
+}
+
+static void strmap_grow(StrMap *m) {
+  StrMap old = *m;
+  m->cap = old.cap ? 2 * old.cap : 256;
+  CARVE_ASSERT(m->cap > 0, "a map of more than 2^30 strings");
+  m->keys = xcalloc((size_t)m->cap, sizeof(char *));
+  m->vals = xcalloc((size_t)m->cap, sizeof(int));
+  for (int i = 0; i < old.cap; i++)
+    if (old.keys[i]) {
+      int j = strmap_find(m, old.keys[i]);
+      m->keys[j] = old.keys[i];
+      m->vals[j] = old.vals[i];
+    }
+  free(old.keys);
+  free(old.vals);
+}
+
+int *strmap_put(StrMap *m, const char *key, int if_new) {
+  if (2 * (m->n + 1) > m->cap) strmap_grow(m);
+  int i = strmap_find(m, key);
+  if (!m->keys[i]) {
+    m->keys[i] = key;
+    m->vals[i] = if_new;
+    m->n++;
+  }
+  return &m->vals[i];
+}
+
+void strmap_free(StrMap *m) {
+  free(m->keys);
+  free(m->vals);
+  *m = (StrMap){0};
+}
 
 char *read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");

@@ -64,6 +64,17 @@ void ptrvec_push(PtrVec *pv, void *p);
 uint64_t hash_bytes(const void *p, size_t n, uint64_t seed); /* FNV-1a 64 */
 uint64_t hash_str(const char *s);
 char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure */
+
+/* A map from strings to ints (open addressing, grown at half full). Keys are
+ * not copied: they must outlive the map (arena strings do). Zero-initialise. */
+typedef struct StrMap {
+  const char **keys;
+  int *vals;
+  int n, cap;
+} StrMap;
+int *strmap_get(const StrMap *m, const char *key);       /* the value's slot, NULL if absent */
+int *strmap_put(StrMap *m, const char *key, int if_new); /* the slot, made with if_new if absent */
+void strmap_free(StrMap *m);
 /* Renames the finished temporary file tmp to path, unless path exists and is
    not a regular file (a device, a directory, a FIFO: renaming would replace
    it, /dev/null included): then false with errno EEXIST. */
