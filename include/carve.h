@@ -63,7 +63,20 @@ void ptrvec_push(PtrVec *pv, void *p);
 
 uint64_t hash_bytes(const void *p, size_t n, uint64_t seed); /* FNV-1a 64 */
 uint64_t hash_str(const char *s);
-char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure */
+char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure; no limit */
+
+/* How much of each kind of input file carve reads into memory at most. */
+#define LIMIT_TEXT ((size_t)64 << 20)   /* a model or cluster file */
+#define LIMIT_PLAN ((size_t)16 << 20)   /* a plan.json: its values take ~40x the text */
+#define LIMIT_TOKENS ((size_t)64 << 30) /* a token file, or the text carve data reads */
+/* Opens path for reading if it is a regular file of at most limit bytes, and
+ * never blocks: a FIFO, a device, a socket or a directory is refused before
+ * it is opened for reading. -1 and the reason in why (n bytes) on failure. */
+int open_input(const char *path, size_t limit, size_t *size, char *why, size_t n);
+/* The whole of a regular file of at most limit bytes, NUL-terminated, on the
+ * heap; NULL and the reason in why on failure. */
+char *read_file_limit(const char *path, size_t limit, size_t *len, char *why, size_t n);
+bool read_exact(int fd, void *buf, size_t n); /* false on an error or a short file */
 
 /* A map from strings to ints (open addressing, grown at half full). Keys are
  * not copied: they must outlive the map (arena strings do). Zero-initialise. */

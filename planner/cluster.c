@@ -358,9 +358,10 @@ Cluster *cluster_load(const char *name_or_path, FILE *err) {
   const char *path = resolve(name_or_path, err);
   if (!path) return NULL;
   size_t len;
-  char *text = read_file(path, &len);
+  char why[128];
+  char *text = read_file_limit(path, LIMIT_TEXT, &len, why, sizeof why);
   if (!text) {
-    fprintf(err, "%s: error: cannot read the cluster: %s\n", path, strerror(errno));
+    fprintf(err, "%s: error: cannot read the cluster: %s\n", path, why);
     return NULL;
   }
   Cluster *c = parse_cluster(path, text, len, err);
