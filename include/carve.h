@@ -122,7 +122,15 @@ typedef struct Json {
   struct Json **items;
   const char **keys; /* object keys */
 } Json;
-/* NULL on malformed input, with the byte offset where reading stopped. */
+typedef struct JsonError {
+  size_t offset;    /* byte where reading stopped */
+  int line, col;    /* the same, 1-based */
+  const char *what; /* what was wrong there */
+} JsonError;
+/* text[len] must be 0. NULL on anything but one well-formed JSON value
+ * (trailing white space allowed), with where and why in *e if e is given. */
+Json *json_read(const char *text, size_t len, JsonError *e);
+/* The same for a NUL-terminated text, with only the byte offset of an error. */
 Json *json_parse(const char *text, size_t *error_offset);
 const Json *json_get(const Json *obj, const char *key);
 double json_num(const Json *obj, const char *key, double dflt);

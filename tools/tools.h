@@ -17,6 +17,13 @@ int cmd_compare(int argc, char **argv);
 int cmd_profile(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 
+/* tools/plan_file.c: plan files read back; every field that is used is
+   checked first. plan_read: NULL and why (naming the field) if the file
+   cannot be read, is not a plan or holds a value out of range. */
+const char *plan_path(const char *arg); /* ARG/plan.json for a directory, else ARG */
+const Json *plan_read(const char *path, char *why, size_t n);
+struct PipelinePlan *plan_pipeline_of(const Json *checked_plan);
+
 /* Prints "carve: error: ..." and a hint to use --help; returns 2. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool wants_help(int argc, char **argv);
