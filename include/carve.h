@@ -66,8 +66,9 @@ uint64_t hash_str(const char *s);
 char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure; no limit */
 
 /* How much of each kind of input file carve reads into memory at most. */
-#define LIMIT_TEXT ((size_t)64 << 20)   /* a model or cluster file */
-#define LIMIT_PLAN ((size_t)16 << 20)   /* a plan.json: its values take ~40x the text */
+#define LIMIT_TEXT                                                                                                     \
+  ((size_t)16 << 20)                    /* a model, cluster or plan: the frontend and the                              \
+                                           JSON reader hold ~100 bytes per byte of text */
 #define LIMIT_TOKENS ((size_t)64 << 30) /* a token file, or the text carve data reads */
 /* Opens path for reading if it is a regular file of at most limit bytes, and
  * never blocks: a FIFO, a device, a socket or a directory is refused before

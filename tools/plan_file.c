@@ -3,7 +3,7 @@
  * any of it is used.
  *
  * A plan file is input like any other: it is read only if it is a regular
- * file of at most LIMIT_PLAN bytes, parsed by the strict JSON reader, and
+ * file of at most LIMIT_TEXT bytes, parsed by the strict JSON reader, and
  * then each field that is used must have the right JSON kind and lie in its
  * range: times finite and >= 0 (the predicted step > 0), fractions within
  * [0, 1], counts whole numbers within the planner's own bounds, names among
@@ -187,7 +187,7 @@ const char *plan_path(const char *arg) {
 
 const Json *plan_read(const char *path, char *why, size_t n) {
   size_t len;
-  char *text = read_file_limit(path, LIMIT_PLAN, &len, why, n);
+  char *text = read_file_limit(path, LIMIT_TEXT, &len, why, n);
   if (!text) {
     const char *reason = arena_strdup(why);
     snprintf(why, n, "cannot read the plan: %s", reason);
