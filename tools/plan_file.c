@@ -72,7 +72,7 @@ static bool field_ok(const Json *obj, const Field *f, const char *where, char *w
     return false;
   }
   if (!(v->num >= f->lo && v->num <= f->hi) || (f->whole && v->num != floor(v->num))) {
-    snprintf(why, n, "field '%s%s' is %.17g; it must be %s", where, f->key, v->num, range);
+    snprintf(why, n, "field '%s%s' is %.15g; it must be %s", where, f->key, v->num, range);
     return false;
   }
   return true;
@@ -165,7 +165,7 @@ static bool plan_ok(const Json *j, char *why, size_t n) {
     return false;
   }
   if (json_get(j, "version") && json_num(j, "version", 0) != 1) {
-    snprintf(why, n, "plan version %.17g; this carve reads version 1", json_num(j, "version", 0));
+    snprintf(why, n, "plan version %.15g; this carve reads version 1", json_num(j, "version", 0));
     return false;
   }
   static const char *const precisions[] = {"fp32", "bf16"};
