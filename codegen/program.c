@@ -378,9 +378,10 @@ static bool read_section(Reader *R, Program *p, const char *name, Instr **out, i
 Program *program_read(const char *path, FILE *err) {
   size_t len;
   Reader R = {.path = path, .err = err};
-  R.text = read_file(path, &len);
+  char why[256];
+  R.text = read_file_limit(path, LIMIT_PROGRAM, &len, why, sizeof why);
   if (!R.text) {
-    fprintf(err, "carve: error: cannot read program '%s': %s\n", path, strerror(errno));
+    fprintf(err, "carve: error: cannot read program '%s': %s\n", path, why);
     return NULL;
   }
   Program *p = arena_alloc(sizeof(Program));

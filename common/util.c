@@ -1,4 +1,4 @@
-/* util.c: the compile arena, checked allocation, hashing, files, number
+/* util.c: the compile arena, checked allocation, hashing and string maps, files, number
  * formatting, and the two ways carve stops on something it cannot handle:
  * carve_bug (a broken invariant, i.e. a bug in carve) and carve_fatal (a
  * failed external call or an unrecoverable runtime condition). */
@@ -155,6 +155,52 @@ uint64_t hash_bytes(const void *p, size_t n, uint64_t seed) {
 
 uint64_t hash_str(const char *s) { return hash_bytes(s, strlen(s), 0); }
 
+/* Linear probing from the key's hash; cap is a power of two. */
+static int strmap_find(const StrMap *m, const char *key) {
+  int mask = m->cap - 1, i = (int)(hash_str(key) & (uint64_t)mask);
+  while (m->keys[i] && strcmp(m->keys[i], key) != 0) i = (i + 1) & mask;
+  return i;
+}
+
+int *strmap_get(const StrMap *m, const char *key) {
+  if (!m->cap) return NULL;
+  int i = strmap_find(m, key);
+  return m->keys[i] ? &m->vals[i] : NULL;
+}
+
+static void strmap_grow(StrMap *m) {
+  StrMap old = *m;
+  m->cap = old.cap ? 2 * old.cap : 256;
+  CARVE_ASSERT(m->cap > 0, "a map of more than 2^30 strings");
+  m->keys = xcalloc((size_t)m->cap, sizeof(char *));
+  m->vals = xcalloc((size_t)m->cap, sizeof(int));
+  for (int i = 0; i < old.cap; i++)
+    if (old.keys[i]) {
+      int j = strmap_find(m, old.keys[i]);
+      m->keys[j] = old.keys[i];
+      m->vals[j] = old.vals[i];
+    }
+  free(old.keys);
+  free(old.vals);
+}
+
+int *strmap_put(StrMap *m, const char *key, int if_new) {
+  if (2 * (m->n + 1) > m->cap) strmap_grow(m);
+  int i = strmap_find(m, key);
+  if (!m->keys[i]) {
+    m->keys[i] = key;
+    m->vals[i] = if_new;
+    m->n++;
+  }
+  return &m->vals[i];
+}
+
+void strmap_free(StrMap *m) {
+  free(m->keys);
+  free(m->vals);
+  *m = (StrMap){0};
+}
+
 char *read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
@@ -182,6 +228,102 @@ char *read_file(const char *path, size_t *len) {
   }
   buf[n] = 0;
   if (len) *len = n;
+  return buf;
+}
+
+static const char *file_kind(mode_t m) {
+  return S_ISDIR(m)    ? "a directory"
+         : S_ISFIFO(m) ? "a FIFO"
+         : S_ISCHR(m)  ? "a character device"
+         : S_ISBLK(m)  ? "a block device"
+         : S_ISSOCK(m) ? "a socket"
+                       : "not a regular file";
+}
+
+static bool regular_ok(const struct stat *st, size_t limit, char *why, size_t n) {
+  char b[32], l[32];
+  if (!S_ISREG(st->st_mode)) {
+    snprintf(why, n, "%s, not a regular file", file_kind(st->st_mode));
+    return false;
+  }
+  if (st->st_size < 0 || (uintmax_t)st->st_size > limit) {
+    snprintf(why, n, "%s, more than the limit of %s", fmt_bytes((double)st->st_size, b, sizeof b),
+             fmt_bytes((double)limit, l, sizeof l));
+    return false;
+  }
+  return true;
+}
+
+/* stat first, so nothing that is not a regular file is ever opened for
+ * reading; then open without blocking and check again what was opened (the
+ * path may have changed in between). */
+int open_input(const char *path, size_t limit, size_t *size, char *why, size_t n) {
+  struct stat st;
+  why[0] = 0;
+  if (stat(path, &st) != 0) {
+    snprintf(why, n, "%s", strerror(errno));
+    return -1;
+  }
+  if (!regular_ok(&st, limit, why, n)) return -1;
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(why, n, "%s", strerror(errno));
+    return -1;
+  }
+  if (fstat(fd, &st) != 0 || !regular_ok(&st, limit, why, n)) {
+    if (!why[0]) snprintf(why, n, "%s", strerror(errno));
+    close(fd);
+    return -1;
+  }
+  *size = (size_t)st.st_size;
+  return fd;
+}
+
+bool read_exact(int fd, void *buf, size_t n) {
+  for (size_t done = 0; done < n;) {
+    ssize_t got = read(fd, (char *)buf + done, n - done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    done += (size_t)got;
+  }
+  return true;
+}
+
+/* Reads until the end of the file, not to st_size: files in /proc say 0, and
+ * a file may grow while it is read; either way no more than limit bytes. */
+char *read_file_limit(const char *path, size_t limit, size_t *len, char *why, size_t n) {
+  size_t size, got = 0;
+  int fd = open_input(path, limit, &size, why, n);
+  if (fd < 0) return NULL;
+  size_t cap = size < limit ? size + 1 : limit + 1;
+  if (cap < 4096) cap = 4096;
+  char *buf = xmalloc(cap + 1);
+  for (;;) {
+    if (got == cap) {
+      if (cap > limit) break;
+      cap = cap > limit / 2 ? limit + 1 : 2 * cap;
+      buf = xrealloc(buf, cap + 1);
+    }
+    ssize_t r = read(fd, buf + got, cap - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      snprintf(why, n, "%s", strerror(errno));
+      break;
+    }
+    if (r == 0) break;
+    got += (size_t)r;
+  }
+  close(fd);
+  if (!why[0] && got > limit) {
+    char l[32];
+    snprintf(why, n, "more than the limit of %s", fmt_bytes((double)limit, l, sizeof l));
+  }
+  if (why[0]) {
+    free(buf);
+    return NULL;
+  }
+  buf[got] = 0;
+  *len = got;
   return buf;
 }
 

@@ -29,7 +29,8 @@ typedef struct Sym {
   const char *name;
   int node; /* tensor node id, or POISON */
   int scope;
-  bool fixed; /* param or input: cannot be assigned */
+  bool fixed;  /* param or input: cannot be assigned */
+  int shadows; /* the Sym of the same name this one hides, or -1 */
 } Sym;
 
 typedef struct Dim {
@@ -38,11 +39,6 @@ typedef struct Dim {
   bool ok;
 } Dim;
 
-typedef struct SufSlot {
-  const char *name;
-  int next;
-} SufSlot;
-
 typedef struct Elab {
   Graph *g;
   Diag *d;
@@ -50,9 +46,11 @@ typedef struct Elab {
   const Ast *ast;
   Sym *syms;
   int nsyms, capsyms;
+  StrMap sym_of; /* name -> its innermost Sym; each Sym keeps the one it shadows */
   int scope;
   Dim *dims;
   int ndims, capdims;
+  StrMap dim_of; /* name -> index in dims */
   Override *preset;
   const Token **preset_toks;
   int npreset;
@@ -60,91 +58,46 @@ typedef struct Elab {
   int layer;
   const char *target; /* name of the statement's target, for temporaries */
   bool stop;          /* too many nodes: stop elaborating */
-  /* names in the graph, for uniqueness: open addressing */
-  const char **names;
-  int capnames, nnames;
-  SufSlot *suf;
-  int capsuf, nsuf;
-  int64_t work;    /* statements elaborated: bounds what nested repeats may unroll */
-  int layers_seen; /* iterations of the top-level repeat blocks so far */
+  StrMap names;       /* names in the graph, for uniqueness */
+  StrMap suffix;      /* name -> the next ".N" suffix to try */
+  int64_t work;       /* statements elaborated: bounds what nested repeats may unroll */
+  int layers_seen;    /* iterations of the top-level repeat blocks so far */
 } Elab;
 
 /* ---------------------------------------------------------------- names */
-
-static bool name_taken(Elab *E, const char *s) {
-  if (!E->capnames) return false;
-  uint64_t h = hash_str(s);
-  for (int i = (int)(h % (uint64_t)E->capnames);; i = (i + 1) % E->capnames) {
-    if (!E->names[i]) return false;
-    if (strcmp(E->names[i], s) == 0) return true;
-  }
-}
-
-static void name_insert(Elab *E, const char *s) {
-  if (2 * (E->nnames + 1) > E->capnames) {
-    const char **old = E->names;
-    int oldcap = E->capnames;
-    E->capnames = oldcap ? oldcap * 2 : 1024;
-    E->names = xcalloc((size_t)E->capnames, sizeof(char *));
-    E->nnames = 0;
-    for (int i = 0; i < oldcap; i++)
-      if (old[i]) name_insert(E, old[i]);
-    free(old);
-  }
-  uint64_t h = hash_str(s);
-  int i = (int)(h % (uint64_t)E->capnames);
-  while (E->names[i]) i = (i + 1) % E->capnames;
-  E->names[i] = s;
-  E->nnames++;
-}
-
-/* The counter of ".N" suffixes for a name (open addressing, grows). */
-static int *suffix_counter(Elab *E, const char *name) {
-  if (2 * (E->nsuf + 1) > E->capsuf) {
-    SufSlot *old = E->suf;
-    int oldcap = E->capsuf;
-    E->capsuf = oldcap ? 2 * oldcap : 256;
-    E->suf = xcalloc((size_t)E->capsuf, sizeof(SufSlot));
-    for (int i = 0; i < oldcap; i++)
-      if (old[i].name) {
-        int j = (int)(hash_str(old[i].name) % (uint64_t)E->capsuf);
-        while (E->suf[j].name) j = (j + 1) % E->capsuf;
-        E->suf[j] = old[i];
-      }
-    free(old);
-  }
-  int j = (int)(hash_str(name) % (uint64_t)E->capsuf);
-  while (E->suf[j].name && strcmp(E->suf[j].name, name) != 0) j = (j + 1) % E->capsuf;
-  if (!E->suf[j].name) {
-    E->suf[j] = (SufSlot){name, 2};
-    E->nsuf++;
-  }
-  return &E->suf[j].next;
-}
 
 /* A unique node name: prefix + base, with ".2", ".3" ... on collision. The
  * next suffix to try is remembered per name, so rebinding one name many
  * times stays linear. */
 static const char *unique_name(Elab *E, const char *base) {
   const char *name = arena_printf("%s%s", E->prefix, base);
-  if (!name_taken(E, name)) {
-    name_insert(E, name);
+  if (!strmap_get(&E->names, name)) {
+    strmap_put(&E->names, name, 0);
     return name;
   }
-  int *next = suffix_counter(E, name);
+  int *next = strmap_put(&E->suffix, name, 2);
   const char *cand;
   do cand = arena_printf("%s.%d", name, (*next)++);
-  while (name_taken(E, cand));
-  name_insert(E, cand);
+  while (strmap_get(&E->names, cand));
+  strmap_put(&E->names, cand, 0);
   return cand;
 }
 
 /* ---------------------------------------------------------------- symbols */
 
+/* Symbols are a stack: a repeat iteration pushes its names and pops them at
+ * its end. The map gives a name's innermost symbol in constant time; popping
+ * a symbol restores the one it shadowed. */
 static Sym *sym_find(Elab *E, const char *name) {
-  for (int i = E->nsyms - 1; i >= 0; i--)
-    if (strcmp(E->syms[i].name, name) == 0) return &E->syms[i];
-  return NULL;
+  int *i = strmap_get(&E->sym_of, name);
+  return i && *i >= 0 ? &E->syms[*i] : NULL;
+}
+
+static void sym_pop_scope(Elab *E) {
+  while (E->nsyms > 0 && E->syms[E->nsyms - 1].scope == E->scope) {
+    const Sym *s = &E->syms[--E->nsyms];
+    *strmap_get(&E->sym_of, s->name) = s->shadows;
+  }
 }
 
 static Sym *sym_add(Elab *E, const char *name, int node, bool fixed) {
@@ -152,15 +105,16 @@ static Sym *sym_add(Elab *E, const char *name, int node, bool fixed) {
     E->capsyms = E->capsyms ? E->capsyms * 2 : 64;
     E->syms = xrealloc(E->syms, sizeof(Sym) * (size_t)E->capsyms);
   }
-  Sym *s = &E->syms[E->nsyms++];
-  *s = (Sym){name, node, E->scope, fixed};
+  int *top = strmap_put(&E->sym_of, name, -1);
+  Sym *s = &E->syms[E->nsyms];
+  *s = (Sym){name, node, E->scope, fixed, *top};
+  *top = E->nsyms++;
   return s;
 }
 
 static Dim *dim_find(Elab *E, const char *name) {
-  for (int i = 0; i < E->ndims; i++)
-    if (strcmp(E->dims[i].name, name) == 0) return &E->dims[i];
-  return NULL;
+  int *i = strmap_get(&E->dim_of, name);
+  return i ? &E->dims[*i] : NULL;
 }
 
 /* ---------------------------------------------------------------- scalars */
@@ -999,6 +953,7 @@ static void stmt_dim(Elab *E, const Stmt *s) {
       E->capdims = E->capdims ? E->capdims * 2 : 32;
       E->dims = xrealloc(E->dims, sizeof(Dim) * (size_t)E->capdims);
     }
+    *strmap_put(&E->dim_of, name, 0) = E->ndims;
     Dim *dm = &E->dims[E->ndims++];
     *dm = (Dim){name, 0, false};
     int64_t *ov = override_for(E, name);
@@ -1212,7 +1167,7 @@ static void stmt_repeat(Elab *E, const Stmt *s) {
     if (outer_layer < 0) E->layer = first + (int)it;
     E->scope++;
     elab_block(E, s->body, s->nbody);
-    while (E->nsyms > 0 && E->syms[E->nsyms - 1].scope == E->scope) E->nsyms--;
+    sym_pop_scope(E);
     E->scope--;
     if (E->d->errors > errors) break; /* the same mistake would repeat every iteration */
   }
@@ -1321,8 +1276,10 @@ Graph *elaborate(const Ast *ast, const ElabOptions *opt, Diag *d) {
   for (int i = 0; i < E.ndims; i++) E.g->dims[i] = (DimVal){E.dims[i].name, E.dims[i].value};
   free(E.syms);
   free(E.dims);
-  free(E.names);
-  free(E.suf);
+  strmap_free(&E.sym_of);
+  strmap_free(&E.dim_of);
+  strmap_free(&E.names);
+  strmap_free(&E.suffix);
   if (d->errors > errors0) return NULL;
   if (!graph_verify(E.g, d->out)) return NULL;
   return E.g;

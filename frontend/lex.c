@@ -18,14 +18,19 @@ void diag_init(Diag *d, FILE *out) {
   d->max_errors = 20;
 }
 
-/* Prints the source line of `at` and a caret under its column. */
+#define SHOW_AROUND 80 /* a long line is shown this many bytes either side of the caret */
+
+/* Prints the source line of `at` and a caret under its column; of a long
+ * line, only the part around the column, cut ends marked "...". */
 static void show_line(FILE *out, const Token *at) {
   const char *text = at->src->text;
   const char *start = at->p;
-  while (start > text && start[-1] != '\n') start--;
+  while (start > text && start[-1] != '\n' && at->p - start < SHOW_AROUND) start--;
   const char *end = at->p;
-  while (*end && *end != '\n') end++;
-  fprintf(out, "  %.*s\n  ", (int)(end - start), start);
+  while (*end && *end != '\n' && end - at->p < SHOW_AROUND) end++;
+  bool cut_left = start > text && start[-1] != '\n', cut_right = *end && *end != '\n';
+  fprintf(out, "  %s%.*s%s\n  %s", cut_left ? "..." : "", (int)(end - start), start, cut_right ? "..." : "",
+          cut_left ? "   " : "");
   for (const char *q = start; q < at->p; q++) fputc(*q == '\t' ? '\t' : ' ', out);
   fputc('^', out);
   for (int i = 1; i < at->len && at->p + i < end; i++) fputc('~', out);
@@ -85,6 +90,11 @@ bool tok_is(const Token *t, const char *s) {
          memcmp(t->p, s, (size_t)t->len) == 0;
 }
 
+/* Tokens in a file at most: with the file's size limit this bounds what the
+ * parser builds (an expression node per token at most). A 100,000-statement
+ * model has about 600,000. */
+#define MAX_TOKENS (8 << 20)
+
 typedef struct Lexer {
   const Source *src;
   Diag *d;
@@ -92,12 +102,19 @@ typedef struct Lexer {
   int nbad;
   const char *p;
   int line, col;
-  PtrVec toks;
+  Token *toks; /* on the heap while lexing; the arena holds the result */
+  int n, cap;
   int depth; /* open ( and [ */
 } Lexer;
 
+/* The new token is valid until the next push. */
 static Token *push(Lexer *L, TokenKind kind, const char *start, int len, int col, bool space) {
-  Token *t = arena_alloc(sizeof(Token));
+  if (L->n == L->cap) {
+    L->cap = L->cap ? 2 * L->cap : 4096;
+    L->toks = xrealloc(L->toks, sizeof(Token) * (size_t)L->cap);
+  }
+  Token *t = &L->toks[L->n++];
+  *t = (Token){0};
   t->kind = kind;
   t->p = start;
   t->len = len;
@@ -105,7 +122,6 @@ static Token *push(Lexer *L, TokenKind kind, const char *start, int len, int col
   t->col = col;
   t->src = L->src;
   t->space_before = space;
-  ptrvec_push(&L->toks, t);
   return t;
 }
 
@@ -174,6 +190,11 @@ Token *lex(const Source *src, Diag *d, int *ntok) {
   const char *end = src->text + src->len;
   bool space = true;
   while (L.p < end) {
+    if (L.n >= MAX_TOKENS) {
+      diag_file(d, src->path, "the model is too large: more than %d tokens (names, numbers and symbols)", MAX_TOKENS);
+      L.n = 0; /* nothing to parse */
+      break;
+    }
     char c = *L.p;
     if (c == '\n') {
       push(&L, TK_NEWLINE, L.p, 1, L.col, space)->bracketed = L.depth > 0;
@@ -208,7 +229,7 @@ Token *lex(const Source *src, Diag *d, int *ntok) {
           diag_error(d, t, "unexpected character (byte 0x%02x)", (unsigned char)c);
         else
           diag_error(d, t, "unexpected character '%c'", c);
-        L.toks.n--; /* drop it */
+        L.n--; /* drop it */
         L.p++, L.col++;
         continue;
       }
@@ -236,11 +257,12 @@ Token *lex(const Source *src, Diag *d, int *ntok) {
     push(&L, TK_NEWLINE, L.p, 0, L.col, true);
   }
   push(&L, TK_EOF, L.p, 0, L.col, true);
-  Token *arr = arena_alloc(sizeof(Token) * (size_t)L.toks.n);
-  for (int i = 0; i < L.toks.n; i++) {
-    arr[i] = *(Token *)L.toks.v[i];
+  Token *arr = arena_alloc(sizeof(Token) * (size_t)L.n);
+  for (int i = 0; i < L.n; i++) {
+    arr[i] = L.toks[i];
     for (int k = 0; k < L.nbad; k++) arr[i].bad_line |= arr[i].line == L.bad_lines[k];
   }
-  *ntok = L.toks.n;
+  free(L.toks);
+  *ntok = L.n;
   return arr;
 }

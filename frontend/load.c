@@ -26,9 +26,10 @@ const char *model_resolve(const char *arg) {
 
 Graph *frontend_load(const char *path, const ElabOptions *opt, Diag *d) {
   size_t len;
-  char *text = read_file(path, &len);
+  char why[128];
+  char *text = read_file_limit(path, LIMIT_TEXT, &len, why, sizeof why);
   if (!text) {
-    diag_file(d, path, "cannot read the model: %s", strerror(errno));
+    diag_file(d, path, "cannot read the model: %s", why);
     return NULL;
   }
   Graph *g = frontend_load_text(path, text, len, opt, d);

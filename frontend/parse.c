@@ -388,6 +388,10 @@ static Stmt *statement(Parser *P) {
 static Stmt **block(Parser *P, Token *open, int *n) {
   PtrVec stmts = {0};
   while (!P->abort) {
+    if (P->d->errors > P->d->max_errors) { /* nothing more would be shown */
+      P->abort = true;
+      break;
+    }
     while (peek(P)->kind == TK_NEWLINE) next(P);
     Token *t = peek(P);
     if (t->kind == TK_EOF) {

@@ -72,7 +72,34 @@ void ptrvec_push(PtrVec *pv, void *p);
 
 uint64_t hash_bytes(const void *p, size_t n, uint64_t seed); /* FNV-1a 64 */
 uint64_t hash_str(const char *s);
-char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure */
+char *read_file(const char *path, size_t *len); /* heap; NULL + errno on failure; no limit */
+
+/* How much of each kind of input file carve reads into memory at most. */
+#define LIMIT_TEXT                                                                                                     \
+  ((size_t)16 << 20)                       /* a model, cluster or plan: the frontend and the                           \
+                                              JSON reader hold ~100 bytes per byte of text */
+#define LIMIT_TOKENS ((size_t)64 << 30)    /* a token file, or the text carve data reads */
+#define LIMIT_PROGRAM ((size_t)1 << 30)    /* a rank program (a big plan's rank: tens of MB) */
+#define LIMIT_MANIFEST ((size_t)256 << 20) /* a checkpoint manifest, a safetensors header */
+/* Opens path for reading if it is a regular file of at most limit bytes, and
+ * never blocks: a FIFO, a device, a socket or a directory is refused before
+ * it is opened for reading. -1 and the reason in why (n bytes) on failure. */
+int open_input(const char *path, size_t limit, size_t *size, char *why, size_t n);
+/* The whole of a regular file of at most limit bytes, NUL-terminated, on the
+ * heap; NULL and the reason in why on failure. */
+char *read_file_limit(const char *path, size_t limit, size_t *len, char *why, size_t n);
+bool read_exact(int fd, void *buf, size_t n); /* false on an error or a short file */
+
+/* A map from strings to ints (open addressing, grown at half full). Keys are
+ * not copied: they must outlive the map (arena strings do). Zero-initialise. */
+typedef struct StrMap {
+  const char **keys;
+  int *vals;
+  int n, cap;
+} StrMap;
+int *strmap_get(const StrMap *m, const char *key);       /* the value's slot, NULL if absent */
+int *strmap_put(StrMap *m, const char *key, int if_new); /* the slot, made with if_new if absent */
+void strmap_free(StrMap *m);
 /* Renames the finished temporary file tmp to path, unless path exists and is
    not a regular file (a device, a directory, a FIFO: renaming would replace
    it, /dev/null included): then false with errno EEXIST. */
@@ -110,7 +137,15 @@ typedef struct Json {
   struct Json **items;
   const char **keys; /* object keys */
 } Json;
-/* NULL on malformed input, with the byte offset where reading stopped. */
+typedef struct JsonError {
+  size_t offset;    /* byte where reading stopped */
+  int line, col;    /* the same, 1-based */
+  const char *what; /* what was wrong there */
+} JsonError;
+/* text[len] must be 0. NULL on anything but one well-formed JSON value
+ * (trailing white space allowed), with where and why in *e if e is given. */
+Json *json_read(const char *text, size_t len, JsonError *e);
+/* The same for a NUL-terminated text, with only the byte offset of an error. */
 Json *json_parse(const char *text, size_t *error_offset);
 const Json *json_get(const Json *obj, const char *key);
 double json_num(const Json *obj, const char *key, double dflt);

@@ -27,6 +27,7 @@
 #define MAX_NODES 1000000
 #define MAX_DEVICES_PER_NODE 1024 /* MAX_NODES x this still fits an int */
 #define MAX_ERRORS 20
+#define MAX_VALUE 200 /* bytes of one value */
 
 /* What a key's value is: it decides the accepted units and the field type. */
 typedef enum { V_NAME, V_TEXT, V_COUNT, V_FLOPS, V_BYTES, V_RATE, V_SECONDS } ValueKind;
@@ -216,8 +217,25 @@ static bool name_ok(const char *s) {
   return *s != 0;
 }
 
+/* A value is short printable text: so every message that quotes one is
+ * short, and a device name cannot move the terminal's cursor. */
+static bool value_ok(Parser *p, int line, const Key *k, const char *v) {
+  size_t n = strlen(v);
+  if (n > MAX_VALUE) {
+    error_at(p, line, "%s: the value is %zu bytes long; at most %d", k->name, n, MAX_VALUE);
+    return false;
+  }
+  for (const char *q = v; *q; q++)
+    if ((unsigned char)*q < 0x20 || *q == 0x7f) {
+      error_at(p, line, "%s: the value holds a control character (byte 0x%02x)", k->name, (unsigned char)*q);
+      return false;
+    }
+  return true;
+}
+
 static void set_value(Parser *p, int line, const Key *k, const char *v) {
   char *field = (char *)p->c + k->offset;
+  if (!value_ok(p, line, k, v)) return;
   if (k->kind == V_NAME || k->kind == V_TEXT) {
     if (k->kind == V_NAME && !name_ok(v))
       error_at(p, line, "name is one word of letters, digits, '-', '_' and '.', got '%s'", v);
@@ -276,7 +294,8 @@ static void check_missing(Parser *p) {
     if (!p->line_of[i] && !keys[i].optional) error_at(p, 0, "missing key '%s': %s", keys[i].name, keys[i].what);
 }
 
-static Cluster *parse_cluster(const char *path, const char *text, size_t len, FILE *err) {
+/* Parses text in place: each line is cut out of it, nothing is copied. */
+static Cluster *parse_cluster(const char *path, char *text, size_t len, FILE *err) {
   Parser p = {.path = path, .err = err, .c = arena_alloc(sizeof(Cluster))};
   memset(p.c, 0, sizeof *p.c);
   p.c->path = arena_strdup(path);
@@ -286,10 +305,11 @@ static Cluster *parse_cluster(const char *path, const char *text, size_t len, FI
     return NULL;
   }
   int line = 0;
-  for (const char *s = text; s < text + len; line++) {
-    const char *e = memchr(s, '\n', (size_t)(text + len - s));
+  for (char *s = text; s < text + len; line++) {
+    char *e = memchr(s, '\n', (size_t)(text + len - s));
     if (!e) e = text + len;
-    char *l = trim_line(arena_strndup(s, (size_t)(e - s)));
+    *e = 0; /* text[len] is 0 too */
+    char *l = trim_line(s);
     if (*l) parse_line(&p, line + 1, l);
     s = e + 1;
   }
@@ -358,9 +378,10 @@ Cluster *cluster_load(const char *name_or_path, FILE *err) {
   const char *path = resolve(name_or_path, err);
   if (!path) return NULL;
   size_t len;
-  char *text = read_file(path, &len);
+  char why[128];
+  char *text = read_file_limit(path, LIMIT_TEXT, &len, why, sizeof why);
   if (!text) {
-    fprintf(err, "%s: error: cannot read the cluster: %s\n", path, strerror(errno));
+    fprintf(err, "%s: error: cannot read the cluster: %s\n", path, why);
     return NULL;
   }
   Cluster *c = parse_cluster(path, text, len, err);

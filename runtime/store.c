@@ -20,7 +20,6 @@
 #include "kmath.h"
 #include "store.h"
 
-#define MANIFEST_MAX (256 << 20) /* bytes a manifest or a safetensors header may have */
 #define ELEMS_MAX (1ll << 48)
 
 enum { SD_F32, SD_BF16, SD_F16 };
@@ -44,19 +43,11 @@ static bool fail(FILE *err, const char *path, const char *what) {
 
 /* Opens a regular file for reading (never a device, a FIFO or a folder); its size in *size. */
 static int open_regular(const char *path, int64_t *size, FILE *err) {
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  struct stat st;
-  if (fd < 0 || fstat(fd, &st) != 0) {
-    fprintf(err, "carve: error: cannot read '%s': %s\n", path, strerror(errno));
-    if (fd >= 0) close(fd);
-    return -1;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    close(fd);
-    fprintf(err, "carve: error: '%s' is not a regular file\n", path);
-    return -1;
-  }
-  *size = st.st_size;
+  char why[256];
+  size_t n;
+  int fd = open_input(path, (size_t)1 << 50, &n, why, sizeof why);
+  if (fd < 0) fprintf(err, "carve: error: cannot read '%s': %s\n", path, why);
+  *size = (int64_t)n;
   return fd;
 }
 
@@ -177,23 +168,10 @@ static bool read_rank(TensorStore *s, const Json *r, int rank, PtrVec *pieces, F
 }
 
 static char *read_small(const char *path, FILE *err) {
-  int64_t size;
-  int fd = open_regular(path, &size, err);
-  if (fd < 0) return NULL;
-  char *text = NULL;
-  if (size > MANIFEST_MAX) {
-    fprintf(err, "carve: error: %s: %lld bytes is too big for a manifest\n", path, (long long)size);
-  } else {
-    text = xmalloc((size_t)size + 1);
-    if (!read_at(fd, text, size, 0)) {
-      fprintf(err, "carve: error: cannot read '%s'\n", path);
-      free(text);
-      text = NULL;
-    } else {
-      text[size] = 0;
-    }
-  }
-  close(fd);
+  char why[256];
+  size_t len;
+  char *text = read_file_limit(path, LIMIT_MANIFEST, &len, why, sizeof why);
+  if (!text) fprintf(err, "carve: error: cannot read '%s': %s\n", path, why);
   return text;
 }
 
@@ -273,7 +251,7 @@ static bool open_safetensors(TensorStore *s, FILE *err) {
   s->fds = arena_alloc(sizeof(int));
   s->fds[0] = open_regular(s->path, &size, err);
   if (s->fds[0] < 0) return false;
-  if (size < 8 || !read_at(s->fds[0], &hlen, 8, 0) || hlen < 2 || hlen > (uint64_t)(size - 8) || hlen > MANIFEST_MAX)
+  if (size < 8 || !read_at(s->fds[0], &hlen, 8, 0) || hlen < 2 || hlen > (uint64_t)(size - 8) || hlen > LIMIT_MANIFEST)
     return fail(err, s->path, "not a safetensors file (its header length does not fit the file)");
   char *text = xmalloc(hlen + 1);
   bool ok = read_at(s->fds[0], text, (int64_t)hlen, 8);

@@ -1,77 +1,19 @@
 /* cmd_compare.c: `carve simulate PLAN [--trace out.json]` replays a plan's
  * step through the simulator; `carve compare PLAN...` puts plans side by
  * side. PLAN is a plan.json or a directory holding one (carve plan -o DIR). */
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "planner.h"
 #include "tools.h"
 
 static const Json *load_plan(const char *arg, const char **path_out) {
-  struct stat st;
-  const char *path = stat(arg, &st) == 0 && S_ISDIR(st.st_mode) ? arena_printf("%s/plan.json", arg) : arg;
-  *path_out = path;
-  size_t len, at = 0;
-  char *text = read_file(path, &len);
-  if (!text) {
-    fprintf(stderr, "carve: error: cannot read plan '%s': %s\n", path, strerror(errno));
-    return NULL;
-  }
-  Json *j = json_parse(text, &at);
-  free(text);
-  if (!j || strcmp(json_str(j, "format", ""), "carve-plan") != 0) {
-    fprintf(stderr, "carve: error: %s: not a carve plan (%s at byte %zu)\n", path,
-            j ? "no \"format\": \"carve-plan\"" : "malformed JSON", at);
-    return NULL;
-  }
-  if (json_num(j, "version", 0) != 1) {
-    fprintf(stderr, "carve: error: %s: plan version %g; this carve reads version 1\n", path, json_num(j, "version", 0));
-    return NULL;
-  }
+  const char *path = *path_out = plan_path(arg);
+  char why[512];
+  const Json *j = plan_read(path, why, sizeof why);
+  if (!j) fprintf(stderr, "carve: error: %s: %s\n", path, why);
   return j;
-}
-
-/* A pipeline plan rebuilt from JSON, enough to simulate it. */
-static PipelinePlan *pipeline_of(const Json *j, const char *path) {
-  PipelinePlan *p = arena_alloc(sizeof(PipelinePlan));
-  const Json *stages = json_get(j, "stages");
-  p->microbatches = (int)json_num(j, "microbatches", 1);
-  p->v = (int)json_num(j, "chunks_per_device", 1);
-  const char *sched = json_str(j, "schedule", "1f1b");
-  p->schedule = SCHED_KINDS;
-  for (int k = 0; k < SCHED_KINDS; k++)
-    if (!strcmp(sched, sched_names[k])) p->schedule = (SchedKind)k;
-  if (!stages) { /* a plan of one mesh: one stage, one microbatch */
-    p->nstages = 1, p->microbatches = 1, p->v = 1, p->schedule = SCHED_1F1B;
-    p->stages = arena_alloc(sizeof(PipeStage));
-    p->stages[0].t = json_num(j, "predicted_step_s", -1);
-  } else {
-    p->nstages = stages->kind == JSON_ARRAY ? stages->n : 0;
-    p->stages = arena_alloc(sizeof(PipeStage) * (size_t)(p->nstages + 1));
-    for (int s = 0; s < p->nstages; s++) {
-      p->stages[s].t = json_num(stages->items[s], "predicted_stage_s", -1);
-      p->stages[s].sync = json_num(stages->items[s], "sync_s", 0);
-      p->stages[s].p2p = json_num(stages->items[s], "p2p_s", 0);
-      const char *rc = json_str(stages->items[s], "recompute", "none");
-      for (int k = 0; k < RC_KINDS; k++)
-        if (!strcmp(rc, rc_names[k])) p->stages[s].recompute = k;
-      p->stages[s].sel_t = json_num(stages->items[s], "selective_recompute_s", 0);
-      p->stages[s].fwd_frac = json_num(stages->items[s], "forward_fraction", 0);
-      p->stages[s].wgrad_frac = json_num(stages->items[s], "weight_grad_fraction", 0);
-    }
-  }
-  bool ok = p->schedule < SCHED_KINDS && p->nstages > 0 && p->microbatches > 0 && p->v > 0;
-  for (int s = 0; ok && s < p->nstages; s++)
-    ok = p->stages[s].t >= 0 && p->stages[s].sync >= 0 && p->stages[s].p2p >= 0;
-  if (!ok) {
-    fprintf(stderr, "carve: error: %s: the plan's schedule, microbatches or stage times are missing or invalid\n",
-            path);
-    return NULL;
-  }
-  return p;
 }
 
 int cmd_simulate(int argc, char **argv) {
@@ -98,7 +40,7 @@ int cmd_simulate(int argc, char **argv) {
   if (!plan) return usage_error("simulate", "which plan? give a plan.json or a directory from carve plan -o");
   const char *path;
   const Json *j = load_plan(plan, &path);
-  PipelinePlan *p = j ? pipeline_of(j, path) : NULL;
+  PipelinePlan *p = j ? plan_pipeline_of(j) : NULL;
   SimInput in;
   SimResult r;
   if (!p || !pipeline_sim_input(p, &in, stderr) || !simulate(&in, &r, stderr)) return 1;

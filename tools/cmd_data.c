@@ -59,9 +59,11 @@ int cmd_data(int argc, char **argv) {
   unsigned char *text = xmalloc(cap);
   for (int i = 0; i < files.n; i++) {
     size_t len;
-    char *buf = read_file(files.v[i], &len);
+    char why[128];
+    char *buf = read_file_limit(files.v[i], LIMIT_TOKENS / 2 - total, &len, why, sizeof why);
     if (!buf) {
-      fprintf(stderr, "carve: error: cannot read '%s': %s\n", (char *)files.v[i], strerror(errno));
+      fprintf(stderr, "carve: error: cannot read '%s': %s%s\n", (char *)files.v[i], why,
+              total ? " (with the files before it)" : "");
       free(text);
       return 1;
     }

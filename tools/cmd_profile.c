@@ -368,7 +368,8 @@ static const char *eng(double v) {
 /* The CPU's model name, without '#' (which would start a comment). */
 static const char *cpu_name(void) {
   size_t len;
-  char *text = read_file("/proc/cpuinfo", &len);
+  char why[128];
+  char *text = read_file_limit("/proc/cpuinfo", LIMIT_TEXT, &len, why, sizeof why);
   const char *name = "CPU";
   char *s = text ? strstr(text, "model name") : NULL;
   if (s && (s = strchr(s, ':'))) {

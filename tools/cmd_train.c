@@ -409,6 +409,28 @@ static Program *load_program(const char *arg, int rank, FILE *err) {
   return program_read(path, err);
 }
 
+/* A plan directory: sets the planner's prediction against what ran. No
+ * plan.json: nothing to say; one that is not a valid plan: a warning. */
+/* A plan directory: the planner's predictions set against what ran. */
+static void print_prediction(const char *dir, double measured, double peak) {
+  const char *path = arena_printf("%s/plan.json", dir);
+  struct stat st;
+  if (stat(path, &st) != 0) return;
+  char why[512];
+  const Json *plan = plan_read(path, why, sizeof why);
+  if (!plan) {
+    fprintf(stderr, "carve: warning: %s: %s; no prediction to compare with\n", path, why);
+    return;
+  }
+  double predicted = json_num(plan, "predicted_step_s", 0), memory = json_num(plan, "memory_per_device_bytes", 0);
+  printf("predicted step %.1f ms (%s), measured %.1f ms: measured / predicted = %.2f\n", predicted * 1e3, path,
+         measured * 1e3, measured / predicted);
+  char a[32], b[32];
+  if (memory > 0 && peak > 0)
+    printf("predicted memory per device %s, measured peak %s (%.0f bytes): measured / predicted = %.3f\n",
+           fmt_bytes(memory, a, sizeof a), fmt_bytes(peak, b, sizeof b), peak, peak / memory);
+}
+
 static int run_program(Opts *o, const Program *p, Transport *net) {
   TokenData *td = NULL;
   char *quiet_text = NULL; /* every rank reads the same file: rank 0 speaks for them */
@@ -453,21 +475,7 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
   ro.peak_bytes = &peak;
   int rc = runtime_run(p, &ro);
   tokens_free(td);
-  /* a plan directory: set the planner's prediction against what ran */
-  size_t len;
-  char *text =
-      net->rank == 0 && rc == 0 && measured > 0 ? read_file(arena_printf("%s/plan.json", o->model), &len) : NULL;
-  Json *plan = text ? json_parse(text, NULL) : NULL;
-  double predicted = plan ? json_num(plan, "predicted_step_s", 0) : 0;
-  double memory = plan ? json_num(plan, "memory_per_device_bytes", 0) : 0;
-  if (predicted > 0 && !o->quiet)
-    printf("predicted step %.1f ms (%s/plan.json), measured %.1f ms: measured / predicted = %.2f\n", predicted * 1e3,
-           o->model, measured * 1e3, measured / predicted);
-  char a[32], b[32];
-  if (memory > 0 && peak > 0 && !o->quiet)
-    printf("predicted memory per device %s, measured peak %s (%.0f bytes): measured / predicted = %.3f\n",
-           fmt_bytes(memory, a, sizeof a), fmt_bytes(peak, b, sizeof b), peak, peak / memory);
-  free(text);
+  if (net->rank == 0 && rc == 0 && measured > 0 && !o->quiet) print_prediction(o->model, measured, peak);
   return rc;
 }
 

@@ -30,6 +30,13 @@ bool rank_file_write(const Program *p, void *files);
 /* Removes DIR/rankN.prog from N = world on: an earlier, larger layout's. */
 void rank_files_trim(const char *dir, int world);
 
+/* tools/plan_file.c: plan files read back; every field that is used is
+   checked first. plan_read: NULL and why (naming the field) if the file
+   cannot be read, is not a plan or holds a value out of range. */
+const char *plan_path(const char *arg); /* ARG/plan.json for a directory, else ARG */
+const Json *plan_read(const char *path, char *why, size_t n);
+struct PipelinePlan *plan_pipeline_of(const Json *checked_plan);
+
 /* Prints "carve: error: ..." and a hint to use --help; returns 2. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool wants_help(int argc, char **argv);
