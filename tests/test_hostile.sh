@@ -64,6 +64,10 @@ expect 1 "cannot read token file 'fifo': a FIFO" run prog --data fifo --steps 1
 expect 1 "fifo: cannot read the plan: a FIFO, not a regular file" simulate fifo
 expect 1 "/dev/zero: cannot read the plan: a character device" simulate /dev/zero
 expect 1 "cannot read '/dev/zero': a character device" data /dev/zero -o tokens
+expect 1 "cannot read program '/dev/zero': a character device" run /dev/zero --steps 1
+expect 1 "cannot read program 'fifo': a FIFO" run fifo --steps 1
+expect 1 "cannot read '/dev/zero': a character device" run prog --steps 1 --init-from /dev/zero
+expect 1 "'fifo' is not a checkpoint folder" run prog --steps 1 --resume fifo
 [ -p fifo ] && [ -d adir ] && pass=$((pass + 1)) || {
   fail=$((fail + 1))
   echo "FAILED: the FIFO or the directory was replaced"
