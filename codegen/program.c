@@ -179,7 +179,10 @@ typedef struct Reader {
   char *next;
   int lineno;
   FILE *err;
+  int64_t lines_max; /* what the file's size allows: a count beyond it is a lie, not an allocation */
 } Reader;
+
+#define LINE_MIN 8 /* bytes of the shortest buffer, group or instruction line */
 
 static bool next_line(Reader *R) {
   if (!R->next || !*R->next) return false;
@@ -259,6 +262,15 @@ static bool read_buffer(Reader *R, Program *p, int b) {
   return true;
 }
 
+/* The runtime allocates the arena whole: one much larger than its buffers
+   reach is refused (a small file must not claim terabytes). */
+static bool arena_fits(const Program *p) {
+  int64_t end = 0;
+  for (int b = 0; b < p->nbufs; b++)
+    if (p->bufs[b].offset + p->bufs[b].bytes > end) end = p->bufs[b].offset + p->bufs[b].bytes;
+  return p->arena_bytes <= 4 * end + (16 << 20);
+}
+
 /* An integer in [lo, hi], or -1. */
 static int parse_id_range(const char *tok, int lo, int hi) {
   char *end;
@@ -275,7 +287,8 @@ static bool read_group(Reader *R, Program *p, int g) {
   char *id = strtok_r(NULL, " ", &save), *colon = strtok_r(NULL, " ", &save);
   if (!tok || strcmp(tok, "group") || !id || parse_id_range(id, 0, p->ngroups - 1) != g || !colon || strcmp(colon, ":"))
     return bad(R, arena_printf("expected 'group %d : <ranks>'", g));
-  p->group_ranks[g] = arena_alloc(sizeof(int) * (size_t)p->world);
+  size_t most = strlen(save ? save : "") / 2 + 1; /* ranks the rest of the line can hold */
+  p->group_ranks[g] = arena_alloc(sizeof(int) * (most < (size_t)p->world ? most : (size_t)p->world));
   int n = 0;
   while ((tok = strtok_r(NULL, " ", &save))) {
     int r = parse_id_range(tok, 0, p->world - 1);
@@ -367,7 +380,7 @@ static bool read_instr(Reader *R, const Program *p, Instr *in) {
 static bool read_section(Reader *R, Program *p, const char *name, Instr **out, int *n) {
   int64_t count;
   if (!header_i64(R, name, &count)) return false;
-  if (count < 0 || count > 50000000) return bad(R, "implausible instruction count");
+  if (count < 0 || count > R->lines_max) return bad(R, "more instructions than the file has lines");
   *n = (int)count;
   *out = arena_alloc(sizeof(Instr) * (size_t)(count + 1));
   for (int i = 0; i < *n; i++)
@@ -384,6 +397,7 @@ Program *program_read(const char *path, FILE *err) {
     fprintf(err, "carve: error: cannot read program '%s': %s\n", path, why);
     return NULL;
   }
+  R.lines_max = (int64_t)(len / LINE_MIN);
   Program *p = arena_alloc(sizeof(Program));
   Program *result = NULL;
   /* checksum first: the last line covers everything before it */
@@ -417,7 +431,7 @@ Program *program_read(const char *path, FILE *err) {
     } else if (!next_line(&R) || sscanf(R.line, "model %255s", model) != 1) {
       bad(&R, "expected 'model <name>'");
     } else if (!next_line(&R) || sscanf(R.line, "rank %" SCNd64 " world %" SCNd64, &rank, &world) != 2 || world < 1 ||
-               rank < 0 || rank >= world) {
+               world > (1 << 20) || rank < 0 || rank >= world) {
       bad(&R, "expected 'rank <r> world <n>' with 0 <= r < n");
     } else if (!next_line(&R) || sscanf(R.line, "plan %" SCNx64 "%n", &p->plan_id, &plan_end) != 1 ||
                R.line[plan_end]) {
@@ -437,7 +451,7 @@ Program *program_read(const char *path, FILE *err) {
       if (ok && (!next_line(&R) || sscanf(R.line, "flops_per_step %lf", &flops) != 1))
         ok = bad(&R, "expected 'flops_per_step <number>'");
       ok = ok && header_i64(&R, "arena", &arena) && header_i64(&R, "buffers", &nbufs);
-      if (ok && (mb < 1 || tps < 0 || vocab < 0 || vocab > 65536 || arena < 0 || nbufs < 0 || nbufs > 50000000))
+      if (ok && (mb < 1 || tps < 0 || vocab < 0 || vocab > 65536 || arena < 0 || nbufs < 0 || nbufs > R.lines_max))
         ok = bad(&R, "header value out of range");
       if (ok) {
         p->seed = (uint64_t)seed, p->microbatches = (int)mb, p->tokens_per_step = tps, p->vocab = vocab;
@@ -446,7 +460,8 @@ Program *program_read(const char *path, FILE *err) {
         for (int b = 0; ok && b < p->nbufs; b++) ok = read_buffer(&R, p, b);
         int64_t ngroups = 0;
         ok = ok && header_i64(&R, "groups", &ngroups);
-        if (ok && (ngroups < 0 || ngroups > 1000000)) ok = bad(&R, "implausible group count");
+        if (ok && (ngroups < 0 || ngroups > R.lines_max)) ok = bad(&R, "more groups than the file has lines");
+        if (ok && !arena_fits(p)) ok = bad(&R, "the arena is far larger than its buffers need");
         if (ok) {
           p->ngroups = (int)ngroups;
           p->group_size = arena_alloc(sizeof(int) * (size_t)(ngroups + 1));

@@ -186,6 +186,15 @@ static void test_damaged_files(void) {
   replace_once(body, "buf 0 input i32 [4,16]", "buf 0 input i32 [4,17]", edited, n);
   write_with_checksum(bad, edited);
   CHECK(refused(bad, "embed"), "a buffer shape that disagrees with its users is refused");
+  replace_once(body, "arena ", "arena 99999999", edited, n);
+  write_with_checksum(bad, edited);
+  CHECK(refused(bad, "far larger than its buffers need"), "an arena of terabytes in a small file is refused");
+  replace_once(body, "buffers ", "buffers 9999999", edited, n);
+  write_with_checksum(bad, edited);
+  CHECK(refused(bad, "header value out of range"), "more buffers than the file has lines is refused, not allocated");
+  replace_once(body, "rank 0 world 1", "rank 0 world 1000000000", edited, n);
+  write_with_checksum(bad, edited);
+  CHECK(refused(bad, "rank <r> world <n>"), "a world of a billion ranks is refused");
   replace_once(body, "\nplan ", "\nplan_id ", edited, n);
   write_with_checksum(bad, edited);
   CHECK(refused(bad, "expected 'plan <id>'"), "a program without its plan id is refused");
