@@ -50,6 +50,13 @@ static void piece_json(FILE *m, const Program *p, int b, int64_t at, uint64_t ha
           g.len, g.inner, at, hash);
 }
 
+static int64_t shard_bytes(const Program *p) {
+  int64_t n = 0;
+  for (int b = 0; b < p->nbufs; b++)
+    if (persistent(p->bufs[b].kind)) n += p->bufs[b].bytes;
+  return n;
+}
+
 /* This rank's shard; *index gets its manifest entry (malloc). */
 static bool write_shard(Run *R, const char *dir, char **index) {
   const Program *p = R->p;
@@ -172,28 +179,48 @@ static bool prepare(const char *ck, const char *dir) {
   return sync_dir(dir);
 }
 
+/* The first failing rank's message: every rank writes its own to a buffer,
+   and the lowest rank that failed prints it. */
+static bool agree_loud(Transport *t, bool ok, const char *msg) {
+  int first = -(int)t->max(t, ok ? -(double)t->world : -(double)t->rank);
+  if (first < t->world && first == t->rank && msg) fputs(msg, stderr);
+  return first >= t->world;
+}
+
+/* agree_loud for a write: the first rank that failed says what it could not write and why. */
+static bool agree_written(Transport *t, bool ok, int step, const char *what) {
+  char *msg = ok ? NULL
+                 : arena_printf("carve: error: step %d: cannot write the checkpoint %s: %s; the last complete "
+                                "one is kept\n",
+                                step, what, strerror(errno ? errno : EIO));
+  return agree_loud(t, ok, msg);
+}
+
 bool checkpoint_write(Run *R, int step) {
   const RunOptions *o = R->o;
   Transport *t = R->net;
-  const char *dir = checkpoint_folder(o->checkpoint_dir, step), *what = dir;
-  bool ok = t->rank != 0 || prepare(o->checkpoint_dir, dir);
+  double t0 = now_seconds();
+  const char *dir = checkpoint_folder(o->checkpoint_dir, step);
+  bool ok = agree_written(t, t->rank != 0 || prepare(o->checkpoint_dir, dir), step, dir);
   char *mine = NULL;
-  ok = t->agree(t, ok) && t->agree(t, write_shard(R, dir, &mine));
+  ok = ok && agree_written(t, write_shard(R, dir, &mine), step, arena_printf("%s/rank%d.shard", dir, t->rank));
   int64_t len = mine ? (int64_t)strlen(mine) : 0, block = (int64_t)t->max(t, (double)len) + 1;
   char *in = xcalloc((size_t)block, 1), *all = xcalloc((size_t)block * (size_t)t->world, 1);
   if (mine) memcpy(in, mine, (size_t)len);
   ok = ok && t->gather_all(t, in, block, all);
   fault("checkpoint-manifest");
+  bool mine_ok = true;
   if (ok && t->rank == 0) {
-    ok = write_manifest(R, dir, step, all, block);
-    what = arena_printf("%s/manifest.json", dir);
-    if (ok) prune(o->checkpoint_dir, step, o->checkpoint_keep > 0 ? o->checkpoint_keep : 1);
+    mine_ok = write_manifest(R, dir, step, all, block);
+    if (mine_ok) prune(o->checkpoint_dir, step, o->checkpoint_keep > 0 ? o->checkpoint_keep : 1);
   }
-  int e = errno;
-  ok = t->agree(t, ok);
-  if (!ok && t->rank == 0)
-    fprintf(stderr, "carve: error: step %d: cannot write the checkpoint %s: %s; the last complete one is kept\n", step,
-            what, strerror(e ? e : EIO));
+  ok = ok && agree_written(t, mine_ok, step, arena_printf("%s/manifest.json", dir));
+  double bytes = t->sum(t, (double)shard_bytes(R->p));
+  if (ok && t->rank == 0 && !o->quiet) {
+    char b[32];
+    printf("checkpoint %s: %s in %.2f s\n", dir, fmt_bytes(bytes, b, sizeof b), now_seconds() - t0);
+    fflush(stdout);
+  }
   free(mine);
   free(in);
   free(all);
@@ -246,14 +273,6 @@ static void describe_resume(const Run *R, const TensorStore *s, const char *path
     printf("note: the checkpoint's seed is %" PRIu64 ", this program's %" PRIu64 ": the data from here on differs\n",
            s->seed, p->seed);
   fflush(stdout);
-}
-
-/* The first failing rank's message: every rank writes its own to a buffer,
-   and the lowest rank that failed prints it. */
-static bool agree_loud(Transport *t, bool ok, const char *msg) {
-  int first = -(int)t->max(t, ok ? -(double)t->world : -(double)t->rank);
-  if (first < t->world && first == t->rank && msg) fputs(msg, stderr);
-  return first >= t->world;
 }
 
 bool checkpoint_restore(Run *R) {

@@ -126,6 +126,25 @@ for fault in checkpoint-shard checkpoint-manifest; do
   fi
 done
 
+# a full disk (a file size limit, the signal ignored: writes fail with EFBIG) while writing the
+# checkpoint of step 4: the run stops with the file named, step 2's checkpoint stays and resumes
+rm -rf "$tmp/full.ck"
+run one 1 full.before --steps 2 --checkpoint-dir "$tmp/full.ck" || bad "full disk: first run"
+(
+  trap '' XFSZ
+  ulimit -f 2000
+  run one 1 full --steps 4 --resume "$tmp/full.ck" --checkpoint-dir "$tmp/full.ck"
+)
+status=$?
+if [ "$status" -eq 1 ] && grep -q "cannot write the checkpoint .*step-00000004/rank0.shard: File too large" "$tmp/log" &&
+  [ ! -f "$tmp/full.ck/step-00000004/manifest.json" ] &&
+  run one 1 full.after --steps 6 --resume "$tmp/full.ck" && grep -q "resuming after step 2" "$tmp/log" &&
+  same_files one.full full.after 1; then ok; else bad "full disk while writing a checkpoint (status $status)"; fi
+# a step folder that is a file: refused with the reason
+mkdir -p "$tmp/file.ck" && : >"$tmp/file.ck/step-00000001"
+if ! run one 1 file --steps 1 --checkpoint-dir "$tmp/file.ck" && grep -q "step-00000001: Not a directory" "$tmp/log"
+then ok; else bad "a step folder that is a file"; fi
+
 # --keep: the newest two of three; a restartable command starts fresh on an empty folder
 run one 1 keep --steps 3 --checkpoint-dir "$tmp/keep.ck" --checkpoint-every 1 --keep 2 --resume "$tmp/keep.ck"
 if grep -q "no checkpoint in" "$tmp/log" && [ "$(ls "$tmp/keep.ck")" = "step-00000002
