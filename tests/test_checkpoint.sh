@@ -5,8 +5,9 @@
 #   stopped (the parameter files of every rank compare equal byte for byte,
 #   and so do the losses): one rank, dp=2 x tp=2, and a 1F1B pipeline with
 #   two replicas (4 ranks each).
-# - Resuming on another plan reshards the checkpoint: dp=2 -> tp=2 and dp=2 ->
-#   1 rank in fp32 (losses within 1e-5 relative of the run that never
+# - Resuming on another plan reshards the checkpoint: dp=2 -> tp=2, dp=2 ->
+#   1 rank, ZeRO 3 shards of 3 replicas (padded) -> 1 rank, ZeRO 1 optimizer chunks -> tp=2
+#   in fp32 (losses within 1e-5 relative of the run that never
 #   stopped, parameters within 1e-4: what N ranks against one are held to);
 #   dp=2 x tp=2 -> 1 rank in bf16 and an fp32 checkpoint resumed in bf16
 #   (the bf16 tolerances of ranks_bf16).
@@ -105,7 +106,15 @@ reshard() { # NAME CK PLAN RANKS REF LOSS-TOL PARAM-TOL (REF: a one-rank run tha
     bad "$1: resharded resume"
   fi
 }
+# ZeRO 3 over 3 replicas: a 128-element gain is cut into chunks of 43, the last one padded
+model="gpt --preset gpt-tiny --set batch=12,layers=2"
+compile z3 "dp=3,zero=3" --precision fp32 && run z3 3 z3.half --steps 3 --checkpoint-dir "$tmp/z3.ck" || bad "zero3: run"
+compile one3 "" --microbatches 3 --precision fp32 && run one3 1 one3.full --steps 6 || bad "one rank, batch 12: run"
+model="gpt --preset gpt-tiny --set batch=16,layers=2"
+compile z1 "dp=2,zero=1" --precision fp32 && run z1 2 z1.half --steps 3 --checkpoint-dir "$tmp/z1.ck" || bad "zero1: run"
 reshard dp_to_tp dp.ck tp 2 one2.full 1e-5 1e-4
+reshard zero3_to_one z3.ck one3 1 one3.full 1e-5 1e-4
+reshard zero1_to_tp z1.ck tp 2 one2.full 1e-5 1e-4
 reshard dp_to_one dp.ck one2 1 one2.full 1e-5 1e-4
 reshard four_to_one dptp.ck onebf 1 onebf.full 1e-4 0.2
 reshard fp32_to_bf16 dp.ck onebf 1 onebf.full 2e-3 0.2
