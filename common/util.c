@@ -288,7 +288,7 @@ bool sync_dir(const char *dir) {
 
 uint64_t hash_words(const void *p, size_t n, uint64_t seed) {
   const unsigned char *s = p;
-  uint64_t h = 1469598103934665603ull ^ seed, w;
+  uint64_t h = FNV64_BASIS ^ seed, w;
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     memcpy(&w, s + i, 8);

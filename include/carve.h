@@ -87,7 +87,10 @@ FILE *temp_beside(const char *path, const char **tmp);
 bool temp_commit(FILE *f, const char *tmp, const char *path);
 /* Flushes a folder's entries (a rename in it) to disk. */
 bool sync_dir(const char *dir);
-/* FNV-1a 64 over 8-byte words (then the tail bytes): checksums of big data. */
+/* FNV-1a 64 over 8-byte words (then the tail bytes): checksums of big data.
+ * It starts from state FNV64_BASIS ^ seed, so hashing on from state h (after
+ * a multiple of 8 bytes) is hash_words(more, n, h ^ FNV64_BASIS). */
+#define FNV64_BASIS 1469598103934665603ull
 uint64_t hash_words(const void *p, size_t n, uint64_t seed);
 double now_seconds(void);
 /* Re-executes the program with OMP_WAIT_POLICY=PASSIVE unless it is set
