@@ -541,9 +541,16 @@ static int *slot(Rank *R, int node, int q, int inst) {
   return &R->have[((size_t)node * (size_t)D->L->microbatches * (size_t)R->per + own) * 2 + (size_t)inst];
 }
 
+/* "name", "name#mb", "name/re" or "name#mb/re" (made by hand: a big plan
+   names hundreds of thousands of buffers per rank) */
 static const char *inst_name(const Rank *R, const Node *n, int mb, int inst) {
   if (R->D->M == 1 && !inst) return n->name;
-  return arena_printf("%s%s%s", n->name, R->D->M > 1 ? arena_printf("#%d", mb) : "", inst ? "/re" : "");
+  size_t len = strlen(n->name);
+  char *s = arena_alloc(len + 28), *e = s + len;
+  memcpy(s, n->name, len);
+  if (R->D->M > 1) *e++ = '#', e += int_str(mb, e);
+  if (inst) memcpy(e, "/re", 4);
+  return s;
 }
 
 /* The buffer a parameter is read from: its master, or its bf16 copy of the
