@@ -902,19 +902,28 @@ static uint64_t plan_id(const Dist *D, uint64_t seed) {
   return hash_bytes(D->sh, sizeof(Shard) * (size_t)D->g->n, h);
 }
 
-/* Every rank's program in rank order (device, replica, position), each
-   handed to `each` and then released: what the ranks share (Dist) stays,
-   what one rank's program takes is freed before the next is made. */
+typedef struct Making {
+  const Dist *D;
+  uint64_t seed;
+} Making;
+
+/* Rank i's program (ranks run over device, replica, position). */
+static const Program *make_rank(void *making, int i) {
+  const Making *mk = making;
+  const Dist *D = mk->D;
+  int d = 0;
+  while (i >= D->base[d] + D->dpd[d] * D->tp) d++;
+  int j = (i - D->base[d]) / D->tp, q = (i - D->base[d]) % D->tp;
+  return emit_rank(D, d, j, q, mk->seed);
+}
+
+/* Every rank's program in rank order, each handed to `each` and then
+   released: what the ranks share (Dist) stays, what one rank's program
+   takes is freed once it is written. Making one overlaps writing the one
+   before (ranks_pipelined). */
 static bool emit_ranks(const Dist *D, uint64_t seed, RankSink each, void *ctx) {
-  for (int d = 0; d < D->L->pp; d++)
-    for (int j = 0; j < D->dpd[d]; j++)
-      for (int q = 0; q < D->tp; q++) {
-        ArenaMark m = arena_mark();
-        bool ok = each(emit_rank(D, d, j, q, seed), ctx);
-        arena_release(m);
-        if (!ok) return false;
-      }
-  return true;
+  Making mk = {D, seed};
+  return ranks_pipelined(D->world, make_rank, &mk, each, ctx);
 }
 
 static int gcd(int a, int b) { return b ? gcd(b, a % b) : a; }
