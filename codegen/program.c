@@ -35,9 +35,11 @@
 #include "carve.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const char *const buf_kind_names[] = {"param", "grad", "optstate", "input", "act", "scalar", "work"};
 
@@ -260,6 +262,9 @@ bool program_write(const Program *p, const char *path, FILE *err) {
     Sink k = {.o = {arena_alloc(CHUNK), 0, CHUNK}, .f = f, .h = FNV64_BASIS};
     print_program(p, &k);
     fprintf(f, "checksum %016" PRIx64 "\n", k.h);
+    /* on disk, its pages need not stay cached: a big plan's programs would
+       fill memory with them and the kernel copies slowly into reclaimed pages */
+    if (fflush(f) == 0 && fsync(fileno(f)) == 0) posix_fadvise(fileno(f), 0, 0, POSIX_FADV_DONTNEED);
     ok = temp_commit(f, tmp, path);
   }
   if (!ok) fprintf(err, "carve: error: cannot write program '%s': %s\n", path, strerror(errno));
