@@ -541,9 +541,16 @@ static int *slot(Rank *R, int node, int q, int inst) {
   return &R->have[((size_t)node * (size_t)D->L->microbatches * (size_t)R->per + own) * 2 + (size_t)inst];
 }
 
+/* "name", "name#mb", "name/re" or "name#mb/re" (made by hand: a big plan
+   names hundreds of thousands of buffers per rank) */
 static const char *inst_name(const Rank *R, const Node *n, int mb, int inst) {
   if (R->D->M == 1 && !inst) return n->name;
-  return arena_printf("%s%s%s", n->name, R->D->M > 1 ? arena_printf("#%d", mb) : "", inst ? "/re" : "");
+  size_t len = strlen(n->name);
+  char *s = arena_alloc(len + 28), *e = s + len;
+  memcpy(s, n->name, len);
+  if (R->D->M > 1) *e++ = '#', e += int_str(mb, e);
+  if (inst) memcpy(e, "/re", 4);
+  return s;
 }
 
 /* The buffer a parameter is read from: its master, or its bf16 copy of the
@@ -895,20 +902,37 @@ static uint64_t plan_id(const Dist *D, uint64_t seed) {
   return hash_bytes(D->sh, sizeof(Shard) * (size_t)D->g->n, h);
 }
 
-/* Every rank's program in rank order (device, replica, position), each
-   handed to `each` and then released: what the ranks share (Dist) stays,
-   what one rank's program takes is freed before the next is made. */
+typedef struct Making {
+  const Dist *D;
+  uint64_t seed;
+} Making;
+
+/* Rank i's program (ranks run over device, replica, position). */
+static const Program *make_rank(void *making, int i) {
+  const Making *mk = making;
+  const Dist *D = mk->D;
+  int d = 0;
+  while (i >= D->base[d] + D->dpd[d] * D->tp) d++;
+  int j = (i - D->base[d]) / D->tp, q = (i - D->base[d]) % D->tp;
+  return emit_rank(D, d, j, q, mk->seed);
+}
+
+/* Every rank's program in rank order, each handed to `each` and then
+   released: what the ranks share (Dist) stays, what one rank's program
+   takes is freed once it is written. Making one overlaps writing the one
+   before (ranks_pipelined). */
 static bool emit_ranks(const Dist *D, uint64_t seed, RankSink each, void *ctx) {
-  bool one = D->L->first_of_stage;
-  for (int d = 0; d < D->L->pp; d++)
-    for (int j = 0; j < (one ? 1 : D->dpd[d]); j++)
-      for (int q = 0; q < (one ? 1 : D->tp); q++) {
-        ArenaMark m = arena_mark();
-        bool ok = each(emit_rank(D, d, j, q, seed), ctx);
-        arena_release(m);
-        if (!ok) return false;
-      }
-  return true;
+  if (D->L->first_of_stage) { /* a device's first rank each: few programs, made one by one */
+    for (int d = 0; d < D->L->pp; d++) {
+      ArenaMark m = arena_mark();
+      bool ok = each(emit_rank(D, d, 0, 0, seed), ctx);
+      arena_release(m);
+      if (!ok) return false;
+    }
+    return true;
+  }
+  Making mk = {D, seed};
+  return ranks_pipelined(D->world, make_rank, &mk, each, ctx);
 }
 
 static int gcd(int a, int b) { return b ? gcd(b, a % b) : a; }

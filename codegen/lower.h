@@ -43,4 +43,10 @@ int prog_cast(Program *p, int *cap, PtrVec *list, int b, DType dt, int into);
 /* Copies the instruction lists into the program. */
 void prog_finish(Program *p, const PtrVec *init, const PtrVec *step);
 
+/* Programs 0..n-1 from make(mctx, i), handed to each(program, ctx) in
+ * order on a second thread while the next is made (codegen/pipe.c); false
+ * once `each` fails, and none is handed over after that. */
+typedef const Program *(*RankMaker)(void *mctx, int i);
+bool ranks_pipelined(int n, RankMaker make, void *mctx, RankSink each, void *ctx);
+
 #endif

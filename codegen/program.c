@@ -25,7 +25,9 @@
  *   step 900                           instructions run every step
  *   einsum 17 : 12 3 spec=abc,cd->abd
  *   ...
- *   checksum 9f3a...                   FNV-1a 64 of every byte above this line
+ *   checksum 9f3a...                   FNV-1a 64 over the 8-byte words (little
+ *                                      endian), then the tail bytes, of every
+ *                                      byte above this line (hash_words)
  *
  * The reader trusts nothing: every id, shape, offset and attribute is checked,
  * and so is the checksum, so a truncated or edited file is refused with the
@@ -33,9 +35,11 @@
 #include "carve.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const char *const buf_kind_names[] = {"param", "grad", "optstate", "input", "act", "scalar", "work"};
 
@@ -54,28 +58,47 @@ static bool attr_name(const char *list, int k, char *out, size_t n) {
 
 static bool kind_attr(OpKind op, int k) { return (op == OP_INIT || op == OP_LOAD) && k == 0; }
 
-/* A line of text built in place: an instruction line has at most a few
-   hundred characters (written once, instead of a formatted print per item). */
-typedef struct Line {
-  char s[1024];
-  int n;
-} Line;
+/* Text built in place: an instruction line in a small array (for `carve
+   explain`), or a program file's text in a chunk that is written out as it
+   fills. Items are copied and numbers converted by hand, instead of a
+   formatted print per item. */
+typedef struct Out {
+  char *s;
+  size_t n, cap;
+} Out;
 
-static void put_str(Line *l, const char *s, size_t len) {
-  CARVE_ASSERT(l->n + len < sizeof l->s, "an instruction line too long");
-  memcpy(l->s + l->n, s, len);
-  l->n += (int)len;
+static void put_str(Out *o, const char *s, size_t len) {
+  CARVE_ASSERT(o->n + len <= o->cap, "a program line too long");
+  memcpy(o->s + o->n, s, len);
+  o->n += len;
 }
 
-static void put_int(Line *l, char sep, int64_t v) {
-  char d[24];
-  int n = int_str(v, d + 1);
-  d[0] = sep;
-  put_str(l, d, (size_t)n + 1);
+static void put_cstr(Out *o, const char *s) { put_str(o, s, strlen(s)); }
+
+/* v in decimal */
+static void put_num(Out *o, int64_t v) {
+  CARVE_ASSERT(o->n + 24 <= o->cap, "a program line too long");
+  o->n += (size_t)int_str(v, o->s + o->n);
+}
+
+/* sep, then v in decimal */
+static void put_int(Out *o, char sep, int64_t v) {
+  put_str(o, &sep, 1);
+  put_num(o, v);
+}
+
+/* "[8,1024,768]" */
+static void put_shape(Out *o, const Shape *s) {
+  put_str(o, "[", 1);
+  for (int i = 0; i < s->rank; i++) {
+    if (i) put_str(o, ",", 1);
+    put_num(o, s->d[i]);
+  }
+  put_str(o, "]", 1);
 }
 
 /* " name=value" for each attribute of in, in the order op_info lists them. */
-static void put_attrs(Line *l, const Instr *in) {
+static void put_attrs(Out *l, const Instr *in) {
   const OpInfo *oi = &op_info[in->op];
   const char *p = oi->iattrs;
   for (int k = 0; k < MAXIATTR && *p; k++, p += strcspn(p, ",") + (p[strcspn(p, ",")] == ',')) {
@@ -83,7 +106,7 @@ static void put_attrs(Line *l, const Instr *in) {
     put_str(l, p, strcspn(p, ","));
     if (kind_attr(in->op, k) && in->i[k] >= 0 && in->i[k] < INIT_COUNT) {
       put_str(l, "=", 1);
-      put_str(l, init_names[in->i[k]], strlen(init_names[in->i[k]]));
+      put_cstr(l, init_names[in->i[k]]);
     } else {
       put_int(l, '=', in->i[k]);
     }
@@ -98,78 +121,155 @@ static void put_attrs(Line *l, const Instr *in) {
   }
   if (in->op == OP_EINSUM) {
     put_str(l, " spec=", 6);
-    put_str(l, in->spec, strlen(in->spec));
+    put_cstr(l, in->spec);
   }
 }
 
+/* "op out : in... attrs\n", as a program file has it */
+static void put_instr(Out *l, const Instr *in) {
+  put_cstr(l, op_info[in->op].name);
+  put_int(l, ' ', in->out);
+  put_str(l, " :", 2);
+  for (int k = 0; k < in->nin; k++) put_int(l, ' ', in->in[k]);
+  put_attrs(l, in);
+  put_str(l, "\n", 1);
+}
+
 void instr_print(const Program *p, const Instr *in, FILE *out, bool names) {
-  Line l = {.n = 0};
+  char s[1024];
+  Out l = {s, 0, sizeof s};
   if (!names) {
-    put_str(&l, op_info[in->op].name, strlen(op_info[in->op].name));
-    put_int(&l, ' ', in->out);
-    put_str(&l, " :", 2);
-    for (int k = 0; k < in->nin; k++) put_int(&l, ' ', in->in[k]);
-    put_attrs(&l, in);
-    put_str(&l, "\n", 1);
-    fwrite(l.s, 1, (size_t)l.n, out);
+    put_instr(&l, in);
+    fwrite(l.s, 1, l.n, out);
     return;
   }
   fprintf(out, "%-16s %-30s <-", op_info[in->op].name, in->out >= 0 ? p->bufs[in->out].name : "-");
   for (int k = 0; k < in->nin; k++) fprintf(out, " %s", p->bufs[in->in[k]].name);
   put_attrs(&l, in);
   put_str(&l, "\n", 1);
-  fwrite(l.s, 1, (size_t)l.n, out);
+  fwrite(l.s, 1, l.n, out);
 }
 
 /* Buffers that are a piece of a whole tensor, which their line names. */
 static bool has_whole(BufKind k) { return k == BUF_PARAM || k == BUF_OPTSTATE; }
 
-static void print_program(const Program *p, FILE *f) {
-  fprintf(f, "carve-program %d\ncarve %s\nmodel %s\nrank %d world %d\nplan %016" PRIx64 "\nseed %" PRIu64 "\n",
-          CARVE_PROGRAM_FORMAT, CARVE_VERSION, p->model, p->rank, p->world, p->plan_id, p->seed);
-  fprintf(f, "microbatches %d\nprecision %s\ntokens_per_step %" PRId64 "\nvocab %" PRId64 "\nflops_per_step %.17g\n",
-          p->microbatches, precision_name(p->precision), p->tokens_per_step, p->vocab, p->flops_per_step);
-  fprintf(f, "arena %" PRId64 "\nbuffers %d\n", p->arena_bytes, p->nbufs);
+/* A program file's text on its way out, a chunk at a time: each chunk is
+   hashed and written when it fills (big writes of text still in the cache).
+   The checksum is hash_words (FNV-1a 64 over 8-byte words, then the tail
+   bytes) of the whole text; it runs on across chunks because every write
+   but the last is a multiple of 8 bytes. */
+enum { CHUNK = 1 << 18, LINE_ROOM = 1024 };
+
+typedef struct Sink {
+  Out o;
+  FILE *f;
+  uint64_t h; /* hash_words state after the bytes written so far */
+} Sink;
+
+static void sink_flush(Sink *k, bool all) {
+  size_t n = all ? k->o.n : k->o.n & ~(size_t)7;
+  k->h = hash_words(k->o.s, n, k->h ^ FNV64_BASIS); /* the seed that starts from state h */
+  fwrite(k->o.s, 1, n, k->f);
+  memmove(k->o.s, k->o.s + n, k->o.n - n);
+  k->o.n -= n;
+}
+
+/* The chunk, with room for `need` more bytes. */
+static Out *sink_room(Sink *k, size_t need) {
+  CARVE_ASSERT(need + 8 <= k->o.cap, "a program line too long");
+  if (k->o.n + need > k->o.cap) sink_flush(k, false);
+  return &k->o;
+}
+
+static void put_header(Sink *k, const Program *p) {
+  char s[LINE_ROOM];
+  int n =
+      snprintf(s, sizeof s,
+               "carve-program %d\ncarve %s\nmodel %s\nrank %d world %d\nplan %016" PRIx64 "\nseed %" PRIu64
+               "\nmicrobatches %d\nprecision %s\ntokens_per_step %" PRId64 "\nvocab %" PRId64
+               "\nflops_per_step %.17g\narena %" PRId64 "\nbuffers %d\n",
+               CARVE_PROGRAM_FORMAT, CARVE_VERSION, p->model, p->rank, p->world, p->plan_id, p->seed, p->microbatches,
+               precision_name(p->precision), p->tokens_per_step, p->vocab, p->flops_per_step, p->arena_bytes, p->nbufs);
+  CARVE_ASSERT(n > 0 && n < (int)sizeof s, "a program header too long");
+  put_str(sink_room(k, (size_t)n), s, (size_t)n);
+}
+
+/* "buf ID KIND DTYPE SHAPE @OFFSET NAME [of WHOLE]" */
+static void put_buf(Sink *k, const Program *p, int b) {
+  const Buffer *B = &p->bufs[b];
+  size_t name = strlen(B->name);
+  Out *o = sink_room(k, name + LINE_ROOM);
+  put_str(o, "buf", 3);
+  put_int(o, ' ', b);
+  put_str(o, " ", 1);
+  put_cstr(o, buf_kind_names[B->kind]);
+  put_str(o, " ", 1);
+  put_cstr(o, dtype_name(B->dtype));
+  put_str(o, " ", 1);
+  put_shape(o, &B->shape);
+  put_str(o, " @", 2);
+  put_num(o, B->offset);
+  put_str(o, " ", 1);
+  put_str(o, B->name, name);
+  if (has_whole(B->kind)) {
+    put_str(o, " of ", 4);
+    put_shape(o, &B->whole);
+  }
+  put_str(o, "\n", 1);
+}
+
+/* "group G : RANK..." (a group may list every rank of the world) */
+static void put_group(Sink *k, const Program *p, int g) {
+  Out *o = sink_room(k, 64);
+  put_str(o, "group", 5);
+  put_int(o, ' ', g);
+  put_str(o, " :", 2);
+  for (int i = 0; i < p->group_size[g]; i++) put_int(sink_room(k, 32), ' ', p->group_ranks[g][i]);
+  put_str(sink_room(k, 1), "\n", 1);
+}
+
+/* "what N": the count line that opens a section */
+static void put_count(Sink *k, const char *what, int n) {
+  Out *o = sink_room(k, 64);
+  put_cstr(o, what);
+  put_int(o, ' ', n);
+  put_str(o, "\n", 1);
+}
+
+static void print_program(const Program *p, Sink *k) {
+  put_header(k, p);
   for (int b = 0; b < p->nbufs; b++) {
-    const Buffer *B = &p->bufs[b];
-    fprintf(f, "buf %d %s %s %s @%" PRId64 " %s", b, buf_kind_names[B->kind], dtype_name(B->dtype),
-            shape_str(&B->shape), B->offset, B->name);
-    fprintf(f, has_whole(B->kind) ? " of %s\n" : "\n", shape_str(&B->whole));
+    if (b + 16 < p->nbufs) __builtin_prefetch(p->bufs[b + 16].name); /* names lie all over the arena */
+    put_buf(k, p, b);
   }
-  fprintf(f, "groups %d\n", p->ngroups);
-  for (int g = 0; g < p->ngroups; g++) {
-    fprintf(f, "group %d :", g);
-    for (int k = 0; k < p->group_size[g]; k++) fprintf(f, " %d", p->group_ranks[g][k]);
-    fputc('\n', f);
-  }
-  fprintf(f, "init %d\n", p->ninit);
-  for (int i = 0; i < p->ninit; i++) instr_print(p, &p->init[i], f, false);
-  fprintf(f, "step %d\n", p->nstep);
-  for (int i = 0; i < p->nstep; i++) instr_print(p, &p->step[i], f, false);
+  put_count(k, "groups", p->ngroups);
+  for (int g = 0; g < p->ngroups; g++) put_group(k, p, g);
+  put_count(k, "init", p->ninit);
+  for (int i = 0; i < p->ninit; i++) put_instr(sink_room(k, LINE_ROOM), &p->init[i]);
+  put_count(k, "step", p->nstep);
+  for (int i = 0; i < p->nstep; i++) put_instr(sink_room(k, LINE_ROOM), &p->step[i]);
+  sink_flush(k, true);
 }
 
 bool program_write(const Program *p, const char *path, FILE *err) {
   if (!program_verify(p, err)) return false; /* a bug in a code generator: never written */
-  char *text = NULL;
-  size_t len = 0;
-  FILE *m = open_memstream(&text, &len);
-  if (!m) carve_fatal("open_memstream: %s", strerror(errno));
-  print_program(p, m);
-  fclose(m);
   /* write to a temporary name, then rename: a reader never sees half a file */
   const char *tmp;
   FILE *f = temp_beside(path, &tmp);
   bool ok = f != NULL;
   if (ok) {
-    fwrite(text, 1, len, f);
-    fprintf(f, "checksum %016" PRIx64 "\n", hash_bytes(text, len, 0));
+    setvbuf(f, NULL, _IONBF, 0); /* the sink writes whole chunks */
+    Sink k = {.o = {arena_alloc(CHUNK), 0, CHUNK}, .f = f, .h = FNV64_BASIS};
+    print_program(p, &k);
+    fprintf(f, "checksum %016" PRIx64 "\n", k.h);
+    /* on disk, its pages need not stay cached: a big plan's programs would
+       fill memory with them and the kernel copies slowly into reclaimed pages */
+    if (fflush(f) == 0 && fsync(fileno(f)) == 0) posix_fadvise(fileno(f), 0, 0, POSIX_FADV_DONTNEED);
     ok = temp_commit(f, tmp, path);
   }
   if (!ok) fprintf(err, "carve: error: cannot write program '%s': %s\n", path, strerror(errno));
-  free(text);
   return ok;
 }
-
 /* ---------------------------------------------------------------- reading */
 
 typedef struct Reader {
@@ -410,7 +510,7 @@ Program *program_read(const char *path, FILE *err) {
     fprintf(err, "carve: error: %s: not a carve program (it contains NUL bytes)\n", path);
   } else if (sscanf(last, "checksum %" SCNx64 "%31s", &want, tail) != 1) {
     fprintf(err, "carve: error: %s: no checksum line at the end: the file is truncated or not a carve program\n", path);
-  } else if (hash_bytes(R.text, (size_t)(last - R.text), 0) != want) {
+  } else if (hash_words(R.text, (size_t)(last - R.text), 0) != want) {
     fprintf(err, "carve: error: %s: checksum mismatch: the file was modified or corrupted after it was written\n",
             path);
   } else {

@@ -46,7 +46,8 @@ void *xrealloc(void *p, size_t size) {
   return p;
 }
 
-/* The arena is a chain of blocks; arena_reset frees them all at once.
+/* The arena is a chain of blocks, one chain per thread; arena_reset frees
+   them all at once.
    Blocks arena_release gives back are kept as spares for the next
    allocations (their pages are already mapped), and freed by arena_reset. */
 typedef struct Block {
@@ -55,7 +56,7 @@ typedef struct Block {
   _Alignas(16) unsigned char data[];
 } Block;
 
-static Block *arena_head, *arena_spare;
+static _Thread_local Block *arena_head, *arena_spare;
 
 /* A block of at least cap bytes: a spare that is big enough, or a new one. */
 static Block *new_block(size_t cap) {
@@ -109,6 +110,18 @@ void arena_release(ArenaMark m) {
   }
   CARVE_ASSERT(arena_head == m.block, "an arena mark released after an older one or after arena_reset");
   if (arena_head) arena_head->used = m.used;
+}
+
+void arena_switch(Arena *a) {
+  Block *h = arena_head, *s = arena_spare;
+  arena_head = a->head, arena_spare = a->spare;
+  a->head = h, a->spare = s;
+}
+
+void arena_free(Arena *a) {
+  free_blocks(a->head);
+  free_blocks(a->spare);
+  a->head = a->spare = NULL;
 }
 
 char *arena_strndup(const char *s, size_t n) {
@@ -430,7 +443,7 @@ bool sync_dir(const char *dir) {
 
 uint64_t hash_words(const void *p, size_t n, uint64_t seed) {
   const unsigned char *s = p;
-  uint64_t h = 1469598103934665603ull ^ seed, w;
+  uint64_t h = FNV64_BASIS ^ seed, w;
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     memcpy(&w, s + i, 8);

@@ -43,7 +43,9 @@ _Noreturn void carve_bug(const char *file, int line, const char *cond, const cha
 _Noreturn void carve_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* The compile arena: everything the frontend, autodiff and codegen allocate
- * lives until arena_reset(). Allocation never fails silently. */
+ * lives until arena_reset(). Allocation never fails silently. Each thread
+ * has its own arena (a thread may read what another allocated, while that
+ * one keeps it). */
 void *arena_alloc(size_t size);
 char *arena_strdup(const char *s);
 char *arena_strndup(const char *s, size_t n);
@@ -58,6 +60,15 @@ typedef struct ArenaMark {
 } ArenaMark;
 ArenaMark arena_mark(void);
 void arena_release(ArenaMark m);
+/* Another arena for the same thread: arena_switch(&a) swaps the thread's
+ * arena with a (so a second call swaps back). What is made in one while the
+ * other holds something can be released without touching it. arena_free
+ * frees the blocks of an arena that is not the current one. */
+typedef struct Arena {
+  void *head, *spare;
+} Arena;
+void arena_switch(Arena *a);
+void arena_free(Arena *a);
 
 void *xmalloc(size_t size); /* heap, checked; for long-lived runtime data */
 void *xcalloc(size_t n, size_t size);
@@ -114,7 +125,10 @@ FILE *temp_beside(const char *path, const char **tmp);
 bool temp_commit(FILE *f, const char *tmp, const char *path);
 /* Flushes a folder's entries (a rename in it) to disk. */
 bool sync_dir(const char *dir);
-/* FNV-1a 64 over 8-byte words (then the tail bytes): checksums of big data. */
+/* FNV-1a 64 over 8-byte words (then the tail bytes): checksums of big data.
+ * It starts from state FNV64_BASIS ^ seed, so hashing on from state h (after
+ * a multiple of 8 bytes) is hash_words(more, n, h ^ FNV64_BASIS). */
+#define FNV64_BASIS 1469598103934665603ull
 uint64_t hash_words(const void *p, size_t n, uint64_t seed);
 double now_seconds(void);
 /* Re-executes the program with OMP_WAIT_POLICY=PASSIVE unless it is set

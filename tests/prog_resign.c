@@ -22,7 +22,7 @@ int main(int argc, char **argv) {
   size_t body = last ? (size_t)(last - text) + 1 : len;
   FILE *f = fopen(argv[1], "wb");
   if (!f || fwrite(text, 1, body, f) != body ||
-      fprintf(f, "checksum %016llx\n", (unsigned long long)hash_bytes(text, body, 0)) < 0 || fclose(f) != 0) {
+      fprintf(f, "checksum %016llx\n", (unsigned long long)hash_words(text, body, 0)) < 0 || fclose(f) != 0) {
     perror(argv[1]);
     return 1;
   }

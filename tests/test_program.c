@@ -49,7 +49,7 @@ static bool run_steps(const Program *p, int steps, double *losses, float **param
 static void write_with_checksum(const char *path, const char *text) {
   FILE *f = fopen(path, "wb");
   fputs(text, f);
-  fprintf(f, "checksum %016" PRIx64 "\n", hash_bytes(text, strlen(text), 0));
+  fprintf(f, "checksum %016" PRIx64 "\n", hash_words(text, strlen(text), 0));
   fclose(f);
 }
 

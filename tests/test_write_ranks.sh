@@ -54,6 +54,13 @@ for spec in "gpt-small 8 dp=2,tp=2,pp=2,mb=2,schedule=zb-h1,recompute=full,zero=
   "$carve" compile gpt --preset "$1" --layout "$3" -o "$d.again" >/dev/null 2>&1
   if diff -r "$d" "$d.again" >/dev/null; then ok; else bad "compile --layout $3 twice: different programs"; fi
 done
+# programs of about 400 KB: each is written in several chunks, its checksum
+# running on across them
+if "$carve" compile gpt --preset gpt-small --set batch=32 --layout pp=2,mb=32 -o "$tmp/big" >"$tmp/out" 2>&1; then
+  check "$tmp/big" 2
+else
+  bad "compile --layout pp=2,mb=32: $(head -2 "$tmp/out")"
+fi
 # a smaller layout into the 8-rank directory: ranks 4-7 go
 "$carve" compile gpt --preset gpt-small --layout dp=4 -o "$tmp/l1" >/dev/null 2>&1
 check "$tmp/l1" 4
