@@ -20,6 +20,7 @@ if [ -z "$dir" ]; then
   dir=$(mktemp -d)
   trap 'rm -rf "$dir"' EXIT
 fi
+mkdir -p "$dir" || exit 1
 # case NAME SETS NODES MANUAL
 case_() {
   out=$dir/$1
