@@ -231,6 +231,7 @@ bool checkpoint_write(Run *R, int step) {
 
 const char *checkpoint_resolve(const char *path, const char **why) {
   struct stat st;
+  errno = 0;
   if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
     *why = arena_printf("'%s' is not a checkpoint folder (%s)", path, strerror(errno ? errno : ENOTDIR));
     return NULL;
@@ -293,6 +294,7 @@ bool checkpoint_restore(Run *R) {
   if (s && o->resume && !s->checkpoint) {
     fprintf(err, "carve: error: --resume takes a checkpoint folder; %s is a file (start from it with --init-from)\n",
             path);
+    store_close(s);
     s = NULL;
   }
   bool ok = s && fill_buffers(R, s, o->resume != NULL, err);
