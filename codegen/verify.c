@@ -343,6 +343,7 @@ static const char *piece_fits(const Program *p, int b) {
     if (inner != g.inner) return "split dim's inner size does not fit";
   }
   if (g.offset > whole / g.parts) return "element offset lies past the end of its part";
+  if (shape_numel(&B->shape) > 2 * (whole / g.parts) + 1 - g.offset) return "lies past the end of its part";
   if (g.offset == 0 && shape_numel(&B->shape) != whole / g.parts && B->shape.rank != 1)
     return "shape does not match its part of the whole tensor";
   return NULL;

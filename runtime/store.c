@@ -101,7 +101,9 @@ static const char *geometry_fits(const StorePiece *p) {
     for (int k = (int)g->axis + 1; k < p->shape.rank; k++) inner *= p->shape.d[k];
     if (g->inner != inner) return "a split dim that does not fit the tensor";
   }
-  if (g->offset > whole / g->parts || p->numel > ELEMS_MAX) return "a piece that lies outside its tensor";
+  /* a piece lies in its part, a shard's padding at most one chunk past it: no index arithmetic can overflow */
+  if (g->offset > whole / g->parts || p->numel > 2 * (whole / g->parts) + 1 - g->offset)
+    return "a piece that lies outside its tensor";
   return NULL;
 }
 
@@ -346,7 +348,7 @@ static bool assemble(const TensorStore *s, int first, float *whole, uint8_t *cov
     if (!read_piece(s, p, v, err)) return free(v), false;
     for (int64_t e = 0; e < p->numel; e++) {
       int64_t w = piece_index(&p->g, e);
-      if (w >= n || covered[w]) continue;
+      if (w < 0 || w >= n || covered[w]) continue;
       whole[w] = v[e], covered[w] = 1, left--;
     }
     free(v);
@@ -382,7 +384,7 @@ bool store_fill(const TensorStore *s, const char *name, const Shape *whole, cons
   bool ok = assemble(s, first, w, covered, err);
   for (int64_t e = 0; ok && e < n; e++) {
     int64_t i = piece_index(g, e);
-    if (i >= total) {
+    if (i >= total || i < 0) {
       dst[e] = 0; /* a shard's padding */
     } else if (!covered[i]) {
       fprintf(err, "carve: error: %s: element %lld of tensor '%s' is in none of its pieces\n", s->path, (long long)i,
