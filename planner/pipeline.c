@@ -674,8 +674,11 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
 }
 
 void pipeline_json(const PipelinePlan *p, FILE *out) {
-  fprintf(out, "{\n  \"format\": \"carve-plan\",\n  \"version\": 1,\n  \"model\": \"%s\",\n  \"cluster\": \"%s\",\n",
-          p->model, p->cluster->name);
+  fprintf(out, "{\n  \"format\": \"carve-plan\",\n  \"version\": 1,\n  \"model\": ");
+  json_write_str(out, p->model);
+  fprintf(out, ",\n  \"cluster\": ");
+  json_write_str(out, p->cluster->name);
+  fprintf(out, ",\n");
   fprintf(out,
           "  \"devices\": %d,\n  \"schedule\": \"%s\",\n  \"chunks_per_device\": %d,\n  \"microbatches\": %d,\n"
           "  \"zero_stage\": %d,\n  \"precision\": \"%s\",\n",

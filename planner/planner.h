@@ -143,6 +143,9 @@ double plan_sync_s(const Plan *p);
 /* Bytes per device by collective kind in one step of `microbatches`. */
 void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]);
 void plan_json(const Plan *p, FILE *out);
+/* Whether the JSON and the HTML report list forward node i: every parameter
+   and input, and the main activations (einsum, embed, softmax, norm, MoE). */
+bool plan_lists_tensor(const Plan *p, int i);
 
 /* For tests: the ILP of the last plan_intra as plain arrays, and a brute
  * force over it. */
@@ -366,5 +369,35 @@ void pipeline_json(const PipelinePlan *p, FILE *out);
 /* The plan as a program layout, or false after writing (to err, no newline)
    why it cannot be lowered yet. stage_last: one int per stage. */
 bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *err);
+
+/* ======================================================================
+ * planner/html.c: the plan report as one self-contained HTML page
+ * ====================================================================== */
+
+/* Memory of a device by kind; "other" is memory whose kind is not known
+   (a plan file gives a whole plan's stages as totals). */
+enum { MEM_PARAMS, MEM_GRADS, MEM_OPTIM, MEM_ACTS, MEM_WORKSPACE, MEM_OTHER, MEM_KINDS };
+extern const char *const mem_kind_names[MEM_KINDS];
+typedef struct HtmlMemBar {
+  const char *label;
+  double bytes[MEM_KINDS];
+} HtmlMemBar;
+
+/* Writes the page page(ctx, f) makes to path (temp_beside, temp_commit);
+   false after a message when path is a directory, a FIFO or a device, or
+   cannot be written. */
+bool html_write(const char *path, void (*page)(void *ctx, FILE *f), void *ctx, FILE *err);
+void html_begin(FILE *f, const char *title); /* the document up to its <h1> */
+void html_end(FILE *f);
+void html_text(FILE *f, const char *s); /* s escaped for HTML text and attributes */
+void html_heading(FILE *f, int level, const char *text, const char *note);
+/* A table of strings, row after row; head may be NULL (no header row). */
+void html_table(FILE *f, const char *cls, int ncols, const char *const *head, int nrows, const char *const *cells);
+/* One simulated step: a row per device of the schedule, labelled. */
+void html_timeline(FILE *f, const SimResult *r, int devices, const char *const *labels, bool split_w);
+void html_memory(FILE *f, const HtmlMemBar *bars, int n, double capacity);
+/* The whole report of a plan of one mesh, or of a whole plan. */
+bool plan_html(const Plan *p, const char *path, FILE *err);
+bool pipeline_html(const PipelinePlan *p, const char *path, FILE *err);
 
 #endif

@@ -90,6 +90,13 @@ void plan_report(const Plan *p, FILE *out) {
           p->optimal ? "optimal" : arena_printf("stopped at the time limit, gap %.2g%%", 100 * p->gap));
 }
 
+bool plan_lists_tensor(const Plan *p, int i) {
+  const Node *n = p->g->nodes[i];
+  return p->layout[i].rank == n->shape.rank &&
+         (n->op == OP_PARAM || n->op == OP_INPUT || n->op == OP_EINSUM || n->op == OP_EMBED || n->op == OP_SOFTMAX ||
+          n->op == OP_LAYERNORM || n->op == OP_RMSNORM || n->op == OP_MOE_DISPATCH || n->op == OP_MOE_COMBINE);
+}
+
 void plan_json(const Plan *p, FILE *out) {
   const Graph *g = p->g;
   const Mesh *m = &p->mesh;
@@ -120,10 +127,7 @@ void plan_json(const Plan *p, FILE *out) {
   bool first = true;
   for (int i = 0; i < g->nfwd; i++) {
     const Node *n = g->nodes[i];
-    if (p->layout[i].rank != n->shape.rank ||
-        (n->op != OP_PARAM && n->op != OP_INPUT && n->op != OP_EINSUM && n->op != OP_EMBED && n->op != OP_SOFTMAX &&
-         n->op != OP_LAYERNORM && n->op != OP_RMSNORM && n->op != OP_MOE_DISPATCH && n->op != OP_MOE_COMBINE))
-      continue;
+    if (!plan_lists_tensor(p, i)) continue;
     fprintf(out, "%s\n    ", first ? "" : ",");
     first = false;
     json_write_str(out, n->name);

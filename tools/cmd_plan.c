@@ -35,6 +35,9 @@ static void help(void) {
          "  -o DIR                 also write DIR/plan.json and, for a whole plan, one program per rank\n"
          "                         (DIR/rankN.prog, default training options) for mpirun -np N carve run DIR\n"
          "  --json                 print JSON instead of the report\n"
+         "  --html FILE            also write the report as one self-contained HTML page: the simulated\n"
+         "                         timeline of a step, memory per device by kind against the capacity,\n"
+         "                         the collectives and every tensor's sharding\n"
          "  --quiet                no progress lines (they go to standard error, and only when it is\n"
          "                         a terminal)\n");
 }
@@ -177,6 +180,7 @@ static bool write_plan(const char *dir, const Plan *p, const PipelinePlan *pp) {
 int cmd_plan(int argc, char **argv) {
   if (wants_help(argc, argv)) return help(), 0;
   const char *model = NULL, *cluster = NULL, *mesh = NULL, *out = NULL, *precision = NULL, *manual = NULL;
+  const char *html = NULL;
   bool json = false, intra = false, quiet = false;
   int nodes = 0, dpn = 0, microbatches = 0;
   PlanOptions po = {.zero = -1, .batch_axis = -1, .time_limit = 60};
@@ -207,6 +211,8 @@ int cmd_plan(int argc, char **argv) {
       mesh = v;
     else if (!strcmp(a, "-o"))
       out = v;
+    else if (!strcmp(a, "--html"))
+      html = v;
     else if (!strcmp(a, "--precision"))
       precision = v;
     else if (!strcmp(a, "--preset"))
@@ -275,7 +281,7 @@ int cmd_plan(int argc, char **argv) {
     else {
       pipeline_report(pp, stdout);
     }
-    rc = write_plan(out, NULL, pp) ? 0 : 1;
+    rc = write_plan(out, NULL, pp) && (!html || pipeline_html(pp, html, stderr)) ? 0 : 1;
     if (rc == 0 && out) rc = write_programs(out, model_resolve(model), &eo, pp, json) ? 0 : 1;
     goto done;
   }
@@ -300,7 +306,7 @@ int cmd_plan(int argc, char **argv) {
     plan_json(p, stdout);
   else
     plan_report(p, stdout);
-  rc = write_plan(out, p, NULL) ? 0 : 1;
+  rc = write_plan(out, p, NULL) && (!html || plan_html(p, html, stderr)) ? 0 : 1;
 done:
   free(eo.sets);
   return rc;

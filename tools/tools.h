@@ -37,6 +37,12 @@ const char *plan_path(const char *arg); /* ARG/plan.json for a directory, else A
 const Json *plan_read(const char *path, char *why, size_t n);
 struct PipelinePlan *plan_pipeline_of(const Json *checked_plan);
 
+/* tools/compare_html.c: carve compare's page: the side-by-side table (rows x
+   (n + 1) cells: a label, then one per plan), the n lines on the fastest, and
+   a section per plan. */
+bool compare_html(const char *path, int n, const Json *const *plans, const char *const *paths, int rows,
+                  const char *const *cells, const char *const *lines, FILE *err);
+
 /* Prints "carve: error: ..." and a hint to use --help; returns 2. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool wants_help(int argc, char **argv);
