@@ -6,8 +6,8 @@
  *   (c) carve's predicted TFLOP/s per GPU for (b), counted their way
  *       (F = 96 B s l h^2 (1 + s/(6h) + V/(16 l h)), recomputation included),
  *       against their measured figure, as a ratio;
- *   (a) carve's own automatic plan and its search time, for the rows up to
- *       `--auto-max` GPUs (default: all of them; each takes up to a minute).
+ *   (a) carve's own automatic plan and its search time (CPU and wall), for
+ *       the rows up to `--auto-max` GPUs (default: all of them).
  * usage: bench_megatron [--auto-max N] [--rows a-b] */
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +41,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[i], "--rows")) sscanf(argv[i + 1], "%d-%d", &lo, &hi);
   }
   printf("Megatron-LM Table 1 in carve's cost model (carve %s)\n\n", CARVE_VERSION);
-  printf("%-7s %5s %3s %3s %4s | %9s %9s %6s %8s | %9s %8s %5s %9s\n", "model", "GPUs", "t", "p", "d", "measured",
-         "predicted", "ratio", "plan (s)", "carve", "vs (b)", "stages", "search(s)");
+  printf("%-7s %5s %3s %3s %4s | %9s %9s %6s %8s | %9s %8s %5s %8s %8s\n", "model", "GPUs", "t", "p", "d", "measured",
+         "predicted", "ratio", "plan (s)", "carve", "vs (b)", "stages", "cpu (s)", "wall (s)");
   for (int i = lo - 1; i < hi && i < 10; i++) {
     const Row *r = &rows[i];
     int d = r->gpus / (r->t * r->p);
@@ -64,11 +64,12 @@ int main(int argc, char **argv) {
     if (r->gpus <= auto_max) {
       PlanOptions pa = {.zero = -1, .batch_axis = -1, .mixed = true, .time_limit = 60};
       t0 = now_seconds();
+      double c0 = cpu_seconds();
       PipelinePlan *ap = plan_pipeline(model_resolve("gpt"), &eo, c, &pa, 0, NULL, stderr);
-      double ta = now_seconds() - t0;
+      double ta = now_seconds() - t0, tc = cpu_seconds() - c0;
       if (ap)
-        printf(" %9.1f %7.2fx %5d %9.1f\n", flops96(r) / ap->step_s / r->gpus * 1e-12, mp ? mp->step_s / ap->step_s : 0,
-               ap->nstages, ta);
+        printf(" %9.1f %7.2fx %5d %8.1f %8.1f\n", flops96(r) / ap->step_s / r->gpus * 1e-12,
+               mp ? mp->step_s / ap->step_s : 0, ap->nstages, tc, ta);
       else
         printf(" %9s\n", "no plan");
     } else {
@@ -79,6 +80,7 @@ int main(int argc, char **argv) {
     arena_reset();
   }
   printf("\npredicted: carve's TFLOP/s per GPU for Megatron's plan, counted with the 96-factor formula;\n"
-         "ratio = predicted / measured; carve: its own plan's TFLOP/s the same way; vs (b): (b)'s step / carve's.\n");
+         "ratio = predicted / measured; carve: its own plan's TFLOP/s the same way; vs (b): (b)'s step / carve's;\n"
+         "cpu, wall: the search's CPU time (this process, user and system) and wall-clock time.\n");
   return 0;
 }

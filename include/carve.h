@@ -131,6 +131,8 @@ bool sync_dir(const char *dir);
 #define FNV64_BASIS 1469598103934665603ull
 uint64_t hash_words(const void *p, size_t n, uint64_t seed);
 double now_seconds(void);
+/* CPU time this process has used (user and system), in seconds. */
+double cpu_seconds(void);
 /* Re-executes the program with OMP_WAIT_POLICY=PASSIVE unless it is set
  * (carve does so under an MPI launcher: ranks share the cores). */
 void carve_passive_threads(char **argv);

@@ -854,15 +854,19 @@ typedef struct Solution {
   int *choice; /* per variable */
   double objective, gap, seconds;
   bool optimal, feasible, timed_out;
+  bool cut; /* stopped at the cutoff (Search.cut) */
   int cols, binaries, rows;
 } Solution;
 
 /* GLPK's search calls this: it keeps the relative gap between the best plan
- * found and the best bound (for a search that is stopped), and stops the
- * search after `node_limit` subproblems when there is one. */
+ * found and the best bound (for a search that is stopped), stops the search
+ * after `node_limit` subproblems when there is one, and stops it as soon as
+ * the lowest bound of the open subproblems (the LP relaxations) reaches the
+ * cutoff: no plan of this problem can then get below it. */
 typedef struct Search {
-  double gap;
+  double gap, cutoff;
   int nodes, node_limit;
+  bool cut;
 } Search;
 
 static void search_callback(glp_tree *tree, void *info) {
@@ -872,13 +876,22 @@ static void search_callback(glp_tree *tree, void *info) {
     double gap = glp_ios_mip_gap(tree);
     if (gap < DBL_MAX) s->gap = gap;
   }
+  if (s->cutoff > 0 && why != GLP_IPREPRO) {
+    int best = glp_ios_best_node(tree);
+    if (best && glp_ios_node_bound(tree, best) >= s->cutoff) {
+      s->cut = true;
+      glp_ios_terminate(tree);
+      return;
+    }
+  }
   if (why == GLP_ISELECT && s->node_limit > 0 && ++s->nodes > s->node_limit) glp_ios_terminate(tree);
 }
 
 /* Builds and solves the ILP; with minimise_memory, the objective is the
  * memory sum instead and the memory row is left out (used to explain an
  * infeasible problem). */
-static Solution solve(const Problem *P, double mem_limit, double time_limit, int node_limit, bool minimise_memory) {
+static Solution solve(const Problem *P, double mem_limit, double time_limit, int node_limit, double cutoff,
+                      bool minimise_memory) {
   Solution S = {0};
   S.choice = arena_alloc(sizeof(int) * (size_t)(P->nvars + 1));
   double t0 = now_seconds();
@@ -960,18 +973,18 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
   parm.msg_lev = GLP_MSG_OFF;
   parm.tm_lim = (int)fmin(time_limit * 1000, 2e9);
   parm.mip_gap = 1e-6;
-  Search search = {.gap = 1, .node_limit = node_limit > 0 ? node_limit : FIRST_NODES};
+  Search search = {.gap = 1, .cutoff = cutoff, .node_limit = node_limit > 0 ? node_limit : FIRST_NODES};
   parm.cb_func = search_callback;
   parm.cb_info = &search;
   int rc = glp_intopt(lp, &parm);
   bool stopped = rc == GLP_ESTOP, found = glp_mip_status(lp) == GLP_FEAS;
-  if (stopped && !(node_limit > 0 && found)) {
+  if (stopped && !search.cut && !(node_limit > 0 && found)) {
     parm.fp_heur = GLP_ON;
     parm.tm_lim = (int)fmax(1, parm.tm_lim - (now_seconds() - t0) * 1000);
-    search = (Search){.gap = 1, .node_limit = node_limit};
+    search = (Search){.gap = 1, .cutoff = cutoff, .node_limit = node_limit};
     rc = glp_intopt(lp, &parm);
   }
-  S.gap = search.gap;
+  S.gap = search.gap, S.cut = search.cut;
   int status = glp_mip_status(lp);
   S.feasible = status == GLP_OPT || status == GLP_FEAS;
   S.optimal = status == GLP_OPT;
@@ -995,6 +1008,9 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
 /* ---------------------------------------------------------------- instance for tests */
 
 static IlpInstance last_instance;
+static bool last_cut;
+
+bool plan_last_cut(void) { return last_cut; }
 
 static void keep_instance(const Problem *P, double mem_limit) {
   IlpInstance *I = &last_instance;
@@ -1138,7 +1154,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
 
 /* Why nothing fits: the least memory any plan needs, and what dominates it. */
 static void explain_infeasible(const Problem *P, const Mesh *me, FILE *err) {
-  Solution S = solve(P, 0, 60, 0, true);
+  Solution S = solve(P, 0, 60, 0, 0, true);
   char a[32], b[32];
   if (!S.feasible) {
     fprintf(err, "carve: error: no plan fits in %s per device\n", fmt_bytes(me->memory, a, sizeof a));
@@ -1199,6 +1215,19 @@ static void dump_problem(const Problem *P, const Solution *S, FILE *out) {
   }
 }
 
+/* The least memory of any plan: the memory row is the only one that couples
+ * the variables' choices (the edge variables follow any choice), so the
+ * problem is feasible exactly when this fits. */
+static double least_memory(const Problem *P) {
+  double sum = 0;
+  for (int x = 0; x < P->nvars; x++) {
+    double least = P->vars[x].mem[0];
+    for (int s = 1; s < P->vars[x].ns; s++) least = fmin(least, P->vars[x].mem[s]);
+    sum += least;
+  }
+  return sum;
+}
+
 Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOptions *o, FILE *err) {
   CARVE_ASSERT(g->grad != NULL, "the planner takes a training graph");
   Problem P = {0};
@@ -1206,11 +1235,20 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
   if (!build_vars(&P, err)) return NULL;
   int lo = o->zero >= 0 ? o->zero : 0, hi = o->zero >= 0 ? o->zero : 3;
   Solution S = {0};
+  last_cut = false;
   for (int z = lo; z <= hi; z++) {
     P.C.zero = z;
     add_costs(&P);
     add_edges(&P);
-    S = solve(&P, me->memory, o->time_limit > 0 ? o->time_limit : 60, o->node_limit, false);
+    if (least_memory(&P) > me->memory) { /* no plan fits at this ZeRO stage: no need to ask the solver */
+      S = (Solution){0};
+      continue;
+    }
+    S = solve(&P, me->memory, o->time_limit > 0 ? o->time_limit : 60, o->node_limit, o->cutoff, false);
+    if (S.cut) { /* it fits (this is its ZeRO stage) but cannot beat the cutoff */
+      last_cut = true;
+      return NULL;
+    }
     if (S.feasible) break;
     if (S.timed_out && o->node_limit > 0 && z < hi) continue; /* a search: the next stage may be easy */
     if (S.timed_out && o->node_limit > 0) {

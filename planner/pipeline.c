@@ -1,5 +1,5 @@
-/* pipeline.c: the whole plan. For each microbatch count B (powers of two
- * up to 64 that divide the batch, or the count asked for), the model is
+/* pipeline.c: the whole plan. For each microbatch count B (every divisor
+ * of the batch, powers of two first, or the count asked for), the model is
  * elaborated at batch / B; its layers (repeat iterations) are grouped into
  * at most MAXGROUPS groups; every span of groups on every submesh (1, 2, ...
  * devices of a node that divide it, as a 1 x k mesh, or n whole nodes as an
@@ -12,7 +12,10 @@
  * microbatch is the objective less that share, and the sync is paid once at
  * the end. The stage DP picks spans and submeshes; the schedule is
  * simulated with those times and with point-to-point transfers of the stage
- * boundaries; the best B wins.
+ * boundaries; the best B wins. The search is pruned by bounds, not capped:
+ * a step takes at least B times a stage's objective (its B microbatches
+ * and its sync), so once a plan is found, a stage whose FLOPs alone, or
+ * whose ILP's LP bound, rule that out is dropped unsolved or mid-solve.
  *
  * On clusters of more than 16 devices the DP is restricted (composed span
  * costs, whole nodes, at most MAXGROUPS stages), so the search also tries
@@ -30,6 +33,7 @@
  * input and weight gradients one forward each); an interleaved chunk is half
  * of its stage's work; recomputation is not searched. */
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,7 +47,6 @@
  * best plan found after this many nodes (a fraction of a second) is kept. */
 #define STAGE_NODE_LIMIT 100
 #define MAXSTAGES 128 /* stages of a balanced pipeline */
-#define MAXMICRO 1024 /* microbatches of a balanced pipeline */
 
 typedef struct Sub {
   int nodes, per_node, devices;
@@ -156,6 +159,10 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
   po.microbatches = c->B;
   po.quiet = true;
   po.node_limit = STAGE_NODE_LIMIT;
+  /* the step is at least B times the stage's objective (B microbatches of
+     its time, and its sync): a stage plan that cannot get below the best
+     step over B is of no use, and its solve stops once that is proved */
+  po.cutoff = c->cutoff > 0 ? c->cutoff / c->B * (1 + 1e-6) : 0;
   FILE *quiet = fopen("/dev/null", "w");
   const Plan *p = NULL;
   /* a part of a node is a 1 x k mesh; whole nodes are nodes x devices-per-node,
@@ -163,7 +170,7 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
   Mesh me;
   if (autodiff(sg, 1, quiet) && mesh_make(&sub, sub.nodes, sub.devices_per_node, po.mixed, &me, quiet)) {
     p = plan_intra(sg, &sub, &me, &po, quiet);
-    if (!p && po.inflight > 1) { /* room for one microbatch only: recomputation may still fit it */
+    if (!p && !plan_last_cut() && po.inflight > 1) { /* room for one microbatch only: recomputation may fit it */
       po.inflight = 1;
       p = plan_intra(sg, &sub, &me, &po, quiet);
     }
@@ -453,7 +460,24 @@ typedef struct Search {
   Cache cache;
   double t0;
   int64_t batch;
+  int *micro, nmicro; /* the microbatch counts searched: every divisor of the batch */
+  bool drawn;         /* a status line is on the terminal */
 } Search;
+
+/* The search's status on a terminal (progress): one line, redrawn in place,
+ * once the search has run for a second. */
+static void status(Search *S, FILE *progress, const char *fmt, ...) {
+  double t = now_seconds() - S->t0;
+  if (!progress || t < 1) return;
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("\r\033[K", progress);
+  vfprintf(progress, fmt, ap);
+  va_end(ap);
+  fprintf(progress, " (%d stage plans, %.1f s)", S->ilps, t);
+  fflush(progress);
+  S->drawn = true;
+}
 
 static const AtB *graph_at(Search *S, int B, FILE *err) {
   for (int i = 0; i < S->nat; i++)
@@ -513,20 +537,15 @@ static void dp_at(Search *S, const AtB *a, FILE *progress) {
   Stage st[MAXGROUPS];
   int ns = 0;
   double total = stage_dp(&sp, st, &ns);
-  if (progress)
-    fprintf(progress, "microbatches %d: %s (%d stage plans, %.1f s)\n", a->B,
-            total < 0 ? "no plan fits" : arena_printf("%d stage%s", ns, ns == 1 ? "" : "s"), c.ilps,
-            now_seconds() - S->t0);
   PipelinePlan *pp = NULL;
   if (total >= 0) {
     FILE *quiet = fopen("/dev/null", "w"); /* a microbatch count that fails is just not chosen */
     pp = assemble(&c, st, ns, quiet);
     fclose(quiet);
-    if (progress && pp) fprintf(progress, "  predicted step %.4g s\n", pp->step_s);
-    if (progress && !pp) fprintf(progress, "  the chosen stages do not fit in memory as a whole\n");
   }
   S->ilps += c.ilps;
   consider(S, pp, a);
+  status(S, progress, "stage DP at %d microbatches: best step %.4g s", a->B, S->best ? S->best->step_s : 0.0);
 }
 
 /* A balanced pipeline: p stages of equal layer counts (as near as the
@@ -571,7 +590,7 @@ static int by_bound(const void *x, const void *y) {
  * search stops at the first candidate whose bound is no better than the
  * best plan found. Stage counts p: up to MAXSTAGES and the layer count, with
  * D / p devices a whole number of nodes or a divisor of a node; microbatch
- * counts: every divisor of the batch up to MAXMICRO that leaves a sample per
+ * counts: every divisor of the batch that leaves a sample per
  * node of a stage at least (a smaller microbatch would have to split single
  * samples across nodes, over the slow network; the stage DP on large
  * clusters skips such submeshes too). */
@@ -585,10 +604,11 @@ static void balanced_search(Search *S, int fixed_B, FILE *progress, FILE *err) {
   if (!mesh_make(cl, 1, 1, S->po->mixed, &me, err)) return;
   double ideal = sm.flops_einsum / (PEAK_FRACTION * me.flops * D); /* the whole batch */
   int L = S->at[0].L;
-  Candidate *cand = arena_alloc(sizeof(Candidate) * (size_t)MAXMICRO * MAXSTAGES);
+  Candidate *cand = arena_alloc(sizeof(Candidate) * (size_t)S->nmicro * MAXSTAGES);
   int n = 0;
-  for (int B = 1; B <= MAXMICRO && B <= batch; B++) {
-    if (batch % B || (fixed_B > 0 && B != fixed_B)) continue;
+  for (int m = 0; m < S->nmicro; m++) {
+    int B = S->micro[m];
+    if (fixed_B > 0 && B != fixed_B) continue;
     for (int p = 2; p <= MAXSTAGES && p <= L && p <= D; p++) {
       int per = D / p;
       if (D % p || (per % dpn && dpn % per) || batch / B < per / dpn) continue;
@@ -603,10 +623,21 @@ static void balanced_search(Search *S, int fixed_B, FILE *progress, FILE *err) {
     if (!a) return;
     balanced_at(S, a, cand[i].p);
     tried++;
+    status(S, progress, "balanced pipelines: %d of %d tried", tried, n);
   }
-  if (progress)
-    fprintf(progress, "balanced pipelines: %d of %d (stages x microbatches) tried, the rest bounded out (%.1f s)\n",
-            tried, n, now_seconds() - S->t0);
+}
+
+/* The microbatch counts to search: every divisor of the batch (1 without
+ * one), powers of two first (usually the best; their best step then bounds
+ * the stages of the others). */
+static void micro_counts(Search *S) {
+  int64_t b = S->batch > 0 ? S->batch : 1;
+  int n = 0;
+  for (int64_t B = 1; B <= b && B <= INT32_MAX; B++) n += b % B == 0;
+  S->micro = arena_alloc(sizeof(int) * (size_t)n);
+  for (int pow2 = 1; pow2 >= 0; pow2--)
+    for (int64_t B = 1; B <= b && B <= INT32_MAX; B++)
+      if (b % B == 0 && ((B & (B - 1)) == 0) == pow2) S->micro[S->nmicro++] = (int)B;
 }
 
 PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
@@ -615,22 +646,25 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
   Graph *g1 = load_at(path, eo, 1, err);
   if (!g1) return NULL;
   int64_t batch = graph_dim(g1, "batch", 0);
-  Search S = {path, eo, cl, po, g1, arena_alloc(sizeof(AtB) * (MAXMICRO + 1)), 0, NULL, 0, {0}, t0, batch};
+  Search S = {.path = path, .eo = eo, .cl = cl, .po = po, .g1 = g1, .t0 = t0, .batch = batch};
   if (fixed_B > 0 && batch > 0 && batch % fixed_B) {
     fprintf(err, "carve: error: %d microbatches do not divide the batch of %lld\n", fixed_B, (long long)batch);
     return NULL;
   }
+  micro_counts(&S);
+  S.at = arena_alloc(sizeof(AtB) * (size_t)(S.nmicro + 1));
   if (!graph_at(&S, 1, err)) return NULL;
   /* on large clusters the balanced pipelines first: their best step cuts
      off every stage the DP would try that is too slow to beat it */
   if (cluster_devices(cl) > 16 && batch > 0) balanced_search(&S, fixed_B, progress, err);
-  /* the stage DP at the microbatch count asked for, or at powers of two up to 64 */
-  for (int B = fixed_B > 0 ? fixed_B : 1; B <= (fixed_B > 0 ? fixed_B : 64) && (B == 1 || batch > 0); B *= 2) {
-    if (B > 1 && batch % B) break;
-    const AtB *a = graph_at(&S, B, err);
+  /* the stage DP at the microbatch count asked for, or at every count */
+  for (int m = 0; m < S.nmicro; m++) {
+    if (fixed_B > 0 && S.micro[m] != fixed_B) continue;
+    const AtB *a = graph_at(&S, S.micro[m], err);
     if (!a) return NULL;
     dp_at(&S, a, progress);
   }
+  if (S.drawn) status(&S, progress, "search done: best step %.4g s", S.best ? S.best->step_s : 0.0);
   PipelinePlan *best = S.best;
   if (!best) {
     fprintf(err, "carve: error: no pipeline plan fits the %d devices of %s at any microbatch count tried\n",

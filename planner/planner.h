@@ -94,6 +94,8 @@ typedef struct PlanOptions {
   bool lowerable;       /* only strategies the per-rank code generator lowers: no split of a normalised
                            dim, an embedding's vocabulary, a max-reduced dim or a MoE gate, no all-to-all */
   bool batch_not_axis1; /* the batch dim never uses mesh axis 1 (tensor parallelism proper) */
+  double cutoff;        /* a search's bound (0: none): a plan whose objective cannot get below it is of
+                           no use, and its solve stops as soon as the solver's lower bound reaches it */
 } PlanOptions;
 
 /* One collective of the plan, aggregated over identical ones. */
@@ -160,6 +162,10 @@ typedef struct IlpInstance {
   double mem_limit;
 } IlpInstance;
 const IlpInstance *plan_last_instance(void);
+/* Whether the last plan_intra that returned NULL did so because a plan fits
+ * but none beats PlanOptions.cutoff (then a retry with looser options that
+ * cost no less is of no use either). */
+bool plan_last_cut(void);
 /* Minimum objective over all assignments within the memory limit, or -1 if
  * none fits; sets *combos to the number of assignments tried. */
 double ilp_brute_force(const IlpInstance *inst, double *combos);
