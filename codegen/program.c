@@ -533,9 +533,10 @@ Program *program_read(const char *path, FILE *err) {
     } else if (!next_line(&R) || sscanf(R.line, "rank %" SCNd64 " world %" SCNd64, &rank, &world) != 2 || world < 1 ||
                world > (1 << 20) || rank < 0 || rank >= world) {
       bad(&R, "expected 'rank <r> world <n>' with 0 <= r < n");
-    } else if (!next_line(&R) || sscanf(R.line, "plan %" SCNx64 "%n", &p->plan_id, &plan_end) != 1 ||
-               R.line[plan_end]) {
-      bad(&R, "expected 'plan <id>'");
+    } else if (!next_line(&R) || strncmp(R.line, "plan ", 5) || strlen(R.line) != 21 ||
+               strspn(R.line + 5, "0123456789abcdef") != 16 ||
+               sscanf(R.line, "plan %" SCNx64 "%n", &p->plan_id, &plan_end) != 1 || R.line[plan_end]) {
+      bad(&R, "expected 'plan <id>' (16 hex digits)");
     } else {
       int64_t seed, mb, tps, vocab, arena, nbufs;
       double flops;

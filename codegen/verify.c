@@ -337,8 +337,13 @@ static const char *piece_fits(const Program *p, int b) {
   Piece g = piece_of(in);
   int64_t whole = shape_numel(&B->whole), inner = 1;
   if (B->dtype != DT_F32) return "is not f32";
+  int64_t dim;
+  if (g.offset < 0) return "negative element offset";
+  if (g.offset > 0 && B->shape.rank != 1) return "an element offset on a buffer that is not a flat shard";
   if (g.parts > 1) {
-    if (g.axis < 0 || g.axis >= B->whole.rank || B->whole.d[g.axis] != g.parts * g.len) return "split dim does not fit";
+    if (g.axis < 0 || g.axis >= B->whole.rank || __builtin_mul_overflow(g.parts, g.len, &dim) ||
+        B->whole.d[g.axis] != dim)
+      return "split dim does not fit";
     for (int k = (int)g.axis + 1; k < B->whole.rank; k++) inner *= B->whole.d[k];
     if (inner != g.inner) return "split dim's inner size does not fit";
   }
@@ -349,16 +354,22 @@ static const char *piece_fits(const Program *p, int b) {
   return NULL;
 }
 
-/* Every parameter and optimizer state buffer is one piece of its whole tensor. */
+/* Every parameter and optimizer state buffer is one piece of its whole
+   tensor, under a name no other holds (checkpoints find pieces by name). */
 static bool pieces_fit(const Program *p, FILE *err) {
+  StrMap names = {0};
   for (int b = 0; b < p->nbufs; b++) {
     if (p->bufs[b].kind != BUF_PARAM && p->bufs[b].kind != BUF_OPTSTATE) continue;
     const char *why = piece_fits(p, b);
+    if (!why && strmap_get(&names, p->bufs[b].name)) why = "another parameter or state buffer has its name";
+    if (!why) strmap_put(&names, p->bufs[b].name, b);
     if (why) {
       fprintf(err, "carve: error: program for rank %d, buffer %d (%s): %s\n", p->rank, b, p->bufs[b].name, why);
+      strmap_free(&names);
       return false;
     }
   }
+  strmap_free(&names);
   return true;
 }
 

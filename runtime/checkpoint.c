@@ -15,6 +15,8 @@
  * are zeroed at each step's start, bf16 copies remade, and the data of a
  * step is drawn from (seed, step). docs/checkpoints.md. */
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -102,9 +104,15 @@ static bool write_manifest(Run *R, const char *dir, int step, const char *all, i
 }
 
 /* The step of a folder named step-NNNNNNNN, or -1. */
+/* The step of a folder named step-NNNNNNNN (8 digits or more, nothing else), or -1. */
 static int folder_step(const char *name) {
-  int step, n = 0;
-  return sscanf(name, "step-%d%n", &step, &n) == 1 && !name[n] && step >= 0 && strlen(name) == 13 ? step : -1;
+  if (strncmp(name, "step-", 5) != 0 || strlen(name + 5) < 8 || strlen(name + 5) > 10) return -1;
+  long long step = 0;
+  for (const char *c = name + 5; *c; c++) {
+    if (*c < '0' || *c > '9') return -1;
+    step = step * 10 + (*c - '0');
+  }
+  return step <= 2147483647 ? (int)step : -1;
 }
 
 static bool complete(const char *ck, const char *name) {
@@ -121,19 +129,24 @@ static void remove_folder(const char *dir) {
   rmdir(dir);
 }
 
-int checkpoint_newest(const char *ck) {
+/* The newest complete checkpoint in ck before step `before`, or -1. */
+static int newest_before(const char *ck, int before) {
   DIR *d = opendir(ck);
   struct dirent *e;
   int newest = -1;
   while (d && (e = readdir(d))) {
     int s = folder_step(e->d_name);
-    if (s > newest && complete(ck, e->d_name)) newest = s;
+    if (s > newest && s < before && complete(ck, e->d_name)) newest = s;
   }
   if (d) closedir(d);
   return newest;
 }
 
-/* Keeps the newest `keep` checkpoints; removes unfinished ones before `step`. */
+int checkpoint_newest(const char *ck) { return newest_before(ck, 2147483647); }
+
+/* After the checkpoint of `step` is complete: removes the checkpoints of
+   later steps (a run resumed from an earlier checkpoint abandoned them),
+   unfinished ones, and all but the newest `keep`. */
 static void prune(const char *ck, int step, int keep) {
   int n = 0, cap = 0, *steps = NULL;
   DIR *d = opendir(ck);
@@ -141,8 +154,9 @@ static void prune(const char *ck, int step, int keep) {
   while (d && (e = readdir(d))) {
     int s = folder_step(e->d_name);
     if (s < 0) continue;
-    if (!complete(ck, e->d_name)) {
-      if (s < step) remove_folder(arena_printf("%s/%s", ck, e->d_name));
+    if (s != step && (!complete(ck, e->d_name) || s > step)) {
+      unlink(arena_printf("%s/%s/manifest.json", ck, e->d_name));
+      remove_folder(arena_printf("%s/%s", ck, e->d_name));
       continue;
     }
     if (n == cap) steps = xrealloc(steps, sizeof(int) * (size_t)(cap = cap ? 2 * cap : 16));
@@ -163,18 +177,17 @@ static void prune(const char *ck, int step, int keep) {
 
 /* Rank 0 makes the folder; a checkpoint of this step already there (a run
    resumed from an earlier one) stops existing before it is written again,
-   and what a write that crashed left in it goes. */
+   and whatever an earlier attempt left in it goes. */
 static bool prepare(const char *ck, const char *dir) {
   if (mkdir(ck, 0777) != 0 && errno != EEXIST) return false;
   if (mkdir(dir, 0777) != 0 && errno != EEXIST) return false;
   struct stat st;
   if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return errno = ENOTDIR, false;
   if (unlink(arena_printf("%s/manifest.json", dir)) != 0 && errno != ENOENT) return false;
-  DIR *d = opendir(dir);
+  DIR *d = opendir(dir); /* the shards of an earlier attempt (another world size, a failed write) go too */
   struct dirent *e;
   while (d && (e = readdir(d)))
-    if (e->d_name[0] == '.' && strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) /* temporary files */
-      unlink(arena_printf("%s/%s", dir, e->d_name));
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(arena_printf("%s/%s", dir, e->d_name));
   if (d) closedir(d);
   return sync_dir(dir);
 }
@@ -190,8 +203,8 @@ static bool agree_loud(Transport *t, bool ok, const char *msg) {
 /* agree_loud for a write: the first rank that failed says what it could not write and why. */
 static bool agree_written(Transport *t, bool ok, int step, const char *what) {
   char *msg = ok ? NULL
-                 : arena_printf("carve: error: step %d: cannot write the checkpoint %s: %s; the last complete "
-                                "one is kept\n",
+                 : arena_printf("carve: error: step %d: cannot write the checkpoint %s: %s; earlier "
+                                "checkpoints are kept\n",
                                 step, what, strerror(errno ? errno : EIO));
   return agree_loud(t, ok, msg);
 }
@@ -225,6 +238,28 @@ bool checkpoint_write(Run *R, int step) {
   free(in);
   free(all);
   return ok;
+}
+
+/* The folder, and its lock: CK/.lock, held (flock) by rank 0 while the run lasts. */
+static const char *lock_folder(Run *R, const char *ck) {
+  struct stat st;
+  if (mkdir(ck, 0777) != 0 && errno != EEXIST) return strerror(errno);
+  if (stat(ck, &st) != 0 || !S_ISDIR(st.st_mode)) return "it is not a folder";
+  int fd = open(arena_printf("%s/.lock", ck), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
+  if (fd < 0) return strerror(errno);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    return "another run is writing checkpoints into it";
+  }
+  R->ck_lock = fd + 1;
+  return NULL;
+}
+
+bool checkpoint_open(Run *R) {
+  const char *ck = R->o->checkpoint_dir, *why = R->net->rank == 0 && *ck ? lock_folder(R, ck) : NULL;
+  if (R->net->rank == 0 && !*ck) why = "an empty name";
+  char *msg = why ? arena_printf("carve: error: --checkpoint-dir '%s': %s\n", ck, why) : NULL;
+  return agree_loud(R->net, !why, msg);
 }
 
 /* ------------------------------------------------------------ resuming */
@@ -276,20 +311,38 @@ static void describe_resume(const Run *R, const TensorStore *s, const char *path
   fflush(stdout);
 }
 
+/* Two names of one folder (ck/, ./ck and ck are one). */
+static bool same_folder(const char *a, const char *b) {
+  struct stat x, y;
+  return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+}
+
+/* After a checkpoint that could not be read was picked as the newest in a
+   folder of them: the one before it, which may be whole. */
+static void suggest_earlier(const char *ck, const char *picked, FILE *err) {
+  int s = folder_step(strrchr(picked, '/') ? strrchr(picked, '/') + 1 : picked);
+  int earlier = s > 0 ? newest_before(ck, s) : -1;
+  if (earlier >= 0)
+    fprintf(err, "carve: note: an earlier checkpoint is %s: resume from it with --resume %s\n",
+            checkpoint_folder(ck, earlier), checkpoint_folder(ck, earlier));
+}
+
 bool checkpoint_restore(Run *R) {
   const RunOptions *o = R->o;
   char *msg = NULL;
   size_t len = 0;
   FILE *err = open_memstream(&msg, &len);
-  const char *why = NULL, *path = o->resume ? checkpoint_resolve(o->resume, &why) : o->init_from;
-  bool fresh = o->resume && !path && o->checkpoint_dir && !strcmp(o->resume, o->checkpoint_dir);
+  struct stat st;
+  const char *from = o->resume ? o->resume : o->init_from, *why = NULL, *path = from;
+  if (o->resume || (stat(from, &st) == 0 && S_ISDIR(st.st_mode))) path = checkpoint_resolve(from, &why);
+  bool fresh = o->resume && !path && o->checkpoint_dir && same_folder(o->resume, o->checkpoint_dir);
   if (fresh) { /* a restartable command's first run: nothing to resume yet */
     if (R->net->rank == 0 && !o->quiet) printf("no checkpoint in %s yet: starting at step 1\n", o->resume);
     fclose(err);
     free(msg);
     return true;
   }
-  if (!path) fprintf(err, "carve: error: --resume: %s\n", why);
+  if (!path) fprintf(err, "carve: error: %s: %s\n", o->resume ? "--resume" : "--init-from", why);
   TensorStore *s = path ? store_open(path, err) : NULL;
   if (s && o->resume && !s->checkpoint) {
     fprintf(err, "carve: error: --resume takes a checkpoint folder; %s is a file (start from it with --init-from)\n",
@@ -298,6 +351,7 @@ bool checkpoint_restore(Run *R) {
     s = NULL;
   }
   bool ok = s && fill_buffers(R, s, o->resume != NULL, err);
+  if (!ok && path && path != from) suggest_earlier(from, path, err);
   fclose(err);
   ok = agree_loud(R->net, ok, msg);
   if (ok && o->resume) {

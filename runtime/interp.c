@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime.h"
 
@@ -168,6 +169,7 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
        net->groups(net, p->ngroups, p->group_size, p->group_ranks);
   StepStatus st;
   ok = net->agree(net, ok && run_list(R, p->init, p->ninit, true, &st));
+  if (ok && o->checkpoint_dir) ok = checkpoint_open(R);
   if (ok && (o->resume || o->init_from)) ok = checkpoint_restore(R);
   if (!ok) {
     runtime_free(rt);
@@ -202,6 +204,7 @@ const Program *runtime_program(Runtime *rt) { return rt->r.p; }
 void runtime_free(Runtime *rt) {
   if (!rt) return;
   if (rt->r.be && rt->r.be != rt->r.o->backend) rt->r.be->close(rt->r.be);
+  if (rt->r.ck_lock) close(rt->r.ck_lock - 1);
   free(rt->r.pad);
   free(rt->r.trace);
   if (rt->r.own_net) rt->r.own_net->close(rt->r.own_net);

@@ -16,6 +16,7 @@ typedef struct Run {
   size_t pad_cap;           /* bytes */
   double comm_s;            /* seconds in communication instructions */
   double *trace;            /* when set: start and end of each step instruction */
+  int ck_lock;              /* 1 + the descriptor of the checkpoint folder's lock (rank 0), or 0 */
   double op_time[OP_COUNT]; /* seconds per opcode, with RunOptions.profile */
   int64_t op_count[OP_COUNT];
 } Run;
@@ -27,6 +28,10 @@ struct Runtime {
 /* checkpoint.c: after step `step`, every rank its shard, then rank 0 the
    manifest; false (on every rank) after a message when it could not. */
 bool checkpoint_write(Run *R, int step);
+/* Before the first step: the checkpoint folder is made (rank 0) and locked
+   for this run, so a second run writing into it is refused at once; false
+   on every rank after the message. */
+bool checkpoint_open(Run *R);
 /* --resume or --init-from: fills this rank's buffers (and R->step); false on
    every rank after the first failing rank's message. */
 bool checkpoint_restore(Run *R);

@@ -34,6 +34,7 @@ typedef struct StorePiece {
   Piece g;
   uint64_t hash;
   bool hashed;
+  const char *bad; /* why this tensor cannot be read (a safetensors entry carve does not take), or NULL */
 } StorePiece;
 
 static bool fail(FILE *err, const char *path, const char *what) {
@@ -95,8 +96,9 @@ static const char *geometry_fits(const StorePiece *p) {
   int64_t whole = shape_numel(&p->shape), inner = 1;
   if (g->parts < 1 || g->parts > (1 << 20) || g->offset < 0 || p->numel < 0) return "bad piece geometry";
   if (g->parts > 1) {
+    int64_t dim;
     if (g->axis < 0 || g->axis >= p->shape.rank || g->part < 0 || g->part >= g->parts || g->len < 1 ||
-        p->shape.d[g->axis] != g->parts * g->len)
+        __builtin_mul_overflow(g->parts, g->len, &dim) || p->shape.d[g->axis] != dim)
       return "a split dim that does not fit the tensor";
     for (int k = (int)g->axis + 1; k < p->shape.rank; k++) inner *= p->shape.d[k];
     if (g->inner != inner) return "a split dim that does not fit the tensor";
@@ -159,8 +161,10 @@ static bool read_rank(TensorStore *s, const Json *r, int rank, PtrVec *pieces, F
   if (strcmp(file, arena_printf("rank%d.shard", rank)) != 0 || !list || list->kind != JSON_ARRAY)
     return fail(err, s->path, arena_printf("rank %d: expected its file rank%d.shard and its pieces", rank, rank));
   int64_t size;
-  s->fds[rank] = open_regular(arena_printf("%s/%s", s->dir, file), &size, err);
-  if (s->fds[rank] < 0) return false;
+  s->files[rank] = arena_printf("%s/%s", s->dir, file);
+  int fd = open_regular(s->files[rank], &size, err); /* its size now; opened again when it is read */
+  if (fd < 0) return false;
+  close(fd);
   for (int i = 0; i < list->n; i++) {
     StorePiece *p = arena_alloc(sizeof(StorePiece));
     if (!read_piece_entry(s, list->items[i], rank, size, p, err)) return false;
@@ -211,6 +215,7 @@ static bool open_checkpoint(TensorStore *s, FILE *err) {
     return fail(err, s->path, "a manifest lists every rank's shard");
   s->nfiles = s->world;
   s->fds = arena_alloc(sizeof(int) * (size_t)s->nfiles);
+  s->files = arena_alloc(sizeof(char *) * (size_t)s->nfiles);
   for (int r = 0; r < s->nfiles; r++) s->fds[r] = -1;
   PtrVec pieces = {0};
   for (int r = 0; r < s->world; r++)
@@ -223,27 +228,35 @@ static bool open_checkpoint(TensorStore *s, FILE *err) {
 
 /* ------------------------------------------------------------ safetensors */
 
-static bool read_st_entry(TensorStore *s, const char *name, const Json *e, int64_t data, int64_t data_bytes,
-                          StorePiece *p, FILE *err) {
-  const char *dt = json_str(e, "dtype", "");
-  const Json *offs = json_get(e, "data_offsets");
+/* What a file says, fit to print: control bytes and quotes become '?'. */
+static const char *printable(const char *text) {
+  char *out = arena_strndup(text, strlen(text) < 64 ? strlen(text) : 64);
+  for (char *c = out; *c; c++)
+    if ((unsigned char)*c < 0x20 || *c == 0x7f || *c == '\'') *c = '?';
+  return out;
+}
+
+/* One tensor of a safetensors header; NULL, or why carve cannot read it
+   (kept with the piece: only a tensor the model needs must be readable). */
+static const char *read_st_entry(const char *name, const Json *e, int64_t data, int64_t data_bytes, StorePiece *p) {
+  const char *dt = e->kind == JSON_OBJECT ? json_str(e, "dtype", "") : "";
+  const Json *offs = e->kind == JSON_OBJECT ? json_get(e, "data_offsets") : NULL;
   int64_t b, end;
   p->tensor = name;
   p->kind = BUF_PARAM;
+  p->g = (Piece){.parts = 1};
   p->dtype = !strcmp(dt, "F32") ? SD_F32 : !strcmp(dt, "BF16") ? SD_BF16 : !strcmp(dt, "F16") ? SD_F16 : -1;
-  if (p->dtype < 0)
-    return fail(err, s->path, arena_printf("tensor '%s' is %s; carve reads F32, BF16 and F16", name, dt));
-  if (!json_shape(json_get(e, "shape"), &p->shape) || !offs || offs->kind != JSON_ARRAY || offs->n != 2 ||
-      !json_int(offs->items[0], 0, data_bytes, &b) || !json_int(offs->items[1], b, data_bytes, &end))
-    return fail(err, s->path, arena_printf("tensor '%s': a shape and data offsets inside the file", name));
+  if (p->dtype < 0) return arena_printf("its dtype is '%s'; carve reads F32, BF16 and F16", printable(dt));
+  if (!json_shape(e->kind == JSON_OBJECT ? json_get(e, "shape") : NULL, &p->shape) || !offs ||
+      offs->kind != JSON_ARRAY || offs->n != 2 || !json_int(offs->items[0], 0, data_bytes, &b) ||
+      !json_int(offs->items[1], b, data_bytes, &end))
+    return "it needs a shape of positive dims and data offsets inside the file";
   p->numel = shape_numel(&p->shape);
   if (end - b != p->numel * sd_size[p->dtype])
-    return fail(err, s->path,
-                arena_printf("tensor '%s': its data offsets hold %lld bytes, its shape %lld", name,
-                             (long long)(end - b), (long long)(p->numel * sd_size[p->dtype])));
+    return arena_printf("its data offsets hold %lld bytes, its shape %lld", (long long)(end - b),
+                        (long long)(p->numel * sd_size[p->dtype]));
   p->at = data + b;
-  p->g = (Piece){.parts = 1};
-  return true;
+  return NULL;
 }
 
 static bool open_safetensors(TensorStore *s, FILE *err) {
@@ -251,6 +264,8 @@ static bool open_safetensors(TensorStore *s, FILE *err) {
   uint64_t hlen = 0;
   s->nfiles = 1;
   s->fds = arena_alloc(sizeof(int));
+  s->files = arena_alloc(sizeof(char *));
+  s->files[0] = s->path;
   s->fds[0] = open_regular(s->path, &size, err);
   if (s->fds[0] < 0) return false;
   if (size < 8 || !read_at(s->fds[0], &hlen, 8, 0) || hlen < 2 || hlen > (uint64_t)(size - 8) || hlen > LIMIT_MANIFEST)
@@ -266,9 +281,8 @@ static bool open_safetensors(TensorStore *s, FILE *err) {
   s->pieces = arena_alloc(sizeof(StorePiece) * (size_t)(h->n + 1));
   for (int i = 0; i < h->n; i++) {
     if (!strcmp(h->keys[i], "__metadata__")) continue;
-    if (!read_st_entry(s, h->keys[i], h->items[i], 8 + (int64_t)hlen, size - 8 - (int64_t)hlen,
-                       &s->pieces[s->npieces++], err))
-      return false;
+    StorePiece *p = &s->pieces[s->npieces++];
+    p->bad = read_st_entry(h->keys[i], h->items[i], 8 + (int64_t)hlen, size - 8 - (int64_t)hlen, p);
   }
   return index_pieces(s, err);
 }
@@ -315,7 +329,14 @@ static float half_f32(uint16_t h) {
 static bool read_piece(const TensorStore *s, const StorePiece *p, float *dst, FILE *err) {
   int64_t bytes = p->numel * sd_size[p->dtype];
   void *raw = p->dtype == SD_F32 ? (void *)dst : xmalloc((size_t)bytes + 1);
-  bool ok = read_at(s->fds[p->file], raw, bytes, p->at);
+  int64_t size;
+  int fd = s->fds[p->file] >= 0 ? s->fds[p->file] : open_regular(s->files[p->file], &size, err);
+  bool ok = fd >= 0 && read_at(fd, raw, bytes, p->at);
+  if (fd >= 0 && fd != s->fds[p->file]) close(fd);
+  if (fd < 0) {
+    if (raw != dst) free(raw);
+    return false;
+  }
   if (ok && p->hashed && hash_words(raw, (size_t)bytes, 0) != p->hash) {
     fprintf(err,
             "carve: error: %s: the data of tensor '%s' in rank%d.shard does not match its hash: the file is damaged\n",
@@ -364,6 +385,10 @@ bool store_fill(const TensorStore *s, const char *name, const Shape *whole, cons
     return false;
   }
   const StorePiece *t = &s->pieces[first];
+  if (t->bad) {
+    fprintf(err, "carve: error: %s: tensor '%s': %s\n", s->path, printable(name), t->bad);
+    return false;
+  }
   if (!same_shape(&t->shape, whole)) {
     fprintf(err, "carve: error: tensor '%s' is %s in %s, but %s in this program\n", name, shape_str(&t->shape), s->path,
             shape_str(whole));

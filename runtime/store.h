@@ -14,7 +14,8 @@ typedef struct TensorStore {
   uint64_t plan, seed;
   Precision precision;
   const char *model;
-  int nfiles, *fds;
+  int nfiles, *fds; /* a safetensors file stays open; shards are opened as their pieces are read (fds -1) */
+  const char **files;
   struct StorePiece *pieces; /* sorted by tensor name */
   int npieces;
 } TensorStore;

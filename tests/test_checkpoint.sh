@@ -21,7 +21,7 @@
 #   the checkpoint held, bit for bit.
 # Prints "N passed, M failed".
 set -u
-carve=$1
+case $1 in /*) carve=$1 ;; *) carve=$(pwd)/$1 ;; esac
 compare=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -159,6 +159,31 @@ run one 1 keep --steps 3 --checkpoint-dir "$tmp/keep.ck" --checkpoint-every 1 --
 if grep -q "no checkpoint in" "$tmp/log" && [ "$(ls "$tmp/keep.ck")" = "step-00000002
 step-00000003" ]; then ok; else bad "--keep 2 kept: $(ls "$tmp/keep.ck" | tr '\n' ' ')"; fi
 
+# a run resumed from an earlier checkpoint abandons the later ones: its first checkpoint removes them
+run one 1 tl --steps 4 --checkpoint-dir "$tmp/tl.ck" --checkpoint-every 1 --keep 5 &&
+  run one 1 tl2 --steps 2 --resume "$tmp/tl.ck/step-00000001" --checkpoint-dir "$tmp/tl.ck" --checkpoint-every 1 --keep 5
+if [ "$(ls "$tmp/tl.ck" | tr '\n' ' ')" = "step-00000001 step-00000002 " ]; then ok; else
+  bad "rolled back: the abandoned checkpoints stay: $(ls "$tmp/tl.ck" | tr '\n' ' ')"
+fi
+# step numbers past 8 digits
+mkdir "$tmp/big.ck" && cp -r "$tmp/one.ck/step-00000003" "$tmp/big.ck/step-99999999" &&
+  sed -i 's/"step": 3/"step": 99999999/' "$tmp/big.ck/step-99999999/manifest.json"
+if run one 1 big --steps 100000001 --resume "$tmp/big.ck" --checkpoint-dir "$tmp/big.ck" --checkpoint-every 1 --keep 1 &&
+  grep -q "resuming after step 99999999" "$tmp/log" && [ "$(ls "$tmp/big.ck")" = "step-100000001" ]; then ok; else
+  bad "9-digit steps: $(ls "$tmp/big.ck" | tr '\n' ' ')"
+fi
+# one run at a time writes into a checkpoint folder
+timeout 60 "$carve" run "$tmp/one" --steps 100000 --quiet --checkpoint-dir "$tmp/lock.ck" --checkpoint-every 1 &
+first=$!
+for _ in $(seq 100); do [ -f "$tmp/lock.ck/step-00000002/manifest.json" ] && break; sleep 0.1; done
+if ! run one 1 second --steps 3 --checkpoint-dir "$tmp/lock.ck" && grep -q "another run is writing checkpoints" "$tmp/log"
+then ok; else bad "a second run into a folder another run writes"; fi
+kill "$first" 2>/dev/null
+wait "$first" 2>/dev/null
+# the restartable form, with the folder named two ways
+if (cd "$tmp" && run one 1 fresh --steps 1 --resume ./fresh.ck/ --checkpoint-dir fresh.ck) &&
+  grep -q "no checkpoint in" "$tmp/log"; then ok; else bad "--resume ./X/ with --checkpoint-dir X"; fi
+
 # refusals, each naming what does not fit
 refused() { # NAME PATTERN RANKS-PLAN...
   name=$1
@@ -188,6 +213,9 @@ cp -r "$tmp/one.ck/step-00000003" "$tmp/huge" && sed -i '0,/"numel": [0-9]*/s//"
 refused "an absurd element count" "a piece without its tensor" one 1 x --steps 6 --resume "$tmp/huge"
 cp -r "$tmp/one.ck/step-00000003" "$tmp/world" && sed -i 's/"world": 1/"world": 1000000/' "$tmp/world/manifest.json"
 refused "a world the ranks do not list" "lists every rank's shard" one 1 x --steps 6 --resume "$tmp/world"
+# the newest checkpoint damaged: the message points to the one before
+cp -r "$tmp/one.ck" "$tmp/dmg.ck" && truncate -s 100 "$tmp/dmg.ck/step-00000003/rank0.shard"
+refused "a damaged newest checkpoint" "an earlier checkpoint is .*step-00000002" one 1 x --steps 6 --resume "$tmp/dmg.ck"
 mkdir "$tmp/empty"
 refused "no checkpoint" "holds no complete checkpoint" one 1 x --steps 6 --resume "$tmp/empty"
 ln -s /dev/zero "$tmp/zero.safetensors"

@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "../runtime/store.h"
 #include "tools.h"
@@ -52,19 +53,20 @@ static bool export_tensors(const TensorStore *s, const char *out) {
   const char *tmp;
   FILE *f = temp_beside(out, &tmp);
   uint64_t len64 = hlen;
-  bool ok = f && fwrite(&len64, 8, 1, f) == 1 && fwrite(head, 1, hlen, f) == hlen;
-  for (int i = 0; ok && i < n; i++) {
+  bool ok = f && fwrite(&len64, 8, 1, f) == 1 && fwrite(head, 1, hlen, f) == hlen, data = true;
+  for (int i = 0; ok && data && i < n; i++) {
     int64_t numel = shape_numel(&shapes[i]);
     float *v = xmalloc(sizeof(float) * (size_t)numel);
-    ok = store_fill(s, names[i], &shapes[i], &(Piece){.parts = 1}, numel, v, stderr) &&
-         fwrite(v, sizeof(float), (size_t)numel, f) == (size_t)numel;
+    data = store_fill(s, names[i], &shapes[i], &(Piece){.parts = 1}, numel, v, stderr); /* says what is wrong */
+    ok = !data || fwrite(v, sizeof(float), (size_t)numel, f) == (size_t)numel;
     free(v);
   }
-  if (f && ok)
+  if (f && ok && data)
     ok = temp_commit(f, tmp, out);
   else if (f)
     fclose(f), remove(tmp);
-  if (!ok && errno) fprintf(stderr, "carve: error: cannot write '%s': %s\n", out, strerror(errno));
+  if (!ok) fprintf(stderr, "carve: error: cannot write '%s': %s\n", out, strerror(errno ? errno : EIO));
+  ok &= data;
   if (ok) printf("wrote %s: %d parameter tensors of %s after step %d\n", out, n, s->model, s->step);
   free(head);
   free(names);
@@ -96,6 +98,11 @@ int cmd_export(int argc, char **argv) {
   const char *why, *path = checkpoint_resolve(ck, &why);
   if (!path) {
     fprintf(stderr, "carve: error: %s\n", why);
+    return 1;
+  }
+  struct stat st; /* a folder, a FIFO or a device in the way: said before the work, not after */
+  if (lstat(out, &st) == 0 && !S_ISREG(st.st_mode)) {
+    fprintf(stderr, "carve: error: cannot write '%s': it exists and is not a regular file\n", out);
     return 1;
   }
   TensorStore *s = store_open(path, stderr);
