@@ -30,7 +30,7 @@
 #define MAX_VALUE 200 /* bytes of one value */
 
 /* What a key's value is: it decides the accepted units and the field type. */
-typedef enum { V_NAME, V_TEXT, V_COUNT, V_FLOPS, V_BYTES, V_RATE, V_SECONDS } ValueKind;
+typedef enum { V_NAME, V_TEXT, V_COUNT, V_FLOPS, V_BYTES, V_RATE, V_SECONDS, V_FRACTION } ValueKind;
 
 typedef struct Key {
   const char *name;
@@ -64,13 +64,24 @@ static const Key keys[] = {
     {"inter_bandwidth", V_RATE, F(inter_bandwidth), 1e6, 1e14, false,
      "bytes/s per device, one direction, across nodes"},
     {"inter_latency", V_SECONDS, F(inter_latency), 1e-9, 1, false, "seconds per message across nodes"},
+    {"gemm_efficiency", V_FRACTION, F(gemm_efficiency), 0.01, 1, true,
+     "fraction of the 16-bit peak a large square matrix product reaches"},
+    {"gemm_efficiency_f32", V_FRACTION, F(gemm_efficiency_f32), 0.01, 1, true,
+     "fraction of the f32 peak a large square matrix product reaches"},
+    {"gemm_half_dim", V_FRACTION, F(gemm_half_dim), 0.01, 1e6, true,
+     "a matrix product dim at which the product runs at half its large-product efficiency"},
+    {"best_mfu", V_FRACTION, F(best_mfu), 0.01, 1, true, "best published MFU of the device in training"},
 };
 #undef F
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 
-static const char *const unit_words[] = {
-    [V_FLOPS] = "FLOP/s", [V_BYTES] = "bytes", [V_RATE] = "bytes/s", [V_SECONDS] = "seconds"};
-static const char *const unit_examples[] = {[V_FLOPS] = "312e12 or 312TFLOPS",
+static const char *const unit_words[] = {[V_FRACTION] = "(no unit)",
+                                         [V_FLOPS] = "FLOP/s",
+                                         [V_BYTES] = "bytes",
+                                         [V_RATE] = "bytes/s",
+                                         [V_SECONDS] = "seconds"};
+static const char *const unit_examples[] = {[V_FRACTION] = "0.8",
+                                            [V_FLOPS] = "312e12 or 312TFLOPS",
                                             [V_BYTES] = "80e9, 80GB or 64GiB",
                                             [V_RATE] = "25e9, 25GB/s or 200Gb/s",
                                             [V_SECONDS] = "5e-6 or 5us"};
@@ -163,9 +174,12 @@ static bool parse_value(Parser *p, int line, const Key *k, const char *v, double
   size_t n = scan_number(v, &mant, &exp);
   const char *u = v + n;
   while (n && (*u == ' ' || *u == '\t')) u++;
-  if (!n || (k->kind == V_COUNT && *u)) {
+  bool plain = k->kind == V_COUNT || k->kind == V_FRACTION; /* no unit */
+  if (!n || (plain && *u)) {
     if (k->kind == V_COUNT)
       error_at(p, line, "%s: expected a whole number, got '%s'", k->name, v);
+    else if (k->kind == V_FRACTION)
+      error_at(p, line, "%s: expected a number without a unit such as 0.8, got '%s'", k->name, v);
     else
       error_at(p, line, "%s: expected a number of %s such as %s, got '%s'", k->name, unit_words[k->kind],
                unit_examples[k->kind], v);
@@ -173,7 +187,7 @@ static bool parse_value(Parser *p, int line, const Key *k, const char *v, double
   }
   int exp10 = 0, exp2 = 0;
   bool bits = false;
-  if (k->kind != V_COUNT && !match_unit(u, k->kind, &exp10, &exp2, &bits)) {
+  if (!plain && !match_unit(u, k->kind, &exp10, &exp2, &bits)) {
     error_at(p, line, "%s: '%s' is not a unit of %s; write e.g. %s", k->name, u, unit_words[k->kind],
              unit_examples[k->kind]);
     return false;

@@ -403,6 +403,27 @@ static bool row_wise(OpKind op) {
   }
 }
 
+/* A two-operand einsum's efficiency on one device: its labels' roles
+ * (batch, M, N, K) from the operands they appear in, each label's size
+ * divided by the mesh axes the strategy splits it over. */
+static double product_efficiency(const OpModel *m, const Strategy *st, const Mesh *me) {
+  double size[MAXID];
+  char lab[3][MAXID + 1];
+  for (int i = 0; i < m->nd; i++) {
+    size[i] = (double)m->size[i];
+    for (int a = 0; a < 2; a++)
+      if (st->ax[a] == i) size[i] /= me->n[a];
+  }
+  double by_char[256] = {0};
+  for (int t = 0; t < 3; t++) {
+    for (int i = 0; i < m->rank[t]; i++) lab[t][i] = (char)('A' + m->map[t][i]);
+    lab[t][m->rank[t]] = 0;
+  }
+  for (int i = 0; i < m->nd; i++) by_char['A' + i] = size[i];
+  GemmShape s = gemm_shape(lab[0], lab[1], lab[2], by_char);
+  return gemm_efficiency(me, &s);
+}
+
 static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strategy *st, Acc *acc) {
   const Graph *g = C->g;
   const Mesh *me = C->me;
@@ -422,8 +443,9 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   int shards = 1;
   for (int a = 0; a < 2; a++)
     if (st->ax[a] >= 0) shards *= me->n[a];
-  /* compute: forward and backward, a roofline at 80% of peak FLOP/s or of
-     memory bandwidth, plus a fixed 2 us per op (launch and ramp-up) */
+  /* compute: forward and backward, a roofline at a product's efficiency
+     (gemm.c; other ops 80%) of peak FLOP/s or at 80% of memory bandwidth,
+     plus a fixed 2 us per op (launch and ramp-up) */
   int ngrad = 0;
   for (int k = 0; k < nin; k++) ngrad += C->needs_grad[v->in[k]];
   double f = node_flops(g, v), flops = f * (1 + (v->op == OP_EINSUM ? ngrad : ngrad ? 2 : 0)) / shards;
@@ -432,7 +454,8 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   bool rows = row_wise(v->op);
   bytes = (bytes + (double)shape_numel(&v->shape)) * (rows ? me->row_elem : C->act_bytes) * (ngrad ? 3 : 1) / shards;
   double rate = transcendental(v->op) ? me->vec_flops : me->flops; /* tanh and exp run slower than products */
-  double t = fmax(flops / (PEAK_FRACTION * rate), bytes / (PEAK_FRACTION * (rows ? me->row_bw : me->mem_bw))) + 2e-6;
+  double eff = v->op == OP_EINSUM && nin == 2 ? product_efficiency(m, st, me) : PEAK_FRACTION;
+  double t = fmax(flops / (eff * rate), bytes / (PEAK_FRACTION * (rows ? me->row_bw : me->mem_bw))) + 2e-6;
   acc->compute += t;
   /* its parts: the forward (1), input gradients, weight gradients (an
      einsum's product per input that needs one; other ops' backward is two

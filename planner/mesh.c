@@ -51,6 +51,8 @@ bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err)
      widened to f32, at the f32 rate */
   if (mixed && c->mem_bandwidth_bf16 > 0) m->row_elem = 4;
   m->memory = c->memory - c->workspace; /* what the program's buffers may use */
+  m->gemm_eff = gemm_best_efficiency(c, mixed);
+  m->gemm_half = c->gemm_half_dim > 0 ? c->gemm_half_dim : GEMM_HALF_DIM_DEFAULT;
   return true;
 }
 

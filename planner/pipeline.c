@@ -140,7 +140,8 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
       if (n->op == OP_EINSUM) flops += node_flops(sg, n) * (1 + ngrad);
     }
     double peak = c->po->mixed && c->cl->flops_bf16 > 0 ? c->cl->flops_bf16 : c->cl->flops_f32;
-    if (c->B * flops / (PEAK_FRACTION * peak * c->sub[k].devices) >= c->cutoff) return c->t[x] = -1;
+    if (c->B * flops / (gemm_best_efficiency(c->cl, c->po->mixed) * peak * c->sub[k].devices) >= c->cutoff)
+      return c->t[x] = -1;
   }
   int64_t what[4] = {c->sub[k].nodes, c->sub[k].per_node, inflight, c->B};
   uint64_t key = hash_bytes(what, sizeof what, signature(sg));
@@ -317,7 +318,13 @@ const char *pipeline_recompute(const PipelinePlan *p) {
 
 /* What selective recomputation saves and costs on stage d, per microbatch
    and device: the attention probabilities it does not keep, and the time to
-   remake them (FLOPs at 80% of peak, other ops at 80% of memory bandwidth). */
+   remake them (products at their efficiency, gemm.c; other ops at 80% of memory bandwidth). */
+static double einsum_efficiency(const Plan *pl, const Graph *g, const Node *n, int shards) {
+  if (n->nin != 2) return PEAK_FRACTION;
+  GemmShape s = node_gemm_shape(g, n, shards);
+  return gemm_efficiency(&pl->mesh, &s);
+}
+
 static void selective_cost(PipelinePlan *pp, int d) {
   PipeStage *st = &pp->stages[d];
   const Plan *pl = st->plan;
@@ -334,7 +341,7 @@ static void selective_cost(PipelinePlan *pp, int d) {
       shards *= (pl->layout[i].d[k] & 1 ? pl->mesh.n[0] : 1) * (pl->layout[i].d[k] & 2 ? pl->mesh.n[1] : 1);
     double bytes = (double)shape_numel(&n->shape) * elem / shards;
     if (n->op == OP_SOFTMAX) st->sel_bytes += bytes; /* what the backward would have kept */
-    st->sel_t += n->op == OP_EINSUM ? node_flops(g, n) / shards / (PEAK_FRACTION * peak)
+    st->sel_t += n->op == OP_EINSUM ? node_flops(g, n) / shards / (einsum_efficiency(pl, g, n, shards) * peak)
                                     : 2 * bytes / (PEAK_FRACTION * cl->mem_bandwidth);
   }
 }
@@ -602,7 +609,7 @@ static void balanced_search(Search *S, int fixed_B, FILE *progress, FILE *err) {
   summarize(S->g1, &sm);
   Mesh me;
   if (!mesh_make(cl, 1, 1, S->po->mixed, &me, err)) return;
-  double ideal = sm.flops_einsum / (PEAK_FRACTION * me.flops * D); /* the whole batch */
+  double ideal = sm.flops_einsum / (me.gemm_eff * me.flops * D); /* the whole batch */
   int L = S->at[0].L;
   Candidate *cand = arena_alloc(sizeof(Candidate) * (size_t)S->nmicro * MAXSTAGES);
   int n = 0;
@@ -676,6 +683,20 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
   throughput(best, po);
   return best;
 }
+/* A predicted MFU above the best published for the device (cluster key
+ * best_mfu) is said, with why the model can be above it. */
+static void mfu_note(const PipelinePlan *p, FILE *out) {
+  double best = p->cluster->best_mfu;
+  if (best <= 0 || p->mfu <= best) return;
+  fprintf(out,
+          "note            the predicted MFU (%.1f%%) is above the best published for %s (%.1f%%): the cost model\n"
+          "                prices products by shape, collectives and the bubble, and leaves out what end-to-end\n"
+          "                runs also lose (stragglers, launch gaps, data loading); read it as a bound%s\n\n",
+          100 * p->mfu, *p->cluster->device ? p->cluster->device : p->cluster->name, 100 * best,
+          !strcmp(pipeline_recompute(p), "none")
+              ? "\n                (this plan recomputes nothing; the published run re-ran part of its forward)"
+              : "");
+}
 
 void pipeline_report(const PipelinePlan *p, FILE *out) {
   char a[32];
@@ -694,6 +715,7 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
           : !strcmp(pipeline_recompute(p), "selective")
               ? "selective: the attention probabilities are remade before the backward, not kept"
               : pipeline_recompute(p));
+  mfu_note(p, out);
   fprintf(out, "  %-6s %-9s %-14s %-8s %12s %12s %10s  %s\n", "stage", "layers", "devices", "mesh", "s/microbatch",
           "sync s/step", "memory", "recompute");
   for (int s = 0; s < p->nstages; s++) {

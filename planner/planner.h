@@ -27,6 +27,11 @@ typedef struct Cluster {
   double intra_latency;   /* seconds */
   double inter_bandwidth; /* bytes/s per device, one direction, across nodes */
   double inter_latency;   /* seconds */
+  /* compute efficiency (planner/gemm.c; 0: the defaults there) */
+  double gemm_efficiency;     /* fraction of the 16-bit peak a large square product reaches */
+  double gemm_efficiency_f32; /* the same at f32 */
+  double gemm_half_dim;       /* a product dim at which the product runs at half that */
+  double best_mfu;            /* best published MFU of the device in training (0: none known) */
 } Cluster;
 
 /* A shipped cluster name (clusters/NAME.cluster) or a path. Errors are
@@ -51,7 +56,8 @@ typedef struct Mesh {
   double flops;     /* per device, at the planned precision */
   double vec_flops; /* per device, elementwise math */
   double mem_bw, memory;
-  double row_bw, row_elem; /* row-wise ops (norms, softmax, cross-entropy): bytes/s, bytes per element */
+  double row_bw, row_elem;    /* row-wise ops (norms, softmax, cross-entropy): bytes/s, bytes per element */
+  double gemm_eff, gemm_half; /* planner/gemm.c: a large product's efficiency, the half-efficiency dim */
 } Mesh;
 
 bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err);
@@ -75,8 +81,25 @@ extern const char *const phase_names[3];
 
 double coll_time(const Mesh *m, CollKind k, int axis, double bytes);
 /* The fraction of peak FLOP/s and memory bandwidth the cost model takes
- * every op to reach. */
+ * every op but a product to reach (products: gemm_efficiency). */
 #define PEAK_FRACTION 0.8
+
+/* gemm.c: an einsum as a batched matrix product, and the fraction of peak
+ * FLOP/s it reaches on a mesh's devices (at most mesh.gemm_eff). */
+typedef struct GemmShape {
+  double batch, m, n, k;
+} GemmShape;
+#define GEMM_TILE 64             /* product tile edge quantised to (M and N) */
+#define GEMM_EFF_DEFAULT 0.8     /* a large square product (docs/cost-model.md) */
+#define GEMM_HALF_DIM_DEFAULT 32 /* a dim at which a product runs at half of that */
+double gemm_efficiency(const Mesh *me, const GemmShape *s);
+/* A large square product's efficiency: no product does better (bounds use it). */
+double gemm_best_efficiency(const Cluster *c, bool mixed);
+/* From labels (operand a, operand b, result) and each label's size. */
+GemmShape gemm_shape(const char *a, const char *b, const char *out, const double *size_of_label);
+/* A two-operand einsum node's shape with its work split `shards` ways (the
+   split taken on the larger of batch and M). */
+GemmShape node_gemm_shape(const Graph *g, const Node *v, double shards);
 
 typedef struct PlanOptions {
   int zero;             /* 0..3, or -1: the smallest stage that fits */
