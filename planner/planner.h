@@ -74,6 +74,7 @@ typedef enum { PHASE_FORWARD, PHASE_BACKWARD, PHASE_UPDATE } CommPhase;
 extern const char *const phase_names[3];
 
 double coll_time(const Mesh *m, CollKind k, int axis, double bytes);
+double coll_time_axes(const Mesh *m, CollKind k, int axes, double bytes);
 /* The fraction of peak FLOP/s and memory bandwidth the cost model takes
  * every op to reach. */
 #define PEAK_FRACTION 0.8
@@ -108,6 +109,7 @@ typedef struct Comm {
   const char *what; /* the tensor it moves */
   bool once;        /* once per step however many microbatches (gradient sync, weight gather after the
                        update); otherwise every microbatch */
+  bool summed;      /* a gradient its several readers sum before one reduction: counted once per tensor */
 } Comm;
 
 /* The result of the intra-operator pass. */

@@ -14,8 +14,7 @@ double plan_sync_s(const Plan *p) {
   double t = 0;
   for (int i = 0; i < p->ncomms; i++) {
     const Comm *c = &p->comms[i];
-    for (int a = 0; a < 2; a++)
-      if (c->once && c->axes >> a & 1) t += c->count * coll_time(&p->mesh, c->kind, a, c->bytes);
+    if (c->once) t += c->count * coll_time_axes(&p->mesh, c->kind, c->axes, c->bytes);
   }
   return t;
 }
