@@ -146,6 +146,7 @@ void plan_report(const Plan *p, FILE *out);
 double plan_sync_s(const Plan *p);
 /* Bytes per device by collective kind in one step of `microbatches`. */
 void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]);
+void plan_comms_json(const Plan *p, int microbatches, int indent, FILE *out);
 void plan_json(const Plan *p, FILE *out);
 /* Whether the JSON and the HTML report list forward node i: every parameter
    and input, and the main activations (einsum, embed, softmax, norm, MoE). */
