@@ -101,7 +101,8 @@ typedef struct Dist {
 typedef struct Shard {
   int8_t out, in[MAXIN];
   bool partial, mean, post_scale;
-  bool cut; /* computed whole, then cut to `out` (an expert-parallel dispatch) */
+  bool cut;   /* computed whole, then cut to `out` (an expert-parallel dispatch) */
+  bool defer; /* partial, left unreduced: its one reader adds it to other partials (merge_partials) */
 } Shard;
 
 static int dev_of(const Dist *D, int vs) { return vs % D->L->pp; }
@@ -401,6 +402,40 @@ static void infer_backward(Dist *D, int i) {
   }
 }
 
+/* Can partial node u's reduction wait for its reader r, an add of partials
+   in the same task? Then u is used nowhere else: one read, no send, no
+   parameter gradient, not the loss. */
+static bool may_defer(const Dist *D, int u, int r, const int *reads) {
+  const Shard *s = &D->sh[u];
+  if (u < D->g->nfwd || !s->partial || s->cut || s->mean || s->post_scale || reads[u] != 1) return false;
+  if (D->feeds[u].n || u == D->g->loss || D->vst[u] != D->vst[r] || D->wphase[u] != D->wphase[r]) return false;
+  for (int d = 0; d < D->L->pp; d++)
+    if (D->need[(size_t)u * D->L->pp + d]) return false;
+  return s->out == D->sh[r].out;
+}
+
+/* The partial gradients of one tensor (q, k and v each leave one of the
+   hidden state they all read) are summed first and all-reduced once: an
+   add whose inputs are all partials, held as it reads them and read by
+   it alone, is itself partial, and its inputs are not reduced. */
+static void merge_partials(Dist *D) {
+  const Graph *g = D->g;
+  int *reads = arena_alloc(sizeof(int) * (size_t)g->n);
+  for (int i = 0; i < g->n; i++)
+    for (int k = 0; D->live[i] && k < g->nodes[i]->nin; k++) reads[g->nodes[i]->in[k]]++;
+  for (int i = g->nfwd; i < g->n; i++) {
+    const Node *n = g->nodes[i];
+    Shard *s = &D->sh[i];
+    if (!D->live[i] || n->op != OP_ADD || s->partial) continue;
+    bool all = true;
+    for (int k = 0; k < n->nin && all; k++)
+      all = s->in[k] == s->out && shape_eq(&g->nodes[n->in[k]]->shape, &n->shape) && may_defer(D, n->in[k], i, reads);
+    if (!all) continue;
+    s->partial = true;
+    for (int k = 0; k < n->nin; k++) D->sh[n->in[k]].defer = true;
+  }
+}
+
 /* Can op n's kernel run on the parts this split gives it? A plan made for
    speed (not PlanOptions.lowerable), or an op that follows its input's
    layout, may split what a kernel needs whole: a normalised dim, a causal
@@ -480,6 +515,7 @@ static bool shard_graph(Dist *D, FILE *err) {
     if (is_leaf(g->nodes[i])) D->sh[i].partial = false;
   for (int i = g->nfwd; i < g->n; i++)
     if (D->live[i]) infer_backward(D, i);
+  merge_partials(D);
   /* every split dim must divide */
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];
@@ -702,7 +738,7 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
     *out = buf(R, arena_printf("%s/experts", n->name), D->dt[i], &part, BUF_ACT);
     prog_emit1(&R->step, OP_REDUCE_SCATTER, *out, whole)->i[0] = tpg;
   } else {
-    if (sh->partial) prog_emit1(&R->step, OP_ALL_REDUCE, *out, *out)->i[0] = tpg;
+    if (sh->partial && !sh->defer) prog_emit1(&R->step, OP_ALL_REDUCE, *out, *out)->i[0] = tpg;
     if (sh->cut) *out = reshard(R, i, *out, -1, sh->out);
   }
   if (inst) return; /* a recomputed value: used here, never sent or counted */

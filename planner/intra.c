@@ -288,24 +288,42 @@ typedef struct Acc {
   PtrVec *rec;           /* if set: the collectives, for the plan */
 } Acc;
 
-/* A collective. One that happens once per step (a parameter's gradient
- * sync, the weights' gather after the update) while the graph is one of
- * several microbatches weighs 1/microbatches in the objective. */
+/* A collective over mesh axes c.axes (one group of their devices). One that
+ * happens once per step (a parameter's gradient sync, the weights' gather
+ * after the update) while the graph is one of several microbatches weighs
+ * 1/microbatches in the objective. A gradient that `share` readers each
+ * leave partial is summed first and reduced once: each reader pays 1/share
+ * of it, and the plan lists it once (Comm.summed). */
+static void comm_c(const Ctx *C, Acc *acc, Comm c, int share) {
+  double t = coll_time_axes(C->me, c.kind, c.axes, c.bytes) / (share > 1 ? share : 1);
+  if (t <= 0) return;
+  acc->comm += c.once && C->o->microbatches > 1 ? t / C->o->microbatches : t;
+  if (c.phase == PHASE_FORWARD) acc->fwd += t;
+  if (acc->rec) {
+    Comm *r = arena_alloc(sizeof(Comm));
+    *r = c;
+    r->count = 1, r->summed = share > 1;
+    ptrvec_push(acc->rec, r);
+  }
+}
+
 static void comm_w(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, CommPhase ph, const char *what,
                    bool once) {
-  double t = coll_time(C->me, k, axis, bytes);
-  if (t <= 0) return;
-  acc->comm += once && C->o->microbatches > 1 ? t / C->o->microbatches : t;
-  if (ph == PHASE_FORWARD) acc->fwd += t;
-  if (acc->rec) {
-    Comm *c = arena_alloc(sizeof(Comm));
-    *c = (Comm){k, 1 << axis, bytes, 1, ph, what, once};
-    ptrvec_push(acc->rec, c);
-  }
+  comm_c(C, acc, (Comm){.kind = k, .axes = 1 << axis, .bytes = bytes, .phase = ph, .what = what, .once = once}, 1);
 }
 
 static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, CommPhase ph, const char *what) {
   comm_w(C, acc, k, axis, bytes, ph, what, false);
+}
+
+/* The all-reduce of a gradient of `bytes` over the devices of `axes`. */
+static void grad_reduce(const Ctx *C, Acc *acc, int axes, double bytes, const char *what, bool once, int share) {
+  if (!axes) return;
+  comm_c(
+      C, acc,
+      (Comm){
+          .kind = COLL_ALL_REDUCE, .axes = axes, .bytes = bytes, .phase = PHASE_BACKWARD, .what = what, .once = once},
+      share);
 }
 
 static bool maps(const OpModel *m, int t, int id) {
@@ -348,22 +366,22 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
   double P, G, O;
   state_bytes(C, &P, &G, &O); /* gradients are reduced in f32, as they are accumulated */
   double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s);
-  for (int a = 0; a < 2; a++) {
+  if (C->zero == 0) { /* one all-reduce over every device holding the same part */
+    grad_reduce(C, acc, axes, e * G, u->name, true, 1);
+    return;
+  }
+  for (int a = 0; a < 2; a++) { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
     if (!(axes >> a & 1)) continue;
-    if (C->zero == 0) {
-      comm_w(C, acc, COLL_ALL_REDUCE, a, e * G, PHASE_BACKWARD, u->name, true);
-    } else { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
-      comm_w(C, acc, COLL_REDUCE_SCATTER, a, e * G, PHASE_BACKWARD, u->name, true);
-      /* ZeRO 3 gathers the working copy (bf16 under mixed precision) for every
-         microbatch; ZeRO 1 and 2 gather the updated f32 masters once */
-      double w = C->zero >= 3 && C->o->mixed ? 2 : 4;
-      if (C->zero >= 3)
-        comm(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_FORWARD, u->name);
-      else
-        comm_w(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_UPDATE, u->name, true);
-      if (C->zero >= 3) comm(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_BACKWARD, u->name);
-      e /= C->me->n[a];
-    }
+    comm_w(C, acc, COLL_REDUCE_SCATTER, a, e * G, PHASE_BACKWARD, u->name, true);
+    /* ZeRO 3 gathers the working copy (bf16 under mixed precision) for every
+       microbatch; ZeRO 1 and 2 gather the updated f32 masters once */
+    double w = C->zero >= 3 && C->o->mixed ? 2 : 4;
+    if (C->zero >= 3)
+      comm(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_FORWARD, u->name);
+    else
+      comm_w(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_UPDATE, u->name, true);
+    if (C->zero >= 3) comm(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_BACKWARD, u->name);
+    e /= C->me->n[a];
   }
 }
 
@@ -491,10 +509,10 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       param_sync(C, acc, u, &s, reduce);
     } else {
       if (owned) acc->ma += tensor_bytes(C, u, &s);
+      /* the readers' partial gradients are summed, then reduced once (a
+         parameter's once per step) */
       if (C->needs_grad[u->id])
-        for (int a = 0; a < 2; a++)
-          if (reduce >> a & 1) /* a parameter's partial gradients are summed once per step */
-            comm_w(C, acc, COLL_ALL_REDUCE, a, tensor_bytes(C, u, &s), PHASE_BACKWARD, u->name, u->op == OP_PARAM);
+        grad_reduce(C, acc, reduce, tensor_bytes(C, u, &s), u->name, u->op == OP_PARAM, C->consumers[u->id]);
     }
     if (st->a2a >= 0 && !maps(m, k, st->ax[st->a2a]) && maps(m, k, m->moe_e)) {
       comm(C, acc, COLL_ALL_TO_ALL, st->a2a, tensor_bytes(C, u, &s), PHASE_FORWARD, u->name);
@@ -1098,12 +1116,28 @@ static Spec owned_layout(const Problem *P, const int *choice, int leaf) {
   return (Spec){.rank = g->nodes[leaf]->shape.rank};
 }
 
+static bool same_comm(const Comm *a, const Comm *b) {
+  return a->kind == b->kind && a->axes == b->axes && a->phase == b->phase && a->once == b->once &&
+         fabs(a->bytes - b->bytes) < 0.5;
+}
+
+/* A summed gradient another reader of the same tensor already listed. */
+static bool listed(PtrVec *rec, int i) {
+  const Comm *c = rec->v[i];
+  for (int j = 0; j < i && c->summed; j++) {
+    const Comm *d = rec->v[j];
+    if (d->summed && same_comm(c, d) && d->what && c->what && strcmp(d->what, c->what) == 0) return true;
+  }
+  return false;
+}
+
 /* Aggregates identical collectives (same kind, axes, phase, size, and the
  * same tensor up to the layer index). */
 static void aggregate(Plan *pl, PtrVec *rec) {
   pl->comms = arena_alloc(sizeof(Comm) * (size_t)(rec->n + 1));
   for (int i = 0; i < rec->n; i++) {
     Comm *c = rec->v[i];
+    if (listed(rec, i)) continue;
     const char *what = c->what;
     Node tmp = {.name = what ? what : "-"};
     const char *key = layer_key(&tmp);
@@ -1111,9 +1145,7 @@ static void aggregate(Plan *pl, PtrVec *rec) {
     for (; j < pl->ncomms; j++) {
       Comm *d = &pl->comms[j];
       Node t2 = {.name = d->what ? d->what : "-"};
-      if (d->kind == c->kind && d->axes == c->axes && d->phase == c->phase && d->once == c->once &&
-          fabs(d->bytes - c->bytes) < 0.5 && strcmp(layer_key(&t2), key) == 0)
-        break;
+      if (same_comm(c, d) && strcmp(layer_key(&t2), key) == 0) break;
     }
     if (j < pl->ncomms)
       pl->comms[j].count++;

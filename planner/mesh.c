@@ -92,3 +92,21 @@ double coll_time(const Mesh *m, CollKind k, int axis, double bytes) {
   double f = (double)(n - 1) / n * bytes / m->bw[axis];
   return m->lat[axis] + (k == COLL_ALL_REDUCE ? 2 * f : f);
 }
+
+/* One collective over the devices of several axes (a bit mask): a ring over
+   all of them, as the runtime runs one group, paced by the slowest link it
+   crosses and paying the larger latency once. */
+double coll_time_axes(const Mesh *m, CollKind k, int axes, double bytes) {
+  if (axes == 1 || axes == 2) return coll_time(m, k, axes >> 1, bytes);
+  int n = 1;
+  double bw = 0, lat = 0;
+  for (int a = 0; a < 2; a++) {
+    if (!(axes >> a & 1) || m->n[a] <= 1) continue;
+    n *= m->n[a];
+    bw = bw > 0 && bw < m->bw[a] ? bw : m->bw[a];
+    lat = lat > m->lat[a] ? lat : m->lat[a];
+  }
+  if (n <= 1 || bytes <= 0) return 0;
+  double f = (double)(n - 1) / n * bytes / bw;
+  return lat + (k == COLL_ALL_REDUCE ? 2 * f : f);
+}

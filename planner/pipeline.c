@@ -766,9 +766,12 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
     fprintf(out,
             "], \"logical_mesh\": [%d, %d], \"predicted_stage_s\": %.9g, \"sync_s\": %.9g, "
             "\"p2p_s\": %.9g, \"memory_per_device_bytes\": %.0f, \"zero_stage\": %d, \"recompute\": \"%s\", "
-            "\"selective_recompute_s\": %.9g, \"forward_fraction\": %.6g, \"weight_grad_fraction\": %.6g}",
+            "\"selective_recompute_s\": %.9g, \"forward_fraction\": %.6g, \"weight_grad_fraction\": %.6g, "
+            "\"collectives\": ",
             st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->p2p, st->memory, st->plan->zero,
             rc_names[st->recompute], st->sel_t, ff, wf);
+    plan_comms_json(st->plan, p->microbatches, 8, out);
+    fprintf(out, "}");
   }
   fprintf(out, "\n  ],\n  \"search\": {\"intra_plans\": %d, \"seconds\": %.6f}\n}\n", p->ilps, p->search_s);
 }

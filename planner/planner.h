@@ -80,6 +80,7 @@ typedef enum { PHASE_FORWARD, PHASE_BACKWARD, PHASE_UPDATE } CommPhase;
 extern const char *const phase_names[3];
 
 double coll_time(const Mesh *m, CollKind k, int axis, double bytes);
+double coll_time_axes(const Mesh *m, CollKind k, int axes, double bytes);
 /* The fraction of peak FLOP/s and memory bandwidth the cost model takes
  * every op but a product to reach (products: gemm_efficiency). */
 #define PEAK_FRACTION 0.8
@@ -131,6 +132,7 @@ typedef struct Comm {
   const char *what; /* the tensor it moves */
   bool once;        /* once per step however many microbatches (gradient sync, weight gather after the
                        update); otherwise every microbatch */
+  bool summed;      /* a gradient its several readers sum before one reduction: counted once per tensor */
 } Comm;
 
 /* The result of the intra-operator pass. */
@@ -167,6 +169,7 @@ void plan_report(const Plan *p, FILE *out);
 double plan_sync_s(const Plan *p);
 /* Bytes per device by collective kind in one step of `microbatches`. */
 void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]);
+void plan_comms_json(const Plan *p, int microbatches, int indent, FILE *out);
 void plan_json(const Plan *p, FILE *out);
 /* Whether the JSON and the HTML report list forward node i: every parameter
    and input, and the main activations (einsum, embed, softmax, norm, MoE). */

@@ -14,8 +14,7 @@ double plan_sync_s(const Plan *p) {
   double t = 0;
   for (int i = 0; i < p->ncomms; i++) {
     const Comm *c = &p->comms[i];
-    for (int a = 0; a < 2; a++)
-      if (c->once && c->axes >> a & 1) t += c->count * coll_time(&p->mesh, c->kind, a, c->bytes);
+    if (c->once) t += c->count * coll_time_axes(&p->mesh, c->kind, c->axes, c->bytes);
   }
   return t;
 }
@@ -97,6 +96,27 @@ bool plan_lists_tensor(const Plan *p, int i) {
           n->op == OP_LAYERNORM || n->op == OP_RMSNORM || n->op == OP_MOE_DISPATCH || n->op == OP_MOE_COMBINE);
 }
 
+/* A plan's collectives as a JSON array, an entry a line indented by
+   `indent`; one of every microbatch counts `microbatches` times per step. */
+void plan_comms_json(const Plan *p, int microbatches, int indent, FILE *out) {
+  fprintf(out, "[");
+  for (int i = 0; i < p->ncomms; i++) {
+    const Comm *k = &p->comms[i];
+    fprintf(out,
+            "%s\n%*s{\"kind\": \"%s\", \"mesh_axes\": [%s], \"bytes\": %.0f, \"count_per_step\": %d, \"phase\": "
+            "\"%s\", \"tensor\": ",
+            i ? "," : "", indent, "", coll_names[k->kind],
+            k->axes == 1   ? "0"
+            : k->axes == 2 ? "1"
+                           : "0, 1",
+            k->bytes, k->count * (k->once ? 1 : microbatches), phase_names[k->phase]);
+    json_write_str(out, k->what ? k->what : "");
+    fprintf(out, "}");
+  }
+  if (p->ncomms) fprintf(out, "\n%*s", indent - 2, "");
+  fprintf(out, "]");
+}
+
 void plan_json(const Plan *p, FILE *out) {
   const Graph *g = p->g;
   const Mesh *m = &p->mesh;
@@ -140,22 +160,10 @@ void plan_json(const Plan *p, FILE *out) {
     for (int d = 0; d < n->shape.rank; d++) fprintf(out, "%s\"%s\"", d ? ", " : "", spec_dim_str(p->layout[i].d[d]));
     fprintf(out, "]}");
   }
-  fprintf(out, "\n  },\n  \"collectives\": [");
-  for (int i = 0; i < p->ncomms; i++) {
-    const Comm *k = &p->comms[i];
-    fprintf(out,
-            "%s\n    {\"kind\": \"%s\", \"mesh_axes\": [%s], \"bytes\": %.0f, \"count_per_step\": %d, \"phase\": "
-            "\"%s\", \"tensor\": ",
-            i ? "," : "", coll_names[k->kind],
-            k->axes == 1   ? "0"
-            : k->axes == 2 ? "1"
-                           : "0, 1",
-            k->bytes, k->count, phase_names[k->phase]);
-    json_write_str(out, k->what ? k->what : "");
-    fprintf(out, "}");
-  }
+  fprintf(out, "\n  },\n  \"collectives\": ");
+  plan_comms_json(p, 1, 4, out);
   fprintf(out,
-          "\n  ],\n  \"solver\": {\"groups\": %d, \"binary_variables\": %d, \"variables\": %d, \"constraints\": %d, "
+          ",\n  \"solver\": {\"groups\": %d, \"binary_variables\": %d, \"variables\": %d, \"constraints\": %d, "
           "\"seconds\": %.6f, \"optimal\": %s, \"gap\": %.6g}\n}\n",
           p->groups, p->binaries, p->vars, p->constraints, p->solve_s, p->optimal ? "true" : "false", p->gap);
 }
