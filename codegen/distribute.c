@@ -1065,6 +1065,7 @@ bool compile_layout(const char *model_path, const ElabOptions *eo, const Train *
     /* communication priced near free: tp was asked for, so split whatever divides the work */
     cl->intra_bandwidth = cl->inter_bandwidth = 1e15, cl->intra_latency = cl->inter_latency = 0;
     if (!mesh_make(cl, 1, L->tp, false, &me, err)) return false;
+    me.gemm_half = 1e-6; /* and products priced alike however narrow their splits: heads split as Megatron does */
     PlanOptions po = {
         .zero = 0, .batch_axis = -1, .time_limit = 60, .quiet = true, .lowerable = true, .batch_not_axis1 = true};
     const Plan *pl = plan_intra(g, cl, &me, &po, err);
