@@ -36,7 +36,8 @@
  * its attention core) again into fresh buffers, so the forward task's
  * buffers die after their sends and forward readers.
  *
- * Then, once per step: gradients summed over replicas and parameter copies
+ * Then, once per step: parameter gradients left partial over the tp ranks
+ * all-reduced over them, gradients summed over replicas and parameter copies
  * (ZeRO 0: all-reduce; ZeRO 1: reduce-scatter at the end; ZeRO 2 and 3:
  * reduce-scatter after each microbatch), the global gradient norm (each
  * rank's sum of squares weighted by how many ranks hold the same elements,
@@ -90,6 +91,7 @@ typedef struct Dist {
   DType *dt;        /* per node: the dtype of its values (value_dtypes) */
   bool *sel;        /* forward nodes selective recomputation re-runs */
   PtrVec *runs;     /* [virtual stage][TaskPhase, or 3: recomputed]: the nodes a task emits, in order */
+  bool *tp_acc;     /* param -> its contributions are added unreduced, its accumulator all-reduced over tp per step */
 } Dist;
 
 /* Tensor parallelism inside a replica: each tensor is whole on every one of
@@ -436,6 +438,42 @@ static void merge_partials(Dist *D) {
   }
 }
 
+/* Can contribution u to parameter p be added to p's accumulator unreduced?
+   A partial read by nothing else (no reader, send or other parameter), held
+   as p is, so all-reducing the accumulator sums it as its own reduction
+   would. */
+static bool partial_contrib(const Dist *D, int u, int p, const int *reads) {
+  const Shard *s = &D->sh[u];
+  if (!s->partial || s->cut || reads[u] || D->feeds[u].n != 1 || u == D->g->loss) return false;
+  for (int d = 0; d < D->L->pp; d++)
+    if (D->need[(size_t)u * D->L->pp + d]) return false;
+  return s->out == D->sh[p].out || (s->out < 0 && D->L->zero < 2); /* a whole one: summed, then cut */
+}
+
+/* Parameters whose every gradient contribution is a partial sum over the tp
+   ranks: their contributions are left unreduced (defer) and the accumulator
+   is all-reduced once per step instead of each contribution per microbatch.
+   Contributions held whole for a split parameter are summed in a whole
+   buffer, all-reduced and cut once per step. A parameter with any
+   contribution that is not such a partial keeps per-contribution reductions. */
+static void defer_param_partials(Dist *D) {
+  const Graph *g = D->g;
+  if (D->tp == 1) return;
+  int *reads = arena_alloc(sizeof(int) * (size_t)g->n);
+  for (int i = 0; i < g->n; i++)
+    for (int k = 0; D->live[i] && k < g->nodes[i]->nin; k++) reads[g->nodes[i]->in[k]]++;
+  for (int p = 0; p < g->nfwd; p++) {
+    const PtrVec *c = &D->contribs[p];
+    bool all = g->nodes[p]->op == OP_PARAM && c->n > 0;
+    for (int k = 0; k < c->n && all; k++) {
+      int u = (int)(intptr_t)c->v[k];
+      all = partial_contrib(D, u, p, reads) && D->sh[u].out == D->sh[(intptr_t)c->v[0]].out;
+    }
+    D->tp_acc[p] = all;
+    for (int k = 0; k < c->n && all; k++) D->sh[(intptr_t)c->v[k]].defer = true;
+  }
+}
+
 /* Can op n's kernel run on the parts this split gives it? A plan made for
    speed (not PlanOptions.lowerable), or an op that follows its input's
    layout, may split what a kernel needs whole: a normalised dim, a causal
@@ -462,6 +500,7 @@ static bool kernel_takes(const Graph *g, const Node *n, const Shard *s) {
 static bool shard_graph(Dist *D, FILE *err) {
   const Graph *g = D->g;
   D->sh = arena_alloc(sizeof(Shard) * (size_t)g->n);
+  D->tp_acc = arena_alloc(sizeof(bool) * (size_t)g->nfwd);
   for (int i = 0; i < g->n; i++) {
     D->sh[i].out = -1;
     memset(D->sh[i].in, -1, sizeof D->sh[i].in);
@@ -516,6 +555,7 @@ static bool shard_graph(Dist *D, FILE *err) {
   for (int i = g->nfwd; i < g->n; i++)
     if (D->live[i]) infer_backward(D, i);
   merge_partials(D);
+  defer_param_partials(D);
   /* every split dim must divide */
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];
@@ -551,6 +591,7 @@ typedef struct Rank {
   int *gcount;   /* param -> contributions added to gmb so far */
   int *gathered; /* param -> this task's gathered copy (ZeRO 3), -1 */
   int *work;     /* param -> its bf16 copy for the step (bf16, ZeRO < 3), -1 */
+  int *pend;     /* param -> the step's unreduced partial contributions, whole (tp_acc, split param), -1 */
 } Rank;
 
 static int buf(Rank *R, const char *name, DType dt, const Shape *s, BufKind k) {
@@ -680,6 +721,15 @@ static int reshard(Rank *R, int u, int b, int from, int to) {
 static void accumulate(Rank *R, int p, int cnode, int c) {
   const Dist *D = R->D;
   const Node *pn = D->g->nodes[p];
+  if (D->tp_acc[p] && D->sh[cnode].out != D->sh[p].out) { /* reduced and cut once per step (emit_update) */
+    if (R->pend[p] < 0) {
+      R->pend[p] = buf(R, arena_printf("%s.grad/tp", pn->name), DT_F32, &pn->shape, BUF_ACT);
+      prog_emit1(&R->step, OP_COPY, R->pend[p], c);
+    } else {
+      prog_emit1(&R->step, OP_ACC, R->pend[p], c);
+    }
+    return;
+  }
   c = reshard(R, cnode, c, D->sh[cnode].out, D->sh[p].out);
   Shape pl = local_shape(R, pn, D->sh[p].out);
   if (D->L->zero < 2) {
@@ -803,6 +853,21 @@ static int holders(const Dist *D, int p) {
   return n;
 }
 
+/* Parameter p's partial gradient contributions of the whole step (tp_acc),
+   all-reduced over the replica's tp ranks: the accumulator, or the whole
+   buffer they were summed in, cut and added to it. */
+static void reduce_tp_partials(Rank *R, int p) {
+  const Dist *D = R->D;
+  int tpg = D->tp_group[D->repbase[R->dev] + R->rep];
+  if (!D->tp_acc[p] || !D->ncontrib[(size_t)p * D->L->pp + R->dev]) return;
+  if (R->pend[p] < 0) {
+    prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = tpg;
+    return;
+  }
+  prog_emit1(&R->step, OP_ALL_REDUCE, R->pend[p], R->pend[p])->i[0] = tpg;
+  prog_emit1(&R->step, OP_ACC, R->gacc[p], reshard(R, p, R->pend[p], -1, D->sh[p].out));
+}
+
 /* Gradient sums, norm, clipping and the optimizer, once per step. */
 static void emit_update(Rank *R) {
   const Dist *D = R->D;
@@ -814,6 +879,7 @@ static void emit_update(Rank *R) {
     shard_grad[p] = -1;
     if (!trainable_here(R, p)) continue;
     const Node *pn = g->nodes[p];
+    reduce_tp_partials(R, p);
     if (L->zero == 0) {
       prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = D->hold_group[(size_t)p * D->tp + R->t];
       shard_grad[p] = R->gacc[p];
@@ -883,11 +949,12 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   R.gcount = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   R.gathered = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   R.work = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  R.pend = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   for (int i = 0; i < g->n; i++) /* model FLOPs of the whole step, every rank's share */
     if (g->nodes[i]->op == OP_EINSUM && D->live[i]) p->flops_per_step += node_flops(g, g->nodes[i]) * D->M;
   for (int i = 0; i < g->nfwd; i++) {
     const Node *n = g->nodes[i];
-    R.pbuf[i] = R.gacc[i] = R.work[i] = -1;
+    R.pbuf[i] = R.gacc[i] = R.work[i] = R.pend[i] = -1;
     if (D->live[i] && n->op == OP_INPUT && n->init == SRC_TOKENS) {
       p->tokens_per_step = shape_numel(&n->shape) * D->M;
       p->vocab = (int64_t)n->init_a;
