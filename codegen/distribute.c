@@ -444,10 +444,11 @@ static void merge_partials(Dist *D) {
    would. */
 static bool partial_contrib(const Dist *D, int u, int p, const int *reads) {
   const Shard *s = &D->sh[u];
-  if (!s->partial || s->cut || reads[u] || D->feeds[u].n != 1 || u == D->g->loss) return false;
+  /* under ZeRO 2 and 3 the accumulators are shards reduced every microbatch: kept as they were */
+  if (D->L->zero >= 2 || !s->partial || s->cut || reads[u] || D->feeds[u].n != 1 || u == D->g->loss) return false;
   for (int d = 0; d < D->L->pp; d++)
     if (D->need[(size_t)u * D->L->pp + d]) return false;
-  return s->out == D->sh[p].out || (s->out < 0 && D->L->zero < 2); /* a whole one: summed, then cut */
+  return s->out == D->sh[p].out || s->out < 0; /* a whole one: summed, then cut */
 }
 
 /* Parameters whose every gradient contribution is a partial sum over the tp
