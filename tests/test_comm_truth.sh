@@ -9,15 +9,7 @@
 # "N passed, M failed".
 set -u
 carve=$1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-  echo "FAILED: $*"
-  fail=$((fail + 1))
-}
+. "$(dirname "$0")/tally.sh"
 dims="--set batch=16,layers=4"
 
 # tp=2 split Megatron's way (a model wide enough that the planner splits the
@@ -66,5 +58,4 @@ for spec in ${2:-gpt:gpt-tiny}; do
       bad "$model stage $stage: plan lists $want input-gradient all-reduces per step, the programs run $have"
   done
 done
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+tally

@@ -10,15 +10,7 @@
 # or a FIFO fails with a message. Prints "N passed, M failed".
 set -u
 carve=$1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-  fail=$((fail + 1))
-  echo "FAILED: $*"
-}
+. "$(dirname "$0")/tally.sh"
 # check WHAT COMMAND...: a shell condition
 check() {
   what=$1
@@ -214,5 +206,4 @@ check "--html into a missing folder: status 1" [ $? = 1 ]
 check "--html into a missing folder: a message" grep -q "cannot write the report" "$tmp/err"
 check "no temporary files left" [ -z "$(find "$tmp" -name '.*.html.*')" ]
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tally

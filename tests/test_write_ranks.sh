@@ -12,15 +12,7 @@
 # failed".
 set -u
 carve=$1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-  fail=$((fail + 1))
-  echo "FAILED: $*"
-}
+. "$(dirname "$0")/tally.sh"
 # check DIR WORLD: every rank's program reads back as that rank
 check() {
   r=0
@@ -80,5 +72,4 @@ if "$carve" plan gpt --preset gpt-small --cluster dgx-a100 --nodes 1 --devices-p
 else
   bad "plan --manual dp=2,tp=2 -o: $(head -2 "$tmp/out")"
 fi
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tally
