@@ -35,7 +35,6 @@
 #include "carve.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,17 +255,13 @@ bool program_write(const Program *p, const char *path, FILE *err) {
   /* write to a temporary name, then rename: a reader never sees half a file */
   const char *tmp;
   FILE *f = temp_beside(path, &tmp);
-  bool ok = f != NULL;
-  if (ok) {
+  if (f) {
     setvbuf(f, NULL, _IONBF, 0); /* the sink writes whole chunks */
     Sink k = {.o = {arena_alloc(CHUNK), 0, CHUNK}, .f = f, .h = FNV64_BASIS};
     print_program(p, &k);
     fprintf(f, "checksum %016" PRIx64 "\n", k.h);
-    /* on disk, its pages need not stay cached: a big plan's programs would
-       fill memory with them and the kernel copies slowly into reclaimed pages */
-    if (fflush(f) == 0 && fsync(fileno(f)) == 0) posix_fadvise(fileno(f), 0, 0, POSIX_FADV_DONTNEED);
-    ok = temp_commit(f, tmp, path);
   }
+  bool ok = temp_close(f, tmp, path, true);
   if (!ok) fprintf(err, "carve: error: cannot write program '%s': %s\n", path, strerror(errno));
   return ok;
 }

@@ -329,27 +329,34 @@ const Instr *program_init_of(const Program *p, int b) {
   return NULL;
 }
 
+const char *piece_check(const Piece *g, const Shape *whole, int64_t numel) {
+  int64_t n = shape_numel(whole), inner = 1, dim;
+  if (g->offset < 0 || numel < 0) return "a negative element offset or count";
+  if (g->parts < 1 || g->parts > (1 << 20)) return "a split into an implausible number of parts";
+  if (g->parts > 1) {
+    if (g->axis < 0 || g->axis >= whole->rank || g->part < 0 || g->part >= g->parts || g->len < 1 ||
+        __builtin_mul_overflow(g->parts, g->len, &dim) || whole->d[g->axis] != dim)
+      return "a split dim that does not fit the tensor";
+    for (int k = (int)g->axis + 1; k < whole->rank; k++) inner *= whole->d[k];
+    if (inner != g->inner) return "a split dim whose inner size does not fit the tensor";
+  }
+  if (g->offset > n / g->parts) return "an element offset past the end of its part";
+  if (numel > 2 * (n / g->parts) + 1 - g->offset) return "a piece that lies past the end of its part";
+  return NULL;
+}
+
 /* Why a param or optstate buffer's piece does not fit its whole tensor, or NULL. */
 static const char *piece_fits(const Program *p, int b) {
   const Buffer *B = &p->bufs[b];
   const Instr *in = program_init_of(p, b);
   if (!in) return "has no init instruction";
-  Piece g = piece_of(in);
-  int64_t whole = shape_numel(&B->whole), inner = 1;
   if (B->dtype != DT_F32) return "is not f32";
-  int64_t dim;
-  if (g.offset < 0) return "negative element offset";
+  Piece g = piece_of(in);
+  int64_t n = shape_numel(&B->shape);
+  const char *why = piece_check(&g, &B->whole, n);
+  if (why) return why;
   if (g.offset > 0 && B->shape.rank != 1) return "an element offset on a buffer that is not a flat shard";
-  if (g.parts > 1) {
-    if (g.axis < 0 || g.axis >= B->whole.rank || __builtin_mul_overflow(g.parts, g.len, &dim) ||
-        B->whole.d[g.axis] != dim)
-      return "split dim does not fit";
-    for (int k = (int)g.axis + 1; k < B->whole.rank; k++) inner *= B->whole.d[k];
-    if (inner != g.inner) return "split dim's inner size does not fit";
-  }
-  if (g.offset > whole / g.parts) return "element offset lies past the end of its part";
-  if (shape_numel(&B->shape) > 2 * (whole / g.parts) + 1 - g.offset) return "lies past the end of its part";
-  if (g.offset == 0 && shape_numel(&B->shape) != whole / g.parts && B->shape.rank != 1)
+  if (g.offset == 0 && n != shape_numel(&B->whole) / g.parts && B->shape.rank != 1)
     return "shape does not match its part of the whole tensor";
   return NULL;
 }

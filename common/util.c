@@ -428,15 +428,17 @@ FILE *temp_beside(const char *path, const char **tmp) {
   return f;
 }
 
-bool temp_commit(FILE *f, const char *tmp, const char *path) {
-  bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
-  int e = errno;
-  ok &= fclose(f) == 0;
-  if (!ok && errno == 0) errno = e ? e : EIO;
+bool temp_close(FILE *f, const char *tmp, const char *path, bool keep) {
+  if (!f) return false;
+  int e = errno; /* without keep: why the writing failed */
+  bool ok = keep && fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
+  if (keep) e = ok ? 0 : errno;
+  if (ok) posix_fadvise(fileno(f), 0, 0, POSIX_FADV_DONTNEED); /* on disk: its pages need not stay cached */
+  if (fclose(f) != 0 && ok) ok = false, e = errno;
   if (ok && fchmod_default(tmp) && rename_into_place(tmp, path)) return true;
-  e = errno;
+  if (ok) e = errno;
   remove(tmp);
-  errno = e;
+  errno = e ? e : EIO;
   return false;
 }
 

@@ -118,11 +118,15 @@ bool rename_into_place(const char *tmp, const char *path);
 /* Every file carve writes goes through these: temp_beside creates a new file
    beside path (same folder, so the rename is atomic) exclusively, never
    opening an existing file or a link someone planted; *tmp gets its name
-   (arena). temp_commit flushes it to disk, closes it and renames it into
-   place (rename_into_place); on any failure the temporary file is removed
-   and errno says why. Neither prints. */
+   (arena). temp_close(f, tmp, path, keep) with keep flushes it to disk,
+   drops its pages from the page cache (a big plan's programs would fill
+   memory with them), closes it and renames it into place
+   (rename_into_place); without keep (the writing failed), or on any
+   failure, it closes and removes the temporary file and returns false with
+   errno saying why. f may be NULL (temp_beside failed): false. Neither
+   prints. */
 FILE *temp_beside(const char *path, const char **tmp);
-bool temp_commit(FILE *f, const char *tmp, const char *path);
+bool temp_close(FILE *f, const char *tmp, const char *path, bool keep);
 /* Flushes a folder's entries (a rename in it) to disk. */
 bool sync_dir(const char *dir);
 /* FNV-1a 64 over 8-byte words (then the tail bytes): checksums of big data.
@@ -516,6 +520,12 @@ static inline int64_t piece_index(const Piece *g, int64_t e) {
 }
 /* The init instruction of buffer b, or NULL. */
 const Instr *program_init_of(const Program *p, int b);
+/* Why piece g, of numel elements, does not fit a whole tensor of shape
+   `whole`, or NULL: a split dim the shape has, an offset inside the part, at
+   most one chunk of padding past it (so no index computed from the piece
+   can overflow). Programs (codegen/verify.c) and checkpoints (store.c) hold
+   their pieces to it. */
+const char *piece_check(const Piece *g, const Shape *whole, int64_t numel);
 
 /* Lowers a training graph to one single-rank program. */
 Program *codegen(const Graph *g, const Train *t, uint64_t seed);
@@ -537,8 +547,8 @@ typedef struct Layout {
   const int *stage_dp;             /* per pipeline stage, its replicas (NULL: dp for every stage) */
   const int *stage_last;           /* per virtual stage, its last layer; NULL: equal spans */
   int layers_want;                 /* layers to cut a model without repeat blocks into (0: one per stage) */
-  bool first_of_stage;             /* make only the first rank of each pipeline device (what a device
-                                      holds: every replica and position of a device takes as much) */
+  bool first_of_stage;             /* make only the first rank of each pipeline device, in device order
+                                      (what a device holds: every replica and position takes as much) */
 } Layout;
 /* Graph instances ("units") per microbatch: the lcm of the stages' replica
  * counts (each replica of a stage runs units / its replicas of them). */

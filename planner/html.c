@@ -295,11 +295,8 @@ bool html_write(const char *path, void (*page)(void *ctx, FILE *f), void *ctx, F
   }
   const char *tmp;
   FILE *f = temp_beside(path, &tmp);
-  bool ok = f != NULL;
-  if (ok) {
-    page(ctx, f);
-    ok = temp_commit(f, tmp, path);
-  }
+  if (f) page(ctx, f);
+  bool ok = temp_close(f, tmp, path, true);
   if (!ok) fprintf(err, "carve: error: cannot write the report '%s': %s\n", path, strerror(errno));
   return ok;
 }

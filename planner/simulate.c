@@ -208,11 +208,8 @@ bool sim_trace_write(const SimResult *r, const char *path, FILE *err) {
   /* write to a temporary name, then rename: a reader never sees half a file */
   const char *tmp;
   FILE *f = temp_beside(path, &tmp);
-  bool ok = f != NULL;
-  if (ok) {
-    write_trace(r, f);
-    ok = temp_commit(f, tmp, path);
-  }
+  if (f) write_trace(r, f);
+  bool ok = temp_close(f, tmp, path, true);
   if (!ok) fprintf(err, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
   return ok;
 }

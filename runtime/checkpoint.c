@@ -82,9 +82,7 @@ static bool write_shard(Run *R, const char *dir, char **index) {
   fprintf(m, "]}");
   fclose(m);
   free(host);
-  if (f && ok) return temp_commit(f, tmp, path);
-  if (f) fclose(f), remove(tmp);
-  return false;
+  return temp_close(f, tmp, path, ok);
 }
 
 static bool write_manifest(Run *R, const char *dir, int step, const char *all, int64_t block) {
@@ -100,10 +98,9 @@ static bool write_manifest(Run *R, const char *dir, int step, const char *all, i
   fprintf(f, "\"seed\": %" PRIu64 ",\n\"ranks\": [\n", p->seed);
   for (int r = 0; r < p->world; r++) fprintf(f, "%s%s\n", all + (size_t)r * (size_t)block, r + 1 < p->world ? "," : "");
   fprintf(f, "]\n}\n");
-  return temp_commit(f, tmp, path) && sync_dir(dir);
+  return temp_close(f, tmp, path, true) && sync_dir(dir);
 }
 
-/* The step of a folder named step-NNNNNNNN, or -1. */
 /* The step of a folder named step-NNNNNNNN (8 digits or more, nothing else), or -1. */
 static int folder_step(const char *name) {
   if (strncmp(name, "step-", 5) != 0 || strlen(name + 5) < 8 || strlen(name + 5) > 10) return -1;
@@ -120,12 +117,19 @@ static bool complete(const char *ck, const char *name) {
   return stat(arena_printf("%s/%s/manifest.json", ck, name), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static void remove_folder(const char *dir) {
+/* Removes every file in a folder. */
+static void empty_folder(const char *dir) {
   DIR *d = opendir(dir);
   struct dirent *e;
   while (d && (e = readdir(d)))
     if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(arena_printf("%s/%s", dir, e->d_name));
   if (d) closedir(d);
+}
+
+/* A checkpoint's folder goes, its manifest first: it stops existing before its shards do. */
+static void remove_checkpoint(const char *dir) {
+  unlink(arena_printf("%s/manifest.json", dir));
+  empty_folder(dir);
   rmdir(dir);
 }
 
@@ -155,40 +159,31 @@ static void prune(const char *ck, int step, int keep) {
     int s = folder_step(e->d_name);
     if (s < 0) continue;
     if (s != step && (!complete(ck, e->d_name) || s > step)) {
-      unlink(arena_printf("%s/%s/manifest.json", ck, e->d_name));
-      remove_folder(arena_printf("%s/%s", ck, e->d_name));
+      remove_checkpoint(arena_printf("%s/%s", ck, e->d_name));
       continue;
     }
     if (n == cap) steps = xrealloc(steps, sizeof(int) * (size_t)(cap = cap ? 2 * cap : 16));
     steps[n++] = s;
   }
   if (d) closedir(d);
-  for (int i = 0; i < n; i++) { /* older than the keep-th newest: removed, manifest first */
+  for (int i = 0; i < n; i++) { /* older than the keep-th newest */
     int newer = 0;
     for (int j = 0; j < n; j++) newer += steps[j] > steps[i];
-    if (newer >= keep) {
-      const char *dir = checkpoint_folder(ck, steps[i]);
-      unlink(arena_printf("%s/manifest.json", dir));
-      remove_folder(dir);
-    }
+    if (newer >= keep) remove_checkpoint(checkpoint_folder(ck, steps[i]));
   }
   free(steps);
 }
 
-/* Rank 0 makes the folder; a checkpoint of this step already there (a run
-   resumed from an earlier one) stops existing before it is written again,
-   and whatever an earlier attempt left in it goes. */
-static bool prepare(const char *ck, const char *dir) {
-  if (mkdir(ck, 0777) != 0 && errno != EEXIST) return false;
+/* Rank 0 makes the step's folder (checkpoint_open made CK); a checkpoint
+   of this step already there (a run resumed from an earlier one) stops
+   existing before it is written again, and whatever an earlier attempt left
+   in it (another world size's shards, a failed write's) goes. */
+static bool prepare(const char *dir) {
   if (mkdir(dir, 0777) != 0 && errno != EEXIST) return false;
   struct stat st;
   if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return errno = ENOTDIR, false;
   if (unlink(arena_printf("%s/manifest.json", dir)) != 0 && errno != ENOENT) return false;
-  DIR *d = opendir(dir); /* the shards of an earlier attempt (another world size, a failed write) go too */
-  struct dirent *e;
-  while (d && (e = readdir(d)))
-    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(arena_printf("%s/%s", dir, e->d_name));
-  if (d) closedir(d);
+  empty_folder(dir);
   return sync_dir(dir);
 }
 
@@ -214,7 +209,7 @@ bool checkpoint_write(Run *R, int step) {
   Transport *t = R->net;
   double t0 = now_seconds();
   const char *dir = checkpoint_folder(o->checkpoint_dir, step);
-  bool ok = agree_written(t, t->rank != 0 || prepare(o->checkpoint_dir, dir), step, dir);
+  bool ok = agree_written(t, t->rank != 0 || prepare(dir), step, dir);
   char *mine = NULL;
   ok = ok && agree_written(t, write_shard(R, dir, &mine), step, arena_printf("%s/rank%d.shard", dir, t->rank));
   int64_t len = mine ? (int64_t)strlen(mine) : 0, block = (int64_t)t->max(t, (double)len) + 1;

@@ -35,12 +35,7 @@ bool runtime_save_params(Runtime *rt, const char *path, FILE *err) {
                  (long long)at[3], (long long)at[4], (long long)at[5], (long long)at[6]) > 0 &&
          write_buffer(rt->r.be, B, f);
   }
-  if (f && ok) {
-    ok = temp_commit(f, tmp, path);
-  } else if (f) {
-    fclose(f);
-    remove(tmp);
-  }
+  ok = temp_close(f, tmp, path, ok);
   if (!ok) fprintf(err, "carve: error: cannot write parameters to '%s': %s\n", path, strerror(errno));
   return ok;
 }

@@ -86,18 +86,14 @@ bool trace_write(Run *R, double t0, const char *path) {
   if (ok && t->rank == 0) {
     const char *tmp;
     FILE *f = temp_beside(path, &tmp);
-    ok = f != NULL;
-    if (ok) {
+    if (f) {
       fprintf(f, "{\"traceEvents\":[\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":0,\"args\":{\"name\":"
                  "\"ranks (one step)\"}}");
       for (int r = 0; r < t->world; r++) fputs(all + (size_t)r * (size_t)block, f);
       fprintf(f, "\n],\"displayTimeUnit\":\"ms\"}\n");
-      ok = temp_commit(f, tmp, path);
     }
-    if (!ok) {
-      fprintf(stderr, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
-      remove(tmp);
-    }
+    ok = temp_close(f, tmp, path, true);
+    if (!ok) fprintf(stderr, "carve: error: cannot write the trace '%s': %s\n", path, strerror(errno));
   }
   free(mine);
   free(in);

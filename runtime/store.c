@@ -83,32 +83,6 @@ static bool json_shape(const Json *v, Shape *s) {
   return true;
 }
 
-static bool same_shape(const Shape *a, const Shape *b) {
-  if (a->rank != b->rank) return false;
-  for (int k = 0; k < a->rank; k++)
-    if (a->d[k] != b->d[k]) return false;
-  return true;
-}
-
-/* Why a piece's geometry does not fit its whole shape, or NULL. */
-static const char *geometry_fits(const StorePiece *p) {
-  const Piece *g = &p->g;
-  int64_t whole = shape_numel(&p->shape), inner = 1;
-  if (g->parts < 1 || g->parts > (1 << 20) || g->offset < 0 || p->numel < 0) return "bad piece geometry";
-  if (g->parts > 1) {
-    int64_t dim;
-    if (g->axis < 0 || g->axis >= p->shape.rank || g->part < 0 || g->part >= g->parts || g->len < 1 ||
-        __builtin_mul_overflow(g->parts, g->len, &dim) || p->shape.d[g->axis] != dim)
-      return "a split dim that does not fit the tensor";
-    for (int k = (int)g->axis + 1; k < p->shape.rank; k++) inner *= p->shape.d[k];
-    if (g->inner != inner) return "a split dim that does not fit the tensor";
-  }
-  /* a piece lies in its part, a shard's padding at most one chunk past it: no index arithmetic can overflow */
-  if (g->offset > whole / g->parts || p->numel > 2 * (whole / g->parts) + 1 - g->offset)
-    return "a piece that lies outside its tensor";
-  return NULL;
-}
-
 static int by_tensor(const void *a, const void *b) {
   const StorePiece *x = a, *y = b;
   int c = strcmp(x->tensor, y->tensor);
@@ -123,7 +97,7 @@ static bool index_pieces(TensorStore *s, FILE *err) {
     const StorePiece *a = &s->pieces[i - 1], *b = &s->pieces[i];
     if (strcmp(a->tensor, b->tensor) != 0) continue;
     if (!s->checkpoint) return fail(err, s->path, arena_printf("tensor '%s' is listed twice", a->tensor));
-    if (!same_shape(&a->shape, &b->shape) || a->kind != b->kind)
+    if (!shape_eq(&a->shape, &b->shape) || a->kind != b->kind)
       return fail(err, s->path, arena_printf("the pieces of tensor '%s' disagree on its shape or kind", a->tensor));
   }
   return true;
@@ -149,7 +123,7 @@ static bool read_piece_entry(TensorStore *s, const Json *e, int file, int64_t fs
   if (!ok) return fail(err, s->path, "a piece without its tensor, kind, shape, place or hash");
   p->numel = v[0], p->at = v[1];
   p->g = (Piece){v[2], v[3], v[4] > 1 ? v[4] : 1, v[5], v[6], p->g.inner};
-  const char *why = geometry_fits(p);
+  const char *why = piece_check(&p->g, &p->shape, p->numel);
   if (!why && p->at + 4 * p->numel > fsize) why = "a piece that lies past the end of its shard file";
   return why ? fail(err, s->path, arena_printf("tensor '%s': %s", p->tensor, why)) : true;
 }
@@ -389,7 +363,7 @@ bool store_fill(const TensorStore *s, const char *name, const Shape *whole, cons
     fprintf(err, "carve: error: %s: tensor '%s': %s\n", s->path, printable(name), t->bad);
     return false;
   }
-  if (!same_shape(&t->shape, whole)) {
+  if (!shape_eq(&t->shape, whole)) {
     fprintf(err, "carve: error: tensor '%s' is %s in %s, but %s in this program\n", name, shape_str(&t->shape), s->path,
             shape_str(whole));
     return false;

@@ -16,14 +16,10 @@
 static bool write_tokens(const char *path, const uint16_t *tok, uint64_t n, uint32_t vocab) {
   const char *tmp;
   FILE *f = temp_beside(path, &tmp);
-  if (!f) return false;
   uint32_t version = 1;
-  bool ok = fwrite("CARVETOK", 1, 8, f) == 8 && fwrite(&version, 4, 1, f) == 1 && fwrite(&vocab, 4, 1, f) == 1 &&
+  bool ok = f && fwrite("CARVETOK", 1, 8, f) == 8 && fwrite(&version, 4, 1, f) == 1 && fwrite(&vocab, 4, 1, f) == 1 &&
             fwrite(&n, 8, 1, f) == 1 && fwrite(tok, 2, n, f) == n;
-  if (ok) return temp_commit(f, tmp, path);
-  fclose(f);
-  remove(tmp);
-  return false;
+  return temp_close(f, tmp, path, ok);
 }
 
 int cmd_data(int argc, char **argv) {
@@ -92,10 +88,9 @@ int cmd_data(int argc, char **argv) {
   if (ok && charlevel) {
     const char *vpath = arena_printf("%s.vocab", out), *tmp;
     FILE *f = temp_beside(vpath, &tmp);
-    ok = f != NULL;
-    for (int c = 0; ok && c < 256; c++)
+    for (int c = 0; f && c < 256; c++)
       if (count[c]) fprintf(f, "%u %d\n", id[c], c);
-    if (f) ok = temp_commit(f, tmp, vpath);
+    ok = temp_close(f, tmp, vpath, true);
   }
   if (!ok)
     fprintf(stderr, "carve: error: cannot write '%s': %s\n", out, strerror(errno));

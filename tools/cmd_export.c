@@ -61,12 +61,8 @@ static bool export_tensors(const TensorStore *s, const char *out) {
     ok = !data || fwrite(v, sizeof(float), (size_t)numel, f) == (size_t)numel;
     free(v);
   }
-  if (f && ok && data)
-    ok = temp_commit(f, tmp, out);
-  else if (f)
-    fclose(f), remove(tmp);
-  if (!ok) fprintf(stderr, "carve: error: cannot write '%s': %s\n", out, strerror(errno ? errno : EIO));
-  ok &= data;
+  ok = temp_close(f, tmp, out, ok && data);
+  if (!ok && data) fprintf(stderr, "carve: error: cannot write '%s': %s\n", out, strerror(errno));
   if (ok) printf("wrote %s: %d parameter tensors of %s after step %d\n", out, n, s->model, s->step);
   free(head);
   free(names);

@@ -59,18 +59,16 @@ static Train plan_train(const PipelinePlan *pp) {
   return t;
 }
 
-/* The device of each rank in a layout's rank order, and the most bytes a
-   rank of each device holds: its arena and its collectives' staging. */
+/* The bytes the first rank of each pipeline device holds (its arena and
+   its collectives' staging), in device order, as first_of_stage makes them. */
 typedef struct DeviceBytes {
-  const Layout *L;
   double *bytes;
+  int n;
 } DeviceBytes;
 
 static bool measure_rank(const Program *p, void *ctx) {
   DeviceBytes *M = ctx;
-  int d = 0, first = 0, tp = M->L->tp > 1 ? M->L->tp : 1;
-  while (d + 1 < M->L->pp && p->rank >= first + M->L->stage_dp[d] * tp) first += M->L->stage_dp[d++] * tp;
-  M->bytes[d] = fmax(M->bytes[d], (double)p->arena_bytes + (double)comm_staging_bytes(p));
+  M->bytes[M->n++] = (double)p->arena_bytes + (double)comm_staging_bytes(p);
   return true;
 }
 
@@ -87,7 +85,7 @@ static bool lowered_memory(PipelinePlan *pp, const char *model_path, const ElabO
   if (!ok) return false;
   L.first_of_stage = true;
   Train t = plan_train(pp);
-  DeviceBytes M = {&L, arena_alloc(sizeof(double) * (size_t)L.pp)};
+  DeviceBytes M = {arena_alloc(sizeof(double) * (size_t)L.pp), 0};
   if (!compile_layout(model_path, eo, &t, 1234, &L, measure_rank, &M, err)) return false;
   for (int s = 0; s < pp->nstages; s++) pp->stages[s].memory = M.bytes[s] + pp->cluster->workspace;
   return true;
@@ -164,15 +162,12 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
 static bool write_plan(const char *dir, const Plan *p, const PipelinePlan *pp) {
   if (!dir) return true;
   const char *path = arena_printf("%s/plan.json", dir), *tmp;
-  FILE *f = NULL;
-  bool ok = (mkdir(dir, 0777) == 0 || errno == EEXIST) && (f = temp_beside(path, &tmp));
-  if (ok) {
-    if (pp)
-      pipeline_json(pp, f);
-    else
-      plan_json(p, f);
-    ok = temp_commit(f, tmp, path);
-  }
+  FILE *f = mkdir(dir, 0777) == 0 || errno == EEXIST ? temp_beside(path, &tmp) : NULL;
+  if (f && pp)
+    pipeline_json(pp, f);
+  else if (f)
+    plan_json(p, f);
+  bool ok = temp_close(f, tmp, path, true);
   if (!ok) fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
   return ok;
 }

@@ -449,7 +449,7 @@ static bool save(const char *path, const Profile *p) {
   const char *tmp;
   FILE *f = temp_beside(path, &tmp);
   if (f) write_cluster(f, p);
-  if (!f || !temp_commit(f, tmp, path)) {
+  if (!temp_close(f, tmp, path, true)) {
     fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
     return false;
   }

@@ -409,9 +409,9 @@ static Program *load_program(const char *arg, int rank, FILE *err) {
   return program_read(path, err);
 }
 
-/* A plan directory: sets the planner's prediction against what ran. No
- * plan.json: nothing to say; one that is not a valid plan: a warning. */
-/* A plan directory: the planner's predictions set against what ran. */
+/* A plan directory: the planner's predictions (step time, memory) set
+ * against what ran. No plan.json: nothing to say; one that is not a valid
+ * plan: a warning. */
 static void print_prediction(const char *dir, double measured, double peak) {
   const char *path = arena_printf("%s/plan.json", dir);
   struct stat st;
