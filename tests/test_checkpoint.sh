@@ -23,14 +23,10 @@
 set -u
 case $1 in /*) carve=$1 ;; *) carve=$(pwd)/$1 ;; esac
 compare=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/tally.sh"
 . "$(dirname "$0")/mpi.sh"
-pass=0
-fail=0
 model="gpt --preset gpt-tiny --set batch=16,layers=2"
-ok() { pass=$((pass + 1)); }
-bad() {
+bad() { # tally.sh's, with the last run's output
   fail=$((fail + 1))
   echo "FAILED: $1"
   [ -f "$tmp/log" ] && sed 's/^/  | /' "$tmp/log" | tail -8
@@ -227,5 +223,4 @@ if $carve export "$tmp/one.ck" -o "$tmp/one.safetensors" >"$tmp/log" 2>&1 &&
   run one 1 at_ck --steps 3 --resume "$tmp/one.ck/step-00000003" && same_files from_st at_ck 1; then ok; else
   bad "export, then --init-from"
 fi
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tally

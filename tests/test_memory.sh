@@ -14,36 +14,39 @@
 set -u
 carve=$1
 clusters=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/tally.sh"
 . "$(dirname "$0")/mpi.sh"
-pass=0
-fail=0
 model="gpt --preset gpt-tiny --set batch=16,layers=2"
 
-# check NAME RANKS CLUSTER PLAN-OPTIONS...: plan, run, compare
-check() {
+# plan NAME RANKS CLUSTER PLAN-OPTIONS...: carve plan -o $tmp/NAME (its output in $tmp/plan.out)
+plan() {
   name=$1
   n=$2
   cluster=$3
   shift 3
-  if ! $carve plan $model --cluster "$cluster" --devices-per-node "$n" --quiet -o "$tmp/$name" "$@" >"$tmp/plan.out" 2>&1; then
-    echo "FAILED: $name: no plan"
-    sed 's/^/  | /' "$tmp/plan.out" | tail -3
-    fail=$((fail + 1))
-    return
-  fi
-  timeout 120 $mpirun -np "$n" "$carve" run "$tmp/$name" --steps 2 >"$tmp/run.out" 2>&1
+  $carve plan $model --cluster "$cluster" --devices-per-node "$n" --quiet -o "$tmp/$name" "$@" >"$tmp/plan.out" 2>&1
+}
+# measure NAME RANKS: runs plan NAME, its peak at most its promise at most the capacity
+measure() {
+  timeout 120 $mpirun -np "$2" "$carve" run "$tmp/$1" --steps 2 >"$tmp/run.out" 2>&1
   line=$(grep "measured peak" "$tmp/run.out")
   peak=$(printf '%s' "$line" | sed -n 's/.*(\([0-9]*\) bytes).*/\1/p')
-  promised=$(awk -F'[:,]' '/"memory_per_device_bytes"/ {print $2; exit}' "$tmp/$name/plan.json")
-  capacity=$(awk -F'[:,]' '/"device_memory_bytes"/ {print $2; exit}' "$tmp/$name/plan.json")
+  promised=$(awk -F'[:,]' '/"memory_per_device_bytes"/ {print $2; exit}' "$tmp/$1/plan.json")
+  capacity=$(awk -F'[:,]' '/"device_memory_bytes"/ {print $2; exit}' "$tmp/$1/plan.json")
   if [ -n "$peak" ] && awk -v m="$peak" -v p="$promised" -v c="$capacity" 'BEGIN { exit !(m <= p + 0 && p <= c + 0) }'; then
-    pass=$((pass + 1))
+    ok
   else
-    echo "FAILED: $name: $line (promised $promised of $capacity)"
+    bad "$1: $line (promised $promised of $capacity)"
     tail -3 "$tmp/run.out" | sed 's/^/  | /'
-    fail=$((fail + 1))
+  fi
+}
+# check NAME RANKS CLUSTER PLAN-OPTIONS...: plan, run, compare
+check() {
+  if plan "$@"; then
+    measure "$1" "$2"
+  else
+    bad "$1: no plan"
+    sed 's/^/  | /' "$tmp/plan.out" | tail -3
   fi
 }
 
@@ -62,15 +65,12 @@ for share in 1.0 0.85 0.7; do
     "$clusters/local.cluster" >"$tmp/tight$share.cluster"
   if [ "$share" = 1.0 ]; then
     check tight$share 2 "$tmp/tight$share.cluster" --precision fp32
-  elif $carve plan $model --cluster "$tmp/tight$share.cluster" --devices-per-node 2 --precision fp32 --quiet \
-    -o "$tmp/probe$share" >"$tmp/plan.out" 2>&1; then
-    check tight$share 2 "$tmp/tight$share.cluster" --precision fp32
+  elif plan tight$share 2 "$tmp/tight$share.cluster" --precision fp32; then
+    measure tight$share 2
   elif grep -q "fits\|need" "$tmp/plan.out" && ! grep -qi "internal error" "$tmp/plan.out"; then
-    pass=$((pass + 1)) # no plan fits, and carve says so
+    ok # no plan fits, and carve says so
   else
-    echo "FAILED: tight$share: $(tail -1 "$tmp/plan.out")"
-    fail=$((fail + 1))
+    bad "tight$share: $(tail -1 "$tmp/plan.out")"
   fi
 done
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tally

@@ -5,15 +5,7 @@
 # refused with a message. Prints "N passed, M failed".
 set -u
 carve=$1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-  fail=$((fail + 1))
-  echo "FAILED: $1"
-}
+. "$(dirname "$0")/tally.sh"
 # shown after a failed command: what it printed
 said() { sed 's/^/  | /' "$tmp/out" | head -20; }
 # expect STATUS PATTERN ARGS...: exit status and a pattern in stdout+stderr
@@ -57,5 +49,4 @@ expect 2 "needs a file" profile -o
 expect 1 "cannot write" profile --quick -o "$tmp/no/such/dir/x.cluster"
 [ ! -e "$tmp/no" ] && ok || bad "an unwritable output left something behind"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tally
