@@ -251,6 +251,7 @@ static const char *file_kind(mode_t m) {
          : S_ISCHR(m)  ? "a character device"
          : S_ISBLK(m)  ? "a block device"
          : S_ISSOCK(m) ? "a socket"
+         : S_ISLNK(m)  ? "a symbolic link"
                        : "not a regular file";
 }
 
@@ -401,6 +402,13 @@ static bool fchmod_default(const char *tmp) {
   mode_t mask = umask(0);
   umask(mask);
   return chmod(tmp, 0666 & ~mask) == 0;
+}
+
+bool output_free(const char *path, char *why, size_t n) {
+  struct stat st;
+  if (lstat(path, &st) != 0 || S_ISREG(st.st_mode)) return true;
+  snprintf(why, n, "it exists and is %s, not a regular file", file_kind(st.st_mode));
+  return false;
 }
 
 bool rename_into_place(const char *tmp, const char *path) {

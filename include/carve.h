@@ -115,6 +115,10 @@ void strmap_free(StrMap *m);
    not a regular file (a device, a directory, a FIFO: renaming would replace
    it, /dev/null included): then false with errno EEXIST. */
 bool rename_into_place(const char *tmp, const char *path);
+/* Whether path may be written (replaced): false, with why, when something
+   that is not a regular file is in the way, which rename_into_place would
+   refuse only after the work of writing. */
+bool output_free(const char *path, char *why, size_t n);
 /* Every file carve writes goes through these: temp_beside creates a new file
    beside path (same folder, so the rename is atomic) exclusively, never
    opening an existing file or a link someone planted; *tmp gets its name

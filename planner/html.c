@@ -22,7 +22,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "planner.h"
 
@@ -285,12 +284,9 @@ void html_memory(FILE *f, const HtmlMemBar *bars, int n, double capacity) {
 /* ---------------------------------------------------------------- writing */
 
 bool html_write(const char *path, void (*page)(void *ctx, FILE *f), void *ctx, FILE *err) {
-  struct stat st;
-  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
-    fprintf(err, "carve: error: cannot write the report '%s': it exists and is not a regular file (%s)\n", path,
-            S_ISDIR(st.st_mode)    ? "a directory"
-            : S_ISFIFO(st.st_mode) ? "a FIFO"
-                                   : "a device or socket");
+  char why[128];
+  if (!output_free(path, why, sizeof why)) {
+    fprintf(err, "carve: error: cannot write the report '%s': %s\n", path, why);
     return false;
   }
   const char *tmp;

@@ -9,7 +9,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "../runtime/store.h"
 #include "tools.h"
@@ -96,9 +95,9 @@ int cmd_export(int argc, char **argv) {
     fprintf(stderr, "carve: error: %s\n", why);
     return 1;
   }
-  struct stat st; /* a folder, a FIFO or a device in the way: said before the work, not after */
-  if (lstat(out, &st) == 0 && !S_ISREG(st.st_mode)) {
-    fprintf(stderr, "carve: error: cannot write '%s': it exists and is not a regular file\n", out);
+  char in_way[128]; /* a folder, a FIFO or a device in the way: said before the work, not after */
+  if (!output_free(out, in_way, sizeof in_way)) {
+    fprintf(stderr, "carve: error: cannot write '%s': %s\n", out, in_way);
     return 1;
   }
   TensorStore *s = store_open(path, stderr);
