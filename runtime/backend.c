@@ -6,7 +6,15 @@
 
 Backend *backend_open(const char *name, char *why, size_t n) {
   if (!name || strcmp(name, "cpu") == 0) return backend_cpu();
-  snprintf(why, n, "unknown backend '%s' (this carve has: cpu)", name);
+  if (strcmp(name, "cuda") == 0) {
+#ifdef CARVE_HAVE_CUDA
+    return backend_cuda(why, n);
+#else
+    snprintf(why, n, "this carve was built without the CUDA backend (no CUDA toolkit when it was configured)");
+    return NULL;
+#endif
+  }
+  snprintf(why, n, "unknown backend '%s' (backends: cpu, cuda)", name);
   return NULL;
 }
 

@@ -64,10 +64,13 @@ struct Backend {
   void *impl;
 };
 
-/* "cpu" (the default when name is NULL). NULL with the reason in why when
+/* "cpu" (the default when name is NULL) or "cuda". NULL with the reason in why when
    the backend is not available here. */
 Backend *backend_open(const char *name, char *why, size_t n);
 Backend *backend_cpu(void);
+/* the first GPU; NULL with why when there is none that answers (no driver,
+   no device) */
+Backend *backend_cuda(char *why, size_t n);
 
 /* Checks every instruction of p against b->supports; false with the first
    refused instruction named. */

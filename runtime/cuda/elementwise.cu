@@ -1,0 +1,2 @@
+/* elementwise.cu: (being written) */
+#include "cuda.h"

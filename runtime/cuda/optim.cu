@@ -1,0 +1,2 @@
+/* optim.cu: (being written) */
+#include "cuda.h"

@@ -1,0 +1,2 @@
+/* permute.cu: (being written) */
+#include "cuda.h"

@@ -1,0 +1,2 @@
+/* rows.cu: (being written) */
+#include "cuda.h"
