@@ -656,15 +656,16 @@ typedef struct RunOptions {
   int log_every;         /* print a line every N steps (1 = every step) */
   bool quiet;
   FILE *out;
-  double *losses;          /* if non-NULL, receives the loss of each step */
-  int data_step;           /* if > 0, every step loads the data of this step (tests) */
-  bool profile;            /* time every instruction; print time by opcode at the end */
-  Transport *net;          /* NULL: the local transport (world 1) */
-  const char *save_params; /* after the run, each rank writes PATH.rankN */
-  double *step_s;          /* receives the mean step time after the first */
-  const char *trace;       /* write a Chrome/Perfetto trace of the last step here (rank 0) */
-  double *peak_bytes;      /* receives the bytes the rank held: arena, scratch, staging */
-  struct Backend *backend; /* NULL: the CPU backend, opened and closed by the run */
+  double *losses;           /* if non-NULL, receives the loss of each step */
+  int data_step;            /* if > 0, every step loads the data of this step (tests) */
+  bool profile;             /* time every instruction; print time by opcode at the end */
+  Transport *net;           /* NULL: the local transport (world 1) */
+  const char *save_params;  /* after the run, each rank writes PATH.rankN */
+  double *step_s;           /* receives the mean step time after the first */
+  const char *trace;        /* write a Chrome/Perfetto trace of the last step here (rank 0) */
+  double *peak_bytes;       /* receives the bytes the rank held: arena, scratch, staging */
+  struct Backend *backend;  /* NULL: the backend named next, opened and closed by the run */
+  const char *backend_name; /* "cpu" (NULL) or "cuda" */
   /* checkpoints (docs/checkpoints.md): after every `checkpoint_every` steps
      and the last, into checkpoint_dir/step-N, keeping the newest `keep` */
   const char *checkpoint_dir;

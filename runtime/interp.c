@@ -161,7 +161,7 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
   char why[256] = "";
   bool ok = program_verify(p, stderr) && fits_run(p, o, net);
   if (ok) {
-    R->be = o->backend ? o->backend : backend_open(NULL, why, sizeof why);
+    R->be = o->backend ? o->backend : backend_open(o->backend_name, why, sizeof why);
     if (!R->be) fprintf(stderr, "carve: error: %s\n", why);
     ok = R->be && R->be->load(R->be, p, stderr);
   }

@@ -10,7 +10,7 @@
  *   --precision fp32|bf16 (default: bf16 where the backend has bf16 units)
  *   (run takes --precision too: it checks the program's)
  * Run options (run, train):
- *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH
+ *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH  --backend cpu|cuda
  *   --checkpoint-dir CK  --checkpoint-every N  --keep K  --resume CK  --init-from FILE
  * compile --layout "dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full":
  * one program per rank; explain --rank N prints rank N's. */
@@ -71,6 +71,7 @@ typedef struct Opts {
   uint64_t seed;
   const char *layout, *save_params, *trace;
   const char *checkpoint_dir, *resume, *init_from;
+  const char *backend; /* --backend: NULL is the CPU */
   int steps, log_every, rank, checkpoint_every, keep;
   bool quiet, dump, dump_training, profile;
   bool precision_set; /* --precision given: train.precision holds it */
@@ -156,7 +157,10 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->log_every = (int)n;
     } else if (GROUP('r') && !strcmp(key, "--data"))
       o->data = v;
-    else if (GROUP('r') && !strcmp(key, "--quiet"))
+    else if (GROUP('r') && !strcmp(key, "--backend")) {
+      o->backend = v;
+      if (strcmp(v, "cpu") && strcmp(v, "cuda")) ok = usage_error(o->cmd, "--backend is cpu or cuda, not '%s'", v) == 0;
+    } else if (GROUP('r') && !strcmp(key, "--quiet"))
       o->quiet = true;
     else if (GROUP('r') && !strcmp(key, "--profile"))
       o->profile = true;
@@ -252,11 +256,11 @@ int cmd_check(int argc, char **argv) {
   return rc;
 }
 
-/* Without --precision: bf16 where this machine's backend has bf16 units. */
+/* Without --precision: bf16 where the run's backend has bf16 units. */
 static void default_precision(Opts *o) {
   if (o->precision_set) return;
   char why[256];
-  Backend *b = backend_open(NULL, why, sizeof why);
+  Backend *b = backend_open(o->backend, why, sizeof why);
   o->train.precision = b && b->bf16_fast ? PREC_BF16 : PREC_FP32;
   if (b) b->close(b);
 }
@@ -355,6 +359,7 @@ static void print_run_help(void) {
   printf("run options:\n  --steps N (10): the step the run ends after (a resumed run continues up to it)\n"
          "  --data FILE (a token file from 'carve data'; default: synthetic)\n"
          "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n"
+         "  --backend cpu|cuda (cpu): what runs the kernels; cuda needs a GPU and a carve built with CUDA\n"
          "checkpoints (docs/checkpoints.md):\n"
          "  --checkpoint-dir CK  write checkpoints to CK/step-N (parameters, optimizer state, step) after\n"
          "      the last step and, with --checkpoint-every N, after every N steps; each is complete or absent\n"
@@ -462,7 +467,8 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
                    .checkpoint_every = o->checkpoint_every,
                    .checkpoint_keep = o->keep ? o->keep : 3,
                    .resume = o->resume,
-                   .init_from = o->init_from};
+                   .init_from = o->init_from,
+                   .backend_name = o->backend};
   if (!o->quiet && net->rank == 0) {
     printf("training %s: %d steps on %s", p->model, o->steps, td ? td->path : "synthetic data");
     if (net->world > 1) printf(", %d ranks", net->world);
