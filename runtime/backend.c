@@ -1,4 +1,4 @@
-/* backend.c: choosing a backend, and the load-time check every backend
+/* backend.c: choosing a backend, and the load-time checks every backend
  * shares (backend.h). */
 #include <string.h>
 
@@ -31,5 +31,16 @@ bool backend_check(Backend *b, const Program *p, FILE *err) {
         return false;
       }
     }
+  return true;
+}
+
+bool einsum_same(const Program *p, const Instr *a, const Instr *b) {
+  if (strcmp(a->spec, b->spec) || a->nin != b->nin) return false;
+  int ba[MAXIN + 1], bb[MAXIN + 1];
+  for (int k = 0; k < a->nin; k++) ba[k] = a->in[k], bb[k] = b->in[k];
+  ba[a->nin] = a->out, bb[a->nin] = b->out;
+  for (int k = 0; k <= a->nin; k++)
+    if (p->bufs[ba[k]].dtype != p->bufs[bb[k]].dtype || !shape_eq(&p->bufs[ba[k]].shape, &p->bufs[bb[k]].shape))
+      return false;
   return true;
 }

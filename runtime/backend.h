@@ -76,4 +76,8 @@ Backend *backend_cuda(char *why, size_t n);
    refused instruction named. */
 bool backend_check(Backend *b, const Program *p, FILE *err);
 
+/* Do two einsum instructions compute the same product (spec, shapes and
+   dtypes)? Backends prepare one plan for each such product. */
+bool einsum_same(const Program *p, const Instr *a, const Instr *b);
+
 #endif

@@ -501,22 +501,11 @@ static const char *cpu_supports(Backend *b, const Program *p, const Instr *in) {
   return kernels[in->op] ? NULL : "the CPU backend has no kernel for it";
 }
 
-/* Do two einsum instructions compute the same product: spec, shapes, dtypes? */
-static bool same_einsum(const Cpu *c, const Instr *a, const Instr *b) {
-  if (strcmp(a->spec, b->spec) || a->nin != b->nin) return false;
-  int ba[MAXIN + 1], bb[MAXIN + 1];
-  for (int k = 0; k < a->nin; k++) ba[k] = a->in[k], bb[k] = b->in[k];
-  ba[a->nin] = a->out, bb[a->nin] = b->out;
-  for (int k = 0; k <= a->nin; k++)
-    if (T(c, ba[k]) != T(c, bb[k]) || !shape_eq(S(c, ba[k]), S(c, bb[k]))) return false;
-  return true;
-}
-
 /* The plan of an einsum instruction: one made for the same product earlier,
    or a new one (NULL with why). */
 static EinsumPlan *plan_for(Cpu *c, const Instr *in, char *why, size_t n) {
   for (int k = 0; k < c->nshapes; k++)
-    if (same_einsum(c, in, c->shape_of[k])) return c->shapes[k];
+    if (einsum_same(c->p, in, c->shape_of[k])) return c->shapes[k];
   const Shape *ins[2] = {S(c, in->in[0]), in->nin > 1 ? S(c, in->in[1]) : NULL};
   EinsumPlan *e = einsum_prepare(in->spec, in->nin, ins, T(c, in->in[0]), S(c, in->out), T(c, in->out), why, n);
   if (!e) return NULL;
