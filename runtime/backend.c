@@ -4,8 +4,23 @@
 
 #include "backend.h"
 
+/* "cpu-staged": the CPU backend with its arena out of the host's reach, as
+   a GPU's is (host() is NULL; only upload and download touch it), so any
+   machine can test the paths a device backend takes: communication staged
+   through host memory, parameters and checkpoints copied in and out. */
+static void *no_host(Backend *b, int64_t offset) {
+  (void)b, (void)offset;
+  return NULL;
+}
+
 Backend *backend_open(const char *name, char *why, size_t n) {
   if (!name || strcmp(name, "cpu") == 0) return backend_cpu();
+  if (strcmp(name, "cpu-staged") == 0) {
+    Backend *b = backend_cpu();
+    b->name = "cpu-staged";
+    b->host = no_host;
+    return b;
+  }
   if (strcmp(name, "cuda") == 0) {
 #ifdef CARVE_HAVE_CUDA
     return backend_cuda(why, n);
@@ -14,7 +29,7 @@ Backend *backend_open(const char *name, char *why, size_t n) {
     return NULL;
 #endif
   }
-  snprintf(why, n, "unknown backend '%s' (backends: cpu, cuda)", name);
+  snprintf(why, n, "unknown backend '%s' (backends: cpu, cuda, cpu-staged)", name);
   return NULL;
 }
 

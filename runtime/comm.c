@@ -1,19 +1,48 @@
 /* comm.c: communication instructions. Each moves arena data through the
  * transport (MPI, or the local one for world 1): collectives in the buffer's
  * dtype, the cuts and interleavings that gathers and all-to-alls need done
- * here on host memory, with a staging buffer for padded chunks. */
+ * here on host memory, with a staging buffer for padded chunks. A backend
+ * whose arena is device memory has each operand staged through host memory
+ * (a host-staged path that works with any transport). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime.h"
 
+/* Host memory of buffer b: the arena itself on a host backend; on a device
+   backend, the host copy staged for this instruction (stage_in). */
 static void *H(Run *R, int b) {
   void *p = R->be->host(R->be, R->p->bufs[b].offset);
-  CARVE_ASSERT(p, "communication needs the arena in host memory");
-  return p;
+  if (p) return p;
+  CARVE_ASSERT(b == R->sx || b == R->so, "a communication operand that was not staged");
+  return b == R->sx ? R->hx : R->ho;
 }
 static int64_t N(const Program *p, int b) { return shape_numel(&p->bufs[b].shape); }
 static size_t E(const Program *p, int b) { return (size_t)dtype_size(p->bufs[b].dtype); }
+
+/* A device arena (a GPU backend without a device transport): the
+   instruction's input is downloaded into host memory and its output
+   uploaded after it, so the transport works on host memory as ever. The
+   copies wait for the compute that precedes them. */
+static void stage_in(Run *R, const Instr *in) {
+  const Program *p = R->p;
+  int x = in->nin ? in->in[0] : -1, o = in->op == OP_SEND ? -1 : in->out;
+  size_t bx = x >= 0 ? (size_t)(p->bufs[x].bytes + 63) / 64 * 64 : 0,
+         bo = o >= 0 && o != x ? (size_t)p->bufs[o].bytes : 0;
+  if (bx + bo > R->stage_cap) {
+    free(R->stage);
+    R->stage_cap = bx + bo;
+    R->stage = xmalloc(R->stage_cap);
+  }
+  R->sx = x, R->so = o;
+  R->hx = R->stage;
+  R->ho = o == x ? R->hx : (unsigned char *)R->stage + bx;
+  if (x >= 0) R->be->download(R->be, R->hx, p->bufs[x].offset, p->bufs[x].bytes);
+}
+static void stage_out(Run *R) {
+  if (R->so >= 0) R->be->upload(R->be, R->p->bufs[R->so].offset, R->ho, R->p->bufs[R->so].bytes);
+  R->sx = R->so = -1;
+}
 
 static void *pad_buf(Run *R, size_t bytes) {
   if (bytes > R->pad_cap) {
@@ -141,7 +170,8 @@ const char *comm_exec(Run *R, const Instr *in) {
   double t0 = now_seconds();
   Transport *t = R->net;
   int o = in->out, x = in->nin ? in->in[0] : -1, g = (int)in->i[0];
-  bool ok = true;
+  bool ok = true, staged = !R->be->host(R->be, 0);
+  if (staged) stage_in(R, in);
   switch (in->op) {
   case OP_SEND: ok = t->send(t, H(R, x), p->bufs[x].bytes, g, (int)in->i[1]); break;
   case OP_RECV: ok = t->recv(t, H(R, o), p->bufs[o].bytes, g, (int)in->i[1]); break;
@@ -157,6 +187,7 @@ const char *comm_exec(Run *R, const Instr *in) {
   case OP_ALL_TO_ALL_DIM: ok = all_to_all(R, in); break;
   default: CARVE_ASSERT(0, "not a communication instruction");
   }
+  if (staged) stage_out(R);
   R->comm_s += now_seconds() - t0;
   return ok ? NULL : "communication failed";
 }

@@ -157,6 +157,7 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
   R->p = p;
   R->o = o;
   R->net = net;
+  R->sx = R->so = -1;
   R->own_net = own;
   char why[256] = "";
   bool ok = program_verify(p, stderr) && fits_run(p, o, net);
@@ -206,6 +207,7 @@ void runtime_free(Runtime *rt) {
   if (rt->r.be && rt->r.be != rt->r.o->backend) rt->r.be->close(rt->r.be);
   if (rt->r.ck_lock) close(rt->r.ck_lock - 1);
   free(rt->r.pad);
+  free(rt->r.stage);
   free(rt->r.trace);
   if (rt->r.own_net) rt->r.own_net->close(rt->r.own_net);
   free(rt);

@@ -14,6 +14,10 @@ typedef struct Run {
   Transport *net, *own_net; /* own_net: made here (local), closed here */
   void *pad;                /* host staging for gathers and scatters (comm.c) */
   size_t pad_cap;           /* bytes */
+  void *stage;              /* host copies of a device arena's communication operands (comm.c) */
+  size_t stage_cap;         /* bytes */
+  int sx, so;               /* the buffers staged now (-1: none) */
+  void *hx, *ho;            /* their host copies */
   double comm_s;            /* seconds in communication instructions */
   double *trace;            /* when set: start and end of each step instruction */
   int ck_lock;              /* 1 + the descriptor of the checkpoint folder's lock (rank 0), or 0 */

@@ -12,6 +12,10 @@
 # cluster of 2 and 4 ranks, and a hand-written tp x pp plan). Prints
 # "N passed, M failed".
 #
+# BACKEND=NAME in the environment runs the distributed programs on that
+# backend (cpu-staged: every communication staged through host memory, as
+# on a GPU without a device transport); the reference runs on the CPU.
+#
 # Precision: fp32 (PRECISION=bf16 in the environment: every program in
 # bf16 mixed precision, judged with LOSS_TOL and PARAM_TOL, relative, which
 # default to 1e-5 and 1e-4 for fp32: bf16 products and activations round
@@ -26,6 +30,7 @@
 # compared).
 set -u
 precision=${PRECISION:-fp32}
+backend=${BACKEND:-cpu}
 loss_tol=${LOSS_TOL:-1e-5}
 param_tol=${PARAM_TOL:-1e-4}
 carve=$1
@@ -122,7 +127,7 @@ for spec in $models; do
     if ! "$carve" compile "$model" --preset "$preset" --set "$set_dims" --layout "$layout" --precision "$precision" \
       -o "$tmp/dist" \
       >/dev/null 2>"$out.err" ||
-      ! timeout 120 $mpirun -np $n "$carve" run "$tmp/dist" --steps $steps --log-every 1 --save-params "$out" \
+      ! timeout 120 $mpirun -np $n "$carve" run "$tmp/dist" --steps $steps --log-every 1 --backend "$backend" --save-params "$out" \
         >"$out.out" 2>>"$out.err"; then
       echo "FAILED: $what: did not run"
       head -8 "$out.err"
@@ -155,7 +160,7 @@ for spec in $models_planned; do
     reference "$model" "$preset" "$units" ||
       { echo "FAILED: reference run for $what"; head -5 "$ref.err"; fail=$((fail + 1)); continue; }
     rm -f "$tmp/run".rank*
-    timeout 120 $mpirun -np $n "$carve" run "$tmp/plan" --steps $steps --log-every 1 --save-params "$tmp/run" \
+    timeout 120 $mpirun -np $n "$carve" run "$tmp/plan" --steps $steps --log-every 1 --backend "$backend" --save-params "$tmp/run" \
       >"$tmp/run.out" 2>&1
     judge "$what ($units units per step)" "$tmp/run" $n
   done

@@ -10,7 +10,7 @@
  *   --precision fp32|bf16 (default: bf16 where the backend has bf16 units)
  *   (run takes --precision too: it checks the program's)
  * Run options (run, train):
- *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH  --backend cpu|cuda
+ *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH  --backend cpu|cuda|cpu-staged
  *   --checkpoint-dir CK  --checkpoint-every N  --keep K  --resume CK  --init-from FILE
  * compile --layout "dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full":
  * one program per rank; explain --rank N prints rank N's. */
@@ -159,7 +159,8 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->data = v;
     else if (GROUP('r') && !strcmp(key, "--backend")) {
       o->backend = v;
-      if (strcmp(v, "cpu") && strcmp(v, "cuda")) ok = usage_error(o->cmd, "--backend is cpu or cuda, not '%s'", v) == 0;
+      if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "cpu-staged"))
+        ok = usage_error(o->cmd, "--backend is cpu, cuda or cpu-staged, not '%s'", v) == 0;
     } else if (GROUP('r') && !strcmp(key, "--quiet"))
       o->quiet = true;
     else if (GROUP('r') && !strcmp(key, "--profile"))
@@ -359,7 +360,8 @@ static void print_run_help(void) {
   printf("run options:\n  --steps N (10): the step the run ends after (a resumed run continues up to it)\n"
          "  --data FILE (a token file from 'carve data'; default: synthetic)\n"
          "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n"
-         "  --backend cpu|cuda (cpu): what runs the kernels; cuda needs a GPU and a carve built with CUDA\n"
+         "  --backend cpu|cuda|cpu-staged (cpu): what runs the kernels; cuda needs a GPU and a carve built\n"
+         "      with CUDA; cpu-staged is the CPU with its memory reached as a GPU's is (for tests)\n"
          "checkpoints (docs/checkpoints.md):\n"
          "  --checkpoint-dir CK  write checkpoints to CK/step-N (parameters, optimizer state, step) after\n"
          "      the last step and, with --checkpoint-every N, after every N steps; each is complete or absent\n"
