@@ -609,11 +609,16 @@ void tokens_free(TokenData *td);
  * table; an implementation fills it (MPI over CPU buffers now; NCCL, or CUDA
  * staged through host memory, later). Every call returns false after
  * printing what failed, never hangs on a peer that died (the launcher ends
- * the job), and reduces by sum. */
+ * the job; a peer that stops answering meets the deadline), and reduces by
+ * sum. */
 typedef struct Transport Transport;
 struct Transport {
   const char *name; /* "local" or "mpi" */
   int rank, world;
+  /* seconds any one call may wait for other ranks (0: forever); past it the
+     job ends with a message naming `doing` and whom it waited for */
+  double timeout;
+  char doing[96]; /* what this rank is doing ("step 3, instruction 42 (all_reduce)"), or empty */
   /* Makes a communicator per group of a program (every rank calls it with
      the same list, in the same order: it is collective over the world). */
   bool (*groups)(Transport *t, int n, const int *sizes, int *const *ranks);

@@ -22,6 +22,8 @@ static bool run_list(Run *R, const Instr *list, int n, bool init, StepStatus *st
     const Instr *in = &list[i];
     double t0 = prof || traced ? now_seconds() : 0;
     if (op_info[in->op].flags & OPF_COMM) {
+      snprintf(R->net->doing, sizeof R->net->doing, "%s, instruction %d (%s)",
+               init ? "init" : arena_printf("step %d", R->step), i, op_info[in->op].name);
       if ((comm_error = comm_exec(R, in))) { /* the peer's side is gone: later collectives would wait forever */
         comm_at = i;
         break;
@@ -35,6 +37,7 @@ static bool run_list(Run *R, const Instr *list, int n, bool init, StepStatus *st
       R->op_count[in->op]++;
     }
   }
+  R->net->doing[0] = 0;
   R->be->synchronize(R->be, st);
   if (!st->error && comm_error) st->error = comm_error, st->error_instr = comm_at, st->error_init = init;
   if (!st->error) return true;

@@ -12,13 +12,22 @@
  *          Receives block; flush waits for the posted sends. Errors return
  *          (MPI_ERRORS_RETURN) and are printed with the call and the rank;
  *          a rank that dies is the launcher's to report, which ends the job.
+ *          Every blocking call has a deadline (Transport.timeout): a
+ *          watchdog thread ends the process when one runs past it, naming
+ *          the instruction and whom it waited for, and the launcher then
+ *          ends the others, so a stopped peer, a receive whose send never
+ *          comes or ranks at odds never hang the job.
  *
  * A NCCL implementation fills the same table over device buffers, with one
  * NCCL communicator per group and its own stream; the interpreter does not
  * change. */
 #include <mpi.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "carve.h"
 #include "kmath.h"
@@ -106,15 +115,73 @@ Transport *transport_local(void) {
 typedef struct Pending {
   MPI_Request req;
   void *data;
+  int peer, tag;
 } Pending;
 
 typedef struct Mpi {
   MPI_Comm *comm; /* per group: its communicator, MPI_COMM_NULL if not a member */
   int ncomm;
+  int **members; /* per group: its ranks (for messages), -1 ended */
   Pending *pend;
   int npend, cap;
   MPI_Op bf16_sum;
+  /* the deadline: when the call in progress began (0: none), what it is
+     and whom it waits for; read by the watchdog thread */
+  _Atomic double since;
+  char call[64], whom[160];
+  pthread_t watchdog;
+  bool watching;
 } Mpi;
+
+/* ---------------------------------------------------------------- deadlines */
+
+static void busy(Transport *t, const char *call, const char *whom) {
+  Mpi *m = t->impl;
+  snprintf(m->call, sizeof m->call, "%s", call);
+  snprintf(m->whom, sizeof m->whom, "%s", whom);
+  atomic_store(&m->since, now_seconds());
+}
+static void idle(Transport *t) { atomic_store(&((Mpi *)t->impl)->since, 0.0); }
+
+/* "the members of group 3 (ranks 0 2 4 6)" */
+static const char *group_whom(Transport *t, int group, char *buf, size_t n) {
+  Mpi *m = t->impl;
+  int len = snprintf(buf, n, "the members of group %d (ranks", group);
+  for (int k = 0; m->members && m->members[group][k] >= 0 && len < (int)n; k++)
+    len += snprintf(buf + len, n - (size_t)len, " %d", m->members[group][k]);
+  if (len < (int)n) snprintf(buf + len, n - (size_t)len, ")");
+  return buf;
+}
+
+/* An MPI call under the deadline: `whom` is who must answer for it to end. */
+static int guard_end(Transport *t, int rc) {
+  idle(t);
+  return rc;
+}
+#define GUARD(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), (expr)))
+#define IN_GROUP(t, g) group_whom((t), (g), whom, sizeof whom)
+#define EVERY_RANK "the other ranks"
+
+/* Wakes a few times a second; a call past the deadline ends this process
+   with the message (the launcher then ends every rank). The main thread is
+   inside MPI then, so this thread calls no MPI itself. */
+static void *watch(void *arg) {
+  Transport *t = arg;
+  Mpi *m = t->impl;
+  for (;;) {
+    nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
+    double since = atomic_load(&m->since);
+    if (since <= 0 || t->timeout <= 0 || now_seconds() - since <= t->timeout) continue;
+    fprintf(stderr,
+            "carve: error: rank %d, %s: no answer from %s within %g s (%s): a rank stopped, hangs or runs another "
+            "plan's program; ending the job (--comm-timeout sets the limit)\n",
+            t->rank, t->doing[0] ? t->doing : "between steps", m->whom, t->timeout, m->call);
+    fflush(stdout);
+    fflush(stderr);
+    _exit(1);
+  }
+  return NULL;
+}
 
 static bool mpi_ok(Transport *t, int rc, const char *call) {
   if (rc == MPI_SUCCESS) return true;
@@ -147,9 +214,18 @@ static bool mpi_groups(Transport *t, int n, const int *sizes, int *const *ranks)
     bool member = false;
     for (int k = 0; k < sizes[g]; k++) member |= ranks[g][k] == t->rank;
     m->comm[g] = MPI_COMM_NULL;
-    if (!mpi_ok(t, MPI_Comm_split(MPI_COMM_WORLD, member ? 0 : MPI_UNDEFINED, t->rank, &m->comm[g]), "MPI_Comm_split"))
+    if (!mpi_ok(t,
+                GUARD(t, "MPI_Comm_split", EVERY_RANK,
+                      MPI_Comm_split(MPI_COMM_WORLD, member ? 0 : MPI_UNDEFINED, t->rank, &m->comm[g])),
+                "MPI_Comm_split"))
       return false;
     if (member) MPI_Comm_set_errhandler(m->comm[g], MPI_ERRORS_RETURN);
+  }
+  m->members = xcalloc((size_t)n + 1, sizeof(int *));
+  for (int g = 0; g < n; g++) {
+    m->members[g] = xmalloc(sizeof(int) * ((size_t)sizes[g] + 1));
+    memcpy(m->members[g], ranks[g], sizeof(int) * (size_t)sizes[g]);
+    m->members[g][sizes[g]] = -1;
   }
   return true;
 }
@@ -168,26 +244,38 @@ static MPI_Datatype mpi_type(DType dt) { return dt == DT_BF16 ? MPI_UINT16_T : d
 static MPI_Op sum_op(Transport *t, DType dt) { return dt == DT_BF16 ? ((Mpi *)t->impl)->bf16_sum : MPI_SUM; }
 
 static bool mpi_all_reduce(Transport *t, int group, void *buf, int64_t n, DType dt) {
+  char whom[160];
   return count_fits(t, n) &&
-         mpi_ok(t, MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, mpi_type(dt), sum_op(t, dt), comm_of(t, group)),
+         mpi_ok(t,
+                GUARD(t, "MPI_Allreduce", IN_GROUP(t, group),
+                      MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, mpi_type(dt), sum_op(t, dt), comm_of(t, group))),
                 "MPI_Allreduce");
 }
 
 static bool mpi_all_gather(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
+  char whom[160];
   return count_fits(t, chunk) &&
-         mpi_ok(t, MPI_Allgather(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt), comm_of(t, group)),
+         mpi_ok(t,
+                GUARD(t, "MPI_Allgather", IN_GROUP(t, group),
+                      MPI_Allgather(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt), comm_of(t, group))),
                 "MPI_Allgather");
 }
 
 static bool mpi_reduce_scatter(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
+  char whom[160];
   return count_fits(t, chunk) &&
-         mpi_ok(t, MPI_Reduce_scatter_block(in, out, (int)chunk, mpi_type(dt), sum_op(t, dt), comm_of(t, group)),
+         mpi_ok(t,
+                GUARD(t, "MPI_Reduce_scatter_block", IN_GROUP(t, group),
+                      MPI_Reduce_scatter_block(in, out, (int)chunk, mpi_type(dt), sum_op(t, dt), comm_of(t, group))),
                 "MPI_Reduce_scatter_block");
 }
 
 static bool mpi_all_to_all(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
+  char whom[160];
   return count_fits(t, chunk) &&
-         mpi_ok(t, MPI_Alltoall(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt), comm_of(t, group)),
+         mpi_ok(t,
+                GUARD(t, "MPI_Alltoall", IN_GROUP(t, group),
+                      MPI_Alltoall(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt), comm_of(t, group))),
                 "MPI_Alltoall");
 }
 
@@ -197,8 +285,14 @@ static bool reap(Transport *t, bool all) {
   int j = 0;
   bool ok = true;
   for (int i = 0; i < m->npend; i++) {
-    int done = 0;
-    int rc = all ? MPI_Wait(&m->pend[i].req, MPI_STATUS_IGNORE) : MPI_Test(&m->pend[i].req, &done, MPI_STATUS_IGNORE);
+    int done = 0, rc;
+    if (all) {
+      char whom[64];
+      snprintf(whom, sizeof whom, "rank %d (a send, tag %d)", m->pend[i].peer, m->pend[i].tag);
+      rc = GUARD(t, "MPI_Wait", whom, MPI_Wait(&m->pend[i].req, MPI_STATUS_IGNORE));
+    } else {
+      rc = MPI_Test(&m->pend[i].req, &done, MPI_STATUS_IGNORE);
+    }
     ok &= mpi_ok(t, rc, all ? "MPI_Wait (send)" : "MPI_Test (send)");
     if (all || done || rc != MPI_SUCCESS)
       free(m->pend[i].data);
@@ -217,6 +311,7 @@ static bool mpi_send(Transport *t, const void *buf, int64_t bytes, int peer, int
     m->pend = xrealloc(m->pend, sizeof(Pending) * (size_t)m->cap);
   }
   Pending *p = &m->pend[m->npend];
+  p->peer = peer, p->tag = tag;
   p->data = xmalloc(bytes ? (size_t)bytes : 1);
   memcpy(p->data, buf, (size_t)bytes);
   if (!mpi_ok(t, MPI_Isend(p->data, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &p->req), "MPI_Isend")) {
@@ -230,7 +325,9 @@ static bool mpi_send(Transport *t, const void *buf, int64_t bytes, int peer, int
 static bool mpi_recv(Transport *t, void *buf, int64_t bytes, int peer, int tag) {
   MPI_Status st;
   if (!count_fits(t, bytes)) return false;
-  int rc = MPI_Recv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &st), cls = 0;
+  char whom[64];
+  snprintf(whom, sizeof whom, "rank %d (tag %d)", peer, tag);
+  int rc = GUARD(t, "MPI_Recv", whom, MPI_Recv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &st)), cls = 0;
   MPI_Error_class(rc, &cls);
   if (rc != MPI_SUCCESS && cls == MPI_ERR_TRUNCATE) {
     fprintf(stderr,
@@ -256,13 +353,17 @@ static bool mpi_flush(Transport *t) { return reap(t, true); }
 
 static bool mpi_agree(Transport *t, bool ok) {
   int mine = ok, all = 0;
-  if (!mpi_ok(t, MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD), "MPI_Allreduce")) return false;
+  if (!mpi_ok(t,
+              GUARD(t, "MPI_Allreduce", EVERY_RANK, MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD)),
+              "MPI_Allreduce"))
+    return false;
   return all != 0;
 }
 
 static double mpi_reduce(Transport *t, double v, MPI_Op op) {
   double r = v;
-  mpi_ok(t, MPI_Allreduce(&v, &r, 1, MPI_DOUBLE, op, MPI_COMM_WORLD), "MPI_Allreduce");
+  mpi_ok(t, GUARD(t, "MPI_Allreduce", EVERY_RANK, MPI_Allreduce(&v, &r, 1, MPI_DOUBLE, op, MPI_COMM_WORLD)),
+         "MPI_Allreduce");
   return r;
 }
 static double mpi_sum(Transport *t, double v) { return mpi_reduce(t, v, MPI_SUM); }
@@ -270,7 +371,10 @@ static double mpi_max(Transport *t, double v) { return mpi_reduce(t, v, MPI_MAX)
 
 static bool mpi_gather_all(Transport *t, const void *in, int64_t bytes, void *out) {
   return count_fits(t, bytes) &&
-         mpi_ok(t, MPI_Allgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, MPI_COMM_WORLD), "MPI_Allgather");
+         mpi_ok(t,
+                GUARD(t, "MPI_Allgather", EVERY_RANK,
+                      MPI_Allgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, MPI_COMM_WORLD)),
+                "MPI_Allgather");
 }
 
 static void mpi_abort(Transport *t, int code) {
@@ -284,6 +388,9 @@ static void mpi_abort(Transport *t, int code) {
 static void mpi_close(Transport *t) {
   Mpi *m = t->impl;
   reap(t, true);
+  if (m->watching) pthread_cancel(m->watchdog), pthread_join(m->watchdog, NULL);
+  for (int g = 0; m->members && g < m->ncomm; g++) free(m->members[g]);
+  free(m->members);
   for (int g = 0; g < m->ncomm; g++)
     if (m->comm[g] != MPI_COMM_NULL) MPI_Comm_free(&m->comm[g]);
   free(m->comm);
@@ -321,5 +428,8 @@ Transport *transport_open(int *argc, char ***argv) {
   MPI_Op_create(bf16_sum, 1, &((Mpi *)t->impl)->bf16_sum);
   MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
   MPI_Comm_size(MPI_COMM_WORLD, &t->world);
+  t->timeout = 300;
+  Mpi *m = t->impl;
+  m->watching = pthread_create(&m->watchdog, NULL, watch, t) == 0;
   return t;
 }

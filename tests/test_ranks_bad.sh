@@ -91,6 +91,48 @@ else
     fail=$((fail + 1))
   fi
 fi
+# a rank that stops answering (SIGSTOP): the others meet --comm-timeout and
+# the job ends within seconds of it, naming the instruction and the rank
+$mpirun -np 2 "$carve" run "$tmp/long" --steps 1000000 --quiet --comm-timeout 3 >"$tmp/stopped" 2>&1 &
+job=$!
+victim=""
+for _ in $(seq 100); do
+  victim=$(pgrep -f "^$carve run $tmp/long" | tail -1)
+  [ -n "$victim" ] && break
+  sleep 0.1
+done
+sleep 1
+kill -STOP "$victim" 2>/dev/null
+waited=0
+while kill -0 $job 2>/dev/null && [ $waited -lt 20 ]; do
+  sleep 1
+  waited=$((waited + 1))
+done
+if kill -0 $job 2>/dev/null; then
+  kill -9 $job "$victim" 2>/dev/null
+  echo "FAILED: stopped rank: the job was still running 20 s after SIGSTOP with --comm-timeout 3"
+  fail=$((fail + 1))
+else
+  wait $job
+  status=$?
+  if [ -n "$victim" ] && [ $status -ne 0 ] && grep -q "step [0-9]*, instruction [0-9]* (.*): no answer from rank [01]" "$tmp/stopped"; then
+    pass=$((pass + 1))
+  else
+    echo "FAILED: stopped rank: status $status, output:"
+    sed 's/^/  | /' "$tmp/stopped" | head -10
+    fail=$((fail + 1))
+  fi
+fi
+kill -9 "$victim" 2>/dev/null
+
+# a receive whose send never comes (rank 0's first send retagged): ended at
+# the deadline with the receive and the silent peer named
+cp -r "$tmp/p" "$tmp/nosend"
+first=$(grep -n '^send ' "$tmp/nosend/rank0.prog" | head -1 | cut -d: -f1)
+sed -i "${first}s/tag=[0-9]*/tag=99999/" "$tmp/nosend/rank0.prog" && "$resign" "$tmp/nosend/rank0.prog"
+expect "receive without a send" "instruction [0-9]* (recv): no answer from rank 0" \
+  $mpirun -np 2 "$carve" run "$tmp/nosend" --steps 2 --comm-timeout 2
+
 # a trace of the last step: one track per rank, compute and communication
 if $mpirun -np 2 "$carve" run "$tmp/p" --steps 2 --quiet --trace "$tmp/trace.json" >"$tmp/out" 2>&1 &&
   grep -q '"tid":0,' "$tmp/trace.json" && grep -q '"tid":1,' "$tmp/trace.json" &&

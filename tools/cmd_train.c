@@ -11,7 +11,7 @@
  *   (run takes --precision too: it checks the program's)
  * Run options (run, train):
  *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH  --backend cpu|cuda|cpu-staged
- *   --checkpoint-dir CK  --checkpoint-every N  --keep K  --resume CK  --init-from FILE
+ *   --checkpoint-dir CK  --checkpoint-every N  --keep K  --resume CK  --init-from FILE  --comm-timeout S
  * compile --layout "dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full":
  * one program per rank; explain --rank N prints rank N's. */
 #include <errno.h>
@@ -72,6 +72,7 @@ typedef struct Opts {
   const char *layout, *save_params, *trace;
   const char *checkpoint_dir, *resume, *init_from;
   const char *backend; /* --backend: NULL is the CPU */
+  double comm_timeout; /* --comm-timeout seconds (0: the transport's default) */
   int steps, log_every, rank, checkpoint_every, keep;
   bool quiet, dump, dump_training, profile;
   bool precision_set; /* --precision given: train.precision holds it */
@@ -161,7 +162,9 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->backend = v;
       if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "cpu-staged"))
         ok = usage_error(o->cmd, "--backend is cpu, cuda or cpu-staged, not '%s'", v) == 0;
-    } else if (GROUP('r') && !strcmp(key, "--quiet"))
+    } else if (GROUP('r') && !strcmp(key, "--comm-timeout"))
+      ok = opt_number(o->cmd, key, v, 0.1, 1e7, &o->comm_timeout);
+    else if (GROUP('r') && !strcmp(key, "--quiet"))
       o->quiet = true;
     else if (GROUP('r') && !strcmp(key, "--profile"))
       o->profile = true;
@@ -360,6 +363,8 @@ static void print_run_help(void) {
   printf("run options:\n  --steps N (10): the step the run ends after (a resumed run continues up to it)\n"
          "  --data FILE (a token file from 'carve data'; default: synthetic)\n"
          "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n"
+         "  --comm-timeout S (300): under mpirun, the seconds a rank waits for others in any one exchange;\n"
+         "      past it the job ends, naming the instruction and the ranks that did not answer\n"
          "  --backend cpu|cuda|cpu-staged (cpu): what runs the kernels; cuda needs a GPU and a carve built\n"
          "      with CUDA; cpu-staged is the CPU with its memory reached as a GPU's is (for tests)\n"
          "checkpoints (docs/checkpoints.md):\n"
@@ -457,6 +462,7 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
     ok = false;
   }
   if (!net->agree(net, ok)) return tokens_free(td), 1;
+  if (o->comm_timeout > 0) net->timeout = o->comm_timeout;
   RunOptions ro = {.steps = o->steps,
                    .data = td,
                    .log_every = o->log_every,
