@@ -247,7 +247,11 @@ int runtime_run(const Program *p, const RunOptions *o) {
     if (rc && many) net->abort(net, 1); /* the other ranks may be waiting on this one */
     if (rc) break;
     if (traced && !trace_write(R, t0, o->trace)) rc = 1;
-    if (many) dt = net->max(net, dt), dc = net->max(net, dc); /* the step ends when its slowest rank does */
+    if (many) { /* the step ends when its slowest rank does */
+      snprintf(net->doing, sizeof net->doing, "end of step %d (the step time over the ranks)", s);
+      dt = net->max(net, dt), dc = net->max(net, dc);
+      net->doing[0] = 0;
+    }
     if (s > first || first == o->steps) tot.step_s += dt, tot.comm_s += dc, tot.timed++;
     if (!isfinite(loss)) {
       if (net->rank == 0)

@@ -405,7 +405,8 @@ bool transport_launched(void) { return getenv("OMPI_COMM_WORLD_SIZE") || getenv(
 
 Transport *transport_open(int *argc, char ***argv) {
   if (!transport_launched()) return transport_local();
-  if (MPI_Init(argc, argv) != MPI_SUCCESS) carve_fatal("MPI_Init failed");
+  int level = 0; /* funneled: the watchdog thread makes no MPI calls */
+  if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &level) != MPI_SUCCESS) carve_fatal("MPI_Init_thread failed");
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   Transport *t = xcalloc(1, sizeof(Transport));
   *t = (Transport){.name = "mpi",
