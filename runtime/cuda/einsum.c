@@ -106,6 +106,13 @@ static const void *operand(const CuMat *x, int esize, cudaStream_t s, const void
   return scratch + x->at;
 }
 
+/* the alignment the algorithm was chosen for (arena and scratch offsets
+   are multiples of 64 bytes; a pointer that is not would be a bug) */
+static void check_align(const void *p, int align) {
+  if ((uintptr_t)p % (uintptr_t)align)
+    cuda_fail("cu_einsum_exec", "an operand is less aligned than its plan assumed", __FILE__, __LINE__);
+}
+
 void cu_einsum_exec(const CuEinsum *e, cudaStream_t s, const void *const *in, void *out, void *scratch, void *ws,
                     size_t ws_bytes) {
   const CuGemm *g = &e->g;
@@ -117,6 +124,7 @@ void cu_einsum_exec(const CuEinsum *e, cudaStream_t s, const void *const *in, vo
   unsigned char *tmp = scratch;
   const void *a = operand(&g->a, g->esize_in, s, in, tmp), *b = operand(&g->b, g->esize_in, s, in, tmp);
   void *d = g->d.copied ? tmp + g->d.at : out;
+  check_align(a, g->a.align), check_align(b, g->b.align), check_align(d, g->d.align);
   const float alpha = 1, beta = 0;
   CUBLAS_CHECK(
       cublasLtMatmul(e->lt, e->op, &alpha, a, e->la, b, e->lb, &beta, d, e->ld, d, e->ld, &e->algo, ws, ws_bytes, s));
