@@ -100,14 +100,27 @@ typedef struct Case {
 static const Case gpt2[] = {GPT_CASES(16, 1024, 768, 12, 64, 3072, 50257)};
 static const Case gpt3[] = {GPT_CASES(1, 2048, 12288, 96, 128, 49152, 50257)};
 
-/* Device memory of n values of dt, random (bf16 from a normal draw). */
+/* Device memory of n bf16 values: copies of one pool of 2^24 normal draws
+   (drawing billions on the host would take a minute; the products' speed
+   does not depend on the values). */
+static void *pool;
+#define POOL ((int64_t)1 << 24)
 static void *dev_random(int64_t n, uint64_t key) {
-  uint16_t *h = xmalloc(sizeof(uint16_t) * (size_t)n);
-  for (int64_t i = 0; i < n; i++) h[i] = km_bf16(rng_normal(key, (uint64_t)i));
-  void *d;
-  CK(cudaMalloc(&d, sizeof(uint16_t) * (size_t)n));
-  CK(cudaMemcpy(d, h, sizeof(uint16_t) * (size_t)n, cudaMemcpyHostToDevice));
-  free(h);
+  if (!pool) {
+    uint16_t *h = xmalloc(sizeof(uint16_t) * (size_t)POOL);
+    for (int64_t i = 0; i < POOL; i++) h[i] = km_bf16(rng_normal(1, (uint64_t)i));
+    CK(cudaMalloc(&pool, sizeof(uint16_t) * (size_t)POOL));
+    CK(cudaMemcpy(pool, h, sizeof(uint16_t) * (size_t)POOL, cudaMemcpyHostToDevice));
+    free(h);
+  }
+  uint16_t *d;
+  CK(cudaMalloc((void **)&d, sizeof(uint16_t) * (size_t)n));
+  int64_t shift = (int64_t)(key * 7919) % POOL; /* a and b start at different draws */
+  for (int64_t at = 0; at < n;) {
+    int64_t from = (at + shift) % POOL, len = POOL - from < n - at ? POOL - from : n - at;
+    CK(cudaMemcpy(d + at, (uint16_t *)pool + from, sizeof(uint16_t) * (size_t)len, cudaMemcpyDeviceToDevice));
+    at += len;
+  }
   return d;
 }
 
