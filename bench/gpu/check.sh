@@ -6,7 +6,8 @@
 #   machine   nvidia-smi, nvcc, the compiler, glibc, where the libraries carve
 #             links are found (oneDNN, GLPK, OpenMPI, cuBLASLt, NCCL)
 #   deps      unpacks bench/gpu/debs/*.deb (from fetch-debs.sh) with dpkg -x
-#             into a prefix when the machine lacks carve's Debian libraries,
+#             into a prefix (BUILD-deps, beside the build) when the machine
+#             lacks carve's Debian libraries,
 #             and points CMAKE_PREFIX_PATH, CPATH, LIBRARY_PATH and
 #             LD_LIBRARY_PATH at it
 #   build     cmake (CMAKE_CUDA_ARCHITECTURES=90) and make
@@ -33,7 +34,9 @@
 # stage always unpacks debs/ when present (to prove it), the GPU tests
 # report Skipped, and the GPU stages run only as far as their argument
 # handling and their "no GPU" exits. BUILD=DIR chooses the build folder
-# (default build-gpu in the repository); STEPS the timed steps (default 8).
+# (default build-gpu in the repository); STEPS the timed steps (default 8);
+# BUDGET the seconds the whole script may take (default 450: every stage's
+# limit is cut to what is left).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -55,6 +58,10 @@ t_start=$(date +%s)
 say() { echo "$*" | tee -a "$summary"; }
 jobs=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 4)
 
+# the whole script ends within BUDGET seconds (default 450): each stage's
+# limit is cut to what is left, and a stage is not started with under 15 s
+deadline=$((t_start + ${BUDGET:-450}))
+
 # stage NAME SECONDS COMMAND...: runs COMMAND (a shell string) with its own
 # time limit, output to $logs/NAME.log; records status and seconds
 stage() {
@@ -62,6 +69,12 @@ stage() {
   limit=$2
   shift 2
   t0=$(date +%s)
+  left=$((deadline - t0))
+  if [ "$left" -lt 15 ]; then
+    say "stage $name: NOT RUN (the ${BUDGET:-450}s budget is spent)"
+    return 1
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
   timeout -k 10 "$limit" sh -c "$*" >"$logs/$name.log" 2>&1
   rc=$?
   dt=$(($(date +%s) - t0))
@@ -107,7 +120,8 @@ for lib in libdnnl.so.2 libglpk.so.40 libmpi.so.40; do
 done
 [ "$dry" = 1 ] && need_debs=yes # prove the unpacking here
 if [ "$need_debs" = yes ]; then
-  prefix=$work/deps
+  prefix=$build-deps # beside the build, at a path that stays: its cache names it
+  rm -rf "$prefix"
   if ls "$here"/debs/*.deb >/dev/null 2>&1; then
     stage deps 60 "for f in '$here'/debs/*.deb; do dpkg -x \"\$f\" '$prefix' || exit 1; done; ls -R '$prefix/usr/include' | head -5"
     lib=$prefix/usr/lib/x86_64-linux-gnu
@@ -116,8 +130,8 @@ if [ "$need_debs" = yes ]; then
     export LIBRARY_PATH=$lib:$lib/openmpi/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
     export LD_LIBRARY_PATH=$lib:$lib/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     # FindMPI without the mpicc wrapper (its paths point into /usr)
-    cmake_deps="-DMPI_SKIP_COMPILER_WRAPPER=ON -DMPI_C_HEADER_DIR=$lib/openmpi/include -DMPI_C_LIB_NAMES=mpi
-      -DMPI_mpi_LIBRARY=$lib/openmpi/lib/libmpi.so"
+    cmake_deps="-DMPI_SKIP_COMPILER_WRAPPER=ON -DMPI_C_HEADER_DIR=$lib/openmpi/include -DMPI_C_LIB_NAMES=mpi"
+    cmake_deps="$cmake_deps -DMPI_mpi_LIBRARY=$lib/openmpi/lib/libmpi.so"
   else
     say "stage deps: FAILED: carve's libraries are missing here and bench/gpu/debs/ is empty (run bench/gpu/fetch-debs.sh first)"
   fi
@@ -141,12 +155,18 @@ fi
 stage ctest 240 "cd '$build' && LAYOUTS='- mb=2,recompute=selective' ctest -R cuda_ --output-on-failure -V --timeout 200"
 cp "$logs/ctest.log" "$OUT/ctest.log"
 grep -E 'tests passed|tests failed|Skipped|\*\*\*Failed|Passed|Timeout' "$logs/ctest.log" | grep -E '^[0-9 /]*Test|tests' | sed 's/^/  /' | tee -a "$summary"
-sed -n '/^[0-9]*: op  *instrs/,/passed, .* failed/p' "$logs/ctest.log" | sed 's/^[0-9]*: /  /' >"$work/ops.txt"
-if [ -s "$work/ops.txt" ]; then
-  say "per-op largest |gpu - cpu| / largest |cpu| (cuda_ops):"
-  grep -v 'whole step' "$work/ops.txt" | tee -a "$summary" >/dev/null
+# cuda_ops's table (the dry run shows the harness's, whose CPU stands in for the GPU)
+which='test_cuda$' label=cuda_ops
+[ "$dry" = 1 ] && which='test_cuda "--against" "cpu"$' label="cuda_ops_harness, the CPU in the GPU's place"
+n=$(sed -n "s/^\([0-9]*\): Test command: .*$which/\1/p" "$logs/ctest.log" | head -1)
+if [ -n "$n" ]; then
+  grep "^$n: " "$logs/ctest.log" | sed "s/^$n: //" | sed -n '/^op  *instrs/,/passed, .* failed/p' >"$work/ops.txt"
+  if [ -s "$work/ops.txt" ]; then
+    say "per-op largest |gpu - cpu| / largest |cpu| ($label):"
+    sed 's/^/  /' "$work/ops.txt" | tee -a "$summary"
+  fi
 fi
-grep -E '^[0-9]*: (gpt-tiny|mlp|gpt|bert|moe) ' "$logs/ctest.log" | sed 's/^[0-9]*: /  cuda_train: /' | tee -a "$summary" >/dev/null
+grep -E '^[0-9]*: (gpt-tiny|mlp|gpt|bert|moe) ' "$logs/ctest.log" | sed 's/^[0-9]*: /  cuda_train: /' | tee -a "$summary"
 
 # ---------------------------------------------------------------- gemm
 stage gemm 150 "'$build/bench/gpu/gemm' --reps 9"
@@ -194,9 +214,11 @@ if [ -n "$san" ]; then
   grep -E 'ERROR SUMMARY|error' "$logs/memcheck.log" | head -5 | sed 's/^/  /' | tee -a "$summary"
 else
   say "stage memcheck: skipped (no compute-sanitizer here)"
-  [ "$dry" = 1 ] && stage memcheck 60 "'$carve' train gpt --preset gpt-tiny --steps 1 --backend cuda"
+  # the dry run: the command memcheck would watch, which must stop at once with "no usable GPU"
+  [ "$dry" = 1 ] && stage memcheck-command 60 "'$carve' train gpt --preset gpt-tiny --steps 1 --backend cuda"
+  [ -f "$logs/memcheck-command.log" ] && tail -1 "$logs/memcheck-command.log" | sed 's/^/  /' | tee -a "$summary"
 fi
-[ -f "$logs/memcheck.log" ] && cp "$logs/memcheck.log" "$OUT/memcheck.log"
+for f in memcheck memcheck-command; do [ -f "$logs/$f.log" ] && cp "$logs/$f.log" "$OUT/memcheck.log"; done
 
 say "total: $(($(date +%s) - t_start))s"
 cp "$summary" "$logs/summary.txt"
