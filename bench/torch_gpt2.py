@@ -5,7 +5,10 @@
 # median step time over the steps after the first.
 #
 #   python3 bench/torch_gpt2.py --preset gpt2-124m --batch 4 --seq 256 \
-#       --steps 6 --precision fp32 --threads 2 [--sdpa]
+#       --steps 6 --precision fp32 --threads 2 [--sdpa] [--device cuda]
+#
+# --device cuda trains on the first GPU (step times measured after
+# torch.cuda.synchronize; exit 77 with "SKIPPED: ..." where torch sees no GPU).
 #
 # --precision bf16 runs forward and loss under torch.autocast(bfloat16) with
 # fp32 master weights; --sdpa swaps the explicit attention (as carve computes
@@ -31,16 +34,16 @@ PRESETS = {
 LN_EPS = 1e-5  # carve's layernorm default
 
 
-def init_params(d, gen):
+def init_params(d, gen, device="cpu"):
     """The graph's parameters, in its shapes, initialised as it declares."""
     h, n, hd, ffn, L = d["hidden"], d["heads"], d["hidden"] // d["heads"], 4 * d["hidden"], d["layers"]
     proj_std = 0.02 / math.sqrt(2 * L)
 
     def normal(shape, std):
-        return (torch.randn(*shape, generator=gen) * std).requires_grad_()
+        return (torch.randn(*shape, generator=gen) * std).to(device).requires_grad_()
 
     def const(shape, v):
-        return torch.full(shape, float(v)).requires_grad_()
+        return torch.full(shape, float(v), device=device).requires_grad_()
 
     p = {"wte": normal((d["vocab"], h), 0.02), "wpe": normal((d["seq"], h), 0.01), "layers": []}
     for _ in range(L):
@@ -69,7 +72,7 @@ def forward_loss(p, tokens, labels, d, sdpa):
     h, n = d["hidden"], d["heads"]
     hd = h // n
     x = F.embedding(tokens, p["wte"]) + p["wpe"][:S]
-    mask = None if sdpa else torch.ones(S, S, dtype=torch.bool).triu_(1)
+    mask = None if sdpa else torch.ones(S, S, dtype=torch.bool, device=tokens.device).triu_(1)
     for lp in p["layers"]:
         a = F.layer_norm(x, (h,), lp["ln1_g"], lp["ln1_b"], LN_EPS)
         # einsum("b s h, h n d -> b s n d") + b, as a plain matmul
@@ -102,7 +105,11 @@ def main():
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--sdpa", action="store_true", help="F.scaled_dot_product_attention instead of explicit attention")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("SKIPPED: torch sees no GPU", flush=True)
+        raise SystemExit(77)
 
     d = dict(DEFAULTS, **PRESETS[args.preset])
     if args.batch:
@@ -112,7 +119,7 @@ def main():
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
 
-    p = init_params(d, gen)
+    p = init_params(d, gen, args.device)
     params = all_params(p)
     decay = [t for t in params if t.dim() >= 2]
     no_decay = [t for t in params if t.dim() < 2]
@@ -121,19 +128,24 @@ def main():
     B, S = d["batch"], d["seq"]
     print(f"# torch {torch.__version__} {args.preset}: vocab {d['vocab']} hidden {d['hidden']} heads {d['heads']} "
           f"layers {d['layers']}, {sum(t.numel() for t in params)} parameters, {args.precision}, "
-          f"{'sdpa' if args.sdpa else 'explicit'} attention, {args.threads} threads", flush=True)
+          f"{'sdpa' if args.sdpa else 'explicit'} attention, "
+          f"{torch.cuda.get_device_name(0) if args.device == 'cuda' else str(args.threads) + ' threads'}", flush=True)
 
     times = []
     for step in range(args.steps):
         # a random sequence per row; the labels are it shifted by one
         seq = torch.randint(0, d["vocab"], (B, S + 1), generator=gen)
-        tokens, labels = seq[:, :-1], seq[:, 1:]
+        tokens, labels = seq[:, :-1].to(args.device), seq[:, 1:].to(args.device)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             loss = forward_loss(p, tokens, labels, d, args.sdpa)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
         ms = (time.perf_counter() - t0) * 1e3
         times.append(ms)
         print(f"step {step} loss {loss.item():.4f} ms {ms:.1f}", flush=True)

@@ -688,8 +688,17 @@ int runtime_run(const Program *p, const RunOptions *o);
 typedef struct Runtime Runtime;
 Runtime *runtime_new(const Program *p, const RunOptions *o);
 int runtime_step(Runtime *rt, double *loss);
-/* host address of a buffer (its dtype's elements), NULL if none has the name */
+/* host address of a buffer (its dtype's elements), NULL if none has the name
+   or the arena is not host memory (a GPU backend): use runtime_read there */
 void *runtime_buffer(Runtime *rt, const char *name, int64_t *numel);
+/* Copies the n elements of buffer `name` into dst as f32, from any backend
+   (downloaded; bf16 widened). false, writing nothing, when no buffer has the
+   name, it is not f32 or bf16, or it holds other than n elements. Call it
+   between steps (a step's end synchronizes the backend). */
+bool runtime_read(Runtime *rt, const char *name, float *dst, int64_t n);
+/* The other way: the buffer gets src's n values (rounded to nearest even
+   where it is bf16), uploaded. The same refusals as runtime_read. */
+bool runtime_write(Runtime *rt, const char *name, const float *src, int64_t n);
 void runtime_free(Runtime *rt);
 bool runtime_save_params(Runtime *rt, const char *path, FILE *err);
 /* The newest complete checkpoint's step in folder ck, or -1. */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kmath.h"
 #include "runtime.h"
 
 /* Runs a list; false after printing the error a kernel or the transport reported. */
@@ -201,6 +202,47 @@ void *runtime_buffer(Runtime *rt, const char *name, int64_t *numel) {
       return rt->r.be->host(rt->r.be, p->bufs[b].offset);
     }
   return NULL;
+}
+
+/* The float buffer `name` of n elements, or NULL. */
+static const Buffer *float_buffer(Runtime *rt, const char *name, int64_t n) {
+  const Program *p = rt->r.p;
+  for (int b = 0; b < p->nbufs; b++)
+    if (strcmp(p->bufs[b].name, name) == 0)
+      return (p->bufs[b].dtype == DT_F32 || p->bufs[b].dtype == DT_BF16) && shape_numel(&p->bufs[b].shape) == n
+                 ? &p->bufs[b]
+                 : NULL;
+  return NULL;
+}
+
+bool runtime_read(Runtime *rt, const char *name, float *dst, int64_t n) {
+  const Buffer *b = float_buffer(rt, name, n);
+  if (!b) return false;
+  Backend *be = rt->r.be;
+  if (b->dtype == DT_F32) {
+    be->download(be, dst, b->offset, n * (int64_t)sizeof(float));
+    return true;
+  }
+  uint16_t *half = xmalloc(sizeof(uint16_t) * (size_t)(n > 0 ? n : 1));
+  be->download(be, half, b->offset, n * (int64_t)sizeof(uint16_t));
+  for (int64_t i = 0; i < n; i++) dst[i] = km_f32(half[i]);
+  free(half);
+  return true;
+}
+
+bool runtime_write(Runtime *rt, const char *name, const float *src, int64_t n) {
+  const Buffer *b = float_buffer(rt, name, n);
+  if (!b) return false;
+  Backend *be = rt->r.be;
+  if (b->dtype == DT_F32) {
+    be->upload(be, b->offset, src, n * (int64_t)sizeof(float));
+    return true;
+  }
+  uint16_t *half = xmalloc(sizeof(uint16_t) * (size_t)(n > 0 ? n : 1));
+  for (int64_t i = 0; i < n; i++) half[i] = km_bf16(src[i]);
+  be->upload(be, b->offset, half, n * (int64_t)sizeof(uint16_t));
+  free(half);
+  return true;
 }
 
 const Program *runtime_program(Runtime *rt) { return rt->r.p; }
