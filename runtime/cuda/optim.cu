@@ -19,10 +19,13 @@ extern "C" void cu_loss(cudaStream_t s, double *acc, DIn x, double weight) {
 
 /* ---------------------------------------------------------------- sum of squares */
 
-#define SQ_BLOCKS 1024 /* most partials: enough blocks to fill any GPU */
+#define SQ_BLOCKS 1024     /* most partials: enough blocks to fill any GPU */
+#define SQ_SMALL (1 << 15) /* up to this many elements, one block does it all */
 
-/* part[b] = the sum over block b's elements of x^2, in double */
-__global__ void __launch_bounds__(KTHREADS) sumsq_part_kernel(double *part, DIn x, int64_t n, bool vec) {
+/* part[b] = the sum over block b's elements of x^2, in double; with one
+   block (part NULL), out[0] += weight * the sum at once */
+__global__ void __launch_bounds__(KTHREADS)
+    sumsq_part_kernel(double *part, float *out, float weight, DIn x, int64_t n, bool vec) {
   __shared__ double red[32];
   double s = 0;
   int64_t nvec = vec ? n / KVEC : 0;
@@ -37,7 +40,8 @@ __global__ void __launch_bounds__(KTHREADS) sumsq_part_kernel(double *part, DIn 
     s += t * t;
   }
   s = block_sum_d(s, red);
-  if (threadIdx.x == 0) part[blockIdx.x] = s;
+  if (threadIdx.x == 0 && part) part[blockIdx.x] = s;
+  if (threadIdx.x == 0 && !part) out[0] += (float)(weight * s);
 }
 
 /* out[0] += weight * the partials' sum, rounded once as the CPU's run_sumsq */
@@ -55,8 +59,13 @@ extern "C" void cu_sumsq(cudaStream_t s, float *out, DIn x, int64_t n, float wei
   bool vec = k_aligned(x.p);
   int blocks = k_blocks(vec ? n / KVEC + n % KVEC : n, KTHREADS);
   blocks = blocks < SQ_BLOCKS ? blocks : SQ_BLOCKS;
+  if (n <= SQ_SMALL) { /* one block, one launch: biases and gains */
+    sumsq_part_kernel<<<1, KTHREADS, 0, s>>>(NULL, out, weight, x, n, vec);
+    CU_LAUNCHED();
+    return;
+  }
   double *part = (double *)k_scratch(s, sizeof(double) * (size_t)blocks);
-  sumsq_part_kernel<<<blocks, KTHREADS, 0, s>>>(part, x, n, vec);
+  sumsq_part_kernel<<<blocks, KTHREADS, 0, s>>>(part, out, weight, x, n, vec);
   CU_LAUNCHED();
   sumsq_total_kernel<<<1, KTHREADS, 0, s>>>(out, part, blocks, weight);
   CU_LAUNCHED();
