@@ -16,20 +16,37 @@ typedef struct Perm {
   int64_t total;
 } Perm;
 
-template <typename T> __global__ void __launch_bounds__(KTHREADS) permute_kernel(T *dst, const T *src, Perm pm) {
+/* I: the index type, 32-bit where every index and offset fits (its
+   divisions are several times cheaper than 64-bit ones) */
+template <typename T, typename I>
+__global__ void __launch_bounds__(KTHREADS) permute_kernel(T *dst, const T *src, Perm pm) {
   for (int64_t e = k_tid(); e < pm.total; e += k_stride()) {
-    int64_t rest = e, off = 0;
+    I rest = (I)e, off = 0;
     for (int d = pm.rank - 1; d >= 0; d--) {
-      int64_t i = rest % pm.size[d];
-      rest /= pm.size[d];
-      off += i * pm.stride[d];
+      I n = (I)pm.size[d], i = rest % n;
+      rest /= n;
+      off += i * (I)pm.stride[d];
     }
     dst[e] = src[off];
   }
 }
 
+/* whether every element index and source offset fits in 31 bits (strides
+   not negative) */
+static bool perm_small(const Perm &pm) {
+  int64_t span = 0;
+  for (int d = 0; d < pm.rank; d++) {
+    if (pm.stride[d] < 0) return false;
+    span += (pm.size[d] - 1) * pm.stride[d];
+  }
+  return pm.total < INT32_MAX && span < INT32_MAX;
+}
+
 template <typename T> static void permute_launch(cudaStream_t s, void *dst, const void *src, const Perm &pm) {
-  permute_kernel<T><<<k_blocks(pm.total, KTHREADS), KTHREADS, 0, s>>>((T *)dst, (const T *)src, pm);
+  if (perm_small(pm))
+    permute_kernel<T, uint32_t><<<k_blocks(pm.total, KTHREADS), KTHREADS, 0, s>>>((T *)dst, (const T *)src, pm);
+  else
+    permute_kernel<T, int64_t><<<k_blocks(pm.total, KTHREADS), KTHREADS, 0, s>>>((T *)dst, (const T *)src, pm);
   CU_LAUNCHED();
 }
 
