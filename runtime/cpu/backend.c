@@ -406,16 +406,15 @@ static void run_sumsq(Cpu *c, const Instr *in, const StepInfo *si) {
 }
 static void run_clip(Cpu *c, const Instr *in, const StepInfo *si) {
   (void)si;
-  float norm = sqrtf(((float *)A(c, in->in[0]))[0]), max = (float)in->f[0];
-  ((float *)A(c, in->out))[0] = norm > max ? max / (norm + 1e-6f) : 1.0f;
+  ((float *)A(c, in->out))[0] = km_clip(((float *)A(c, in->in[0]))[0], (float)in->f[0]);
 }
 static void run_adamw(Cpu *c, const Instr *in, const StepInfo *si) {
-  float clip = ((float *)A(c, in->in[3]))[0], lr = k_lr_at((float)in->f[0], in->i[0], si->step);
+  float clip = ((float *)A(c, in->in[3]))[0], lr = km_lr_at((float)in->f[0], in->i[0], si->step);
   k_adamw(A(c, in->out), A(c, in->in[0]), A(c, in->in[1]), A(c, in->in[2]), N(c, in->out), clip, lr, (float)in->f[1],
           (float)in->f[2], (float)in->f[3], (float)in->f[4], si->step);
 }
 static void run_sgd(Cpu *c, const Instr *in, const StepInfo *si) {
-  float clip = ((float *)A(c, in->in[2]))[0], lr = k_lr_at((float)in->f[0], in->i[0], si->step);
+  float clip = ((float *)A(c, in->in[2]))[0], lr = km_lr_at((float)in->f[0], in->i[0], si->step);
   k_sgd(A(c, in->out), A(c, in->in[0]), A(c, in->in[1]), N(c, in->out), clip, lr, (float)in->f[1], (float)in->f[2]);
 }
 

@@ -74,7 +74,6 @@ void k_mse_bwd(float *dp, const float *p, const float *t, const float *dy, int64
 void k_moe_gate(float *out, bool combine, const float *logits, int64_t tokens, int64_t experts, int64_t cap, int topk);
 void k_moe_combine_bwd(float *dx, const float *logits, const float *dy, int64_t tokens, int64_t experts, int64_t cap,
                        int topk);
-float k_lr_at(float lr, int64_t warmup, int step);
 void k_adamw(float *p, const float *g, float *m, float *v, int64_t n, float clip, float lr, float b1, float b2,
              float eps, float wd, int step);
 void k_sgd(float *p, const float *g, float *mom, int64_t n, float clip, float lr, float mu, float wd);

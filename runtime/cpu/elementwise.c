@@ -69,11 +69,11 @@ CARVE_CLONES void e_unary(OpKind op, Out o, Arr a, int64_t n) {
     int64_t lo = k * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
     switch (op) {
     case OP_GELU: UNARY(a, o, lo, hi, km_gelu(x)); break;
-    case OP_RELU: UNARY(a, o, lo, hi, x > 0 ? x : 0); break;
-    case OP_SILU: UNARY(a, o, lo, hi, x / (1.0f + km_exp(-x))); break;
+    case OP_RELU: UNARY(a, o, lo, hi, km_relu(x)); break;
+    case OP_SILU: UNARY(a, o, lo, hi, km_silu(x)); break;
     case OP_TANH: UNARY(a, o, lo, hi, tanhf(x)); break;
     case OP_EXP: UNARY(a, o, lo, hi, km_exp(x)); break;
-    case OP_RSQRT: UNARY(a, o, lo, hi, 1.0f / sqrtf(x)); break;
+    case OP_RSQRT: UNARY(a, o, lo, hi, km_rsqrt(x)); break;
     default: CARVE_ASSERT(0, "not a unary op");
     }
   }
@@ -88,10 +88,10 @@ CARVE_CLONES void e_unary_bwd(OpKind op, Out o, Arr a, Arr b, int64_t n) {
     int64_t lo = k * BLOCK, len = (lo + BLOCK < n ? lo + BLOCK : n) - lo;
     switch (op) {
     case OP_GELU_BWD: BINARY(a, lo, b, lo, o, lo, len, km_gelu_bwd(x, y)); break;
-    case OP_RELU_BWD: BINARY(a, lo, b, lo, o, lo, len, x > 0 ? y : 0); break;
+    case OP_RELU_BWD: BINARY(a, lo, b, lo, o, lo, len, km_relu_bwd(x, y)); break;
     case OP_SILU_BWD: BINARY(a, lo, b, lo, o, lo, len, km_silu_bwd(x, y)); break;
-    case OP_TANH_BWD: BINARY(a, lo, b, lo, o, lo, len, y * (1.0f - x * x)); break;
-    case OP_RSQRT_BWD: BINARY(a, lo, b, lo, o, lo, len, y * -0.5f * x * x * x); break;
+    case OP_TANH_BWD: BINARY(a, lo, b, lo, o, lo, len, km_tanh_bwd(x, y)); break;
+    case OP_RSQRT_BWD: BINARY(a, lo, b, lo, o, lo, len, km_rsqrt_bwd(x, y)); break;
     default: CARVE_ASSERT(0, "not a unary backward op");
     }
   }
@@ -123,7 +123,7 @@ CARVE_CLONES void e_scale(Out o, Arr a, int64_t n, float mul, float add) {
     if (mul == 1 && add == 0)
       UNARY(a, o, lo, hi, x);
     else
-      UNARY(a, o, lo, hi, x * mul + add);
+      UNARY(a, o, lo, hi, km_scale(x, mul, add));
   }
 }
 

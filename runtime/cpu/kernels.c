@@ -149,7 +149,7 @@ CARVE_CLONES static double sqdev_lanes(const float *x, int64_t n, float m) {
 CARVE_CLONES static void row_stats(const float *x, int64_t n, float eps, bool rms, float *mean, float *rstd) {
   float mu = rms ? 0 : (float)(sum_lanes(x, n) / (double)n);
   *mean = mu;
-  *rstd = (float)(1.0 / sqrt(sqdev_lanes(x, n, mu) / (double)n + eps));
+  *rstd = km_rstd(sqdev_lanes(x, n, mu), n, eps);
 }
 
 CARVE_CLONES void k_layernorm(float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t n,
@@ -158,7 +158,7 @@ CARVE_CLONES void k_layernorm(float *y, const float *x, const float *g, const fl
   for (int64_t r = 0; r < rows; r++) {
     float mu, rs;
     row_stats(x + r * n, n, eps, false, &mu, &rs);
-    for (int64_t j = 0; j < n; j++) y[r * n + j] = (x[r * n + j] - mu) * rs * g[j] + b[j];
+    for (int64_t j = 0; j < n; j++) y[r * n + j] = km_layernorm(x[r * n + j], mu, rs, g[j], b[j]);
   }
 }
 
@@ -167,7 +167,7 @@ CARVE_CLONES void k_rmsnorm(float *y, const float *x, const float *g, int64_t ro
   for (int64_t r = 0; r < rows; r++) {
     float mu, rs;
     row_stats(x + r * n, n, eps, true, &mu, &rs);
-    for (int64_t j = 0; j < n; j++) y[r * n + j] = x[r * n + j] * rs * g[j];
+    for (int64_t j = 0; j < n; j++) y[r * n + j] = km_rmsnorm(x[r * n + j], rs, g[j]);
   }
 }
 
@@ -196,7 +196,7 @@ CARVE_CLONES void k_layernorm_bwd_x(float *dx, const float *x, const float *g, c
     float md = rms ? 0 : (float)(sd / (double)n), mdx = (float)(sdx / (double)n);
     for (j = 0; j < n; j++) {
       float dxh = dr[j] * g[j], xh = (xr[j] - mu) * rs;
-      dx[r * n + j] = rs * (dxh - md - xh * mdx);
+      dx[r * n + j] = km_norm_dx(dxh, xh, rs, md, mdx);
     }
   }
 }
@@ -266,7 +266,8 @@ CARVE_CLONES bool k_embed_bwd(float *dtable, const int32_t *ids, const float *dy
   return true;
 }
 
-CARVE_CLONES static double logsumexp(const float *x, int64_t n, float *max) {
+/* sum of e^(x - max), max = the row's maximum */
+CARVE_CLONES static double sumexp(const float *x, int64_t n, float *max) {
   float m = max_lanes(x, n);
   float lane[LANES] = {0};
   int64_t j = 0;
@@ -276,7 +277,7 @@ CARVE_CLONES static double logsumexp(const float *x, int64_t n, float *max) {
   for (; j < n; j++) s += km_exp(x[j] - m);
   for (int k = 0; k < LANES; k++) s += lane[k];
   *max = m;
-  return log(s) + m;
+  return s;
 }
 
 /* -log softmax(logits)[label] of each row, in double. */
@@ -286,7 +287,8 @@ CARVE_CLONES bool k_xent_rows(double *row, const float *logits, const int32_t *l
   PARALLEL(rows * v)
   for (int64_t r = 0; r < rows; r++) {
     float m;
-    row[r] = logsumexp(logits + r * v, v, &m) - logits[r * v + labels[r]];
+    double s = sumexp(logits + r * v, v, &m);
+    row[r] = km_xent_row(s, m, logits[r * v + labels[r]]);
   }
   return true;
 }
@@ -318,8 +320,8 @@ CARVE_CLONES void k_mse(float *loss, const float *p, const float *t, int64_t n) 
 }
 
 CARVE_CLONES void k_mse_bwd(float *dp, const float *p, const float *t, const float *dy, int64_t n) {
-  float scale = 2.0f * dy[0] / (float)n;
-  for (int64_t i = 0; i < n; i++) dp[i] = (p[i] - t[i]) * scale;
+  float scale = km_mse_scale(dy[0], n);
+  for (int64_t i = 0; i < n; i++) dp[i] = km_mse_bwd(p[i], t[i], scale);
 }
 
 /* GShard-style top-k routing with a capacity per expert. Probabilities are
@@ -384,16 +386,9 @@ void k_moe_combine_bwd(float *dx, const float *logits, const float *dy, int64_t 
 
 /* ---------------------------------------------------------------- optimizers */
 
-/* The step's learning rate: lr, ramped linearly over the warm-up steps. */
-float k_lr_at(float lr, int64_t warmup, int step) {
-  if (warmup > 0 && step < warmup) lr *= (float)step / (float)warmup;
-  return lr;
-}
-
-CARVE_CLONES CARVE_CLONES void k_adamw(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
-                                       int64_t n, float clip, float lr, float b1, float b2, float eps, float wd,
-                                       int step) {
-  float c1 = 1.0f - powf(b1, (float)step), c2 = 1.0f - powf(b2, (float)step);
+CARVE_CLONES void k_adamw(float *restrict p, const float *restrict g, float *restrict m, float *restrict v, int64_t n,
+                          float clip, float lr, float b1, float b2, float eps, float wd, int step) {
+  float c1 = km_bias_corr(b1, step), c2 = km_bias_corr(b2, step);
   PARALLEL(n)
   for (int64_t i = 0; i < n; i++) {
     float mi = m[i], vi = v[i]; /* in registers, so the loop vectorises */
