@@ -20,21 +20,13 @@
  * Target: carve's path at 95% of cuBLASLt's or better.
  *
  * usage: gemm [--model gpt2|gpt3|all] [--reps N]
- * Exits 77 ("SKIPPED: why") where no GPU answers. Where this carve has no
- * CUDA einsum yet (runtime/cuda/einsum.c still a stub), the cuBLASLt column
- * is measured alone and the exit is 77 too. */
+ * Exits 77 ("SKIPPED: why") where no GPU answers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../runtime/cuda/cuda.h"
 #include "kmath.h"
-
-/* Weak: the link succeeds while einsum.c is a stub (the function is then
-   NULL); the build asks the linker to pull them in where they exist. */
-#pragma weak cu_einsum_prepare
-#pragma weak cu_einsum_exec
-#pragma weak cu_einsum_free
 
 #define CK(call)                                                                                                       \
   do {                                                                                                                 \
@@ -196,14 +188,12 @@ static int reps = 9;
 /* One shape: medians of carve's and cuBLASLt's seconds (NAN where absent). */
 static void bench_case(cublasLtHandle_t lt, cudaStream_t st, void *ws, const Case *c, double *tc, double *tr,
                        double *ratio) {
-  bool have_carve = cu_einsum_prepare != NULL;
   DType out = c->f32_out ? DT_F32 : DT_BF16;
   char why[256] = "";
   const Shape *ins[2] = {&c->a, &c->b};
   int64_t scratch_bytes = 0;
-  CuEinsum *e =
-      have_carve ? cu_einsum_prepare(lt, c->spec, 2, ins, DT_BF16, &c->c, out, &scratch_bytes, why, sizeof why) : NULL;
-  if (have_carve && !e) fprintf(stderr, "gemm: %s: carve's einsum refuses it: %s\n", c->what, why);
+  CuEinsum *e = cu_einsum_prepare(lt, c->spec, 2, ins, DT_BF16, &c->c, out, &scratch_bytes, why, sizeof why);
+  if (!e) fprintf(stderr, "gemm: %s: carve's einsum refuses it: %s\n", c->what, why);
   Plain p;
   bool plain = plain_make(lt, &p, c, c->f32_out);
   if (!plain) fprintf(stderr, "gemm: %s: cuBLASLt offers no algorithm\n", c->what);
@@ -271,8 +261,6 @@ int main(int argc, char **argv) {
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("carve's CUDA einsums against cuBLASLt (bf16 x bf16, f32 accumulation; cuBLASLt %zu), %s, median of %d\n",
          cublasLtGetVersion(), prop.name, reps);
-  if (!cu_einsum_prepare)
-    printf("carve's CUDA einsum is not in this build (runtime/cuda/einsum.c is a stub): cuBLASLt alone\n");
   cublasLtHandle_t lt;
   LT(cublasLtCreate(&lt));
   cudaStream_t st;
@@ -288,5 +276,5 @@ int main(int argc, char **argv) {
                 (int)(sizeof gpt3 / sizeof *gpt3));
   CK(cudaFree(ws));
   cublasLtDestroy(lt);
-  return cu_einsum_prepare ? 0 : 77;
+  return 0;
 }
