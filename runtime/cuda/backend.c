@@ -60,6 +60,8 @@ typedef struct Cu {
   int nevents;                 /* recorded since the last synchronize */
   unsigned char *staging;      /* pinned host memory for uploads */
   int64_t staging_cap, staged; /* bytes, and bytes used since the last synchronize */
+  int64_t step_staging;        /* bytes a step's loads take (kept after init's larger uploads) */
+  int64_t staging_peak;        /* the most staging held at once */
   cublasLtHandle_t lt;
   void *ws;               /* the cuBLASLt workspace */
   void *scratch;          /* einsum copies, row losses, embedding sums */
@@ -99,8 +101,10 @@ static void *stage(Cu *c, int64_t n) {
     c->staged = 0;
     if (n > c->staging_cap) {
       if (c->staging) CU_CHECK(cudaFreeHost(c->staging));
+      c->staging = NULL, c->staging_cap = 0;
       CU_CHECK(cudaMallocHost((void **)&c->staging, (size_t)n));
       c->staging_cap = n;
+      if (n > c->staging_peak) c->staging_peak = n;
     }
   }
   void *p = c->staging + c->staged;
@@ -505,6 +509,7 @@ static bool cuda_load(Backend *b, const Program *p, FILE *err) {
   if (!load_alloc(c, &c->scratch, c->scratch_bytes, "the einsum and row-loss scratch", err) ||
       !load_alloc(c, &c->ws, CU_LT_WORKSPACE, "the cuBLASLt workspace", err))
     return false;
+  c->step_staging = load_bytes;
   if (load_bytes) stage(c, load_bytes), c->staged = 0; /* a step's loads never wait for staging */
   fuse(c);
   return true;
@@ -586,11 +591,16 @@ static void cuda_synchronize(Backend *b, StepStatus *st) {
   }
   c->nevents = 0;
   c->staged = 0;
+  if (c->staging_cap > c->step_staging) { /* the init list's largest tensor: pinned memory back, the step's kept */
+    CU_CHECK(cudaFreeHost(c->staging));
+    c->staging = NULL, c->staging_cap = 0;
+    if (c->step_staging) stage(c, c->step_staging), c->staged = 0;
+  }
   c->fused_fresh = c->wrote_half; /* a step ran its optimizers: the next step's casts are done */
   c->wrote_half = false;
 }
 
-/* device scratch, workspace and status, the pinned staging, and the most
+/* device scratch, workspace and status, the most pinned staging held, and the most
    the kernels' stream-ordered scratch (k_scratch: the device's default
    pool) has held at once */
 static int64_t cuda_extra(Backend *b) {
@@ -600,7 +610,7 @@ static int64_t cuda_extra(Backend *b) {
   if (cudaDeviceGetDefaultMemPool(&pool, c->device) != cudaSuccess ||
       cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) != cudaSuccess)
     cudaGetLastError(), high = 0;
-  return c->extra + c->staging_cap + (int64_t)high;
+  return c->extra + c->staging_peak + (int64_t)high;
 }
 
 static void cuda_close(Backend *b) {
