@@ -60,6 +60,8 @@ typedef struct Cu {
   int nevents;                 /* recorded since the last synchronize */
   unsigned char *staging;      /* pinned host memory for uploads */
   int64_t staging_cap, staged; /* bytes, and bytes used since the last synchronize */
+  int64_t step_staging;        /* bytes a step's loads take (kept after init's larger uploads) */
+  int64_t staging_peak;        /* the most staging held at once */
   cublasLtHandle_t lt;
   void *ws;               /* the cuBLASLt workspace */
   void *scratch;          /* einsum copies, row losses, embedding sums */
@@ -99,8 +101,10 @@ static void *stage(Cu *c, int64_t n) {
     c->staged = 0;
     if (n > c->staging_cap) {
       if (c->staging) CU_CHECK(cudaFreeHost(c->staging));
+      c->staging = NULL, c->staging_cap = 0;
       CU_CHECK(cudaMallocHost((void **)&c->staging, (size_t)n));
       c->staging_cap = n;
+      if (n > c->staging_peak) c->staging_peak = n;
     }
   }
   void *p = c->staging + c->staged;
@@ -266,7 +270,7 @@ static void run_loss(Cu *c, const Instr *in, int tag, const StepInfo *si) {
 }
 static void run_sumsq(Cu *c, const Instr *in, int tag, const StepInfo *si) {
   (void)tag, (void)si;
-  cu_sumsq(St(c), A(c, in->out), I(c, in->in[0]), N(c, in->in[0]), (float)in->f[0]);
+  cu_sumsq(St(c), A(c, in->out), I(c, in->in[0]), N(c, in->in[0]), in->f[0]);
 }
 static void run_clip(Cu *c, const Instr *in, int tag, const StepInfo *si) {
   (void)tag, (void)si;
@@ -416,35 +420,47 @@ static bool prepare_list(Cu *c, const Instr *list, int n, bool init, int64_t *lo
   return true;
 }
 
-/* Which buffers an instruction writes: its output (comm included). */
+/* Which buffers an instruction writes (its output, comm included) and
+   reads (its inputs). */
 static bool writes(const Instr *in, int b) { return in->out == b; }
+static bool reads(const Instr *in, int b) {
+  for (int k = 0; k < in->nin; k++)
+    if (in->in[k] == b) return true;
+  return false;
+}
 
-/* The optimizer instruction of the step list that updates master m, if
-   it is the only step instruction after `from` that writes m or h. */
-static int sole_update(const Program *p, int from, int m, int h) {
+/* The optimizer instruction j > i of the step list that can write the bf16
+   copy h of master m in place of cast i (h := bf16(m)), or -1. Then h holds
+   bf16(m) one step early over [0, i) and (j, end): nothing may read it
+   there, and nothing but j may write m, nothing but i write h. */
+static int sole_update(const Program *p, int i, int m, int h) {
   int found = -1;
-  for (int j = 0; j < p->nstep; j++) {
-    const Instr *in = &p->step[j];
-    if (j == from) continue;
-    if ((in->op == OP_ADAMW || in->op == OP_SGD) && in->out == m && j > from && found < 0)
-      found = j;
-    else if (writes(in, m) || writes(in, h))
-      return -1;
+  for (int k = i + 1; k < p->nstep && found < 0; k++)
+    if ((p->step[k].op == OP_ADAMW || p->step[k].op == OP_SGD) && p->step[k].out == m) found = k;
+  if (found < 0) return -1;
+  for (int k = 0; k < p->nstep; k++) {
+    const Instr *in = &p->step[k];
+    if (k == i || k == found) continue;
+    if (writes(in, m) || writes(in, h)) return -1;
+    if ((k < i || k > found) && reads(in, h)) return -1;
   }
   return found;
 }
 
-/* Casts of an f32 master to its bf16 copy that the optimizer can write. */
+/* Casts of an f32 master to its bf16 working copy (a persistent buffer,
+   BUF_WORK: an activation's memory is shared with others) that the
+   optimizer can write. */
 static void fuse(Cu *c) {
   const Program *p = c->p;
   c->fused[0] = xcalloc((size_t)p->nstep + 1, sizeof(int));
   c->half[0] = xcalloc((size_t)p->nstep + 1, sizeof(uint16_t *));
   for (int i = 0; i < p->nstep; i++) {
     const Instr *in = &p->step[i];
-    if (in->op != OP_CAST || !bf(c, in->out) || B(c, in->in[0])->dtype != DT_F32 || N(c, in->out) != N(c, in->in[0]))
+    if (in->op != OP_CAST || !bf(c, in->out) || B(c, in->out)->kind != BUF_WORK || B(c, in->in[0])->dtype != DT_F32 ||
+        N(c, in->out) != N(c, in->in[0]))
       continue;
     int j = sole_update(p, i, in->in[0], in->out);
-    if (j < 0) continue;
+    if (j < 0 || c->half[0][j]) continue; /* one copy per optimizer */
     c->fused[0][i] = 1;
     c->half[0][j] = A(c, in->out);
   }
@@ -458,29 +474,42 @@ static void *dev_alloc(Cu *c, int64_t bytes) {
   return p;
 }
 
+/* cudaMalloc of `bytes` for `what` at load: false with a message (the
+   arena may fit and its scratch not), the error cleared (it is not sticky) */
+static bool load_alloc(Cu *c, void **p, int64_t bytes, const char *what, FILE *err) {
+  *p = NULL;
+  if (bytes <= 0) return true;
+  if (cudaMalloc(p, (size_t)bytes) == cudaSuccess) {
+    c->extra += bytes;
+    return true;
+  }
+  *p = NULL;
+  cudaGetLastError();
+  size_t free_b = 0, total = 0;
+  cudaMemGetInfo(&free_b, &total);
+  char s[32], f[32];
+  fprintf(err, "carve: error: rank %d cannot allocate %s of %s on GPU %d (%s free)\n", c->p->rank, what,
+          fmt_bytes((double)bytes, s, sizeof s), c->device, fmt_bytes((double)free_b, f, sizeof f));
+  return false;
+}
+
 static bool cuda_load(Backend *b, const Program *p, FILE *err) {
   Cu *c = C(b);
   c->p = p;
   cuda_rank = p->rank;
   if (!backend_check(b, p, err)) return false;
-  size_t bytes = (size_t)((p->arena_bytes + 255) / 256 * 256);
-  if (cudaMalloc((void **)&c->arena, bytes) != cudaSuccess) {
-    size_t free_b = 0, total = 0;
-    cudaGetLastError(); /* not sticky: cleared, so later launches do not report it */
-    cudaMemGetInfo(&free_b, &total);
-    char s[32], f[32];
-    fprintf(err, "carve: error: rank %d cannot allocate its %s arena on GPU %d (%s free)\n", p->rank,
-            fmt_bytes((double)p->arena_bytes, s, sizeof s), c->device, fmt_bytes((double)free_b, f, sizeof f));
-    c->arena = NULL;
-    return false;
-  }
-  CU_CHECK(cudaMemsetAsync(c->arena, 0, bytes, St(c))); /* deterministic, as the CPU's */
+  int64_t bytes = (p->arena_bytes + 255) / 256 * 256;
+  if (!load_alloc(c, (void **)&c->arena, bytes, "its arena", err)) return false;
+  c->extra -= bytes;                                            /* the arena is not extra */
+  CU_CHECK(cudaMemsetAsync(c->arena, 0, (size_t)bytes, St(c))); /* deterministic, as the CPU's */
   int64_t load_bytes = 0;
   if (!prepare_list(c, p->init, p->ninit, true, &load_bytes, err)) return false;
   load_bytes = 0;
   if (!prepare_list(c, p->step, p->nstep, false, &load_bytes, err)) return false;
-  c->scratch = dev_alloc(c, c->scratch_bytes);
-  c->ws = dev_alloc(c, CU_LT_WORKSPACE);
+  if (!load_alloc(c, &c->scratch, c->scratch_bytes, "the einsum and row-loss scratch", err) ||
+      !load_alloc(c, &c->ws, CU_LT_WORKSPACE, "the cuBLASLt workspace", err))
+    return false;
+  c->step_staging = load_bytes;
   if (load_bytes) stage(c, load_bytes), c->staged = 0; /* a step's loads never wait for staging */
   fuse(c);
   return true;
@@ -543,26 +572,45 @@ static const char *bad_data(OpKind op) {
 static void cuda_synchronize(Backend *b, StepStatus *st) {
   Cu *c = C(b);
   CU_CHECK(cudaStreamSynchronize(c->stream[1]));
+  DevStatus d; /* read after everything on the compute stream; its wait is the step's */
+  CU_CHECK(cudaMemcpyAsync(&d, c->status, sizeof d, cudaMemcpyDeviceToHost, St(c)));
   CU_CHECK(cudaStreamSynchronize(St(c)));
-  DevStatus d;
-  CU_CHECK(cudaMemcpy(&d, c->status, sizeof d, cudaMemcpyDeviceToHost));
   CU_CHECK(cudaMemsetAsync(c->status, 0, sizeof d, St(c)));
   *st = (StepStatus){.loss = d.loss};
   if (d.err) {
     st->error_init = (d.err & CU_TAG_INIT) != 0;
     st->error_instr = (d.err & ~CU_TAG_INIT) - 1;
     const Instr *list = st->error_init ? c->p->init : c->p->step;
-    st->error = bad_data(list[st->error_instr].op);
+    int n = st->error_init ? c->p->ninit : c->p->nstep;
+    if (st->error_instr >= 0 && st->error_instr < n) {
+      st->error = bad_data(list[st->error_instr].op);
+    } else { /* not a tag this backend stores: the status word was overwritten */
+      st->error = "the device status word holds no instruction's tag (device memory corrupted?)";
+      st->error_instr = 0;
+    }
   }
   c->nevents = 0;
   c->staged = 0;
+  if (c->staging_cap > c->step_staging) { /* the init list's largest tensor: pinned memory back, the step's kept */
+    CU_CHECK(cudaFreeHost(c->staging));
+    c->staging = NULL, c->staging_cap = 0;
+    if (c->step_staging) stage(c, c->step_staging), c->staged = 0;
+  }
   c->fused_fresh = c->wrote_half; /* a step ran its optimizers: the next step's casts are done */
   c->wrote_half = false;
 }
 
+/* device scratch, workspace and status, the most pinned staging held, and the most
+   the kernels' stream-ordered scratch (k_scratch: the device's default
+   pool) has held at once */
 static int64_t cuda_extra(Backend *b) {
   Cu *c = C(b);
-  return c->extra + c->staging_cap;
+  cudaMemPool_t pool;
+  uint64_t high = 0;
+  if (cudaDeviceGetDefaultMemPool(&pool, c->device) != cudaSuccess ||
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) != cudaSuccess)
+    cudaGetLastError(), high = 0;
+  return c->extra + c->staging_peak + (int64_t)high;
 }
 
 static void cuda_close(Backend *b) {
@@ -598,7 +646,9 @@ static void cuda_start(Cu *c) {
   for (int k = 0; k < 2; k++) CU_CHECK(cudaStreamCreateWithFlags(&c->stream[k], cudaStreamNonBlocking));
   for (int k = 0; k < NEVENTS; k++) CU_CHECK(cudaEventCreateWithFlags(&c->events[k], cudaEventDisableTiming));
   c->status = dev_alloc(c, sizeof(DevStatus));
-  CU_CHECK(cudaMemset(c->status, 0, sizeof(DevStatus)));
+  /* on the compute stream: the legacy stream's cudaMemset is not ordered
+     with non-blocking streams */
+  CU_CHECK(cudaMemsetAsync(c->status, 0, sizeof(DevStatus), St(c)));
   CUBLAS_CHECK(cublasLtCreate(&c->lt));
 }
 
@@ -615,6 +665,8 @@ Backend *backend_cuda(char *why, size_t n) {
      this machine (mpirun's local rank), GPUs shared round-robin when the
      ranks outnumber them */
   const char *dev = getenv("CARVE_CUDA_DEVICE"), *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  if (!local) local = getenv("MPI_LOCALRANKID"); /* MPICH's Hydra */
+  if (!local) local = getenv("SLURM_LOCALID");   /* srun */
   c->device = dev ? atoi(dev) : local ? atoi(local) % count : 0;
   if (c->device < 0 || c->device >= count) {
     snprintf(why, n, "CARVE_CUDA_DEVICE=%s, but this machine has GPUs 0 to %d", dev, count - 1);

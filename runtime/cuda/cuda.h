@@ -118,8 +118,8 @@ void cu_moe_combine_bwd(cudaStream_t s, DOut dx, DIn logits, DIn dy, int64_t tok
                         int topk);
 
 /* the step's scalars and optimizers (optim.cu) */
-void cu_loss(cudaStream_t s, double *acc, DIn x, double weight);           /* *acc += weight * x[0] */
-void cu_sumsq(cudaStream_t s, float *out, DIn x, int64_t n, float weight); /* out[0] += weight * sum x^2 */
+void cu_loss(cudaStream_t s, double *acc, DIn x, double weight);            /* *acc += weight * x[0] */
+void cu_sumsq(cudaStream_t s, float *out, DIn x, int64_t n, double weight); /* out[0] += weight * sum x^2 */
 void cu_clip(cudaStream_t s, float *out, const float *sumsq, float max_norm);
 /* AdamW / SGD on f32 masters; `clip` is the device scalar the gradient is
    multiplied by; when `half` is not NULL the bf16 working copy of p is

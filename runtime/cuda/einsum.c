@@ -64,7 +64,7 @@ static bool choose(CuEinsum *e) {
   int found = 0;
   cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(e->lt, e->op, e->la, e->lb, e->ld, e->ld, pref, 1, &best, &found);
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  if (s != CUBLAS_STATUS_SUCCESS || found < 1) return false;
+  if (s != CUBLAS_STATUS_SUCCESS || found < 1 || best.state != CUBLAS_STATUS_SUCCESS) return false;
   e->algo = best.algo;
   e->ws = best.workspaceSize;
   return true;

@@ -25,7 +25,7 @@ extern "C" void cu_loss(cudaStream_t s, double *acc, DIn x, double weight) {
 /* part[b] = the sum over block b's elements of x^2, in double; with one
    block (part NULL), out[0] += weight * the sum at once */
 __global__ void __launch_bounds__(KTHREADS)
-    sumsq_part_kernel(double *part, float *out, float weight, DIn x, int64_t n, bool vec) {
+    sumsq_part_kernel(double *part, float *out, double weight, DIn x, int64_t n, bool vec) {
   __shared__ double red[32];
   double s = 0;
   int64_t nvec = vec ? n / KVEC : 0;
@@ -44,9 +44,10 @@ __global__ void __launch_bounds__(KTHREADS)
   if (threadIdx.x == 0 && !part) out[0] += (float)(weight * s);
 }
 
-/* out[0] += weight * the partials' sum, rounded once as the CPU's run_sumsq */
+/* out[0] += weight * the partials' sum, the weight in double and the product rounded once, as the CPU's
+   run_sumsq */
 __global__ void __launch_bounds__(KTHREADS)
-    sumsq_total_kernel(float *out, const double *part, int nparts, float weight) {
+    sumsq_total_kernel(float *out, const double *part, int nparts, double weight) {
   __shared__ double red[32];
   double s = 0;
   for (int b = threadIdx.x; b < nparts; b += blockDim.x) s += part[b];
@@ -54,7 +55,7 @@ __global__ void __launch_bounds__(KTHREADS)
   if (threadIdx.x == 0) out[0] += (float)(weight * s);
 }
 
-extern "C" void cu_sumsq(cudaStream_t s, float *out, DIn x, int64_t n, float weight) {
+extern "C" void cu_sumsq(cudaStream_t s, float *out, DIn x, int64_t n, double weight) {
   if (n <= 0) return;
   bool vec = k_aligned(x.p);
   int blocks = k_blocks(vec ? n / KVEC + n % KVEC : n, KTHREADS);
