@@ -288,14 +288,14 @@ static const char *fixed[] = {
 };
 
 /* The two gradients of C = einsum("A,B->C"): "C,B->A" and "A,C->B". */
-static void gradients(const char *spec, char out[2][32]) {
+static void gradients(const char *spec, char out[2][64]) {
   char a[16] = "", b[16] = "", c[16] = "";
   const char *arrow = strstr(spec, "->"), *comma = strchr(spec, ',');
   memcpy(a, spec, (size_t)(comma - spec));
   memcpy(b, comma + 1, (size_t)(arrow - comma - 1));
   strcpy(c, arrow + 2);
-  snprintf(out[0], 32, "%s,%s->%s", c, b, a);
-  snprintf(out[1], 32, "%s,%s->%s", a, c, b);
+  snprintf(out[0], 64, "%s,%s->%s", c, b, a);
+  snprintf(out[1], 64, "%s,%s->%s", a, c, b);
 }
 
 /* test_einsum's random specs: each label batch, M, N or K, operands shuffled */
@@ -336,7 +336,7 @@ int main(void) {
   }
   for (int s = 0; s < 4; s++) {
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
-      char grad[2][32];
+      char grad[2][64];
       gradients(models[i], grad);
       compare(models[i], tables[s], &scratch);
       compare(grad[0], tables[s], &scratch);
