@@ -26,10 +26,12 @@
  *     soon as it is made.
  *
  * How a rank's step is emitted: its device's tasks in schedule order; in a
- * task, its stage's nodes of that phase in graph order. A value from another
- * device is received the first time the task needs it; a value another
- * device needs is sent as soon as it is made (sends never block, see
- * runtime/transport.c, so any valid schedule runs to completion). Every
+ * task, its stage's nodes of that phase in graph order. Values cross devices
+ * between tasks: the sends of the tasks before and the receives of the
+ * next, adjacent (one group on a rendezvous transport; a forward and the
+ * backward after it exchange as one where that cannot wait on itself, see
+ * pair_tasks), so that the plan runs where sends wait for their receives
+ * (NCCL), which rendezvous.c checks once every rank is made. Every
  * (node, microbatch) has its own buffer; placing them over the whole step
  * makes the arena hold exactly what the schedule keeps in flight. With
  * recomputation, a backward task first runs its stage's forward (selective:
@@ -66,6 +68,7 @@ typedef struct Dist {
   int *repbase; /* device -> replicas on earlier devices */
   int maxdp;
   Schedule *sched;
+  bool **paired;    /* [device][task]: exchanges with the next task as one (pair_tasks) */
   int *vst;         /* node -> virtual stage, -1 for leaves and add-chain nodes */
   bool *live;       /* node is emitted */
   bool *chain;      /* add node of a parameter's gradient sum */
@@ -581,6 +584,7 @@ typedef struct Rank {
   Program *p;
   int cap;
   PtrVec init, step;
+  PtrVec sends; /* the current task's sends: emitted after it, with the next task's receives */
   int dev, rep, t;
   int per;       /* units of each microbatch this replica runs */
   int *have;     /* [node][unit][instance]: buffer, -1 (instance 1: recomputed); a
@@ -796,7 +800,7 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   if (i == D->g->loss) prog_emit1(&R->step, OP_LOSS, -1, *out)->f[0] = 1.0 / (D->M * D->tp);
   for (int d = 0; d < D->L->pp; d++)
     if (D->need[(size_t)i * D->L->pp + d]) {
-      Instr *s = prog_emit1(&R->step, OP_SEND, -1, *out);
+      Instr *s = prog_emit1(&R->sends, OP_SEND, -1, *out);
       s->i[0] = rank_of(D, d, owner(D, d, mb), R->t);
       s->i[1] = i * D->M + mb;
     }
@@ -826,6 +830,87 @@ static void task_runs(Dist *D) {
       ptrvec_push(&r[RUN_RECOMPUTE], (void *)node);
   }
 }
+
+/* Receives, now, the values from other devices that the nodes of `run`
+   read for unit q (value() would receive them where first read). */
+static void receive_inputs(Rank *R, const PtrVec *run, int q) {
+  const Dist *D = R->D;
+  for (int k = 0; k < run->n; k++) {
+    const Node *n = D->g->nodes[(intptr_t)run->v[k]];
+    for (int j = 0; j < n->nin; j++)
+      if (!is_leaf(D->g->nodes[n->in[j]]) && dev_of(D, D->vst[n->in[j]]) != R->dev) value(R, n->in[j], q, 0);
+  }
+}
+
+/* The sends of the tasks before, then the receives of the n tasks at t
+   (none: the step's end), before they run: one run of send/recv
+   instructions, which a rendezvous transport progresses as one group
+   (rendezvous.c). Sending as soon as a value is made, two neighbouring
+   devices of a 1F1B pipeline would each send before receiving what the
+   other sends, and neither send would find its receive posted. */
+static void exchange(Rank *R, const Task *t, int n) {
+  const Dist *D = R->D;
+  for (int k = 0; k < R->sends.n; k++) ptrvec_push(&R->step, R->sends.v[k]);
+  R->sends.n = 0;
+  for (int k = 0; k < n; k++)
+    for (int w = 0; w < R->per; w++) {
+      int q = t[k].mb * D->U + R->rep * R->per + w;
+      if (t[k].phase == TASK_B) receive_inputs(R, &D->runs[t[k].stage * 4 + RUN_RECOMPUTE], q);
+      receive_inputs(R, &D->runs[t[k].stage * 4 + t[k].phase], q);
+    }
+}
+
+/* Must task `from` run before task `to` (a path of producer and same-device
+   order edges back from `to`)? mark holds a stamp per task slot. */
+static bool precedes(const Dist *D, const int *pos, int *mark, int stamp, int *stack, Task from, Task to) {
+  const Schedule *s = D->sched;
+  int S = D->S, n = 0, goal = task_slot(from, S, s->m);
+  stack[n++] = task_slot(to, S, s->m);
+  mark[stack[0]] = stamp;
+  while (n) {
+    int x = stack[--n], dev = x / s->m % S % s->p;
+    if (x == goal) return true;
+    Task t = {x / s->m % S, x % s->m, x / s->m / S}, dep[3];
+    int nd = task_producers(t, S, dep);
+    if (pos[x] > 0) dep[nd++] = s->order[dev][pos[x] - 1];
+    for (int k = 0; k < nd; k++) {
+      int y = task_slot(dep[k], S, s->m);
+      if (mark[y] != stamp) mark[y] = stamp, stack[n++] = y;
+    }
+  }
+  return false;
+}
+
+/* Per device and task, whether it exchanges with the task after as one
+   (exchange_span): a forward followed by a backward whose input from
+   another device does not wait for that forward (Megatron's steady state:
+   the group between two such pairs sends both's outputs and receives both's
+   inputs, so neighbours that each send before they receive meet). */
+static void pair_tasks(Dist *D) {
+  const Schedule *s = D->sched;
+  int slots = 3 * D->S * s->m, stamp = 0;
+  int *pos = arena_alloc(sizeof(int) * (size_t)slots), *mark = arena_alloc(sizeof(int) * (size_t)slots);
+  int *stack = arena_alloc(sizeof(int) * (size_t)slots);
+  for (int k = 0; k < slots; k++) pos[k] = -1, mark[k] = 0;
+  D->paired = arena_alloc(sizeof(bool *) * (size_t)s->p);
+  for (int d = 0; d < s->p; d++)
+    for (int k = 0; k < s->ntasks[d]; k++) pos[task_slot(s->order[d][k], D->S, s->m)] = k;
+  for (int d = 0; d < s->p; d++) {
+    const Task *o = s->order[d];
+    D->paired[d] = arena_alloc(sizeof(bool) * (size_t)s->ntasks[d]);
+    for (int k = 0; k < s->ntasks[d]; k++) {
+      bool pair = k + 1 < s->ntasks[d] && o[k].phase == TASK_F && o[k + 1].phase == TASK_B;
+      Task dep[2];
+      int nd = pair ? task_producers(o[k + 1], D->S, dep) : 0;
+      for (int j = 0; j < nd && pair; j++)
+        pair = dev_of(D, dep[j].stage) == d || !precedes(D, pos, mark, ++stamp, stack, o[k], dep[j]);
+      D->paired[d][k] = pair;
+    }
+  }
+}
+
+/* The tasks from order[k] that communicate as one: two when paired, else one. */
+static int exchange_span(const Dist *D, int dev, int k) { return D->paired[dev][k] ? 2 : 1; }
 
 /* A task of microbatch t.mb: the units of it this replica runs, one after
    another (a stage of fewer replicas runs more units per microbatch). */
@@ -987,7 +1072,12 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
     prog_emit(&R.step, OP_FILL, R.gacc[i])->f[0] = 0;
   }
   const Schedule *s = D->sched;
-  for (int k = 0; k < s->ntasks[dev]; k++) emit_task(&R, s->order[dev][k]);
+  for (int k = 0, n; k < s->ntasks[dev]; k += n) {
+    n = exchange_span(D, dev, k);
+    exchange(&R, &s->order[dev][k], n);
+    for (int j = 0; j < n; j++) emit_task(&R, s->order[dev][k + j]);
+  }
+  exchange(&R, NULL, 0);
   emit_update(&R);
   prog_place(p, &R.step, 0, R.step.n);
   prog_finish(p, &R.init, &R.step);
@@ -1021,11 +1111,27 @@ static const Program *make_rank(void *making, int i) {
   return emit_rank(D, d, j, q, mk->seed);
 }
 
+/* A sink that keeps each program's communication for the deadlock check
+   (rendezvous.c) before handing it on. */
+typedef struct Checked {
+  RankSink each;
+  void *ctx;
+  Rendezvous *z;
+} Checked;
+
+static bool checked_sink(const Program *p, void *checked) {
+  Checked *c = checked;
+  rendezvous_add(c->z, p);
+  return c->each(p, c->ctx);
+}
+
 /* Every rank's program in rank order, each handed to `each` and then
    released: what the ranks share (Dist) stays, what one rank's program
    takes is freed once it is written. Making one overlaps writing the one
-   before (ranks_pipelined). */
-static bool emit_ranks(const Dist *D, uint64_t seed, RankSink each, void *ctx) {
+   before (ranks_pipelined). Then the whole plan is held to the rendezvous
+   rule: false, with the stuck ranks named, when it would deadlock on a
+   transport whose sends wait for their receives. */
+static bool emit_ranks(const Dist *D, uint64_t seed, RankSink each, void *ctx, FILE *err) {
   if (D->L->first_of_stage) { /* a device's first rank each: few programs, made one by one */
     for (int d = 0; d < D->L->pp; d++) {
       ArenaMark m = arena_mark();
@@ -1036,7 +1142,14 @@ static bool emit_ranks(const Dist *D, uint64_t seed, RankSink each, void *ctx) {
     return true;
   }
   Making mk = {D, seed};
-  return ranks_pipelined(D->world, make_rank, &mk, each, ctx);
+  Checked c = {each, ctx, rendezvous_new(D->world)};
+  bool ok = ranks_pipelined(D->world, make_rank, &mk, checked_sink, &c) && rendezvous_check(c.z, err);
+  if (ok && !rendezvous_checked(c.z))
+    fprintf(err,
+            "carve: note: %d ranks' programs are more than the deadlock check under rendezvous takes: not checked\n",
+            D->world);
+  rendezvous_free(c.z);
+  return ok;
 }
 
 static int gcd(int a, int b) { return b ? gcd(b, a % b) : a; }
@@ -1093,6 +1206,7 @@ bool codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *
   D.sel = selective_nodes(g);
   D.dt = value_dtypes(g, t->precision);
   task_runs(&D);
+  pair_tasks(&D);
   for (int p = 0; p < g->nfwd && L->zero; p++) /* a tied parameter's shards must line up across its copies */
     for (int d = 0; d < L->pp && D.ndev[p] > 1; d++)
       for (int e = 0; e < L->pp; e++)
@@ -1105,7 +1219,7 @@ bool codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *
         }
   make_groups(&D);
   D.plan_id = plan_id(&D, seed);
-  return emit_ranks(&D, seed, each, ctx);
+  return emit_ranks(&D, seed, each, ctx, err);
 }
 
 bool compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,

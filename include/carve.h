@@ -583,6 +583,25 @@ void instr_print(const Program *p, const Instr *in, FILE *out, bool names);
 const char *instr_verify(const Program *p, const Instr *in);
 /* false with "program for rank R, step instruction I (op): why" on err */
 bool program_verify(const Program *p, FILE *err);
+/* codegen/rendezvous.c: whether a plan's programs would deadlock on a
+ * transport whose sends wait for their receives (NCCL) rather than buffer
+ * them (docs/distributed.md, "Deadlock under rendezvous"). Each rank's
+ * communication instructions are kept as its program is added (in any
+ * order; the program may be freed after), then one step is simulated. A plan
+ * of more than 65536 ranks or 2^25 communication instructions is not kept
+ * or checked (rendezvous_checked says so; the check then passes). */
+typedef struct Rendezvous Rendezvous;
+Rendezvous *rendezvous_new(int world);
+void rendezvous_add(Rendezvous *z, const Program *p);
+bool rendezvous_checked(const Rendezvous *z);
+/* true when every rank gets through the step; false with the stuck ranks
+   and their instructions named on err ("rank 3 at step instruction 120
+   (send to rank 4, tag 17) waits for rank 4, which is at ..."). */
+bool rendezvous_check(Rendezvous *z, FILE *err);
+void rendezvous_free(Rendezvous *z);
+/* The same over the n programs of ranks 0 .. n-1. */
+bool programs_rendezvous(const Program *const *ps, int n, FILE *err);
+
 /* This rank's position in group g, or -1. */
 int group_pos(const Program *p, int64_t g, int rank);
 /* "ab,bc->ac" into its operands' labels (one input: parts[1] is the output);

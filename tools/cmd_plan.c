@@ -147,7 +147,10 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
   free(why);
   Train t = plan_train(pp); /* what the plan priced */
   RankFiles F = {.dir = dir};
-  if (!compile_layout(model_path, eo, &t, 1234, &L, rank_file_write, &F, stderr)) return false;
+  if (!compile_layout(model_path, eo, &t, 1234, &L, rank_file_write, &F, stderr)) {
+    if (F.written) rank_files_trim(dir, 0); /* a refused plan's programs (a deadlock) must not be run */
+    return false;
+  }
   int world = layout_world(&L);
   rank_files_trim(dir, world); /* an earlier plan's extra ranks must not linger */
   if (!quiet)

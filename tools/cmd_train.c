@@ -400,8 +400,9 @@ int cmd_compile(int argc, char **argv) {
   Program *single = NULL;
   bool ok = o.layout ? compile_ranks(&o, &F, &world)
                      : (single = compile(&o, NULL, NULL, NULL)) && rank_file_write(single, &F);
-  /* a stale program of an earlier, larger layout must not be taken for this one's */
-  if (F.written) rank_files_trim(o.out, world);
+  /* a stale program of an earlier, larger layout must not be taken for this one's; nor a refused plan's
+     (one that would deadlock on a rendezvous transport) for a plan at all */
+  if (F.written) rank_files_trim(o.out, ok ? world : 0);
   char a[32];
   if (ok && world == 1)
     printf("wrote %s/rank0.prog: %d buffers, %d + %d instructions, arena %s\n", o.out, F.nbufs, F.ninit, F.nstep,
