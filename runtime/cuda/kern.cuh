@@ -124,5 +124,7 @@ void k_scratch_free(cudaStream_t s, void *p);
 /* reduce.cu: a norm's gain gradient, the sum over rows of
    dy * (x - mean) * rstd, given each row's (mean, rstd) in stats */
 void k_norm_gain(cudaStream_t s, DOut dg, DIn x, DIn dy, const float2 *stats, int64_t rows, int64_t n);
+/* reduce.cu: o[0] = the mean of (p - t)^2 over n elements (n > 0), in double */
+void k_mse(cudaStream_t s, DOut o, DIn p, DIn t, int64_t n);
 
 #endif

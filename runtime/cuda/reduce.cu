@@ -15,8 +15,21 @@
 
 /* ---------------------------------------------------------------- scratch */
 
+/* Stream-ordered: every user allocates, enqueues its kernels and frees on
+   the same stream, so the memory is reused only after its last reader.
+   Users and their sizes: a norm's gain gradient (8 bytes a row), a chunked
+   reduction's partials (at most about 1 MiB: chunks only while there are
+   fewer than 2048 units of work), MoE routing (12 bytes per token and
+   expert, 4 per choice), the embedding gradient's sort (16 bytes a token
+   and CUB's temporary storage). None of these is in backend.c's scratch,
+   whose size the launchers' contracts fix.
+   Side effect: the device's default memory pool gets a release threshold of
+   UINT64_MAX, so what is freed stays in the pool (no trips to the driver
+   after the first step), for every user of that pool in the process. The
+   pool holds at most the largest of the sizes above at a time, memory that
+   cudaMalloc elsewhere cannot have until cudaMemPoolTrimTo. */
 void *k_scratch(cudaStream_t s, size_t bytes) {
-  static bool kept[64]; /* per device: the default pool keeps freed memory */
+  static bool kept[64]; /* per device: the default pool keeps freed memory (one host thread per device) */
   int dev;
   CU_CHECK(cudaGetDevice(&dev));
   if (dev < 64 && !kept[dev]) {
@@ -36,9 +49,10 @@ void k_scratch_free(cudaStream_t s, void *p) { CU_CHECK(cudaFreeAsync(p, s)); }
 /* ---------------------------------------------------------------- reductions */
 
 /* A reduction of x over n in [outer, n, inner]. With dy and stats it is a
-   norm's gain gradient instead: the sum over rows of dy * (x - mean) * rstd. */
+   norm's gain gradient instead: the sum over rows of dy * (x - mean) * rstd;
+   with t (inner == 1 only) the sum or mean of (x - t)^2, in double (mse). */
 typedef struct Red {
-  DIn x, dy;
+  DIn x, dy, t;
   const float2 *stats; /* per row of x: mean, rstd */
   int op;              /* OP_SUM, OP_MEAN or OP_MAX */
   int64_t outer, n, inner;
@@ -73,7 +87,13 @@ __global__ void __launch_bounds__(KTHREADS) red_rows(Red r) {
       if (threadIdx.x == 0) red_put(r, o, c, 0, m);
     } else {
       double s = 0;
-      for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) s += ld(r.x, base + j);
+      if (r.t.p)
+        for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+          double d = (double)ld(r.x, base + j) - ld(r.t, base + j); /* as the CPU's k_mse */
+          s += d * d;
+        }
+      else
+        for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) s += ld(r.x, base + j);
       s = block_sum_d(s, redd);
       if (threadIdx.x == 0) red_put(r, o, c, 0, s);
     }
@@ -195,6 +215,13 @@ void k_norm_gain(cudaStream_t s, DOut dg, DIn x, DIn dy, const float2 *stats, in
   red_run(s, r);
 }
 
+/* mse's loss: o[0] = the mean of (p - t)^2 over n elements, in double */
+void k_mse(cudaStream_t s, DOut o, DIn p, DIn t, int64_t n) {
+  Red r = red_make(OP_MEAN, o, p, 1, n, 1);
+  r.t = t;
+  red_run(s, r);
+}
+
 /* ---------------------------------------------------------------- gradients */
 
 /* out[(o, j, i)] = dy[(o, i)] * scale: 8 at a time when rows of inner allow */
@@ -220,25 +247,79 @@ extern "C" void cu_expand(cudaStream_t s, DOut o, DIn dy, int64_t outer, int64_t
   CU_LAUNCHED();
 }
 
-/* dx is zero but at the first maximum of each (o, i), which gets dy: a
-   thread per (o, i) scans the axis (neighbouring threads read neighbouring
-   columns) */
-__global__ void __launch_bounds__(KTHREADS)
-    max_bwd_kernel(DOut dx, DIn x, DIn dy, int64_t outer, int64_t n, int64_t inner) {
-  for (int64_t e = k_tid(); e < outer * inner; e += k_stride()) {
-    int64_t o = e / inner, i = e % inner, base = o * n * inner + i, best = 0;
-    float m = ld(x, base);
-    for (int64_t j = 1; j < n; j++) {
-      float v = ld(x, base + j * inner);
-      if (v > m) m = v, best = j;
+/* dx is zero but at the first maximum of each (o, i), which gets dy: the
+   CPU's rule (k_max_bwd), where index 0 wins if x[0] is NaN and otherwise
+   NaNs never win. A candidate is (value, index), index -1 for none yet. */
+__device__ __forceinline__ void max_take(float v, int64_t j, float *m, int64_t *best) {
+  if (*best < 0 ? !isnan(v) : v > *m) *m = v, *best = j;
+}
+/* whether candidate (v, j) beats (m, best): larger, or equal and earlier */
+__device__ __forceinline__ bool max_beats(float v, int64_t j, float m, int64_t best) {
+  return j >= 0 && (best < 0 || v > m || (v == m && j < best));
+}
+
+/* inner == 1: a block per row; each thread scans its strided part of the
+   row in order, and the candidates meet in a tree that prefers the earlier
+   of equal values, so the result is the sequential scan's */
+__global__ void __launch_bounds__(KTHREADS) max_bwd_rows(DOut dx, DIn x, DIn dy, int64_t outer, int64_t n) {
+  __shared__ float rm[32];
+  __shared__ int64_t rb[32];
+  int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = blockDim.x / 32;
+  for (int64_t o = blockIdx.x; o < outer; o += gridDim.x) {
+    const int64_t base = o * n;
+    float m = 0;
+    int64_t best = -1;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) max_take(ld(x, base + j), j, &m, &best);
+    for (int d = 16; d > 0; d /= 2) {
+      float om = __shfl_xor_sync(0xffffffffu, m, d);
+      int64_t ob = __shfl_xor_sync(0xffffffffu, best, d);
+      if (max_beats(om, ob, m, best)) m = om, best = ob;
     }
-    st(dx, base + best * inner, ld(dy, e));
+    __syncthreads(); /* the previous row's readers of rm, rb are done */
+    if (lane == 0) rm[w] = m, rb[w] = best;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int k = 1; k < nw; k++)
+        if (max_beats(rm[k], rb[k], m, best)) m = rm[k], best = rb[k];
+      if (best < 0 || isnan(ld(x, base))) best = 0;
+      st(dx, base + best, ld(dy, o));
+    }
+  }
+}
+
+/* inner > 1: as red_cols, a block per 32 columns of one o, warp ty scanning
+   the ty-th run of the axis; the runs are combined in order */
+__global__ void __launch_bounds__(RCOLS *RRUNS)
+    max_bwd_cols(DOut dx, DIn x, DIn dy, int64_t outer, int64_t n, int64_t inner) {
+  __shared__ float am[RRUNS][RCOLS + 1];
+  __shared__ int64_t ab[RRUNS][RCOLS + 1];
+  int tx = threadIdx.x % RCOLS, ty = threadIdx.x / RCOLS;
+  int64_t ncb = (inner + RCOLS - 1) / RCOLS, run = (n + RRUNS - 1) / RRUNS;
+  for (int64_t b = blockIdx.x; b < outer * ncb; b += gridDim.x) {
+    int64_t o = b / ncb, i = b % ncb * RCOLS + tx, base = o * n * inner + i;
+    int64_t j0 = ty * run, j1 = j0 + run < n ? j0 + run : n, best = -1;
+    float m = 0;
+    if (i < inner)
+      for (int64_t j = j0; j < j1; j++) max_take(ld(x, base + j * inner), j, &m, &best);
+    am[ty][tx] = m, ab[ty][tx] = best;
+    __syncthreads();
+    if (ty == 0 && i < inner) {
+      for (int k = 1; k < RRUNS; k++)
+        if (ab[k][tx] >= 0 && (best < 0 || am[k][tx] > m)) m = am[k][tx], best = ab[k][tx];
+      if (best < 0 || isnan(ld(x, base))) best = 0;
+      st(dx, base + best * inner, ld(dy, o * inner + i));
+    }
+    __syncthreads();
   }
 }
 
 extern "C" void cu_max_bwd(cudaStream_t s, DOut dx, DIn x, DIn dy, int64_t outer, int64_t n, int64_t inner) {
   cu_fill(s, dx, outer * n * inner, 0.0f);
   if (outer * n * inner <= 0) return;
-  max_bwd_kernel<<<k_blocks(outer * inner, KTHREADS), KTHREADS, 0, s>>>(dx, x, dy, outer, n, inner);
+  if (inner == 1)
+    max_bwd_rows<<<k_blocks(outer, 1), KTHREADS, 0, s>>>(dx, x, dy, outer, n);
+  else
+    max_bwd_cols<<<k_blocks(outer * ((inner + RCOLS - 1) / RCOLS), 1), RCOLS * RRUNS, 0, s>>>(dx, x, dy, outer, n,
+                                                                                              inner);
   CU_LAUNCHED();
 }

@@ -10,18 +10,34 @@
  * vocabulary-long rows: twice for the loss, three times for its gradient).
  * Per-element formulas are kmath.h's, as the CPU's kernels.c computes them;
  * sums are in f32 trees where the CPU sums in f32 lanes, in double where
- * it multiplies in double (softmax_bwd, mse). */
+ * it multiplies in double (softmax_bwd, mse). Two follow the CPU's order
+ * exactly, for the same bits: MoE routing's probabilities (a top-k choice
+ * hangs on them) and the embedding gradient (sorted by id, no atomics). */
+#include <cub/device/device_radix_sort.cuh>
+
 #include "kern.cuh"
 
-#define RCACHE 12032 /* longest row cached in shared memory: with the reductions' slots, under 48 KiB */
+/* Longest row cached in shared memory: 64 KiB, past the 48 KiB a launch
+   gets without asking, so row_smem opts the kernel in (cudaFuncSetAttribute)
+   when its cache needs more; two blocks of 1024 threads still fit an SM of
+   sm_80 or sm_90. A 175B model's rows of 12288 are cached. */
+#define RCACHE 16384
+#define RTHREADS 1024 /* most threads of a row kernel (row_threads) */
 
 /* threads for rows of n: about 4 elements each, 32 to 1024 */
 static int row_threads(int64_t n) {
   int t = 32;
-  while (t < 1024 && t * 4 < n) t *= 2;
+  while (t < RTHREADS && t * 4 < n) t *= 2;
   return t;
 }
-static size_t row_smem(int64_t n) { return n <= RCACHE ? sizeof(float) * (size_t)n : 0; }
+/* the dynamic shared memory of a row kernel for rows of n (the cache), the
+   kernel allowed that much; its static part is at most 256 bytes */
+template <typename K> static size_t row_smem(K kernel, int64_t n) {
+  size_t bytes = n <= RCACHE ? sizeof(float) * (size_t)n : 0;
+  if (bytes + 256 > 48 * 1024)
+    CU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  return bytes;
+}
 static int row_blocks(int64_t rows) { return k_blocks(rows, 1); }
 
 /* Elements [0, n) of the row at base into the cache c (when the row is
@@ -50,7 +66,8 @@ __device__ __forceinline__ float row_at(DIn x, int64_t base, const float *c, int
 
 /* Causal: row r's query is r % n and keys after it get 0 (the CPU's rule).
    The exponentials overwrite the cache; the same thread reads each back. */
-__global__ void softmax_kernel(DOut y, DIn x, int64_t rows, int64_t n, int causal, bool cached, bool vec) {
+__global__ void __launch_bounds__(RTHREADS)
+    softmax_kernel(DOut y, DIn x, int64_t rows, int64_t n, int causal, bool cached, bool vec) {
   extern __shared__ float4 smem4[];
   __shared__ float red[32];
   float *c = cached ? (float *)smem4 : NULL;
@@ -74,12 +91,13 @@ __global__ void softmax_kernel(DOut y, DIn x, int64_t rows, int64_t n, int causa
 extern "C" void cu_softmax(cudaStream_t s, DOut y, DIn x, int64_t rows, int64_t n, int causal) {
   if (rows <= 0 || n <= 0) return;
   bool vec = n % KVEC == 0 && k_aligned(x.p);
-  softmax_kernel<<<row_blocks(rows), row_threads(n), row_smem(n), s>>>(y, x, rows, n, causal, n <= RCACHE, vec);
+  softmax_kernel<<<row_blocks(rows), row_threads(n), row_smem(softmax_kernel, n), s>>>(y, x, rows, n, causal,
+                                                                                       n <= RCACHE, vec);
   CU_LAUNCHED();
 }
 
 /* dx = y * (dy - sum(y * dy)), the sum in double as the CPU's */
-__global__ void softmax_bwd_kernel(DOut dx, DIn y, DIn dy, int64_t rows, int64_t n) {
+__global__ void __launch_bounds__(RTHREADS) softmax_bwd_kernel(DOut dx, DIn y, DIn dy, int64_t rows, int64_t n) {
   __shared__ double red[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     int64_t base = r * n;
@@ -116,7 +134,8 @@ __device__ void row_stats(DIn x, int64_t base, const float *c, int64_t n, float 
 }
 
 /* layernorm (b given) or rmsnorm (b.p NULL) */
-__global__ void norm_kernel(DOut y, DIn x, DIn g, DIn b, int64_t rows, int64_t n, float eps, bool cached, bool vec) {
+__global__ void __launch_bounds__(RTHREADS)
+    norm_kernel(DOut y, DIn x, DIn g, DIn b, int64_t rows, int64_t n, float eps, bool cached, bool vec) {
   extern __shared__ float4 smem4[];
   __shared__ float red[32];
   float *c = cached ? (float *)smem4 : NULL;
@@ -136,7 +155,8 @@ __global__ void norm_kernel(DOut y, DIn x, DIn g, DIn b, int64_t rows, int64_t n
 static void norm_launch(cudaStream_t s, DOut y, DIn x, DIn g, DIn b, int64_t rows, int64_t n, float eps) {
   if (rows <= 0 || n <= 0) return;
   bool vec = n % KVEC == 0 && k_aligned(x.p);
-  norm_kernel<<<row_blocks(rows), row_threads(n), row_smem(n), s>>>(y, x, g, b, rows, n, eps, n <= RCACHE, vec);
+  norm_kernel<<<row_blocks(rows), row_threads(n), row_smem(norm_kernel, n), s>>>(y, x, g, b, rows, n, eps, n <= RCACHE,
+                                                                                 vec);
   CU_LAUNCHED();
 }
 
@@ -151,8 +171,8 @@ extern "C" void cu_rmsnorm(cudaStream_t s, DOut y, DIn x, DIn g, int64_t rows, i
 
 /* dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = dy * g (rms:
    no mean(dxh)); x cached, dy read twice */
-__global__ void norm_bwd_x_kernel(DOut dx, DIn x, DIn g, DIn dy, int64_t rows, int64_t n, float eps, int rms,
-                                  bool cached, bool vec) {
+__global__ void __launch_bounds__(RTHREADS) norm_bwd_x_kernel(DOut dx, DIn x, DIn g, DIn dy, int64_t rows, int64_t n,
+                                                              float eps, int rms, bool cached, bool vec) {
   extern __shared__ float4 smem4[];
   __shared__ float red[32];
   float *c = cached ? (float *)smem4 : NULL;
@@ -178,14 +198,14 @@ extern "C" void cu_norm_bwd_x(cudaStream_t s, DOut dx, DIn x, DIn g, DIn dy, int
                               int rms) {
   if (rows <= 0 || n <= 0) return;
   bool vec = n % KVEC == 0 && k_aligned(x.p);
-  norm_bwd_x_kernel<<<row_blocks(rows), row_threads(n), row_smem(n), s>>>(dx, x, g, dy, rows, n, eps, rms, n <= RCACHE,
-                                                                          vec);
+  norm_bwd_x_kernel<<<row_blocks(rows), row_threads(n), row_smem(norm_bwd_x_kernel, n), s>>>(dx, x, g, dy, rows, n, eps,
+                                                                                             rms, n <= RCACHE, vec);
   CU_LAUNCHED();
 }
 
 /* each row's (mean, rstd) for the gain gradient */
-__global__ void norm_stats_kernel(float2 *stats, DIn x, int64_t rows, int64_t n, float eps, int rms, bool cached,
-                                  bool vec) {
+__global__ void __launch_bounds__(RTHREADS)
+    norm_stats_kernel(float2 *stats, DIn x, int64_t rows, int64_t n, float eps, int rms, bool cached, bool vec) {
   extern __shared__ float4 smem4[];
   __shared__ float red[32];
   float *c = cached ? (float *)smem4 : NULL;
@@ -205,8 +225,8 @@ extern "C" void cu_norm_bwd_g(cudaStream_t s, DOut dg, DIn x, DIn dy, int64_t ro
   if (rows > 0) {
     bool vec = n % KVEC == 0 && k_aligned(x.p);
     stats = (float2 *)k_scratch(s, sizeof(float2) * (size_t)rows);
-    norm_stats_kernel<<<row_blocks(rows), row_threads(n), row_smem(n), s>>>(stats, x, rows, n, eps, rms, n <= RCACHE,
-                                                                            vec);
+    norm_stats_kernel<<<row_blocks(rows), row_threads(n), row_smem(norm_stats_kernel, n), s>>>(stats, x, rows, n, eps,
+                                                                                               rms, n <= RCACHE, vec);
     CU_LAUNCHED();
   }
   k_norm_gain(s, dg, x, dy, stats, rows, n);
@@ -246,32 +266,62 @@ extern "C" void cu_embed(cudaStream_t s, DOut o, DIn table, const int32_t *ids, 
   CU_LAUNCHED();
 }
 
-/* acc[ids[t]] += dy[t], element by element with f32 atomics */
-__global__ void __launch_bounds__(KTHREADS) embed_bwd_kernel(float *acc, const int32_t *ids, DIn dy, int64_t nids,
-                                                             int64_t vocab, int64_t h, int *err, int tag) {
-  for (int64_t e = k_tid(); e < nids * h; e += k_stride()) {
-    int64_t t = e / h, j = e % h;
+/* The table's gradient without atomics, in the CPU's order: the tokens are
+   sorted by id (a stable radix sort: an id's tokens stay in token order),
+   then each id's row is the sum of its tokens' dy rows, added in f32 from
+   0 in token order as k_embed_bwd adds them (so the same bits), and stored
+   once in o's dtype. Rows no token names stay as the memset left them. */
+
+/* key[t] = ids[t], or vocab for a bad id (flagged); val[t] = t */
+__global__ void __launch_bounds__(KTHREADS)
+    embed_keys_kernel(uint32_t *key, int32_t *val, const int32_t *ids, int64_t nids, int64_t vocab, int *err, int tag) {
+  for (int64_t t = k_tid(); t < nids; t += k_stride()) {
     int32_t id = ids[t];
-    if (id >= 0 && id < vocab)
-      atomicAdd(acc + (int64_t)id * h + j, ld(dy, e));
-    else if (j == 0)
-      k_flag(err, tag);
+    bool ok = id >= 0 && id < vocab;
+    if (!ok) k_flag(err, tag);
+    key[t] = ok ? (uint32_t)id : (uint32_t)vocab, val[t] = (int32_t)t;
+  }
+}
+
+/* block b: columns [cb * KTHREADS, +KTHREADS) of the run of equal keys that
+   starts at sorted position p (other positions have nothing to do) */
+__global__ void __launch_bounds__(KTHREADS)
+    embed_bwd_kernel(DOut o, const uint32_t *key, const int32_t *tok, DIn dy, int64_t nids, int64_t vocab, int64_t h) {
+  int64_t ncb = (h + KTHREADS - 1) / KTHREADS;
+  for (int64_t b = blockIdx.x; b < nids * ncb; b += gridDim.x) {
+    int64_t p = b / ncb, j = b % ncb * KTHREADS + threadIdx.x;
+    uint32_t id = key[p];
+    if ((p > 0 && key[p - 1] == id) || id >= (uint64_t)vocab || j >= h) continue; /* no barriers here */
+    int64_t end = p + 1;
+    while (end < nids && key[end] == id) end++;
+    float a = 0;
+    for (int64_t q = p; q < end; q++) a += ld(dy, (int64_t)tok[q] * h + j);
+    st(o, (int64_t)id * h + j, a);
   }
 }
 
 extern "C" void cu_embed_bwd(cudaStream_t s, DOut o, const int32_t *ids, DIn dy, int64_t nids, int64_t vocab, int64_t h,
                              float *acc, int *err, int tag) {
+  (void)acc; /* the sums are in registers: no f32 copy of the table */
   if (vocab <= 0 || h <= 0) return;
-  float *sum = o.bf16 ? acc : (float *)o.p;
-  CU_CHECK(cudaMemsetAsync(sum, 0, sizeof(float) * (size_t)(vocab * h), s));
-  if (nids > 0) {
-    embed_bwd_kernel<<<k_blocks(nids * h, KTHREADS), KTHREADS, 0, s>>>(sum, ids, dy, nids, vocab, h, err, tag);
-    CU_LAUNCHED();
-  }
-  if (o.bf16) {
-    DIn a = {acc, 0};
-    cu_scale(s, o, a, vocab * h, 1, 0);
-  }
+  CU_CHECK(cudaMemsetAsync(o.p, 0, (o.bf16 ? 2 : 4) * (size_t)(vocab * h), s));
+  if (nids <= 0) return;
+  if (nids > INT32_MAX) cuda_fail("cu_embed_bwd", "more than 2^31 tokens", __FILE__, __LINE__);
+  int bits = 1; /* keys are 0 .. vocab */
+  while (bits < 32 && (uint64_t)vocab >> bits) bits++;
+  size_t temp = 0, arr = ((size_t)nids * 4 + 255) / 256 * 256;
+  CU_CHECK(cub::DeviceRadixSort::SortPairs(NULL, temp, (const uint32_t *)NULL, (uint32_t *)NULL, (const int32_t *)NULL,
+                                           (int32_t *)NULL, (int)nids, 0, bits, s));
+  char *mem = (char *)k_scratch(s, 4 * arr + temp);
+  uint32_t *key = (uint32_t *)mem, *skey = (uint32_t *)(mem + arr);
+  int32_t *val = (int32_t *)(mem + 2 * arr), *sval = (int32_t *)(mem + 3 * arr);
+  embed_keys_kernel<<<k_blocks(nids, KTHREADS), KTHREADS, 0, s>>>(key, val, ids, nids, vocab, err, tag);
+  CU_LAUNCHED();
+  CU_CHECK(cub::DeviceRadixSort::SortPairs(mem + 4 * arr, temp, key, skey, val, sval, (int)nids, 0, bits, s));
+  int64_t ncb = (h + KTHREADS - 1) / KTHREADS;
+  embed_bwd_kernel<<<k_blocks(nids * ncb, 1), KTHREADS, 0, s>>>(o, skey, sval, dy, nids, vocab, h);
+  CU_LAUNCHED();
+  k_scratch_free(s, mem);
 }
 
 /* ---------------------------------------------------------------- cross-entropy */
@@ -287,7 +337,8 @@ __device__ void xent_stats(DIn x, int64_t base, int64_t v, float *red, float *ma
 }
 
 /* rowloss[r] = -log softmax(x_r)[label] (0 for a bad label) */
-__global__ void xent_kernel(float *rowloss, DIn x, const int32_t *labels, int64_t rows, int64_t v, int *err, int tag) {
+__global__ void __launch_bounds__(RTHREADS)
+    xent_kernel(float *rowloss, DIn x, const int32_t *labels, int64_t rows, int64_t v, int *err, int tag) {
   __shared__ float red[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     int32_t l = labels[r];
@@ -321,8 +372,8 @@ extern "C" void cu_xent(cudaStream_t s, DOut o, DIn logits, const int32_t *label
 
 /* dx = (softmax(x) - onehot(label)) * dy[0] / rows, as the CPU's k_xent_bwd:
    e^(x - max) * (scale / sum), then scale off at the label */
-__global__ void xent_bwd_kernel(DOut dx, DIn x, const int32_t *labels, DIn dy, int64_t rows, int64_t v, int *err,
-                                int tag) {
+__global__ void __launch_bounds__(RTHREADS)
+    xent_bwd_kernel(DOut dx, DIn x, const int32_t *labels, DIn dy, int64_t rows, int64_t v, int *err, int tag) {
   __shared__ float red[32];
   float scale = ld(dy, 0) / (float)rows;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -352,22 +403,11 @@ extern "C" void cu_xent_bwd(cudaStream_t s, DOut dx, DIn logits, const int32_t *
 
 /* ---------------------------------------------------------------- mse */
 
-/* o[0] = mean of (p - t)^2, in double (one block: the loss of a small output) */
-__global__ void __launch_bounds__(1024) mse_kernel(DOut o, DIn p, DIn t, int64_t n) {
-  __shared__ double red[32];
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    double d = (double)ld(p, i) - ld(t, i);
-    s += d * d;
-  }
-  s = block_sum_d(s, red);
-  if (threadIdx.x == 0) st(o, 0, (float)(s / (double)n));
-}
-
+/* o[0] = mean of (p - t)^2, in double: reduce.cu's chunked row reduction
+   (many blocks, the chunks combined in order), not one block for any n */
 extern "C" void cu_mse(cudaStream_t s, DOut o, DIn p, DIn t, int64_t n) {
   if (n <= 0) return;
-  mse_kernel<<<1, 1024, 0, s>>>(o, p, t, n);
-  CU_LAUNCHED();
+  k_mse(s, o, p, t, n);
 }
 
 __global__ void __launch_bounds__(KTHREADS) mse_bwd_kernel(DOut dp, DIn p, DIn t, DIn dy, int64_t n) {
@@ -393,14 +433,29 @@ typedef struct Route {
   int32_t *choice; /* [T, topk] */
 } Route;
 
+/* The CPU's sum_lanes (kernels.c) exactly: 16 float lanes, the tail and
+   then the lanes added in double. The routing's probabilities must be the
+   CPU's to the bit: a top-k tie, or a near tie, decides a token's expert. */
+__device__ double sum_lanes(const float *x, int64_t n) {
+  float lane[16] = {0};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+#pragma unroll
+    for (int k = 0; k < 16; k++) lane[k] += x[j + k];
+  double s = 0;
+  for (; j < n; j++) s += x[j];
+#pragma unroll
+  for (int k = 0; k < 16; k++) s += lane[k];
+  return s;
+}
+
 /* a thread per token: its softmax as the CPU's k_softmax, then its choices */
 __global__ void __launch_bounds__(KTHREADS) moe_choose_kernel(Route rt, DIn logits, int64_t T, int64_t E, int topk) {
   for (int64_t t = k_tid(); t < T; t += k_stride()) {
     float m = ld(logits, t * E), *p = rt.prob + t * E;
     for (int64_t e = 1; e < E; e++) m = fmaxf(m, ld(logits, t * E + e));
-    double s = 0;
-    for (int64_t e = 0; e < E; e++) p[e] = km_exp(ld(logits, t * E + e) - m), s += p[e];
-    float inv = (float)(1.0 / s);
+    for (int64_t e = 0; e < E; e++) p[e] = km_exp(ld(logits, t * E + e) - m);
+    float inv = (float)(1.0 / sum_lanes(p, E));
     for (int64_t e = 0; e < E; e++) p[e] *= inv;
     for (int k = 0; k < topk; k++) {
       int64_t best = -1;
@@ -414,16 +469,31 @@ __global__ void __launch_bounds__(KTHREADS) moe_choose_kernel(Route rt, DIn logi
   }
 }
 
-/* one block, a thread per expert, scanning the choices in the CPU's order */
-__global__ void moe_slot_kernel(Route rt, int64_t T, int64_t E, int64_t cap, int topk) {
-  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
+/* A block per expert: the choices in the CPU's order (level k, then token
+   t: q = k * T + t) in tiles of the block's threads; a choice of this
+   expert takes as its slot the count of those before it (ballots within a
+   warp, the warps' counts in shared memory). */
+__global__ void __launch_bounds__(1024) moe_slot_kernel(Route rt, int64_t T, int64_t E, int64_t cap, int topk) {
+  __shared__ int wsum[32];
+  int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = blockDim.x / 32;
+  int64_t total = T * topk;
+  for (int64_t e = blockIdx.x; e < E; e += gridDim.x) {
     int64_t count = 0;
-    for (int k = 0; k < topk; k++)
-      for (int64_t t = 0; t < T; t++)
-        if (rt.choice[t * topk + k] == e) {
-          if (count < cap) rt.slot[t * E + e] = (int32_t)count;
-          count++;
-        }
+    for (int64_t q0 = 0; q0 < total; q0 += blockDim.x) { /* the same trip count in every thread */
+      int64_t q = q0 + threadIdx.x, k = q / T, t = q % T;
+      bool hit = q < total && rt.choice[t * topk + k] == e;
+      unsigned b = __ballot_sync(0xffffffffu, hit); /* blockDim is a multiple of 32: all lanes here */
+      __syncthreads();                              /* the previous tile's readers of wsum are done */
+      if (lane == 0) wsum[w] = __popc(b);
+      __syncthreads();
+      int64_t before = count + __popc(b & ((1u << lane) - 1u)), tile = 0;
+      for (int i = 0; i < nw; i++) {
+        if (i < w) before += wsum[i];
+        tile += wsum[i];
+      }
+      if (hit && before < cap) rt.slot[t * E + e] = (int32_t)before;
+      count += tile;
+    }
   }
 }
 
@@ -435,7 +505,8 @@ static Route moe_route(cudaStream_t s, DIn logits, int64_t T, int64_t E, int64_t
   CU_CHECK(cudaMemsetAsync(rt.slot, 0xff, sizeof(int32_t) * (size_t)(T * E), s)); /* all -1 */
   moe_choose_kernel<<<k_blocks(T, KTHREADS), KTHREADS, 0, s>>>(rt, logits, T, E, topk);
   CU_LAUNCHED();
-  moe_slot_kernel<<<1, (int)(E < 1024 ? (E + 31) / 32 * 32 : 1024), 0, s>>>(rt, T, E, cap, topk);
+  int64_t q = T * topk;
+  moe_slot_kernel<<<k_blocks(E, 1), (int)(q < 1024 ? (q + 31) / 32 * 32 : 1024), 0, s>>>(rt, T, E, cap, topk);
   CU_LAUNCHED();
   return rt;
 }
