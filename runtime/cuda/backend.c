@@ -64,7 +64,7 @@ typedef struct Cu {
   int64_t staging_peak;        /* the most staging held at once */
   cublasLtHandle_t lt;
   void *ws;               /* the cuBLASLt workspace */
-  void *scratch;          /* einsum copies, row losses, embedding sums */
+  void *scratch;          /* einsum copies, row losses */
   int64_t scratch_bytes;  /* the most any instruction needs */
   CuEinsum **plans[2];    /* [init?][instruction] */
   CuEinsum **shapes;      /* one plan per product */
@@ -232,7 +232,7 @@ static void run_embed_bwd(Cu *c, const Instr *in, int tag, const StepInfo *si) {
   (void)si;
   int o = in->out;
   cu_embed_bwd(St(c), O(c, o), A(c, in->in[0]), I(c, in->in[1]), N(c, in->in[0]), S(c, o)->d[0], S(c, o)->d[1],
-               bf(c, o) ? c->scratch : NULL, err_word(c), tag);
+               err_word(c), tag);
 }
 static void run_xent(Cu *c, const Instr *in, int tag, const StepInfo *si) {
   (void)si;
@@ -394,10 +394,9 @@ static CuEinsum *plan_for(Cu *c, const Instr *in, int64_t *scratch, char *why, s
 }
 
 /* Device scratch instruction `in` needs besides einsum copies: per-row
-   losses of a cross-entropy, f32 sums of a bf16 embedding gradient. */
+   losses of a cross-entropy. */
 static int64_t scratch_of(const Cu *c, const Instr *in) {
   if (in->op == OP_XENT) return rows_of(c, in->in[0]) * (int64_t)sizeof(float);
-  if (in->op == OP_EMBED_BWD && bf(c, in->out)) return N(c, in->out) * (int64_t)sizeof(float);
   return 0;
 }
 

@@ -99,10 +99,10 @@ void cu_norm_bwd_g(cudaStream_t s, DOut dg, DIn x, DIn dy, int64_t rows, int64_t
    `tag` in *err and its row is left as zeros */
 void cu_embed(cudaStream_t s, DOut o, DIn table, const int32_t *ids, int64_t nids, int64_t vocab, int64_t h, int *err,
               int tag);
-/* the table's gradient (o zeroed first, rows accumulated in f32 through
-   `acc`, a device buffer of vocab * h floats when o is bf16, else NULL) */
-void cu_embed_bwd(cudaStream_t s, DOut o, const int32_t *ids, DIn dy, int64_t nids, int64_t vocab, int64_t h,
-                  float *acc, int *err, int tag);
+/* the table's gradient: each id's rows of dy summed in f32 in token order
+   (as the CPU does; the tokens sorted by id on the device), stored once */
+void cu_embed_bwd(cudaStream_t s, DOut o, const int32_t *ids, DIn dy, int64_t nids, int64_t vocab, int64_t h, int *err,
+                  int tag);
 /* the mean over rows of -log softmax(x)[label] into o[0]; `rowloss` is a
    device buffer of `rows` floats */
 void cu_xent(cudaStream_t s, DOut o, DIn logits, const int32_t *labels, int64_t rows, int64_t v, float *rowloss,
