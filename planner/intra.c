@@ -49,6 +49,7 @@
  * because its row and column sums are then 0 or 1 with one 1 each. */
 #include <float.h>
 #include <glpk.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -599,7 +600,16 @@ typedef struct Problem {
   int nvars, capvars;
   Edge *edges;
   int nedges, capedges;
+  Strategy **strat; /* node -> its strategy under each strategy of its variable (strategy_of), once known */
+  PtrVec self;      /* SelfCost: edges between a variable and itself, as costs on its strategies */
+  bool edges_made;
 } Problem;
+
+/* An edge within one variable: what it adds to each strategy's cost. */
+typedef struct SelfCost {
+  int x;
+  double *add;
+} SelfCost;
 
 /* "layers.7.attn.x" -> "layers.*.attn.x": the name shared by a node's
  * counterparts in other iterations. */
@@ -626,6 +636,7 @@ static Spec layout_of(const Problem *P, int u, int s);
 
 /* The strategy node v runs with when its variable takes strategy s. */
 static Strategy strategy_of(const Problem *P, int v, int s) {
+  if (P->strat && P->strat[v]) return P->strat[v][s];
   const Var *x = &P->vars[P->C.var[v]];
   if (P->C.main_in[v] < 0) return x->st[s];
   Spec in = layout_of(P, P->C.main_in[v], s); /* followers: same layout as the main input */
@@ -640,6 +651,24 @@ static Spec layout_of(const Problem *P, int u, int s) {
   Strategy st = strategy_of(P, u, s);
   const OpModel *m = &P->model[u];
   return tensor_spec(m, m->nt - 1, &st);
+}
+
+/* Every node's strategies, kept: a follower's comes from its main input's
+ * layout, along chains of followers, and the costs, edges and plan ask for
+ * them many times. Inputs come first, so each chain is walked once. */
+static void keep_strategies(Problem *P) {
+  const Graph *g = P->C.g;
+  Strategy **memo = arena_alloc(sizeof(Strategy *) * (size_t)(g->nfwd + 1));
+  for (int v = 0; v < g->nfwd; v++) {
+    memo[v] = NULL;
+    if (P->C.var[v] < 0) continue;
+    int ns = P->vars[P->C.var[v]].ns;
+    Strategy *st = arena_alloc(sizeof(Strategy) * (size_t)(ns + 1));
+    for (int s = 0; s < ns; s++) st[s] = strategy_of(P, v, s);
+    P->strat = memo; /* the nodes before v are kept */
+    memo[v] = st;
+  }
+  P->strat = memo;
 }
 
 static bool can_follow(OpKind op) {
@@ -788,6 +817,17 @@ static bool build_vars(Problem *P, FILE *err) {
   return add_layout_vars(P);
 }
 
+/* The edges within a variable, added to its strategies' costs (in the
+ * order they were made). */
+static void add_self_costs(Problem *P) {
+  for (int i = 0; i < P->self.n; i++) {
+    const SelfCost *sc = P->self.v[i];
+    for (int s = 0; s < P->vars[sc->x].ns; s++) P->vars[sc->x].cost[s] += sc->add[s];
+  }
+}
+
+/* Each variable's strategies' compute, communication and memory at the
+ * problem's ZeRO stage; the edges within variables are added when made. */
 static void add_costs(Problem *P) {
   const Graph *g = P->C.g;
   for (int x = 0; x < P->nvars; x++)
@@ -803,6 +843,7 @@ static void add_costs(Problem *P) {
       x->mem[s] += acc.mp + acc.mg + acc.mo + acc.ma;
     }
   }
+  add_self_costs(P);
 }
 
 static int spec_class(Spec *list, int *n, const Spec *s) {
@@ -819,8 +860,11 @@ static int spec_class(Spec *list, int *n, const Spec *s) {
 static void add_edge(Problem *P, int xu, int xv, const Spec *lu, const Spec *lv, const char *key, double bytes) {
   const Var *U = &P->vars[xu], *V = &P->vars[xv];
   if (xu == xv) {
+    SelfCost *sc = arena_alloc(sizeof(SelfCost));
+    sc->x = xu, sc->add = arena_alloc(sizeof(double) * (size_t)(U->ns + 1));
     for (int s = 0; s < U->ns; s++)
-      P->vars[xu].cost[s] += reshard(&P->C, &lu[s], &lv[s], bytes) + reshard(&P->C, &lv[s], &lu[s], bytes);
+      sc->add[s] = reshard(&P->C, &lu[s], &lv[s], bytes) + reshard(&P->C, &lv[s], &lu[s], bytes);
+    ptrvec_push(&P->self, sc);
     return;
   }
   Edge *e = NULL;
@@ -928,6 +972,128 @@ static void search_callback(glp_tree *tree, void *info) {
   if (why == GLP_ISELECT && s->node_limit > 0 && ++s->nodes > s->node_limit) glp_ios_terminate(tree);
 }
 
+/* Warm starts. The search solves the same problem structure many times:
+ * a stage on a submesh at each microbatch count, and spans whose layers
+ * share variables (the problem does not grow with depth), differ only in
+ * their costs and memory coefficients. The LP relaxation's optimal basis of
+ * one is a good start for the next (dual simplex from it takes a fraction
+ * of the iterations of a cold start), so the bases are kept, by a hash of
+ * the problem's structure (variables' strategy counts, edges' endpoints and
+ * layout classes: every coefficient but the memory row's and the costs).
+ * A basis that does not fit or fails falls back to a cold start. */
+enum { BASES = 64 };
+
+typedef struct Basis {
+  uint64_t key;
+  int m, n;
+  unsigned char *stat; /* rows then columns: GLP_BS, GLP_NL, ... */
+} Basis;
+
+static Basis bases[BASES];
+static int bases_next;
+static bool warm;
+
+void plan_warm_starts(bool on) {
+  warm = on;
+  if (on) return;
+  for (int i = 0; i < BASES; i++) free(bases[i].stat), bases[i] = (Basis){0};
+  bases_next = 0;
+}
+
+static uint64_t structure_key(const Problem *P, int nrows, int ncols) {
+  int head[3] = {nrows, ncols, P->nvars};
+  uint64_t h = hash_bytes(head, sizeof head, 1469598103934665603ull);
+  for (int x = 0; x < P->nvars; x++) h = hash_bytes(&P->vars[x].ns, sizeof(int), h);
+  for (int e = 0; e < P->nedges; e++) {
+    const Edge *E = &P->edges[e];
+    int ends[4] = {E->u, E->v, E->nl, E->nm};
+    h = hash_bytes(ends, sizeof ends, h);
+    h = hash_bytes(E->cu, sizeof(int) * (size_t)P->vars[E->u].ns, h);
+    h = hash_bytes(E->cv, sizeof(int) * (size_t)P->vars[E->v].ns, h);
+  }
+  return h;
+}
+
+static Basis *basis_find(uint64_t key) {
+  if (!warm) return NULL;
+  for (int i = 0; i < BASES; i++)
+    if (bases[i].stat && bases[i].key == key) return &bases[i];
+  return NULL;
+}
+
+static void basis_keep(glp_prob *lp, uint64_t key) {
+  if (!warm) return;
+  int m = glp_get_num_rows(lp), n = glp_get_num_cols(lp);
+  Basis *b = basis_find(key);
+  if (!b || b->m != m || b->n != n) {
+    if (!b) b = &bases[bases_next], bases_next = (bases_next + 1) % BASES;
+    free(b->stat);
+    *b = (Basis){key, m, n, xmalloc((size_t)(m + n))};
+  }
+  for (int i = 1; i <= m; i++) b->stat[i - 1] = (unsigned char)glp_get_row_stat(lp, i);
+  for (int j = 1; j <= n; j++) b->stat[m + j - 1] = (unsigned char)glp_get_col_stat(lp, j);
+}
+
+/* What became of the LP relaxation: GLPK's presolver is to solve it (it
+ * failed here), it is solved (optimal), or its bound reached the cutoff. */
+enum { LP_FAILED, LP_OPTIMAL, LP_ABOVE };
+
+/* The LP relaxation, scaled, from a kept basis of the same structure when
+ * there is one (dual simplex, stopped once its objective, a bound that only
+ * rises, passes the cutoff), otherwise from GLPK's advanced basis (primal
+ * simplex, as glp_intopt's presolver does). */
+static int relaxation_from(glp_prob *lp, uint64_t key, glp_smcp *sm, double cutoff) {
+  glp_scale_prob(lp, GLP_SF_AUTO);
+  const Basis *b = basis_find(key);
+  int m = glp_get_num_rows(lp), n = glp_get_num_cols(lp);
+  if (b && b->m == m && b->n == n) {
+    for (int i = 1; i <= m; i++) glp_set_row_stat(lp, i, b->stat[i - 1]);
+    for (int j = 1; j <= n; j++) glp_set_col_stat(lp, j, b->stat[m + j - 1]);
+    sm->meth = GLP_DUALP;
+    sm->it_lim = m; /* a warm start takes a fraction of this; more means it stalls (it can cycle) */
+    sm->obj_ul = cutoff > 0 ? cutoff : DBL_MAX;
+    int rc = glp_simplex(lp, sm);
+    if (rc == GLP_EOBJUL) return LP_ABOVE;
+    if (rc == 0 && glp_get_status(lp) == GLP_OPT) {
+      basis_keep(lp, key);
+      return cutoff > 0 && glp_get_obj_val(lp) >= cutoff ? LP_ABOVE : LP_OPTIMAL;
+    }
+    sm->meth = GLP_PRIMAL, sm->it_lim = INT_MAX, sm->obj_ul = DBL_MAX;
+  }
+  glp_adv_basis(lp, 0);
+  if (glp_simplex(lp, sm) != 0 || glp_get_status(lp) != GLP_OPT) return LP_FAILED;
+  basis_keep(lp, key);
+  return cutoff > 0 && glp_get_obj_val(lp) >= cutoff ? LP_ABOVE : LP_OPTIMAL;
+}
+
+static int solve_relaxation(glp_prob *lp, uint64_t key, int tm_lim, double cutoff) {
+  glp_smcp sm;
+  glp_init_smcp(&sm);
+  sm.msg_lev = GLP_MSG_OFF;
+  sm.tm_lim = tm_lim;
+  int was = glp_term_out(GLP_OFF); /* scaling and the advanced basis talk on stdout */
+  int r = relaxation_from(lp, key, &sm, cutoff);
+  glp_term_out(was);
+  return r;
+}
+
+/* The branch and bound. With warm starts, from the LP relaxation solved
+ * here when it is optimal, and none when the relaxation's bound already
+ * reaches the cutoff (*cut); otherwise (and without warm starts) through
+ * GLPK's presolver, which also reports an infeasible or unbounded
+ * relaxation. */
+static int integer_search(glp_prob *lp, glp_iocp *parm, uint64_t key, double cutoff, bool *cut) {
+  double t0 = now_seconds();
+  int r = warm ? solve_relaxation(lp, key, parm->tm_lim, cutoff) : LP_FAILED;
+  if (r == LP_ABOVE) return *cut = true, GLP_ESTOP;
+  parm->presolve = r == LP_OPTIMAL ? GLP_OFF : GLP_ON;
+  int limit = parm->tm_lim;
+  parm->tm_lim = (int)fmax(1, limit - (now_seconds() - t0) * 1000);
+  int rc = glp_intopt(lp, parm);
+  parm->tm_lim = limit;
+  return rc;
+}
+
 /* Builds and solves the ILP; with minimise_memory, the objective is the
  * memory sum instead and the memory row is left out (used to explain an
  * infeasible problem). */
@@ -1008,22 +1174,22 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
    * costs seconds on large problems; a search keeps the first pass's plan
    * if it has one. */
   enum { FIRST_NODES = 500 };
+  uint64_t key = structure_key(P, nrows, ncols);
   glp_iocp parm;
   glp_init_iocp(&parm);
-  parm.presolve = GLP_ON;
   parm.msg_lev = GLP_MSG_OFF;
   parm.tm_lim = (int)fmin(time_limit * 1000, 2e9);
   parm.mip_gap = 1e-6;
   Search search = {.gap = 1, .cutoff = cutoff, .node_limit = node_limit > 0 ? node_limit : FIRST_NODES};
   parm.cb_func = search_callback;
   parm.cb_info = &search;
-  int rc = glp_intopt(lp, &parm);
+  int rc = integer_search(lp, &parm, key, cutoff, &search.cut);
   bool stopped = rc == GLP_ESTOP, found = glp_mip_status(lp) == GLP_FEAS;
   if (stopped && !search.cut && !(node_limit > 0 && found)) {
     parm.fp_heur = GLP_ON;
     parm.tm_lim = (int)fmax(1, parm.tm_lim - (now_seconds() - t0) * 1000);
     search = (Search){.gap = 1, .cutoff = cutoff, .node_limit = node_limit};
-    rc = glp_intopt(lp, &parm);
+    rc = integer_search(lp, &parm, key, cutoff, &search.cut);
   }
   S.gap = search.gap, S.cut = search.cut;
   int status = glp_mip_status(lp);
@@ -1270,6 +1436,18 @@ static void dump_problem(const Problem *P, const Solution *S, FILE *out) {
   }
 }
 
+/* A lower bound on the objective: each variable's cheapest strategy (the
+ * edges' resharding costs are never negative). */
+static double least_cost(const Problem *P) {
+  double sum = 0;
+  for (int x = 0; x < P->nvars; x++) {
+    double least = P->vars[x].cost[0];
+    for (int s = 1; s < P->vars[x].ns; s++) least = fmin(least, P->vars[x].cost[s]);
+    sum += least;
+  }
+  return sum;
+}
+
 /* The least memory of any plan: the memory row is the only one that couples
  * the variables' choices (the edge variables follow any choice), so the
  * problem is feasible exactly when this fits. */
@@ -1288,16 +1466,25 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
   Problem P = {0};
   P.C.g = g, P.C.me = me, P.C.o = o, P.C.act_bytes = o->mixed ? 2 : 4;
   if (!build_vars(&P, err)) return NULL;
+  keep_strategies(&P);
   int lo = o->zero >= 0 ? o->zero : 0, hi = o->zero >= 0 ? o->zero : 3;
   Solution S = {0};
   last_cut = false;
   for (int z = lo; z <= hi; z++) {
     P.C.zero = z;
     add_costs(&P);
-    add_edges(&P);
     if (least_memory(&P) > me->memory) { /* no plan fits at this ZeRO stage: no need to ask the solver */
       S = (Solution){0};
       continue;
+    }
+    if (!P.edges_made) { /* the resharding costs do not depend on the ZeRO stage: made once */
+      add_edges(&P);
+      add_self_costs(&P);
+      P.edges_made = true;
+    }
+    if (o->cutoff > 0 && least_cost(&P) >= o->cutoff) { /* it fits, but cannot beat the cutoff: no solve */
+      last_cut = true;
+      return NULL;
     }
     S = solve(&P, me->memory, o->time_limit > 0 ? o->time_limit : 60, o->node_limit, o->cutoff, false);
     if (S.cut) { /* it fits (this is its ZeRO stage) but cannot beat the cutoff */
@@ -1320,6 +1507,7 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
     }
   }
   if (!S.feasible) {
+    if (!o->quiet && !P.edges_made) add_edges(&P);
     if (!o->quiet)
       explain_infeasible(&P, me, err); /* searches skip the explanation: it is another ILP */
     else

@@ -14,8 +14,14 @@
  * simulated with those times and with point-to-point transfers of the stage
  * boundaries; the best B wins. The search is pruned by bounds, not capped:
  * a step takes at least B times a stage's objective (its B microbatches
- * and its sync), so once a plan is found, a stage whose FLOPs alone, or
- * whose ILP's LP bound, rule that out is dropped unsolved or mid-solve.
+ * and its sync), so once a plan is found, a stage whose FLOPs alone, its
+ * cheapest strategies, or its ILP's LP bound rule that out is dropped
+ * unsolved or mid-solve. The DP itself is run on lower bounds (FLOPs at the
+ * cost model's rate) for the stages not yet planned, and plans only the
+ * stages of the plan it picks, until that plan's stages are all planned
+ * (known_cost): the same optimum, with far fewer stage plans. The ILPs of
+ * one search warm-start from the last basis of the same structure
+ * (plan_warm_starts).
  *
  * On clusters of more than 16 devices the DP is restricted (composed span
  * costs, whole nodes, at most MAXGROUPS stages), so the search also tries
@@ -36,6 +42,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "planner.h"
 
@@ -81,6 +88,7 @@ typedef struct Ctx {
   double cutoff;          /* the best step found so far, 0 if none: a stage B times slower cannot help */
   bool compose;           /* search with composed span costs (large clusters) */
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
+  double *flops;          /* [i][j]: a span's einsum FLOPs per microbatch (stage_flops); NAN: not yet */
   const Plan **plan;
   int ilps;
 } Ctx;
@@ -119,30 +127,43 @@ static uint64_t signature(const Graph *g) {
   return h;
 }
 
+/* Einsum FLOPs of a stage graph per microbatch as the cost model counts
+ * them: the forward, and one more product per input whose gradient is
+ * needed (it depends on a parameter). */
+static double stage_flops(const Graph *sg) {
+  bool *dep = arena_alloc(sizeof(bool) * (size_t)sg->n);
+  double flops = 0;
+  for (int v = 0; v < sg->n; v++) {
+    const Node *n = sg->nodes[v];
+    int ngrad = 0;
+    dep[v] = n->op == OP_PARAM;
+    for (int k = 0; k < n->nin; k++) dep[v] |= dep[n->in[k]], ngrad += dep[n->in[k]];
+    if (n->op == OP_EINSUM) flops += node_flops(sg, n) * (1 + ngrad);
+  }
+  return flops;
+}
+
+/* A lower bound on a stage's time per microbatch, without solving: its
+ * FLOPs on its devices at the cost model's best rate. -1 when the stage
+ * cannot be used: on large clusters a node of it would get less than a
+ * sample, or B microbatches at that rate already take the best step found. */
+static double stage_bound(Ctx *c, int i, int j, int k) {
+  if (c->D > 16 && c->batch > 0 && c->batch / c->B < c->sub[k].nodes)
+    return -1; /* large clusters: each node of a stage gets a sample at least (see balanced_search) */
+  double *f = &c->flops[i * c->G + j];
+  if (isnan(*f)) *f = stage_flops(stage_graph(c->g, c->group, i, j));
+  double peak = c->po->mixed && c->cl->flops_bf16 > 0 ? c->cl->flops_bf16 : c->cl->flops_f32;
+  double t = *f / (gemm_best_efficiency(c->cl, c->po->mixed) * peak * c->sub[k].devices);
+  return c->cutoff > 0 && c->B * t >= c->cutoff ? -1 : t;
+}
+
 static double exact_cost(Ctx *c, int i, int j, int k) {
   size_t x = idx(c, i, j, k);
   if (!isnan(c->t[x])) return c->t[x];
-  if (c->D > 16 && c->batch > 0 && c->batch / c->B < c->sub[k].nodes)
-    return c->t[x] = -1; /* large clusters: each node of a stage gets a sample at least (see balanced_search) */
-  int most = c->D / c->sub[k].devices; /* stages a pipeline could still have */
+  if (stage_bound(c, i, j, k) < 0) return c->t[x] = -1; /* no solve needed to rule it out */
+  int most = c->D / c->sub[k].devices;                  /* stages a pipeline could still have */
   int inflight = c->B < most ? c->B : most;
   Graph *sg = stage_graph(c->g, c->group, i, j);
-  if (c->cutoff > 0) { /* B microbatches of this stage alone, at the cost model's rate, already lose */
-    /* einsum FLOPs as the cost model counts them: the forward, and one more
-       product per input whose gradient is needed (it depends on a parameter) */
-    bool *dep = arena_alloc(sizeof(bool) * (size_t)sg->n);
-    double flops = 0;
-    for (int v = 0; v < sg->n; v++) {
-      const Node *n = sg->nodes[v];
-      int ngrad = 0;
-      dep[v] = n->op == OP_PARAM;
-      for (int k = 0; k < n->nin; k++) dep[v] |= dep[n->in[k]], ngrad += dep[n->in[k]];
-      if (n->op == OP_EINSUM) flops += node_flops(sg, n) * (1 + ngrad);
-    }
-    double peak = c->po->mixed && c->cl->flops_bf16 > 0 ? c->cl->flops_bf16 : c->cl->flops_f32;
-    if (c->B * flops / (gemm_best_efficiency(c->cl, c->po->mixed) * peak * c->sub[k].devices) >= c->cutoff)
-      return c->t[x] = -1;
-  }
   int64_t what[4] = {c->sub[k].nodes, c->sub[k].per_node, inflight, c->B};
   uint64_t key = hash_bytes(what, sizeof what, signature(sg));
   for (int y = 0; y < c->cache->n; y++) {
@@ -210,6 +231,37 @@ static double span_cost(void *vctx, int i, int j, int k) {
   }
   c->sync[x] = sync, c->mem[x] = mem, c->plan[x] = NULL;
   return c->t[x] = mem > c->cl->memory ? -1 : t;
+}
+
+/* What the stage DP is told of a stage before it is planned: its lower
+ * bound (stage_bound; a composed span: its groups' costs or bounds), and
+ * once planned, its cost. The DP is run on these until the stages it picks
+ * are all planned: a plan it then returns is optimal for the planned costs
+ * too, since every other plan's total is at least its total under the
+ * bounds. So only stages of plans that could still win are ever solved. */
+static double known_cost(void *vctx, int i, int j, int k) {
+  Ctx *c = vctx;
+  size_t x = idx(c, i, j, k);
+  if (!isnan(c->t[x])) return c->t[x];
+  if (!c->compose || i == j) return stage_bound(c, i, j, k);
+  double t = 0;
+  bool planned = true;
+  for (int q = i; q <= j; q++) {
+    double tq = known_cost(c, q, q, k);
+    if (tq < 0) return -1;
+    t += tq, planned &= !isnan(c->t[idx(c, q, q, k)]);
+  }
+  return planned ? span_cost(c, i, j, k) : t;
+}
+
+/* Plans the stages the DP picked that are not planned yet; true if all
+ * already were. */
+static bool all_planned(Ctx *c, const Stage *st, int ns) {
+  bool all = true;
+  for (int s = 0; s < ns; s++)
+    if (isnan(c->t[idx(c, st[s].first, st[s].last, st[s].submesh)]))
+      span_cost(c, st[s].first, st[s].last, st[s].submesh), all = false;
+  return all;
 }
 
 /* TFLOP/s per device and MFU of a finished plan (model FLOPs over the step). */
@@ -468,22 +520,37 @@ typedef struct Search {
   double t0;
   int64_t batch;
   int *micro, nmicro; /* the microbatch counts searched: every divisor of the batch */
-  bool drawn;         /* a status line is on the terminal */
+  bool tty;           /* progress goes to a terminal (status) */
+  double shown;       /* when status last wrote, in seconds from t0 (0: never) */
 } Search;
 
-/* The search's status on a terminal (progress): one line, redrawn in place,
- * once the search has run for a second. */
+/* The search's progress, once it has run for a second: on a terminal one
+ * line (what is searched, the best plan so far, the stage plans made and
+ * the time) redrawn in place at most four times a second and cleared at the
+ * end (status_end); elsewhere a plain line every five seconds at most. */
 static void status(Search *S, FILE *progress, const char *fmt, ...) {
   double t = now_seconds() - S->t0;
-  if (!progress || t < 1) return;
+  if (!progress || t < 1 || (S->shown > 0 && t - S->shown < (S->tty ? 0.25 : 5))) return;
+  S->shown = t;
   va_list ap;
   va_start(ap, fmt);
-  fputs("\r\033[K", progress);
+  fputs(S->tty ? "\r\033[Ksearching: " : "searching: ", progress);
   vfprintf(progress, fmt, ap);
   va_end(ap);
-  fprintf(progress, " (%d stage plans, %.1f s)", S->ilps, t);
+  if (S->best)
+    fprintf(progress, ", best %.1f TFLOP/s per device so far",
+            S->best->model_flops / S->best->step_s / cluster_devices(S->cl) * 1e-12);
+  fprintf(progress, " (%d stage plans, %.1f s)%s", S->ilps, t, S->tty ? "" : "\n");
   fflush(progress);
-  S->drawn = true;
+}
+
+static void status_end(Search *S, FILE *progress) {
+  if (!progress || S->shown <= 0) return;
+  if (S->tty)
+    fputs("\r\033[K", progress);
+  else
+    fprintf(progress, "search done: %d stage plans, %.1f s\n", S->ilps, now_seconds() - S->t0);
+  fflush(progress);
 }
 
 static const AtB *graph_at(Search *S, int B, FILE *err) {
@@ -503,6 +570,8 @@ static void cache_alloc(Ctx *c) {
   c->t = arena_alloc(sizeof(double) * cells), c->sync = arena_alloc(sizeof(double) * cells);
   c->mem = arena_alloc(sizeof(double) * cells), c->plan = arena_alloc(sizeof(Plan *) * cells);
   for (size_t i = 0; i < cells; i++) c->t[i] = NAN;
+  c->flops = arena_alloc(sizeof(double) * (size_t)c->G * (size_t)c->G);
+  for (int i = 0; i < c->G * c->G; i++) c->flops[i] = NAN;
 }
 
 /* Keeps pp if it is the fastest so far. */
@@ -533,17 +602,19 @@ static Ctx search_ctx(Search *S, const AtB *a, int groups) {
 }
 
 /* The stage DP at B microbatches (groups of layers x submeshes). */
-static void dp_at(Search *S, const AtB *a, FILE *progress) {
+static void dp_at(Search *S, const AtB *a) {
   Ctx c = search_ctx(S, a, MAXGROUPS);
   submeshes(&c);
   c.compose = c.D > 16;
   cache_alloc(&c);
   int devs[MAXSUB];
   for (int k = 0; k < c.nsub; k++) devs[k] = c.sub[k].devices / c.unit;
-  StageProblem sp = {c.G, c.nsub, devs, c.D / c.unit, a->B, span_cost, &c};
+  StageProblem sp = {c.G, c.nsub, devs, c.D / c.unit, a->B, known_cost, &c};
   Stage st[MAXGROUPS];
   int ns = 0;
-  double total = stage_dp(&sp, st, &ns);
+  double total;
+  do total = stage_dp(&sp, st, &ns);
+  while (total >= 0 && !all_planned(&c, st, ns));
   PipelinePlan *pp = NULL;
   if (total >= 0) {
     FILE *quiet = fopen("/dev/null", "w"); /* a microbatch count that fails is just not chosen */
@@ -552,7 +623,6 @@ static void dp_at(Search *S, const AtB *a, FILE *progress) {
   }
   S->ilps += c.ilps;
   consider(S, pp, a);
-  status(S, progress, "stage DP at %d microbatches: best step %.4g s", a->B, S->best ? S->best->step_s : 0.0);
 }
 
 /* A balanced pipeline: p stages of equal layer counts (as near as the
@@ -630,7 +700,7 @@ static void balanced_search(Search *S, int fixed_B, FILE *progress, FILE *err) {
     if (!a) return;
     balanced_at(S, a, cand[i].p);
     tried++;
-    status(S, progress, "balanced pipelines: %d of %d tried", tried, n);
+    status(S, progress, "balanced pipelines, %d of %d candidates", tried, n);
   }
 }
 
@@ -647,6 +717,28 @@ static void micro_counts(Search *S) {
       if (b % B == 0 && ((B & (B - 1)) == 0) == pow2) S->micro[S->nmicro++] = (int)B;
 }
 
+/* The balanced pipelines (large clusters), then the stage DP at each
+ * microbatch count: the best plan, or NULL (said on err). */
+static PipelinePlan *search(Search *S, int fixed_B, FILE *progress, FILE *err) {
+  if (!graph_at(S, 1, err)) return NULL;
+  /* on large clusters the balanced pipelines first: their best step cuts
+     off every stage the DP would try that is too slow to beat it */
+  if (cluster_devices(S->cl) > 16 && S->batch > 0) balanced_search(S, fixed_B, progress, err);
+  /* the stage DP at the microbatch count asked for, or at every count */
+  for (int m = 0; m < S->nmicro; m++) {
+    if (fixed_B > 0 && S->micro[m] != fixed_B) continue;
+    const AtB *a = graph_at(S, S->micro[m], err);
+    if (!a) return NULL;
+    dp_at(S, a);
+    status(S, progress, "stage DP, %d of %d microbatch counts", fixed_B > 0 ? 1 : m + 1, fixed_B > 0 ? 1 : S->nmicro);
+  }
+  status_end(S, progress);
+  if (!S->best)
+    fprintf(err, "carve: error: no pipeline plan fits the %d devices of %s at any microbatch count tried\n",
+            cluster_devices(S->cl), S->cl->name);
+  return S->best;
+}
+
 PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
                             int fixed_B, FILE *progress, FILE *err) {
   double t0 = now_seconds();
@@ -654,30 +746,17 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
   if (!g1) return NULL;
   int64_t batch = graph_dim(g1, "batch", 0);
   Search S = {.path = path, .eo = eo, .cl = cl, .po = po, .g1 = g1, .t0 = t0, .batch = batch};
+  S.tty = progress && isatty(fileno(progress));
   if (fixed_B > 0 && batch > 0 && batch % fixed_B) {
     fprintf(err, "carve: error: %d microbatches do not divide the batch of %lld\n", fixed_B, (long long)batch);
     return NULL;
   }
   micro_counts(&S);
   S.at = arena_alloc(sizeof(AtB) * (size_t)(S.nmicro + 1));
-  if (!graph_at(&S, 1, err)) return NULL;
-  /* on large clusters the balanced pipelines first: their best step cuts
-     off every stage the DP would try that is too slow to beat it */
-  if (cluster_devices(cl) > 16 && batch > 0) balanced_search(&S, fixed_B, progress, err);
-  /* the stage DP at the microbatch count asked for, or at every count */
-  for (int m = 0; m < S.nmicro; m++) {
-    if (fixed_B > 0 && S.micro[m] != fixed_B) continue;
-    const AtB *a = graph_at(&S, S.micro[m], err);
-    if (!a) return NULL;
-    dp_at(&S, a, progress);
-  }
-  if (S.drawn) status(&S, progress, "search done: best step %.4g s", S.best ? S.best->step_s : 0.0);
-  PipelinePlan *best = S.best;
-  if (!best) {
-    fprintf(err, "carve: error: no pipeline plan fits the %d devices of %s at any microbatch count tried\n",
-            cluster_devices(cl), cl->name);
-    return NULL;
-  }
+  plan_warm_starts(true);
+  PipelinePlan *best = search(&S, fixed_B, progress, err);
+  plan_warm_starts(false);
+  if (!best) return NULL;
   best->ilps = S.ilps;
   best->search_s = now_seconds() - t0;
   throughput(best, po);

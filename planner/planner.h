@@ -192,6 +192,12 @@ const IlpInstance *plan_last_instance(void);
  * but none beats PlanOptions.cutoff (then a retry with looser options that
  * cost no less is of no use either). */
 bool plan_last_cut(void);
+/* Warm starts for the ILPs of one search (on), or none (off, the default;
+ * turning them off forgets the kept bases). With them, each LP relaxation
+ * starts from the optimal basis of the last problem of the same structure:
+ * the same optimum, several times faster, but where several plans tie, the
+ * one returned may depend on what was solved before. */
+void plan_warm_starts(bool on);
 /* Minimum objective over all assignments within the memory limit, or -1 if
  * none fits; sets *combos to the number of assignments tried. */
 double ilp_brute_force(const IlpInstance *inst, double *combos);

@@ -38,8 +38,9 @@ static void help(void) {
          "  --html FILE            also write the report as one self-contained HTML page: the simulated\n"
          "                         timeline of a step, memory per device by kind against the capacity,\n"
          "                         the collectives and every tensor's sharding\n"
-         "  --quiet                no progress lines (they go to standard error, and only when it is\n"
-         "                         a terminal)\n");
+         "  --quiet                no progress (on standard error, for searches over a second: a status\n"
+         "                         line on a terminal, plain lines every few seconds elsewhere, none when\n"
+         "                         standard error is the same file as the output)\n");
 }
 
 /* "2" or, when the stages differ, "1:2" */
@@ -120,9 +121,17 @@ static PipelinePlan *plan_that_fits(const char *model_path, const ElabOptions *e
     }
     budget->memory *= 0.98 * cl->memory / most; /* as much less as the estimate fell short */
     if (progress)
-      fprintf(progress, "\nthe plan's programs need %s per device, more than the model estimated: searching with %s\n",
+      fprintf(progress, "the plan's programs need %s per device, more than the model estimated: searching with %s\n",
               fmt_bytes(most, a, sizeof a), fmt_bytes(budget->memory, b, sizeof b));
   }
+}
+
+/* Whether two streams are the same file that is not a terminal (2>&1 into
+   a file or pipe): progress there would land in the plan's output. */
+static bool same_file(FILE *a, FILE *b) {
+  struct stat x, y;
+  if (isatty(fileno(b)) || fstat(fileno(a), &x) || fstat(fileno(b), &y)) return false;
+  return x.st_dev == y.st_dev && x.st_ino == y.st_ino;
 }
 
 /* DIR/rankN.prog for every rank of a whole plan (default training options),
@@ -270,9 +279,8 @@ int cmd_plan(int argc, char **argv) {
     Manual m;
     if (manual && !manual_parse(manual, &m, stderr)) goto done;
     if (manual && microbatches) m.mb = microbatches;
-    FILE *progress = !quiet && isatty(fileno(stderr)) ? stderr : NULL; /* pipes and files stay clean */
+    FILE *progress = !quiet && !same_file(stdout, stderr) ? stderr : NULL; /* never into the plan's output */
     PipelinePlan *pp = plan_that_fits(model_resolve(model), &eo, cl, &po, manual ? &m : NULL, microbatches, progress);
-    if (progress && !manual) fputc('\n', progress);
     if (!pp) goto done;
     if (json)
       pipeline_json(pp, stdout);
