@@ -10,12 +10,18 @@
 #include <string.h>
 
 #include "../runtime/backend.h"
+#include "bad_ids.h"
 #include "harness.h"
 
 /* The CPU backend, except that it refuses gelu. */
 static const char *no_gelu(Backend *b, const Program *p, const Instr *in) {
   (void)b, (void)p;
   return in->op == OP_GELU ? "no gelu here" : NULL;
+}
+
+static Backend *open_cpu(void) {
+  char why[128];
+  return backend_open("cpu", why, sizeof why);
 }
 
 static Program *compile_text(const char *text, Precision prec) {
@@ -54,51 +60,6 @@ static void unsupported(void) {
   b->close(b);
 }
 
-/* ids drawn from [0, 1000) for a table of 8 rows */
-static void bad_ids(void) {
-  Buffer bufs[3] = {
-      {.name = "table",
-       .dtype = DT_F32,
-       .shape = {2, {8, 4}},
-       .kind = BUF_PARAM,
-       .offset = 0,
-       .bytes = 128,
-       .whole = {2, {8, 4}}},
-      {.name = "ids", .dtype = DT_I32, .shape = {1, {16}}, .kind = BUF_INPUT, .offset = 128, .bytes = 64},
-      {.name = "out", .dtype = DT_F32, .shape = {2, {16, 4}}, .kind = BUF_ACT, .offset = 192, .bytes = 256}};
-  Instr init = {.op = OP_INIT, .out = 0, .i = {INIT_NORMAL}, .f = {1}};
-  Instr step[2] = {{.op = OP_LOAD, .out = 1, .i = {SRC_TOKENS}, .f = {1000}},
-                   {.op = OP_EMBED, .out = 2, .nin = 2, .in = {0, 1}}};
-  Program p = {.model = "t",
-               .world = 1,
-               .bufs = bufs,
-               .nbufs = 3,
-               .arena_bytes = 448,
-               .init = &init,
-               .ninit = 1,
-               .step = step,
-               .nstep = 2};
-  CHECK(program_verify(&p, stderr), "the program verifies (ids are data, not program)");
-  char why[128];
-  Backend *b = backend_open(NULL, why, sizeof why);
-  CHECK(b->load(b, &p, stderr), "loads");
-  StepInfo si = {.step = 1, .data_step = 1};
-  for (int i = 0; i < 2; i++) b->exec(b, &step[i], i, false, &si);
-  StepStatus st;
-  b->synchronize(b, &st);
-  CHECK(st.error && strstr(st.error, "outside the embedding table") && st.error_instr == 1 && !st.error_init,
-        "synchronize reports the bad id at instruction 1: %s at %d", st.error ? st.error : "(none)", st.error_instr);
-  b->synchronize(b, &st);
-  CHECK(st.error == NULL, "the flag is cleared once reported");
-  b->close(b);
-  RunOptions ro = {.steps = 1, .quiet = true};
-  Runtime *rt = runtime_new(&p, &ro);
-  CHECK(rt != NULL, "runtime starts");
-  double loss;
-  CHECK(rt && runtime_step(rt, &loss) != 0, "the step fails instead of reading outside the table");
-  runtime_free(rt);
-}
-
 static void losses(Precision prec, double *out) {
   Program *p = compile_text(mlp, prec);
   RunOptions ro = {.steps = 5, .quiet = true};
@@ -126,7 +87,7 @@ static void determinism(void) {
 
 int main(void) {
   unsupported();
-  bad_ids();
+  check_bad_ids(open_cpu, "cpu");
   determinism();
   return test_summary();
 }

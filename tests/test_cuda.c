@@ -49,6 +49,7 @@
 #include <string.h>
 
 #include "../runtime/backend.h"
+#include "bad_ids.h"
 #include "harness.h"
 #include "kmath.h"
 
@@ -415,54 +416,6 @@ static void read_write(void) {
   dut->close(dut);
 }
 
-/* An embedding id out of range (test_backend.c's program) on the GPU. */
-static void bad_ids(void) {
-  Buffer bufs[3] = {
-      {.name = "table",
-       .dtype = DT_F32,
-       .shape = {2, {8, 4}},
-       .kind = BUF_PARAM,
-       .offset = 0,
-       .bytes = 128,
-       .whole = {2, {8, 4}}},
-      {.name = "ids", .dtype = DT_I32, .shape = {1, {16}}, .kind = BUF_INPUT, .offset = 128, .bytes = 64},
-      {.name = "out", .dtype = DT_F32, .shape = {2, {16, 4}}, .kind = BUF_ACT, .offset = 192, .bytes = 256}};
-  Instr init = {.op = OP_INIT, .out = 0, .i = {INIT_NORMAL}, .f = {1}};
-  Instr step[2] = {{.op = OP_LOAD, .out = 1, .i = {SRC_TOKENS}, .f = {1000}},
-                   {.op = OP_EMBED, .out = 2, .nin = 2, .in = {0, 1}}};
-  Program p = {.model = "t",
-               .world = 1,
-               .bufs = bufs,
-               .nbufs = 3,
-               .arena_bytes = 448,
-               .init = &init,
-               .ninit = 1,
-               .step = step,
-               .nstep = 2};
-  Backend *b = open_dut();
-  if (!b) return;
-  CHECK(b->load(b, &p, stderr), "the bad-id program loads on %s", dut_name);
-  StepInfo si = {.step = 1, .data_step = 1};
-  for (int i = 0; i < 2; i++) b->exec(b, &step[i], i, false, &si);
-  StepStatus st;
-  b->synchronize(b, &st);
-  CHECK(st.error && strstr(st.error, "outside the embedding table") && st.error_instr == 1 && !st.error_init,
-        "%s: synchronize reports the bad id at step instruction 1: %s at %d", dut_name, st.error ? st.error : "(none)",
-        st.error_instr);
-  b->synchronize(b, &st);
-  CHECK(st.error == NULL, "%s: the error is cleared once reported", dut_name);
-  b->close(b);
-  b = open_dut();
-  RunOptions ro = {.steps = 1, .quiet = true, .backend = b};
-  Runtime *rt = runtime_new(&p, &ro);
-  CHECK(rt != NULL, "%s: runtime starts", dut_name);
-  double loss;
-  fprintf(stderr, "(an error about instruction 1 (embed) is expected here)\n");
-  CHECK(rt && runtime_step(rt, &loss) != 0, "%s: the step fails instead of reading outside the table", dut_name);
-  runtime_free(rt);
-  b->close(b);
-}
-
 int main(int argc, char **argv) {
   bool probe = false;
   for (int i = 1; i < argc; i++) {
@@ -507,7 +460,7 @@ int main(int argc, char **argv) {
         whole_step(p, what);
       }
   read_write();
-  bad_ids();
+  check_bad_ids(open_dut, dut_name);
 
   printf("\n%-20s %7s %22s %8s\n", "op", "instrs", "max |gpu-cpu|/max|cpu|", "failed");
   for (int op = 0; op < OP_COUNT; op++) {

@@ -59,72 +59,52 @@ printf 'some text for a token file, long enough to make a few batches of it. %.0
 "$carve" compile gpt --preset gpt-tiny --set vocab=64 --layout dp=2 -o "$tmp/small" >/dev/null
 expect "data vocabulary" "vocabulary" $mpirun -np 2 "$carve" run "$tmp/small" --steps 1 --data "$tmp/text.tok"
 
-# a rank killed mid-run: the job ends within seconds, naming the rank
-"$carve" compile gpt --preset gpt-tiny --layout "pp=2,mb=2" -o "$tmp/long" >/dev/null
-$mpirun -np 2 "$carve" run "$tmp/long" --steps 1000000 --quiet >"$tmp/killed" 2>&1 &
-job=$!
-victim=""
-for _ in $(seq 100); do
-  victim=$(pgrep -f "^$carve run $tmp/long" | tail -1)
-  [ -n "$victim" ] && break
-  sleep 0.1
-done
-sleep 1
-kill -9 "$victim" 2>/dev/null
-waited=0
-while kill -0 $job 2>/dev/null && [ $waited -lt 30 ]; do
+# signal_rank NAME SIGNAL LIMIT PATTERN [RUN OPTIONS...]: a long 2-rank run,
+# one rank sent SIGNAL a second after it starts; the job must end within
+# LIMIT seconds, non-zero, with PATTERN in its output
+signal_rank() {
+  name=$1 sig=$2 limit=$3 pattern=$4
+  shift 4
+  $mpirun -np 2 "$carve" run "$tmp/long" --steps 1000000 --quiet "$@" >"$tmp/signalled" 2>&1 &
+  job=$!
+  victim=""
+  for _ in $(seq 100); do
+    victim=$(pgrep -f "^$carve run $tmp/long" | tail -1)
+    [ -n "$victim" ] && break
+    sleep 0.1
+  done
   sleep 1
-  waited=$((waited + 1))
-done
-if kill -0 $job 2>/dev/null; then
-  kill -9 $job
-  echo "FAILED: killed rank: the job was still running 30 s after the kill"
-  fail=$((fail + 1))
-else
-  wait $job
-  status=$?
-  if [ -n "$victim" ] && [ $status -ne 0 ] && grep -q "rank [0-9]" "$tmp/killed"; then
-    pass=$((pass + 1))
-  else
-    echo "FAILED: killed rank: status $status, output:"
-    sed 's/^/  | /' "$tmp/killed" | head -10
+  kill "-$sig" "$victim" 2>/dev/null
+  waited=0
+  while kill -0 $job 2>/dev/null && [ $waited -lt "$limit" ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if kill -0 $job 2>/dev/null; then
+    kill -9 $job "$victim" 2>/dev/null
+    echo "FAILED: $name: the job was still running $limit s after SIG$sig"
     fail=$((fail + 1))
+  else
+    wait $job
+    status=$?
+    if [ -n "$victim" ] && [ $status -ne 0 ] && grep -q "$pattern" "$tmp/signalled"; then
+      pass=$((pass + 1))
+    else
+      echo "FAILED: $name: status $status, output:"
+      sed 's/^/  | /' "$tmp/signalled" | head -10
+      fail=$((fail + 1))
+    fi
   fi
-fi
+  kill -9 "$victim" 2>/dev/null
+}
+"$carve" compile gpt --preset gpt-tiny --layout "pp=2,mb=2" -o "$tmp/long" >/dev/null
+# a rank killed mid-run: the job ends within seconds, naming the rank
+signal_rank "killed rank" KILL 30 "rank [0-9]"
 # a rank that stops answering (SIGSTOP): the others meet --comm-timeout and
 # the job ends within seconds of it, naming the step (and the instruction, or
 # the end-of-step agreement, where the stop caught it) and whom it waited for
-$mpirun -np 2 "$carve" run "$tmp/long" --steps 1000000 --quiet --comm-timeout 3 >"$tmp/stopped" 2>&1 &
-job=$!
-victim=""
-for _ in $(seq 100); do
-  victim=$(pgrep -f "^$carve run $tmp/long" | tail -1)
-  [ -n "$victim" ] && break
-  sleep 0.1
-done
-sleep 1
-kill -STOP "$victim" 2>/dev/null
-waited=0
-while kill -0 $job 2>/dev/null && [ $waited -lt 20 ]; do
-  sleep 1
-  waited=$((waited + 1))
-done
-if kill -0 $job 2>/dev/null; then
-  kill -9 $job "$victim" 2>/dev/null
-  echo "FAILED: stopped rank: the job was still running 20 s after SIGSTOP with --comm-timeout 3"
-  fail=$((fail + 1))
-else
-  wait $job
-  status=$?
-  if [ -n "$victim" ] && [ $status -ne 0 ] && grep -q "rank [01], .*step [0-9]*.*: no answer from \(rank [01]\|the other ranks\|the members of group\)" "$tmp/stopped"; then
-    pass=$((pass + 1))
-  else
-    echo "FAILED: stopped rank: status $status, output:"
-    sed 's/^/  | /' "$tmp/stopped" | head -10
-    fail=$((fail + 1))
-  fi
-fi
-kill -9 "$victim" 2>/dev/null
+signal_rank "stopped rank" STOP 20 \
+  "rank [01], .*step [0-9]*.*: no answer from \(rank [01]\|the other ranks\|the members of group\)" --comm-timeout 3
 
 # a receive whose send never comes (rank 0's first send retagged): ended at
 # the deadline with the receive and the silent peer named
