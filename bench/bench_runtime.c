@@ -24,16 +24,7 @@
 #include <string.h>
 
 #include "../runtime/cpu/cpu.h"
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof(double), cmp_double);
-  return v[n / 2];
-}
+#include "median.h"
 
 /* n random values of dtype dt */
 static void *randn(int64_t n, uint64_t key, DType dt) {

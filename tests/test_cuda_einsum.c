@@ -13,6 +13,7 @@
 
 #include "../runtime/cpu/cpu.h"
 #include "../runtime/cuda/einsum_desc.h"
+#include "einsum_specs.h"
 #include "harness.h"
 
 /* ---------------------------------------------------------------- the plan, on the host */
@@ -296,32 +297,6 @@ static void gradients(const char *spec, char out[2][64]) {
   strcpy(c, arrow + 2);
   snprintf(out[0], 64, "%s,%s->%s", c, b, a);
   snprintf(out[1], 64, "%s,%s->%s", a, c, b);
-}
-
-/* test_einsum's random specs: each label batch, M, N or K, operands shuffled */
-static bool random_spec(int t, char *spec, size_t n) {
-  char a[8] = "", b[8] = "", c[8] = "";
-  int na = 0, nb = 0, nc = 0;
-  int nlab = 2 + (int)(rng_u64(9, (uint64_t)t) % 4);
-  for (int l = 0; l < nlab; l++) {
-    char ch = (char)('a' + l);
-    int role = (int)(rng_u64(10, (uint64_t)(t * 16 + l)) % 4);
-    if (role != 2) a[na++] = ch;
-    if (role != 1) b[nb++] = ch;
-    if (role != 3) c[nc++] = ch;
-  }
-  char *ops[3] = {a, b, c};
-  int ns[3] = {na, nb, nc};
-  for (int k = 0; k < 3; k++)
-    for (int i = ns[k] - 1; i > 0; i--) {
-      int j = (int)(rng_u64(11, (uint64_t)(t * 64 + k * 8 + i)) % (uint64_t)(i + 1));
-      char tmp = ops[k][i];
-      ops[k][i] = ops[k][j];
-      ops[k][j] = tmp;
-    }
-  if (!na || !nb) return false;
-  snprintf(spec, n, "%s,%s->%s", a, b, c);
-  return true;
 }
 
 int main(void) {

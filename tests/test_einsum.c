@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../runtime/cpu/cpu.h"
+#include "einsum_specs.h"
 #include "harness.h"
 
 static void naive(const char *spec, int nin, const float *const *in, const Shape *const *ins, float *out,
@@ -128,30 +129,8 @@ int main(void) {
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) compare(fixed[i], sizes, &scratch);
   /* random specs: labels from a pool, each label in two or three places */
   for (int t = 0; t < 300; t++) {
-    char a[8] = "", b[8] = "", c[8] = "";
-    int na = 0, nb = 0, nc = 0;
-    int nlab = 2 + (int)(rng_u64(9, (uint64_t)t) % 4);
-    for (int l = 0; l < nlab; l++) {
-      char ch = (char)('a' + l);
-      int role = (int)(rng_u64(10, (uint64_t)(t * 16 + l)) % 4); /* batch, M, N, K */
-      if (role != 2) a[na++] = ch;
-      if (role != 1) b[nb++] = ch;
-      if (role != 3) c[nc++] = ch;
-    }
-    /* shuffle each operand */
-    char *ops[3] = {a, b, c};
-    int ns[3] = {na, nb, nc};
-    for (int k = 0; k < 3; k++)
-      for (int i = ns[k] - 1; i > 0; i--) {
-        int j = (int)(rng_u64(11, (uint64_t)(t * 64 + k * 8 + i)) % (uint64_t)(i + 1));
-        char tmp = ops[k][i];
-        ops[k][i] = ops[k][j];
-        ops[k][j] = tmp;
-      }
-    if (!na || !nb) continue;
     char spec[32];
-    snprintf(spec, sizeof spec, "%s,%s->%s", a, b, c);
-    compare(spec, sizes, &scratch);
+    if (random_spec(t, spec, sizeof spec)) compare(spec, sizes, &scratch);
   }
   free(scratch.p);
   return test_summary();

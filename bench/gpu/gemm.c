@@ -27,6 +27,7 @@
 
 #include "../../runtime/cuda/cuda.h"
 #include "kmath.h"
+#include "../median.h"
 
 #define CK(call)                                                                                                       \
   do {                                                                                                                 \
@@ -44,15 +45,6 @@
       exit(1);                                                                                                         \
     }                                                                                                                  \
   } while (0)
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof(double), cmp_double);
-  return v[n / 2];
-}
 
 typedef struct Case {
   const char *what, *spec;
