@@ -296,10 +296,81 @@ static int split_of(const Spec *s) { /* the dim mesh axis 1 (tp) splits, -1 */
   return -1;
 }
 
-static const Node *find_node(const Graph *g, const char *name) {
-  for (int i = 0; i < g->nfwd; i++)
-    if (strcmp(g->nodes[i]->name, name) == 0) return g->nodes[i];
-  return false;
+/* Whether two nodes are the same op of a layer: up to the layer numbers in
+   their names (and the batch in their shapes), as the planner shares a stage
+   plan between spans of identical layers (pipeline.c, signature). */
+static bool same_role(const Node *a, const Node *b) {
+  if (a->op != b->op || a->nin != b->nin || a->shape.rank != b->shape.rank) return false;
+  const char *p = a->name, *q = b->name;
+  for (;; p++, q++) {
+    while (*p >= '0' && *p <= '9') p++;
+    while (*q >= '0' && *q <= '9') q++;
+    if (*p != *q) return false;
+    if (!*p) return true;
+  }
+}
+
+/* The next computing node (not a parameter or input) of a plan's graph from
+ *k on, or NULL past its forward. */
+static const Node *next_computing(const Graph *pg, int *k) {
+  while (*k < pg->nfwd && is_leaf(pg->nodes[*k])) (*k)++;
+  return *k < pg->nfwd ? pg->nodes[*k] : NULL;
+}
+
+/* Whether every chunk of a device follows the same plan (what plan_nodes
+   matches a device's nodes against). */
+static bool one_plan_per_device(const Dist *D, FILE *err) {
+  int P = D->L->pp;
+  for (int d = 0; d < P; d++)
+    for (int c = 1; c < D->L->v; c++)
+      if (D->L->plans[c * P + d] != D->L->plans[d]) {
+        fprintf(err, "carve: error: the chunks of pipeline device %d follow different plans\n", d);
+        return false;
+      }
+  return true;
+}
+
+/* After matching: what a device's plan holds past its layers may only be
+   the stand-in loss of a stage graph (stages.c stage_graph). */
+static bool plan_used_up(const Dist *D, int d, int k, FILE *err) {
+  const Graph *pg = D->L->plans[d]->g;
+  for (const Node *n; pg != D->g && (n = next_computing(pg, &k)); k++)
+    if (strncmp(n->name, "stand-in", 8) != 0) {
+      fprintf(err, "carve: error: the plan of pipeline device %d has %s, which the device's layers do not\n", d,
+              n->name);
+      return false;
+    }
+  return true;
+}
+
+/* Each computing forward node's counterpart in its device's plan, pn[node].
+   A plan of the whole graph holds the node itself. A stage plan's graph is
+   one span of layers (stages.c stage_graph), perhaps another span of the
+   same structure (stage plans are shared by signature), with as many layers
+   as the device holds in all its chunks: so the k-th computing node a
+   device holds, in graph order, is the k-th computing node of its plan's
+   graph. Names are not matched: the plan's may be another span's. */
+static bool plan_nodes(const Dist *D, const Node **pn, FILE *err) {
+  const Graph *g = D->g;
+  int P = D->L->pp, *next = arena_alloc(sizeof(int) * (size_t)P);
+  if (!one_plan_per_device(D, err)) return false;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    if (is_leaf(n)) continue;
+    int d = dev_of(D, D->vst[i]);
+    const Graph *pg = D->L->plans[d]->g;
+    const Node *m = pg == g ? n : next_computing(pg, &next[d]);
+    if (!m || !same_role(n, m)) {
+      fprintf(err, "carve: error: the plan of pipeline device %d does not match its layers at %s (the plan has %s)\n",
+              d, n->name, m ? m->name : "no more nodes");
+      return false;
+    }
+    pn[i] = m;
+    if (pg != g) next[d]++;
+  }
+  for (int d = 0; d < P; d++)
+    if (!plan_used_up(D, d, next[d], err)) return false;
+  return true;
 }
 
 /* A backward op's split, from how its inputs are held (its forward op's
@@ -510,18 +581,13 @@ static bool shard_graph(Dist *D, FILE *err) {
     memset(D->sh[i].in, -1, sizeof D->sh[i].in);
   }
   if (D->tp == 1) return true;
+  const Node **match = arena_alloc(sizeof(Node *) * (size_t)g->nfwd);
+  if (!plan_nodes(D, match, err)) return false;
   for (int i = 0; i < g->nfwd; i++) {
     const Node *n = g->nodes[i];
     if (!D->live[i] || is_leaf(n)) continue;
-    /* its stage's plan; with interleaved chunks, whichever stage plan has it */
-    const Plan *pl = D->L->plans[D->vst[i]];
-    const Node *pn = find_node(pl->g, n->name);
-    for (int s = 0; s < D->S && !pn; s++)
-      if ((pn = find_node(D->L->plans[s]->g, n->name))) pl = D->L->plans[s];
-    if (!pn) {
-      fprintf(err, "carve: error: the plan of stage %d has no node %s\n", D->vst[i], n->name);
-      return false;
-    }
+    const Plan *pl = D->L->plans[D->vst[i]]; /* its device's plan (plan_nodes) */
+    const Node *pn = match[i];
     Shard *s = &D->sh[i];
     s->out = (int8_t)split_of(&pl->layout[pn->id]);
     for (int k = 0; k < n->nin; k++) s->in[k] = (int8_t)split_of(&pl->reads[(size_t)pn->id * MAXIN + k]);

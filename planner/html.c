@@ -446,7 +446,7 @@ static void pipeline_summary(FILE *f, const PipelinePlan *p) {
     const PipeStage *st = &p->stages[s];
     char m[32];
     const char *row[] = {arena_printf("%d", s),
-                         arena_printf("%d-%d", st->first, st->last),
+                         pipeline_stage_layers(p, s),
                          stage_devices(p, s),
                          arena_printf("%dx%d", st->plan->mesh.n[0], st->plan->mesh.n[1]),
                          arena_printf("%.4g", st->t),

@@ -329,6 +329,33 @@ static void stage_fractions(const PipeStage *st, double *ff, double *wf) {
   *wf = !known ? 1.0 / 3 : st->plan ? st->plan->wgrad_frac : st->wgrad_frac;
 }
 
+/* Layers of chunk c of a stage under v chunks: its layers split as evenly
+   as they go, the larger chunks first. */
+static int chunk_layers(const PipeStage *st, int v, int c) {
+  int n = st->last - st->first + 1;
+  return n / v + (c < n % v);
+}
+
+/* Each virtual stage's last layer (PipelinePlan.chunk_last): the layers run
+   through the virtual stages in order, each stage's in its chunks. */
+static int *chunk_spans(const PipelinePlan *pp) {
+  int p = pp->nstages, S = p * pp->v, end = -1;
+  int *last = arena_alloc(sizeof(int) * (size_t)S);
+  for (int vs = 0; vs < S; vs++) last[vs] = end += chunk_layers(&pp->stages[vs % p], pp->v, vs / p);
+  return last;
+}
+
+const char *pipeline_stage_layers(const PipelinePlan *p, int d) {
+  const PipeStage *st = &p->stages[d];
+  if (p->v == 1 || !p->chunk_last) return arena_printf("%d-%d", st->first, st->last);
+  const char *s = "";
+  for (int c = 0; c < p->v; c++) {
+    int vs = c * p->nstages + d, first = vs ? p->chunk_last[vs - 1] + 1 : 0;
+    s = arena_printf("%s%s%d-%d", s, c ? "," : "", first, p->chunk_last[vs]);
+  }
+  return s;
+}
+
 static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const int *rc, SimInput *in, FILE *err) {
   int p = pp->nstages, S = p * v;
   Schedule *sched = schedule_make(kind, p, pp->microbatches, v, err);
@@ -412,6 +439,13 @@ static double stage_memory(const PipelinePlan *pp, int d, double inflight, int m
   return pl->mem_params + pl->mem_grads + pl->mem_optim + acts + pp->cluster->workspace;
 }
 
+/* Whether every one of v chunks of every stage gets a layer of its own. */
+static bool chunks_fit(const PipelinePlan *pp, int v) {
+  for (int d = 0; d < pp->nstages; d++)
+    if (pp->stages[d].last - pp->stages[d].first + 1 < v) return false;
+  return pp->layers >= pp->nstages * v;
+}
+
 /* The schedule and each stage's recomputation that are fastest within
  * memory; false if nothing fits. `only` fixes the schedule (SCHED_KINDS:
  * any), `rc` the recomputation of every stage (-1: per stage, the cheapest
@@ -426,7 +460,7 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
   for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
     if (only != SCHED_KINDS && kinds[i] != only) continue;
     int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
-    if (v > 1 && pp->layers > 0 && pp->layers < p * v) continue; /* every chunk needs a layer of its own */
+    if (v > 1 && !chunks_fit(pp, v)) continue;
     Schedule *sched = schedule_make(kinds[i], p, pp->microbatches, v, quiet);
     if (!sched) continue;
     bool fits = true;
@@ -455,6 +489,7 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
   fclose(quiet);
   if (!found)
     fprintf(err, "carve: error: no schedule fits the stages' activations in memory, even with recomputation\n");
+  pp->chunk_last = found && pp->v > 1 ? chunk_spans(pp) : NULL;
   return found;
 }
 
@@ -795,12 +830,14 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
               ? "selective: the attention probabilities are remade before the backward, not kept"
               : pipeline_recompute(p));
   mfu_note(p, out);
-  fprintf(out, "  %-6s %-9s %-14s %-8s %12s %12s %10s  %s\n", "stage", "layers", "devices", "mesh", "s/microbatch",
+  int w = 9; /* the layers column: as wide as its widest (interleaved stages list their chunks) */
+  for (int s = 0; s < p->nstages; s++) w = (int)fmax(w, (double)strlen(pipeline_stage_layers(p, s)));
+  fprintf(out, "  %-6s %-*s %-14s %-8s %12s %12s %10s  %s\n", "stage", w, "layers", "devices", "mesh", "s/microbatch",
           "sync s/step", "memory", "recompute");
   for (int s = 0; s < p->nstages; s++) {
     const PipeStage *st = &p->stages[s];
     int n = st->nodes * st->per_node;
-    fprintf(out, "  %-6d %-9s %-14s %-8s %12.4g %12.4g %10s  %s\n", s, arena_printf("%d-%d", st->first, st->last),
+    fprintf(out, "  %-6d %-*s %-14s %-8s %12.4g %12.4g %10s  %s\n", s, w, pipeline_stage_layers(p, s),
             arena_printf("%d-%d", st->device0, st->device0 + n - 1),
             arena_printf("%dx%d", st->plan->mesh.n[0], st->plan->mesh.n[1]), st->t, st->sync,
             fmt_bytes(st->memory, a, sizeof a), rc_names[st->recompute]);
@@ -840,7 +877,13 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
     int n = st->nodes * st->per_node;
     double ff, wf;
     stage_fractions(st, &ff, &wf);
-    fprintf(out, "%s\n    {\"layers\": [%d, %d], \"devices\": [", s ? "," : "", st->first, st->last);
+    fprintf(out, "%s\n    {\"layers\": [%d, %d], ", s ? "," : "", st->first, st->last);
+    for (int c = 0; c < p->v && p->chunk_last; c++) { /* the layers each chunk holds */
+      int vs = c * p->nstages + s;
+      fprintf(out, "%s[%d, %d]%s", c ? ", " : "\"chunk_layers\": [", vs ? p->chunk_last[vs - 1] + 1 : 0,
+              p->chunk_last[vs], c == p->v - 1 ? "], " : "");
+    }
+    fprintf(out, "\"devices\": [");
     for (int d = 0; d < n; d++) fprintf(out, "%s%d", d ? ", " : "", st->device0 + d);
     fprintf(out,
             "], \"logical_mesh\": [%d, %d], \"predicted_stage_s\": %.9g, \"sync_s\": %.9g, "
@@ -1090,7 +1133,7 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
                 .zero = s0->plan->zero,
                 .recompute = p->stages[0].recompute,
                 .stage_recompute = stage_rc,
-                .stage_last = p->v > 1 ? NULL : stage_last,
+                .stage_last = p->v > 1 ? p->chunk_last : stage_last, /* per virtual stage */
                 .layers_want = MAXGROUPS};
   if (!split) return true;
   const Mesh *m0 = &s0->plan->mesh;

@@ -343,7 +343,8 @@ extern const char *const rc_names[RC_KINDS]; /* "none", "selective", "full" */
 bool *selective_nodes(const Graph *g);
 
 typedef struct PipeStage {
-  int first, last;     /* the model's layers (repeat iterations) */
+  int first, last;     /* the model's layers (repeat iterations) it was planned and priced for; with
+                          interleaved chunks it holds as many, in chunks (PipelinePlan.chunk_last) */
   int nodes, per_node; /* the submesh: whole nodes, or per_node devices of one */
   int device0;         /* its first device in the cluster */
   const Plan *plan;    /* the stage's intra-operator plan (one microbatch) */
@@ -368,6 +369,9 @@ typedef struct PipelinePlan {
   int v; /* model chunks per device (interleaved) */
   int nstages;
   PipeStage *stages;
+  int *chunk_last; /* v > 1: per virtual stage (chunk c of stage d is c x nstages + d), its last layer: the
+                      layers run through the virtual stages in order, stage d's split over its chunks as
+                      evenly as they go, the larger chunks first; NULL when v = 1 */
   int layers;
   double step_s, bubble;
   double model_flops; /* einsum FLOPs of one step (the whole batch) */
@@ -404,6 +408,8 @@ const char *pipeline_recompute(const PipelinePlan *p);
 /* The simulation input of a pipeline plan's chosen schedule (for traces). */
 bool pipeline_sim_input(const PipelinePlan *p, SimInput *in, FILE *err);
 void pipeline_json(const PipelinePlan *p, FILE *out);
+/* The layers stage d holds, "first-last", or each chunk's joined by commas. */
+const char *pipeline_stage_layers(const PipelinePlan *p, int d);
 /* The plan as a program layout, or false after writing (to err, no newline)
    why it cannot be lowered yet. stage_last: one int per stage. */
 bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *err);

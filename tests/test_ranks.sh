@@ -9,7 +9,8 @@
 # the loss of every step within 1e-5 relative, every parameter tensor within
 # 1e-4 (relative 2-norm). Then, unless PLANS is "no", the same for plans the
 # planner made and `carve plan -o` lowered (the automatic plan for a local
-# cluster of 2 and 4 ranks, and a hand-written tp x pp plan). Prints
+# cluster of 2 and 4 ranks, a hand-written tp x pp plan, and for the GPT an
+# interleaved plan of 10 layers on 8 ranks). Prints
 # "N passed, M failed".
 #
 # BACKEND=NAME in the environment runs the distributed programs on that
@@ -72,12 +73,13 @@ layouts=${4:-$layouts}
 
 losses() { grep '^step' "$1" | awk '{print $4}'; }
 
-# reference MODEL PRESET UNITS: one rank, the single-rank program with UNITS
-# microbatches (as many as the distributed run's units per step); sets $ref
+# reference MODEL PRESET UNITS [LAYERS]: one rank, the single-rank program
+# with UNITS microbatches (as many as the distributed run's units per step);
+# sets $ref
 reference() {
-  ref=$tmp/ref-$1-$3
+  ref=$tmp/ref-$1-$3-${4:-4}
   [ -f "$ref.out" ] && return 0
-  "$carve" compile "$1" --preset "$2" --set batch=16,layers=4 --microbatches "$3" --precision "$precision" \
+  "$carve" compile "$1" --preset "$2" --set "batch=16,layers=${4:-4}" --microbatches "$3" --precision "$precision" \
     -o "$ref.dir" >/dev/null \
     2>"$ref.err" && "$carve" run "$ref.dir" --steps $steps --log-every 1 --save-params "$ref" >"$ref.out" 2>>"$ref.err"
 }
@@ -138,17 +140,27 @@ for spec in $models; do
   done
 done
 # plans from the planner, lowered by carve plan -o: the automatic plan for
-# a local cluster of 2 and of 4 ranks, and a hand-written tp x pp plan
+# a local cluster of 2 and of 4 ranks, and a hand-written tp x pp plan; for
+# the GPT also the automatic plan of 10 layers on 8 ranks of 16 MB
+# (tests/clusters/tight8.cluster: tp=2 and an interleaved pipeline of 4
+# stages with uneven chunks)
 [ "${5:-yes}" = no ] && models_planned="" || models_planned=$models
+clusters=$(dirname "$0")/clusters
 for spec in $models_planned; do
   model=${spec%%:*}
   preset=${spec#*:}
-  for how in "2:" "4:" "4:tp=2,pp=2,mb=2"; do
+  hows="2:local:4: 4:local:4: 4:local:4:tp=2,pp=2,mb=2"
+  [ "$model" = gpt ] && hows="$hows 8:$clusters/tight8.cluster:10:"
+  for how in $hows; do
     n=${how%%:*}
-    manual=${how#*:}
-    what="$model plan on local x $n ${manual:-(automatic)}"
-    if ! "$carve" plan "$model" --preset "$preset" --set batch=16,layers=4 --cluster local --devices-per-node $n \
-      --precision "$precision" \
+    rest=${how#*:}
+    cluster=${rest%%:*}
+    rest=${rest#*:}
+    layers=${rest%%:*}
+    manual=${rest#*:}
+    what="$model plan on $(basename "$cluster" .cluster) x $n, $layers layers, ${manual:-(automatic)}"
+    if ! "$carve" plan "$model" --preset "$preset" --set "batch=16,layers=$layers" --cluster "$cluster" \
+      --devices-per-node $n --precision "$precision" \
       ${manual:+--manual "$manual"} -o "$tmp/plan" >"$tmp/plan.out" 2>&1 ||
       ! grep -q "rank$((n - 1)).prog (dp=" "$tmp/plan.out"; then
       echo "FAILED: $what: no programs"
@@ -157,7 +169,7 @@ for spec in $models_planned; do
       continue
     fi
     units=$(sed -n 's/.* \([0-9]*\) units* per step.*/\1/p' "$tmp/plan.out")
-    reference "$model" "$preset" "$units" ||
+    reference "$model" "$preset" "$units" "$layers" ||
       { echo "FAILED: reference run for $what"; head -5 "$ref.err"; fail=$((fail + 1)); continue; }
     rm -f "$tmp/run".rank*
     timeout 120 $mpirun -np $n "$carve" run "$tmp/plan" --steps $steps --log-every 1 --backend "$backend" --save-params "$tmp/run" \
@@ -172,8 +184,8 @@ model=${first%%:*}
 "$carve" compile "$model" --preset "${first#*:}" --set batch=16,layers=4 --layout dp=2 --lr 2e-3 \
   --precision "$precision" -o "$tmp/other" \
   >/dev/null && $mpirun -np 2 "$carve" run "$tmp/other" --steps $steps --quiet --save-params "$tmp/other" 2>/dev/null
-if [ -f "$tmp/ref-$model-2.rank0" ] && [ -f "$tmp/other.rank1" ] &&
-  ! "$compare" "$tmp/ref-$model-2" 1 "$tmp/other" 2 "$param_tol" .b_k >/dev/null 2>&1; then
+if [ -f "$tmp/ref-$model-2-4.rank0" ] && [ -f "$tmp/other.rank1" ] &&
+  ! "$compare" "$tmp/ref-$model-2-4" 1 "$tmp/other" 2 "$param_tol" .b_k >/dev/null 2>&1; then
   pass=$((pass + 1))
 else
   echo "FAILED: a run at another learning rate passed the parameter comparison (or did not run)"

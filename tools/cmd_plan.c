@@ -75,19 +75,24 @@ static bool measure_rank(const Program *p, void *ctx) {
 
 /* Each stage's memory per device as its programs take it (the first rank
    of each device, made in memory): arena, staging and the cluster's backend
-   workspace. False, with the model's estimate left, when the plan does not
-   lower to programs. */
+   workspace. The model's estimate stays when the plan is of a kind carve
+   does not lower (pipeline_layout; -o says why). False after the error when
+   it is of a kind carve lowers but its programs cannot be made: the plan
+   could not be run, and its memory would be unchecked. */
 static bool lowered_memory(PipelinePlan *pp, const char *model_path, const ElabOptions *eo, FILE *err) {
   Layout L;
   int *stage_last = arena_alloc(sizeof(int) * (size_t)(pp->nstages + 1));
   FILE *quiet = fopen("/dev/null", "w");
   bool ok = pipeline_layout(pp, &L, stage_last, quiet);
   fclose(quiet);
-  if (!ok) return false;
+  if (!ok) return true;
   L.first_of_stage = true;
   Train t = plan_train(pp);
   DeviceBytes M = {arena_alloc(sizeof(double) * (size_t)L.pp), 0};
-  if (!compile_layout(model_path, eo, &t, 1234, &L, measure_rank, &M, err)) return false;
+  if (!compile_layout(model_path, eo, &t, 1234, &L, measure_rank, &M, err)) {
+    fprintf(err, "carve: error: the plan found cannot be made into programs (above), so it is not shown\n");
+    return false;
+  }
   for (int s = 0; s < pp->nstages; s++) pp->stages[s].memory = M.bytes[s] + pp->cluster->workspace;
   return true;
 }
@@ -110,7 +115,7 @@ static PipelinePlan *plan_that_fits(const char *model_path, const ElabOptions *e
               fmt_bytes(budget->memory, a, sizeof a), fmt_bytes(cl->memory, b, sizeof b), cl->name);
     if (!pp) return NULL;
     pp->cluster = cl;
-    if (!lowered_memory(pp, model_path, eo, stderr)) return pp;
+    if (!lowered_memory(pp, model_path, eo, stderr)) return NULL;
     double most = 0;
     for (int s = 0; s < pp->nstages; s++) most = fmax(most, pp->stages[s].memory);
     if (most <= cl->memory) return pp;
