@@ -187,9 +187,12 @@ int runtime_step(Runtime *rt, double *loss) {
   Run *R = &rt->r;
   R->step++;
   StepStatus st;
-  if (!run_list(R, R->p->step, R->p->nstep, false, &st) || !R->net->flush(R->net)) return 1;
+  if (!run_list(R, R->p->step, R->p->nstep, false, &st)) return 1;
+  snprintf(R->net->doing, sizeof R->net->doing, "end of step %d (its sends, the loss over the ranks)", R->step);
+  if (!R->net->flush(R->net)) return 1;
   /* the loss instructions weigh each rank's share; the step's loss is their sum */
   double l = R->net->world > 1 ? R->net->sum(R->net, st.loss) : st.loss;
+  R->net->doing[0] = 0;
   if (loss) *loss = l;
   return 0;
 }

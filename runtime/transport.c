@@ -175,7 +175,8 @@ static void *watch(void *arg) {
     fprintf(stderr,
             "carve: error: rank %d, %s: no answer from %s within %g s (%s): a rank stopped, hangs or runs another "
             "plan's program; ending the job (--comm-timeout sets the limit)\n",
-            t->rank, t->doing[0] ? t->doing : "between steps", m->whom, t->timeout, m->call);
+            t->rank, t->doing[0] ? t->doing : "outside the steps (the checks before the first, a checkpoint or trace)",
+            m->whom, t->timeout, m->call);
     fflush(stdout);
     fflush(stderr);
     _exit(1);
