@@ -106,8 +106,10 @@ typedef struct Dist {
 typedef struct Shard {
   int8_t out, in[MAXIN];
   bool partial, mean, post_scale;
-  bool cut;   /* computed whole, then cut to `out` (an expert-parallel dispatch) */
-  bool defer; /* partial, left unreduced: its one reader adds it to other partials (merge_partials) */
+  bool cut;    /* computed whole, then cut to `out` (an expert-parallel dispatch) */
+  bool defer;  /* partial, left unreduced: its one reader adds it to other partials (merge_partials) */
+  int8_t once; /* an add of a whole input (this one) and a partial one: the first tp rank adds it, the others copy
+                  the partial, and the sum is reduced (merge_partials); -1 */
 } Shard;
 
 static int dev_of(const Dist *D, int vs) { return vs % D->L->pp; }
@@ -493,22 +495,40 @@ static bool may_defer(const Dist *D, int u, int r, const int *reads) {
 /* The partial gradients of one tensor (q, k and v each leave one of the
    hidden state they all read) are summed first and all-reduced once: an
    add whose inputs are all partials, held as it reads them and read by
-   it alone, is itself partial, and its inputs are not reduced. */
+   it alone, is itself partial, and its inputs are not reduced. An add of
+   a whole value and such a partial (a post-norm residual: the gradient
+   through the skip, whole, plus the attention's, partial) is partial too:
+   the first tp rank adds the whole value, the others only copy their
+   partial, so the one reduction of the sum counts the whole value once
+   (the sum, reassociated: exact but for rounding). */
 static void merge_partials(Dist *D) {
   const Graph *g = D->g;
   int *reads = arena_alloc(sizeof(int) * (size_t)g->n);
   for (int i = 0; i < g->n; i++)
     for (int k = 0; D->live[i] && k < g->nodes[i]->nin; k++) reads[g->nodes[i]->in[k]]++;
+  for (int i = 0; i < g->n; i++) D->sh[i].once = -1;
   for (int i = g->nfwd; i < g->n; i++) {
     const Node *n = g->nodes[i];
     Shard *s = &D->sh[i];
     if (!D->live[i] || n->op != OP_ADD || s->partial) continue;
+    int npart = 0, whole = -1;
     bool all = true;
-    for (int k = 0; k < n->nin && all; k++)
-      all = s->in[k] == s->out && shape_eq(&g->nodes[n->in[k]]->shape, &n->shape) && may_defer(D, n->in[k], i, reads);
-    if (!all) continue;
+    for (int k = 0; k < n->nin && all; k++) {
+      int u = n->in[k];
+      all = s->in[k] == s->out && shape_eq(&g->nodes[u]->shape, &n->shape);
+      if (!all) break;
+      if (may_defer(D, u, i, reads))
+        npart++;
+      else if (whole < 0 && !D->sh[u].partial && !D->sh[u].cut && D->sh[u].out == s->out && n->in[0] != n->in[1])
+        whole = k;
+      else
+        all = false;
+    }
+    if (!all || !npart) continue;
     s->partial = true;
-    for (int k = 0; k < n->nin; k++) D->sh[n->in[k]].defer = true;
+    s->once = (int8_t)whole;
+    for (int k = 0; k < n->nin; k++)
+      if (k != whole) D->sh[n->in[k]].defer = true;
   }
 }
 
@@ -663,6 +683,8 @@ typedef struct Rank {
   int *gathered; /* param -> this task's gathered copy (ZeRO 3), -1 */
   int *work;     /* param -> its bf16 copy for the step (bf16, ZeRO < 3), -1 */
   int *pend;     /* param -> the step's unreduced partial contributions, whole (tp_acc, split param), -1 */
+  int *rs;       /* reshards made, open addressing: [2k] buffer x 16 + dim + 1, [2k + 1] the resharded buffer */
+  int rs_n, rs_cap;
 } Rank;
 
 static int buf(Rank *R, const char *name, DType dt, const Shape *s, BufKind k) {
@@ -759,9 +781,42 @@ static int value(Rank *R, int u, int mb, int inst) {
 }
 
 /* Buffer b, node u's value held split along dim `from`, as read split
-   along `to` (-1: whole): gathered and/or cut over the replica's tp ranks. */
+   along `to` (-1: whole): gathered and/or cut over the replica's tp ranks,
+   once per buffer, dim and task (a value's buffer is written once in a
+   step, so every later reader in the task reads the same copy; a later task
+   reshards again rather than keep the copy alive in between). */
+static int reshard_new(Rank *R, int u, int b, int from, int to);
+
+/* The buffer b was resharded to along dim `to`, or -1; made >= 0 records it. */
+static int reshard_made(Rank *R, int b, int to, int made) {
+  if (made >= 0 && 2 * (R->rs_n + 1) > R->rs_cap) { /* grow to keep the table at most half full */
+    int cap = R->rs_cap ? 2 * R->rs_cap : 256, *old = R->rs, oc = R->rs_cap;
+    R->rs = arena_alloc(sizeof(int) * 2 * (size_t)cap);
+    for (int k = 0; k < 2 * cap; k++) R->rs[k] = -1;
+    R->rs_cap = cap, R->rs_n = 0;
+    for (int k = 0; k < oc; k++)
+      if (old[2 * k] >= 0) reshard_made(R, old[2 * k] / 16, old[2 * k] % 16 - 1, old[2 * k + 1]);
+  }
+  if (!R->rs_cap) return -1;
+  int key = b * 16 + to + 1;
+  unsigned h = (unsigned)key * 2654435761u % (unsigned)R->rs_cap;
+  while (R->rs[2 * h] >= 0 && R->rs[2 * h] != key) h = (h + 1) % (unsigned)R->rs_cap;
+  if (made >= 0 && R->rs[2 * h] < 0) R->rs[2 * h] = key, R->rs[2 * h + 1] = made, R->rs_n++;
+  return R->rs[2 * h] == key ? R->rs[2 * h + 1] : -1;
+}
+
+static int reshard_made(Rank *R, int b, int to, int made);
+
 static int reshard(Rank *R, int u, int b, int from, int to) {
   if (from == to) return b;
+  int have = reshard_made(R, b, to, -1);
+  if (have >= 0) return have;
+  int made = reshard_new(R, u, b, from, to);
+  reshard_made(R, b, to, made);
+  return made;
+}
+
+static int reshard_new(Rank *R, int u, int b, int from, int to) {
   const Dist *D = R->D;
   const Node *n = D->g->nodes[u];
   int group = D->tp_group[D->repbase[R->dev] + R->rep];
@@ -839,6 +894,10 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
   Instr *in = prog_emit(&R->step, n->op, -1); /* after the loads and receives value() emits */
   in->nin = n->nin;
   memcpy(in->in, ins, sizeof(int) * (size_t)n->nin);
+  if (sh->once >= 0 && R->t) { /* the whole input is the first tp rank's to add (merge_partials) */
+    in->nin = 1, in->in[0] = ins[1 - sh->once];
+    in->op = R->p->bufs[in->in[0]].dtype == D->dt[i] ? OP_COPY : OP_CAST;
+  }
   int *out = slot(R, i, mb, inst);
   Shape ls = local_shape(R, n, sh->cut ? -1 : sh->out);
   *out = buf(R, inst_name(R, n, mb, sh->cut ? inst + 0 : inst), D->dt[i], &ls, BUF_ACT);
@@ -982,6 +1041,8 @@ static int exchange_span(const Dist *D, int dev, int k) { return D->paired[dev][
    another (a stage of fewer replicas runs more units per microbatch). */
 static void emit_task(Rank *R, Task t) {
   const Dist *D = R->D;
+  for (int k = 0; k < 2 * R->rs_cap; k++) R->rs[k] = -1; /* reshards are reused within a task (reshard) */
+  R->rs_n = 0;
   if (D->L->zero == 3)
     for (int p = 0; p < D->g->nfwd; p++) R->gathered[p] = -1;
   const PtrVec *run = &D->runs[t.stage * 4 + t.phase], *re = &D->runs[t.stage * 4 + RUN_RECOMPUTE];

@@ -574,6 +574,58 @@ Program *program_read(const char *path, FILE *err) {
   return result;
 }
 
+/* The step's communication, summed the way plan.json lists a stage's
+   collectives (docs/cost-model.md, "What is counted"): by kind, the size of
+   the group, and the bytes one runs on (the larger of what goes in and
+   what comes out, so the whole tensor of a gather or a reduce-scatter),
+   with how many times a step runs it. A shard or a cut moves nothing and is
+   not listed, nor is a collective of a group of one; a send or receive is
+   between two ranks. Sorted by kind, group size and bytes. */
+typedef struct {
+  const char *kind;
+  int ranks;
+  int64_t bytes, count;
+} CommRow;
+
+static int row_order(const void *a, const void *b) {
+  const CommRow *x = a, *y = b;
+  int c = strcmp(x->kind, y->kind);
+  if (c) return c;
+  if (x->ranks != y->ranks) return x->ranks < y->ranks ? -1 : 1;
+  return x->bytes < y->bytes ? -1 : x->bytes > y->bytes;
+}
+
+static void explain_comms(const Program *p, FILE *out) {
+  CommRow *rows = xcalloc((size_t)p->nstep + 1, sizeof(CommRow));
+  int n = 0;
+  for (int i = 0; i < p->nstep; i++) {
+    const Instr *in = &p->step[i];
+    const char *kind = in->op == OP_ALL_REDUCE                              ? "all-reduce"
+                       : in->op == OP_ALL_GATHER || in->op == OP_GATHER_DIM ? "all-gather"
+                       : in->op == OP_REDUCE_SCATTER                        ? "reduce-scatter"
+                       : in->op == OP_ALL_TO_ALL_DIM                        ? "all-to-all"
+                       : in->op == OP_SEND                                  ? "send"
+                       : in->op == OP_RECV                                  ? "recv"
+                                                                            : NULL;
+    if (!kind) continue;
+    bool p2p = in->op == OP_SEND || in->op == OP_RECV;
+    int ranks = p2p ? 2 : in->i[0] >= 0 && in->i[0] < p->ngroups ? p->group_size[in->i[0]] : 0;
+    if (ranks < 2) continue;
+    int64_t bytes = in->out >= 0 ? p->bufs[in->out].bytes : 0;
+    if (in->nin > 0 && in->in[0] >= 0 && p->bufs[in->in[0]].bytes > bytes) bytes = p->bufs[in->in[0]].bytes;
+    int r = 0;
+    while (r < n && !(rows[r].kind == kind && rows[r].ranks == ranks && rows[r].bytes == bytes)) r++;
+    if (r == n) rows[n++] = (CommRow){kind, ranks, bytes, 0};
+    rows[r].count++;
+  }
+  qsort(rows, (size_t)n, sizeof(CommRow), row_order);
+  fprintf(out, "\ncommunication per step (%d kind%s of collective)\n", n, n == 1 ? "" : "s");
+  for (int r = 0; r < n; r++)
+    fprintf(out, "  %-14s ranks %-4d bytes %-12lld count %lld\n", rows[r].kind, rows[r].ranks, (long long)rows[r].bytes,
+            (long long)rows[r].count);
+  free(rows);
+}
+
 void program_explain(const Program *p, FILE *out) {
   char a[32], b[32];
   fprintf(out, "program for model %s, rank %d of %d (format %d), plan %016" PRIx64 "\n", p->model, p->rank, p->world,
@@ -610,4 +662,5 @@ void program_explain(const Program *p, FILE *out) {
     fprintf(out, "  %4d ", i);
     instr_print(p, &p->step[i], out, true);
   }
+  explain_comms(p, out);
 }

@@ -359,29 +359,42 @@ static void param_memory(const Ctx *C, Acc *acc, const Node *u, const Spec *s, i
   acc->mo += e * O / (z >= 1 ? dp : 1);
 }
 
+/* Whether a backward op reads parameter u (a weight's transpose in an
+   input gradient; a bias is not read by any). */
+static bool read_in_backward(const Graph *g, const Node *u) {
+  for (int i = g->nfwd; i < g->n; i++)
+    for (int k = 0; k < g->nodes[i]->nin; k++)
+      if (g->nodes[i]->in[k] == u->id) return true;
+  return false;
+}
+
 /* The gradient of parameter u (spec s) is summed over `axes`: all-reduce,
- * or under ZeRO reduce-scatter then all-gather of the updated weights; ZeRO-3
- * also gathers the weights before the forward and the backward pass of
- * every microbatch; the rest happens once per step. */
-static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int axes) {
+ * or under ZeRO reduce-scatter then all-gather of the updated weights, as
+ * the programs run them (codegen/distribute.c): ZeRO 1 reduce-scatters once
+ * per step, ZeRO 2 and 3 keep only a shard of the gradient and so
+ * reduce-scatter every microbatch's; ZeRO 1 and 2 gather the updated
+ * weights once per step, ZeRO 3 gathers them before the forward pass of
+ * every microbatch and again before its backward pass if that reads them. */
+static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int axes, int share) {
   double P, G, O;
   state_bytes(C, &P, &G, &O); /* gradients are reduced in f32, as they are accumulated */
   double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s);
   if (C->zero == 0) { /* one all-reduce over every device holding the same part */
-    grad_reduce(C, acc, axes, e * G, u->name, true, 1);
+    grad_reduce(C, acc, axes, e * G, u->name, true, share);
     return;
   }
   for (int a = 0; a < 2; a++) { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
     if (!(axes >> a & 1)) continue;
-    comm_w(C, acc, COLL_REDUCE_SCATTER, a, e * G, PHASE_BACKWARD, u->name, true);
+    Comm c = {.axes = 1 << a, .what = u->name};
+    c.kind = COLL_REDUCE_SCATTER, c.bytes = e * G, c.phase = PHASE_BACKWARD, c.once = C->zero < 2;
+    comm_c(C, acc, c, share);
     /* ZeRO 3 gathers the working copy (bf16 under mixed precision) for every
        microbatch; ZeRO 1 and 2 gather the updated f32 masters once */
-    double w = C->zero >= 3 && C->o->mixed ? 2 : 4;
-    if (C->zero >= 3)
-      comm(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_FORWARD, u->name);
-    else
-      comm_w(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_UPDATE, u->name, true);
-    if (C->zero >= 3) comm(C, acc, COLL_ALL_GATHER, a, e * w, PHASE_BACKWARD, u->name);
+    c.kind = COLL_ALL_GATHER, c.bytes = e * (C->zero >= 3 && C->o->mixed ? 2 : 4);
+    c.phase = C->zero >= 3 ? PHASE_FORWARD : PHASE_UPDATE, c.once = C->zero < 3;
+    comm_c(C, acc, c, share);
+    c.phase = PHASE_BACKWARD;
+    if (C->zero >= 3 && read_in_backward(C->g, u)) comm_c(C, acc, c, share);
     e /= C->me->n[a];
   }
 }
@@ -507,11 +520,12 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     bool owned = is_leaf(u) && C->consumers[u->id] == 1;
     if (owned && u->op == OP_PARAM) {
       param_memory(C, acc, u, &s, axes_size(me, reduce));
-      param_sync(C, acc, u, &s, reduce);
+      param_sync(C, acc, u, &s, reduce, 1);
+    } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
+      param_sync(C, acc, u, &s, reduce, C->consumers[u->id]);
     } else {
       if (owned) acc->ma += tensor_bytes(C, u, &s);
-      /* the readers' partial gradients are summed, then reduced once (a
-         parameter's once per step) */
+      /* the readers' partial gradients are summed, then reduced once */
       if (C->needs_grad[u->id])
         grad_reduce(C, acc, reduce, tensor_bytes(C, u, &s), u->name, u->op == OP_PARAM, C->consumers[u->id]);
     }
