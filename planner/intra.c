@@ -317,14 +317,20 @@ static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, Com
   comm_w(C, acc, k, axis, bytes, ph, what, false);
 }
 
-/* The all-reduce of a gradient of `bytes` over the devices of `axes`. */
+/* The all-reduce of a gradient of `bytes` over the devices of `axes`: over
+   each axis in turn, as the programs run it (codegen/distribute.c), the
+   whole gradient each time, rather than one ring over both. */
 static void grad_reduce(const Ctx *C, Acc *acc, int axes, double bytes, const char *what, bool once, int share) {
-  if (!axes) return;
-  comm_c(
-      C, acc,
-      (Comm){
-          .kind = COLL_ALL_REDUCE, .axes = axes, .bytes = bytes, .phase = PHASE_BACKWARD, .what = what, .once = once},
-      share);
+  for (int a = 0; a < 2; a++)
+    if (axes >> a & 1)
+      comm_c(C, acc,
+             (Comm){.kind = COLL_ALL_REDUCE,
+                    .axes = 1 << a,
+                    .bytes = bytes,
+                    .phase = PHASE_BACKWARD,
+                    .what = what,
+                    .once = once},
+             share);
 }
 
 static bool maps(const OpModel *m, int t, int id) {

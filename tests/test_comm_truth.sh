@@ -38,6 +38,16 @@ n=$(grep -c ' all_reduce  *d\.layers\.[0-9]*\.[qkv]/einsum/einsum\.da' "$tmp/tp2
 n=$(awk '$1 == "all-reduce" && $NF == "wte" { print $5 }' "$tmp/dp.txt")
 [ "$n" = 1 ] && ok || bad "forced data parallelism: wte's all-reduce counted '$n' times, want 1"
 
+# a gradient reduced over tp and dp: the programs all-reduce it over each
+# axis in turn, and the plan prices the same two, never one ring over both
+rm -rf "$tmp/dt"
+"$carve" plan gpt --preset gpt-tiny $dims --cluster local --devices-per-node 4 --manual dp=2,tp=2 \
+  -o "$tmp/dt" >/dev/null 2>&1 || bad "plan dp=2,tp=2"
+n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[0, 1\]' "$tmp/dt/plan.json")
+[ "$n" = 0 ] && ok || bad "dp=2,tp=2: the plan prices $n all-reduces over both axes in one ring, want 0"
+n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[[01]\], "bytes": 131072, "count_per_step": 1, "phase": "backward", "tensor": "wte"' "$tmp/dt/plan.json")
+[ "$n" = 2 ] && ok || bad "dp=2,tp=2: the plan prices wte's gradient as $n all-reduces, want 2 (one per axis)"
+
 # plan.json's stages against the programs of each stage's first rank:
 # backward all-reduces of tensors that are not parameters (input gradients)
 stage_plan() { # PLAN.JSON STAGE -> the count of such all-reduces per step
@@ -119,10 +129,11 @@ pp=2,tp=2,mb=4,schedule=interleaved dp=2,tp=2,pp=2,mb=2"
 # still different (docs/cost-model.md): a parameter tied across pipeline
 # stages (gpt's and bert's embeddings) is summed over its copies by an
 # all-reduce the stage plans do not list; a bias split by heads has its
-# gradient gathered (all-gather) where the plan prices an all-reduce; a
-# parameter reduced over tp and dp is reduced over each in turn where the
-# plan prices one ring; moe's expert-parallel plans are not lowered by
-# `carve plan -o`
+# gradient gathered (all-gather) where the plan prices an all-reduce (mlp's
+# biases, whose gradient the programs sum from the next layer's split
+# reading, have theirs gathered where the plan prices nothing); a backward
+# task reshards the forward values it reads again; moe's expert-parallel
+# plans are not lowered by `carve plan -o`
 known=" gpt:pp=* gpt:dp=2,pp=* gpt:*tp=* bert:pp=* bert:dp=2,pp=* bert:*tp=* mlp:*tp=* moe:* "
 for spec in gpt:gpt-tiny bert:bert-tiny mlp:mlp-tiny moe:moe-tiny; do
   model=${spec%%:*}
