@@ -995,12 +995,15 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   Graph *g = load_at(path, eo, B, err);
   if (!g || !autodiff(g, 1, err)) return NULL;
   int *layer_of = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
-  int L = graph_layers(g, m->pp, layer_of);
+  int L = graph_layers(g, MAXGROUPS, layer_of); /* the layers codegen finds (Layout.layers_want) */
   if (m->pp > L) {
     fprintf(err, "carve: error: --manual: pp=%d stages but the model has %d layers\n", m->pp, L);
     return NULL;
   }
-  for (int i = 0; i < g->nfwd; i++) layer_of[i] = layer_of[i] * m->pp / L; /* equal spans */
+  int *stage_of = arena_alloc(sizeof(int) * (size_t)L);
+  for (int s = 0; s < m->pp; s++) /* equal spans: stage s holds layers s L / pp to (s + 1) L / pp - 1 */
+    for (int l = s * L / m->pp; l < (s + 1) * L / m->pp; l++) stage_of[l] = s;
+  for (int i = 0; i < g->nfwd; i++) layer_of[i] = stage_of[layer_of[i]];
   PipelinePlan *pp = arena_alloc(sizeof(PipelinePlan));
   pp->cluster = cl, pp->devices = cluster_devices(cl), pp->microbatches = B, pp->nstages = m->pp, pp->layers = L;
   pp->model = g->model;

@@ -47,6 +47,42 @@ expect 0 "0-1,6-6   0-1 " plan gpt --preset gpt-tiny --set batch=16,layers=10 --
   fail=$((fail + 1))
   echo "FAILED: the interleaved plan's programs were not written"
 }
+# the same model planned by hand, interleaved over stages of 2 and 3 layers
+# (0-1, 2-4, 5-6, 7-9): each stage plan is made for the stage's layers as
+# reported, so the chunks lower (failed before: a plan made for layers 3-4
+# on the stage reported as 2-4, "does not match its layers", exit 1)
+expect 0 "1-2,7-7   2-3 " plan gpt --preset gpt-tiny --set batch=16,layers=10 --cluster "$tight8" \
+  --manual "dp=1,tp=2,pp=4,schedule=interleaved" -o "$tmp/manual-chunks"
+[ -s "$tmp/manual-chunks/rank7.prog" ] && pass=$((pass + 1)) || {
+  fail=$((fail + 1))
+  echo "FAILED: the manual interleaved plan's programs were not written"
+}
+expect 0 "2-4       2-3 " plan gpt --preset gpt-tiny --set batch=16,layers=10 --cluster "$tight8" \
+  --manual "dp=1,tp=2,pp=4,schedule=1f1b" -o "$tmp/manual-1f1b"
+# a model without repeat blocks is cut into the layers codegen cuts it into
+# (failed before: the manual plan cut it into pp groups, "stage 1 ends at
+# layer 1", and no interleaved plan fitted)
+cat >"$tmp/flat.graph" <<'EOF'
+model flat
+dim batch = 8, hidden = 32, classes = 10
+input features[batch, hidden] : f32 ~ normal(1)
+input y[batch] : i32 ~ classes(classes)
+param w0[hidden, hidden] ~ normal(0.25)
+param w1[hidden, hidden] ~ normal(0.25)
+param w2[hidden, hidden] ~ normal(0.25)
+param w3[hidden, hidden] ~ normal(0.25)
+param w_out[hidden, classes] ~ normal(0.18)
+h0 = relu(einsum("b i, i o -> b o", features, w0))
+h1 = relu(einsum("b i, i o -> b o", h0, w1))
+h2 = relu(einsum("b i, i o -> b o", h1, w2))
+h3 = relu(einsum("b i, i o -> b o", h2, w3))
+logits = einsum("b h, h c -> b c", h3, w_out)
+loss = cross_entropy(logits, y)
+EOF
+expect 0 "rank1.prog (dp=1 tp=1 pp=2" plan "$tmp/flat.graph" --cluster "$tight8" --devices-per-node 2 --manual "pp=2" \
+  -o "$tmp/flat"
+expect 0 "rank1.prog (dp=1 tp=1 pp=2" plan "$tmp/flat.graph" --cluster "$tight8" --devices-per-node 2 \
+  --manual "pp=2,schedule=interleaved" -o "$tmp/flat-chunks"
 expect 1 "3 microbatches do not divide the batch of 8" plan gpt --cluster dgx-a100 --microbatches 3
 # output that is not a terminal carries the report only, no progress lines
 "$carve" plan gpt --preset gpt-tiny --cluster dgx-a100 >"$tmp/out" 2>&1

@@ -10,7 +10,7 @@
 # 1e-4 (relative 2-norm). Then, unless PLANS is "no", the same for plans the
 # planner made and `carve plan -o` lowered (the automatic plan for a local
 # cluster of 2 and 4 ranks, a hand-written tp x pp plan, and for the GPT an
-# interleaved plan of 10 layers on 8 ranks). Prints
+# interleaved plan of 10 layers on 8 ranks, automatic and by hand). Prints
 # "N passed, M failed".
 #
 # BACKEND=NAME in the environment runs the distributed programs on that
@@ -143,14 +143,14 @@ done
 # a local cluster of 2 and of 4 ranks, and a hand-written tp x pp plan; for
 # the GPT also the automatic plan of 10 layers on 8 ranks of 16 MB
 # (tests/clusters/tight8.cluster: tp=2 and an interleaved pipeline of 4
-# stages with uneven chunks)
+# stages with uneven chunks) and a hand-written one of the same kind
 [ "${5:-yes}" = no ] && models_planned="" || models_planned=$models
 clusters=$(dirname "$0")/clusters
 for spec in $models_planned; do
   model=${spec%%:*}
   preset=${spec#*:}
   hows="2:local:4: 4:local:4: 4:local:4:tp=2,pp=2,mb=2"
-  [ "$model" = gpt ] && hows="$hows 8:$clusters/tight8.cluster:10:"
+  [ "$model" = gpt ] && hows="$hows 8:$clusters/tight8.cluster:10: 8:$clusters/tight8.cluster:10:tp=2,pp=4,schedule=interleaved"
   for how in $hows; do
     n=${how%%:*}
     rest=${how#*:}
