@@ -1,5 +1,5 @@
 #!/bin/sh
-# check.sh: the one script run on a lent GPU machine (docs/gpu.md). It
+# check.sh: the one script run on a GPU machine (docs/gpu.md). It
 # builds carve with CUDA for Hopper (sm_90) only, then measures, each stage
 # under its own time limit (a stage that fails or hangs is recorded and the
 # next one runs):
