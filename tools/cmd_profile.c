@@ -238,14 +238,29 @@ static double gemm_rate(Transport *t, const Profile *p, int n, DType dt, double 
 }
 
 static void measure_gemm(Transport *t, Profile *p, double target) {
-  static const int full[] = {256, 512, 1024, 2048}, quick[] = {256, 512, 1024};
+  static const int full[] = {128, 256, 512, 1024, 2048}, quick[] = {128, 256, 512, 1024};
   const int *sizes = p->quick ? quick : full;
-  p->ngemm = p->quick ? 3 : 4;
+  p->ngemm = p->quick ? 4 : 5;
   for (int i = 0; i < p->ngemm; i++) {
     p->gemm_n[i] = sizes[i];
     p->gemm_rate[i] = gemm_rate(t, p, sizes[i], DT_F32, target);
     p->gemm_bf16[i] = gemm_rate(t, p, sizes[i], DT_BF16, target);
   }
+}
+
+/* The cost model's ramp-up dim (planner/gemm.c: a product of dims x runs
+   at (x / (x + h))^3 of a large one's rate) that the measured rates imply:
+   h such that the smallest size n ran at `ratio` of the largest N's rate,
+   by bisection (the ramp is monotonic in h). 1 where small products ran
+   as fast as large ones. */
+static double fit_half_dim(double n, double N, double ratio) {
+  double lo = 1, hi = 4096;
+  if (!(ratio < 1)) return lo;
+  for (int it = 0; it < 60; it++) {
+    double h = sqrt(lo * hi), r = pow((n / (n + h)) / (N / (N + h)), 3);
+    *(r > ratio ? &lo : &hi) = h;
+  }
+  return sqrt(lo * hi);
 }
 
 /* y += x (the acc instruction) on arrays of dtype dt: read x, read y, write y;
@@ -415,6 +430,14 @@ static void write_cluster(FILE *f, const Profile *p) {
   else /* bf16 runs, widened to f32, but plans for this machine should be fp32 */
     fprintf(f, "%-34s # no bf16 units: bf16 einsums ran at %.1f GFLOP/s, widened to f32\n", "flops_bf16 0",
             p->gemm_bf16[g] / 1e9);
+  /* the rates above are what a large product reaches here: the cost model's
+     large-product efficiency is 1, and its ramp-up dim fits the small sizes */
+  const double *rate = p->bf16_units ? p->gemm_bf16 : p->gemm_rate;
+  double half = fit_half_dim(p->gemm_n[0], p->gemm_n[g], rate[0] / rate[g]);
+  fprintf(f, "%-34s # the rates above are a large product's here\n", "gemm_efficiency 1");
+  fprintf(f, "gemm_efficiency_f32 1\n");
+  fprintf(f, "%-34s # fitted: %d^3 ran at %.0f%% of the %d^3 rate (%s)\n", arena_printf("gemm_half_dim %.3g", half),
+          p->gemm_n[0], 100 * rate[0] / rate[g], p->gemm_n[g], p->bf16_units ? "bf16" : "f32");
   fprintf(f, "%-34s # gelu and its gradient over 1M floats, 24 FLOPs an element\n",
           arena_printf("flops_vector %s", eng(p->vector_rate)));
   fprintf(f, "%-34s # the CPU backend's conversion chunks (%d thread%s)\n",
