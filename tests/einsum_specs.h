@@ -1,10 +1,11 @@
-/* einsum_specs.h: the random two-operand einsum specs the einsum tests
- * share: 2 to 5 labels, each a batch, M, N or K label, every operand's
+/* einsum_specs.h: what the einsum tests share: operand shapes from a spec
+ * and per-label sizes, and random two-operand specs: 2 to 5 labels, each a batch, M, N or K label, every operand's
  * labels shuffled, all drawn from the counter-based RNG (seed t). */
 #ifndef CARVE_TEST_EINSUM_SPECS_H
 #define CARVE_TEST_EINSUM_SPECS_H
 #include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "carve.h"
 
@@ -32,6 +33,24 @@ static inline bool random_spec(int t, char *spec, size_t n) {
   if (!na || !nb) return false;
   snprintf(spec, n, "%s,%s->%s", a, b, c);
   return true;
+}
+
+/* the shape of an operand with these labels, each label's size by letter */
+static inline Shape shape_for(const char *labels, const int64_t *sizes) {
+  Shape s = {.rank = (int)strlen(labels)};
+  for (int i = 0; i < s.rank; i++) s.d[i] = sizes[labels[i] - 'a'];
+  return s;
+}
+
+/* A spec's operand shapes on these sizes; returns the operand count (1 or 2). */
+static inline int spec_shapes(const char *spec, const int64_t *sizes, Shape *sa, Shape *sb, Shape *sc) {
+  char a[16] = "", b[16] = "", c[16] = "";
+  const char *arrow = strstr(spec, "->"), *comma = strchr(spec, ',');
+  memcpy(a, spec, (size_t)((comma ? comma : arrow) - spec));
+  if (comma) memcpy(b, comma + 1, (size_t)(arrow - comma - 1));
+  strcpy(c, arrow + 2);
+  *sa = shape_for(a, sizes), *sb = shape_for(b, sizes), *sc = shape_for(c, sizes);
+  return comma ? 2 : 1;
 }
 
 #endif

@@ -148,12 +148,6 @@ static void check_plan(const char *spec, const CuGemm *g) {
 
 static int cases, copies, in_place;
 
-static Shape shape_for(const char *labels, const int64_t *sizes) {
-  Shape s = {.rank = (int)strlen(labels)};
-  for (int i = 0; i < s.rank; i++) s.d[i] = sizes[labels[i] - 'a'];
-  return s;
-}
-
 static double value(const void *x, int64_t i, int es) {
   return es == 2 ? km_f32(((const uint16_t *)x)[i]) : ((const float *)x)[i];
 }
@@ -207,13 +201,8 @@ static void run_case(const char *spec, int nin, const Shape *const *ins, const S
 
 /* spec on these sizes (by label letter), in f32 and bf16 */
 static void compare(const char *spec, const int64_t *sizes, Scratch *scratch) {
-  char a[16] = "", b[16] = "", c[16] = "";
-  const char *arrow = strstr(spec, "->"), *comma = strchr(spec, ',');
-  int nin = comma ? 2 : 1;
-  memcpy(a, spec, (size_t)((comma ? comma : arrow) - spec));
-  if (comma) memcpy(b, comma + 1, (size_t)(arrow - comma - 1));
-  strcpy(c, arrow + 2);
-  Shape sa = shape_for(a, sizes), sb = shape_for(b, sizes), sc = shape_for(c, sizes);
+  Shape sa, sb, sc;
+  int nin = spec_shapes(spec, sizes, &sa, &sb, &sc);
   const Shape *ins[2] = {&sa, &sb};
   const char *bad = einsum_check(spec, nin, ins, &sc);
   CHECK(bad == NULL, "%s: spec accepted (%s)", spec, bad ? bad : "");

@@ -53,12 +53,6 @@ static void naive(const char *spec, int nin, const float *const *in, const Shape
   }
 }
 
-static Shape shape_for(const char *labels, const int64_t *sizes) {
-  Shape s = {.rank = (int)strlen(labels)};
-  for (int i = 0; i < s.rank; i++) s.d[i] = sizes[labels[i] - 'a'];
-  return s;
-}
-
 /* dt: the inputs' dtype; out: the output's */
 static double run_case(const char *spec, int nin, const Shape *const *ins, const Shape *sc, const float *const *in,
                        float *want, DType dt, DType out, Scratch *scratch) {
@@ -87,14 +81,8 @@ static double run_case(const char *spec, int nin, const Shape *const *ins, const
 }
 
 static void compare(const char *spec, const int64_t *sizes, Scratch *scratch) {
-  char a[16] = "", b[16] = "", c[16] = "";
-  const char *arrow = strstr(spec, "->");
-  const char *comma = strchr(spec, ',');
-  int nin = comma ? 2 : 1;
-  memcpy(a, spec, (size_t)((comma ? comma : arrow) - spec));
-  if (comma) memcpy(b, comma + 1, (size_t)(arrow - comma - 1));
-  strcpy(c, arrow + 2);
-  Shape sa = shape_for(a, sizes), sb = shape_for(b, sizes), sc = shape_for(c, sizes);
+  Shape sa, sb, sc;
+  int nin = spec_shapes(spec, sizes, &sa, &sb, &sc);
   const Shape *ins[2] = {&sa, &sb};
   CHECK(einsum_check(spec, nin, ins, &sc) == NULL, "%s: spec accepted", spec);
   float *x = malloc(sizeof(float) * (size_t)shape_numel(&sa)), *y = malloc(sizeof(float) * (size_t)shape_numel(&sb));
