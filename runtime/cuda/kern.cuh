@@ -69,11 +69,8 @@ static inline bool k_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* ---------------------------------------------------------------- reductions */
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(0xffffffffu, v, d);
-  return v;
-}
-__device__ __forceinline__ double warp_sum_d(double v) {
+/* a warp's sum (float or double) or max, the result in every lane */
+template <typename T> __device__ __forceinline__ T warp_add(T v) {
   for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(0xffffffffu, v, d);
   return v;
 }
@@ -82,35 +79,27 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-/* Block-wide sum or max, the result in every thread: warps reduce, their
-   results meet in `red` (32 slots of shared memory). A fixed tree, so the
-   result does not vary from run to run. The caller's threads all call it. */
-__device__ __forceinline__ float block_sum(float v, float *red) {
+/* Block-wide reduction by `warp` (a warp's reduction; `none` its identity),
+   the result in every thread: warps reduce, their results meet in `red` (32
+   slots of shared memory). A fixed tree, so the result does not vary from
+   run to run. The caller's threads all call it. */
+template <typename T, T (*warp)(T)> __device__ __forceinline__ T block_reduce(T v, T *red, T none) {
   int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
-  v = warp_sum(v);
+  v = warp(v);
   __syncthreads(); /* red may still be read from a previous reduction */
   if (lane == 0) red[w] = v;
   __syncthreads();
-  v = lane < nw ? red[lane] : 0.0f;
-  return warp_sum(v);
+  v = lane < nw ? red[lane] : none;
+  return warp(v);
+}
+__device__ __forceinline__ float block_sum(float v, float *red) {
+  return block_reduce<float, warp_add<float>>(v, red, 0.0f);
 }
 __device__ __forceinline__ double block_sum_d(double v, double *red) {
-  int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
-  v = warp_sum_d(v);
-  __syncthreads();
-  if (lane == 0) red[w] = v;
-  __syncthreads();
-  v = lane < nw ? red[lane] : 0.0;
-  return warp_sum_d(v);
+  return block_reduce<double, warp_add<double>>(v, red, 0.0);
 }
 __device__ __forceinline__ float block_max(float v, float *red) {
-  int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) red[w] = v;
-  __syncthreads();
-  v = lane < nw ? red[lane] : -INFINITY;
-  return warp_max(v);
+  return block_reduce<float, warp_max>(v, red, -INFINITY);
 }
 
 /* ---------------------------------------------------------------- scratch */
