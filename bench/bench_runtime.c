@@ -25,6 +25,7 @@
 
 #include "../runtime/cpu/cpu.h"
 #include "median.h"
+#include "gemm_case.h"
 
 /* n random values of dtype dt */
 static void *randn(int64_t n, uint64_t key, DType dt) {
@@ -38,13 +39,6 @@ static void *randn(int64_t n, uint64_t key, DType dt) {
   }
   return p;
 }
-
-typedef struct Case {
-  const char *what, *spec;
-  Shape a, b, c;
-  int64_t batch, m, n, k; /* the plain product */
-  bool f32_out;           /* a weight gradient: f32 in bf16 programs */
-} Case;
 
 /* The plain batched product [batch, m, k] x [batch, k, n] -> [batch, m, n]. */
 typedef struct Plain {
@@ -100,10 +94,6 @@ static double carve_run(const EinsumPlan *e, void *a, void *b, void *out, Scratc
 }
 
 #define REPS 9
-#define S(...)                                                                                                         \
-  {                                                                                                                    \
-    .rank = sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), .d = { __VA_ARGS__ }                                   \
-  }
 
 static void bench_case(const Case *c, DType dt, Scratch *s, double *tc, double *tr, double *ratio) {
   DType out = dt == DT_BF16 && !c->f32_out ? DT_BF16 : DT_F32;

@@ -28,6 +28,7 @@
 #include "../../runtime/cuda/cuda.h"
 #include "kmath.h"
 #include "../median.h"
+#include "../gemm_case.h"
 
 #define CK(call)                                                                                                       \
   do {                                                                                                                 \
@@ -45,18 +46,6 @@
       exit(1);                                                                                                         \
     }                                                                                                                  \
   } while (0)
-
-typedef struct Case {
-  const char *what, *spec;
-  Shape a, b, c;
-  int64_t batch, m, n, k; /* the plain product */
-  bool f32_out;           /* a weight gradient: f32 in bf16 programs */
-} Case;
-
-#define S(...)                                                                                                         \
-  {                                                                                                                    \
-    .rank = sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t), .d = { __VA_ARGS__ }                                   \
-  }
 
 /* The einsums of one transformer layer and its head, as bench_runtime.c
    lists them for the CPU. */
