@@ -1456,26 +1456,17 @@ static void dump_problem(const Problem *P, const Solution *S, FILE *out) {
   }
 }
 
-/* A lower bound on the objective: each variable's cheapest strategy (the
- * edges' resharding costs are never negative). */
-static double least_cost(const Problem *P) {
+/* The sum over variables of each one's least cost (memory: its least
+ * memory). Cost: a lower bound on the objective (the edges' resharding costs
+ * are never negative). Memory: the least memory of any plan; the memory row
+ * is the only one that couples the variables' choices (the edge variables
+ * follow any choice), so the problem is feasible exactly when this fits. */
+static double least_sum(const Problem *P, bool memory) {
   double sum = 0;
   for (int x = 0; x < P->nvars; x++) {
-    double least = P->vars[x].cost[0];
-    for (int s = 1; s < P->vars[x].ns; s++) least = fmin(least, P->vars[x].cost[s]);
-    sum += least;
-  }
-  return sum;
-}
-
-/* The least memory of any plan: the memory row is the only one that couples
- * the variables' choices (the edge variables follow any choice), so the
- * problem is feasible exactly when this fits. */
-static double least_memory(const Problem *P) {
-  double sum = 0;
-  for (int x = 0; x < P->nvars; x++) {
-    double least = P->vars[x].mem[0];
-    for (int s = 1; s < P->vars[x].ns; s++) least = fmin(least, P->vars[x].mem[s]);
+    const double *v = memory ? P->vars[x].mem : P->vars[x].cost;
+    double least = v[0];
+    for (int s = 1; s < P->vars[x].ns; s++) least = fmin(least, v[s]);
     sum += least;
   }
   return sum;
@@ -1493,7 +1484,7 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
   for (int z = lo; z <= hi; z++) {
     P.C.zero = z;
     add_costs(&P);
-    if (least_memory(&P) > me->memory) { /* no plan fits at this ZeRO stage: no need to ask the solver */
+    if (least_sum(&P, true) > me->memory) { /* no plan fits at this ZeRO stage: no need to ask the solver */
       S = (Solution){0};
       continue;
     }
@@ -1502,7 +1493,7 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
       add_self_costs(&P);
       P.edges_made = true;
     }
-    if (o->cutoff > 0 && least_cost(&P) >= o->cutoff) { /* it fits, but cannot beat the cutoff: no solve */
+    if (o->cutoff > 0 && least_sum(&P, false) >= o->cutoff) { /* it fits, but cannot beat the cutoff: no solve */
       last_cut = true;
       return NULL;
     }
