@@ -121,7 +121,7 @@ typedef struct Pending {
 typedef struct Mpi {
   MPI_Comm *comm; /* per group: its communicator, MPI_COMM_NULL if not a member */
   int ncomm;
-  int **members; /* per group: its ranks (for messages), -1 ended */
+  char (*members)[160]; /* per group, for deadline messages: "the members of group 3 (ranks 0 2 4 6)" */
   Pending *pend;
   int npend, cap;
   MPI_Op bf16_sum;
@@ -143,23 +143,13 @@ static void busy(Transport *t, const char *call, const char *whom) {
 }
 static void idle(Transport *t) { atomic_store(&((Mpi *)t->impl)->since, 0.0); }
 
-/* "the members of group 3 (ranks 0 2 4 6)" */
-static const char *group_whom(Transport *t, int group, char *buf, size_t n) {
-  Mpi *m = t->impl;
-  int len = snprintf(buf, n, "the members of group %d (ranks", group);
-  for (int k = 0; m->members && m->members[group][k] >= 0 && len < (int)n; k++)
-    len += snprintf(buf + len, n - (size_t)len, " %d", m->members[group][k]);
-  if (len < (int)n) snprintf(buf + len, n - (size_t)len, ")");
-  return buf;
-}
-
 /* An MPI call under the deadline: `whom` is who must answer for it to end. */
 static int guard_end(Transport *t, int rc) {
   idle(t);
   return rc;
 }
 #define GUARD(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), (expr)))
-#define IN_GROUP(t, g) group_whom((t), (g), whom, sizeof whom)
+#define IN_GROUP(t, g) (((Mpi *)(t)->impl)->members[g])
 #define EVERY_RANK "the other ranks"
 
 /* Wakes a few times a second; a call past the deadline ends this process
@@ -222,11 +212,13 @@ static bool mpi_groups(Transport *t, int n, const int *sizes, int *const *ranks)
       return false;
     if (member) MPI_Comm_set_errhandler(m->comm[g], MPI_ERRORS_RETURN);
   }
-  m->members = xcalloc((size_t)n + 1, sizeof(int *));
-  for (int g = 0; g < n; g++) {
-    m->members[g] = xmalloc(sizeof(int) * ((size_t)sizes[g] + 1));
-    memcpy(m->members[g], ranks[g], sizeof(int) * (size_t)sizes[g]);
-    m->members[g][sizes[g]] = -1;
+  m->members = xcalloc((size_t)n + 1, sizeof *m->members);
+  for (int g = 0; g < n; g++) { /* the text once, not at every collective */
+    char *buf = m->members[g];
+    int len = snprintf(buf, sizeof *m->members, "the members of group %d (ranks", g);
+    for (int k = 0; k < sizes[g] && len < (int)sizeof *m->members; k++)
+      len += snprintf(buf + len, sizeof *m->members - (size_t)len, " %d", ranks[g][k]);
+    if (len < (int)sizeof *m->members) snprintf(buf + len, sizeof *m->members - (size_t)len, ")");
   }
   return true;
 }
@@ -245,7 +237,6 @@ static MPI_Datatype mpi_type(DType dt) { return dt == DT_BF16 ? MPI_UINT16_T : d
 static MPI_Op sum_op(Transport *t, DType dt) { return dt == DT_BF16 ? ((Mpi *)t->impl)->bf16_sum : MPI_SUM; }
 
 static bool mpi_all_reduce(Transport *t, int group, void *buf, int64_t n, DType dt) {
-  char whom[160];
   return count_fits(t, n) &&
          mpi_ok(t,
                 GUARD(t, "MPI_Allreduce", IN_GROUP(t, group),
@@ -254,7 +245,6 @@ static bool mpi_all_reduce(Transport *t, int group, void *buf, int64_t n, DType 
 }
 
 static bool mpi_all_gather(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
-  char whom[160];
   return count_fits(t, chunk) &&
          mpi_ok(t,
                 GUARD(t, "MPI_Allgather", IN_GROUP(t, group),
@@ -263,7 +253,6 @@ static bool mpi_all_gather(Transport *t, int group, const void *in, int64_t chun
 }
 
 static bool mpi_reduce_scatter(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
-  char whom[160];
   return count_fits(t, chunk) &&
          mpi_ok(t,
                 GUARD(t, "MPI_Reduce_scatter_block", IN_GROUP(t, group),
@@ -272,7 +261,6 @@ static bool mpi_reduce_scatter(Transport *t, int group, const void *in, int64_t 
 }
 
 static bool mpi_all_to_all(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
-  char whom[160];
   return count_fits(t, chunk) &&
          mpi_ok(t,
                 GUARD(t, "MPI_Alltoall", IN_GROUP(t, group),
@@ -390,7 +378,6 @@ static void mpi_close(Transport *t) {
   Mpi *m = t->impl;
   reap(t, true);
   if (m->watching) pthread_cancel(m->watchdog), pthread_join(m->watchdog, NULL);
-  for (int g = 0; m->members && g < m->ncomm; g++) free(m->members[g]);
   free(m->members);
   for (int g = 0; g < m->ncomm; g++)
     if (m->comm[g] != MPI_COMM_NULL) MPI_Comm_free(&m->comm[g]);
