@@ -197,25 +197,25 @@ int runtime_step(Runtime *rt, double *loss) {
   return 0;
 }
 
-void *runtime_buffer(Runtime *rt, const char *name, int64_t *numel) {
+/* The buffer named `name`, or NULL. */
+static const Buffer *named(const Runtime *rt, const char *name) {
   const Program *p = rt->r.p;
   for (int b = 0; b < p->nbufs; b++)
-    if (strcmp(p->bufs[b].name, name) == 0) {
-      if (numel) *numel = shape_numel(&p->bufs[b].shape);
-      return rt->r.be->host(rt->r.be, p->bufs[b].offset);
-    }
+    if (strcmp(p->bufs[b].name, name) == 0) return &p->bufs[b];
   return NULL;
+}
+
+void *runtime_buffer(Runtime *rt, const char *name, int64_t *numel) {
+  const Buffer *B = named(rt, name);
+  if (!B) return NULL;
+  if (numel) *numel = shape_numel(&B->shape);
+  return rt->r.be->host(rt->r.be, B->offset);
 }
 
 /* The float buffer `name` of n elements, or NULL. */
 static const Buffer *float_buffer(Runtime *rt, const char *name, int64_t n) {
-  const Program *p = rt->r.p;
-  for (int b = 0; b < p->nbufs; b++)
-    if (strcmp(p->bufs[b].name, name) == 0)
-      return (p->bufs[b].dtype == DT_F32 || p->bufs[b].dtype == DT_BF16) && shape_numel(&p->bufs[b].shape) == n
-                 ? &p->bufs[b]
-                 : NULL;
-  return NULL;
+  const Buffer *B = named(rt, name);
+  return B && (B->dtype == DT_F32 || B->dtype == DT_BF16) && shape_numel(&B->shape) == n ? B : NULL;
 }
 
 bool runtime_read(Runtime *rt, const char *name, float *dst, int64_t n) {
