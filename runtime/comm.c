@@ -20,6 +20,17 @@ static void *H(Run *R, int b) {
 static int64_t N(const Program *p, int b) { return shape_numel(&p->bufs[b].shape); }
 static size_t E(const Program *p, int b) { return (size_t)dtype_size(p->bufs[b].dtype); }
 
+/* *buf holding at least `bytes` (its contents are not kept) */
+static void *grown(void **buf, size_t *cap, size_t bytes) {
+  if (bytes > *cap) {
+    free(*buf);
+    *cap = bytes;
+    *buf = xmalloc(bytes);
+  }
+  return *buf;
+}
+static void *pad_buf(Run *R, size_t bytes) { return grown(&R->pad, &R->pad_cap, bytes); }
+
 /* A device arena (a GPU backend without a device transport): the
    instruction's input is downloaded into host memory and its output
    uploaded after it, so the transport works on host memory as ever. The
@@ -29,28 +40,14 @@ static void stage_in(Run *R, const Instr *in) {
   int x = in->nin ? in->in[0] : -1, o = in->op == OP_SEND ? -1 : in->out;
   size_t bx = x >= 0 ? (size_t)(p->bufs[x].bytes + 63) / 64 * 64 : 0,
          bo = o >= 0 && o != x ? (size_t)p->bufs[o].bytes : 0;
-  if (bx + bo > R->stage_cap) {
-    free(R->stage);
-    R->stage_cap = bx + bo;
-    R->stage = xmalloc(R->stage_cap);
-  }
   R->sx = x, R->so = o;
-  R->hx = R->stage;
+  R->hx = grown(&R->stage, &R->stage_cap, bx + bo);
   R->ho = o == x ? R->hx : (unsigned char *)R->stage + bx;
   if (x >= 0) R->be->download(R->be, R->hx, p->bufs[x].offset, p->bufs[x].bytes);
 }
 static void stage_out(Run *R) {
   if (R->so >= 0) R->be->upload(R->be, R->p->bufs[R->so].offset, R->ho, R->p->bufs[R->so].bytes);
   R->sx = R->so = -1;
-}
-
-static void *pad_buf(Run *R, size_t bytes) {
-  if (bytes > R->pad_cap) {
-    free(R->pad);
-    R->pad_cap = bytes;
-    R->pad = xmalloc(bytes);
-  }
-  return R->pad;
 }
 
 /* The staging bytes instruction `in` takes (see the instructions below). */
