@@ -205,7 +205,7 @@ Program *codegen(const Graph *g, const Train *t, uint64_t seed) {
     mb_end = C.step.n;
   }
   emit_update(&C);
-  prog_place(p, &C.step, mb_start, mb_end);
+  prog_place(p, &C.step, mb_start, mb_end, NULL);
   prog_finish(p, &C.init, &C.step);
   return p;
 }

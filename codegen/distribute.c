@@ -685,6 +685,7 @@ typedef struct Rank {
   int *pend;     /* param -> the step's unreduced partial contributions, whole (tp_acc, split param), -1 */
   int *rs;       /* reshards made, open addressing: [2k] buffer x 16 + dim + 1, [2k + 1] the resharded buffer */
   int rs_n, rs_cap;
+  Buckets bk; /* gradient buckets (ZeRO 0) */
 } Rank;
 
 static int buf(Rank *R, const char *name, DType dt, const Shape *s, BufKind k) {
@@ -1081,20 +1082,99 @@ static void reduce_tp_partials(Rank *R, int p) {
   prog_emit1(&R->step, OP_ACC, R->gacc[p], reshard(R, p, R->pend[p], -1, D->sh[p].out));
 }
 
-/* Gradient sums, norm, clipping and the optimizer, once per step. */
+/* The trainable parameters in the order their gradient sums are final
+   (the last instruction writing one), earliest first, ties by index: the
+   order their reductions run in. *n receives the count. */
+static int *final_order(const Rank *R, int *n) {
+  const Dist *D = R->D;
+  int np = D->g->nfwd, *owner = arena_alloc(sizeof(int) * (size_t)(R->p->nbufs + 1));
+  int *last = arena_alloc(sizeof(int) * (size_t)(np + 1)), *order = arena_alloc(sizeof(int) * (size_t)(np + 1));
+  for (int b = 0; b < R->p->nbufs; b++) owner[b] = -1;
+  for (int p = 0; p < np; p++) {
+    last[p] = -1;
+    if (R->gacc[p] >= 0) owner[R->gacc[p]] = p;
+    if (R->pend[p] >= 0) owner[R->pend[p]] = p;
+  }
+  for (int i = 0; i < R->step.n; i++) {
+    const Instr *in = R->step.v[i];
+    if (in->out >= 0 && owner[in->out] >= 0) last[owner[in->out]] = i;
+  }
+  *n = 0;
+  for (int p = 0; p < np; p++)
+    if (trainable_here(R, p)) order[(*n)++] = p;
+  for (int a = 1; a < *n; a++) /* insertion sort by (last, index): stable */
+    for (int b = a; b > 0 && last[order[b - 1]] > last[order[b]]; b--) {
+      int x = order[b];
+      order[b] = order[b - 1], order[b - 1] = x;
+    }
+  return order;
+}
+
+/* ZeRO 0's data-parallel gradient all-reduces, one per bucket: the
+   gradients of one layer (Node.layer; those outside every layer are one
+   more) reduced over one group, laid out one after another in a buffer
+   that spans them (prog_bucket). A bucket is reduced once its last member's
+   sum is final. The planner lists the same buckets (planner/intra.c). */
+typedef struct Bucketing {
+  int n;       /* buckets */
+  int *of;     /* per parameter: its bucket, -1 */
+  int *left;   /* per bucket: members not yet final */
+  int *group;  /* per bucket: the group it is reduced over */
+  int *member; /* per bucket, its members so far: member[first[k] ..] */
+  int *first, *count;
+} Bucketing;
+
+static Bucketing buckets_of(const Rank *R, const int *final, int nfinal) {
+  const Dist *D = R->D;
+  int np = D->g->nfwd;
+  Bucketing b = {.of = arena_alloc(sizeof(int) * (size_t)(np + 1))};
+  int *key_layer = arena_alloc(sizeof(int) * (size_t)(nfinal + 1)),
+      *key_group = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
+  b.left = arena_alloc(sizeof(int) * (size_t)(nfinal + 1)), b.group = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
+  b.first = arena_alloc(sizeof(int) * (size_t)(nfinal + 1)), b.count = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
+  b.member = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
+  for (int p = 0; p < np; p++) b.of[p] = -1;
+  for (int k = 0; k < nfinal; k++) {
+    int p = final[k], layer = D->g->nodes[p]->layer, group = D->hold_group[(size_t)p * D->tp + R->t], j = 0;
+    while (j < b.n && (key_layer[j] != layer || key_group[j] != group)) j++;
+    if (j == b.n) key_layer[j] = layer, key_group[j] = group, b.group[j] = group, b.left[j] = 0, b.n++;
+    b.of[p] = j;
+    b.left[j]++;
+  }
+  for (int j = 0, at = 0; j < b.n; j++) b.first[j] = at, b.count[j] = 0, at += b.left[j];
+  return b;
+}
+
+/* Parameter p's sum is final: into its bucket, which is reduced once full. */
+static void bucket_add(Rank *R, Bucketing *b, int p) {
+  int j = b->of[p];
+  b->member[b->first[j] + b->count[j]++] = R->gacc[p];
+  if (--b->left[j]) return;
+  const int *m = b->member + b->first[j];
+  int span = b->count[j] == 1
+                 ? m[0]
+                 : prog_bucket(R->p, &R->cap, &R->bk, arena_printf("grad.bucket%d", R->bk.n), m, b->count[j]);
+  prog_emit1(&R->step, OP_ALL_REDUCE, span, span)->i[0] = b->group[j];
+}
+
+/* Gradient sums, norm, clipping and the optimizer, once per step. The
+   reductions go in the order the sums are final, so that each can start
+   beside the rest of the backward pass (prog_hoist_comm). */
 static void emit_update(Rank *R) {
   const Dist *D = R->D;
   const Graph *g = D->g;
   const Train *t = D->t;
   const Layout *L = D->L;
-  int *shard_grad = arena_alloc(sizeof(int) * (size_t)g->nfwd);
-  for (int p = 0; p < g->nfwd; p++) {
-    shard_grad[p] = -1;
-    if (!trainable_here(R, p)) continue;
+  int *shard_grad = arena_alloc(sizeof(int) * (size_t)g->nfwd), nfinal;
+  for (int p = 0; p < g->nfwd; p++) shard_grad[p] = -1;
+  int *final = final_order(R, &nfinal);
+  Bucketing bucket = buckets_of(R, final, nfinal);
+  for (int k = 0; k < nfinal; k++) {
+    int p = final[k];
     const Node *pn = g->nodes[p];
     reduce_tp_partials(R, p);
     if (L->zero == 0) {
-      prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = D->hold_group[(size_t)p * D->tp + R->t];
+      bucket_add(R, &bucket, p);
       shard_grad[p] = R->gacc[p];
       continue;
     }
@@ -1206,7 +1286,9 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   }
   exchange(&R, NULL, 0);
   emit_update(&R);
-  prog_place(p, &R.step, 0, R.step.n);
+  prog_hoist_comm(p, &R.step, 0, R.step.n, &R.bk);
+  prog_place(p, &R.step, 0, R.step.n, &R.bk);
+  free(R.bk.bufs), free(R.bk.start), free(R.bk.member);
   prog_finish(p, &R.init, &R.step);
   return p;
 }

@@ -139,14 +139,59 @@ static int64_t place_transient(Program *p, const Interval *all, int n, int64_t b
   return top;
 }
 
-void prog_place(Program *p, const PtrVec *step, int first, int end) {
+int prog_bucket(Program *p, int *cap, Buckets *b, const char *name, const int *members, int n) {
+  int64_t span = 0;
+  for (int k = 0; k < n; k++) {
+    CARVE_ASSERT(p->bufs[members[k]].dtype == DT_F32, "a gradient bucket holds f32 sums");
+    span += aligned(p->bufs[members[k]].bytes);
+  }
+  Shape s = {1, {span / (int64_t)sizeof(float)}};
+  int id = prog_buf(p, cap, name, DT_F32, &s, BUF_GRAD);
+  if (b->n + 1 >= b->cap) {
+    b->cap = b->cap ? 2 * b->cap : 16;
+    b->bufs = xrealloc(b->bufs, sizeof(int) * (size_t)b->cap);
+    b->start = xrealloc(b->start, sizeof(int) * (size_t)(b->cap + 1));
+  }
+  if (b->nmember + n > b->member_cap) {
+    b->member_cap = 2 * (b->nmember + n);
+    b->member = xrealloc(b->member, sizeof(int) * (size_t)b->member_cap);
+  }
+  b->bufs[b->n] = id;
+  b->start[b->n] = b->nmember;
+  memcpy(b->member + b->nmember, members, sizeof(int) * (size_t)n);
+  b->nmember += n;
+  b->start[++b->n] = b->nmember;
+  return id;
+}
+
+/* Per buffer: 1 + the bucket it is in or spans, 0 if none. */
+static int *bucket_of(const Program *p, const Buckets *bk) {
+  int *of = xcalloc((size_t)p->nbufs + 1, sizeof(int));
+  for (int k = 0; bk && k < bk->n; k++) {
+    of[bk->bufs[k]] = k + 1;
+    for (int m = bk->start[k]; m < bk->start[k + 1]; m++) of[bk->member[m]] = k + 1;
+  }
+  return of;
+}
+
+void prog_place(Program *p, const PtrVec *step, int first, int end, const Buckets *bk) {
   int64_t off = 0;
+  int *in_bucket = bucket_of(p, bk);
   for (int b = 0; b < p->nbufs; b++) { /* persistent: parameters, their copies, gradients, state, scalars */
     BufKind k = p->bufs[b].kind;
-    if (k == BUF_ACT || k == BUF_INPUT) continue;
+    if (k == BUF_ACT || k == BUF_INPUT || in_bucket[b]) continue;
     p->bufs[b].offset = off;
     off += aligned(p->bufs[b].bytes);
   }
+  for (int k = 0; bk && k < bk->n; k++) { /* each bucket's members one after another: the bucket */
+    p->bufs[bk->bufs[k]].offset = off;
+    for (int m = bk->start[k]; m < bk->start[k + 1]; m++) {
+      p->bufs[bk->member[m]].offset = off;
+      off += aligned(p->bufs[bk->member[m]].bytes);
+    }
+    CARVE_ASSERT(off == p->bufs[bk->bufs[k]].offset + p->bufs[bk->bufs[k]].bytes, "a bucket spans its members");
+  }
+  free(in_bucket);
   Interval *iv = xcalloc((size_t)p->nbufs + 1, sizeof(Interval));
   for (int b = 0; b < p->nbufs; b++) iv[b] = (Interval){b, -1, -1};
   for (int i = first; i < end; i++) {
@@ -162,6 +207,88 @@ void prog_place(Program *p, const PtrVec *step, int first, int end) {
   }
   p->arena_bytes = place_transient(p, iv, n, off, first, end);
   free(iv);
+}
+
+/* ---------------------------------------------------------------- hoisting
+ *
+ * A transfer moves up past the compute before it until it meets an
+ * instruction that writes what it reads, or reads or writes what it writes
+ * (by buffer: a bucket and each of its members are one), and never past
+ * another transfer: each rank's order of transfers, which the rendezvous
+ * check holds free of deadlock, does not change. How far it may go:
+ *   - a persistent output (gradient sums and their buckets, the norm's sum
+ *     of squares, a parameter gathered back after its update): as far as
+ *     that allows, so that a layer's gradient reduction starts once its
+ *     sums are final and runs beside the rest of the backward pass;
+ *   - a gather of a persistent buffer into a transient one (ZeRO 3's
+ *     parameters): one transfer ahead, no higher than the first reader of
+ *     the previous transfer's output, so the next layer's parameters arrive
+ *     while this layer computes and the arena holds one layer's more;
+ *   - sends and receives: where they are (codegen pairs them into the
+ *     groups the rendezvous check proves; the runtime's thread already
+ *     sends without holding up the compute);
+ *   - any other transient output: where it is (its life is the arena's). */
+
+static bool is_comm(const Instr *in) { return (op_info[in->op].flags & OPF_COMM) != 0; }
+
+typedef struct Stores {
+  const Program *p;
+  int *bucket; /* per buffer: 1 + its bucket (spanning or member), or 0 */
+  bool *spans; /* per buffer: a bucket's own buffer */
+} Stores;
+
+/* Do buffers x and y share bytes? */
+static bool shared(const Stores *S, int x, int y) {
+  if (x < 0 || y < 0) return false;
+  return x == y || (S->bucket[x] && S->bucket[x] == S->bucket[y] && (S->spans[x] || S->spans[y]));
+}
+
+/* Must transfer c stay below instruction a? */
+static bool depends(const Stores *S, const Instr *a, const Instr *c) {
+  if (is_comm(a) || shared(S, a->out, c->out)) return true;
+  for (int k = 0; k < c->nin; k++)
+    if (shared(S, a->out, c->in[k])) return true;
+  for (int k = 0; k < a->nin; k++)
+    if (shared(S, a->in[k], c->out)) return true;
+  return false;
+}
+
+static bool persistent(const Program *p, int b) {
+  return b >= 0 && p->bufs[b].kind != BUF_ACT && p->bufs[b].kind != BUF_INPUT;
+}
+
+/* The highest place transfer v[j] may take, given the previous transfer at prev (-1: none). */
+static int hoist_floor(const Program *p, void *const *v, int first, int j, int prev) {
+  const Instr *c = v[j];
+  int lo = prev >= 0 ? prev + 1 : first;
+  if (c->op == OP_SEND || c->op == OP_RECV) return j;
+  if (persistent(p, c->out)) return lo;
+  bool prefetch = c->op == OP_ALL_GATHER && persistent(p, c->in[0]);
+  const Instr *pc = prev >= 0 ? v[prev] : NULL;
+  if (!prefetch || !pc || pc->out < 0) return j;
+  for (int k = prev + 1; k < j; k++) { /* just after the previous transfer's first reader */
+    const Instr *r = v[k];
+    for (int m = 0; m < r->nin; m++)
+      if (r->in[m] == pc->out) return k + 1;
+  }
+  return j;
+}
+
+void prog_hoist_comm(const Program *p, PtrVec *step, int first, int end, const Buckets *bk) {
+  Stores S = {p, bucket_of(p, bk), xcalloc((size_t)p->nbufs + 1, sizeof(bool))};
+  for (int k = 0; bk && k < bk->n; k++) S.spans[bk->bufs[k]] = true;
+  void **v = step->v;
+  for (int j = first, prev = -1; j < end; j++) {
+    if (!is_comm(v[j])) continue;
+    int lo = hoist_floor(p, v, first, j, prev), t = j;
+    while (t > lo && !depends(&S, v[t - 1], v[j])) t--;
+    void *c = v[j];
+    memmove(v + t + 1, v + t, sizeof(void *) * (size_t)(j - t));
+    v[t] = c;
+    prev = t;
+  }
+  free(S.bucket);
+  free(S.spans);
 }
 
 int prog_clip(Program *p, int *cap, PtrVec *step, const Train *t, const int *grads, const double *weight, int n,

@@ -10,9 +10,27 @@ int prog_buf(Program *p, int *cap, const char *name, DType dt, const Shape *s, B
 uint64_t prog_recipe(const Graph *g, const Train *t, uint64_t seed);
 Instr *prog_emit(PtrVec *list, OpKind op, int out);
 Instr *prog_emit1(PtrVec *list, OpKind op, int out, int x); /* one input */
-/* Persistent buffers first, then first-fit placement of transient buffers
-   (input, act) over their live intervals in step[first, end); sets the arena. */
-void prog_place(Program *p, const PtrVec *step, int first, int end);
+/* Gradient buckets: buffers each spanning several gradient sums, which
+   prog_place lays one after another inside it, so that one collective
+   reduces them all. Bucket k is bufs[k]; its members are
+   member[start[k] .. start[k + 1]). */
+typedef struct Buckets {
+  int n, cap, nmember, member_cap;
+  int *bufs, *start, *member;
+} Buckets;
+/* Adds a bucket over the n buffers `members` (f32 persistent buffers, in
+   the order they are laid out); returns its buffer. */
+int prog_bucket(Program *p, int *cap, Buckets *b, const char *name, const int *members, int n);
+/* Persistent buffers first (the buckets' members inside their buckets, a
+   bucket taking no bytes of its own), then first-fit placement of transient
+   buffers (input, act) over their live intervals in step[first, end); sets
+   the arena. bk may be NULL. */
+void prog_place(Program *p, const PtrVec *step, int first, int end, const Buckets *bk);
+/* Moves each communication instruction of step[first, end) up the list, as
+   early as the instructions it depends on allow, so that it runs beside the
+   compute before its first reader (runtime/overlap.c); before prog_place,
+   which then sees the longer lives. See lower.c. */
+void prog_hoist_comm(const Program *p, PtrVec *step, int first, int end, const Buckets *bk);
 /* The optimizer for one parameter: its state buffers (state_shape, zeroed in
    init; `piece`'s geometry attributes say which elements of the whole
    parameter they hold, see piece_of) and the update of target from grad,

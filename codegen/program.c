@@ -626,6 +626,20 @@ static void explain_comms(const Program *p, FILE *out) {
   free(rows);
 }
 
+/* Does persistent buffer b span others (a gradient bucket over its
+   members), whose bytes it would count again? */
+static bool spans_others(const Program *p, int b) {
+  const Buffer *B = &p->bufs[b];
+  if (B->kind == BUF_ACT || B->kind == BUF_INPUT) return false;
+  for (int i = 0; i < p->nbufs; i++) {
+    const Buffer *I = &p->bufs[i];
+    if (i != b && I->kind == B->kind && I->bytes > 0 && I->bytes < B->bytes && I->offset >= B->offset &&
+        I->offset + I->bytes <= B->offset + B->bytes)
+      return true;
+  }
+  return false;
+}
+
 void program_explain(const Program *p, FILE *out) {
   char a[32], b[32];
   fprintf(out, "program for model %s, rank %d of %d (format %d), plan %016" PRIx64 "\n", p->model, p->rank, p->world,
@@ -635,7 +649,8 @@ void program_explain(const Program *p, FILE *out) {
           p->microbatches == 1 ? "" : "es", precision_describe(p->precision, false), (long long)p->tokens_per_step,
           fmt_si(p->flops_per_step, b, sizeof b));
   int64_t by_kind[BUF_KINDS] = {0};
-  for (int i = 0; i < p->nbufs; i++) by_kind[p->bufs[i].kind] += p->bufs[i].bytes;
+  for (int i = 0; i < p->nbufs; i++)
+    if (!spans_others(p, i)) by_kind[p->bufs[i].kind] += p->bufs[i].bytes;
   fprintf(out, "  bytes by kind:");
   for (int k = 0; k < BUF_KINDS; k++)
     fprintf(out, " %s %s", buf_kind_names[k], fmt_bytes((double)by_kind[k], a, sizeof a));

@@ -638,6 +638,7 @@ struct Transport {
      job ends with a message naming `doing` and whom it waited for */
   double timeout;
   char doing[96]; /* what this rank is doing ("step 3, instruction 42 (all_reduce)"), or empty */
+  bool threads;   /* another thread may make the calls (one thread at a time): communication can overlap */
   /* Makes a communicator per group of a program (every rank calls it with
      the same list, in the same order: it is collective over the world). */
   bool (*groups)(Transport *t, int n, const int *sizes, int *const *ranks);
@@ -690,6 +691,7 @@ typedef struct RunOptions {
   double *peak_bytes;       /* receives the bytes the rank held: arena, scratch, staging */
   struct Backend *backend;  /* NULL: the backend named next, opened and closed by the run */
   const char *backend_name; /* "cpu" (NULL) or "cuda" */
+  bool serial_comm;         /* communication on the step's thread, none overlapped (runtime/overlap.c) */
   /* checkpoints (docs/checkpoints.md): after every `checkpoint_every` steps
      and the last, into checkpoint_dir/step-N, keeping the newest `keep` */
   const char *checkpoint_dir;

@@ -1317,6 +1317,55 @@ static bool listed(PtrVec *rec, int i) {
   return false;
 }
 
+/* The mesh axes the batch is split over (a bit each): the axes of the
+   data-parallel replicas. */
+static int batch_axes(const Plan *pl) {
+  const Graph *g = pl->g;
+  for (int i = 0; i < g->nfwd; i++)
+    if (g->nodes[i]->op == OP_INPUT && pl->layout[i].rank > 0) return pl->layout[i].d[0];
+  return 0;
+}
+
+static const Node *param_named(const Graph *g, const char *name) {
+  for (int i = 0; name && i < g->nfwd; i++)
+    if (g->nodes[i]->op == OP_PARAM && strcmp(g->nodes[i]->name, name) == 0) return g->nodes[i];
+  return NULL;
+}
+
+/* Without ZeRO, the programs all-reduce a layer's parameter gradients over
+ * the data-parallel replicas as one bucket (each gradient 64-byte aligned
+ * in it; those outside every layer are one more bucket: codegen/
+ * distribute.c): rec's gradient all-reduces over a batch axis become one
+ * entry per layer and axis. Duplicates (listed) are dropped here. */
+static void bucket_grads(const Plan *pl, PtrVec *rec) {
+  int bax = batch_axes(pl);
+  if (pl->zero != 0 || !bax) return;
+  PtrVec out = {0};
+  Comm **open = arena_alloc(sizeof(Comm *) * (size_t)(2 * pl->g->n + 4)); /* per (layer + 1, axis) */
+  memset(open, 0, sizeof(Comm *) * (size_t)(2 * pl->g->n + 4));
+  for (int i = 0; i < rec->n; i++) {
+    Comm *c = rec->v[i];
+    const Node *u = c->kind == COLL_ALL_REDUCE && c->once && c->phase == PHASE_BACKWARD && (c->axes & bax) &&
+                            (c->axes == 1 || c->axes == 2)
+                        ? param_named(pl->g, c->what)
+                        : NULL;
+    if (!u || listed(rec, i)) {
+      if (!u) ptrvec_push(&out, c);
+      continue;
+    }
+    Comm **b = &open[2 * (u->layer + 1) + (c->axes == 2)];
+    if (!*b) {
+      *b = arena_alloc(sizeof(Comm));
+      **b = *c;
+      (*b)->bytes = 0, (*b)->summed = false;
+      (*b)->what = u->layer >= 0 ? arena_printf("layer.%d.gradients", u->layer) : "gradients outside the layers";
+      ptrvec_push(&out, *b);
+    }
+    (*b)->bytes += ceil(c->bytes / 64) * 64;
+  }
+  *rec = out;
+}
+
 /* Aggregates identical collectives (same kind, axes, phase, size, and the
  * same tensor up to the layer index). */
 static void aggregate(Plan *pl, PtrVec *rec) {
@@ -1387,6 +1436,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
   pl->fwd_frac = per_mb > 0 ? acc.fwd / per_mb : 1.0 / 3;
   pl->wgrad_frac = per_mb > 0 ? acc.wgrad / per_mb : 1.0 / 3;
   pl->mem_params = acc.mp, pl->mem_grads = acc.mg, pl->mem_optim = acc.mo, pl->mem_acts = acc.ma;
+  bucket_grads(pl, &rec);
   aggregate(pl, &rec);
   pl->vars = S->cols, pl->binaries = S->binaries, pl->constraints = S->rows, pl->groups = P->nvars;
   pl->nodes = g->n, pl->solve_s = S->seconds, pl->gap = S->gap, pl->optimal = S->optimal;

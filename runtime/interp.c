@@ -12,31 +12,47 @@
 #include "kmath.h"
 #include "runtime.h"
 
+/* A transfer on the step's thread; false after it failed. */
+static bool comm_here(Run *R, const Instr *in, int i, bool init, const char **err) {
+  snprintf(R->net->doing, sizeof R->net->doing, "%s, instruction %d (%s)",
+           init ? "init" : arena_printf("step %d", R->step), i, op_info[in->op].name);
+  return !(*err = comm_exec(R, in));
+}
+
 /* Runs a list; false after printing the error a kernel or the transport reported. */
 static bool run_list(Run *R, const Instr *list, int n, bool init, StepStatus *st) {
-  bool prof = R->o->profile, traced = R->trace && !init;
+  bool prof = R->o->profile, traced = R->trace && !init, async = R->ov && !init;
   StepInfo si = {.step = R->step, .data = R->o->data};
   si.data_step = (uint64_t)(R->o->data_step ? R->o->data_step : R->step);
   const char *comm_error = NULL;
   int comm_at = -1;
-  for (int i = 0; i < n; i++) {
+  if (async) overlap_begin(R);
+  for (int i = 0; i < n && !comm_error; i++) {
     const Instr *in = &list[i];
-    double t0 = prof || traced ? now_seconds() : 0;
-    if (op_info[in->op].flags & OPF_COMM) {
-      snprintf(R->net->doing, sizeof R->net->doing, "%s, instruction %d (%s)",
-               init ? "init" : arena_printf("step %d", R->step), i, op_info[in->op].name);
-      if ((comm_error = comm_exec(R, in))) { /* the peer's side is gone: later collectives would wait forever */
-        comm_at = i;
-        break;
-      }
-    } else {
-      R->be->exec(R->be, in, i, init, &si);
-    }
-    if (traced) R->trace[2 * i] = t0, R->trace[2 * i + 1] = now_seconds();
+    bool comm = op_info[in->op].flags & OPF_COMM;
+    double t0 = now_seconds();
+    if (async && !overlap_need(R, i, &comm_error, &comm_at)) break;
+    if (comm && async)
+      overlap_post(R, i, &comm_error, &comm_at);
+    else if (comm && !comm_here(R, in, i, init, &comm_error))
+      comm_at = i; /* later collectives would wait forever */
+    double t1 = now_seconds();
+    if (comm || async) R->exposed_s += t1 - t0; /* the transfer, or the wait for one */
+    if (comm && async) continue;                /* the thread times it */
+    if (!comm) R->be->exec(R->be, in, i, init, &si);
+    double start = comm ? t0 : t1, end = comm ? t1 : now_seconds();
+    if (traced) R->trace[2 * i] = start, R->trace[2 * i + 1] = end;
     if (prof) {
-      R->op_time[in->op] += now_seconds() - t0;
+      R->op_time[in->op] += end - start;
       R->op_count[in->op]++;
     }
+  }
+  if (async) { /* every posted transfer done (or skipped after a failure): the thread is idle */
+    double t0 = now_seconds();
+    const char *e = NULL;
+    int at = -1;
+    if (!overlap_end(R, &e, &at) && !comm_error) comm_error = e, comm_at = at;
+    R->exposed_s += now_seconds() - t0;
   }
   R->net->doing[0] = 0;
   R->be->synchronize(R->be, st);
@@ -173,7 +189,7 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
   ok = net->agree(net, ok) && plans_agree(p, net) && collectives_agree(p, net) &&
        net->groups(net, p->ngroups, p->group_size, p->group_ranks);
   StepStatus st;
-  ok = net->agree(net, ok && run_list(R, p->init, p->ninit, true, &st));
+  ok = net->agree(net, ok && run_list(R, p->init, p->ninit, true, &st) && overlap_open(R));
   if (ok && o->checkpoint_dir) ok = checkpoint_open(R);
   if (ok && (o->resume || o->init_from)) ok = checkpoint_restore(R);
   if (!ok) {
@@ -253,6 +269,7 @@ const Program *runtime_program(Runtime *rt) { return rt->r.p; }
 void runtime_free(Runtime *rt) {
   if (!rt) return;
   if (rt->r.be && rt->r.be != rt->r.o->backend) rt->r.be->close(rt->r.be);
+  overlap_close(&rt->r);
   if (rt->r.ck_lock) close(rt->r.ck_lock - 1);
   free(rt->r.pad);
   free(rt->r.stage);
@@ -276,7 +293,8 @@ int runtime_run(const Program *p, const RunOptions *o) {
   Transport *net = R->net;
   bool many = net->world > 1, speak = !o->quiet && net->rank == 0;
   int rc = 0;
-  RunTotals tot = {.precision = precision_describe(p->precision, false), .backend = R->be->describe};
+  RunTotals tot = {
+      .precision = precision_describe(p->precision, false), .backend = R->be->describe, .overlap = R->ov != NULL};
   int first = R->step + 1; /* after a checkpoint's step when resuming */
   if (first > o->steps && o->steps > 0 && speak)
     printf("the run is already at step %d of %d: nothing to do\n", R->step, o->steps);
@@ -286,18 +304,18 @@ int runtime_run(const Program *p, const RunOptions *o) {
       R->trace = xcalloc(2 * (size_t)p->nstep + 2, sizeof(double));
       net->agree(net, true);
     }
-    double loss, t0 = now_seconds(), c0 = R->comm_s;
+    double loss, t0 = now_seconds(), c0 = R->comm_s, e0 = R->exposed_s;
     rc = runtime_step(rt, &loss);
-    double dt = now_seconds() - t0, dc = R->comm_s - c0;
+    double dt = now_seconds() - t0, dc = R->comm_s - c0, de = R->exposed_s - e0;
     if (rc && many) net->abort(net, 1); /* the other ranks may be waiting on this one */
     if (rc) break;
     if (traced && !trace_write(R, t0, o->trace)) rc = 1;
     if (many) { /* the step ends when its slowest rank does */
       snprintf(net->doing, sizeof net->doing, "end of step %d (the step time over the ranks)", s);
-      dt = net->max(net, dt), dc = net->max(net, dc);
+      dt = net->max(net, dt), dc = net->max(net, dc), de = net->max(net, de);
       net->doing[0] = 0;
     }
-    if (s > first || first == o->steps) tot.step_s += dt, tot.comm_s += dc, tot.timed++;
+    if (s > first || first == o->steps) tot.step_s += dt, tot.comm_s += dc, tot.exposed_s += de, tot.timed++;
     if (!isfinite(loss)) {
       if (net->rank == 0)
         fprintf(stderr, "carve: error: step %d: the loss is %g; training diverged (try a lower --lr)\n", s, loss);

@@ -27,9 +27,14 @@ void report_done(const Program *p, const RunTotals *t, int steps, FILE *out) {
           many ? " per rank" : "");
   fprintf(out, "peak memory%s %s\n", many ? " per rank" : "", fmt_bytes(t->peak_bytes, b1, sizeof b1));
   fprintf(out, "precision: %s, on %s\n", t->precision, t->backend);
-  if (many)
-    fprintf(out, "communication: %.1f ms/step on the busiest rank (%.0f%%)\n", t->comm_s / timed * 1e3,
-            100 * t->comm_s / (t->step_s > 0 ? t->step_s : 1));
+  if (!many) return;
+  fprintf(out, "communication: %.1f ms/step on the busiest rank (%.0f%%)", t->comm_s / timed * 1e3,
+          100 * t->comm_s / (t->step_s > 0 ? t->step_s : 1));
+  if (t->overlap)
+    fprintf(out, ", overlapped with compute but for %.1f ms/step (the most a rank waited)", t->exposed_s / timed * 1e3);
+  else
+    fprintf(out, ", none of it overlapped");
+  fprintf(out, "\n");
 }
 
 /* Time by opcode, largest first. */

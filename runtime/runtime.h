@@ -1,10 +1,13 @@
 /* runtime.h: what the parts of the interpreter share (runtime/): the state of
  * one rank's run. interp.c owns the step loop; comm.c the communication
- * instructions; report.c the per-step lines, the profile and traces;
+ * instructions; overlap.c runs them on a communication thread beside the
+ * compute; report.c the per-step lines, the profile and traces;
  * params.c parameter files; checkpoint.c checkpoints (store.c reads them). Kernels are the backend's (backend.h). */
 #ifndef CARVE_RUNTIME_H
 #define CARVE_RUNTIME_H
 #include "backend.h"
+
+typedef struct Overlap Overlap;
 
 typedef struct Run {
   const Program *p;
@@ -19,6 +22,8 @@ typedef struct Run {
   int sx, so;               /* the buffers staged now (-1: none) */
   void *hx, *ho;            /* their host copies */
   double comm_s;            /* seconds in communication instructions */
+  double exposed_s;         /* seconds the step's thread spent on them or waiting for them */
+  Overlap *ov;              /* the communication thread, or NULL: communication on the step's thread */
   double *trace;            /* when set: start and end of each step instruction */
   int ck_lock;              /* 1 + the descriptor of the checkpoint folder's lock (rank 0), or 0 */
   double op_time[OP_COUNT]; /* seconds per opcode, with RunOptions.profile */
@@ -44,9 +49,29 @@ bool checkpoint_restore(Run *R);
    arena's host memory; NULL or what failed. */
 const char *comm_exec(Run *R, const Instr *in);
 
+/* overlap.c: per instruction of list (n of them), the ordinal (among the
+   list's communication instructions) of the last transfer it must wait for,
+   or -1 (need), and its own ordinal or -1 (ord). */
+void overlap_needs(const Program *p, const Instr *list, int n, int *need, int *ord);
+/* Starts the communication thread when the run can overlap (R->ov stays
+   NULL otherwise); false after a message when the thread cannot start. */
+bool overlap_open(Run *R);
+void overlap_close(Run *R);
+void overlap_free(Overlap *ov);
+/* For the step list: before running it, before instruction i (waits for
+   what i needs), at a transfer i (posts it), and at its end (waits for
+   all). The waits are false when a transfer failed, with its error and
+   instruction in *err and *at. */
+void overlap_begin(Run *R);
+bool overlap_need(Run *R, int i, const char **err, int *at);
+bool overlap_post(Run *R, int i, const char **err, int *at);
+bool overlap_end(Run *R, const char **err, int *at);
+
 /* report.c */
 typedef struct RunTotals {
   double step_s, comm_s; /* summed over the timed steps (all but the first) */
+  double exposed_s;      /* of comm_s, what the step's thread spent on or waited for */
+  bool overlap;          /* communication ran on its own thread */
   int timed;
   double peak_bytes;
   const char *precision, *backend;

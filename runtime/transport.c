@@ -93,6 +93,7 @@ Transport *transport_local(void) {
   *t = (Transport){.name = "local",
                    .rank = 0,
                    .world = 1,
+                   .threads = true,
                    .groups = local_groups,
                    .all_reduce = local_all_reduce,
                    .all_gather = local_copy,
@@ -149,6 +150,21 @@ static int guard_end(Transport *t, int rc) {
   return rc;
 }
 #define GUARD(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), (expr)))
+
+/* Waits for a request begun by `rc`'s call: tests it, and once that has
+   taken a while, sleeps between tests, so that a thread waiting on its
+   peers leaves the cores to the compute beside it. */
+static int await(int rc, MPI_Request *req, MPI_Status *st) {
+  int done = 0;
+  for (long spin = 0; rc == MPI_SUCCESS; spin++) {
+    rc = MPI_Test(req, &done, st);
+    if (done) break;
+    if (spin >= 64) nanosleep(&(struct timespec){0, spin < 4096 ? 10 * 1000 : 100 * 1000}, NULL);
+  }
+  return rc;
+}
+/* a non-blocking MPI call `expr` (its request &R), then the wait, under the deadline */
+#define AWAIT(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), await((expr), &R, MPI_STATUS_IGNORE)))
 #define IN_GROUP(t, g) (((Mpi *)(t)->impl)->members[g])
 #define EVERY_RANK "the other ranks"
 
@@ -237,35 +253,39 @@ static MPI_Datatype mpi_type(DType dt) { return dt == DT_BF16 ? MPI_UINT16_T : d
 static MPI_Op sum_op(Transport *t, DType dt) { return dt == DT_BF16 ? ((Mpi *)t->impl)->bf16_sum : MPI_SUM; }
 
 static bool mpi_all_reduce(Transport *t, int group, void *buf, int64_t n, DType dt) {
+  MPI_Request R;
   return count_fits(t, n) &&
          mpi_ok(t,
-                GUARD(t, "MPI_Allreduce", IN_GROUP(t, group),
-                      MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, mpi_type(dt), sum_op(t, dt), comm_of(t, group))),
+                AWAIT(t, "MPI_Allreduce", IN_GROUP(t, group),
+                      MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, mpi_type(dt), sum_op(t, dt), comm_of(t, group), &R)),
                 "MPI_Allreduce");
 }
 
 static bool mpi_all_gather(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
-  return count_fits(t, chunk) &&
-         mpi_ok(t,
-                GUARD(t, "MPI_Allgather", IN_GROUP(t, group),
-                      MPI_Allgather(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt), comm_of(t, group))),
-                "MPI_Allgather");
+  MPI_Request R;
+  return count_fits(t, chunk) && mpi_ok(t,
+                                        AWAIT(t, "MPI_Allgather", IN_GROUP(t, group),
+                                              MPI_Iallgather(in, (int)chunk, mpi_type(dt), out, (int)chunk,
+                                                             mpi_type(dt), comm_of(t, group), &R)),
+                                        "MPI_Allgather");
 }
 
 static bool mpi_reduce_scatter(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
-  return count_fits(t, chunk) &&
-         mpi_ok(t,
-                GUARD(t, "MPI_Reduce_scatter_block", IN_GROUP(t, group),
-                      MPI_Reduce_scatter_block(in, out, (int)chunk, mpi_type(dt), sum_op(t, dt), comm_of(t, group))),
-                "MPI_Reduce_scatter_block");
+  MPI_Request R;
+  return count_fits(t, chunk) && mpi_ok(t,
+                                        AWAIT(t, "MPI_Reduce_scatter_block", IN_GROUP(t, group),
+                                              MPI_Ireduce_scatter_block(in, out, (int)chunk, mpi_type(dt),
+                                                                        sum_op(t, dt), comm_of(t, group), &R)),
+                                        "MPI_Reduce_scatter_block");
 }
 
 static bool mpi_all_to_all(Transport *t, int group, const void *in, int64_t chunk, void *out, DType dt) {
-  return count_fits(t, chunk) &&
-         mpi_ok(t,
-                GUARD(t, "MPI_Alltoall", IN_GROUP(t, group),
-                      MPI_Alltoall(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt), comm_of(t, group))),
-                "MPI_Alltoall");
+  MPI_Request R;
+  return count_fits(t, chunk) && mpi_ok(t,
+                                        AWAIT(t, "MPI_Alltoall", IN_GROUP(t, group),
+                                              MPI_Ialltoall(in, (int)chunk, mpi_type(dt), out, (int)chunk, mpi_type(dt),
+                                                            comm_of(t, group), &R)),
+                                        "MPI_Alltoall");
 }
 
 /* Frees the staging blocks of completed sends; with `all`, waits for all. */
@@ -316,7 +336,9 @@ static bool mpi_recv(Transport *t, void *buf, int64_t bytes, int peer, int tag) 
   if (!count_fits(t, bytes)) return false;
   char whom[64];
   snprintf(whom, sizeof whom, "rank %d (tag %d)", peer, tag);
-  int rc = GUARD(t, "MPI_Recv", whom, MPI_Recv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &st)), cls = 0;
+  MPI_Request R;
+  busy(t, "MPI_Recv", whom);
+  int rc = guard_end(t, await(MPI_Irecv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &R), &R, &st)), cls = 0;
   MPI_Error_class(rc, &cls);
   if (rc != MPI_SUCCESS && cls == MPI_ERR_TRUNCATE) {
     fprintf(stderr,
@@ -393,8 +415,10 @@ bool transport_launched(void) { return getenv("OMPI_COMM_WORLD_SIZE") || getenv(
 
 Transport *transport_open(int *argc, char ***argv) {
   if (!transport_launched()) return transport_local();
-  int level = 0; /* funneled: the watchdog thread makes no MPI calls */
-  if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &level) != MPI_SUCCESS) carve_fatal("MPI_Init_thread failed");
+  /* serialized: the communication thread makes a step's calls, the main
+     thread those between steps, never both at once (the watchdog makes none) */
+  int level = 0;
+  if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &level) != MPI_SUCCESS) carve_fatal("MPI_Init_thread failed");
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   Transport *t = xcalloc(1, sizeof(Transport));
   *t = (Transport){.name = "mpi",
@@ -418,6 +442,7 @@ Transport *transport_open(int *argc, char ***argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &t->rank);
   MPI_Comm_size(MPI_COMM_WORLD, &t->world);
   t->timeout = 300;
+  t->threads = level >= MPI_THREAD_SERIALIZED;
   Mpi *m = t->impl;
   m->watching = pthread_create(&m->watchdog, NULL, watch, t) == 0;
   return t;

@@ -3,7 +3,9 @@
 # rank programs run (`carve explain`). The partial input gradients of one
 # tensor are all-reduced once, as their sum (bert's post-norm residual too:
 # the whole gradient through the skip is added on one tp rank before the
-# reduction); a tied parameter's gradient is listed once; each stage's
+# reduction); a tied parameter's gradient is listed once (without ZeRO in
+# the bucket of gradients outside the layers: the programs reduce each
+# layer's gradients as one bucket, and the plan lists buckets); each stage's
 # backward all-reduces of activations in plan.json match the programs' all-reduces of
 # input gradients, per step (MODELS, default gpt:gpt-tiny bert:bert-tiny).
 #
@@ -33,10 +35,14 @@ n=$(grep -c ' all_reduce  *d\.layers\.[0-9]*\.h/acc' "$tmp/tp2.txt")
 n=$(grep -c ' all_reduce  *d\.layers\.[0-9]*\.[qkv]/einsum/einsum\.da' "$tmp/tp2.txt")
 [ "$n" = 0 ] && ok || bad "tp=2: $n all-reduces of single q, k or v input gradients, want 0"
 
-# a tied parameter: one gradient all-reduce, listed once
+# a tied parameter: its gradient all-reduced once, in the bucket of the
+# gradients outside the layers (wte 131072 bytes, wpe 32768, the final
+# norm's two 512: 164864; wte twice would be 295936), one bucket a layer
 "$carve" plan gpt --preset gpt-tiny --cluster dgx-a100 --mesh 1x8 --intra-only --force-dp >"$tmp/dp.txt" 2>&1
-n=$(awk '$1 == "all-reduce" && $NF == "wte" { print $5 }' "$tmp/dp.txt")
-[ "$n" = 1 ] && ok || bad "forced data parallelism: wte's all-reduce counted '$n' times, want 1"
+n=$(awk '$1 == "all-reduce" && $NF == "layers" && $4 == 164864 { print $5 }' "$tmp/dp.txt")
+[ "$n" = 1 ] && ok || bad "forced data parallelism: the bucket holding wte's gradient counted '$n' times at 164864 bytes, want 1"
+n=$(awk '$1 == "all-reduce" && $NF == "layer.0.gradients" { print $5 }' "$tmp/dp.txt")
+[ "$n" = 2 ] && ok || bad "forced data parallelism: '$n' gradient buckets of layers, want 2 (one a layer)"
 
 # a gradient reduced over tp and dp: the programs all-reduce it over each
 # axis in turn, and the plan prices the same two, never one ring over both
@@ -45,8 +51,10 @@ rm -rf "$tmp/dt"
   -o "$tmp/dt" >/dev/null 2>&1 || bad "plan dp=2,tp=2"
 n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[0, 1\]' "$tmp/dt/plan.json")
 [ "$n" = 0 ] && ok || bad "dp=2,tp=2: the plan prices $n all-reduces over both axes in one ring, want 0"
-n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[[01]\], "bytes": 131072, "count_per_step": 1, "phase": "backward", "tensor": "wte"' "$tmp/dt/plan.json")
-[ "$n" = 2 ] && ok || bad "dp=2,tp=2: the plan prices wte's gradient as $n all-reduces, want 2 (one per axis)"
+n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[1\], "bytes": 131072, "count_per_step": 1, "phase": "backward", "tensor": "wte"' "$tmp/dt/plan.json")
+[ "$n" = 1 ] && ok || bad "dp=2,tp=2: the plan prices wte's gradient over the tp axis as $n all-reduces, want 1"
+n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[0\], .*"tensor": "gradients outside the layers"' "$tmp/dt/plan.json")
+[ "$n" = 1 ] && ok || bad "dp=2,tp=2: $n buckets over the dp axis hold wte's gradient, want 1"
 
 # plan.json's stages against the programs of each stage's first rank:
 # backward all-reduces of tensors that are not parameters (input gradients)

@@ -12,6 +12,7 @@
  * Run options (run, train):
  *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH  --backend cpu|cuda|cpu-staged
  *   --checkpoint-dir CK  --checkpoint-every N  --keep K  --resume CK  --init-from FILE  --comm-timeout S
+ *   --overlap on|off
  * compile --layout "dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full":
  * one program per rank; explain --rank N prints rank N's. */
 #include <errno.h>
@@ -75,6 +76,7 @@ typedef struct Opts {
   double comm_timeout; /* --comm-timeout seconds (0: the transport's default) */
   int steps, log_every, rank, checkpoint_every, keep;
   bool quiet, dump, dump_training, profile;
+  bool serial_comm;   /* --overlap off */
   bool precision_set; /* --precision given: train.precision holds it */
 } Opts;
 
@@ -162,6 +164,9 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
       o->backend = v;
       if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "cpu-staged"))
         ok = usage_error(o->cmd, "--backend is cpu, cuda or cpu-staged, not '%s'", v) == 0;
+    } else if (GROUP('r') && !strcmp(key, "--overlap")) {
+      o->serial_comm = !strcmp(v, "off");
+      if (strcmp(v, "on") && strcmp(v, "off")) ok = usage_error(o->cmd, "--overlap is on or off, not '%s'", v) == 0;
     } else if (GROUP('r') && !strcmp(key, "--comm-timeout"))
       ok = opt_number(o->cmd, key, v, 0.1, 1e7, &o->comm_timeout);
     else if (GROUP('r') && !strcmp(key, "--quiet"))
@@ -365,6 +370,8 @@ static void print_run_help(void) {
          "  --log-every N (10)  --quiet  --profile (time by instruction kind)  --trace FILE (the last step)\n"
          "  --comm-timeout S (300): under mpirun, the seconds a rank waits for others in any one exchange;\n"
          "      past it the job ends, naming the instruction and the ranks that did not answer\n"
+         "  --overlap on|off (on): under mpirun, communication on its own thread beside the compute that\n"
+         "      does not need it; off runs each transfer in turn on the step's thread\n"
          "  --backend cpu|cuda|cpu-staged (cpu): what runs the kernels; cuda needs a GPU and a carve built\n"
          "      with CUDA; cpu-staged is the CPU with its memory reached as a GPU's is (for tests)\n"
          "checkpoints (docs/checkpoints.md):\n"
@@ -477,7 +484,8 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
                    .checkpoint_keep = o->keep ? o->keep : 3,
                    .resume = o->resume,
                    .init_from = o->init_from,
-                   .backend_name = o->backend};
+                   .backend_name = o->backend,
+                   .serial_comm = o->serial_comm};
   if (!o->quiet && net->rank == 0) {
     printf("training %s: %d steps on %s", p->model, o->steps, td ? td->path : "synthetic data");
     if (net->world > 1) printf(", %d ranks", net->world);
