@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
     Cluster *c = cluster_load("dgx-a100", stderr);
     if (!c || !cluster_resize(c, r->gpus / 8, 0, stderr)) return 1;
     PlanOptions po = {.zero = 0, .batch_axis = -1, .mixed = true, .time_limit = 60};
-    Manual m = {d, r->t, r->p, r->batch / d, SCHED_KINDS, 0, RC_FULL};
+    Manual m = {d, r->t, r->p, r->batch / d, SCHED_KINDS, 0, RC_FULL, NULL, 0};
     double t0 = now_seconds();
     PipelinePlan *mp = plan_manual(model_resolve("gpt"), &eo, c, &po, &m, stderr);
     double tm = now_seconds() - t0;

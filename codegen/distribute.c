@@ -569,24 +569,17 @@ static void defer_param_partials(Dist *D) {
   }
 }
 
-/* Can op n's kernel run on the parts this split gives it? A plan made for
-   speed (not PlanOptions.lowerable), or an op that follows its input's
-   layout, may split what a kernel needs whole: a normalised dim, a causal
-   row, a max-reduced dim, an embedding's vocabulary, or the tokens an MoE
-   gate routes together (its capacity is per microbatch). */
-static bool kernel_takes(const Graph *g, const Node *n, const Shard *s) {
-  int R = n->shape.rank, r0 = n->nin ? g->nodes[n->in[0]]->shape.rank : 0;
-  switch (n->op) {
-  case OP_SOFTMAX: return s->out != R - 1 && !(n->i[0] && s->out == R - 2);
-  case OP_LAYERNORM:
-  case OP_RMSNORM: return s->out != R - 1;
-  case OP_MOE_DISPATCH:
-  case OP_MOE_COMBINE: return s->out < 0 && s->in[0] < 0;
-  case OP_EMBED: return s->in[0] != 0;
-  case OP_XENT: return s->in[0] != r0 - 1;
-  case OP_MAX: return s->in[0] != n->i[0];
-  default: return true;
+/* Can op n's kernel run on the parts this split gives it (out: the dim of
+   its value split over the tp ranks, in[k]: input k's, -1 whole)? Not when
+   the split cuts a dim the rule book (op_whole_dims) says the kernel needs
+   whole. A plan made for speed (not PlanOptions.lowerable) may ask for
+   that: the op then runs whole. */
+bool kernel_takes(const Graph *g, const Node *n, int out, const int8_t *in) {
+  for (int t = 0; t <= n->nin; t++) {
+    int d = t == n->nin ? out : in[t];
+    if (d >= 0 && (op_whole_dims(g, n, t) >> d & 1)) return false;
   }
+  return true;
 }
 
 /* How the tp ranks of a replica split every live node, from each stage's
@@ -630,7 +623,7 @@ static bool shard_graph(Dist *D, FILE *err) {
     }
     s->partial = pl->partial[pn->id] & 2;
     s->mean = s->partial && (n->op == OP_MEAN || n->op == OP_XENT || n->op == OP_MSE);
-    if (!kernel_takes(g, n, s)) { /* run it whole: gathered in, whole out */
+    if (!kernel_takes(g, n, s->out, s->in)) { /* run it whole: gathered in, whole out */
       s->out = -1, s->partial = s->mean = s->cut = false;
       for (int k = 0; k < n->nin; k++) s->in[k] = -1;
     }
@@ -1429,41 +1422,4 @@ bool codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *
   make_groups(&D);
   D.plan_id = plan_id(&D, seed);
   return emit_ranks(&D, seed, each, ctx, err);
-}
-
-bool compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
-                    RankSink each, void *ctx, FILE *err) {
-  int64_t total = (int64_t)L->microbatches * layout_units(L);
-  if (total < 1 || total > 1 << 20) {
-    fprintf(err, "carve: error: %lld microbatches x replicas is out of range\n", (long long)total);
-    return false;
-  }
-  Diag d;
-  diag_init(&d, err);
-  Graph *g = frontend_load_microbatch(model_path, eo, (int)total, &d); /* one microbatch of one replica */
-  if (!g) {
-    if (d.errors) fprintf(err, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
-    return false;
-  }
-  if (!autodiff(g, (int)total, err)) return false;
-  Train tl = *t;
-  tl.microbatches = L->microbatches;
-  Layout with = *L;
-  if (L->tp > 1 && !L->plans) { /* tensor parallelism by hand: the planner splits one replica over 1 x tp */
-    Cluster *cl = cluster_load("local", err);
-    Mesh me;
-    if (!cl || !cluster_resize(cl, 1, L->tp, err)) return false;
-    /* communication priced near free: tp was asked for, so split whatever divides the work */
-    cl->intra_bandwidth = cl->inter_bandwidth = 1e15, cl->intra_latency = cl->inter_latency = 0;
-    if (!mesh_make(cl, 1, L->tp, false, &me, err)) return false;
-    me.gemm_half = 1e-6; /* and products priced alike however narrow their splits: heads split as Megatron does */
-    PlanOptions po = {
-        .zero = 0, .batch_axis = -1, .time_limit = 60, .quiet = true, .lowerable = true, .batch_not_axis1 = true};
-    const Plan *pl = plan_intra(g, cl, &me, &po, err);
-    if (!pl) return false;
-    const Plan **plans = arena_alloc(sizeof(Plan *) * (size_t)(L->pp * L->v));
-    for (int s = 0; s < L->pp * L->v; s++) plans[s] = pl;
-    with.plans = plans;
-  }
-  return codegen_ranks(g, &tl, seed, &with, each, ctx, err);
 }

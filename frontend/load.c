@@ -94,3 +94,19 @@ Graph *frontend_load_microbatch(const char *path, const ElabOptions *opt, int mi
   free(e.sets);
   return g;
 }
+
+/* The front of the compile chain, pass by pass: load and check, dump,
+ * autodiff, dump. */
+Graph *frontend_training(const Front *f, FILE *err) {
+  Diag d;
+  diag_init(&d, err);
+  Graph *g = frontend_load_microbatch(f->path, f->eo, f->microbatches, &d); /* load, check */
+  if (!g) {
+    if (d.errors) fprintf(err, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
+    return NULL;
+  }
+  if (f->dump) graph_dump(g, f->dump);
+  if (!autodiff(g, f->scale > 1 ? f->scale : 1, err)) return NULL;
+  if (f->dump_training) graph_dump(g, f->dump_training);
+  return g;
+}

@@ -9,6 +9,9 @@
  *                            codegen_ranks: one per rank of a Layout)
  *               --runtime--> losses (ranks talk through a Transport: MPI)
  *
+ * The compile chain is written once, as a pass list: frontend_training
+ * (load, check, autodiff) and codegen/driver.c (plan, codegen).
+ *
  * Three kinds of failure, three mechanisms:
  *   - user input: a located message through Diag (file:line:col, source line,
  *     caret), the phase returns failure, the command exits 1;
@@ -395,10 +398,33 @@ Graph *frontend_load(const char *path, const ElabOptions *opt, Diag *d);
 Graph *frontend_load_microbatch(const char *path, const ElabOptions *opt, int microbatches, Diag *d);
 /* The same for text in memory; `name` is what messages call it. */
 Graph *frontend_load_text(const char *name, const char *text, size_t len, const ElabOptions *opt, Diag *d);
+/* The front of the compile chain (the rest: codegen/driver.c): load and
+ * check the model at batch / microbatches, differentiate it with the loss
+ * gradient seeded with 1 / scale. A failed load ends with the count of
+ * errors. dump, dump_training: where to print the forward graph and the
+ * training graph (NULL: nowhere). NULL after the errors. */
+typedef struct Front {
+  const char *path;
+  const ElabOptions *eo;
+  int microbatches, scale; /* 0 means 1 */
+  FILE *dump, *dump_training;
+} Front;
+Graph *frontend_training(const Front *f, FILE *err);
 /* Resolves a model argument: a path, or the name of a shipped model. */
 const char *model_resolve(const char *arg);
 /* Parses "a=1,b=2" into overrides (appends); false with a message on error. */
 bool parse_sets(const char *text, Override **sets, int *nsets, FILE *err);
+
+/* ======================================================================
+ * frontend/rules.c: the rule book of splits
+ * ====================================================================== */
+
+/* The dims of tensor t of node n (t < n->nin: input t; t == n->nin: the
+ * output) that the op's kernel needs whole on every rank, one bit per dim.
+ * The planner offers no strategy that splits one of them when its plan is
+ * to be lowered (PlanOptions.lowerable); the code generator runs an op whose
+ * split would cut one whole instead (kernel_takes). */
+uint32_t op_whole_dims(const Graph *g, const Node *n, int t);
 
 /* ======================================================================
  * frontend/autodiff.c: forward graph -> training graph
@@ -568,9 +594,31 @@ typedef bool (*RankSink)(const Program *p, void *ctx);
  * with 1 / (m units). false with a message when the layout does not fit the
  * model, or when `each` returns false (it says why). */
 bool codegen_ranks(const Graph *g, const Train *t, uint64_t seed, const Layout *L, RankSink each, void *ctx, FILE *err);
-/* The same from a model file: loads it at the microbatch size, differentiates it. */
+/* Whether op n's kernel runs on the parts a tp split gives it (out: the dim
+ * of its value split over the ranks, in[k]: input k's; -1 whole): none of
+ * them a dim the rule book (op_whole_dims) keeps whole. Ops it refuses run
+ * whole. */
+bool kernel_takes(const Graph *g, const Node *n, int out, const int8_t *in);
+
+/* codegen/driver.c: the compile chain as a pass list (load, check, autodiff:
+ * frontend_training; plan; codegen) and layout text as a Layout. */
+struct Manual;
+/* Model file -> the one program of a single rank (t->microbatches of
+ * gradient accumulation); *graph (if given) gets the training graph. NULL
+ * after the errors. */
+Program *compile_program(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, Graph **graph,
+                         FILE *err);
+/* Model file -> one program per rank of L: loads it at the size of one
+ * microbatch of one replica, differentiates it, plans tensor parallelism
+ * asked for by hand (plan_tp) and hands each rank's program to `each`. */
 bool compile_layout(const char *model_path, const ElabOptions *eo, const Train *t, uint64_t seed, const Layout *L,
                     RankSink each, void *ctx, FILE *err);
+/* The plan of tensor parallelism by hand: training graph g split over a
+ * 1 x tp mesh with only strategies codegen lowers. */
+const struct Plan *plan_tp(const Graph *g, int tp, FILE *err);
+/* Layout text, parsed (manual_parse), as a Layout: keys left out are 1
+ * replica, 1 stage, no tp, `microbatches`, 1F1B, ZeRO 0, no recomputation. */
+Layout layout_of_manual(const struct Manual *m, int microbatches);
 /* Program files: versioned text with a checksum. */
 bool program_write(const Program *p, const char *path, FILE *err);
 Program *program_read(const char *path, FILE *err);

@@ -29,11 +29,11 @@
  *
  * Variables. Elementwise ops, normalisations and softmax follow their main
  * input (same layout), so a chain of them joins the group of the op that
- * produced it. A parameter or input read by one op is stored the way that
- * op reads it. Each remaining group is one ILP variable; the groups of
- * repeated layers (same name but for the layer index, same op and shapes)
- * share one variable per layer parity (a period of two, so consecutive
- * layers can alternate), and the problem does not grow with depth.
+ * produced it (in a plan that is to be lowered, not an op whose input's
+ * layout may split a dim its kernel needs whole: it has its own variable).
+ * A parameter or input read by one op is stored the way that op reads it. Each remaining group is one ILP variable; the
+ * groups of repeated layers (same name but for the layer index, same op and shapes) share one variable per layer parity
+ * (a period of two, so consecutive layers can alternate), and the problem does not grow with depth.
  *
  * The ILP (Alpa's formulation, with the memory constraint always on):
  *   minimise    sum_v sum_s c_v[s] x_v[s]  +  sum_(u,v) sum_(l,m) r_uv[l,m] e_uv[l,m]
@@ -70,7 +70,8 @@ typedef struct OpModel {
   int moe_e;                      /* expert iteration dim of an MoE einsum, -1: none */
   uint32_t moe_tokens;            /* token iteration dims (bit mask) */
   uint32_t frozen;                /* iteration dims that may not be split */
-  uint32_t unlowered;             /* iteration dims the code generator cannot split (PlanOptions.lowerable) */
+  uint32_t unlowered;             /* iteration dims a kernel needs whole (op_whole_dims): not split when the
+                                     plan is to be lowered (PlanOptions.lowerable) */
 } OpModel;
 
 typedef struct Strategy {
@@ -91,7 +92,20 @@ static void dims_of(OpModel *m, const Shape *s) {
   for (int i = 0; i < s->rank; i++) m->size[i] = s->d[i];
 }
 
+static void op_dims(const Graph *g, const Node *v, OpModel *m);
+
+/* The op's loop nest; the iteration dims its kernel needs whole come from
+   the rule book (frontend/rules.c), which the code generator reads too. */
 static void op_model(const Graph *g, const Node *v, OpModel *m) {
+  op_dims(g, v, m);
+  for (int t = 0; t < m->nt; t++) {
+    uint32_t whole = op_whole_dims(g, v, t == m->nt - 1 && !is_leaf(v) ? v->nin : t);
+    for (int i = 0; i < m->rank[t]; i++)
+      if (whole >> i & 1 && m->map[t][i] >= 0) m->unlowered |= 1u << m->map[t][i];
+  }
+}
+
+static void op_dims(const Graph *g, const Node *v, OpModel *m) {
   memset(m, 0, sizeof *m);
   memset(m->map, -1, sizeof m->map);
   m->norm = m->moe_e = -1;
@@ -135,7 +149,6 @@ static void op_model(const Graph *g, const Node *v, OpModel *m) {
     m->rank[0] = 2, m->map[0][0] = (int8_t)(r + 1), m->map[0][1] = (int8_t)r;
     map_identity(m, 1, r, 0);
     map_identity(m, 2, r + 1, 0);
-    m->unlowered = 1u << (r + 1); /* the vocabulary */
     return;
   }
   case OP_SUM:
@@ -146,7 +159,6 @@ static void op_model(const Graph *g, const Node *v, OpModel *m) {
     m->rank[1] = v->shape.rank;
     for (int i = 0, j = 0; i < in0->shape.rank; i++)
       if (i != v->i[0]) m->map[1][j++] = (int8_t)i;
-    if (v->op == OP_MAX) m->unlowered = 1u << v->i[0];
     return;
   case OP_XENT:
   case OP_MSE:
@@ -162,7 +174,6 @@ static void op_model(const Graph *g, const Node *v, OpModel *m) {
     map_identity(m, 0, in0->shape.rank, 0);
     map_identity(m, 1, v->shape.rank, 0);
     m->frozen = 1u << (v->shape.rank - 1); /* capacity */
-    m->unlowered = ~0u;                    /* routing sees the whole batch */
     return;
   case OP_RESHAPE: { /* dims of a common prefix keep their splits; the rest may not split */
     dims_of(m, &v->shape);
@@ -183,8 +194,6 @@ static void op_model(const Graph *g, const Node *v, OpModel *m) {
       for (int i = 0; i < s->rank; i++) m->map[k][i] = (int8_t)(v->shape.rank - s->rank + i);
     }
     if (v->op == OP_SOFTMAX || v->op == OP_LAYERNORM || v->op == OP_RMSNORM) m->norm = v->shape.rank - 1;
-    if (v->op == OP_SOFTMAX && v->i[0] && v->shape.rank >= 2) /* causal: a row's mask needs its index */
-      m->unlowered = 1u << (v->shape.rank - 2);
     return;
   }
 }
@@ -244,7 +253,7 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
     int id = st->ax[a];
     if (id < 0) continue;
     if (C->me->n[a] == 1 || (m->frozen >> id & 1)) return false;
-    if (C->o->lowerable && ((m->unlowered >> id & 1) || id == m->norm)) return false;
+    if (C->o->lowerable && (m->unlowered >> id & 1)) return false;
     if (C->o->batch_not_axis1 && a == 1 && id == bdim) return false;
     if (C->o->force_dp && id != bdim) return false;
     split[id] *= C->me->n[a];
@@ -277,6 +286,19 @@ static int enumerate(const Ctx *C, const OpModel *m, int bdim, Strategy *out, in
         if (valid(C, m, &x, bdim) && n < max) out[n++] = x;
       }
     }
+  return n;
+}
+
+/* The layouts of every strategy offered to op v, MAXIN + 1 specs each (its
+   inputs, then its output); their count, at most max. */
+int plan_offers(const Graph *g, const Node *v, const Mesh *me, const PlanOptions *o, Spec *out, int max) {
+  Ctx C = {.g = g, .me = me, .o = o};
+  OpModel m;
+  op_model(g, v, &m);
+  Strategy *st = arena_alloc(sizeof(Strategy) * (size_t)(max + 1));
+  int n = enumerate(&C, &m, batch_idim(g, v, &m), st, max);
+  for (int s = 0; s < n; s++)
+    for (int t = 0; t < m.nt; t++) out[s * (MAXIN + 1) + (t == m.nt - 1 ? MAXIN : t)] = tensor_spec(&m, t, &st[s]);
   return n;
 }
 
@@ -804,7 +826,9 @@ static bool build_vars(Problem *P, FILE *err) {
     C->main_in[i] = P->main_k[i] = C->var[i] = -1;
     if (!C->live[i]) continue;
     op_model(g, v, &P->model[i]);
-    if (can_follow(v->op))
+    /* a follower takes its input's layout as it is: not one that would split a dim its kernel needs whole
+       when the plan is to be lowered (the rule book); such an op chooses its own */
+    if (can_follow(v->op) && !(C->o->lowerable && P->model[i].unlowered))
       for (int k = 0; k < v->nin && C->main_in[i] < 0; k++) {
         const Node *u = g->nodes[v->in[k]];
         if (!is_leaf(u) && shape_eq(&u->shape, &v->shape)) C->main_in[i] = u->id, P->main_k[i] = k;

@@ -289,10 +289,10 @@ static void submeshes(Ctx *c) {
   c->unit = dpn;
 }
 
+/* The training graph of one of B microbatches (the compile chain's front,
+   frontend_training). */
 static Graph *load_at(const char *path, const ElabOptions *eo, int B, FILE *err) {
-  Diag d;
-  diag_init(&d, err);
-  return frontend_load_microbatch(path, eo, B, &d);
+  return frontend_training(&(Front){.path = path, .eo = eo, .microbatches = B}, err);
 }
 
 /* Groups of consecutive layers, at most `most`. */
@@ -592,7 +592,7 @@ static const AtB *graph_at(Search *S, int B, FILE *err) {
   for (int i = 0; i < S->nat; i++)
     if (S->at[i].B == B) return &S->at[i];
   Graph *g = B == 1 ? (Graph *)S->g1 : load_at(S->path, S->eo, B, err);
-  if (!g || !autodiff(g, 1, err)) return NULL;
+  if (!g) return NULL;
   AtB *a = &S->at[S->nat++];
   a->B = B, a->g = g;
   a->layer_of = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
@@ -900,13 +900,32 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
 
 /* ---------------------------------------------------------------- manual plans */
 
-bool manual_parse(const char *text, Manual *m, FILE *err) {
-  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1, -1};
+/* dp=1:2: each pipeline stage's replicas; m->dp gets the most. */
+static bool stage_dps(const char *opt, const char *v, int vlen, Manual *m, FILE *err) {
+  int *dp = arena_alloc(sizeof(int) * (size_t)(vlen + 1)), n = 0;
+  for (const char *q = v, *end = v + vlen; q < end;) {
+    char *stop;
+    long x = strtol(q, &stop, 10);
+    if (stop == q || x < 1 || x > 1 << 16 || (stop < end && *stop != ':')) {
+      fprintf(err, "carve: error: %s: dp=%.*s: replicas per stage are whole numbers joined by ':'\n", opt, vlen, v);
+      return false;
+    }
+    dp[n++] = (int)x;
+    m->dp = x > m->dp ? (int)x : m->dp;
+    q = stop + (stop < end);
+  }
+  m->stage_dp = dp, m->nstage_dp = n;
+  return true;
+}
+
+/* The one reader of layout text; opt names the option it came from. */
+bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
+  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1, -1, NULL, 0};
   const char *p = text;
   while (*p) {
     size_t len = strcspn(p, ","), eq = strcspn(p, "=");
     if (eq >= len) {
-      fprintf(err, "carve: error: --manual expects key=value pairs, got '%.*s'\n", (int)len, p);
+      fprintf(err, "carve: error: %s expects key=value pairs, got '%.*s'\n", opt, (int)len, p);
       return false;
     }
     const char *v = p + eq + 1;
@@ -921,15 +940,17 @@ bool manual_parse(const char *text, Manual *m, FILE *err) {
                  : !strcmp(key, "pp") ? &m->pp
                  : !strcmp(key, "mb") ? &m->mb
                                       : NULL;
-    if (field) {
+    if (field == &m->dp && memchr(v, ':', (size_t)vlen)) {
+      if (!stage_dps(opt, v, vlen, m, err)) return false;
+    } else if (field) {
       if (!num || x < 1) {
-        fprintf(err, "carve: error: --manual: %s must be a whole number >= 1, got '%.*s'\n", key, vlen, v);
+        fprintf(err, "carve: error: %s: %s must be a whole number >= 1, got '%.*s'\n", opt, key, vlen, v);
         return false;
       }
       *field = (int)x;
     } else if (!strcmp(key, "zero")) {
       if (!num || x > 3) {
-        fprintf(err, "carve: error: --manual: zero is 0, 1, 2 or 3, got '%.*s'\n", vlen, v);
+        fprintf(err, "carve: error: %s: zero is 0, 1, 2 or 3, got '%.*s'\n", opt, vlen, v);
         return false;
       }
       m->zero = (int)x;
@@ -938,7 +959,7 @@ bool manual_parse(const char *text, Manual *m, FILE *err) {
       while (k < SCHED_KINDS && !((int)strlen(sched_names[k]) == vlen && !strncmp(v, sched_names[k], (size_t)vlen)))
         k++;
       if (k == SCHED_KINDS) {
-        fprintf(err, "carve: error: --manual: schedule is gpipe, 1f1b, interleaved or zb-h1, got '%.*s'\n", vlen, v);
+        fprintf(err, "carve: error: %s: schedule is gpipe, 1f1b, interleaved or zb-h1, got '%.*s'\n", opt, vlen, v);
         return false;
       }
       m->schedule = (SchedKind)k;
@@ -947,20 +968,28 @@ bool manual_parse(const char *text, Manual *m, FILE *err) {
       for (int k = 0; k < RC_KINDS; k++)
         if ((int)strlen(rc_names[k]) == vlen && !strncmp(v, rc_names[k], (size_t)vlen)) m->recompute = k;
       if (m->recompute < 0) {
-        fprintf(err, "carve: error: --manual: recompute is none, selective or full, got '%.*s'\n", vlen, v);
+        fprintf(err, "carve: error: %s: recompute is none, selective or full, got '%.*s'\n", opt, vlen, v);
         return false;
       }
     } else {
-      fprintf(err, "carve: error: --manual: unknown key '%s' (dp, tp, pp, mb, schedule, zero, recompute)\n", key);
+      fprintf(err, "carve: error: %s: unknown key '%s' (dp, tp, pp, mb, schedule, zero, recompute)\n", opt, key);
       return false;
     }
     p += len + (p[len] == ',');
+  }
+  if (m->stage_dp && m->nstage_dp != (m->pp ? m->pp : 1)) {
+    fprintf(err, "carve: error: %s: dp gives %d stages' replicas, but pp=%d\n", opt, m->nstage_dp, m->pp ? m->pp : 1);
+    return false;
   }
   return true;
 }
 
 /* Checks that the plan divides the cluster and the model; fills defaults. */
 static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err) {
+  if (m->stage_dp) {
+    fprintf(err, "carve: error: --manual: replicas per stage (dp=a:b) are for compile --layout; a plan takes one dp\n");
+    return false;
+  }
   int D = cluster_devices(cl);
   int64_t batch = graph_dim(g, "batch", 0), heads = graph_dim(g, "heads", 0);
   if (!m->tp) m->tp = 1;
@@ -993,7 +1022,7 @@ static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err
 static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,
                                const Manual *m, int B, FILE *err) {
   Graph *g = load_at(path, eo, B, err);
-  if (!g || !autodiff(g, 1, err)) return NULL;
+  if (!g) return NULL;
   int *layer_of = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
   int L = graph_layers(g, MAXGROUPS, layer_of); /* the layers codegen finds (Layout.layers_want) */
   if (m->pp > L) {

@@ -160,6 +160,11 @@ typedef struct Plan {
 /* Plans the training graph g on mesh m. Returns NULL after printing why
  * (no strategy fits in memory: the message gives the best plan's need). */
 Plan *plan_intra(const Graph *g, const Cluster *c, const Mesh *m, const PlanOptions *o, FILE *err);
+/* The tensor layouts of each strategy the pass offers op v on its own (a
+   follower takes its input's instead): MAXIN + 1 specs per strategy, the
+   inputs' at 0 .. nin - 1 and the output's at MAXIN. Their count, at most
+   max. For checking what the planner offers against what codegen lowers. */
+int plan_offers(const Graph *g, const Node *v, const Mesh *me, const PlanOptions *o, Spec *out, int max);
 /* Tries every n0 x n1 mesh of all devices and keeps the fastest plan. */
 Plan *plan_best_mesh(const Graph *g, const Cluster *c, const PlanOptions *o, FILE *log, FILE *err);
 void plan_report(const Plan *p, FILE *out);
@@ -396,10 +401,15 @@ typedef struct Manual {
   int dp, tp, pp, mb;
   SchedKind schedule;
   int zero;
-  int recompute; /* RC_NONE, RC_SELECTIVE, RC_FULL, or -1: chosen per stage */
+  int recompute;       /* RC_NONE, RC_SELECTIVE, RC_FULL, or -1: chosen per stage */
+  const int *stage_dp; /* dp=1:2: each stage's replicas (dp is the most), NULL */
+  int nstage_dp;
 } Manual;
-/* Parses "dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,recompute=none". */
-bool manual_parse(const char *text, Manual *m, FILE *err);
+/* The one parser of layout text: "dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,
+   recompute=none" (keys left out are 0, or -1 and SCHED_KINDS: to be chosen);
+   dp=1:2 gives each pipeline stage its own replicas. opt ("--manual",
+   "--layout") names the option in messages. */
+bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err);
 PipelinePlan *plan_manual(const char *model_path, const ElabOptions *eo, const Cluster *c, const PlanOptions *po,
                           const Manual *m, FILE *err);
 void pipeline_report(const PipelinePlan *p, FILE *out);

@@ -10,7 +10,9 @@
  *   - memory: a model that does not fit replicated is sharded; one that fits
  *     nowhere gets the infeasibility message;
  *   - the ILP optimum equals brute force over every strategy combination;
- *   - impossible meshes and unsplittable dims are refused with a message. */
+ *   - impossible meshes and unsplittable dims are refused with a message;
+ *   - the rule book: every split offered to a plan that is to be lowered, and
+ *     every split of a tensor-parallel plan, is one codegen's kernels take. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,6 +341,73 @@ static void test_refusals(void) {
   free(err);
 }
 
+/* The dim mesh axis a splits in spec s, -1 */
+static int8_t axis_dim(const Spec *s, int a) {
+  for (int d = 0; d < s->rank; d++)
+    if (s->d[d] >> a & 1) return (int8_t)d;
+  return -1;
+}
+
+/* Whether the code generator's kernel takes op v split as specs (MAXIN + 1:
+   the inputs, then the output at MAXIN) say, along each mesh axis. */
+static bool lowers(const Graph *g, const Node *v, const Spec *specs) {
+  for (int a = 0; a < 2; a++) {
+    int8_t in[MAXIN];
+    for (int k = 0; k < v->nin; k++) in[k] = axis_dim(&specs[k], a);
+    if (!kernel_takes(g, v, axis_dim(&specs[MAXIN], a), in)) {
+      char b[64];
+      CHECK(false, "%s (%s): the planner offers %s, which codegen runs whole", v->name, op_info[v->op].name,
+            spec_str(&specs[MAXIN], b, sizeof b));
+      return false;
+    }
+  }
+  return true;
+}
+
+/* The rule book: for every op of every shipped model, every strategy the
+   planner offers a plan that is to be lowered is one codegen's kernels take,
+   and so is every op of the plan chosen for tensor parallelism by hand
+   (followers included, whose split is their input's). */
+static void test_rule_book(void) {
+  const char *models[] = {"mlp", "gpt", "bert", "moe", "llama"};
+  Cluster *c = cluster_load("local", stderr);
+  CHECK(c && cluster_resize(c, 1, 4, stderr), "the local cluster with 4 devices");
+  const int meshes[][2] = {{1, 2}, {1, 4}, {2, 2}};
+  Spec *specs = arena_alloc(sizeof(Spec) * (MAXIN + 1) * 512);
+  for (int m = 0; m < 5; m++) {
+    Diag d;
+    diag_init(&d, stderr);
+    ElabOptions eo = {.preset = arena_printf("%s-tiny", models[m])};
+    Graph *g = frontend_load(model_resolve(models[m]), &eo, &d);
+    CHECK(g && autodiff(g, 1, stderr), "%s loads", models[m]);
+    if (!g) continue;
+    int bad = 0, offers = 0;
+    for (int k = 0; k < 3; k++) {
+      Mesh me;
+      if (!mesh_make(c, meshes[k][0], meshes[k][1], false, &me, stderr)) continue;
+      PlanOptions po = {.zero = 0, .batch_axis = -1, .time_limit = 30, .quiet = true, .lowerable = true};
+      for (int i = 0; i < g->nfwd; i++) {
+        const Node *v = g->nodes[i];
+        if (v->op == OP_PARAM || v->op == OP_INPUT) continue;
+        int n = plan_offers(g, v, &me, &po, specs, 512);
+        offers += n;
+        for (int s = 0; s < n && bad < 5; s++) bad += !lowers(g, v, &specs[s * (MAXIN + 1)]);
+      }
+    }
+    CHECK(offers > 0, "%s: the planner offers strategies", models[m]);
+    const Plan *p = plan_tp(g, 2, stderr);
+    CHECK(p != NULL, "%s: a tp=2 plan", models[m]);
+    for (int i = 0; p && i < g->nfwd && bad < 5; i++) {
+      const Node *v = g->nodes[i];
+      if (v->op == OP_PARAM || v->op == OP_INPUT) continue;
+      Spec sp[MAXIN + 1] = {0};
+      for (int k = 0; k < v->nin; k++) sp[k] = p->reads[(size_t)i * MAXIN + k];
+      sp[MAXIN] = p->layout[i];
+      bad += !lowers(g, v, sp);
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   tests_dir = argc > 1 ? argv[1] : "tests";
   test_mlp_1d();
@@ -351,6 +420,7 @@ int main(int argc, char **argv) {
   test_brute_force();
   test_json();
   test_refusals();
+  test_rule_book();
   arena_reset();
   return test_summary();
 }

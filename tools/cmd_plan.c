@@ -282,7 +282,7 @@ int cmd_plan(int argc, char **argv) {
       goto done;
     }
     Manual m;
-    if (manual && !manual_parse(manual, &m, stderr)) goto done;
+    if (manual && !manual_parse(manual, "--manual", &m, stderr)) goto done;
     if (manual && microbatches) m.mb = microbatches;
     FILE *progress = !quiet && !same_file(stdout, stderr) ? stderr : NULL; /* never into the plan's output */
     PipelinePlan *pp = plan_that_fits(model_resolve(model), &eo, cl, &po, manual ? &m : NULL, microbatches, progress);
@@ -296,14 +296,8 @@ int cmd_plan(int argc, char **argv) {
     if (rc == 0 && out) rc = write_programs(out, model_resolve(model), &eo, pp, json) ? 0 : 1;
     goto done;
   }
-  Diag d;
-  diag_init(&d, stderr);
-  Graph *g = frontend_load(model_resolve(model), &eo, &d);
-  if (!g) {
-    if (d.errors) fprintf(stderr, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
-    goto done;
-  }
-  if (!autodiff(g, 1, stderr)) goto done;
+  Graph *g = frontend_training(&(Front){.path = model_resolve(model), .eo = &eo}, stderr);
+  if (!g) goto done;
   Plan *p = NULL;
   if (mesh) {
     Mesh me;

@@ -217,23 +217,12 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
   return true;
 }
 
-/* Model -> forward graph, with microbatching: the graph is built at the
- * microbatch size (batch / microbatches). */
-static Graph *load_model(Opts *o, const char *dflt) {
+/* The model's path; NULL after the usage error when none is given. */
+static const char *model_path(Opts *o, const char *dflt) {
   if (!o->model) o->model = dflt;
-  if (!o->model) {
+  if (!o->model)
     usage_error(o->cmd, "which model? give a .graph file or a shipped model name (gpt, mlp, bert, moe, llama)");
-    return NULL;
-  }
-  Diag d;
-  diag_init(&d, stderr);
-  const char *path = model_resolve(o->model);
-  Graph *g = frontend_load_microbatch(path, &o->elab, o->train.microbatches, &d);
-  if (!g) {
-    if (d.errors) fprintf(stderr, "%d error%s\n", d.errors, d.errors == 1 ? "" : "s");
-    return NULL;
-  }
-  return g;
+  return o->model ? model_resolve(o->model) : NULL;
 }
 
 static void free_opts(Opts *o) { free(o->elab.sets); }
@@ -249,20 +238,17 @@ int cmd_check(int argc, char **argv) {
     return 0;
   }
   if (!parse_opts(argc, argv, "md", &o)) return free_opts(&o), 2;
-  Graph *g = load_model(&o, NULL);
-  int rc = 1;
+  const char *path = model_path(&o, NULL);
+  Front f = {
+      .path = path, .eo = &o.elab, .dump = o.dump ? stdout : NULL, .dump_training = o.dump_training ? stdout : NULL};
+  Graph *g = path ? frontend_training(&f, stderr) : NULL;
   if (g) {
-    if (o.dump) graph_dump(g, stdout);
-    if (autodiff(g, 1, stderr)) {
-      Summary s;
-      summarize(g, &s);
-      if (o.dump_training) graph_dump(g, stdout);
-      summary_print(g, &s, stdout);
-      rc = 0;
-    }
+    Summary s;
+    summarize(g, &s);
+    summary_print(g, &s, stdout);
   }
   free_opts(&o);
-  return rc;
+  return g ? 0 : 1;
 }
 
 /* Without --precision: bf16 where the run's backend has bf16 units. */
@@ -274,53 +260,19 @@ static void default_precision(Opts *o) {
   if (b) b->close(b);
 }
 
-/* Model -> training graph (per microbatch) -> program; *graph gets the graph. */
+/* Model -> one rank's program (compile_program); *graph gets the training graph. */
 static Program *compile(Opts *o, const char *dflt, const char *dflt_preset, Graph **graph) {
   default_precision(o);
   if (!o->model && dflt && !o->elab.preset) o->elab.preset = dflt_preset;
-  Graph *g = load_model(o, dflt);
-  if (!g || !autodiff(g, o->train.microbatches, stderr)) return NULL;
-  if (graph) *graph = g;
-  return codegen(g, &o->train, o->seed);
+  const char *path = model_path(o, dflt);
+  return path ? compile_program(path, &o->elab, &o->train, o->seed, graph, stderr) : NULL;
 }
 
-/* --layout TEXT -> Layout; the microbatch count goes to o->train. */
+/* --layout TEXT -> Layout; without mb=, the microbatches of o->train. */
 static bool layout_parse(Opts *o, Layout *L) {
   Manual m;
-  /* dp=1:2 gives each pipeline stage its own replica count */
-  char *text = arena_strdup(o->layout), *dps = strstr(text, "dp=");
-  int *stage_dp = NULL, nstage = 0;
-  if (dps && (dps == text || dps[-1] == ',')) {
-    char *v = dps + 3, *end = v + strcspn(v, ",");
-    if (memchr(v, ':', (size_t)(end - v))) {
-      stage_dp = arena_alloc(sizeof(int) * (size_t)(end - v + 1));
-      int most = 0;
-      for (char *q = v; q < end;) {
-        char *stop;
-        long x = strtol(q, &stop, 10);
-        if (stop == q || x < 1 || x > 1 << 16 || (stop < end && *stop != ':'))
-          return usage_error(o->cmd, "--layout: dp=%.*s: replicas per stage are whole numbers joined by ':'",
-                             (int)(end - v), v) == 0;
-        stage_dp[nstage++] = (int)x;
-        most = x > most ? (int)x : most;
-        q = stop + (stop < end);
-      }
-      text = arena_printf("%.*sdp=%d%s", (int)(dps - text), text, most, end); /* the rest parses as usual */
-    }
-  }
-  if (!manual_parse(text, &m, stderr)) return false;
-  *L = (Layout){.dp = m.dp ? m.dp : 1,
-                .pp = m.pp ? m.pp : 1,
-                .v = 1,
-                .tp = m.tp ? m.tp : 1,
-                .microbatches = m.mb ? m.mb : o->train.microbatches,
-                .schedule = m.schedule == SCHED_KINDS ? SCHED_1F1B : m.schedule,
-                .zero = m.zero < 0 ? 0 : m.zero,
-                .recompute = m.recompute < 0 ? RC_NONE : m.recompute};
-  if (L->schedule == SCHED_INTERLEAVED) L->v = 2;
-  if (stage_dp && nstage != L->pp)
-    return usage_error(o->cmd, "--layout: dp gives %d stages' replicas, but pp=%d", nstage, L->pp) == 0;
-  L->stage_dp = stage_dp;
+  if (!manual_parse(o->layout, "--layout", &m, stderr)) return false;
+  *L = layout_of_manual(&m, o->train.microbatches);
   return true;
 }
 
