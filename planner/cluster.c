@@ -71,6 +71,8 @@ static const Key keys[] = {
     {"gemm_half_dim", V_FRACTION, F(gemm_half_dim), 0.01, 1e6, true,
      "a matrix product dim at which the product runs at half its large-product efficiency"},
     {"best_mfu", V_FRACTION, F(best_mfu), 0.01, 1, true, "best published MFU of the device in training"},
+    {"overlap_cost", V_FRACTION, F(overlap_cost), 0.01, 1, true,
+     "fraction of the time of communication run beside compute that the compute loses"},
 };
 #undef F
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))

@@ -72,6 +72,7 @@ typedef struct OpModel {
   uint32_t frozen;                /* iteration dims that may not be split */
   uint32_t unlowered;             /* iteration dims a kernel needs whole (op_whole_dims): not split when the
                                      plan is to be lowered (PlanOptions.lowerable) */
+  int batch;                      /* the iteration dim named "batch", -1: none */
 } OpModel;
 
 typedef struct Strategy {
@@ -96,8 +97,11 @@ static void op_dims(const Graph *g, const Node *v, OpModel *m);
 
 /* The op's loop nest; the iteration dims its kernel needs whole come from
    the rule book (frontend/rules.c), which the code generator reads too. */
+static int batch_idim(const Graph *g, const Node *v, const OpModel *m);
+
 static void op_model(const Graph *g, const Node *v, OpModel *m) {
   op_dims(g, v, m);
+  m->batch = batch_idim(g, v, m);
   for (int t = 0; t < m->nt; t++) {
     uint32_t whole = op_whole_dims(g, v, t == m->nt - 1 && !is_leaf(v) ? v->nin : t);
     for (int i = 0; i < m->rank[t]; i++)
@@ -229,10 +233,10 @@ typedef struct Ctx {
   int zero;
   double act_bytes; /* bytes per activation element */
   bool *live, *kept, *needs_grad;
-  int *consumers; /* live forward consumers per node */
-  int *main_in;   /* follower -> its main input, -1 for leaders */
-  int *var;       /* node -> variable */
-  int *batch_dim; /* per leader: the iteration dim named "batch", -1 */
+  int *consumers;     /* live forward consumers per node */
+  int *main_in;       /* follower -> its main input, -1 for leaders */
+  int *var;           /* node -> variable */
+  double *layer_grad; /* per layer + 1 (0: outside every layer): elements of its trained parameters */
 } Ctx;
 
 static int batch_idim(const Graph *g, const Node *v, const OpModel *m) {
@@ -318,7 +322,10 @@ typedef struct Acc {
  * leave partial is summed first and reduced once: each reader pays 1/share
  * of it, and the plan lists it once (Comm.summed). */
 static void comm_c(const Ctx *C, Acc *acc, Comm c, int share) {
-  double t = coll_time_axes(C->me, c.kind, c.axes, c.bytes) / (share > 1 ? share : 1);
+  double t = coll_time_axes(C->me, c.kind, c.axes, c.bytes);
+  if (c.lat_share > 0 && t > 0) /* a bucket member: its share of the bucket's one latency */
+    t -= (1 - c.lat_share) * C->me->lat[c.axes >> 1];
+  t /= share > 1 ? share : 1;
   if (t <= 0) return;
   acc->comm += c.once && C->o->microbatches > 1 ? t / C->o->microbatches : t;
   if (c.phase == PHASE_FORWARD) acc->fwd += t;
@@ -339,20 +346,30 @@ static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, Com
   comm_w(C, acc, k, axis, bytes, ph, what, false);
 }
 
-/* The all-reduce of a gradient of `bytes` over the devices of `axes`: over
-   each axis in turn, as the programs run it (codegen/distribute.c), the
-   whole gradient each time, rather than one ring over both. */
-static void grad_reduce(const Ctx *C, Acc *acc, int axes, double bytes, const char *what, bool once, int share) {
-  for (int a = 0; a < 2; a++)
-    if (axes >> a & 1)
-      comm_c(C, acc,
-             (Comm){.kind = COLL_ALL_REDUCE,
-                    .axes = 1 << a,
-                    .bytes = bytes,
-                    .phase = PHASE_BACKWARD,
-                    .what = what,
-                    .once = once},
-             share);
+/* The all-reduce of parameter u's gradient (`bytes`) over the devices of
+   `axes`: over each axis in turn, as the programs run it
+   (codegen/distribute.c), the whole gradient each time, rather than one
+   ring over both. Over an axis in `batch` (the data-parallel replicas,
+   without ZeRO) the programs reduce a layer's gradients as one bucket, each
+   64-byte aligned in it: a member pays its bytes and its share of the
+   bucket's one latency. */
+static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int batch, double bytes, bool once,
+                        int share) {
+  for (int a = 0; a < 2; a++) {
+    if (!(axes >> a & 1)) continue;
+    Comm c = {.kind = COLL_ALL_REDUCE,
+              .axes = 1 << a,
+              .bytes = bytes,
+              .phase = PHASE_BACKWARD,
+              .what = u->name,
+              .once = true};
+    double whole = C->layer_grad ? C->layer_grad[u->layer + 1] : 0;
+    if (once && u->op == OP_PARAM && batch >> a & 1 && whole > 0) {
+      c.bytes = ceil(bytes / 64) * 64;
+      c.lat_share = (double)shape_numel(&u->shape) / whole;
+    }
+    comm_c(C, acc, c, share);
+  }
 }
 
 static bool maps(const OpModel *m, int t, int id) {
@@ -403,12 +420,12 @@ static bool read_in_backward(const Graph *g, const Node *u) {
  * reduce-scatter every microbatch's; ZeRO 1 and 2 gather the updated
  * weights once per step, ZeRO 3 gathers them before the forward pass of
  * every microbatch and again before its backward pass if that reads them. */
-static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int axes, int share) {
+static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int axes, int batch, int share) {
   double P, G, O;
   state_bytes(C, &P, &G, &O); /* gradients are reduced in f32, as they are accumulated */
   double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s);
   if (C->zero == 0) { /* one all-reduce over every device holding the same part */
-    grad_reduce(C, acc, axes, e * G, u->name, true, share);
+    grad_reduce(C, acc, u, axes, batch, e * G, true, share);
     return;
   }
   for (int a = 0; a < 2; a++) { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
@@ -546,16 +563,19 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     for (int a = 0; a < 2; a++)
       if (st->ax[a] >= 0 && st->a2a != a && !maps(m, k, st->ax[a]) && st->ax[a] != m->norm) reduce |= 1 << a;
     bool owned = is_leaf(u) && C->consumers[u->id] == 1;
+    int batch = 0; /* the axes this strategy splits the batch over */
+    for (int a = 0; a < 2; a++)
+      if (st->ax[a] >= 0 && st->ax[a] == m->batch) batch |= 1 << a;
     if (owned && u->op == OP_PARAM) {
       param_memory(C, acc, u, &s, axes_size(me, reduce));
-      param_sync(C, acc, u, &s, reduce, 1);
+      param_sync(C, acc, u, &s, reduce, batch, 1);
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
-      param_sync(C, acc, u, &s, reduce, C->consumers[u->id]);
+      param_sync(C, acc, u, &s, reduce, batch, C->consumers[u->id]);
     } else {
       if (owned) acc->ma += tensor_bytes(C, u, &s);
       /* the readers' partial gradients are summed, then reduced once */
       if (C->needs_grad[u->id])
-        grad_reduce(C, acc, reduce, tensor_bytes(C, u, &s), u->name, u->op == OP_PARAM, C->consumers[u->id]);
+        grad_reduce(C, acc, u, reduce, 0, tensor_bytes(C, u, &s), u->op == OP_PARAM, C->consumers[u->id]);
     }
     if (st->a2a >= 0 && !maps(m, k, st->ax[st->a2a]) && maps(m, k, m->moe_e)) {
       comm(C, acc, COLL_ALL_TO_ALL, st->a2a, tensor_bytes(C, u, &s), PHASE_FORWARD, u->name);
@@ -821,6 +841,13 @@ static bool build_vars(Problem *P, FILE *err) {
   for (int i = n; i < g->n; i++)
     for (int k = 0; k < g->nodes[i]->nin; k++)
       if (g->nodes[i]->in[k] < n) C->kept[g->nodes[i]->in[k]] = true;
+  int layers = 0;
+  for (int i = 0; i < n; i++) layers = g->nodes[i]->layer + 1 > layers ? g->nodes[i]->layer + 1 : layers;
+  C->layer_grad = arena_alloc(sizeof(double) * (size_t)(layers + 2));
+  memset(C->layer_grad, 0, sizeof(double) * (size_t)(layers + 2));
+  for (int i = 0; i < n; i++)
+    if (g->nodes[i]->op == OP_PARAM && C->live[i])
+      C->layer_grad[g->nodes[i]->layer + 1] += (double)shape_numel(&g->nodes[i]->shape);
   for (int i = 0; i < n; i++) {
     const Node *v = g->nodes[i];
     C->main_in[i] = P->main_k[i] = C->var[i] = -1;

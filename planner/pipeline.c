@@ -362,7 +362,8 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const in
   if (!sched) return false;
   double *tf = arena_alloc(sizeof(double) * (size_t)S), *tb = arena_alloc(sizeof(double) * (size_t)S);
   double *tw = arena_alloc(sizeof(double) * (size_t)S), *p2p = arena_alloc(sizeof(double) * (size_t)S);
-  double tail = 0, link = 0;
+  double tail = 0, link = 0, *sync = arena_alloc(sizeof(double) * (size_t)S);
+  int *buckets = arena_alloc(sizeof(int) * (size_t)S);
   for (int d = 0; d < p; d++) link = fmax(link, pp->stages[d].p2p);
   for (int vs = 0; vs < S; vs++) {
     const PipeStage *st = &pp->stages[vs % p];
@@ -377,9 +378,22 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const in
     tb[vs] = (kind == SCHED_ZB_H1 ? (1 - ff - wf) * t : (1 - ff) * t) + again;
     tw[vs] = wf * t;
     p2p[vs] = vs % p == p - 1 ? link : st->p2p; /* a chunk's last device hands on to device 0 */
-    tail = fmax(tail, st->sync);
+    /* without ZeRO the gradients are all-reduced a layer at a time beside
+       the backward pass; ZeRO's reduce-scatters and gathers come after it */
+    bool overlaps = !st->plan || st->plan->zero == 0;
+    sync[vs] = overlaps ? st->sync / v : 0;
+    buckets[vs] = chunk_layers(st, v, vs / p);
+    if (!overlaps) tail = fmax(tail, st->sync);
   }
-  *in = (SimInput){.sched = sched, .t_f = tf, .t_b = tb, .t_w = tw, .t_p2p = p2p, .t_tail = tail};
+  *in = (SimInput){.sched = sched,
+                   .t_f = tf,
+                   .t_b = tb,
+                   .t_w = tw,
+                   .t_p2p = p2p,
+                   .t_tail = tail,
+                   .t_sync = sync,
+                   .sync_buckets = buckets,
+                   .overlap_cost = pp->cluster ? pp->cluster->overlap_cost : 0};
   return true;
 }
 

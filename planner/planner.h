@@ -32,6 +32,8 @@ typedef struct Cluster {
   double gemm_efficiency_f32; /* the same at f32 */
   double gemm_half_dim;       /* a product dim at which the product runs at half that */
   double best_mfu;            /* best published MFU of the device in training (0: none known) */
+  double overlap_cost;        /* of communication run beside compute, the fraction of its time the compute
+                                 loses (0: none, a separate engine; CPU ranks share their cores with it) */
 } Cluster;
 
 /* A shipped cluster name (clusters/NAME.cluster) or a path. Errors are
@@ -133,6 +135,8 @@ typedef struct Comm {
   bool once;        /* once per step however many microbatches (gradient sync, weight gather after the
                        update); otherwise every microbatch */
   bool summed;      /* a gradient its several readers sum before one reduction: counted once per tensor */
+  double lat_share; /* a gradient in a bucket (one all-reduce over a layer's gradients): its share of the
+                       bucket's one latency; 0: a collective of its own */
 } Comm;
 
 /* The result of the intra-operator pass. */
@@ -264,7 +268,15 @@ typedef struct SimInput {
                                     (otherwise t_b includes the weight gradient) */
   const double *t_p2p;           /* per stage boundary s -> s+1 (p*v-1 entries), seconds; may be NULL */
   const double *act_bytes;       /* per virtual stage: activations one microbatch keeps; may be NULL */
-  double t_tail;                 /* after the last task of a device: gradient sync and optimizer */
+  double t_tail;                 /* after the last task of a device: gradient syncs not overlapped */
+  /* Gradient reductions that start as a virtual stage's gradients become
+     final in its last backward task (its weight-gradient task when the
+     schedule splits W), one bucket per layer, and run one after another on
+     the device's communication channel beside its compute: per virtual
+     stage the seconds (NULL: none) and the buckets (NULL: one each). */
+  const double *t_sync;
+  const int *sync_buckets;
+  double overlap_cost; /* Cluster.overlap_cost: what the compute loses of the time they overlap it */
 } SimInput;
 
 typedef struct SimEvent {
@@ -276,6 +288,7 @@ typedef struct SimEvent {
 
 typedef struct SimResult {
   double step_s;    /* until every device has finished, tail included */
+  double sync_exposed_s; /* of the overlapped gradient reductions, the most a device waits for past its compute */
   double bubble;    /* idle fraction of device time before the tail */
   double *busy_s;   /* per device */
   double *peak_act; /* per device: peak bytes of kept activations */

@@ -23,9 +23,18 @@
  * simulator sweeps the devices, running each as far as its inputs allow,
  * until all are done (schedule_check has ruled out deadlock first).
  *
- * Results: finish(d) is the end of device d's last task; every device then
- * spends t_tail (gradient sync, optimizer), so step = max_d finish(d) +
- * t_tail. bubble = 1 - sum_d busy(d) / (p max_d finish(d)): idle over total
+ * Gradient reductions overlap the backward pass as the programs run them
+ * (codegen/lower.c, runtime/overlap.c): a virtual stage's t_sync is cut
+ * into its buckets (a layer's gradients each), bucket k of n ready k+1 n-ths
+ * of the way through the stage's last backward task (its last W when the
+ * schedule splits W, as the weight gradients are final only then), and the
+ * buckets of a device run one after another on its communication channel,
+ * each once ready and the channel free. A device is done at
+ * max(finish(d), its last reduction's end) plus overlap_cost times the
+ * reduction time that ran beside its compute (what sharing the device
+ * costs the compute: 0 on a GPU, measured on CPU ranks). Every device then
+ * spends t_tail (syncs that do not overlap: ZeRO's reduce-scatters and
+ * gathers), so step = max_d done(d) + t_tail. bubble = 1 - sum_d busy(d) / (p max_d finish(d)): idle over total
  * device time before the tail (REFERENCE's (p-1)/m is idle over busy time,
  * bubble / (1 - bubble) here). Activations of (s, j) are taken when F(s, j)
  * starts and released when its backward ends: at B's end, or at W's end when
@@ -140,11 +149,38 @@ static bool valid_input(const SimInput *in, FILE *err) {
   if (bad_times(in->t_f, S, "forward", err) || bad_times(in->t_b, S, "backward", err)) return false;
   if (in->sched->split_w && bad_times(in->t_w, S, "weight-gradient", err)) return false;
   if (in->t_p2p && bad_times(in->t_p2p, S - 1, "point-to-point", err)) return false;
+  if (in->t_sync && bad_times(in->t_sync, S, "gradient-reduction", err)) return false;
+  if (!(in->overlap_cost >= 0 && in->overlap_cost <= 1)) {
+    fprintf(err, "carve: error: simulate: overlap cost is %g (need 0 to 1)\n", in->overlap_cost);
+    return false;
+  }
   if (!(in->t_tail >= 0) || !isfinite(in->t_tail)) {
     fprintf(err, "carve: error: simulate: tail time is %g (need a finite time >= 0)\n", in->t_tail);
     return false;
   }
   return true;
+}
+
+/* When device d is done with its compute and its overlapped gradient
+   reductions (see the top); *exposed gets how long past its compute the
+   last reduction ran. */
+static double sync_end(const Sim *x, int d, double *exposed) {
+  const SimInput *in = x->in;
+  const Schedule *s = x->s;
+  double finish = x->free[d], channel = 0, beside = 0;
+  if (!in->t_sync) return finish;
+  for (int c = 0; c < s->v; c++) { /* the device's chunks: their last backward tasks end in this order */
+    int vs = (s->v - 1 - c) * s->p + d, n = in->sync_buckets ? in->sync_buckets[vs] : 1;
+    Task last = {.phase = s->split_w ? TASK_W : TASK_B, .stage = vs, .mb = s->m - 1};
+    double end = x->end[slot(x, last)], start = end - duration(x, last), each = in->t_sync[vs] / (n > 0 ? n : 1);
+    for (int k = 0; k < n && each > 0; k++) {
+      double ready = start + (end - start) * (k + 1) / n, begin = fmax(ready, channel);
+      channel = begin + each;
+      beside += fmax(0, fmin(channel, finish) - begin);
+    }
+  }
+  *exposed = fmax(0, channel - finish);
+  return fmax(finish, channel) + in->overlap_cost * beside;
 }
 
 bool simulate(const SimInput *in, SimResult *out, FILE *err) {
@@ -169,7 +205,13 @@ bool simulate(const SimInput *in, SimResult *out, FILE *err) {
     finish = fmax(finish, x.free[d]);
     busy += out->busy_s[d];
   }
-  out->step_s = finish + in->t_tail;
+  double done = finish;
+  for (int d = 0; d < s->p; d++) {
+    double exposed = 0, end = sync_end(&x, d, &exposed);
+    done = fmax(done, end);
+    out->sync_exposed_s = fmax(out->sync_exposed_s, exposed);
+  }
+  out->step_s = done + in->t_tail;
   out->bubble = finish > 0 ? 1 - busy / (s->p * finish) : 0;
   peak_activations(&x);
   free(x.end);

@@ -61,12 +61,14 @@ static const char *spec_of(const Plan *p, const char *name) {
   return "(no such tensor)";
 }
 
-/* Collectives whose tensor is a parameter, and forward collectives. */
+/* Collectives whose tensor is a parameter (or a bucket of a layer's
+   parameter gradients, which counts one a parameter), and forward
+   collectives. */
 static int count_comms(const Plan *p, bool params, CommPhase phase, int axes) {
   int n = 0;
   for (int i = 0; i < p->ncomms; i++) {
     const Comm *c = &p->comms[i];
-    bool is_param = false;
+    bool is_param = c->what && (strstr(c->what, ".gradients") || strstr(c->what, "gradients outside"));
     for (int j = 0; j < p->g->nfwd; j++)
       if (p->g->nodes[j]->op == OP_PARAM && c->what && strcmp(p->g->nodes[j]->name, c->what) == 0) is_param = true;
     if (is_param == params && (phase < 0 || c->phase == phase) && (axes == 0 || c->axes == axes)) n += c->count;
