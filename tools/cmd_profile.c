@@ -2,7 +2,9 @@
  * backend, running the runtime's own instructions through it: the matrix
  * product rate in f32 and in bf16, the memory bandwidth of an elementwise op,
  * the rate of elementwise math and, with several ranks (mpirun -np N carve profile), the all-reduce and
- * point-to-point latency and bandwidth through the Transport. Every rank runs
+ * point-to-point latency and bandwidth through the Transport, and what an
+ * all-reduce run on a second thread costs the products beside it (the
+ * runtime overlaps communication so). Every rank runs
  * every measurement at the same time, as in training, and a figure is the
  * slowest rank's, so it is what one rank gets while the others work too.
  * Rank 0 prints a table and, with -o, writes a cluster file
@@ -11,6 +13,7 @@
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -216,6 +219,9 @@ typedef struct Profile {
   int64_t msg_bytes[MAX_SIZES];
   double ar_time[MAX_SIZES], ar_busbw[MAX_SIZES];
   double p2p_time[MAX_SIZES], p2p_bw[MAX_SIZES];
+  double overlap_cost;        /* of an all-reduce beside products, the fraction of its time they lose */
+  double ov_compute, ov_comm; /* seconds: the products alone, the all-reduce alone */
+  double ov_both;             /* seconds: the products with the all-reduce beside them */
 } Profile;
 
 /* C = A B on n x n matrices of dtype dt, through the einsum instruction. */
@@ -318,6 +324,62 @@ static void measure_links(Transport *t, Profile *p, double target) {
     p->p2p_bw[i] = (double)bytes / p->p2p_time[i];
   }
   free(buf);
+}
+
+/* An all-reduce on a second thread, as the runtime's communication thread
+   runs one (runtime/overlap.c). */
+typedef struct Beside {
+  Transport *t;
+  Bench *b;
+  bool ok;
+} Beside;
+
+static void *beside_run(void *arg) {
+  Beside *x = arg;
+  x->ok = bench_once(x->t, x->b);
+  return NULL;
+}
+
+/* Seconds (the slowest rank's) of `reps` runs of the products, with the
+   all-reduce `ar` on a second thread when given. */
+static double products_time(Transport *t, Bench *gemm, int reps, Bench *ar) {
+  Beside x = {t, ar, true};
+  pthread_t th;
+  t->max(t, 0); /* a barrier; then no MPI call here until the thread is done */
+  double t0 = now_seconds();
+  bool started = ar && pthread_create(&th, NULL, beside_run, &x) == 0;
+  for (int i = 0; i < reps; i++) run_or_abort(t, gemm);
+  if (started) pthread_join(th, NULL);
+  if (!x.ok || (ar && !started)) t->abort(t, 1);
+  return t->max(t, now_seconds() - t0);
+}
+
+/* overlap_cost: bf16 products (512^3, as many as take about twice an
+   all-reduce of 16 MiB) alone, then with the all-reduce on a second
+   thread; the time they lose over the all-reduce's own time, the best of
+   the samples, within 0 and 1. */
+static void measure_overlap(Transport *t, Profile *p) {
+  if (!t->threads) return;
+  enum { N = 512, FLOATS = 4 << 20 };
+  Shape m = {2, {N, N}};
+  Instr e = {.op = OP_EINSUM, .out = 2, .nin = 2, .in = {0, 1}, .spec = "ij,jk->ik"};
+  Probe *q = probe_new(p->bf16_units ? DT_BF16 : DT_F32, &m, &m, &m);
+  q->p.nstep = 1;
+  q->step[0] = e;
+  probe_load(q);
+  float *buf = xcalloc(FLOATS, sizeof(float));
+  Bench gemm = {.kind = B_COMPUTE, .probe = q}, ar = {B_ALL_REDUCE, FLOATS, buf, NULL};
+  p->ov_comm = best_time(t, &ar, p->samples, 0.01);
+  double one = best_time(t, &gemm, p->samples, 0.01);
+  int reps = (int)fmax(1, ceil(2 * p->ov_comm / one));
+  p->ov_compute = p->ov_both = INFINITY;
+  for (int s = 0; s < p->samples; s++) {
+    p->ov_compute = fmin(p->ov_compute, products_time(t, &gemm, reps, NULL));
+    p->ov_both = fmin(p->ov_both, products_time(t, &gemm, reps, &ar));
+  }
+  p->overlap_cost = fmin(1, fmax(0, (p->ov_both - p->ov_compute) / p->ov_comm));
+  free(buf);
+  probe_free(q);
 }
 
 /* ------------------------------------------------------------ reporting */
@@ -465,6 +527,11 @@ static void write_cluster(FILE *f, const Profile *p) {
   fprintf(f, "%-34s # one node: the same as inside, so a resize still plans\n",
           arena_printf("inter_bandwidth %s", eng(bw)));
   fprintf(f, "inter_latency %s\n", eng(lat));
+  if (p->ov_comm > 0) {
+    fprintf(f, "%-34s # an all-reduce of 16 MiB (%.3g ms) on a second thread beside\n",
+            arena_printf("overlap_cost %.2f", p->overlap_cost), p->ov_comm * 1e3);
+    fprintf(f, "%-34s # products took them %.3g ms instead of %.3g ms\n", "", p->ov_both * 1e3, p->ov_compute * 1e3);
+  }
 }
 
 /* Writes the cluster file and reads it back through the planner's loader. */
@@ -523,6 +590,7 @@ static int profile(Transport *t, int argc, char **argv) {
   measure_memory(t, &p, target);
   measure_vector(t, &p, target);
   if (p.world > 1) measure_links(t, &p, target);
+  if (p.world > 1) measure_overlap(t, &p);
   if (!root) return 0;
   print_table(&p);
   if (!o.out) {
