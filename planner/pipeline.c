@@ -379,8 +379,9 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const in
     tw[vs] = wf * t;
     p2p[vs] = vs % p == p - 1 ? link : st->p2p; /* a chunk's last device hands on to device 0 */
     /* without ZeRO the gradients are all-reduced a layer at a time beside
-       the backward pass; ZeRO's reduce-scatters and gathers come after it */
-    bool overlaps = !st->plan || st->plan->zero == 0;
+       the backward pass (unless the run is serial); ZeRO's reduce-scatters
+       and gathers come after it */
+    bool overlaps = (!st->plan || st->plan->zero == 0) && !pp->serial_comm;
     sync[vs] = overlaps ? st->sync / v : 0;
     buckets[vs] = chunk_layers(st, v, vs / p);
     if (!overlaps) tail = fmax(tail, st->sync);
@@ -843,6 +844,11 @@ void pipeline_report(const PipelinePlan *p, FILE *out) {
           : !strcmp(pipeline_recompute(p), "selective")
               ? "selective: the attention probabilities are remade before the backward, not kept"
               : pipeline_recompute(p));
+  if (p->sim.sync_exposed_s > 0 || !p->serial_comm)
+    fprintf(out, "gradient syncs  %s\n\n",
+            p->serial_comm ? "after the backward pass (overlap=off: as carve run --overlap off runs them)"
+                           : arena_printf("a layer at a time beside the backward pass; %.4g s of them past it",
+                                          p->sim.sync_exposed_s));
   mfu_note(p, out);
   int w = 9; /* the layers column: as wide as its widest (interleaved stages list their chunks) */
   for (int s = 0; s < p->nstages; s++) w = (int)fmax(w, (double)strlen(pipeline_stage_layers(p, s)));
@@ -872,6 +878,8 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
           p->stages[0].plan->opt.mixed ? "bf16" : "fp32");
   fprintf(out, "  \"recompute\": \"%s\",\n  \"predicted_step_s\": %.9g,\n  \"bubble\": %.6g,\n", pipeline_recompute(p),
           p->step_s, p->bubble);
+  fprintf(out, "  \"overlap\": %s,\n  \"sync_exposed_s\": %.9g,\n", p->serial_comm ? "false" : "true",
+          p->sim.sync_exposed_s);
   double most[COLL_KINDS] = {0}, mem = 0, p2p = 0;
   for (int s = 0; s < p->nstages; s++) {
     double b[COLL_KINDS];
@@ -934,7 +942,7 @@ static bool stage_dps(const char *opt, const char *v, int vlen, Manual *m, FILE 
 
 /* The one reader of layout text; opt names the option it came from. */
 bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
-  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1, -1, NULL, 0};
+  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1, -1, NULL, 0, false};
   const char *p = text;
   while (*p) {
     size_t len = strcspn(p, ","), eq = strcspn(p, "=");
@@ -985,8 +993,16 @@ bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
         fprintf(err, "carve: error: %s: recompute is none, selective or full, got '%.*s'\n", opt, vlen, v);
         return false;
       }
+    } else if (!strcmp(key, "overlap")) {
+      bool on = vlen == 2 && !strncmp(v, "on", 2), off = vlen == 3 && !strncmp(v, "off", 3);
+      if (!on && !off) {
+        fprintf(err, "carve: error: %s: overlap is on or off, got '%.*s'\n", opt, vlen, v);
+        return false;
+      }
+      m->serial_comm = off;
     } else {
-      fprintf(err, "carve: error: %s: unknown key '%s' (dp, tp, pp, mb, schedule, zero, recompute)\n", opt, key);
+      fprintf(err, "carve: error: %s: unknown key '%s' (dp, tp, pp, mb, schedule, zero, recompute, overlap)\n", opt,
+              key);
       return false;
     }
     p += len + (p[len] == ',');
@@ -1050,6 +1066,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   PipelinePlan *pp = arena_alloc(sizeof(PipelinePlan));
   pp->cluster = cl, pp->devices = cluster_devices(cl), pp->microbatches = B, pp->nstages = m->pp, pp->layers = L;
   pp->model = g->model;
+  pp->serial_comm = m->serial_comm;
   pp->ilps = m->pp;
   pp->stages = arena_alloc(sizeof(PipeStage) * (size_t)m->pp);
   int n = m->dp * m->tp, dpn = cl->devices_per_node;

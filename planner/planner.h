@@ -287,11 +287,11 @@ typedef struct SimEvent {
 } SimEvent;
 
 typedef struct SimResult {
-  double step_s;    /* until every device has finished, tail included */
+  double step_s;         /* until every device has finished, tail included */
   double sync_exposed_s; /* of the overlapped gradient reductions, the most a device waits for past its compute */
-  double bubble;    /* idle fraction of device time before the tail */
-  double *busy_s;   /* per device */
-  double *peak_act; /* per device: peak bytes of kept activations */
+  double bubble;         /* idle fraction of device time before the tail */
+  double *busy_s;        /* per device */
+  double *peak_act;      /* per device: peak bytes of kept activations */
   SimEvent *events;
   int nevents;
 } SimResult;
@@ -395,7 +395,8 @@ typedef struct PipelinePlan {
   double model_flops; /* einsum FLOPs of one step (the whole batch) */
   double tflops_per_device, mfu;
   SimResult sim;
-  int ilps; /* intra-operator problems solved */
+  bool serial_comm; /* predicted for runs without overlap (carve run --overlap off): every sync after the compute */
+  int ilps;         /* intra-operator problems solved */
   double search_s;
 } PipelinePlan;
 
@@ -417,6 +418,7 @@ typedef struct Manual {
   int recompute;       /* RC_NONE, RC_SELECTIVE, RC_FULL, or -1: chosen per stage */
   const int *stage_dp; /* dp=1:2: each stage's replicas (dp is the most), NULL */
   int nstage_dp;
+  bool serial_comm; /* overlap=off: gradient reductions after the backward pass (carve run --overlap off) */
 } Manual;
 /* The one parser of layout text: "dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,
    recompute=none" (keys left out are 0, or -1 and SCHED_KINDS: to be chosen);

@@ -38,6 +38,9 @@ if command -v mpirun >/dev/null 2>&1; then
   [ "$(value devices_per_node "$tmp/two.cluster" 2>/dev/null)" = 2 ] && ok || bad "two ranks: devices_per_node is not 2"
   bw=$(value intra_bandwidth "$tmp/two.cluster" 2>/dev/null)
   if [ -n "$bw" ] && awk -v b="$bw" 'BEGIN {exit !(b + 0 > 0)}'; then ok; else bad "two ranks: intra_bandwidth '$bw'"; fi
+  # what an all-reduce beside the products costs them: measured, within 0 and 1
+  oc=$(value overlap_cost "$tmp/two.cluster" 2>/dev/null)
+  if [ -n "$oc" ] && awk -v c="$oc" 'BEGIN {exit !(c >= 0 && c <= 1)}'; then ok; else bad "two ranks: overlap_cost '$oc'"; fi
   expect 0 "2 devices = 1 node x 2 per node" cluster "$tmp/two.cluster"
 else
   echo "skipped: no mpirun, so no two-rank profile"
