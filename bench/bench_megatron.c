@@ -2,14 +2,21 @@
  * carve's cost model. For each row (GPT, V = 51200, s = 2048, DGX A100 80GB
  * nodes of 8, their GPU count and batch):
  *   (b) Megatron's published (t, p, d) as a manual plan (microbatches of one
- *       sample per data-parallel replica, full recomputation, gradient
- *       all-reduce after the backward pass: as they ran);
+ *       sample per data-parallel replica, full recomputation, with a
+ *       pipeline the interleaved 1F1B schedule, gradient all-reduce after
+ *       the backward pass: as they ran);
  *   (c) carve's predicted TFLOP/s per GPU for (b), counted their way
  *       (F = 96 B s l h^2 (1 + s/(6h) + V/(16 l h)), recomputation included),
  *       against their measured figure, as a ratio;
  *   (a) carve's own automatic plan and its search time (CPU and wall), for
  *       the rows up to `--auto-max` GPUs (default: all of them).
- * usage: bench_megatron [--auto-max N] [--rows a-b] */
+ * With --breakdown, (b)'s predicted step is split, on the device that
+ * finishes last, into what the model charges: products and other compute,
+ * tensor-parallel collectives, recomputation, idle time in the pipeline
+ * (bubble and exposed transfers) and the once-per-step tail (gradient sync
+ * and optimizer update).
+ * usage: bench_megatron [--auto-max N] [--rows a-b] [--breakdown] */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +36,22 @@ static const Row rows[] = {
     {"529.6B", 128, 20480, 105, 8, 35, 2520, 2520, 163}, {"1008B", 160, 25600, 128, 8, 64, 3072, 3072, 163},
 };
 
+/* Where (b)'s step goes, on the device that finishes last (seconds). */
+static void breakdown(const PipelinePlan *mp) {
+  int last = 0;
+  for (int d = 0; d < mp->nstages; d++)
+    if (mp->sim.busy_s[d] > mp->sim.busy_s[last]) last = d;
+  const PipeStage *st = &mp->stages[last];
+  double m = mp->microbatches, per_mb = st->plan->compute_s - st->update * plan_once_weight(&st->plan->opt);
+  double compute = m * per_mb, tp = m * (st->t - per_mb), busy = mp->sim.busy_s[last], tail = 0;
+  for (int d = 0; d < mp->nstages; d++) tail = fmax(tail, mp->stages[d].sync + mp->stages[d].update);
+  double finish = mp->step_s - tail;
+  printf("          %s v=%d m=%d stage %d: step %.3f = compute %.3f + tp comm %.3f + recompute %.3f + idle %.3f"
+         " + tail %.3f (of it, update %.3f; p2p %.2f ms/mb)\n",
+         sched_names[mp->schedule], mp->v, mp->microbatches, last, mp->step_s, compute, tp, busy - compute - tp,
+         finish - busy, tail, st->update, mp->stages[0].p2p * 1e3);
+}
+
 static double flops96(const Row *r) {
   double B = r->batch, s = 2048, l = r->layers, h = r->hidden, V = 51200;
   return 96 * B * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h));
@@ -37,9 +60,11 @@ static double flops96(const Row *r) {
 int main(int argc, char **argv) {
   carve_passive_threads(argv);
   int auto_max = 1 << 20, lo = 1, hi = 10;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--auto-max")) auto_max = atoi(argv[i + 1]);
-    if (!strcmp(argv[i], "--rows")) sscanf(argv[i + 1], "%d-%d", &lo, &hi);
+  bool split = false;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--breakdown")) split = true;
+    if (!strcmp(argv[i], "--auto-max") && i + 1 < argc) auto_max = atoi(argv[++i]);
+    if (!strcmp(argv[i], "--rows") && i + 1 < argc) sscanf(argv[++i], "%d-%d", &lo, &hi);
   }
   printf("Megatron-LM Table 1 in carve's cost model (carve %s)\n\n", CARVE_VERSION);
   printf("%-7s %5s %3s %3s %4s | %9s %9s %6s %8s | %9s %8s %5s %8s %8s\n", "model", "GPUs", "t", "p", "d", "measured",
@@ -58,15 +83,19 @@ int main(int argc, char **argv) {
     /* as Megatron ran it: full recomputation, and the data-parallel gradient
        all-reduce after the backward pass (Megatron-LM overlapped it only
        from 2023, with --overlap-grad-reduce: NVIDIA/Megatron-LM issues 391
-       and 456) */
-    Manual m = {d, r->t, r->p, r->batch / d, SCHED_KINDS, 0, RC_FULL, NULL, 0, true};
+       and 456); with a pipeline, the interleaved 1F1B schedule (section 5.1) */
+    SchedKind sched = r->p > 1 ? SCHED_INTERLEAVED : SCHED_KINDS;
+    Manual m = {d, r->t, r->p, r->batch / d, sched, 0, RC_FULL, NULL, 0, true};
     double t0 = now_seconds();
     PipelinePlan *mp = plan_manual(model_resolve("gpt"), &eo, c, &po, &m, stderr);
     double tm = now_seconds() - t0;
     double pred = mp ? flops96(r) / mp->step_s / r->gpus * 1e-12 : 0;
     printf("%-7s %5d %3d %3d %4d | %9.0f %9.1f %6.2f %8.1f |", r->params, r->gpus, r->t, r->p, d, r->measured, pred,
            pred / r->measured, tm);
-    if (r->gpus <= auto_max) {
+    if (split) {
+      printf("\n");
+      if (mp) breakdown(mp);
+    } else if (r->gpus <= auto_max) {
       PlanOptions pa = {.zero = -1, .batch_axis = -1, .mixed = true, .time_limit = 60};
       t0 = now_seconds();
       double c0 = cpu_seconds();

@@ -73,6 +73,8 @@ static const Key keys[] = {
     {"best_mfu", V_FRACTION, F(best_mfu), 0.01, 1, true, "best published MFU of the device in training"},
     {"overlap_cost", V_FRACTION, F(overlap_cost), 0.01, 1, true,
      "fraction of the time of communication run beside compute that the compute loses"},
+    {"pass_bandwidth", V_RATE, F(pass_bandwidth), 1e6, 1e14, true,
+     "bytes/s per device of the per-parameter passes (gradient accumulation, optimizer update)"},
 };
 #undef F
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))

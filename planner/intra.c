@@ -266,8 +266,10 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
   for (int i = 0; i < m->nd; i++)
     if (m->size[i] % split[i]) return false;
   if (st->a2a >= 0 && m->size[m->moe_e] % C->me->n[st->a2a]) return false;
-  if (C->o->batch_axis >= 0 && bdim >= 0 && C->me->n[C->o->batch_axis] > 1 && st->ax[C->o->batch_axis] != bdim)
-    return false;
+  /* the batch axis splits the batch; a tensor without one (a shared
+     parameter's own layout) is held whole by each replica, as the programs
+     hold it: splitting it over the replicas is ZeRO's, priced by its stage */
+  if (C->o->batch_axis >= 0 && C->me->n[C->o->batch_axis] > 1 && st->ax[C->o->batch_axis] != bdim) return false;
   /* data parallel means the batch is split over every axis */
   for (int a = 0; a < 2 && C->o->force_dp && bdim >= 0; a++)
     if (C->me->n[a] > 1 && st->ax[a] != bdim) return false;
@@ -310,6 +312,7 @@ int plan_offers(const Graph *g, const Node *v, const Mesh *me, const PlanOptions
 
 typedef struct Acc {
   double compute, comm;
+  double update;         /* seconds per step of the optimizer update (once per step) */
   double fwd, wgrad;     /* the forward's share of compute + comm, and the weight gradients' */
   double mp, mg, mo, ma; /* memory per device: params, grads, optimizer state, activations */
   PtrVec *rec;           /* if set: the collectives, for the plan */
@@ -318,7 +321,7 @@ typedef struct Acc {
 /* A collective over mesh axes c.axes (one group of their devices). One that
  * happens once per step (a parameter's gradient sync, the weights' gather
  * after the update) while the graph is one of several microbatches weighs
- * 1/microbatches in the objective. A gradient that `share` readers each
+ * plan_once_weight in the objective. A gradient that `share` readers each
  * leave partial is summed first and reduced once: each reader pays 1/share
  * of it, and the plan lists it once (Comm.summed). */
 static void comm_c(const Ctx *C, Acc *acc, Comm c, int share) {
@@ -327,7 +330,7 @@ static void comm_c(const Ctx *C, Acc *acc, Comm c, int share) {
     t -= (1 - c.lat_share) * C->me->lat[c.axes >> 1];
   t /= share > 1 ? share : 1;
   if (t <= 0) return;
-  acc->comm += c.once && C->o->microbatches > 1 ? t / C->o->microbatches : t;
+  acc->comm += c.once ? t * plan_once_weight(C->o) : t;
   if (c.phase == PHASE_FORWARD) acc->fwd += t;
   if (acc->rec) {
     Comm *r = arena_alloc(sizeof(Comm));
@@ -346,8 +349,9 @@ static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, Com
   comm_w(C, acc, k, axis, bytes, ph, what, false);
 }
 
-/* The all-reduce of parameter u's gradient (`bytes`) over the devices of
-   `axes`: over each axis in turn, as the programs run it
+/* The all-reduce of u's gradient (`bytes`) over the devices of `axes`, once
+   per step if `once` (a parameter's), else every microbatch (an input
+   gradient's partial sums): over each axis in turn, as the programs run it
    (codegen/distribute.c), the whole gradient each time, rather than one
    ring over both. Over an axis in `batch` (the data-parallel replicas,
    without ZeRO) the programs reduce a layer's gradients as one bucket, each
@@ -362,7 +366,7 @@ static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int bat
               .bytes = bytes,
               .phase = PHASE_BACKWARD,
               .what = u->name,
-              .once = true};
+              .once = once};
     double whole = C->layer_grad ? C->layer_grad[u->layer + 1] : 0;
     if (once && u->op == OP_PARAM && batch >> a & 1 && whole > 0) {
       c.bytes = ceil(bytes / 64) * 64;
@@ -393,8 +397,33 @@ static void state_bytes(const Ctx *C, double *P, double *G, double *O) {
   *O = 8;
 }
 
+/* The memory-bound passes over a parameter's state that the step's
+ * programs make besides the products (docs/cost-model.md, "Per-parameter
+ * passes"), for `e` elements of it on the device, `upd` of which it updates,
+ * at the mesh's pass bandwidth (Cluster.pass_bandwidth) plus the 2 us of an
+ * op each:
+ *   - gradient accumulation: from the second microbatch on, the weight
+ *     gradient is added into its f32 accumulator (`acc`: read both, write
+ *     one, 12 bytes per element), B - 1 times per step, so (B - 1)/B of a
+ *     pass per microbatch; the first microbatch writes the accumulator;
+ *   - the update, once per step: the gradient norm (`sumsq`, 4 bytes) and
+ *     AdamW in place (read gradient, parameter and two moments, write the
+ *     parameter and the moments, 28 bytes); under mixed precision also the
+ *     `cast` of the f32 master to its bf16 working copy (6).
+ * The update weighs plan_once_weight in the objective, like the once-per-
+ * step syncs; its time per step is kept apart (Plan.update_s) and paid at
+ * the step's end. */
+static void param_passes(const Ctx *C, Acc *acc, double e, double upd) {
+  double bw = C->me->pass_bw, B = C->o->microbatches > 1 ? C->o->microbatches : 1;
+  double accum = (e * 12 / bw + 2e-6) * (B - 1) / B;
+  double update = upd * (4 + 28 + (C->o->mixed ? 6 : 0)) / bw + 6e-6;
+  acc->compute += accum + update * plan_once_weight(C->o);
+  acc->wgrad += accum;
+  acc->update += update;
+}
+
 /* Memory of parameter u stored with spec s, its gradient reduced over
- * `dp` devices (the ZeRO stage divides by it). */
+ * `dp` devices (the ZeRO stage divides by it), and its passes. */
 static void param_memory(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int dp) {
   double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s), P, G, O;
   state_bytes(C, &P, &G, &O);
@@ -402,6 +431,7 @@ static void param_memory(const Ctx *C, Acc *acc, const Node *u, const Spec *s, i
   acc->mp += e * P / (z >= 3 ? dp : 1);
   acc->mg += e * G / (z >= 2 ? dp : 1);
   acc->mo += e * O / (z >= 1 ? dp : 1);
+  param_passes(C, acc, e, e / (z >= 1 ? dp : 1));
 }
 
 /* Whether a backward op reads parameter u (a weight's transpose in an
@@ -1170,6 +1200,14 @@ static int integer_search(glp_prob *lp, glp_iocp *parm, uint64_t key, double cut
  * infeasible problem). */
 static Solution solve(const Problem *P, double mem_limit, double time_limit, int node_limit, double cutoff,
                       bool minimise_memory) {
+  /* costs enter the solver in milliseconds: in seconds (1e-6 to 1e-3 a
+     variable) plans that differ by a few microseconds differ by less than
+     the simplex's tolerances, and a warm-started search could stop at one
+     that is not the cheapest (test_stages: a manual plan 0.3% faster); in
+     microseconds the branch and bound separates plans far below what the
+     model can tell apart and takes twice as long */
+  double scale = minimise_memory ? 1 : 1e3;
+  cutoff *= scale;
   Solution S = {0};
   S.choice = arena_alloc(sizeof(int) * (size_t)(P->nvars + 1));
   double t0 = now_seconds();
@@ -1185,7 +1223,7 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
     xcol[x] = col;
     for (int s = 0; s < P->vars[x].ns; s++, col++) {
       glp_set_col_kind(lp, col, GLP_BV);
-      glp_set_obj_coef(lp, col, minimise_memory ? P->vars[x].mem[s] : P->vars[x].cost[s]);
+      glp_set_obj_coef(lp, col, minimise_memory ? P->vars[x].mem[s] : P->vars[x].cost[s] * scale);
     }
   }
   int *ecol = arena_alloc(sizeof(int) * (size_t)(P->nedges + 1));
@@ -1194,7 +1232,7 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
     ecol[e] = col;
     for (int i = 0; i < E->nl * E->nm; i++, col++) {
       glp_set_col_bnds(lp, col, GLP_DB, 0, 1);
-      glp_set_obj_coef(lp, col, minimise_memory ? 0 : E->c[i]);
+      glp_set_obj_coef(lp, col, minimise_memory ? 0 : E->c[i] * scale);
     }
   }
   /* rows: one-hot, edge marginals, memory */
@@ -1270,7 +1308,7 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
   S.cols = ncols, S.rows = nrows;
   for (int x = 0; x < P->nvars; x++) S.binaries += P->vars[x].ns;
   if (S.feasible) {
-    S.objective = glp_mip_obj_val(lp);
+    S.objective = glp_mip_obj_val(lp) / scale;
     for (int x = 0; x < P->nvars; x++) {
       S.choice[x] = 0;
       for (int s = 0; s < P->vars[x].ns; s++)
@@ -1482,7 +1520,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       reshard_rec(&P->C, &b, &a, ub, &acc, PHASE_BACKWARD, u->name);
     }
   }
-  pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective;
+  pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective, pl->update_s = acc.update;
   double per_mb = acc.compute + acc.comm;
   pl->fwd_frac = per_mb > 0 ? acc.fwd / per_mb : 1.0 / 3;
   pl->wgrad_frac = per_mb > 0 ? acc.wgrad / per_mb : 1.0 / 3;

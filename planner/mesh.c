@@ -13,6 +13,7 @@
  *   all-gather      a +   (n-1)/n B / bw    (B: the gathered size)
  *   reduce-scatter  a +   (n-1)/n B / bw    (B: the size before scattering)
  *   all-to-all      a +   (n-1)/n B / bw */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,15 +38,24 @@ bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err)
   /* axis 1: n1 consecutive devices; axis 0: spans n0*n1 devices */
   m->inter[1] = !inside_node(n1, c->devices_per_node);
   m->inter[0] = !inside_node(n0 * n1, c->devices_per_node);
+  /* A group that crosses nodes with k of its devices on each node runs its
+     collective as k rings at once, one per device's network link (NCCL's
+     rings, one per NIC: each node's share of the traffic leaves through k
+     links), so its bandwidth is k links', at most the node's own links'. */
+  int dpn = c->devices_per_node;
+  int per_node[2] = {n1 < dpn && dpn % n1 == 0 ? (n0 < dpn / n1 ? n0 : dpn / n1) : 1, n1 < dpn ? n1 : dpn};
   for (int a = 0; a < 2; a++) {
-    m->bw[a] = m->inter[a] ? c->inter_bandwidth : c->intra_bandwidth;
+    m->bw[a] = m->inter[a] ? fmin(c->intra_bandwidth, per_node[a] * c->inter_bandwidth) : c->intra_bandwidth;
     m->lat[a] = m->inter[a] ? c->inter_latency : c->intra_latency;
   }
+  int both = n0 * n1 < dpn ? n0 * n1 : dpn; /* the whole mesh's devices per node */
+  m->both_bw = m->inter[0] || m->inter[1] ? fmin(c->intra_bandwidth, both * c->inter_bandwidth) : c->intra_bandwidth;
   m->flops = mixed && c->flops_bf16 > 0 ? c->flops_bf16 : c->flops_f32;
   m->vec_flops = c->flops_vector > 0 ? c->flops_vector : m->flops;
   m->mem_bw = c->mem_bandwidth;
   if (mixed && c->flops_vector_bf16 > 0) m->vec_flops = c->flops_vector_bf16; /* what bf16 kernels achieve */
   m->row_bw = m->mem_bw, m->row_elem = mixed ? 2 : 4;
+  m->pass_bw = c->pass_bandwidth > 0 ? c->pass_bandwidth : PEAK_FRACTION * c->mem_bandwidth;
   if (mixed && c->mem_bandwidth_bf16 > 0) m->mem_bw = c->mem_bandwidth_bf16;
   /* a measured bf16 rate is a CPU backend's: it runs row-wise ops on rows
      widened to f32, at the f32 rate */
@@ -107,6 +117,7 @@ double coll_time_axes(const Mesh *m, CollKind k, int axes, double bytes) {
     lat = lat > m->lat[a] ? lat : m->lat[a];
   }
   if (n <= 1 || bytes <= 0) return 0;
+  if (m->n[0] > 1 && m->n[1] > 1 && m->both_bw > 0) bw = m->both_bw; /* one group of both axes' devices */
   double f = (double)(n - 1) / n * bytes / bw;
   return lat + (k == COLL_ALL_REDUCE ? 2 * f : f);
 }

@@ -7,21 +7,19 @@
  * node count) gets the intra-operator plan of its stage graph
  * (planner/stages.c), with memory for the activations of as many
  * microbatches as a 1F1B pipeline keeps in flight at most (min(B, devices /
- * stage devices)). The stage ILP sees one microbatch: its gradient syncs,
- * which happen once per step, weigh 1/B in its objective; a stage's time per
- * microbatch is the objective less that share, and the sync is paid once at
- * the end. The stage DP picks spans and submeshes; the schedule is
- * simulated with those times and with point-to-point transfers of the stage
- * boundaries; the best B wins. The search is pruned by bounds, not capped:
- * a step takes at least B times a stage's objective (its B microbatches
- * and its sync), so once a plan is found, a stage whose FLOPs alone, its
- * cheapest strategies, or its ILP's LP bound rule that out is dropped
- * unsolved or mid-solve. The DP itself is run on lower bounds (FLOPs at the
- * cost model's rate) for the stages not yet planned, and plans only the
- * stages of the plan it picks, until that plan's stages are all planned
- * (known_cost): the same optimum, with far fewer stage plans. The ILPs of
- * one search warm-start from the last basis of the same structure
- * (plan_warm_starts).
+ * stage devices)). The stage ILP sees one microbatch: its gradient syncs
+ * and its optimizer update, which happen once per step, weigh 1 / (B + s -
+ * 1) in its objective, the step's length in its microbatch times under 1F1B
+ * with s equal stages (s: the in-flight count above, the stages a 1F1B
+ * pipeline of such stages would have); a stage's time per microbatch is the
+ * objective less that share, and the sync and update are paid once per step. The stage DP picks spans and submeshes;
+ * the schedule is simulated with those times and with point-to-point transfers of the stage boundaries; the best B
+ * wins. The search is pruned by bounds, not capped: a step takes at least B times a stage's objective (its B
+ * microbatches and its sync), so once a plan is found, a stage whose FLOPs alone, its cheapest strategies, or its ILP's
+ * LP bound rule that out is dropped unsolved or mid-solve. The DP itself is run on lower bounds (FLOPs at the cost
+ * model's rate) for the stages not yet planned, and plans only the stages of the plan it picks, until that plan's
+ * stages are all planned (known_cost): the same optimum, with far fewer stage plans. The ILPs of one search warm-start
+ * from the last basis of the same structure (plan_warm_starts).
  *
  * On clusters of more than 16 devices the DP is restricted (composed span
  * costs, whole nodes, at most MAXGROUPS stages), so the search also tries
@@ -97,14 +95,23 @@ static size_t idx(const Ctx *c, int i, int j, int k) {
   return ((size_t)i * (size_t)c->G + (size_t)j) * (size_t)c->nsub + (size_t)k;
 }
 
-/* A stage plan at B microbatches: its time per microbatch, its sync per
- * step (paid once, at the end) and its memory. The plan's objective holds
- * 1/B of the sync (PlanOptions.microbatches). */
-static void stage_costs(const Plan *p, int B, double *t, double *sync, double *mem) {
+/* A stage plan's time per microbatch, its sync per step (beside the last
+ * backward pass, or at the end) and its memory. The plan's objective holds
+ * plan_once_weight of the sync and of the optimizer update (Plan.update_s,
+ * paid once at the end). */
+static void stage_costs(const Plan *p, double *t, double *sync, double *mem) {
   *sync = plan_sync_s(p);
   *mem = p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts;
-  *t = p->objective - *sync / B;
+  *t = p->objective - (*sync + p->update_s) * plan_once_weight(&p->opt);
 }
+
+/* The step's length in a stage's microbatch times, which weighs its
+ * once-per-step costs (PlanOptions.step_mbs): B microbatches and the
+ * bubble of 1F1B with `stages` equal stages (stages - 1 of them). ZB-H1 and
+ * the interleaved schedule have less bubble; weighing by 1F1B's step keeps
+ * the stage plans from trading microbatch time for once-per-step time that
+ * a shorter bubble would not repay. */
+static double step_mbs(int B, int stages) { return B + (stages > 1 ? stages - 1 : 0); }
 
 /* A stage graph's structure, up to the layer numbers in its names: spans of
  * identical layers get the same signature, so their plans are shared. */
@@ -179,6 +186,7 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
   PlanOptions po = *c->po;
   po.inflight = inflight;
   po.microbatches = c->B;
+  po.step_mbs = step_mbs(c->B, inflight); /* as many stages as its in-flight microbatches assume */
   po.quiet = true;
   po.node_limit = STAGE_NODE_LIMIT;
   /* the step is at least B times the stage's objective (B microbatches of
@@ -201,7 +209,7 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
   c->ilps++;
   c->plan[x] = p;
   c->t[x] = -1;
-  if (p) stage_costs(p, c->B, &c->t[x], &c->sync[x], &c->mem[x]);
+  if (p) stage_costs(p, &c->t[x], &c->sync[x], &c->mem[x]);
   Cache *cc = c->cache;
   if (cc->n == cc->cap) {
     cc->cap = cc->cap ? 2 * cc->cap : 256;
@@ -384,7 +392,7 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const in
     bool overlaps = (!st->plan || st->plan->zero == 0) && !pp->serial_comm;
     sync[vs] = overlaps ? st->sync / v : 0;
     buckets[vs] = chunk_layers(st, v, vs / p);
-    if (!overlaps) tail = fmax(tail, st->sync);
+    tail = fmax(tail, (overlaps ? 0 : st->sync) + st->update); /* the optimizer update follows the sync */
   }
   *in = (SimInput){.sched = sched,
                    .t_f = tf,
@@ -534,6 +542,7 @@ static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
                       .plan = c->plan[x],
                       .t = c->t[x],
                       .sync = c->sync[x],
+                      .update = c->plan[x]->update_s,
                       .memory = c->mem[x]};
     dev += sb->devices;
     if (s + 1 < ns) { /* the next stage starts at device `dev`: same node or not */
@@ -678,7 +687,8 @@ static void dp_at(Search *S, const AtB *a) {
 /* A balanced pipeline: p stages of equal layer counts (as near as the
  * layers divide) on equal submeshes of D / p devices. Its middle stage is
  * planned first: B microbatches of it, the bubble of ZB-H1 with equal
- * stages ((p - 1) / 3 of a microbatch) and its gradient sync bound the
+ * stages ((p - 1) / 3 of a microbatch), its gradient sync and its
+ * optimizer update bound the
  * step from below, and the other stages are planned only when that bound
  * beats the best plan so far. */
 static void balanced_at(Search *S, const AtB *a, int p) {
@@ -690,7 +700,8 @@ static void balanced_at(Search *S, const AtB *a, int p) {
   double t = exact_cost(&c, p / 2, p / 2, 0);
   S->ilps += c.ilps;
   c.ilps = 0;
-  if (t < 0 || (S->best && (a->B + (p - 1) / 3.0) * t + c.sync[idx(&c, p / 2, p / 2, 0)] >= S->best->step_s)) return;
+  size_t x = idx(&c, p / 2, p / 2, 0);
+  if (t < 0 || (S->best && (a->B + (p - 1) / 3.0) * t + c.sync[x] + c.plan[x]->update_s >= S->best->step_s)) return;
   Stage st[MAXSTAGES];
   for (int s = 0; s < p; s++) st[s] = (Stage){s, s, 0, 0};
   FILE *quiet = fopen("/dev/null", "w");
@@ -909,10 +920,11 @@ void pipeline_json(const PipelinePlan *p, FILE *out) {
     for (int d = 0; d < n; d++) fprintf(out, "%s%d", d ? ", " : "", st->device0 + d);
     fprintf(out,
             "], \"logical_mesh\": [%d, %d], \"predicted_stage_s\": %.9g, \"sync_s\": %.9g, "
-            "\"p2p_s\": %.9g, \"memory_per_device_bytes\": %.0f, \"zero_stage\": %d, \"recompute\": \"%s\", "
+            "\"update_s\": %.9g, \"p2p_s\": %.9g, \"memory_per_device_bytes\": %.0f, \"zero_stage\": %d, "
+            "\"recompute\": \"%s\", "
             "\"selective_recompute_s\": %.9g, \"forward_fraction\": %.6g, \"weight_grad_fraction\": %.6g, "
             "\"collectives\": ",
-            st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->p2p, st->memory, st->plan->zero,
+            st->plan->mesh.n[0], st->plan->mesh.n[1], st->t, st->sync, st->update, st->p2p, st->memory, st->plan->zero,
             rc_names[st->recompute], st->sel_t, ff, wf);
     plan_comms_json(st->plan, p->microbatches, 8, out);
     fprintf(out, "}");
@@ -1079,6 +1091,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   o.batch_not_axis1 = m->tp > 1; /* tp means tensor parallelism, not more data parallelism */
   o.inflight = m->recompute == RC_FULL ? 1 : B < m->pp ? B : m->pp; /* recomputing stages keep one microbatch */
   o.microbatches = B;
+  o.step_mbs = step_mbs(B, m->pp);
   Mesh me;
   if (!mesh_make(&sub, m->dp, m->tp, po->mixed, &me, err)) return NULL;
   for (int s = 0; s < m->pp; s++) {
@@ -1101,7 +1114,8 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
                       .per_node = sub.devices_per_node,
                       .device0 = s * n,
                       .plan = pl};
-    stage_costs(pl, B, &ps->t, &ps->sync, &ps->memory);
+    stage_costs(pl, &ps->t, &ps->sync, &ps->memory);
+    ps->update = pl->update_s;
     if (s + 1 < m->pp) {
       ps->p2p_bytes = boundary_bytes(g, layer_of, s + 1, s + 1, po->mixed) / n;
       bool inter = ((s + 1) * n - 1) / dpn != ((s + 1) * n) / dpn || sub.nodes > 1;

@@ -34,6 +34,8 @@ typedef struct Cluster {
   double best_mfu;            /* best published MFU of the device in training (0: none known) */
   double overlap_cost;        /* of communication run beside compute, the fraction of its time the compute
                                  loses (0: none, a separate engine; CPU ranks share their cores with it) */
+  double pass_bandwidth;      /* bytes/s per device of the per-parameter passes (gradient accumulation, the
+                                 optimizer update; 0: 80% of mem_bandwidth) */
 } Cluster;
 
 /* A shipped cluster name (clusters/NAME.cluster) or a path. Errors are
@@ -59,6 +61,8 @@ typedef struct Mesh {
   double vec_flops; /* per device, elementwise math */
   double mem_bw, memory;
   double row_bw, row_elem;    /* row-wise ops (norms, softmax, cross-entropy): bytes/s, bytes per element */
+  double pass_bw;             /* the per-parameter passes (accumulation, update): bytes/s */
+  double both_bw;             /* a collective over both axes at once: its ring's bandwidth (mesh.c) */
   double gemm_eff, gemm_half; /* planner/gemm.c: a large product's efficiency, the half-efficiency dim */
 } Mesh;
 
@@ -112,8 +116,10 @@ typedef struct PlanOptions {
   double time_limit;    /* seconds for the solver */
   bool quiet;           /* no explanation of an infeasible problem (searches) */
   int inflight;         /* microbatches whose activations are kept at once (pipelines); 0 means 1 */
-  int microbatches;     /* the graph is one of this many microbatches of a step: collectives that happen
-                           once per step (gradient syncs) weigh 1/microbatches in the objective; 0 means 1 */
+  int microbatches;     /* the graph is one of this many microbatches of a step; 0 means 1 */
+  double step_mbs;      /* the step's length in this graph's microbatch times (0: microbatches): what
+                           happens once per step (gradient syncs, the optimizer update) weighs
+                           1/step_mbs in the objective (plan_once_weight) */
   int node_limit;       /* stop the solver after this many branch-and-bound nodes (0: none); searches
                            use it so that a stage plan under tight memory costs a bounded, machine-
                            independent effort, and keep the best plan found with its gap */
@@ -151,6 +157,8 @@ typedef struct Plan {
   uint8_t *partial; /* per forward op: mesh axes its output is a partial sum over (to all-reduce) */
   bool *a2a;        /* per forward op: an MoE all-to-all strategy */
   double compute_s, comm_s, objective;
+  double update_s;             /* the optimizer update (gradient norm, AdamW, cast), seconds per step; its
+                                  plan_once_weight share is in compute_s and the objective, like a sync's */
   double fwd_frac, wgrad_frac; /* of compute + communication: the forward's share, the weight gradients' */
   double mem_params, mem_grads, mem_optim, mem_acts; /* bytes per device */
   Comm *comms;
@@ -176,6 +184,10 @@ void plan_report(const Plan *p, FILE *out);
  * many microbatches there are (Comm.once: gradient syncs, weight gathers
  * after the update). */
 double plan_sync_s(const Plan *p);
+/* What a once-per-step cost weighs in a stage plan's objective, which is one
+   microbatch's time: 1 / the step's length in microbatch times
+   (PlanOptions.step_mbs, or its microbatches). */
+double plan_once_weight(const PlanOptions *o);
 /* Bytes per device by collective kind in one step of `microbatches`. */
 void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]);
 void plan_comms_json(const Plan *p, int microbatches, int indent, FILE *out);
@@ -368,6 +380,7 @@ typedef struct PipeStage {
   const Plan *plan;    /* the stage's intra-operator plan (one microbatch) */
   double t;            /* seconds per microbatch, forward and backward */
   double sync;         /* seconds per step: gradient sync and ZeRO gathers */
+  double update;       /* seconds per step: the optimizer update, after the sync */
   double memory;       /* bytes per device with the schedule's in-flight activations */
   double p2p;          /* seconds to send one microbatch's boundary to the next stage */
   double p2p_bytes;    /* bytes per device of that boundary */

@@ -19,6 +19,11 @@ double plan_sync_s(const Plan *p) {
   return t;
 }
 
+double plan_once_weight(const PlanOptions *o) {
+  double n = o->step_mbs > 0 ? o->step_mbs : o->microbatches;
+  return n > 1 ? 1 / n : 1;
+}
+
 void plan_comm_bytes(const Plan *p, int microbatches, double out[COLL_KINDS]) {
   for (int k = 0; k < COLL_KINDS; k++) out[k] = 0;
   for (int i = 0; i < p->ncomms; i++) {

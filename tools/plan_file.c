@@ -49,6 +49,7 @@ static const Field top_fields[] = {
 static const Field stage_fields[] = {
     {"predicted_stage_s", 0, MAX_SECONDS, false, true},
     {"sync_s", 0, MAX_SECONDS, false, false},
+    {"update_s", 0, MAX_SECONDS, false, false},
     {"p2p_s", 0, MAX_SECONDS, false, false},
     {"selective_recompute_s", 0, MAX_SECONDS, false, false},
     {"forward_fraction", 0, 1, false, false},
@@ -226,6 +227,7 @@ PipelinePlan *plan_pipeline_of(const Json *j) {
     PipeStage *ps = &p->stages[s];
     ps->t = json_num(st, "predicted_stage_s", 0);
     ps->sync = json_num(st, "sync_s", 0);
+    ps->update = json_num(st, "update_s", 0);
     ps->p2p = json_num(st, "p2p_s", 0);
     const char *rc = json_str(st, "recompute", "none");
     for (int k = 0; k < RC_KINDS; k++)
