@@ -23,6 +23,8 @@ value() { sed -n "s/^$1  *\([^ #]*\).*/\1/p" "$2"; }
 # (a) one rank: a valid cluster file the planner takes
 expect 0 "products, all ranks at once" profile --quick -o "$tmp/one.cluster"
 grep -q "^flops_bf16 [1-9]" "$tmp/one.cluster" && ok || bad "one rank: no measured bf16 rate"
+pb=$(value pass_bandwidth "$tmp/one.cluster" 2>/dev/null)
+if [ -n "$pb" ] && awk -v b="$pb" 'BEGIN {exit !(b + 0 >= 1e6)}'; then ok; else bad "one rank: pass_bandwidth '$pb'"; fi
 expect 0 "1 devices = 1 node x 1 per node" cluster "$tmp/one.cluster"
 expect 0 "predicted step" plan mlp --cluster "$tmp/one.cluster"
 grep -q "intra_latency.*# .*local.cluster" "$tmp/one.cluster" && ok || bad "one rank: no comment on the links' figures"

@@ -1,14 +1,12 @@
 /* cmd_profile.c: `carve profile [-o FILE] [--quick]` measures this machine's
  * backend, running the runtime's own instructions through it: the matrix
  * product rate in f32 and in bf16, the memory bandwidth of an elementwise op,
- * the rate of elementwise math and, with several ranks (mpirun -np N carve profile), the all-reduce and
- * point-to-point latency and bandwidth through the Transport, and what an
- * all-reduce run on a second thread costs the products beside it (the
- * runtime overlaps communication so). Every rank runs
- * every measurement at the same time, as in training, and a figure is the
- * slowest rank's, so it is what one rank gets while the others work too.
- * Rank 0 prints a table and, with -o, writes a cluster file
- * (docs/cluster-format.md) that carve plan --cluster FILE takes.
+ * the rate of the per-parameter passes (gradient accumulation and the
+ * optimizer update), the rate of elementwise math and, with several ranks (mpirun -np N carve profile), the all-reduce
+ * and point-to-point latency and bandwidth through the Transport, and what an all-reduce run on a second thread costs
+ * the products beside it (the runtime overlaps communication so). Every rank runs every measurement at the same time,
+ * as in training, and a figure is the slowest rank's, so it is what one rank gets while the others work too. Rank 0
+ * prints a table and, with -o, writes a cluster file (docs/cluster-format.md) that carve plan --cluster FILE takes.
  * Exit status: 0 fine, 1 the file could not be written, 2 a bad command line. */
 #include <errno.h>
 #include <math.h>
@@ -37,7 +35,8 @@ static void profile_help(void) {
   printf("usage: carve profile [-o FILE] [--quick]\n\n"
          "Measures this machine's backend and prints what it found: the matrix product rate (f32 and\n"
          "bf16 einsums) on square matrices up to 2048, the memory bandwidth of an elementwise op (y += x on 64 MiB "
-         "arrays) and,\n"
+         "arrays), the rate of\n"
+         "the per-parameter passes (acc, sumsq, adamw, cast) and,\n"
          "when started with several ranks (mpirun -np N carve profile), the all-reduce latency and bus\n"
          "bandwidth over all ranks and the point-to-point latency and bandwidth between ranks 0 and 1.\n"
          "Every rank runs every measurement at once, as in training: a figure is what one rank gets\n"
@@ -88,10 +87,12 @@ typedef enum { B_COMPUTE, B_ALL_REDUCE, B_PING_PONG } BenchKind;
 
 /* A compute measurement is a program of a few step instructions over its
  * own buffers, loaded into the backend as any program is. */
+enum { PROBE_BUFS = 8, PROBE_STEPS = 5 };
 typedef struct Probe {
   Program p;
-  Buffer bufs[3];
-  Instr step[2];
+  Buffer bufs[PROBE_BUFS];
+  Instr step[PROBE_STEPS];
+  int nfill; /* buffers 0 .. nfill - 1 start with small values, the others with zeros */
   Backend *be;
 } Probe;
 
@@ -102,31 +103,36 @@ typedef struct Bench {
   Probe *probe;
 } Bench;
 
-/* Buffers a, b, c of the given shapes and dtype, one after another. */
-static Probe *probe_new(DType dt, const Shape *sa, const Shape *sb, const Shape *sc) {
+/* Buffers a, b, c, ... of the given shapes and dtypes, one after another,
+   the first nfill of them filled with small values when loaded. */
+static Probe *probe_make(int n, const DType *dts, const Shape *const *shapes, int nfill) {
+  static const char *const names[PROBE_BUFS] = {"a", "b", "c", "d", "e", "f", "g", "h"};
   Probe *q = xcalloc(1, sizeof(Probe));
-  const Shape *shapes[3] = {sa, sb, sc};
   int64_t off = 0;
-  for (int k = 0; k < 3; k++) {
-    int64_t bytes = shape_numel(shapes[k]) * dtype_size(dt);
-    q->bufs[k] = (Buffer){.name = k == 0   ? "a"
-                                  : k == 1 ? "b"
-                                           : "c",
-                          .dtype = dt,
-                          .shape = *shapes[k],
-                          .kind = BUF_ACT,
-                          .offset = off,
-                          .bytes = bytes};
+  bool bf16 = false;
+  for (int k = 0; k < n; k++) {
+    int64_t bytes = shape_numel(shapes[k]) * dtype_size(dts[k]);
+    q->bufs[k] = (Buffer){
+        .name = names[k], .dtype = dts[k], .shape = *shapes[k], .kind = BUF_ACT, .offset = off, .bytes = bytes};
     off += (bytes + 63) / 64 * 64;
+    bf16 |= dts[k] == DT_BF16;
   }
+  q->nfill = nfill;
   q->p = (Program){.model = "profile",
                    .world = 1,
-                   .precision = dt == DT_BF16 ? PREC_BF16 : PREC_FP32,
+                   .precision = bf16 ? PREC_BF16 : PREC_FP32,
                    .bufs = q->bufs,
-                   .nbufs = 3,
+                   .nbufs = n,
                    .arena_bytes = off,
                    .step = q->step};
   return q;
+}
+
+/* Buffers a, b, c of the given shapes and dtype; a and b filled. */
+static Probe *probe_new(DType dt, const Shape *sa, const Shape *sb, const Shape *sc) {
+  const DType dts[3] = {dt, dt, dt};
+  const Shape *const shapes[3] = {sa, sb, sc};
+  return probe_make(3, dts, shapes, 2);
 }
 
 /* Loads the probe's instructions and fills a and b with small values. */
@@ -135,10 +141,10 @@ static void probe_load(Probe *q) {
   q->be = backend_open(NULL, why, sizeof why);
   if (!q->be || !program_verify(&q->p, stderr) || !q->be->load(q->be, &q->p, stderr))
     carve_fatal("profile: the backend cannot run its own measurement (%s)", q->be ? "see above" : why);
-  for (int k = 0; k < 2; k++) {
+  for (int k = 0; k < q->p.nbufs; k++) {
     int64_t n = shape_numel(&q->bufs[k].shape);
-    float *x = xmalloc(sizeof(float) * (size_t)n);
-    for (int64_t i = 0; i < n; i++) x[i] = 1e-2f * (float)(i % 7 - 3);
+    float *x = xmalloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    for (int64_t i = 0; i < n; i++) x[i] = k < q->nfill ? 1e-2f * (float)(i % 7 - 3) : 0;
     if (q->bufs[k].dtype == DT_BF16)
       for (int64_t i = 0; i < n; i++) ((uint16_t *)x)[i] = km_bf16(x[i]);
     q->be->upload(q->be, q->bufs[k].offset, x, q->bufs[k].bytes);
@@ -213,6 +219,7 @@ typedef struct Profile {
   double mem_bandwidth;        /* bytes/s per rank */
   double vector_rate;          /* FLOP/s per rank of elementwise math (gelu, counted as the planner counts it) */
   double mem_bandwidth_bf16, vector_bf16; /* the same on bf16 arrays */
+  double pass_bandwidth;                  /* bytes/s per rank of the per-parameter passes (measure_passes) */
   double ar_latency;                      /* seconds, 4 bytes */
   double p2p_latency;                     /* seconds one way, 4 bytes */
   int nmsg;
@@ -280,6 +287,30 @@ static double memory_rate(Transport *t, Profile *p, DType dt, double target) {
 static void measure_memory(Transport *t, Profile *p, double target) {
   p->mem_bandwidth = memory_rate(t, p, DT_F32, target);
   p->mem_bandwidth_bf16 = memory_rate(t, p, DT_BF16, target);
+}
+
+/* The per-parameter passes a step makes besides the products, as the
+   programs run them over a parameter (docs/cost-model.md, "Per-parameter
+   passes"): a microbatch's gradient added into its f32 accumulator (acc,
+   12 bytes an element), then the update: the gradient norm's sum of squares
+   (sumsq, 4), AdamW in place (adamw, 28) and the bf16 working copy (cast,
+   6). Over PASS_FLOATS elements, about a small model's parameters, whose
+   state then streams from memory as a step's does; 50 bytes an element over
+   the time, the rate the cost model prices those bytes at. */
+#define PASS_FLOATS (MEM_FLOATS / 4)
+static void measure_passes(Transport *t, Profile *p, double target) {
+  Shape v = {1, {PASS_FLOATS}}, scalar = {0};
+  /* a: a microbatch's gradient, b: the parameter, c: its accumulator, d and
+     e: the moments, f: the clip factor, g: the norm's sum, h: the bf16 copy */
+  const DType dts[8] = {DT_F32, DT_F32, DT_F32, DT_F32, DT_F32, DT_F32, DT_F32, DT_BF16};
+  const Shape *const shapes[8] = {&v, &v, &v, &v, &v, &scalar, &scalar, &v};
+  Instr steps[5] = {{.op = OP_FILL, .out = 5, .f = {1}},
+                    {.op = OP_ACC, .out = 2, .nin = 1, .in = {0}},
+                    {.op = OP_SUMSQ, .out = 6, .nin = 1, .in = {2}, .f = {1}},
+                    {.op = OP_ADAMW, .out = 1, .nin = 4, .in = {2, 3, 4, 5}, .f = {1e-4, 0.9, 0.999, 1e-8, 0.1}},
+                    {.op = OP_CAST, .out = 7, .nin = 1, .in = {1}}};
+  double s = probe_seconds(t, p, probe_make(8, dts, shapes, 2), 5, steps, target);
+  p->pass_bandwidth = 50.0 * PASS_FLOATS / s;
 }
 
 /* gelu and its gradient over 1M floats: 8 FLOPs an element forward and 16
@@ -415,6 +446,8 @@ static void print_table(const Profile *p) {
          arena_printf("%.2f GB/s", p->world * p->mem_bandwidth / 1e9));
   printf("%-30s %16s %16s\n", "  the same on bf16 arrays", arena_printf("%.2f GB/s", p->mem_bandwidth_bf16 / 1e9),
          arena_printf("%.2f GB/s", p->world * p->mem_bandwidth_bf16 / 1e9));
+  printf("%-30s %16s %16s\n", "acc, sumsq, adamw, cast", arena_printf("%.2f GB/s", p->pass_bandwidth / 1e9),
+         arena_printf("%.2f GB/s", p->world * p->pass_bandwidth / 1e9));
   printf("%-30s %16s %16s\n", "gelu + gradient, 1M floats", arena_printf("%.2f GFLOP/s", p->vector_rate / 1e9),
          arena_printf("%.2f GFLOP/s", p->world * p->vector_rate / 1e9));
   printf("%-30s %16s %16s\n", "  the same on bf16 arrays", arena_printf("%.2f GFLOP/s", p->vector_bf16 / 1e9),
@@ -508,6 +541,9 @@ static void write_cluster(FILE *f, const Profile *p) {
           arena_printf("memory %s", eng(round(memory / 1e6) * 1e6)), ram / 1e9, w, plural(w, "", "s"));
   fprintf(f, "%-34s # y += x on %s float arrays: 12 bytes per element\n",
           arena_printf("mem_bandwidth %s", eng(p->mem_bandwidth)), size_label(MEM_FLOATS * 4));
+  fprintf(f, "%-34s # acc, sumsq, adamw and cast over %s parameters:\n",
+          arena_printf("pass_bandwidth %s", eng(p->pass_bandwidth)), size_label(PASS_FLOATS * 4));
+  fprintf(f, "%-34s # 50 bytes per element\n", "");
   fprintf(f, "%-34s # the same two for bf16 programs: gelu and its gradient,\n",
           arena_printf("flops_vector_bf16 %s", eng(p->vector_bf16)));
   fprintf(f, "%-34s # y += x on bf16 arrays (6 bytes per element)\n",
@@ -588,6 +624,7 @@ static int profile(Transport *t, int argc, char **argv) {
   double target = o.quick ? 0.01 : 0.1; /* seconds per sample */
   measure_gemm(t, &p, target);
   measure_memory(t, &p, target);
+  measure_passes(t, &p, target);
   measure_vector(t, &p, target);
   if (p.world > 1) measure_links(t, &p, target);
   if (p.world > 1) measure_overlap(t, &p);
