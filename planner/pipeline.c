@@ -402,7 +402,8 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const in
                    .t_tail = tail,
                    .t_sync = sync,
                    .sync_buckets = buckets,
-                   .overlap_cost = pp->cluster ? pp->cluster->overlap_cost : 0};
+                   .overlap_cost = pp->cluster ? pp->cluster->overlap_cost : 0,
+                   .blocking_p2p = pp->serial_comm};
   return true;
 }
 

@@ -289,6 +289,7 @@ typedef struct SimInput {
   const double *t_sync;
   const int *sync_buckets;
   double overlap_cost; /* Cluster.overlap_cost: what the compute loses of the time they overlap it */
+  bool blocking_p2p;   /* a transfer holds its sender's device (a run without overlap sends in turn) */
 } SimInput;
 
 typedef struct SimEvent {

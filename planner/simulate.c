@@ -16,7 +16,10 @@
  * B -> W, or neighbouring stages on one device when p = 1) arrives when its
  * producer ends. F takes t_f[s], B t_b[s] (the whole backward unless the
  * schedule splits W), W t_w[s]. Transfers overlap compute: they occupy a
- * link, not the device, and links are not shared (no contention).
+ * link, not the device, and links are not shared (no contention); except
+ * when they block their sender (blocking_p2p: a run without overlap sends
+ * on the step's thread), and the producer's device is held for its
+ * transfer too.
  *
  * Each start depends only on the device's previous task and the producers,
  * so the times do not depend on the order in which devices are advanced: the
@@ -73,6 +76,16 @@ static double p2p(const Sim *x, Task dep, Task t) {
   return x->in->t_p2p[dep.stage < t.stage ? dep.stage : t.stage];
 }
 
+/* How long task t's device is held sending t's output to the next device:
+   0 unless transfers block their sender (SimInput.blocking_p2p). F hands on
+   to the next virtual stage, B to the previous one; W sends nothing. */
+static double send_time(const Sim *x, Task t) {
+  if (!x->in->blocking_p2p || !x->in->t_p2p || x->s->p < 2) return 0;
+  if (t.phase == TASK_F && t.stage + 1 < x->S) return x->in->t_p2p[t.stage];
+  if (t.phase == TASK_B && t.stage > 0) return x->in->t_p2p[t.stage - 1];
+  return 0;
+}
+
 static void add_event(Sim *x, int d, Task t, bool transfer, double start, double end) {
   x->r->events[x->r->nevents++] = (SimEvent){d, t, transfer, start, end};
 }
@@ -93,7 +106,8 @@ static bool run_next(Sim *x, int d) {
   }
   double dur = duration(x, t);
   add_event(x, d, t, false, start, start + dur);
-  x->end[slot(x, t)] = x->free[d] = start + dur;
+  x->end[slot(x, t)] = start + dur;
+  x->free[d] = start + dur + send_time(x, t);
   x->r->busy_s[d] += dur;
   x->next[d]++;
   return true;
