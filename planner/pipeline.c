@@ -12,14 +12,19 @@
  * 1) in its objective, the step's length in its microbatch times under 1F1B
  * with s equal stages (s: the in-flight count above, the stages a 1F1B
  * pipeline of such stages would have); a stage's time per microbatch is the
- * objective less that share, and the sync and update are paid once per step. The stage DP picks spans and submeshes;
- * the schedule is simulated with those times and with point-to-point transfers of the stage boundaries; the best B
- * wins. The search is pruned by bounds, not capped: a step takes at least B times a stage's objective (its B
- * microbatches and its sync), so once a plan is found, a stage whose FLOPs alone, its cheapest strategies, or its ILP's
- * LP bound rule that out is dropped unsolved or mid-solve. The DP itself is run on lower bounds (FLOPs at the cost
- * model's rate) for the stages not yet planned, and plans only the stages of the plan it picks, until that plan's
- * stages are all planned (known_cost): the same optimum, with far fewer stage plans. The ILPs of one search warm-start
- * from the last basis of the same structure (plan_warm_starts).
+ * objective less that share, and the sync and update are paid once per
+ * step. The stage DP picks spans and submeshes; the schedule is simulated
+ * with those times and with point-to-point transfers of the stage
+ * boundaries; the best B wins. The search is pruned by bounds, not capped:
+ * a step takes at least B times a stage's objective (its B microbatches
+ * and its sync), so once a plan is found, a stage whose FLOPs alone, its
+ * cheapest strategies, or its ILP's LP bound rule that out is dropped
+ * unsolved or mid-solve. The DP itself is run on lower bounds (FLOPs at the
+ * cost model's rate) for the stages not yet planned, and plans only the
+ * stages of the plan it picks, until that plan's stages are all planned
+ * (known_cost): the same optimum, with far fewer stage plans. The ILPs of
+ * one search warm-start from the last basis of the same structure
+ * (plan_warm_starts).
  *
  * On clusters of more than 16 devices the DP is restricted (composed span
  * costs, whole nodes, at most MAXGROUPS stages), so the search also tries
