@@ -687,6 +687,11 @@ struct Transport {
   double timeout;
   char doing[96]; /* what this rank is doing ("step 3, instruction 42 (all_reduce)"), or empty */
   bool threads;   /* another thread may make the calls (one thread at a time): communication can overlap */
+  /* 1 (the default): the step waits for the call in progress, which should
+     poll its peers flat out; 0: compute goes on beside it, so a wait that
+     takes a while sleeps between polls and leaves the cores to the compute.
+     Read and written with __atomic builtins (runtime/overlap.c sets it). */
+  int hurry;
   /* Makes a communicator per group of a program (every rank calls it with
      the same list, in the same order: it is collective over the world). */
   bool (*groups)(Transport *t, int n, const int *sizes, int *const *ranks);

@@ -19,6 +19,9 @@
  *
  * The thread makes every MPI call of a step; the step's thread makes MPI
  * calls only between steps, when the thread is idle (MPI_THREAD_SERIALIZED).
+ * While compute goes on, a transfer that waits on its peers sleeps between
+ * polls (Transport.hurry is 0); while the step's thread waits for one, it
+ * polls flat out.
  * A transfer whose next reader is the very next instruction, with nothing
  * queued before it, runs on the step's thread (a hand-off would only add
  * latency). A failed transfer stops the thread's queue: the step's thread
@@ -179,6 +182,7 @@ void overlap_begin(Run *R) {
   Overlap *ov = R->ov;
   ov->posted = ov->done = 0;
   ov->error = NULL;
+  __atomic_store_n(&R->net->hurry, 0, __ATOMIC_RELAXED); /* compute goes on beside the transfers */
 }
 
 /* Waits until transfer `ordinal` (and all before it) is done; false when
@@ -186,7 +190,11 @@ void overlap_begin(Run *R) {
 static bool wait_done(Run *R, int ordinal, const char **err, int *at) {
   Overlap *ov = R->ov;
   pthread_mutex_lock(&ov->mu);
-  while (ov->done <= ordinal) pthread_cond_wait(&ov->done_cv, &ov->mu);
+  if (ov->done <= ordinal) { /* the step waits: the thread's transfers poll flat out until it may go on */
+    __atomic_store_n(&R->net->hurry, 1, __ATOMIC_RELAXED);
+    while (ov->done <= ordinal) pthread_cond_wait(&ov->done_cv, &ov->mu);
+    __atomic_store_n(&R->net->hurry, 0, __ATOMIC_RELAXED);
+  }
   bool ok = ov->error == NULL;
   if (!ok) *err = ov->error, *at = ov->error_at;
   pthread_mutex_unlock(&ov->mu);
@@ -208,7 +216,9 @@ bool overlap_post(Run *R, int i, const char **err, int *at) {
   }
   pthread_mutex_unlock(&ov->mu);
   if (!inline_) return true;
+  __atomic_store_n(&R->net->hurry, 1, __ATOMIC_RELAXED); /* the step waits for it */
   const char *e = run_one(R, i); /* the thread is idle and nothing is queued: no MPI call can overlap this one */
+  __atomic_store_n(&R->net->hurry, 0, __ATOMIC_RELAXED);
   pthread_mutex_lock(&ov->mu);
   ov->posted++;
   finished(ov, i, e);
@@ -223,5 +233,7 @@ bool overlap_end(Run *R, const char **err, int *at) {
   pthread_mutex_lock(&ov->mu);
   int last = ov->posted - 1;
   pthread_mutex_unlock(&ov->mu);
-  return last < 0 || wait_done(R, last, err, at);
+  bool ok = last < 0 || wait_done(R, last, err, at);
+  __atomic_store_n(&R->net->hurry, 1, __ATOMIC_RELAXED); /* between steps the step's thread calls, and waits */
+  return ok;
 }

@@ -94,6 +94,7 @@ Transport *transport_local(void) {
                    .rank = 0,
                    .world = 1,
                    .threads = true,
+                   .hurry = 1,
                    .groups = local_groups,
                    .all_reduce = local_all_reduce,
                    .all_gather = local_copy,
@@ -151,20 +152,23 @@ static int guard_end(Transport *t, int rc) {
 }
 #define GUARD(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), (expr)))
 
-/* Waits for a request begun by `rc`'s call: tests it, and once that has
-   taken a while, sleeps between tests, so that a thread waiting on its
-   peers leaves the cores to the compute beside it. */
-static int await(int rc, MPI_Request *req, MPI_Status *st) {
+/* Waits for a request begun by `rc`'s call: tests it; unless the step
+   waits for it (Transport.hurry), a wait that has taken a while sleeps
+   between tests, so that a thread waiting on its peers leaves the cores
+   to the compute beside it. */
+static int await(Transport *t, int rc, MPI_Request *req, MPI_Status *st) {
   int done = 0;
   for (long spin = 0; rc == MPI_SUCCESS; spin++) {
     rc = MPI_Test(req, &done, st);
     if (done) break;
-    if (spin >= 64) nanosleep(&(struct timespec){0, spin < 4096 ? 10 * 1000 : 100 * 1000}, NULL);
+    if (spin >= 64 && !__atomic_load_n(&t->hurry, __ATOMIC_RELAXED))
+      nanosleep(&(struct timespec){0, spin < 4096 ? 10 * 1000 : 100 * 1000}, NULL);
   }
   return rc;
 }
 /* a non-blocking MPI call `expr` (its request &R), then the wait, under the deadline */
-#define AWAIT(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), await((expr), &R, MPI_STATUS_IGNORE)))
+#define AWAIT(t, call, whom, expr)                                                                                     \
+  (busy((t), (call), (whom)), guard_end((t), await((t), (expr), &R, MPI_STATUS_IGNORE)))
 #define IN_GROUP(t, g) (((Mpi *)(t)->impl)->members[g])
 #define EVERY_RANK "the other ranks"
 
@@ -338,7 +342,8 @@ static bool mpi_recv(Transport *t, void *buf, int64_t bytes, int peer, int tag) 
   snprintf(whom, sizeof whom, "rank %d (tag %d)", peer, tag);
   MPI_Request R;
   busy(t, "MPI_Recv", whom);
-  int rc = guard_end(t, await(MPI_Irecv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &R), &R, &st)), cls = 0;
+  int rc = guard_end(t, await(t, MPI_Irecv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &R), &R, &st)),
+      cls = 0;
   MPI_Error_class(rc, &cls);
   if (rc != MPI_SUCCESS && cls == MPI_ERR_TRUNCATE) {
     fprintf(stderr,
@@ -443,6 +448,7 @@ Transport *transport_open(int *argc, char ***argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &t->world);
   t->timeout = 300;
   t->threads = level >= MPI_THREAD_SERIALIZED;
+  t->hurry = 1;
   Mpi *m = t->impl;
   m->watching = pthread_create(&m->watchdog, NULL, watch, t) == 0;
   return t;
