@@ -1279,7 +1279,11 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   }
   exchange(&R, NULL, 0);
   emit_update(&R);
-  prog_hoist_comm(p, &R.step, 0, R.step.n, &R.bk);
+  int *layer = arena_alloc(sizeof(int) * (size_t)(p->nbufs + 1)); /* of the parameters' buffers, for the gathers */
+  for (int b = 0; b < p->nbufs; b++) layer[b] = -2;
+  for (int i = 0; i < g->nfwd; i++)
+    if (R.pbuf[i] >= 0) layer[R.pbuf[i]] = g->nodes[i]->layer;
+  prog_hoist_comm(p, &R.step, 0, R.step.n, &R.bk, layer);
   prog_place(p, &R.step, 0, R.step.n, &R.bk);
   free(R.bk.bufs), free(R.bk.start), free(R.bk.member);
   prog_finish(p, &R.init, &R.step);
