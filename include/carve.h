@@ -661,6 +661,8 @@ struct Transport {
   double (*max)(Transport *t, double v);
   /* every rank's `bytes` bytes, in rank order, to every rank (traces) */
   bool (*gather_all)(Transport *t, const void *in, int64_t bytes, void *out);
+  /* rank root's `bytes` bytes into every rank's buf (a NCCL id) */
+  bool (*broadcast)(Transport *t, void *buf, int64_t bytes, int root);
   /* ends every rank's process now (after a rank-local error mid-step, when
      the others may be waiting on this one) */
   void (*abort)(Transport *t, int code); /* does not return */
@@ -673,6 +675,12 @@ Transport *transport_local(void);
    environment says so); otherwise the local transport. */
 Transport *transport_open(int *argc, char ***argv);
 bool transport_launched(void);
+/* The deadline's message: this rank, `doing` (Transport.doing when the
+   wait began), whom it waited for and the call; the caller then ends the
+   process. */
+void transport_overdue(const Transport *t, const char *doing, const char *whom, const char *call);
+/* "the members of group g (ranks 0 2 4)", for those messages */
+void transport_members(char *buf, size_t n, int g, int size, const int *ranks);
 
 typedef struct RunOptions {
   int steps;
@@ -690,6 +698,7 @@ typedef struct RunOptions {
   double *peak_bytes;       /* receives the bytes the rank held: arena, scratch, staging */
   struct Backend *backend;  /* NULL: the backend named next, opened and closed by the run */
   const char *backend_name; /* "cpu" (NULL) or "cuda" */
+  const char *comm_name;    /* "auto" (NULL), "host" or "nccl": the device communication (docs/distributed.md) */
   /* checkpoints (docs/checkpoints.md): after every `checkpoint_every` steps
      and the last, into checkpoint_dir/step-N, keeping the newest `keep` */
   const char *checkpoint_dir;
