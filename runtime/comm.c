@@ -36,6 +36,14 @@ void cut_put(Backend *be, const Cut *c, void *whole, const void *part, int64_t q
   int64_t row = cut_row(c);
   be->copy_rows(be, 1, (unsigned char *)whole + q * row, c->parts * row, part, row, row, c->outer);
 }
+void cut_join(Backend *be, const Cut *c, void *whole, const void *parts) {
+  int64_t n = c->outer * cut_row(c);
+  for (int64_t q = 0; q < c->parts; q++) cut_put(be, c, whole, (const unsigned char *)parts + q * n, q);
+}
+void cut_deal(Backend *be, const Cut *c, void *parts, const void *whole) {
+  int64_t n = c->outer * cut_row(c);
+  for (int64_t q = 0; q < c->parts; q++) cut_take(be, c, (unsigned char *)parts + q * n, whole, q);
+}
 void comm_fit(Backend *be, void *dst, int64_t dst_bytes, const void *src, int64_t src_bytes) {
   int64_t n = src_bytes < dst_bytes ? (src_bytes > 0 ? src_bytes : 0) : dst_bytes;
   be->copy_rows(be, 1, dst, n, src, n, n, 1);
@@ -111,10 +119,8 @@ static bool dim_move(Run *R, const Instr *in) {
     cut_take(R->be, &c, A(R, o), A(R, x), group_pos(p, g, p->rank));
     return closed(R, true);
   }
-  int64_t n = N(p, x) * c.es;
-  unsigned char *all = R->pad;
-  bool ok = closed(R, R->comm->all_gather(R->comm, g, A(R, x), N(p, x), all, p->bufs[x].dtype));
-  for (int64_t q = 0; q < c.parts; q++) cut_put(R->be, &c, A(R, o), all + q * n, q);
+  bool ok = closed(R, R->comm->all_gather(R->comm, g, A(R, x), N(p, x), R->pad, p->bufs[x].dtype));
+  cut_join(R->be, &c, A(R, o), R->pad);
   return ok;
 }
 
@@ -127,9 +133,9 @@ static bool all_to_all(Run *R, const Instr *in) {
   int f = (int)in->i[1], t = (int)in->i[2];
   Cut to = cut_of(xs, t, ys->d[t], parts, es), from = cut_of(ys, f, xs->d[f], parts, es);
   unsigned char *send = R->pad, *recv = send + n * parts;
-  for (int64_t k = 0; k < parts; k++) cut_take(R->be, &to, send + k * n, A(R, x), k);
+  cut_deal(R->be, &to, send, A(R, x));
   bool ok = closed(R, R->comm->all_to_all(R->comm, g, send, n / es, recv, p->bufs[x].dtype));
-  for (int64_t k = 0; k < parts; k++) cut_put(R->be, &from, A(R, o), recv + k * n, k);
+  cut_join(R->be, &from, A(R, o), recv);
   return ok;
 }
 

@@ -62,6 +62,10 @@ Cut cut_of(const Shape *s, int dim, int64_t len, int64_t parts, int64_t es);
 void cut_take(Backend *be, const Cut *c, void *part, const void *whole, int64_t q);
 /* part q of whole <- part (contiguous) */
 void cut_put(Backend *be, const Cut *c, void *whole, const void *part, int64_t q);
+/* whole <- the parts one after another (gather_dim, all_to_all_dim's placing) */
+void cut_join(Backend *be, const Cut *c, void *whole, const void *parts);
+/* the parts one after another <- whole (all_to_all_dim's cutting) */
+void cut_deal(Backend *be, const Cut *c, void *parts, const void *whole);
 /* dst_bytes of dst: src's first bytes, zeros past src_bytes (padding) */
 void comm_fit(Backend *be, void *dst, int64_t dst_bytes, const void *src, int64_t src_bytes);
 
