@@ -180,6 +180,31 @@ bool comm_flush(Run *R) { return closed(R, true) && R->comm->flush(R->comm); }
 
 /* ---------------------------------------------------------------- choice */
 
+bool comm_p2p_in_order(const Program *p, Transport *t, char *why, size_t n) {
+  int w = t->world;
+  uint64_t *mine = xcalloc(2 * (size_t)w, sizeof(uint64_t)),
+           *all = xcalloc(2 * (size_t)w * (size_t)w, sizeof(uint64_t));
+  for (int i = 0; i < p->nstep + p->ninit; i++) {
+    const Instr *in = i < p->ninit ? &p->init[i] : &p->step[i - p->ninit];
+    if (in->op != OP_SEND && in->op != OP_RECV) continue;
+    int64_t rec[2] = {in->i[1], p->bufs[in->op == OP_SEND ? in->in[0] : in->out].bytes};
+    uint64_t *h = &mine[(in->op == OP_RECV) * w + in->i[0]];
+    *h = hash_bytes(rec, sizeof rec, *h ? *h : 1);
+  }
+  bool ok = t->gather_all(t, mine, 2 * w * (int64_t)sizeof(uint64_t), all);
+  for (int a = 0; ok && a < w; a++)
+    for (int b = 0; ok && b < w; b++)
+      if (all[(size_t)a * 2 * w + b] != all[(size_t)b * 2 * w + w + a]) {
+        snprintf(why, n,
+                 "rank %d's sends to rank %d come in another order than its receives (NCCL matches them in order)", a,
+                 b);
+        ok = false;
+      }
+  free(mine);
+  free(all);
+  return ok;
+}
+
 /* --comm nccl, or auto on the CUDA backend: NCCL where it is built in and
    every rank has a GPU of its own; NULL after a message on every rank when
    nccl was asked for and cannot be had; otherwise NULL quietly, or with a
@@ -190,7 +215,7 @@ static Comm *nccl_or_note(Run *R, bool asked) {
   Comm *c = NULL;
 #ifdef CARVE_HAVE_NCCL
   why[0] = 0;
-  c = comm_nccl(R->be, t, R->p, why, sizeof why);
+  if (comm_p2p_in_order(R->p, t, why, sizeof why)) c = comm_nccl(R->be, t, R->p, why, sizeof why);
 #endif
   if (t->agree(t, c != NULL)) return c;
   if (c) c->close(c), c = NULL;

@@ -48,6 +48,12 @@ bool comm_flush(Run *R);
    message on every rank. comm_close undoes it. */
 bool comm_open(Run *R);
 void comm_close(Run *R);
+/* NCCL matches the messages between two ranks in the order they are
+   issued (it has no tags): every rank's sends to each peer in program
+   order (tag and bytes), hashed, against that peer's receives from it.
+   Collective over the world, the same answer on every rank; false with
+   why when a pair's orders differ. */
+bool comm_p2p_in_order(const Program *p, Transport *t, char *why, size_t n);
 
 /* comm.c's cuts, on the backend's communication stream (tests check them
    against plain loops). A tensor cut along one dimension into `parts`

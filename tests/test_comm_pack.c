@@ -5,7 +5,8 @@
  * all_to_all_dim's cutting and placing, shard's slice of a padded input,
  * reduce_scatter's zero padding and a padded all_gather's trim, on random
  * shapes (odd sizes, size-1 dimensions, 1 to 5 parts, 2- and 4-byte
- * elements), on the CPU backend and on cpu-staged. */
+ * elements), on the CPU backend and on cpu-staged. And NCCL's condition on
+ * point-to-point order (comm_p2p_in_order) on a world of two. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -153,7 +154,39 @@ static void pad_case(Backend *be) {
   put_back(&m);
 }
 
+/* ---------------------------------------------------------------- point-to-point order */
+
+/* a world of two seen from one rank: gather_all returns this rank's
+   block and the other rank's, captured from its own call earlier */
+static unsigned char other[64];
+static bool capturing;
+static bool fake_gather(Transport *t, const void *in, int64_t bytes, void *out) {
+  unsigned char *o = out;
+  if (capturing) memcpy(other, in, (size_t)bytes);
+  memcpy(o + t->rank * bytes, in, (size_t)bytes);
+  memcpy(o + (1 - t->rank) * bytes, other, (size_t)bytes);
+  return true;
+}
+
+/* rank 0 sends tags a then b to rank 1; rank 1 receives tags c then d */
+static bool p2p_agree(int a, int b, int c, int d) {
+  Buffer bufs[1] = {{.bytes = 16}};
+  Instr s0[2] = {{.op = OP_SEND, .out = -1, .nin = 1, .in = {0}, .i = {1, a}},
+                 {.op = OP_SEND, .out = -1, .nin = 1, .in = {0}, .i = {1, b}}};
+  Instr s1[2] = {{.op = OP_RECV, .out = 0, .i = {0, c}}, {.op = OP_RECV, .out = 0, .i = {0, d}}};
+  Program p0 = {.rank = 0, .world = 2, .bufs = bufs, .nbufs = 1, .step = s0, .nstep = 2}, p1 = p0;
+  p1.rank = 1, p1.step = s1;
+  Transport t = {.world = 2, .gather_all = fake_gather};
+  char why[160];
+  capturing = true, t.rank = 1;
+  comm_p2p_in_order(&p1, &t, why, sizeof why);
+  capturing = false, t.rank = 0;
+  return comm_p2p_in_order(&p0, &t, why, sizeof why);
+}
+
 int main(void) {
+  CHECK(p2p_agree(5, 6, 5, 6), "sends and receives in one order");
+  CHECK(!p2p_agree(5, 6, 6, 5), "sends and receives in two orders");
   const char *names[2] = {"cpu", "cpu-staged"};
   for (int b = 0; b < 2; b++) {
     char why[128];

@@ -226,17 +226,16 @@ static bool nccl_reduce_scatter(Comm *c, int g, const void *in, int64_t chunk, v
 /* member k's chunk to member k, and member k's chunk for this one into place k: one group */
 static bool nccl_all_to_all(Comm *c, int g, const void *in, int64_t chunk, void *out, DType dt) {
   Nccl *n = c->impl;
-  int parts = n->p->group_size[g];
+  ncclComm_t k = n->comm[g];
   size_t bytes = (size_t)(chunk * dtype_size(dt));
   bool ok = true;
-  nccl_group_begin(c);
-  for (int k = 0; k < parts; k++) {
-    note_peer(n, n->p->group_ranks[g][k]);
-    ok = fine(n, n->comm[g], ncclSend((const char *)in + k * bytes, (size_t)chunk, nccl_type(dt), k, n->comm[g], n->s),
-              "ncclSend") &&
+  nccl_group_begin(c); /* inside it, issue only checks each call */
+  for (int q = 0; q < n->p->group_size[g]; q++) {
+    note_peer(n, n->p->group_ranks[g][q]);
+    ok = issue(n, k, ncclSend((const char *)in + q * bytes, (size_t)chunk, nccl_type(dt), q, k, n->s), "ncclSend",
+               NULL) &&
          ok;
-    ok = fine(n, n->comm[g], ncclRecv((char *)out + k * bytes, (size_t)chunk, nccl_type(dt), k, n->comm[g], n->s),
-              "ncclRecv") &&
+    ok = issue(n, k, ncclRecv((char *)out + q * bytes, (size_t)chunk, nccl_type(dt), q, k, n->s), "ncclRecv", NULL) &&
          ok;
   }
   return nccl_group_end(c) && ok;
