@@ -737,8 +737,9 @@ const char *checkpoint_resolve(const char *path, const char **why);
 /* ck/step-NNNNNNNN (arena) */
 const char *checkpoint_folder(const char *ck, int step);
 
-/* Bytes of the staging buffer the communication instructions of p need
-   (gathers and scatters of flat buffers that are not whole chunks), at most. */
+/* Bytes of the scratch (the backend's memory) the communication
+   instructions of p need at most: gathered parts, all-to-all blocks, and
+   flat buffers padded to whole chunks. */
 int64_t comm_staging_bytes(const Program *p);
 
 /* Counter-based random numbers: the value at (key, index) never depends on
