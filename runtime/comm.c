@@ -227,6 +227,16 @@ static Comm *nccl_or_note(Run *R, bool asked) {
   return NULL;
 }
 
+/* Does any rank's program communicate? (collective over the world) */
+static bool communicates(const Program *p, Transport *t) {
+  bool any = false;
+  for (int i = 0; i < p->ninit + p->nstep; i++)
+    any |= (op_info[(i < p->ninit ? &p->init[i] : &p->step[i - p->ninit])->op].flags & OPF_COMM) != 0;
+  return t->world == 1 ? any : t->max(t, any) > 0;
+}
+
+/* auto: NCCL on the CUDA backend where the programs communicate at all
+   (nothing to gain from making communicators otherwise) */
 bool comm_open(Run *R) {
   const char *want = R->o->comm_name ? R->o->comm_name : "auto";
   bool cuda = strcmp(R->be->name, "cuda") == 0, asked = strcmp(want, "nccl") == 0;
@@ -234,7 +244,7 @@ bool comm_open(Run *R) {
     if (R->net->rank == 0) fprintf(stderr, "carve: error: --comm nccl needs --backend cuda\n");
     return false;
   }
-  if (cuda && (asked || strcmp(want, "auto") == 0)) R->comm = nccl_or_note(R, asked);
+  if (asked || (cuda && strcmp(want, "auto") == 0 && communicates(R->p, R->net))) R->comm = nccl_or_note(R, asked);
   if (!R->comm && asked) return false;
   if (!R->comm) R->comm = comm_host(R->be, R->net, R->p);
   int64_t pad = comm_staging_bytes(R->p);
