@@ -17,6 +17,8 @@
 static unsigned char *A(Run *R, int b) { return R->be->addr(R->be, R->p->bufs[b].offset); }
 static int64_t N(const Program *p, int b) { return shape_numel(&p->bufs[b].shape); }
 static int64_t E(const Program *p, int b) { return dtype_size(p->bufs[b].dtype); }
+/* instruction i of the init list, then of the step list */
+static const Instr *nth(const Program *p, int i) { return i < p->ninit ? &p->init[i] : &p->step[i - p->ninit]; }
 
 /* ---------------------------------------------------------------- cuts */
 
@@ -68,8 +70,8 @@ static int64_t staging_of(const Program *p, const Instr *in) {
 
 int64_t comm_staging_bytes(const Program *p) {
   int64_t most = 0;
-  for (int i = 0; i < p->ninit; i++) most = staging_of(p, &p->init[i]) > most ? staging_of(p, &p->init[i]) : most;
-  for (int i = 0; i < p->nstep; i++) most = staging_of(p, &p->step[i]) > most ? staging_of(p, &p->step[i]) : most;
+  for (int i = 0; i < p->ninit + p->nstep; i++)
+    most = staging_of(p, nth(p, i)) > most ? staging_of(p, nth(p, i)) : most;
   return most;
 }
 
@@ -180,12 +182,13 @@ bool comm_flush(Run *R) { return closed(R, true) && R->comm->flush(R->comm); }
 
 /* ---------------------------------------------------------------- choice */
 
+/* (runtime.h) */
 bool comm_p2p_in_order(const Program *p, Transport *t, char *why, size_t n) {
   int w = t->world;
   uint64_t *mine = xcalloc(2 * (size_t)w, sizeof(uint64_t)),
            *all = xcalloc(2 * (size_t)w * (size_t)w, sizeof(uint64_t));
-  for (int i = 0; i < p->nstep + p->ninit; i++) {
-    const Instr *in = i < p->ninit ? &p->init[i] : &p->step[i - p->ninit];
+  for (int i = 0; i < p->ninit + p->nstep; i++) {
+    const Instr *in = nth(p, i);
     if (in->op != OP_SEND && in->op != OP_RECV) continue;
     int64_t rec[2] = {in->i[1], p->bufs[in->op == OP_SEND ? in->in[0] : in->out].bytes};
     uint64_t *h = &mine[(in->op == OP_RECV) * w + in->i[0]];
@@ -230,8 +233,7 @@ static Comm *nccl_or_note(Run *R, bool asked) {
 /* Does any rank's program communicate? (collective over the world) */
 static bool communicates(const Program *p, Transport *t) {
   bool any = false;
-  for (int i = 0; i < p->ninit + p->nstep; i++)
-    any |= (op_info[(i < p->ninit ? &p->init[i] : &p->step[i - p->ninit])->op].flags & OPF_COMM) != 0;
+  for (int i = 0; i < p->ninit + p->nstep; i++) any |= (op_info[nth(p, i)->op].flags & OPF_COMM) != 0;
   return t->world == 1 ? any : t->max(t, any) > 0;
 }
 
