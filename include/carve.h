@@ -715,6 +715,8 @@ struct Transport {
   double (*max)(Transport *t, double v);
   /* every rank's `bytes` bytes, in rank order, to every rank (traces) */
   bool (*gather_all)(Transport *t, const void *in, int64_t bytes, void *out);
+  /* rank root's `bytes` bytes into every rank's buf (a NCCL id) */
+  bool (*broadcast)(Transport *t, void *buf, int64_t bytes, int root);
   /* ends every rank's process now (after a rank-local error mid-step, when
      the others may be waiting on this one) */
   void (*abort)(Transport *t, int code); /* does not return */
@@ -727,6 +729,12 @@ Transport *transport_local(void);
    environment says so); otherwise the local transport. */
 Transport *transport_open(int *argc, char ***argv);
 bool transport_launched(void);
+/* The deadline's message: this rank, `doing` (Transport.doing when the
+   wait began), whom it waited for and the call; the caller then ends the
+   process. */
+void transport_overdue(const Transport *t, const char *doing, const char *whom, const char *call);
+/* "the members of group g (ranks 0 2 4)", for those messages */
+void transport_members(char *buf, size_t n, int g, int size, const int *ranks);
 
 typedef struct RunOptions {
   int steps;
@@ -745,6 +753,7 @@ typedef struct RunOptions {
   struct Backend *backend;  /* NULL: the backend named next, opened and closed by the run */
   const char *backend_name; /* "cpu" (NULL) or "cuda" */
   bool serial_comm;         /* communication on the step's thread, none overlapped (runtime/overlap.c) */
+  const char *comm_name;    /* "auto" (NULL), "host" or "nccl": the device communication (docs/distributed.md) */
   /* checkpoints (docs/checkpoints.md): after every `checkpoint_every` steps
      and the last, into checkpoint_dir/step-N, keeping the newest `keep` */
   const char *checkpoint_dir;
@@ -783,8 +792,9 @@ const char *checkpoint_resolve(const char *path, const char **why);
 /* ck/step-NNNNNNNN (arena) */
 const char *checkpoint_folder(const char *ck, int step);
 
-/* Bytes of the staging buffer the communication instructions of p need
-   (gathers and scatters of flat buffers that are not whole chunks), at most. */
+/* Bytes of the scratch (the backend's memory) the communication
+   instructions of p need at most: gathered parts, all-to-all blocks, and
+   flat buffers padded to whole chunks. */
 int64_t comm_staging_bytes(const Program *p);
 
 /* Counter-based random numbers: the value at (key, index) never depends on

@@ -18,9 +18,9 @@
  *          ends the others, so a stopped peer, a receive whose send never
  *          comes or ranks at odds never hang the job.
  *
- * A NCCL implementation fills the same table over device buffers, with one
- * NCCL communicator per group and its own stream; the interpreter does not
- * change. */
+ * The device communication interface (comm.h) runs over this table on host
+ * memory ("host"), and its NCCL implementation uses it for the NCCL id's
+ * broadcast, its checks over the ranks and its deadline message. */
 #include <mpi.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -82,6 +82,10 @@ static bool local_gather_all(Transport *t, const void *in, int64_t bytes, void *
   memmove(out, in, (size_t)bytes);
   return true;
 }
+static bool local_broadcast(Transport *t, void *buf, int64_t bytes, int root) {
+  (void)t, (void)buf, (void)bytes, (void)root;
+  return true;
+}
 static void local_abort(Transport *t, int code) {
   (void)t;
   exit(code);
@@ -107,6 +111,7 @@ Transport *transport_local(void) {
                    .sum = local_value,
                    .max = local_value,
                    .gather_all = local_gather_all,
+                   .broadcast = local_broadcast,
                    .abort = local_abort,
                    .close = local_close};
   return t;
@@ -172,6 +177,22 @@ static int await(Transport *t, int rc, MPI_Request *req, MPI_Status *st) {
 #define IN_GROUP(t, g) (((Mpi *)(t)->impl)->members[g])
 #define EVERY_RANK "the other ranks"
 
+void transport_members(char *buf, size_t n, int g, int size, const int *ranks) {
+  int len = snprintf(buf, n, "the members of group %d (ranks", g);
+  for (int k = 0; k < size && len < (int)n; k++) len += snprintf(buf + len, n - (size_t)len, " %d", ranks[k]);
+  if (len < (int)n) snprintf(buf + len, n - (size_t)len, ")");
+}
+
+void transport_overdue(const Transport *t, const char *doing, const char *whom, const char *call) {
+  fprintf(stderr,
+          "carve: error: rank %d, %s: no answer from %s within %g s (%s): a rank stopped, hangs or runs another "
+          "plan's program; ending the job (--comm-timeout sets the limit)\n",
+          t->rank, doing[0] ? doing : "outside the steps (the checks before the first, a checkpoint or trace)", whom,
+          t->timeout, call);
+  fflush(stdout);
+  fflush(stderr);
+}
+
 /* Wakes a few times a second; a call past the deadline ends this process
    with the message (the launcher then ends every rank). The main thread is
    inside MPI then, so this thread calls no MPI itself. */
@@ -182,13 +203,7 @@ static void *watch(void *arg) {
     nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
     double since = atomic_load(&m->since);
     if (since <= 0 || t->timeout <= 0 || now_seconds() - since <= t->timeout) continue;
-    fprintf(stderr,
-            "carve: error: rank %d, %s: no answer from %s within %g s (%s): a rank stopped, hangs or runs another "
-            "plan's program; ending the job (--comm-timeout sets the limit)\n",
-            t->rank, t->doing[0] ? t->doing : "outside the steps (the checks before the first, a checkpoint or trace)",
-            m->whom, t->timeout, m->call);
-    fflush(stdout);
-    fflush(stderr);
+    transport_overdue(t, t->doing, m->whom, m->call);
     _exit(1);
   }
   return NULL;
@@ -233,13 +248,8 @@ static bool mpi_groups(Transport *t, int n, const int *sizes, int *const *ranks)
     if (member) MPI_Comm_set_errhandler(m->comm[g], MPI_ERRORS_RETURN);
   }
   m->members = xcalloc((size_t)n + 1, sizeof *m->members);
-  for (int g = 0; g < n; g++) { /* the text once, not at every collective */
-    char *buf = m->members[g];
-    int len = snprintf(buf, sizeof *m->members, "the members of group %d (ranks", g);
-    for (int k = 0; k < sizes[g] && len < (int)sizeof *m->members; k++)
-      len += snprintf(buf + len, sizeof *m->members - (size_t)len, " %d", ranks[g][k]);
-    if (len < (int)sizeof *m->members) snprintf(buf + len, sizeof *m->members - (size_t)len, ")");
-  }
+  for (int g = 0; g < n; g++) /* the text once, not at every collective */
+    transport_members(m->members[g], sizeof *m->members, g, sizes[g], ranks[g]);
   return true;
 }
 
@@ -393,6 +403,12 @@ static bool mpi_gather_all(Transport *t, const void *in, int64_t bytes, void *ou
                 "MPI_Allgather");
 }
 
+static bool mpi_broadcast(Transport *t, void *buf, int64_t bytes, int root) {
+  return count_fits(t, bytes) &&
+         mpi_ok(t, GUARD(t, "MPI_Bcast", EVERY_RANK, MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD)),
+                "MPI_Bcast");
+}
+
 static void mpi_abort(Transport *t, int code) {
   (void)t;
   fflush(stdout);
@@ -440,6 +456,7 @@ Transport *transport_open(int *argc, char ***argv) {
                    .sum = mpi_sum,
                    .max = mpi_max,
                    .gather_all = mpi_gather_all,
+                   .broadcast = mpi_broadcast,
                    .abort = mpi_abort,
                    .close = mpi_close,
                    .impl = xcalloc(1, sizeof(Mpi))};

@@ -551,10 +551,50 @@ static void cuda_copy(Backend *b, int64_t dst, int64_t src, int64_t n) {
   CU_CHECK(cudaMemcpyAsync(c->arena + dst, c->arena + src, (size_t)n, cudaMemcpyDeviceToDevice, St(c)));
 }
 
+int cuda_device(Backend *b) { return C(b)->device; }
+cudaStream_t cuda_stream(Backend *b, int k) { return C(b)->stream[k ? 1 : 0]; }
+
+static void *cuda_addr(Backend *b, int64_t offset) { return C(b)->arena + offset; }
+/* blocks for the communication (not counted in extra_bytes: the run counts its own) */
+static void *cuda_alloc(Backend *b, int64_t bytes, bool host) {
+  (void)b;
+  void *p = NULL;
+  size_t n = (size_t)(bytes > 0 ? bytes : 1);
+  if (host)
+    CU_CHECK(cudaMallocHost(&p, n));
+  else
+    CU_CHECK(cudaMalloc(&p, n));
+  return p;
+}
+static void cuda_release(Backend *b, void *p, bool host) {
+  (void)b;
+  if (p) host ? cudaFreeHost(p) : cudaFree(p);
+}
+/* cudaMemcpyDefault: either side host or device (unified addressing).
+   Contiguous rows are one flat copy (the 2-D calls limit their pitch). */
+static void cuda_copy_rows(Backend *b, int stream, void *dst, int64_t dst_stride, const void *src, int64_t src_stride,
+                           int64_t row_bytes, int64_t rows) {
+  cudaStream_t s = C(b)->stream[stream ? 1 : 0];
+  if (rows <= 0 || row_bytes <= 0) return;
+  bool flat = rows == 1 || (dst_stride == row_bytes && (!src || src_stride == row_bytes));
+  if (flat && !src)
+    CU_CHECK(cudaMemsetAsync(dst, 0, (size_t)(row_bytes * rows), s));
+  else if (flat)
+    CU_CHECK(cudaMemcpyAsync(dst, src, (size_t)(row_bytes * rows), cudaMemcpyDefault, s));
+  else if (!src)
+    CU_CHECK(cudaMemset2DAsync(dst, (size_t)dst_stride, 0, (size_t)row_bytes, (size_t)rows, s));
+  else
+    CU_CHECK(cudaMemcpy2DAsync(dst, (size_t)dst_stride, src, (size_t)src_stride, (size_t)row_bytes, (size_t)rows,
+                               cudaMemcpyDefault, s));
+}
+static void cuda_drain(Backend *b, int stream) { CU_CHECK(cudaStreamSynchronize(C(b)->stream[stream ? 1 : 0])); }
+
+/* Events are used in a ring: each is waited for right after it is recorded
+   (cudaStreamWaitEvent takes the event's state when it is called), so one
+   can be recorded again once the ring comes round. */
 static int cuda_record(Backend *b, int stream) {
   Cu *c = C(b);
-  CARVE_ASSERT(c->nevents < NEVENTS, "too many events between two synchronizes");
-  int e = c->nevents++;
+  int e = c->nevents++ % NEVENTS;
   CU_CHECK(cudaEventRecord(c->events[e], c->stream[stream ? 1 : 0]));
   return e;
 }
@@ -684,6 +724,11 @@ Backend *backend_cuda(char *why, size_t n) {
                  .upload = cuda_upload,
                  .download = cuda_download,
                  .copy = cuda_copy,
+                 .addr = cuda_addr,
+                 .alloc = cuda_alloc,
+                 .release = cuda_release,
+                 .copy_rows = cuda_copy_rows,
+                 .drain = cuda_drain,
                  .exec = cuda_exec,
                  .record = cuda_record,
                  .wait = cuda_wait,
