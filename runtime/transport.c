@@ -9,7 +9,11 @@
  *          Sends copy the data into a staging block and post MPI_Isend, so
  *          a send never waits for its receiver: whatever order a pipeline
  *          schedule puts sends and receives in, no rank blocks on a send.
- *          Receives block; flush waits for the posted sends. Errors return
+ *          Receives and collectives are MPI's non-blocking calls, tested
+ *          until done: flat out while the step waits for them, with short
+ *          sleeps while compute goes on beside them (Transport.hurry,
+ *          runtime/overlap.c); flush waits for the posted sends. MPI is
+ *          initialised serialized: one thread at a time calls it. Errors return
  *          (MPI_ERRORS_RETURN) and are printed with the call and the rank;
  *          a rank that dies is the launcher's to report, which ends the job.
  *          Every blocking call has a deadline (Transport.timeout): a
