@@ -28,6 +28,8 @@
 typedef struct Comm Comm;
 struct Comm {
   const char *name; /* "host" or "nccl" */
+  bool on_stream;   /* its transfers run on stream 1 with no host wait (nccl): compute on stream 0 goes on
+                       until it needs their output (runtime/overlap.c) */
   /* collectives over program group `group` (counts in elements) */
   bool (*all_reduce)(Comm *c, int group, void *buf, int64_t n, DType dt);
   /* out holds chunk x group size elements: the members' chunks in rank order */

@@ -29,11 +29,20 @@
  *
  * Used when the arena is host memory, the run has more than one rank, the
  * transport lets another thread call it, and RunOptions.serial_comm is not
- * set; otherwise communication runs on the step's thread (comm.c). */
+ * set.
+ *
+ * With a device communication that runs on its own stream (NCCL: Comm.
+ * on_stream) there is no thread: each transfer is enqueued on the
+ * communication stream (1) after an event of the compute stream (0), an
+ * event is recorded after it, and compute waits for that event only before
+ * instruction i needs it (need[i], the same analysis); the GPU runs the
+ * rest beside it. Otherwise communication runs on the step's thread and
+ * compute waits right after each transfer (comm.c). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "runtime.h"
 
 struct Overlap {
@@ -41,6 +50,8 @@ struct Overlap {
   int *ord;  /* per step instruction: its ordinal among the step's transfers, or -1 */
   int *at;   /* per ordinal: the instruction */
   int ncomm;
+  int *event;   /* streams: per ordinal, the event after the transfer on the communication stream */
+  bool streams; /* transfers on a stream, not a thread */
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t posted_cv, done_cv;
@@ -137,18 +148,21 @@ static void *comm_thread(void *arg) {
 
 bool overlap_open(Run *R) {
   const Program *p = R->p;
-  if (R->o->serial_comm || R->net->world < 2 || !R->net->threads || !R->be->host(R->be, 0)) return true;
+  bool streams = R->comm && R->comm->on_stream;
+  if (R->o->serial_comm || (!streams && (R->net->world < 2 || !R->net->threads || !R->be->host(R->be, 0)))) return true;
   Overlap *ov = xcalloc(1, sizeof(Overlap));
   size_t n = (size_t)p->nstep + 1;
   ov->need = xmalloc(sizeof(int) * n), ov->ord = xmalloc(sizeof(int) * n), ov->at = xmalloc(sizeof(int) * n);
   overlap_needs(p, p->step, p->nstep, ov->need, ov->ord);
   for (int i = 0; i < p->nstep; i++)
     if (ov->ord[i] >= 0) ov->at[ov->ncomm++] = i;
+  ov->streams = streams;
+  ov->event = streams ? xcalloc(n, sizeof(int)) : NULL;
   pthread_mutex_init(&ov->mu, NULL);
   pthread_cond_init(&ov->posted_cv, NULL);
   pthread_cond_init(&ov->done_cv, NULL);
   R->ov = ov;
-  if (pthread_create(&ov->thread, NULL, comm_thread, R) == 0) return true;
+  if (streams || pthread_create(&ov->thread, NULL, comm_thread, R) == 0) return true;
   fprintf(stderr, "carve: error: rank %d: cannot start the communication thread\n", p->rank);
   R->ov = NULL;
   overlap_free(ov);
@@ -157,7 +171,7 @@ bool overlap_open(Run *R) {
 
 void overlap_free(Overlap *ov) {
   if (!ov) return;
-  free(ov->need), free(ov->ord), free(ov->at);
+  free(ov->need), free(ov->ord), free(ov->at), free(ov->event);
   pthread_mutex_destroy(&ov->mu);
   pthread_cond_destroy(&ov->posted_cv);
   pthread_cond_destroy(&ov->done_cv);
@@ -167,6 +181,11 @@ void overlap_free(Overlap *ov) {
 void overlap_close(Run *R) {
   Overlap *ov = R->ov;
   if (!ov) return;
+  if (ov->streams) { /* no thread to stop */
+    overlap_free(ov);
+    R->ov = NULL;
+    return;
+  }
   pthread_mutex_lock(&ov->mu);
   ov->quit = true;
   pthread_cond_broadcast(&ov->posted_cv);
@@ -182,7 +201,7 @@ void overlap_begin(Run *R) {
   Overlap *ov = R->ov;
   ov->posted = ov->done = 0;
   ov->error = NULL;
-  __atomic_store_n(&R->net->hurry, 0, __ATOMIC_RELAXED); /* compute goes on beside the transfers */
+  if (!ov->streams) __atomic_store_n(&R->net->hurry, 0, __ATOMIC_RELAXED); /* compute goes on beside the transfers */
 }
 
 /* Waits until transfer `ordinal` (and all before it) is done; false when
@@ -203,11 +222,26 @@ static bool wait_done(Run *R, int ordinal, const char **err, int *at) {
 
 bool overlap_need(Run *R, int i, const char **err, int *at) {
   Overlap *ov = R->ov;
-  return ov->need[i] < 0 || wait_done(R, ov->need[i], err, at);
+  if (ov->need[i] >= 0 && ov->streams) R->be->wait(R->be, 0, ov->event[ov->need[i]]);
+  return ov->need[i] < 0 || ov->streams || wait_done(R, ov->need[i], err, at);
+}
+
+/* Streams: transfer i enqueued on the communication stream, its event kept. */
+static bool post_on_stream(Run *R, int i, const char **err, int *at) {
+  Overlap *ov = R->ov;
+  const Instr *in = &R->p->step[i];
+  double t0 = now_seconds();
+  snprintf(R->net->doing, sizeof R->net->doing, "step %d, instruction %d (%s)", R->step, i, op_info[in->op].name);
+  const char *e = comm_post(R, in, &ov->event[ov->ord[i]]);
+  if (R->trace) R->trace[2 * i] = t0, R->trace[2 * i + 1] = now_seconds();
+  ov->posted++, ov->done++;
+  if (e) *err = e, *at = i;
+  return !e;
 }
 
 bool overlap_post(Run *R, int i, const char **err, int *at) {
   Overlap *ov = R->ov;
+  if (ov->streams) return post_on_stream(R, i, err, at);
   pthread_mutex_lock(&ov->mu);
   bool inline_ = !ov->error && ov->done == ov->posted && i + 1 < R->p->nstep && ov->need[i + 1] == ov->ord[i];
   if (!inline_) {
@@ -230,6 +264,10 @@ bool overlap_post(Run *R, int i, const char **err, int *at) {
 
 bool overlap_end(Run *R, const char **err, int *at) {
   Overlap *ov = R->ov;
+  if (ov->streams) { /* the compute stream after every transfer: the step's synchronize covers both */
+    if (ov->posted) R->be->wait(R->be, 0, ov->event[ov->posted - 1]);
+    return true;
+  }
   pthread_mutex_lock(&ov->mu);
   int last = ov->posted - 1;
   pthread_mutex_unlock(&ov->mu);

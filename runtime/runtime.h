@@ -46,6 +46,10 @@ bool checkpoint_restore(Run *R);
 /* comm.c: runs a communication instruction through R->comm; NULL or what
    failed. When it returns, later compute sees its output (stream order). */
 const char *comm_exec(Run *R, const Instr *in);
+/* The same, but compute is not made to wait: *done gets the event on the
+   communication stream (1) after the transfer, which compute that reads
+   its output waits for (runtime/overlap.c). */
+const char *comm_post(Run *R, const Instr *in, int *done);
 /* ends an open group of sends and waits for everything issued (step end) */
 bool comm_flush(Run *R);
 /* Chooses and opens R->comm (RunOptions.comm: auto, host or nccl) after the

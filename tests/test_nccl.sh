@@ -15,6 +15,9 @@
 #      parameters), 10 steps with --save-params: losses within 1e-4 (fp32)
 #      or 2e-2 (bf16), parameters through param_compare within 1e-4 or 0.2
 #      (as cuda_train).
+#   3. dp=1,zero=3 with --overlap on (NCCL's transfers on their own stream,
+#      compute waiting only where it reads them) and off: bit-identical
+#      parameters.
 # --comm nccl stops a run that cannot have NCCL, so a pass means NCCL ran.
 # DUT=cpu puts the CPU backend and the host communication in the GPU's
 # place (a check of this script where there is no GPU). Prints "N passed, M
@@ -93,4 +96,15 @@ for case in dp=1/fp32:1e-4:1e-4 dp=1,zero=1/bf16:2e-2:0.2 dp=1,zero=3/fp32:1e-4:
     echo "$what: $r; $(tail -1 "$tmp/cmp")"
   fi
 done
+
+# 3. the transfers on their own stream (compute waits for each only where it
+# reads the output) against each in turn: bit-identical parameters
+rm -rf "$tmp/prog" "$tmp"/on* "$tmp"/off*
+"$carve" compile gpt --preset gpt-tiny --precision fp32 --layout dp=1,zero=3 -o "$tmp/prog" >/dev/null 2>&1
+for ov in on off; do
+  "$carve" run "$tmp/prog" --steps $steps --log-every 1 --backend "$dut" --comm $comm --overlap $ov \
+    --save-params "$tmp/$ov" >"$tmp/$ov.out" 2>&1
+done
+[ -s "$tmp/on.rank0" ] && cmp -s "$tmp/on.rank0" "$tmp/off.rank0" && ok ||
+  bad "gpt-tiny dp=1,zero=3, $dut --comm $comm: parameters differ with --overlap on and off"
 tally

@@ -366,6 +366,7 @@ static bool make_groups(Nccl *n, ncclConfig_t *cfg, char *why, size_t wn) {
 static Comm *comm_of(Nccl *n) {
   Comm *c = xcalloc(1, sizeof(Comm));
   *c = (Comm){.name = "nccl",
+              .on_stream = true,
               .all_reduce = nccl_all_reduce,
               .all_gather = nccl_all_gather,
               .reduce_scatter = nccl_reduce_scatter,
