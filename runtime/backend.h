@@ -70,7 +70,8 @@ struct Backend {
   /* runs instruction `index` of the init (init = true) or step list */
   void (*exec)(Backend *b, const Instr *in, int index, bool init, const StepInfo *si);
   /* streams and events: an event recorded on one stream, waited for on
-     another (the CPU runs everything in order: both are no-ops there) */
+     another, at any time until the next synchronize (the CPU runs
+     everything in order: both are no-ops there) */
   int (*record)(Backend *b, int stream);
   void (*wait)(Backend *b, int stream, int event);
   /* waits for everything issued; fills st and clears the loss and error */

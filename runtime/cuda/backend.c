@@ -47,8 +47,6 @@ typedef struct DevStatus {
   int err; /* 0, or the tag of the first instruction that found bad data */
 } DevStatus;
 
-#define NEVENTS 64 /* events in flight between two synchronizes, at most */
-
 typedef struct Cu {
   const Program *p;
   int device;
@@ -56,8 +54,8 @@ typedef struct Cu {
   unsigned char *arena;   /* device */
   DevStatus *status;      /* device */
   cudaStream_t stream[2]; /* compute, communication */
-  cudaEvent_t events[NEVENTS];
-  int nevents;                 /* recorded since the last synchronize */
+  cudaEvent_t *events;         /* one per record since the last synchronize (grown as needed) */
+  int nevents, events_cap;     /* recorded since the last synchronize; made */
   unsigned char *staging;      /* pinned host memory for uploads */
   int64_t staging_cap, staged; /* bytes, and bytes used since the last synchronize */
   int64_t step_staging;        /* bytes a step's loads take (kept after init's larger uploads) */
@@ -589,12 +587,21 @@ static void cuda_copy_rows(Backend *b, int stream, void *dst, int64_t dst_stride
 }
 static void cuda_drain(Backend *b, int stream) { CU_CHECK(cudaStreamSynchronize(C(b)->stream[stream ? 1 : 0])); }
 
-/* Events are used in a ring: each is waited for right after it is recorded
-   (cudaStreamWaitEvent takes the event's state when it is called), so one
-   can be recorded again once the ring comes round. */
+/* Every record until the next synchronize has an event of its own, so that
+   a wait long after its record (compute waiting for a transfer only where
+   it reads the output, runtime/overlap.c) still means that record:
+   cudaStreamWaitEvent takes the event's state when it is called, and a
+   reused event would by then stand for a later point. */
 static int cuda_record(Backend *b, int stream) {
   Cu *c = C(b);
-  int e = c->nevents++ % NEVENTS;
+  if (c->nevents == c->events_cap) {
+    int cap = c->events_cap ? 2 * c->events_cap : 64;
+    c->events = xrealloc(c->events, sizeof(cudaEvent_t) * (size_t)cap);
+    for (int k = c->events_cap; k < cap; k++)
+      CU_CHECK(cudaEventCreateWithFlags(&c->events[k], cudaEventDisableTiming));
+    c->events_cap = cap;
+  }
+  int e = c->nevents++;
   CU_CHECK(cudaEventRecord(c->events[e], c->stream[stream ? 1 : 0]));
   return e;
 }
@@ -664,7 +671,8 @@ static void cuda_close(Backend *b) {
   cudaFree(c->ws);
   cudaFree(c->status);
   if (c->staging) cudaFreeHost(c->staging);
-  for (int k = 0; k < NEVENTS; k++) cudaEventDestroy(c->events[k]);
+  for (int k = 0; k < c->events_cap; k++) cudaEventDestroy(c->events[k]);
+  free(c->events);
   for (int k = 0; k < 2; k++) cudaStreamDestroy(c->stream[k]);
   if (c->lt) cublasLtDestroy(c->lt);
   free(c);
@@ -683,7 +691,6 @@ static void cuda_start(Cu *c) {
   snprintf(c->describe, sizeof c->describe, "CUDA %d.%d, %.96s (sm_%d%d), cuBLASLt %zu", rt / 1000, rt % 1000 / 10,
            prop.name, prop.major, prop.minor, cublasLtGetVersion());
   for (int k = 0; k < 2; k++) CU_CHECK(cudaStreamCreateWithFlags(&c->stream[k], cudaStreamNonBlocking));
-  for (int k = 0; k < NEVENTS; k++) CU_CHECK(cudaEventCreateWithFlags(&c->events[k], cudaEventDisableTiming));
   c->status = dev_alloc(c, sizeof(DevStatus));
   /* on the compute stream: the legacy stream's cudaMemset is not ordered
      with non-blocking streams */
