@@ -27,6 +27,7 @@
  * broadcast, its checks over the ranks and its deadline message. */
 #include <mpi.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,16 +162,20 @@ static int guard_end(Transport *t, int rc) {
 }
 #define GUARD(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), (expr)))
 
-/* Waits for a request begun by `rc`'s call: tests it; unless the step
-   waits for it (Transport.hurry), a wait that has taken a while sleeps
-   between tests, so that a thread waiting on its peers leaves the cores
-   to the compute beside it. */
+/* Waits for a request begun by `rc`'s call: tests it; a wait that has
+   taken a while yields the core between tests (a peer may share it), or,
+   unless the step waits for it (Transport.hurry), sleeps between them, so
+   that a thread waiting on its peers leaves the cores to the compute
+   beside it. */
 static int await(Transport *t, int rc, MPI_Request *req, MPI_Status *st) {
   int done = 0;
   for (long spin = 0; rc == MPI_SUCCESS; spin++) {
     rc = MPI_Test(req, &done, st);
     if (done) break;
-    if (spin >= 64 && !__atomic_load_n(&t->hurry, __ATOMIC_RELAXED))
+    if (spin < 64) continue;
+    if (__atomic_load_n(&t->hurry, __ATOMIC_RELAXED))
+      sched_yield(); /* a peer on this core (more ranks than cores) gets to answer */
+    else
       nanosleep(&(struct timespec){0, spin < 4096 ? 10 * 1000 : 100 * 1000}, NULL);
   }
   return rc;
