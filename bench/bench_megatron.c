@@ -59,7 +59,7 @@ int main(int argc, char **argv) {
        all-reduce after the backward pass (Megatron-LM overlapped it only
        from 2023, with --overlap-grad-reduce: NVIDIA/Megatron-LM issues 391
        and 456) */
-    Manual m = {d, r->t, r->p, r->batch / d, SCHED_KINDS, 0, RC_FULL, NULL, 0, true};
+    Manual m = {d, r->t, r->p, r->batch / d, SCHED_KINDS, 0, RC_FULL, NULL, 0, true, false};
     double t0 = now_seconds();
     PipelinePlan *mp = plan_manual(model_resolve("gpt"), &eo, c, &po, &m, stderr);
     double tm = now_seconds() - t0;

@@ -577,6 +577,8 @@ typedef struct Layout {
   const int *stage_dp;             /* per pipeline stage, its replicas (NULL: dp for every stage) */
   const int *stage_last;           /* per virtual stage, its last layer; NULL: equal spans */
   int layers_want;                 /* layers to cut a model without repeat blocks into (0: one per stage) */
+  bool sp;                         /* sequence parallelism: the whole ops between tensor-parallel products
+                                      (norms, elementwise, residuals) split along the sequence over tp */
   bool first_of_stage;             /* make only the first rank of each pipeline device, in device order
                                       (what a device holds: every replica and position takes as much) */
 } Layout;

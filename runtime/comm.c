@@ -64,6 +64,7 @@ static int64_t staging_of(const Program *p, const Instr *in) {
   case OP_REDUCE_SCATTER: return N(p, o) * parts == N(p, x) ? 0 : N(p, o) * parts * E(p, x);
   case OP_GATHER_DIM: return N(p, x) * parts * E(p, x);
   case OP_ALL_TO_ALL_DIM: return 2 * N(p, x) * E(p, x);
+  case OP_REDUCE_SCATTER_DIM: return N(p, x) * E(p, x);
   default: return 0;
   }
 }
@@ -141,6 +142,17 @@ static bool all_to_all(Run *R, const Instr *in) {
   return ok;
 }
 
+/* reduce_scatter_dim: the members' parts along `axis` one after another (each
+   part a chunk), then a reduce-scatter of the chunks: member k keeps part k */
+static bool scatter_dim(Run *R, const Instr *in) {
+  const Program *p = R->p;
+  int o = in->out, x = in->in[0], g = (int)in->i[0];
+  const Shape *part = &p->bufs[o].shape;
+  Cut c = cut_of(part, (int)in->i[1], part->d[in->i[1]], p->group_size[g], E(p, x));
+  cut_deal(R->be, &c, R->pad, A(R, x));
+  return closed(R, R->comm->reduce_scatter(R->comm, g, R->pad, N(p, o), A(R, o), p->bufs[x].dtype));
+}
+
 static bool point_to_point(Run *R, const Instr *in) {
   const Program *p = R->p;
   int peer = (int)in->i[0], tag = (int)in->i[1];
@@ -178,6 +190,7 @@ const char *comm_post(Run *R, const Instr *in, int *done) {
   case OP_GATHER_DIM:
   case OP_SPLIT_DIM: ok = dim_move(R, in); break;
   case OP_ALL_TO_ALL_DIM: ok = all_to_all(R, in); break;
+  case OP_REDUCE_SCATTER_DIM: ok = scatter_dim(R, in); break;
   default: CARVE_ASSERT(0, "not a communication instruction");
   }
   *done = be->record(be, 1);

@@ -70,7 +70,10 @@ pp=2,tp=2,mb=4,schedule=interleaved
 dp=2,tp=2,pp=2,mb=2
 pp=2,dp=1:2,mb=2
 pp=2,dp=2:1,mb=2,schedule=gpipe
-pp=2,dp=1:2,tp=2,mb=2"
+pp=2,dp=1:2,tp=2,mb=2
+tp=2,sp=1
+dp=2,tp=2,sp=1
+pp=2,tp=2,mb=2,sp=1"
 layouts=${4:-$layouts}
 
 losses() { grep '^step' "$1" | awk '{print $4}'; }

@@ -430,6 +430,7 @@ typedef void (*Kernel)(Cpu *c, const Instr *in, const StepInfo *si);
 #define run_GATHER_DIM NULL
 #define run_SPLIT_DIM NULL
 #define run_ALL_TO_ALL_DIM NULL
+#define run_REDUCE_SCATTER_DIM NULL
 #define run_SEND NULL
 #define run_RECV NULL
 /* every other op names its kernel */

@@ -310,6 +310,7 @@ typedef void (*Kernel)(Cu *c, const Instr *in, int tag, const StepInfo *si);
 #define run_GATHER_DIM NULL
 #define run_SPLIT_DIM NULL
 #define run_ALL_TO_ALL_DIM NULL
+#define run_REDUCE_SCATTER_DIM NULL
 #define run_SEND NULL
 #define run_RECV NULL
 #define run_FILL run_fill
