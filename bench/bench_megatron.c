@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
        from 2023, with --overlap-grad-reduce: NVIDIA/Megatron-LM issues 391
        and 456); with a pipeline, the interleaved 1F1B schedule (section 5.1) */
     SchedKind sched = r->p > 1 ? SCHED_INTERLEAVED : SCHED_KINDS;
-    Manual m = {d, r->t, r->p, r->batch / d, sched, 0, RC_FULL, NULL, 0, true};
+    Manual m = {d, r->t, r->p, r->batch / d, sched, 0, RC_FULL, NULL, 0, true, false};
     double t0 = now_seconds();
     PipelinePlan *mp = plan_manual(model_resolve("gpt"), &eo, c, &po, &m, stderr);
     double tm = now_seconds() - t0;

@@ -582,6 +582,75 @@ bool kernel_takes(const Graph *g, const Node *n, int out, const int8_t *in) {
   return true;
 }
 
+/* Sequence parallelism (Layout.sp): the ops of the residual stream (the
+   tensors shaped like a norm's output) that a sequence split leaves exact
+   row by row (the norms, elementwise ops, residual adds) are split along
+   their dim named "seq", whatever the plan split: inputs are read along the
+   dim aligned with it (trailing-aligned), or whole where they lack it (a
+   norm's scale, a bias). Readers that take another layout reshard (a
+   column-parallel product gathers the sequence), and a partial sum that
+   only such ops read is reduce-scattered along the sequence (sp_scatter)
+   instead of all-reduced. */
+static bool sp_takes(const Node *n) {
+  switch (n->op) {
+  case OP_ADD:
+  case OP_SUB:
+  case OP_MUL:
+  case OP_DIV:
+  case OP_SCALE:
+  case OP_LAYERNORM:
+  case OP_RMSNORM: return true;
+  default: return (op_info[n->op].flags & OPF_UNARY) != 0;
+  }
+}
+
+static bool residual_shaped(const Graph *g, const Shape *s) {
+  for (int i = 0; i < g->nfwd; i++)
+    if ((g->nodes[i]->op == OP_LAYERNORM || g->nodes[i]->op == OP_RMSNORM) && shape_eq(&g->nodes[i]->shape, s))
+      return true;
+  return false;
+}
+
+static void sp_split(const Dist *D, const Node *n, Shard *s) {
+  const Graph *g = D->g;
+  int R = n->shape.rank, d = -1;
+  if (s->partial || s->cut || !sp_takes(n) || !residual_shaped(g, &n->shape)) return;
+  for (int k = 0; k < R; k++)
+    if (n->dimname[k] && !strcmp(n->dimname[k], "seq")) d = k;
+  if (d < 0 || n->shape.d[d] % D->tp) return;
+  int8_t in[MAXIN];
+  for (int k = 0; k < n->nin; k++) {
+    const Shape *u = &g->nodes[n->in[k]]->shape;
+    int a = d - (R - u->rank);
+    in[k] = (int8_t)(a >= 0 && u->d[a] == n->shape.d[d] ? a : -1);
+  }
+  if (!kernel_takes(g, n, d, in)) return;
+  s->out = (int8_t)d;
+  memcpy(s->in, in, sizeof(int8_t) * (size_t)n->nin);
+}
+
+/* A partial sum held whole whose every reader reads it split along one dim
+   (under sp: the residual after a row-parallel product, and in the backward
+   the input gradient of a column-parallel one) is reduce-scattered along
+   that dim: computed whole, summed and cut at once (cut + partial). */
+static void sp_scatter(Dist *D) {
+  const Graph *g = D->g;
+  int8_t *dim = arena_alloc(sizeof(int8_t) * (size_t)g->n); /* the one dim the readers read along; -1 none; -2 mixed */
+  memset(dim, -1, (size_t)g->n);
+  for (int i = 0; i < g->n; i++)
+    for (int k = 0; D->live[i] && k < g->nodes[i]->nin; k++) {
+      int u = g->nodes[i]->in[k], a = D->sh[i].in[k];
+      dim[u] = a < 0 || (dim[u] != -1 && dim[u] != a) ? -2 : (int8_t)a;
+    }
+  for (int i = 0; i < g->n; i++) {
+    Shard *s = &D->sh[i];
+    if (!D->live[i] || !s->partial || s->defer || s->cut || s->out >= 0 || s->mean || s->post_scale || dim[i] < 0)
+      continue;
+    if (D->feeds[i].n || i == g->loss) continue;
+    s->out = dim[i], s->cut = true;
+  }
+}
+
 /* How the tp ranks of a replica split every live node, from each stage's
    plan (forward ops: the strategy's mesh axis 1; parameters and inputs: as
    their first reader reads them) and, for backward ops, inferred. */
@@ -593,7 +662,11 @@ static bool shard_graph(Dist *D, FILE *err) {
     D->sh[i].out = -1;
     memset(D->sh[i].in, -1, sizeof D->sh[i].in);
   }
-  if (D->tp == 1) return true;
+  if (D->tp == 1) {
+    if (D->L->sp)
+      fprintf(err, "carve: error: sp=1 splits the sequence over the tensor-parallel ranks: it needs tp >= 2\n");
+    return !D->L->sp;
+  }
   const Node **match = arena_alloc(sizeof(Node *) * (size_t)g->nfwd);
   if (!plan_nodes(D, match, err)) return false;
   for (int i = 0; i < g->nfwd; i++) {
@@ -627,6 +700,7 @@ static bool shard_graph(Dist *D, FILE *err) {
       s->out = -1, s->partial = s->mean = s->cut = false;
       for (int k = 0; k < n->nin; k++) s->in[k] = -1;
     }
+    if (D->L->sp) sp_split(D, n, s);
     for (int k = 0; k < n->nin; k++) { /* parameters: stored as their first reader reads them (inputs
                                            load whole and are cut where read) */
       Shard *u = &D->sh[n->in[k]];
@@ -639,6 +713,7 @@ static bool shard_graph(Dist *D, FILE *err) {
     if (D->live[i]) infer_backward(D, i);
   merge_partials(D);
   defer_param_partials(D);
+  if (D->L->sp) sp_scatter(D);
   /* every split dim must divide */
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];
@@ -911,6 +986,12 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
     int whole = *out;
     *out = buf(R, arena_printf("%s/experts", n->name), D->dt[i], &part, BUF_ACT);
     prog_emit1(&R->step, OP_REDUCE_SCATTER, *out, whole)->i[0] = tpg;
+  } else if (sh->cut && sh->partial) { /* summed and cut along out (sp_scatter) */
+    Shape part = local_shape(R, n, sh->out);
+    int whole = *out;
+    *out = buf(R, arena_printf("%s/split%d", inst_name(R, n, mb, inst), sh->out), D->dt[i], &part, BUF_ACT);
+    Instr *rs = prog_emit1(&R->step, OP_REDUCE_SCATTER_DIM, *out, whole);
+    rs->i[0] = tpg, rs->i[1] = sh->out;
   } else {
     if (sh->partial && !sh->defer) prog_emit1(&R->step, OP_ALL_REDUCE, *out, *out)->i[0] = tpg;
     if (sh->cut) *out = reshard(R, i, *out, -1, sh->out);
@@ -1279,7 +1360,11 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
   }
   exchange(&R, NULL, 0);
   emit_update(&R);
-  prog_hoist_comm(p, &R.step, 0, R.step.n, &R.bk);
+  int *layer = arena_alloc(sizeof(int) * (size_t)(p->nbufs + 1)); /* of the parameters' buffers, for the gathers */
+  for (int b = 0; b < p->nbufs; b++) layer[b] = -2;
+  for (int i = 0; i < g->nfwd; i++)
+    if (R.pbuf[i] >= 0) layer[R.pbuf[i]] = g->nodes[i]->layer;
+  prog_hoist_comm(p, &R.step, 0, R.step.n, &R.bk, layer);
   prog_place(p, &R.step, 0, R.step.n, &R.bk);
   free(R.bk.bufs), free(R.bk.start), free(R.bk.member);
   prog_finish(p, &R.init, &R.step);
@@ -1289,7 +1374,7 @@ static Program *emit_rank(const Dist *D, int dev, int rep, int t, uint64_t seed)
 /* The plan id: a hash of everything the rank programs are made from. */
 static uint64_t plan_id(const Dist *D, uint64_t seed) {
   const Layout *L = D->L;
-  int64_t f[] = {L->dp, L->pp, L->v, L->microbatches, D->tp, L->schedule, L->zero, L->recompute};
+  int64_t f[] = {L->dp, L->pp, L->v, L->microbatches, D->tp, L->schedule, L->zero, L->recompute, L->sp};
   uint64_t h = hash_bytes(f, sizeof f, prog_recipe(D->g, D->t, seed));
   for (int d = 0; d < L->pp; d++) {
     int64_t st[2] = {D->dpd[d], L->stage_recompute ? L->stage_recompute[d] : -1};

@@ -71,7 +71,8 @@ Layout layout_of_manual(const Manual *m, int microbatches) {
               .schedule = m->schedule == SCHED_KINDS ? SCHED_1F1B : m->schedule,
               .zero = m->zero < 0 ? 0 : m->zero,
               .recompute = m->recompute < 0 ? RC_NONE : m->recompute,
-              .stage_dp = m->stage_dp};
+              .stage_dp = m->stage_dp,
+              .sp = m->sp};
   if (L.schedule == SCHED_INTERLEAVED) L.v = 2;
   return L;
 }

@@ -221,9 +221,10 @@ void prog_place(Program *p, const PtrVec *step, int first, int end, const Bucket
  *     that allows, so that a layer's gradient reduction starts once its
  *     sums are final and runs beside the rest of the backward pass;
  *   - a gather of a persistent buffer into a transient one (ZeRO 3's
- *     parameters): one transfer ahead, no higher than the first reader of
- *     the previous transfer's output, so the next layer's parameters arrive
- *     while this layer computes and the arena holds one layer's more;
+ *     parameters, with the bf16 cast of the shard made for it moving along):
+ *     one layer ahead, no higher than the first reader of the previous
+ *     layer's first gather, so a layer's parameters arrive while the layer
+ *     before computes, and the arena holds one layer's more;
  *   - sends and receives: where they are (codegen pairs them into the
  *     groups the rendezvous check proves; the runtime's thread already
  *     sends without holding up the compute);
@@ -257,35 +258,71 @@ static bool persistent(const Program *p, int b) {
   return b >= 0 && p->bufs[b].kind != BUF_ACT && p->bufs[b].kind != BUF_INPUT;
 }
 
-/* The highest place transfer v[j] may take, given the previous transfer at prev (-1: none). */
-static int hoist_floor(const Program *p, void *const *v, int first, int j, int prev) {
-  const Instr *c = v[j];
-  int lo = prev >= 0 ? prev + 1 : first;
-  if (c->op == OP_SEND || c->op == OP_RECV) return j;
-  if (persistent(p, c->out)) return lo;
-  bool prefetch = c->op == OP_ALL_GATHER && persistent(p, c->in[0]);
-  const Instr *pc = prev >= 0 ? v[prev] : NULL;
-  if (!prefetch || !pc || pc->out < 0) return j;
-  for (int k = prev + 1; k < j; k++) { /* just after the previous transfer's first reader */
-    const Instr *r = v[k];
-    for (int m = 0; m < r->nin; m++)
-      if (r->in[m] == pc->out) return k + 1;
-  }
-  return j;
+/* 1 when the instruction before transfer v[j] is a cast of a persistent
+   buffer into the transfer's input (ZeRO 3's bf16 copy of a parameter's
+   shard, made to be gathered): it moves up with the transfer; else 0. */
+static int cast_for(const Program *p, void *const *v, int first, int j) {
+  const Instr *c = v[j], *x = j > first ? v[j - 1] : NULL;
+  return x && x->op == OP_CAST && c->nin && x->out == c->in[0] && persistent(p, x->in[0]);
 }
 
-void prog_hoist_comm(const Program *p, PtrVec *step, int first, int end, const Buckets *bk) {
+/* The persistent buffer a parameter gather at v[j] gathers (through the
+   cast made for it), or -1 when v[j] is no such gather. */
+static int gathered_from(const Program *p, void *const *v, int first, int j) {
+  const Instr *c = v[j];
+  if (c->op != OP_ALL_GATHER || persistent(p, c->out)) return -1;
+  if (persistent(p, c->in[0])) return c->in[0];
+  return cast_for(p, v, first, j) ? ((const Instr *)v[j - 1])->in[0] : -1;
+}
+
+/* The first reader of buffer b after position q, or -1. */
+static int first_reader(void *const *v, int q, int end, int b) {
+  for (int k = q + 1; k < end; k++) {
+    const Instr *r = v[k];
+    for (int m = 0; m < r->nin; m++)
+      if (r->in[m] == b) return k;
+  }
+  return -1;
+}
+
+/* The highest place transfer v[j] (with `with` instructions before it
+   moving along) may take, given the previous transfer at prev (-1: none)
+   and the layer of each persistent buffer. */
+static int hoist_floor(const Program *p, void *const *v, int first, int j, int with, int prev, const int *layer) {
+  const Instr *c = v[j];
+  int lo = prev >= 0 ? prev + 1 : first, at = j - with, src = gathered_from(p, v, first, j);
+  if (c->op == OP_SEND || c->op == OP_RECV) return at;
+  if (persistent(p, c->out)) return lo;
+  if (src < 0 || !layer) return at;
+  for (int q = first; q < at; q++) { /* the previous layer's first gather: after its first reader */
+    int from = gathered_from(p, v, first, q);
+    if (from < 0 || layer[from] != layer[src] - 1) continue;
+    int r = first_reader(v, q, at, ((const Instr *)v[q])->out);
+    return r < 0 ? at : r + 1 > lo ? r + 1 : lo;
+  }
+  return at;
+}
+
+/* May instructions v[from .. to] all move above a? */
+static bool free_of(const Stores *S, const Instr *a, void *const *v, int from, int to) {
+  for (int k = from; k <= to; k++)
+    if (depends(S, a, v[k])) return false;
+  return true;
+}
+
+void prog_hoist_comm(const Program *p, PtrVec *step, int first, int end, const Buckets *bk, const int *layer) {
   Stores S = {p, bucket_of(p, bk), xcalloc((size_t)p->nbufs + 1, sizeof(bool))};
   for (int k = 0; bk && k < bk->n; k++) S.spans[bk->bufs[k]] = true;
-  void **v = step->v;
+  void **v = step->v, *moving[2];
   for (int j = first, prev = -1; j < end; j++) {
     if (!is_comm(v[j])) continue;
-    int lo = hoist_floor(p, v, first, j, prev), t = j;
-    while (t > lo && !depends(&S, v[t - 1], v[j])) t--;
-    void *c = v[j];
-    memmove(v + t + 1, v + t, sizeof(void *) * (size_t)(j - t));
-    v[t] = c;
-    prev = t;
+    int with = cast_for(p, v, first, j), at = j - with, n = with + 1;
+    int lo = hoist_floor(p, v, first, j, with, prev, layer), t = at;
+    while (t > lo && free_of(&S, v[t - 1], v, at, j)) t--;
+    memcpy(moving, v + at, sizeof(void *) * (size_t)n);
+    memmove(v + t + n, v + t, sizeof(void *) * (size_t)(at - t));
+    memcpy(v + t, moving, sizeof(void *) * (size_t)n);
+    prev = t + with;
   }
   free(S.bucket);
   free(S.spans);

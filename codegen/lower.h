@@ -29,8 +29,9 @@ void prog_place(Program *p, const PtrVec *step, int first, int end, const Bucket
 /* Moves each communication instruction of step[first, end) up the list, as
    early as the instructions it depends on allow, so that it runs beside the
    compute before its first reader (runtime/overlap.c); before prog_place,
-   which then sees the longer lives. See lower.c. */
-void prog_hoist_comm(const Program *p, PtrVec *step, int first, int end, const Buckets *bk);
+   which then sees the longer lives; layer (NULL: none) gives the layer of
+   each parameter buffer, for ZeRO 3's gathers. See lower.c. */
+void prog_hoist_comm(const Program *p, PtrVec *step, int first, int end, const Buckets *bk, const int *layer);
 /* The optimizer for one parameter: its state buffers (state_shape, zeroed in
    init; `piece`'s geometry attributes say which elements of the whole
    parameter they hold, see piece_of) and the update of target from grad,

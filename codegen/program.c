@@ -600,13 +600,13 @@ static void explain_comms(const Program *p, FILE *out) {
   int n = 0;
   for (int i = 0; i < p->nstep; i++) {
     const Instr *in = &p->step[i];
-    const char *kind = in->op == OP_ALL_REDUCE                              ? "all-reduce"
-                       : in->op == OP_ALL_GATHER || in->op == OP_GATHER_DIM ? "all-gather"
-                       : in->op == OP_REDUCE_SCATTER                        ? "reduce-scatter"
-                       : in->op == OP_ALL_TO_ALL_DIM                        ? "all-to-all"
-                       : in->op == OP_SEND                                  ? "send"
-                       : in->op == OP_RECV                                  ? "recv"
-                                                                            : NULL;
+    const char *kind = in->op == OP_ALL_REDUCE                                          ? "all-reduce"
+                       : in->op == OP_ALL_GATHER || in->op == OP_GATHER_DIM             ? "all-gather"
+                       : in->op == OP_REDUCE_SCATTER || in->op == OP_REDUCE_SCATTER_DIM ? "reduce-scatter"
+                       : in->op == OP_ALL_TO_ALL_DIM                                    ? "all-to-all"
+                       : in->op == OP_SEND                                              ? "send"
+                       : in->op == OP_RECV                                              ? "recv"
+                                                                                        : NULL;
     if (!kind) continue;
     bool p2p = in->op == OP_SEND || in->op == OP_RECV;
     int ranks = p2p ? 2 : in->i[0] >= 0 && in->i[0] < p->ngroups ? p->group_size[in->i[0]] : 0;

@@ -13,8 +13,9 @@
  *     send from a to b with a tag pairs with the k-th recv on b from a with
  *     that tag), and the rank goes on when all of them have;
  *   - a collective that talks (all_reduce, all_gather, reduce_scatter,
- *     gather_dim, all_to_all_dim) completes when every member of its group
- *     is at a collective on that group, and those must be the same op
+ *     gather_dim, all_to_all_dim, reduce_scatter_dim) completes when every
+ *     member of its group is at a collective on that group, and those must
+ *     be the same op
  *     (counts and dtypes are collectives_agree's, runtime/interp.c);
  *   - everything else (shard and split_dim cut locally) completes at once.
  * Ranks that can go on wait in a worklist; each operation is posted once and

@@ -95,7 +95,7 @@ int group_pos(const Program *p, int64_t g, int rank) {
    group-size chunks of c, the last one zero-padded. */
 static bool chunks_fit(int64_t n, int64_t c, int size) { return c > 0 && n <= c * size && n > c * (size - 1); }
 
-/* gather_dim, split_dim: the whole tensor is `size` parts along axis */
+/* gather_dim, split_dim, reduce_scatter_dim: the whole tensor is `size` parts along axis */
 static const char *check_dim_move(const Program *p, const Instr *in, int size) {
   int o = in->out, x = in->in[0];
   const Shape *whole = S(p, in->op == OP_GATHER_DIM ? o : x), *part = S(p, in->op == OP_GATHER_DIM ? x : o);
@@ -130,7 +130,8 @@ static const char *check_comm(const Program *p, const Instr *in) {
   bool moves = in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM || in->op == OP_ALL_TO_ALL_DIM;
   if (T(p, o) != T(p, x)) return "input and output dtypes differ";
   if (!moves && !is_float(T(p, o))) return "expected float buffers";
-  if (in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM) return check_dim_move(p, in, size);
+  if (in->op == OP_GATHER_DIM || in->op == OP_SPLIT_DIM || in->op == OP_REDUCE_SCATTER_DIM)
+    return check_dim_move(p, in, size);
   if (in->op == OP_ALL_TO_ALL_DIM) return check_all_to_all(p, in, size);
   switch (in->op) {
   case OP_ALL_REDUCE: return N(p, o) == N(p, x) ? NULL : "input and output sizes differ";

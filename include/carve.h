@@ -577,6 +577,8 @@ typedef struct Layout {
   const int *stage_dp;             /* per pipeline stage, its replicas (NULL: dp for every stage) */
   const int *stage_last;           /* per virtual stage, its last layer; NULL: equal spans */
   int layers_want;                 /* layers to cut a model without repeat blocks into (0: one per stage) */
+  bool sp;                         /* sequence parallelism: the whole ops between tensor-parallel products
+                                      (norms, elementwise, residuals) split along the sequence over tp */
   bool first_of_stage;             /* make only the first rank of each pipeline device, in device order
                                       (what a device holds: every replica and position takes as much) */
 } Layout;
@@ -687,6 +689,11 @@ struct Transport {
   double timeout;
   char doing[96]; /* what this rank is doing ("step 3, instruction 42 (all_reduce)"), or empty */
   bool threads;   /* another thread may make the calls (one thread at a time): communication can overlap */
+  /* 1 (the default): the step waits for the call in progress, which should
+     poll its peers flat out; 0: compute goes on beside it, so a wait that
+     takes a while sleeps between polls and leaves the cores to the compute.
+     Read and written with __atomic builtins (runtime/overlap.c sets it). */
+  int hurry;
   /* Makes a communicator per group of a program (every rank calls it with
      the same list, in the same order: it is collective over the world). */
   bool (*groups)(Transport *t, int n, const int *sizes, int *const *ranks);
@@ -710,6 +717,8 @@ struct Transport {
   double (*max)(Transport *t, double v);
   /* every rank's `bytes` bytes, in rank order, to every rank (traces) */
   bool (*gather_all)(Transport *t, const void *in, int64_t bytes, void *out);
+  /* rank root's `bytes` bytes into every rank's buf (a NCCL id) */
+  bool (*broadcast)(Transport *t, void *buf, int64_t bytes, int root);
   /* ends every rank's process now (after a rank-local error mid-step, when
      the others may be waiting on this one) */
   void (*abort)(Transport *t, int code); /* does not return */
@@ -722,6 +731,12 @@ Transport *transport_local(void);
    environment says so); otherwise the local transport. */
 Transport *transport_open(int *argc, char ***argv);
 bool transport_launched(void);
+/* The deadline's message: this rank, `doing` (Transport.doing when the
+   wait began), whom it waited for and the call; the caller then ends the
+   process. */
+void transport_overdue(const Transport *t, const char *doing, const char *whom, const char *call);
+/* "the members of group g (ranks 0 2 4)", for those messages */
+void transport_members(char *buf, size_t n, int g, int size, const int *ranks);
 
 typedef struct RunOptions {
   int steps;
@@ -740,6 +755,7 @@ typedef struct RunOptions {
   struct Backend *backend;  /* NULL: the backend named next, opened and closed by the run */
   const char *backend_name; /* "cpu" (NULL) or "cuda" */
   bool serial_comm;         /* communication on the step's thread, none overlapped (runtime/overlap.c) */
+  const char *comm_name;    /* "auto" (NULL), "host" or "nccl": the device communication (docs/distributed.md) */
   /* checkpoints (docs/checkpoints.md): after every `checkpoint_every` steps
      and the last, into checkpoint_dir/step-N, keeping the newest `keep` */
   const char *checkpoint_dir;
@@ -778,8 +794,9 @@ const char *checkpoint_resolve(const char *path, const char **why);
 /* ck/step-NNNNNNNN (arena) */
 const char *checkpoint_folder(const char *ck, int step);
 
-/* Bytes of the staging buffer the communication instructions of p need
-   (gathers and scatters of flat buffers that are not whole chunks), at most. */
+/* Bytes of the scratch (the backend's memory) the communication
+   instructions of p need at most: gathered parts, all-to-all blocks, and
+   flat buffers padded to whole chunks. */
 int64_t comm_staging_bytes(const Program *p);
 
 /* Counter-based random numbers: the value at (key, index) never depends on

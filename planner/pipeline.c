@@ -960,7 +960,7 @@ static bool stage_dps(const char *opt, const char *v, int vlen, Manual *m, FILE 
 
 /* The one reader of layout text; opt names the option it came from. */
 bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
-  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1, -1, NULL, 0, false};
+  *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1, -1, NULL, 0, false, false};
   const char *p = text;
   while (*p) {
     size_t len = strcspn(p, ","), eq = strcspn(p, "=");
@@ -1018,8 +1018,14 @@ bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
         return false;
       }
       m->serial_comm = off;
+    } else if (!strcmp(key, "sp")) {
+      if (!num || x > 1) {
+        fprintf(err, "carve: error: %s: sp is 0 or 1, got '%.*s'\n", opt, vlen, v);
+        return false;
+      }
+      m->sp = x == 1;
     } else {
-      fprintf(err, "carve: error: %s: unknown key '%s' (dp, tp, pp, mb, schedule, zero, recompute, overlap)\n", opt,
+      fprintf(err, "carve: error: %s: unknown key '%s' (dp, tp, pp, mb, schedule, zero, recompute, overlap, sp)\n", opt,
               key);
       return false;
     }
@@ -1034,6 +1040,11 @@ bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
 
 /* Checks that the plan divides the cluster and the model; fills defaults. */
 static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err) {
+  if (m->sp) {
+    fprintf(err, "carve: error: --manual: sp=1 is for compile --layout; the planner does not price sequence "
+                 "parallelism yet\n");
+    return false;
+  }
   if (m->stage_dp) {
     fprintf(err, "carve: error: --manual: replicas per stage (dp=a:b) are for compile --layout; a plan takes one dp\n");
     return false;

@@ -433,6 +433,7 @@ typedef struct Manual {
   const int *stage_dp; /* dp=1:2: each stage's replicas (dp is the most), NULL */
   int nstage_dp;
   bool serial_comm; /* overlap=off: gradient reductions after the backward pass (carve run --overlap off) */
+  bool sp;          /* sp=1: sequence parallelism in the tensor-parallel regions */
 } Manual;
 /* The one parser of layout text: "dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,
    recompute=none" (keys left out are 0, or -1 and SCHED_KINDS: to be chosen);

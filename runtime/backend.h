@@ -6,8 +6,10 @@
  *
  * A backend fills the table; the CPU one (runtime/cpu/) is the readable
  * reference, a GPU one is its fast twin. Communication instructions are not
- * kernels: they go through the transport (runtime/comm.c), which reads and
- * writes the arena where `host` says it is.
+ * kernels: they go through the device communication interface (comm.h),
+ * which works on the backend's memory (`addr`); the cuts, interleavings and
+ * padding they need are the backend's `copy_rows`, on its communication
+ * stream (1).
  *
  * Lifetime: backend_open, then load (checks that every instruction is
  * supported, naming the first that is not, allocates the arena and prepares
@@ -50,10 +52,26 @@ struct Backend {
   void (*upload)(Backend *b, int64_t offset, const void *src, int64_t bytes);
   void (*download)(Backend *b, void *dst, int64_t offset, int64_t bytes);
   void (*copy)(Backend *b, int64_t dst, int64_t src, int64_t bytes);
+  /* The backend's memory as addresses (device pointers on a GPU; host
+     pointers on the CPU, also for cpu-staged): the arena's offset, and
+     blocks outside it (host = true: host memory the device copies to and
+     from quickly, pinned on a GPU). */
+  void *(*addr)(Backend *b, int64_t offset);
+  void *(*alloc)(Backend *b, int64_t bytes, bool host);
+  void (*release)(Backend *b, void *p, bool host);
+  /* Enqueued on `stream`: `rows` rows of row_bytes each from src (rows
+     src_stride bytes apart) to dst (dst_stride apart); src NULL zero-fills
+     the rows (padding). Either side may be the backend's memory or host
+     memory from alloc(host). */
+  void (*copy_rows)(Backend *b, int stream, void *dst, int64_t dst_stride, const void *src, int64_t src_stride,
+                    int64_t row_bytes, int64_t rows);
+  /* waits on the host for what is enqueued on `stream` */
+  void (*drain)(Backend *b, int stream);
   /* runs instruction `index` of the init (init = true) or step list */
   void (*exec)(Backend *b, const Instr *in, int index, bool init, const StepInfo *si);
   /* streams and events: an event recorded on one stream, waited for on
-     another (the CPU runs everything in order: both are no-ops there) */
+     another, at any time until the next synchronize (the CPU runs
+     everything in order: both are no-ops there) */
   int (*record)(Backend *b, int stream);
   void (*wait)(Backend *b, int stream, int event);
   /* waits for everything issued; fills st and clears the loss and error */

@@ -1,14 +1,15 @@
 /* interp.c: the step loop. A program runs through a backend (backend.h):
  * the interpreter checks the program (program_verify, then the backend's
  * load), runs the init list once, then each step's instructions in order,
- * compute through the backend and communication through the transport
- * (comm.c), and ends the step with the backend's one synchronize, which
+ * compute through the backend and communication through the device
+ * communication interface (comm.c, comm.h), and ends the step with the backend's one synchronize, which
  * reports the loss and any bad data a kernel found. It knows no kernel. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "comm.h"
 #include "kmath.h"
 #include "runtime.h"
 
@@ -177,7 +178,6 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
   R->p = p;
   R->o = o;
   R->net = net;
-  R->sx = R->so = -1;
   R->own_net = own;
   char why[256] = "";
   bool ok = program_verify(p, stderr) && fits_run(p, o, net);
@@ -187,9 +187,9 @@ Runtime *runtime_new(const Program *p, const RunOptions *o) {
     ok = R->be && R->be->load(R->be, p, stderr);
   }
   ok = net->agree(net, ok) && plans_agree(p, net) && collectives_agree(p, net) &&
-       net->groups(net, p->ngroups, p->group_size, p->group_ranks);
+       net->groups(net, p->ngroups, p->group_size, p->group_ranks) && comm_open(R);
   StepStatus st;
-  ok = net->agree(net, ok && run_list(R, p->init, p->ninit, true, &st) && overlap_open(R));
+  ok = net->agree(net, ok && run_list(R, p->init, p->ninit, true, &st) && comm_flush(R) && overlap_open(R));
   if (ok && o->checkpoint_dir) ok = checkpoint_open(R);
   if (ok && (o->resume || o->init_from)) ok = checkpoint_restore(R);
   if (!ok) {
@@ -205,7 +205,7 @@ int runtime_step(Runtime *rt, double *loss) {
   StepStatus st;
   if (!run_list(R, R->p->step, R->p->nstep, false, &st)) return 1;
   snprintf(R->net->doing, sizeof R->net->doing, "end of step %d (its sends, the loss over the ranks)", R->step);
-  if (!R->net->flush(R->net)) return 1;
+  if (!comm_flush(R) || !R->net->flush(R->net)) return 1;
   /* the loss instructions weigh each rank's share; the step's loss is their sum */
   double l = R->net->world > 1 ? R->net->sum(R->net, st.loss) : st.loss;
   R->net->doing[0] = 0;
@@ -268,11 +268,10 @@ const Program *runtime_program(Runtime *rt) { return rt->r.p; }
 
 void runtime_free(Runtime *rt) {
   if (!rt) return;
+  overlap_close(&rt->r); /* the communication thread first: it uses the rest */
+  if (rt->r.be) comm_close(&rt->r);
   if (rt->r.be && rt->r.be != rt->r.o->backend) rt->r.be->close(rt->r.be);
-  overlap_close(&rt->r);
   if (rt->r.ck_lock) close(rt->r.ck_lock - 1);
-  free(rt->r.pad);
-  free(rt->r.stage);
   free(rt->r.trace);
   if (rt->r.own_net) rt->r.own_net->close(rt->r.own_net);
   free(rt);
@@ -307,7 +306,7 @@ int runtime_run(const Program *p, const RunOptions *o) {
     double loss, t0 = now_seconds(), c0 = R->comm_s, e0 = R->exposed_s;
     rc = runtime_step(rt, &loss);
     double dt = now_seconds() - t0, dc = R->comm_s - c0, de = R->exposed_s - e0;
-    if (rc && many) net->abort(net, 1); /* the other ranks may be waiting on this one */
+    if (rc && many) R->comm->abort(R->comm, 1); /* the other ranks may be waiting on this one */
     if (rc) break;
     if (traced && !trace_write(R, t0, o->trace)) rc = 1;
     if (many) { /* the step ends when its slowest rank does */

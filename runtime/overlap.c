@@ -19,6 +19,9 @@
  *
  * The thread makes every MPI call of a step; the step's thread makes MPI
  * calls only between steps, when the thread is idle (MPI_THREAD_SERIALIZED).
+ * While compute goes on, a transfer that waits on its peers sleeps between
+ * polls (Transport.hurry is 0); while the step's thread waits for one, it
+ * polls flat out.
  * A transfer whose next reader is the very next instruction, with nothing
  * queued before it, runs on the step's thread (a hand-off would only add
  * latency). A failed transfer stops the thread's queue: the step's thread
@@ -26,11 +29,20 @@
  *
  * Used when the arena is host memory, the run has more than one rank, the
  * transport lets another thread call it, and RunOptions.serial_comm is not
- * set; otherwise communication runs on the step's thread (comm.c). */
+ * set.
+ *
+ * With a device communication that runs on its own stream (NCCL: Comm.
+ * on_stream) there is no thread: each transfer is enqueued on the
+ * communication stream (1) after an event of the compute stream (0), an
+ * event is recorded after it, and compute waits for that event only before
+ * instruction i needs it (need[i], the same analysis); the GPU runs the
+ * rest beside it. Otherwise communication runs on the step's thread and
+ * compute waits right after each transfer (comm.c). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "runtime.h"
 
 struct Overlap {
@@ -38,6 +50,8 @@ struct Overlap {
   int *ord;  /* per step instruction: its ordinal among the step's transfers, or -1 */
   int *at;   /* per ordinal: the instruction */
   int ncomm;
+  int *event;   /* streams: per ordinal, the event after the transfer on the communication stream */
+  bool streams; /* transfers on a stream, not a thread */
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t posted_cv, done_cv;
@@ -134,18 +148,21 @@ static void *comm_thread(void *arg) {
 
 bool overlap_open(Run *R) {
   const Program *p = R->p;
-  if (R->o->serial_comm || R->net->world < 2 || !R->net->threads || !R->be->host(R->be, 0)) return true;
+  bool streams = R->comm && R->comm->on_stream;
+  if (R->o->serial_comm || (!streams && (R->net->world < 2 || !R->net->threads || !R->be->host(R->be, 0)))) return true;
   Overlap *ov = xcalloc(1, sizeof(Overlap));
   size_t n = (size_t)p->nstep + 1;
   ov->need = xmalloc(sizeof(int) * n), ov->ord = xmalloc(sizeof(int) * n), ov->at = xmalloc(sizeof(int) * n);
   overlap_needs(p, p->step, p->nstep, ov->need, ov->ord);
   for (int i = 0; i < p->nstep; i++)
     if (ov->ord[i] >= 0) ov->at[ov->ncomm++] = i;
+  ov->streams = streams;
+  ov->event = streams ? xcalloc(n, sizeof(int)) : NULL;
   pthread_mutex_init(&ov->mu, NULL);
   pthread_cond_init(&ov->posted_cv, NULL);
   pthread_cond_init(&ov->done_cv, NULL);
   R->ov = ov;
-  if (pthread_create(&ov->thread, NULL, comm_thread, R) == 0) return true;
+  if (streams || pthread_create(&ov->thread, NULL, comm_thread, R) == 0) return true;
   fprintf(stderr, "carve: error: rank %d: cannot start the communication thread\n", p->rank);
   R->ov = NULL;
   overlap_free(ov);
@@ -154,7 +171,7 @@ bool overlap_open(Run *R) {
 
 void overlap_free(Overlap *ov) {
   if (!ov) return;
-  free(ov->need), free(ov->ord), free(ov->at);
+  free(ov->need), free(ov->ord), free(ov->at), free(ov->event);
   pthread_mutex_destroy(&ov->mu);
   pthread_cond_destroy(&ov->posted_cv);
   pthread_cond_destroy(&ov->done_cv);
@@ -164,6 +181,11 @@ void overlap_free(Overlap *ov) {
 void overlap_close(Run *R) {
   Overlap *ov = R->ov;
   if (!ov) return;
+  if (ov->streams) { /* no thread to stop */
+    overlap_free(ov);
+    R->ov = NULL;
+    return;
+  }
   pthread_mutex_lock(&ov->mu);
   ov->quit = true;
   pthread_cond_broadcast(&ov->posted_cv);
@@ -179,6 +201,7 @@ void overlap_begin(Run *R) {
   Overlap *ov = R->ov;
   ov->posted = ov->done = 0;
   ov->error = NULL;
+  if (!ov->streams) __atomic_store_n(&R->net->hurry, 0, __ATOMIC_RELAXED); /* compute goes on beside the transfers */
 }
 
 /* Waits until transfer `ordinal` (and all before it) is done; false when
@@ -186,7 +209,11 @@ void overlap_begin(Run *R) {
 static bool wait_done(Run *R, int ordinal, const char **err, int *at) {
   Overlap *ov = R->ov;
   pthread_mutex_lock(&ov->mu);
-  while (ov->done <= ordinal) pthread_cond_wait(&ov->done_cv, &ov->mu);
+  if (ov->done <= ordinal) { /* the step waits: the thread's transfers poll flat out until it may go on */
+    __atomic_store_n(&R->net->hurry, 1, __ATOMIC_RELAXED);
+    while (ov->done <= ordinal) pthread_cond_wait(&ov->done_cv, &ov->mu);
+    __atomic_store_n(&R->net->hurry, 0, __ATOMIC_RELAXED);
+  }
   bool ok = ov->error == NULL;
   if (!ok) *err = ov->error, *at = ov->error_at;
   pthread_mutex_unlock(&ov->mu);
@@ -195,11 +222,26 @@ static bool wait_done(Run *R, int ordinal, const char **err, int *at) {
 
 bool overlap_need(Run *R, int i, const char **err, int *at) {
   Overlap *ov = R->ov;
-  return ov->need[i] < 0 || wait_done(R, ov->need[i], err, at);
+  if (ov->need[i] >= 0 && ov->streams) R->be->wait(R->be, 0, ov->event[ov->need[i]]);
+  return ov->need[i] < 0 || ov->streams || wait_done(R, ov->need[i], err, at);
+}
+
+/* Streams: transfer i enqueued on the communication stream, its event kept. */
+static bool post_on_stream(Run *R, int i, const char **err, int *at) {
+  Overlap *ov = R->ov;
+  const Instr *in = &R->p->step[i];
+  double t0 = now_seconds();
+  snprintf(R->net->doing, sizeof R->net->doing, "step %d, instruction %d (%s)", R->step, i, op_info[in->op].name);
+  const char *e = comm_post(R, in, &ov->event[ov->ord[i]]);
+  if (R->trace) R->trace[2 * i] = t0, R->trace[2 * i + 1] = now_seconds();
+  ov->posted++, ov->done++;
+  if (e) *err = e, *at = i;
+  return !e;
 }
 
 bool overlap_post(Run *R, int i, const char **err, int *at) {
   Overlap *ov = R->ov;
+  if (ov->streams) return post_on_stream(R, i, err, at);
   pthread_mutex_lock(&ov->mu);
   bool inline_ = !ov->error && ov->done == ov->posted && i + 1 < R->p->nstep && ov->need[i + 1] == ov->ord[i];
   if (!inline_) {
@@ -208,7 +250,9 @@ bool overlap_post(Run *R, int i, const char **err, int *at) {
   }
   pthread_mutex_unlock(&ov->mu);
   if (!inline_) return true;
+  __atomic_store_n(&R->net->hurry, 1, __ATOMIC_RELAXED); /* the step waits for it */
   const char *e = run_one(R, i); /* the thread is idle and nothing is queued: no MPI call can overlap this one */
+  __atomic_store_n(&R->net->hurry, 0, __ATOMIC_RELAXED);
   pthread_mutex_lock(&ov->mu);
   ov->posted++;
   finished(ov, i, e);
@@ -220,8 +264,14 @@ bool overlap_post(Run *R, int i, const char **err, int *at) {
 
 bool overlap_end(Run *R, const char **err, int *at) {
   Overlap *ov = R->ov;
+  if (ov->streams) { /* the compute stream after every transfer: the step's synchronize covers both */
+    if (ov->posted) R->be->wait(R->be, 0, ov->event[ov->posted - 1]);
+    return true;
+  }
   pthread_mutex_lock(&ov->mu);
   int last = ov->posted - 1;
   pthread_mutex_unlock(&ov->mu);
-  return last < 0 || wait_done(R, last, err, at);
+  bool ok = last < 0 || wait_done(R, last, err, at);
+  __atomic_store_n(&R->net->hurry, 1, __ATOMIC_RELAXED); /* between steps the step's thread calls, and waits */
+  return ok;
 }

@@ -15,12 +15,10 @@ typedef struct Run {
   Backend *be;
   int step;                 /* 1-based step being executed */
   Transport *net, *own_net; /* own_net: made here (local), closed here */
-  void *pad;                /* host staging for gathers and scatters (comm.c) */
+  struct Comm *comm;        /* the device communication interface (comm.h) */
+  bool grouped;             /* a group of sends is open (comm.c) */
+  void *pad;                /* the backend's memory for cut, gathered and padded operands (comm.c) */
   size_t pad_cap;           /* bytes */
-  void *stage;              /* host copies of a device arena's communication operands (comm.c) */
-  size_t stage_cap;         /* bytes */
-  int sx, so;               /* the buffers staged now (-1: none) */
-  void *hx, *ho;            /* their host copies */
   double comm_s;            /* seconds in communication instructions */
   double exposed_s;         /* seconds the step's thread spent on them or waiting for them */
   Overlap *ov;              /* the communication thread, or NULL: communication on the step's thread */
@@ -45,9 +43,46 @@ bool checkpoint_open(Run *R);
    every rank after the first failing rank's message. */
 bool checkpoint_restore(Run *R);
 
-/* comm.c: runs a communication instruction through the transport on the
-   arena's host memory; NULL or what failed. */
+/* comm.c: runs a communication instruction through R->comm; NULL or what
+   failed. When it returns, later compute sees its output (stream order). */
 const char *comm_exec(Run *R, const Instr *in);
+/* The same, but compute is not made to wait: *done gets the event on the
+   communication stream (1) after the transfer, which compute that reads
+   its output waits for (runtime/overlap.c). */
+const char *comm_post(Run *R, const Instr *in, int *done);
+/* ends an open group of sends and waits for everything issued (step end) */
+bool comm_flush(Run *R);
+/* Chooses and opens R->comm (RunOptions.comm: auto, host or nccl) after the
+   transport's groups exist; collective over the world; false after a
+   message on every rank. comm_close undoes it. */
+bool comm_open(Run *R);
+void comm_close(Run *R);
+/* NCCL matches the messages between two ranks in the order they are
+   issued (it has no tags): every rank's sends to each peer in program
+   order (tag and bytes), hashed, against that peer's receives from it.
+   Collective over the world, the same answer on every rank; false with
+   why when a pair's orders differ. */
+bool comm_p2p_in_order(const Program *p, Transport *t, char *why, size_t n);
+
+/* comm.c's cuts, on the backend's communication stream (tests check them
+   against plain loops). A tensor cut along one dimension into `parts`
+   parts is [outer, parts x len, inner]; a part is [outer, len, inner];
+   elements of es bytes. */
+typedef struct Cut {
+  int64_t outer, len, inner, parts, es;
+} Cut;
+/* the cut along `dim` of s's other dimensions, parts of `len` along it */
+Cut cut_of(const Shape *s, int dim, int64_t len, int64_t parts, int64_t es);
+/* part (contiguous) <- part q of whole */
+void cut_take(Backend *be, const Cut *c, void *part, const void *whole, int64_t q);
+/* part q of whole <- part (contiguous) */
+void cut_put(Backend *be, const Cut *c, void *whole, const void *part, int64_t q);
+/* whole <- the parts one after another (gather_dim, all_to_all_dim's placing) */
+void cut_join(Backend *be, const Cut *c, void *whole, const void *parts);
+/* the parts one after another <- whole (all_to_all_dim's cutting) */
+void cut_deal(Backend *be, const Cut *c, void *parts, const void *whole);
+/* dst_bytes of dst: src's first bytes, zeros past src_bytes (padding) */
+void comm_fit(Backend *be, void *dst, int64_t dst_bytes, const void *src, int64_t src_bytes);
 
 /* overlap.c: per instruction of list (n of them), the ordinal (among the
    list's communication instructions) of the last transfer it must wait for,

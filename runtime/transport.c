@@ -9,7 +9,11 @@
  *          Sends copy the data into a staging block and post MPI_Isend, so
  *          a send never waits for its receiver: whatever order a pipeline
  *          schedule puts sends and receives in, no rank blocks on a send.
- *          Receives block; flush waits for the posted sends. Errors return
+ *          Receives and collectives are MPI's non-blocking calls, tested
+ *          until done: flat out while the step waits for them, with short
+ *          sleeps while compute goes on beside them (Transport.hurry,
+ *          runtime/overlap.c); flush waits for the posted sends. MPI is
+ *          initialised serialized: one thread at a time calls it. Errors return
  *          (MPI_ERRORS_RETURN) and are printed with the call and the rank;
  *          a rank that dies is the launcher's to report, which ends the job.
  *          Every blocking call has a deadline (Transport.timeout): a
@@ -18,11 +22,12 @@
  *          ends the others, so a stopped peer, a receive whose send never
  *          comes or ranks at odds never hang the job.
  *
- * A NCCL implementation fills the same table over device buffers, with one
- * NCCL communicator per group and its own stream; the interpreter does not
- * change. */
+ * The device communication interface (comm.h) runs over this table on host
+ * memory ("host"), and its NCCL implementation uses it for the NCCL id's
+ * broadcast, its checks over the ranks and its deadline message. */
 #include <mpi.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +87,10 @@ static bool local_gather_all(Transport *t, const void *in, int64_t bytes, void *
   memmove(out, in, (size_t)bytes);
   return true;
 }
+static bool local_broadcast(Transport *t, void *buf, int64_t bytes, int root) {
+  (void)t, (void)buf, (void)bytes, (void)root;
+  return true;
+}
 static void local_abort(Transport *t, int code) {
   (void)t;
   exit(code);
@@ -94,6 +103,7 @@ Transport *transport_local(void) {
                    .rank = 0,
                    .world = 1,
                    .threads = true,
+                   .hurry = 1,
                    .groups = local_groups,
                    .all_reduce = local_all_reduce,
                    .all_gather = local_copy,
@@ -106,6 +116,7 @@ Transport *transport_local(void) {
                    .sum = local_value,
                    .max = local_value,
                    .gather_all = local_gather_all,
+                   .broadcast = local_broadcast,
                    .abort = local_abort,
                    .close = local_close};
   return t;
@@ -151,22 +162,45 @@ static int guard_end(Transport *t, int rc) {
 }
 #define GUARD(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), (expr)))
 
-/* Waits for a request begun by `rc`'s call: tests it, and once that has
-   taken a while, sleeps between tests, so that a thread waiting on its
-   peers leaves the cores to the compute beside it. */
-static int await(int rc, MPI_Request *req, MPI_Status *st) {
+/* Waits for a request begun by `rc`'s call: tests it; a wait that has
+   taken a while yields the core between tests (a peer may share it), or,
+   unless the step waits for it (Transport.hurry), sleeps between them, so
+   that a thread waiting on its peers leaves the cores to the compute
+   beside it. */
+static int await(Transport *t, int rc, MPI_Request *req, MPI_Status *st) {
   int done = 0;
   for (long spin = 0; rc == MPI_SUCCESS; spin++) {
     rc = MPI_Test(req, &done, st);
     if (done) break;
-    if (spin >= 64) nanosleep(&(struct timespec){0, spin < 4096 ? 10 * 1000 : 100 * 1000}, NULL);
+    if (spin < 64) continue;
+    if (__atomic_load_n(&t->hurry, __ATOMIC_RELAXED))
+      sched_yield(); /* a peer on this core (more ranks than cores) gets to answer */
+    else
+      nanosleep(&(struct timespec){0, spin < 4096 ? 10 * 1000 : 100 * 1000}, NULL);
   }
   return rc;
 }
 /* a non-blocking MPI call `expr` (its request &R), then the wait, under the deadline */
-#define AWAIT(t, call, whom, expr) (busy((t), (call), (whom)), guard_end((t), await((expr), &R, MPI_STATUS_IGNORE)))
+#define AWAIT(t, call, whom, expr)                                                                                     \
+  (busy((t), (call), (whom)), guard_end((t), await((t), (expr), &R, MPI_STATUS_IGNORE)))
 #define IN_GROUP(t, g) (((Mpi *)(t)->impl)->members[g])
 #define EVERY_RANK "the other ranks"
+
+void transport_members(char *buf, size_t n, int g, int size, const int *ranks) {
+  int len = snprintf(buf, n, "the members of group %d (ranks", g);
+  for (int k = 0; k < size && len < (int)n; k++) len += snprintf(buf + len, n - (size_t)len, " %d", ranks[k]);
+  if (len < (int)n) snprintf(buf + len, n - (size_t)len, ")");
+}
+
+void transport_overdue(const Transport *t, const char *doing, const char *whom, const char *call) {
+  fprintf(stderr,
+          "carve: error: rank %d, %s: no answer from %s within %g s (%s): a rank stopped, hangs or runs another "
+          "plan's program; ending the job (--comm-timeout sets the limit)\n",
+          t->rank, doing[0] ? doing : "outside the steps (the checks before the first, a checkpoint or trace)", whom,
+          t->timeout, call);
+  fflush(stdout);
+  fflush(stderr);
+}
 
 /* Wakes a few times a second; a call past the deadline ends this process
    with the message (the launcher then ends every rank). The main thread is
@@ -178,13 +212,7 @@ static void *watch(void *arg) {
     nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
     double since = atomic_load(&m->since);
     if (since <= 0 || t->timeout <= 0 || now_seconds() - since <= t->timeout) continue;
-    fprintf(stderr,
-            "carve: error: rank %d, %s: no answer from %s within %g s (%s): a rank stopped, hangs or runs another "
-            "plan's program; ending the job (--comm-timeout sets the limit)\n",
-            t->rank, t->doing[0] ? t->doing : "outside the steps (the checks before the first, a checkpoint or trace)",
-            m->whom, t->timeout, m->call);
-    fflush(stdout);
-    fflush(stderr);
+    transport_overdue(t, t->doing, m->whom, m->call);
     _exit(1);
   }
   return NULL;
@@ -229,13 +257,8 @@ static bool mpi_groups(Transport *t, int n, const int *sizes, int *const *ranks)
     if (member) MPI_Comm_set_errhandler(m->comm[g], MPI_ERRORS_RETURN);
   }
   m->members = xcalloc((size_t)n + 1, sizeof *m->members);
-  for (int g = 0; g < n; g++) { /* the text once, not at every collective */
-    char *buf = m->members[g];
-    int len = snprintf(buf, sizeof *m->members, "the members of group %d (ranks", g);
-    for (int k = 0; k < sizes[g] && len < (int)sizeof *m->members; k++)
-      len += snprintf(buf + len, sizeof *m->members - (size_t)len, " %d", ranks[g][k]);
-    if (len < (int)sizeof *m->members) snprintf(buf + len, sizeof *m->members - (size_t)len, ")");
-  }
+  for (int g = 0; g < n; g++) /* the text once, not at every collective */
+    transport_members(m->members[g], sizeof *m->members, g, sizes[g], ranks[g]);
   return true;
 }
 
@@ -338,7 +361,8 @@ static bool mpi_recv(Transport *t, void *buf, int64_t bytes, int peer, int tag) 
   snprintf(whom, sizeof whom, "rank %d (tag %d)", peer, tag);
   MPI_Request R;
   busy(t, "MPI_Recv", whom);
-  int rc = guard_end(t, await(MPI_Irecv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &R), &R, &st)), cls = 0;
+  int rc = guard_end(t, await(t, MPI_Irecv(buf, (int)bytes, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &R), &R, &st)),
+      cls = 0;
   MPI_Error_class(rc, &cls);
   if (rc != MPI_SUCCESS && cls == MPI_ERR_TRUNCATE) {
     fprintf(stderr,
@@ -388,6 +412,12 @@ static bool mpi_gather_all(Transport *t, const void *in, int64_t bytes, void *ou
                 "MPI_Allgather");
 }
 
+static bool mpi_broadcast(Transport *t, void *buf, int64_t bytes, int root) {
+  return count_fits(t, bytes) &&
+         mpi_ok(t, GUARD(t, "MPI_Bcast", EVERY_RANK, MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD)),
+                "MPI_Bcast");
+}
+
 static void mpi_abort(Transport *t, int code) {
   (void)t;
   fflush(stdout);
@@ -435,6 +465,7 @@ Transport *transport_open(int *argc, char ***argv) {
                    .sum = mpi_sum,
                    .max = mpi_max,
                    .gather_all = mpi_gather_all,
+                   .broadcast = mpi_broadcast,
                    .abort = mpi_abort,
                    .close = mpi_close,
                    .impl = xcalloc(1, sizeof(Mpi))};
@@ -443,6 +474,7 @@ Transport *transport_open(int *argc, char ***argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &t->world);
   t->timeout = 300;
   t->threads = level >= MPI_THREAD_SERIALIZED;
+  t->hurry = 1;
   Mpi *m = t->impl;
   m->watching = pthread_create(&m->watchdog, NULL, watch, t) == 0;
   return t;

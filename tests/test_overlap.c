@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "../runtime/runtime.h"
+#include "compile_tiny.h"
 #include "harness.h"
 #include "planner.h"
 
@@ -99,12 +100,7 @@ static bool check_program(const Program *p, void *ctx) {
 }
 
 static void compiled(const char *model, const char *sets, Layout L) {
-  ElabOptions eo = {.preset = arena_printf("%s-tiny", model)};
-  CHECK(parse_sets(sets, &eo.sets, &eo.nsets, stderr), "sets parse");
-  Train t;
-  train_defaults(&t);
-  t.precision = PREC_BF16;
-  bool ok = compile_layout(model_resolve(model), &eo, &t, 1, &L, check_program, NULL, stderr);
+  bool ok = compile_tiny(model, sets, PREC_BF16, &L, check_program, NULL);
   CHECK(ok, "%s dp=%d tp=%d pp=%d zero=%d compiles", model, L.dp, L.tp, L.pp, L.zero);
 }
 

@@ -151,6 +151,7 @@ expect 0 '"recompute": "selective", "selective_recompute_s"' plan $attn --cluste
 expect 1 "dp x tp x pp = 3 x 1 x 1 = 3, but dgx-a100 has 8 devices" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=3,tp=1,pp=1"
 expect 1 "tp=8 does not divide the model's 4 attention heads" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=1,tp=8,pp=1"
 expect 1 "unknown key 'foo'" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,foo=1"
+expect 1 "sp=1 is for compile --layout" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=4,tp=2,sp=1"
 expect 1 "mb=3 microbatches do not divide the batch of 16" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,mb=3"
 expect 1 "pp=4 stages but the model has 2 layers" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=2,tp=1,pp=4,mb=1"
 expect 0 "dgx-a100" cluster dgx-a100

@@ -16,6 +16,7 @@
 # BACKEND=NAME in the environment runs the distributed programs on that
 # backend (cpu-staged: every communication staged through host memory, as
 # on a GPU without a device transport); the reference runs on the CPU.
+# COMM=auto|host|nccl passes --comm to the distributed runs.
 #
 # Precision: fp32 (PRECISION=bf16 in the environment: every program in
 # bf16 mixed precision, judged with LOSS_TOL and PARAM_TOL, relative, which
@@ -32,6 +33,7 @@
 set -u
 precision=${PRECISION:-fp32}
 backend=${BACKEND:-cpu}
+comm=${COMM:-auto}
 loss_tol=${LOSS_TOL:-1e-5}
 param_tol=${PARAM_TOL:-1e-4}
 carve=$1
@@ -68,7 +70,10 @@ pp=2,tp=2,mb=4,schedule=interleaved
 dp=2,tp=2,pp=2,mb=2
 pp=2,dp=1:2,mb=2
 pp=2,dp=2:1,mb=2,schedule=gpipe
-pp=2,dp=1:2,tp=2,mb=2"
+pp=2,dp=1:2,tp=2,mb=2
+tp=2,sp=1
+dp=2,tp=2,sp=1
+pp=2,tp=2,mb=2,sp=1"
 layouts=${4:-$layouts}
 
 losses() { grep '^step' "$1" | awk '{print $4}'; }
@@ -129,7 +134,7 @@ for spec in $models; do
     if ! "$carve" compile "$model" --preset "$preset" --set "$set_dims" --layout "$layout" --precision "$precision" \
       -o "$tmp/dist" \
       >/dev/null 2>"$out.err" ||
-      ! timeout 120 $mpirun -np $n "$carve" run "$tmp/dist" --steps $steps --log-every 1 --backend "$backend" --save-params "$out" \
+      ! timeout 120 $mpirun -np $n "$carve" run "$tmp/dist" --steps $steps --log-every 1 --backend "$backend" --comm "$comm" --save-params "$out" \
         >"$out.out" 2>>"$out.err"; then
       echo "FAILED: $what: did not run"
       head -8 "$out.err"
@@ -172,7 +177,7 @@ for spec in $models_planned; do
     reference "$model" "$preset" "$units" "$layers" ||
       { echo "FAILED: reference run for $what"; head -5 "$ref.err"; fail=$((fail + 1)); continue; }
     rm -f "$tmp/run".rank*
-    timeout 120 $mpirun -np $n "$carve" run "$tmp/plan" --steps $steps --log-every 1 --backend "$backend" --save-params "$tmp/run" \
+    timeout 120 $mpirun -np $n "$carve" run "$tmp/plan" --steps $steps --log-every 1 --backend "$backend" --comm "$comm" --save-params "$tmp/run" \
       >"$tmp/run.out" 2>&1
     judge "$what ($units units per step)" "$tmp/run" $n
   done

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compile_tiny.h"
 #include "harness.h"
 #include "planner.h"
 
@@ -155,17 +156,12 @@ static bool collect(const Program *p, void *ctx) {
 }
 
 static void compiled(const char *model, const char *sets, Layout L) {
-  ElabOptions eo = {.preset = arena_printf("%s-tiny", model)};
-  CHECK(parse_sets(sets, &eo.sets, &eo.nsets, stderr), "sets parse");
-  Train t;
-  train_defaults(&t);
-  t.precision = PREC_FP32;
   if (L.schedule == SCHED_INTERLEAVED) L.v = 2;
   Collect c = {0};
   char what[160];
   snprintf(what, sizeof what, "%s: %s dp=%d tp=%d pp=%d v=%d mb=%d zero=%d recompute=%d", model,
            sched_names[L.schedule], L.dp, L.tp, L.pp, L.v, L.microbatches, L.zero, L.recompute);
-  bool ok = compile_layout(model_resolve(model), &eo, &t, 1, &L, collect, &c, stderr);
+  bool ok = compile_tiny(model, sets, PREC_FP32, &L, collect, &c);
   CHECK(ok && c.n == layout_world(&L), "%s compiles (its programs pass the check)", what);
   CHECK(c.z && rendezvous_check(c.z, stderr), "%s passes the check again", what);
   rendezvous_free(c.z);

@@ -152,7 +152,7 @@ static void test_versus_manual(void) {
                                {4, 1, 8},  {2, 2, 8},  {1, 4, 8}, {2, 1, 16}, {1, 2, 16}};
   int worse = 0, n = 0;
   for (size_t i = 0; best && i < sizeof cfg / sizeof cfg[0]; i++) {
-    Manual m = {cfg[i][0], cfg[i][1], cfg[i][2], 0, SCHED_KINDS, 0, -1, NULL, 0, false};
+    Manual m = {cfg[i][0], cfg[i][1], cfg[i][2], 0, SCHED_KINDS, 0, -1, NULL, 0, false, false};
     FILE *quiet = fopen("/dev/null", "w");
     PipelinePlan *mp = plan_manual(model_resolve("gpt"), &eo, c, &po, &m, quiet);
     fclose(quiet);

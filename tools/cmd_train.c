@@ -12,7 +12,7 @@
  * Run options (run, train):
  *   --steps N  --data FILE  --log-every N  --quiet  --profile  --save-params PATH  --backend cpu|cuda|cpu-staged
  *   --checkpoint-dir CK  --checkpoint-every N  --keep K  --resume CK  --init-from FILE  --comm-timeout S
- *   --overlap on|off
+ *   --overlap on|off  --comm auto|host|nccl
  * compile --layout "dp=2,pp=2,mb=4,schedule=1f1b,zero=1,recompute=full":
  * one program per rank; explain --rank N prints rank N's. */
 #include <errno.h>
@@ -73,6 +73,7 @@ typedef struct Opts {
   const char *layout, *save_params, *trace;
   const char *checkpoint_dir, *resume, *init_from;
   const char *backend; /* --backend: NULL is the CPU */
+  const char *comm;    /* --comm: NULL is auto */
   double comm_timeout; /* --comm-timeout seconds (0: the transport's default) */
   int steps, log_every, rank, checkpoint_every, keep;
   bool quiet, dump, dump_training, profile;
@@ -167,6 +168,10 @@ static bool parse_opts(int argc, char **argv, const char *allowed, Opts *o) {
     } else if (GROUP('r') && !strcmp(key, "--overlap")) {
       o->serial_comm = !strcmp(v, "off");
       if (strcmp(v, "on") && strcmp(v, "off")) ok = usage_error(o->cmd, "--overlap is on or off, not '%s'", v) == 0;
+    } else if (GROUP('r') && !strcmp(key, "--comm")) {
+      o->comm = v;
+      if (strcmp(v, "auto") && strcmp(v, "host") && strcmp(v, "nccl"))
+        ok = usage_error(o->cmd, "--comm is auto, host or nccl, not '%s'", v) == 0;
     } else if (GROUP('r') && !strcmp(key, "--comm-timeout"))
       ok = opt_number(o->cmd, key, v, 0.1, 1e7, &o->comm_timeout);
     else if (GROUP('r') && !strcmp(key, "--quiet"))
@@ -326,6 +331,9 @@ static void print_run_help(void) {
          "      does not need it; off runs each transfer in turn on the step's thread\n"
          "  --backend cpu|cuda|cpu-staged (cpu): what runs the kernels; cuda needs a GPU and a carve built\n"
          "      with CUDA; cpu-staged is the CPU with its memory reached as a GPU's is (for tests)\n"
+         "  --comm auto|host|nccl (auto): how ranks exchange data; nccl (cuda backend, a carve built with\n"
+         "      NCCL, one GPU per rank) moves GPU memory directly; host goes through MPI on host memory\n"
+         "      (staged from the GPU); auto takes nccl where it can and says why when it cannot\n"
          "checkpoints (docs/checkpoints.md):\n"
          "  --checkpoint-dir CK  write checkpoints to CK/step-N (parameters, optimizer state, step) after\n"
          "      the last step and, with --checkpoint-every N, after every N steps; each is complete or absent\n"
@@ -437,7 +445,8 @@ static int run_program(Opts *o, const Program *p, Transport *net) {
                    .resume = o->resume,
                    .init_from = o->init_from,
                    .backend_name = o->backend,
-                   .serial_comm = o->serial_comm};
+                   .serial_comm = o->serial_comm,
+                   .comm_name = o->comm};
   if (!o->quiet && net->rank == 0) {
     printf("training %s: %d steps on %s", p->model, o->steps, td ? td->path : "synthetic data");
     if (net->world > 1) printf(", %d ranks", net->world);

@@ -14,6 +14,12 @@
 #   ctest     ctest -R cuda_ : cuda_ops (every op on the GPU against the CPU),
 #             its harness checks, cuda_train (gpt-tiny 50 steps and the
 #             equivalence suite's one-rank plans, CUDA against CPU)
+#   comm      the ranks' communication: NCCL on one rank (ctest
+#             nccl_one_rank); the host-staged path (--comm host) with 2 and 4
+#             MPI ranks sharing the one GPU, a subset of the equivalence
+#             suite against the CPU (dp=2, tp=2, a 2-stage 1F1B pipeline,
+#             ZeRO-3 on 4 ranks); --comm auto's fallback to host and
+#             --comm nccl's refusal when two ranks share the GPU
 #   gemm      bench/gpu/gemm: carve's einsums against cuBLASLt, GPT-2 124M
 #             and GPT-3 175B shapes
 #   step      a gpt2-124m training step, bf16, AdamW, batch 16 x seq 1024, one
@@ -24,7 +30,7 @@
 #             --device cuda), explicit attention as carve computes it and SDPA
 #   memcheck  compute-sanitizer --tool memcheck over one gpt-tiny step
 # Everything lands in $OUT: summary.txt (every figure and each stage's
-# status and seconds), machine.txt, ctest.log, gemm.log, step.log,
+# status and seconds), machine.txt, ctest.log, comm.log, gemm.log, step.log,
 # torch.log, memcheck.log, and logs.tar.gz (all raw logs, the build's too).
 #
 # usage: OUT=DIR sh bench/gpu/check.sh        (on the GPU machine; about 6
@@ -167,6 +173,28 @@ if [ -n "$n" ]; then
   fi
 fi
 grep -E '^[0-9]*: (gpt-tiny|mlp|gpt|bert|moe) ' "$logs/ctest.log" | sed 's/^[0-9]*: /  cuda_train: /' | tee -a "$summary"
+
+# ---------------------------------------------------------------- comm
+# skipped (77) where no GPU answers: nccl_one_rank reports Skipped, and the
+# probe stops the rest
+stage comm 90 "
+  . '$root/tests/mpi.sh'
+  cd '$build' && ctest -R 'nccl_one_rank\$' --output-on-failure -V --timeout 60 || exit 1
+  '$build/tests/test_cuda' --probe || exit \$?
+  BACKEND=cuda COMM=host LOSS_TOL=1e-4 sh '$root/tests/test_ranks.sh' '$carve' '$build/tests/param_compare' gpt:gpt-tiny \
+    'dp=2 tp=2 pp=2,mb=4,schedule=1f1b dp=4,zero=3' no || exit 1
+  '$carve' compile gpt --preset gpt-tiny --layout dp=2 -o '$work/dp2' >/dev/null || exit 1
+  \$mpirun -np 2 '$carve' run '$work/dp2' --steps 2 --backend cuda >'$work/auto.log' 2>&1
+  cat '$work/auto.log'
+  grep -q 'not NCCL: ranks 0 and 1 share one GPU' '$work/auto.log' || { echo 'FAILED: --comm auto on a shared GPU'; exit 1; }
+  \$mpirun -np 2 '$carve' run '$work/dp2' --steps 2 --backend cuda --comm nccl >'$work/nccl.log' 2>&1
+  cat '$work/nccl.log'
+  grep -q 'error: .*share one GPU' '$work/nccl.log' || { echo 'FAILED: --comm nccl on a shared GPU'; exit 1; }
+  echo 'comm: all passed'
+"
+cp "$logs/comm.log" "$OUT/comm.log"
+grep -E 'nccl_one_rank|gpt-tiny|passed, .* failed|FAILED|SKIPPED|comm: all' "$logs/comm.log" | grep -v '^[0-9]*: Test command' |
+  sed 's/^/  /' | tee -a "$summary"
 
 # ---------------------------------------------------------------- gemm
 stage gemm 150 "'$build/bench/gpu/gemm' --reps 9"

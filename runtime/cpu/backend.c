@@ -430,6 +430,7 @@ typedef void (*Kernel)(Cpu *c, const Instr *in, const StepInfo *si);
 #define run_GATHER_DIM NULL
 #define run_SPLIT_DIM NULL
 #define run_ALL_TO_ALL_DIM NULL
+#define run_REDUCE_SCATTER_DIM NULL
 #define run_SEND NULL
 #define run_RECV NULL
 /* every other op names its kernel */
@@ -571,6 +572,27 @@ static void cpu_download(Backend *b, void *dst, int64_t off, int64_t n) { memcpy
 static void cpu_copy(Backend *b, int64_t dst, int64_t src, int64_t n) {
   memmove(C(b)->arena + dst, C(b)->arena + src, (size_t)n);
 }
+static void *cpu_addr(Backend *b, int64_t offset) { return C(b)->arena + offset; }
+static void *cpu_alloc(Backend *b, int64_t bytes, bool host) {
+  (void)b, (void)host;
+  return xmalloc(bytes > 0 ? (size_t)bytes : 1);
+}
+static void cpu_release(Backend *b, void *p, bool host) {
+  (void)b, (void)host;
+  free(p);
+}
+static void cpu_copy_rows(Backend *b, int stream, void *dst, int64_t dst_stride, const void *src, int64_t src_stride,
+                          int64_t row_bytes, int64_t rows) {
+  (void)b, (void)stream;
+  for (int64_t r = 0; r < rows; r++) {
+    unsigned char *d = (unsigned char *)dst + r * dst_stride;
+    if (src)
+      memmove(d, (const unsigned char *)src + r * src_stride, (size_t)row_bytes);
+    else
+      memset(d, 0, (size_t)row_bytes);
+  }
+}
+static void cpu_drain(Backend *b, int stream) { (void)b, (void)stream; }
 static int cpu_record(Backend *b, int stream) {
   (void)b, (void)stream;
   return 0;
@@ -625,6 +647,11 @@ Backend *backend_cpu(void) {
                  .upload = cpu_upload,
                  .download = cpu_download,
                  .copy = cpu_copy,
+                 .addr = cpu_addr,
+                 .alloc = cpu_alloc,
+                 .release = cpu_release,
+                 .copy_rows = cpu_copy_rows,
+                 .drain = cpu_drain,
                  .exec = cpu_exec,
                  .record = cpu_record,
                  .wait = cpu_wait,

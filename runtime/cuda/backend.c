@@ -47,8 +47,6 @@ typedef struct DevStatus {
   int err; /* 0, or the tag of the first instruction that found bad data */
 } DevStatus;
 
-#define NEVENTS 64 /* events in flight between two synchronizes, at most */
-
 typedef struct Cu {
   const Program *p;
   int device;
@@ -56,8 +54,8 @@ typedef struct Cu {
   unsigned char *arena;   /* device */
   DevStatus *status;      /* device */
   cudaStream_t stream[2]; /* compute, communication */
-  cudaEvent_t events[NEVENTS];
-  int nevents;                 /* recorded since the last synchronize */
+  cudaEvent_t *events;         /* one per record since the last synchronize (grown as needed) */
+  int nevents, events_cap;     /* recorded since the last synchronize; made */
   unsigned char *staging;      /* pinned host memory for uploads */
   int64_t staging_cap, staged; /* bytes, and bytes used since the last synchronize */
   int64_t step_staging;        /* bytes a step's loads take (kept after init's larger uploads) */
@@ -312,6 +310,7 @@ typedef void (*Kernel)(Cu *c, const Instr *in, int tag, const StepInfo *si);
 #define run_GATHER_DIM NULL
 #define run_SPLIT_DIM NULL
 #define run_ALL_TO_ALL_DIM NULL
+#define run_REDUCE_SCATTER_DIM NULL
 #define run_SEND NULL
 #define run_RECV NULL
 #define run_FILL run_fill
@@ -551,9 +550,58 @@ static void cuda_copy(Backend *b, int64_t dst, int64_t src, int64_t n) {
   CU_CHECK(cudaMemcpyAsync(c->arena + dst, c->arena + src, (size_t)n, cudaMemcpyDeviceToDevice, St(c)));
 }
 
+int cuda_device(Backend *b) { return C(b)->device; }
+cudaStream_t cuda_stream(Backend *b, int k) { return C(b)->stream[k ? 1 : 0]; }
+
+static void *cuda_addr(Backend *b, int64_t offset) { return C(b)->arena + offset; }
+/* blocks for the communication (not counted in extra_bytes: the run counts its own) */
+static void *cuda_alloc(Backend *b, int64_t bytes, bool host) {
+  (void)b;
+  void *p = NULL;
+  size_t n = (size_t)(bytes > 0 ? bytes : 1);
+  if (host)
+    CU_CHECK(cudaMallocHost(&p, n));
+  else
+    CU_CHECK(cudaMalloc(&p, n));
+  return p;
+}
+static void cuda_release(Backend *b, void *p, bool host) {
+  (void)b;
+  if (p) host ? cudaFreeHost(p) : cudaFree(p);
+}
+/* cudaMemcpyDefault: either side host or device (unified addressing).
+   Contiguous rows are one flat copy (the 2-D calls limit their pitch). */
+static void cuda_copy_rows(Backend *b, int stream, void *dst, int64_t dst_stride, const void *src, int64_t src_stride,
+                           int64_t row_bytes, int64_t rows) {
+  cudaStream_t s = C(b)->stream[stream ? 1 : 0];
+  if (rows <= 0 || row_bytes <= 0) return;
+  bool flat = rows == 1 || (dst_stride == row_bytes && (!src || src_stride == row_bytes));
+  if (flat && !src)
+    CU_CHECK(cudaMemsetAsync(dst, 0, (size_t)(row_bytes * rows), s));
+  else if (flat)
+    CU_CHECK(cudaMemcpyAsync(dst, src, (size_t)(row_bytes * rows), cudaMemcpyDefault, s));
+  else if (!src)
+    CU_CHECK(cudaMemset2DAsync(dst, (size_t)dst_stride, 0, (size_t)row_bytes, (size_t)rows, s));
+  else
+    CU_CHECK(cudaMemcpy2DAsync(dst, (size_t)dst_stride, src, (size_t)src_stride, (size_t)row_bytes, (size_t)rows,
+                               cudaMemcpyDefault, s));
+}
+static void cuda_drain(Backend *b, int stream) { CU_CHECK(cudaStreamSynchronize(C(b)->stream[stream ? 1 : 0])); }
+
+/* Every record until the next synchronize has an event of its own, so that
+   a wait long after its record (compute waiting for a transfer only where
+   it reads the output, runtime/overlap.c) still means that record:
+   cudaStreamWaitEvent takes the event's state when it is called, and a
+   reused event would by then stand for a later point. */
 static int cuda_record(Backend *b, int stream) {
   Cu *c = C(b);
-  CARVE_ASSERT(c->nevents < NEVENTS, "too many events between two synchronizes");
+  if (c->nevents == c->events_cap) {
+    int cap = c->events_cap ? 2 * c->events_cap : 64;
+    c->events = xrealloc(c->events, sizeof(cudaEvent_t) * (size_t)cap);
+    for (int k = c->events_cap; k < cap; k++)
+      CU_CHECK(cudaEventCreateWithFlags(&c->events[k], cudaEventDisableTiming));
+    c->events_cap = cap;
+  }
   int e = c->nevents++;
   CU_CHECK(cudaEventRecord(c->events[e], c->stream[stream ? 1 : 0]));
   return e;
@@ -624,7 +672,8 @@ static void cuda_close(Backend *b) {
   cudaFree(c->ws);
   cudaFree(c->status);
   if (c->staging) cudaFreeHost(c->staging);
-  for (int k = 0; k < NEVENTS; k++) cudaEventDestroy(c->events[k]);
+  for (int k = 0; k < c->events_cap; k++) cudaEventDestroy(c->events[k]);
+  free(c->events);
   for (int k = 0; k < 2; k++) cudaStreamDestroy(c->stream[k]);
   if (c->lt) cublasLtDestroy(c->lt);
   free(c);
@@ -643,7 +692,6 @@ static void cuda_start(Cu *c) {
   snprintf(c->describe, sizeof c->describe, "CUDA %d.%d, %.96s (sm_%d%d), cuBLASLt %zu", rt / 1000, rt % 1000 / 10,
            prop.name, prop.major, prop.minor, cublasLtGetVersion());
   for (int k = 0; k < 2; k++) CU_CHECK(cudaStreamCreateWithFlags(&c->stream[k], cudaStreamNonBlocking));
-  for (int k = 0; k < NEVENTS; k++) CU_CHECK(cudaEventCreateWithFlags(&c->events[k], cudaEventDisableTiming));
   c->status = dev_alloc(c, sizeof(DevStatus));
   /* on the compute stream: the legacy stream's cudaMemset is not ordered
      with non-blocking streams */
@@ -684,6 +732,11 @@ Backend *backend_cuda(char *why, size_t n) {
                  .upload = cuda_upload,
                  .download = cuda_download,
                  .copy = cuda_copy,
+                 .addr = cuda_addr,
+                 .alloc = cuda_alloc,
+                 .release = cuda_release,
+                 .copy_rows = cuda_copy_rows,
+                 .drain = cuda_drain,
                  .exec = cuda_exec,
                  .record = cuda_record,
                  .wait = cuda_wait,

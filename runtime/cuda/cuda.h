@@ -5,6 +5,8 @@
  *               at codegen's offsets, pinned host staging for uploads, one
  *               compute stream, events, the device error word and loss read
  *               at synchronize, dispatch by op to the launchers below
+ *   nccl.c      the NCCL device communication (../comm.h), on the
+ *               backend's device and communication stream
  *   einsum.c    einsums as cuBLASLt matrix products (bf16 x bf16 -> f32
  *               accumulation on tensor cores), the algorithm chosen once
  *               per shape when a program is loaded
@@ -67,6 +69,13 @@ const char *cublas_status_text(int status);
    A tag is 1 + the instruction's index, with CU_TAG_INIT set for the init
    list; the instruction's op says what was wrong. */
 #define CU_TAG_INIT (1 << 30)
+
+/* ---------------------------------------------------------------- backend.c, for nccl.c */
+
+struct Backend;
+/* the CUDA backend b's device, and its stream k (0 compute, 1 communication) */
+int cuda_device(struct Backend *b);
+cudaStream_t cuda_stream(struct Backend *b, int k);
 
 /* ---------------------------------------------------------------- kernels (*.cu) */
 
