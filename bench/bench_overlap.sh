@@ -11,6 +11,7 @@
 # and the part the step's thread waited for. dp=2 is the case overlap is for
 # (gradient buckets beside the backward pass); tp=2 checks that the
 # latency-bound tensor-parallel all-reduces lose nothing to the thread.
+# LAYOUTS="dp=2" in the environment runs only those.
 set -eu
 carve=${1:-build/carve}
 runs=${2:-7}
@@ -21,7 +22,7 @@ sets="batch=2,seq=64,vocab=256,hidden=512,heads=8,layers=4"
 median() { sort -n | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "gpt ($sets), bf16, 2 ranks on this machine ($(getconf _NPROCESSORS_ONLN) cores), $runs runs of 20 steps each way"
 printf '%-10s %10s %10s %7s %14s %14s\n' layout "on ms" "off ms" "on/off" "comm ms (on)" "waited ms (on)"
-for layout in dp=2 tp=2; do
+for layout in ${LAYOUTS:-dp=2 tp=2}; do
   "$carve" compile gpt --preset gpt-small --set "$sets" --layout "$layout" -o "$tmp/p" >/dev/null
   : >"$tmp/on" && : >"$tmp/off" && : >"$tmp/comm" && : >"$tmp/wait"
   i=0

@@ -22,8 +22,8 @@
  * While compute goes on, a transfer that waits on its peers sleeps between
  * polls (Transport.hurry is 0); while the step's thread waits for one, it
  * polls flat out.
- * A transfer whose next reader is the very next instruction, with nothing
- * queued before it, runs on the step's thread (a hand-off would only add
+ * A transfer the step waits for within a few instructions (SOON), with
+ * nothing queued before it, runs on the step's thread (a hand-off would only add
  * latency). A failed transfer stops the thread's queue: the step's thread
  * sees the error at its next wait and ends the step as before.
  *
@@ -46,9 +46,10 @@
 #include "runtime.h"
 
 struct Overlap {
-  int *need; /* per step instruction: the ordinal of the transfer it waits for, or -1 */
-  int *ord;  /* per step instruction: its ordinal among the step's transfers, or -1 */
-  int *at;   /* per ordinal: the instruction */
+  int *need;   /* per step instruction: the ordinal of the transfer it waits for, or -1 */
+  int *ord;    /* per step instruction: its ordinal among the step's transfers, or -1 */
+  int *at;     /* per ordinal: the instruction */
+  int *waiter; /* per ordinal: the first instruction that waits for it (nstep: none) */
   int ncomm;
   int *event;   /* streams: per ordinal, the event after the transfer on the communication stream */
   bool streams; /* transfers on a stream, not a thread */
@@ -107,6 +108,10 @@ void overlap_needs(const Program *p, const Instr *list, int n, int *need, int *o
 
 /* ------------------------------------------------------------ the thread */
 
+/* A transfer whose first waiter is at most this many instructions on runs
+   on the step's thread when nothing is queued. */
+#define SOON 3
+
 /* Runs transfer i; NULL or what failed. */
 static const char *run_one(Run *R, int i) {
   const Instr *in = &R->p->step[i];
@@ -156,6 +161,11 @@ bool overlap_open(Run *R) {
   overlap_needs(p, p->step, p->nstep, ov->need, ov->ord);
   for (int i = 0; i < p->nstep; i++)
     if (ov->ord[i] >= 0) ov->at[ov->ncomm++] = i;
+  ov->waiter = xmalloc(sizeof(int) * n);
+  for (int k = 0; k < ov->ncomm; k++) ov->waiter[k] = p->nstep;
+  for (int i = p->nstep - 1; i >= 0; i--) /* the first waiter of a transfer waits for it or a later one */
+    if (ov->need[i] >= 0)
+      for (int k = ov->need[i]; k >= 0 && ov->at[k] < i && ov->waiter[k] > i; k--) ov->waiter[k] = i;
   ov->streams = streams;
   ov->event = streams ? xcalloc(n, sizeof(int)) : NULL;
   pthread_mutex_init(&ov->mu, NULL);
@@ -171,7 +181,7 @@ bool overlap_open(Run *R) {
 
 void overlap_free(Overlap *ov) {
   if (!ov) return;
-  free(ov->need), free(ov->ord), free(ov->at), free(ov->event);
+  free(ov->need), free(ov->ord), free(ov->at), free(ov->event), free(ov->waiter);
   pthread_mutex_destroy(&ov->mu);
   pthread_cond_destroy(&ov->posted_cv);
   pthread_cond_destroy(&ov->done_cv);
@@ -243,7 +253,8 @@ bool overlap_post(Run *R, int i, const char **err, int *at) {
   Overlap *ov = R->ov;
   if (ov->streams) return post_on_stream(R, i, err, at);
   pthread_mutex_lock(&ov->mu);
-  bool inline_ = !ov->error && ov->done == ov->posted && i + 1 < R->p->nstep && ov->need[i + 1] == ov->ord[i];
+  /* a transfer the step waits for within a few instructions, nothing queued: a hand-off would only add latency */
+  bool inline_ = !ov->error && ov->done == ov->posted && ov->waiter[ov->ord[i]] - i <= SOON;
   if (!inline_) {
     ov->posted++;
     pthread_cond_signal(&ov->posted_cv);
