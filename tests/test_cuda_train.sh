@@ -27,34 +27,11 @@ carve=$1
 compare=$2
 probe=$3
 dut=${DUT:-cuda}
-msg=$("$probe" --probe --against "$dut" 2>&1)
-case $? in
-0) echo "$msg" ;;
-77)
-  echo "$msg"
-  exit 77
-  ;;
-*)
-  echo "FAILED: $probe --probe: $msg"
-  exit 1
-  ;;
-esac
-. "$(dirname "$0")/tally.sh"
+. "$(dirname "$0")/gpu_test.sh"
 models=${MODELS:-"mlp:mlp-tiny gpt:gpt-tiny bert:bert-tiny moe:moe-tiny"}
 layouts=${LAYOUTS:-"- mb=4 mb=2,recompute=selective mb=4,recompute=full"}
 steps=10
 
-losses() { grep '^step' "$1" | awk '{print $4}'; }
-
-# same_losses A B TOL N: N step losses in both logs, each within TOL relative
-same_losses() {
-  losses "$1" >"$tmp/la"
-  losses "$2" >"$tmp/lb"
-  paste "$tmp/la" "$tmp/lb" | awk -v tol="$3" -v want="$4" '
-    { n++; d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; r = s > 0 ? d / s : d
-      if (r > worst) worst = r; if (d > tol * s + 1e-7) bad++ }
-    END { printf "%d steps, worst relative difference %.2e\n", n, worst; exit !(n == want && !bad) }'
-}
 
 # 1. gpt-tiny, 50 steps
 tiny=${TINY_STEPS:-50}

@@ -29,32 +29,9 @@ probe=$3
 dut=${DUT:-cuda}
 comm=nccl
 [ "$dut" = cuda ] || comm=host
-msg=$("$probe" --probe --against "$dut" 2>&1)
-case $? in
-0) echo "$msg" ;;
-77)
-  echo "$msg"
-  exit 77
-  ;;
-*)
-  echo "FAILED: $probe --probe: $msg"
-  exit 1
-  ;;
-esac
-. "$(dirname "$0")/tally.sh"
+. "$(dirname "$0")/gpu_test.sh"
 steps=10
 
-losses() { grep '^step' "$1" | awk '{print $4}'; }
-
-# same_losses A B TOL: $steps losses in both logs, each within TOL relative
-same_losses() {
-  losses "$1" >"$tmp/la"
-  losses "$2" >"$tmp/lb"
-  paste "$tmp/la" "$tmp/lb" | awk -v tol="$3" -v want=$steps '
-    { n++; d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; r = s > 0 ? d / s : d
-      if (r > worst) worst = r; if (d > tol * s + 1e-7) bad++ }
-    END { printf "%d steps, worst relative difference %.2e\n", n, worst; exit !(n == want && !bad) }'
-}
 
 # 1. carve train
 for side in ref:cpu:host dut:$dut:$comm; do
@@ -62,7 +39,7 @@ for side in ref:cpu:host dut:$dut:$comm; do
   "$carve" train gpt --preset gpt-tiny --steps $steps --log-every 1 --precision fp32 --backend "${s%%:*}" \
     --comm "${s#*:}" >"$tmp/${side%%:*}.out" 2>&1 || echo "gpt-tiny on $s did not run: $(tail -1 "$tmp/${side%%:*}.out")"
 done
-if r=$(same_losses "$tmp/ref.out" "$tmp/dut.out" 1e-4); then
+if r=$(same_losses "$tmp/ref.out" "$tmp/dut.out" 1e-4 $steps); then
   ok
   echo "gpt-tiny train, $dut --comm $comm: $r"
 else
@@ -85,7 +62,7 @@ for case in dp=1/fp32:1e-4:1e-4 dp=1,zero=1/bf16:2e-2:0.2 dp=1,zero=3/fp32:1e-4:
   "$carve" run "$tmp/prog" --steps $steps --log-every 1 --backend cpu --save-params "$tmp/ref" >"$tmp/ref.out" 2>&1
   "$carve" run "$tmp/prog" --steps $steps --log-every 1 --backend "$dut" --comm $comm --save-params "$tmp/dut" \
     >"$tmp/dut.out" 2>&1
-  if ! r=$(same_losses "$tmp/ref.out" "$tmp/dut.out" "${rest%%:*}"); then
+  if ! r=$(same_losses "$tmp/ref.out" "$tmp/dut.out" "${rest%%:*}" $steps); then
     bad "$what: $r"
     tail -qn2 "$tmp/ref.out" "$tmp/dut.out"
   elif ! "$compare" "$tmp/ref" 1 "$tmp/dut" 1 "${rest#*:}" .b_k >"$tmp/cmp" 2>&1; then
