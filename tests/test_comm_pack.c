@@ -2,8 +2,9 @@
  * communication instructions (runtime/comm.c), done by the backend's
  * strided copy, against the plain host loops comm.c ran before the device
  * communication interface: gather_dim's interleaving, split_dim's slice,
- * all_to_all_dim's cutting and placing, shard's slice of a padded input,
- * reduce_scatter's zero padding and a padded all_gather's trim, on random
+ * all_to_all_dim's cutting and placing, reduce_scatter_dim's parts laid
+ * out as chunks, shard's slice of a padded input, reduce_scatter's zero
+ * padding and a padded all_gather's trim, on random
  * shapes (odd sizes, size-1 dimensions, 1 to 5 parts, 2- and 4-byte
  * elements), on the CPU backend and on cpu-staged. And NCCL's condition on
  * point-to-point order (comm_p2p_in_order) on a world of two. */
@@ -107,6 +108,24 @@ static void dim_case(Backend *be) {
   put_back(&m);
 }
 
+/* reduce_scatter_dim's send block: member k's part (slice k along `dim` of
+   the whole) as chunk k, each laid out as split_dim would take it */
+static void rs_dim_case(Backend *be) {
+  Shape part = random_shape();
+  int dim = (int)pick(0, part.rank - 1);
+  int64_t parts = pick(1, 5), es = pick(0, 1) ? 4 : 2;
+  int64_t n = shape_numel(&part) * es;
+  Cut c = cut_of(&part, dim, part.d[dim], parts, es);
+  Mem m = {.be = be};
+  unsigned char *x = get(&m, 0, n * parts), *want = get(&m, 1, n * parts), *got = get(&m, 2, n * parts);
+  fill(x, n * parts), fill(want, n * parts), memcpy(got, want, (size_t)(n * parts));
+  for (int64_t k = 0; k < parts; k++) old_dim_move(false, want + k * n, x, &part, dim, parts, k, (size_t)es);
+  cut_deal(be, &c, got, x);
+  CHECK(memcmp(want, got, (size_t)(n * parts)) == 0, "reduce_scatter_dim: rank %d dim %d parts %lld", part.rank, dim,
+        (long long)parts);
+  put_back(&m);
+}
+
 /* all_to_all_dim from `f` to `to` */
 static void a2a_case(Backend *be) {
   Shape xs = random_shape();
@@ -193,7 +212,7 @@ int main(void) {
     Backend *be = backend_open(names[b], why, sizeof why);
     CHECK(be != NULL, "backend %s: %s", names[b], why);
     if (!be) continue;
-    for (int i = 0; i < 3000; i++) dim_case(be), a2a_case(be), pad_case(be);
+    for (int i = 0; i < 3000; i++) dim_case(be), rs_dim_case(be), a2a_case(be), pad_case(be);
     be->drain(be, 1);
     be->close(be);
   }
