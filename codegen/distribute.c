@@ -1159,6 +1159,15 @@ static void reduce_tp_partials(Rank *R, int p) {
 /* The trainable parameters in the order their gradient sums are final
    (the last instruction writing one), earliest first, ties by index: the
    order their reductions run in. *n receives the count. */
+typedef struct Final {
+  int last, p; /* the last instruction writing parameter p's sum */
+} Final;
+
+static int by_final(const void *a, const void *b) {
+  const Final *x = a, *y = b;
+  return x->last != y->last ? (x->last > y->last) - (x->last < y->last) : (x->p > y->p) - (x->p < y->p);
+}
+
 static int *final_order(const Rank *R, int *n) {
   const Dist *D = R->D;
   int np = D->g->nfwd, *owner = arena_alloc(sizeof(int) * (size_t)(R->p->nbufs + 1));
@@ -1173,14 +1182,13 @@ static int *final_order(const Rank *R, int *n) {
     const Instr *in = R->step.v[i];
     if (in->out >= 0 && owner[in->out] >= 0) last[owner[in->out]] = i;
   }
+  Final *f = xmalloc(sizeof(Final) * (size_t)(np + 1));
   *n = 0;
   for (int p = 0; p < np; p++)
-    if (trainable_here(R, p)) order[(*n)++] = p;
-  for (int a = 1; a < *n; a++) /* insertion sort by (last, index): stable */
-    for (int b = a; b > 0 && last[order[b - 1]] > last[order[b]]; b--) {
-      int x = order[b];
-      order[b] = order[b - 1], order[b - 1] = x;
-    }
+    if (trainable_here(R, p)) f[(*n)++] = (Final){last[p], p};
+  qsort(f, (size_t)*n, sizeof(Final), by_final); /* by (last, index) */
+  for (int k = 0; k < *n; k++) order[k] = f[k].p;
+  free(f);
   return order;
 }
 
@@ -1202,16 +1210,15 @@ static Bucketing buckets_of(const Rank *R, const int *final, int nfinal) {
   const Dist *D = R->D;
   int np = D->g->nfwd;
   Bucketing b = {.of = arena_alloc(sizeof(int) * (size_t)(np + 1))};
-  int *key_layer = arena_alloc(sizeof(int) * (size_t)(nfinal + 1)),
-      *key_group = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
+  int *key_layer = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
   b.left = arena_alloc(sizeof(int) * (size_t)(nfinal + 1)), b.group = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
   b.first = arena_alloc(sizeof(int) * (size_t)(nfinal + 1)), b.count = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
   b.member = arena_alloc(sizeof(int) * (size_t)(nfinal + 1));
   for (int p = 0; p < np; p++) b.of[p] = -1;
   for (int k = 0; k < nfinal; k++) {
     int p = final[k], layer = D->g->nodes[p]->layer, group = D->hold_group[(size_t)p * D->tp + R->t], j = 0;
-    while (j < b.n && (key_layer[j] != layer || key_group[j] != group)) j++;
-    if (j == b.n) key_layer[j] = layer, key_group[j] = group, b.group[j] = group, b.left[j] = 0, b.n++;
+    while (j < b.n && (key_layer[j] != layer || b.group[j] != group)) j++;
+    if (j == b.n) key_layer[j] = layer, b.group[j] = group, b.left[j] = 0, b.n++;
     b.of[p] = j;
     b.left[j]++;
   }

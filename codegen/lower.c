@@ -230,10 +230,7 @@ void prog_place(Program *p, const PtrVec *step, int first, int end, const Bucket
  *     sends without holding up the compute);
  *   - any other transient output: where it is (its life is the arena's). */
 
-static bool is_comm(const Instr *in) { return (op_info[in->op].flags & OPF_COMM) != 0; }
-
 typedef struct Stores {
-  const Program *p;
   int *bucket; /* per buffer: 1 + its bucket (spanning or member), or 0 */
   bool *spans; /* per buffer: a bucket's own buffer */
 } Stores;
@@ -246,7 +243,7 @@ static bool shared(const Stores *S, int x, int y) {
 
 /* Must transfer c stay below instruction a? */
 static bool depends(const Stores *S, const Instr *a, const Instr *c) {
-  if (is_comm(a) || shared(S, a->out, c->out)) return true;
+  if (instr_comm(a) || shared(S, a->out, c->out)) return true;
   for (int k = 0; k < c->nin; k++)
     if (shared(S, a->out, c->in[k])) return true;
   for (int k = 0; k < a->nin; k++)
@@ -311,11 +308,11 @@ static bool free_of(const Stores *S, const Instr *a, void *const *v, int from, i
 }
 
 void prog_hoist_comm(const Program *p, PtrVec *step, int first, int end, const Buckets *bk, const int *layer) {
-  Stores S = {p, bucket_of(p, bk), xcalloc((size_t)p->nbufs + 1, sizeof(bool))};
+  Stores S = {bucket_of(p, bk), xcalloc((size_t)p->nbufs + 1, sizeof(bool))};
   for (int k = 0; bk && k < bk->n; k++) S.spans[bk->bufs[k]] = true;
   void **v = step->v, *moving[2];
   for (int j = first, prev = -1; j < end; j++) {
-    if (!is_comm(v[j])) continue;
+    if (!instr_comm(v[j])) continue;
     int with = cast_for(p, v, first, j), at = j - with, n = with + 1;
     int lo = hoist_floor(p, v, first, j, with, prev, layer), t = at;
     while (t > lo && free_of(&S, v[t - 1], v, at, j)) t--;

@@ -504,6 +504,8 @@ typedef struct Instr {
   double f[5];
   char spec[64]; /* einsum: "abc,cd->abd" */
 } Instr;
+/* Does the instruction move data between ranks (through the transport)? */
+static inline bool instr_comm(const Instr *in) { return (op_info[in->op].flags & OPF_COMM) != 0; }
 
 typedef struct Program {
   const char *model;

@@ -366,7 +366,8 @@ static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int bat
               .bytes = bytes,
               .phase = PHASE_BACKWARD,
               .what = u->name,
-              .once = once};
+              .once = once,
+              .param = u->op == OP_PARAM ? u : NULL};
     double whole = C->layer_grad ? C->layer_grad[u->layer + 1] : 0;
     if (once && u->op == OP_PARAM && batch >> a & 1 && whole > 0) {
       c.bytes = ceil(bytes / 64) * 64;
@@ -1415,12 +1416,6 @@ static int batch_axes(const Plan *pl) {
   return 0;
 }
 
-static const Node *param_named(const Graph *g, const char *name) {
-  for (int i = 0; name && i < g->nfwd; i++)
-    if (g->nodes[i]->op == OP_PARAM && strcmp(g->nodes[i]->name, name) == 0) return g->nodes[i];
-  return NULL;
-}
-
 /* Without ZeRO, the programs all-reduce a layer's parameter gradients over
  * the data-parallel replicas as one bucket (each gradient 64-byte aligned
  * in it; those outside every layer are one more bucket: codegen/
@@ -1436,7 +1431,7 @@ static void bucket_grads(const Plan *pl, PtrVec *rec) {
     Comm *c = rec->v[i];
     const Node *u = c->kind == COLL_ALL_REDUCE && c->once && c->phase == PHASE_BACKWARD && (c->axes & bax) &&
                             (c->axes == 1 || c->axes == 2)
-                        ? param_named(pl->g, c->what)
+                        ? c->param
                         : NULL;
     if (!u || listed(rec, i)) {
       if (!u) ptrvec_push(&out, c);

@@ -137,12 +137,13 @@ typedef struct Comm {
   double bytes; /* per device, per occurrence */
   int count;    /* occurrences per step */
   CommPhase phase;
-  const char *what; /* the tensor it moves */
-  bool once;        /* once per step however many microbatches (gradient sync, weight gather after the
-                       update); otherwise every microbatch */
-  bool summed;      /* a gradient its several readers sum before one reduction: counted once per tensor */
-  double lat_share; /* a gradient in a bucket (one all-reduce over a layer's gradients): its share of the
-                       bucket's one latency; 0: a collective of its own */
+  const char *what;  /* the tensor it moves */
+  bool once;         /* once per step however many microbatches (gradient sync, weight gather after the
+                        update); otherwise every microbatch */
+  bool summed;       /* a gradient its several readers sum before one reduction: counted once per tensor */
+  const Node *param; /* a parameter's gradient reduction: the parameter; else NULL */
+  double lat_share;  /* a gradient in a bucket (one all-reduce over a layer's gradients): its share of the
+                        bucket's one latency; 0: a collective of its own */
 } Comm;
 
 /* The result of the intra-operator pass. */

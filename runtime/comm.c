@@ -168,6 +168,11 @@ static bool all_reduce(Run *R, const Instr *in) {
   return closed(R, R->comm->all_reduce(R->comm, (int)in->i[0], A(R, o), N(p, o), p->bufs[o].dtype));
 }
 
+void comm_doing(Run *R, const Instr *in, int i, bool init) {
+  snprintf(R->net->doing, sizeof R->net->doing, "%s, instruction %d (%s)",
+           init ? "init" : arena_printf("step %d", R->step), i, op_info[in->op].name);
+}
+
 const char *comm_exec(Run *R, const Instr *in) {
   int done = -1;
   const char *err = comm_post(R, in, &done);

@@ -15,8 +15,7 @@
 
 /* A transfer on the step's thread; false after it failed. */
 static bool comm_here(Run *R, const Instr *in, int i, bool init, const char **err) {
-  snprintf(R->net->doing, sizeof R->net->doing, "%s, instruction %d (%s)",
-           init ? "init" : arena_printf("step %d", R->step), i, op_info[in->op].name);
+  comm_doing(R, in, i, init);
   return !(*err = comm_exec(R, in));
 }
 
@@ -30,17 +29,18 @@ static bool run_list(Run *R, const Instr *list, int n, bool init, StepStatus *st
   if (async) overlap_begin(R);
   for (int i = 0; i < n && !comm_error; i++) {
     const Instr *in = &list[i];
-    bool comm = op_info[in->op].flags & OPF_COMM;
-    double t0 = now_seconds();
+    bool comm = instr_comm(in), clock = comm || async || prof || traced; /* plain compute is not timed */
+    double t0 = clock ? now_seconds() : 0;
     if (async && !overlap_need(R, i, &comm_error, &comm_at)) break;
     if (comm && async)
       overlap_post(R, i, &comm_error, &comm_at);
     else if (comm && !comm_here(R, in, i, init, &comm_error))
       comm_at = i; /* later collectives would wait forever */
-    double t1 = now_seconds();
+    double t1 = clock ? now_seconds() : 0;
     if (comm || async) R->exposed_s += t1 - t0; /* the transfer, or the wait for one */
     if (comm && async) continue;                /* the thread times it */
     if (!comm) R->be->exec(R->be, in, i, init, &si);
+    if (!prof && !traced) continue;
     double start = comm ? t0 : t1, end = comm ? t1 : now_seconds();
     if (traced) R->trace[2 * i] = start, R->trace[2 * i + 1] = end;
     if (prof) {

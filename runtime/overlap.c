@@ -84,13 +84,11 @@ static bool conflict(const Program *p, const Instr *a, const Instr *b) {
   return false;
 }
 
-static bool is_comm(const Instr *in) { return (op_info[in->op].flags & OPF_COMM) != 0; }
-
 void overlap_needs(const Program *p, const Instr *list, int n, int *need, int *ord) {
   int *pending = xmalloc(sizeof(int) * (size_t)(n + 1)), np = 0, nc = 0;
   for (int i = 0; i < n; i++) {
     need[i] = -1;
-    ord[i] = is_comm(&list[i]) ? nc++ : -1;
+    ord[i] = instr_comm(&list[i]) ? nc++ : -1;
     if (ord[i] >= 0) {
       pending[np++] = i;
       continue;
@@ -116,7 +114,7 @@ void overlap_needs(const Program *p, const Instr *list, int n, int *need, int *o
 static const char *run_one(Run *R, int i) {
   const Instr *in = &R->p->step[i];
   double t0 = now_seconds();
-  snprintf(R->net->doing, sizeof R->net->doing, "step %d, instruction %d (%s)", R->step, i, op_info[in->op].name);
+  comm_doing(R, in, i, false);
   const char *err = comm_exec(R, in);
   if (R->trace) R->trace[2 * i] = t0, R->trace[2 * i + 1] = now_seconds();
   if (R->o->profile) {
@@ -241,7 +239,7 @@ static bool post_on_stream(Run *R, int i, const char **err, int *at) {
   Overlap *ov = R->ov;
   const Instr *in = &R->p->step[i];
   double t0 = now_seconds();
-  snprintf(R->net->doing, sizeof R->net->doing, "step %d, instruction %d (%s)", R->step, i, op_info[in->op].name);
+  comm_doing(R, in, i, false);
   const char *e = comm_post(R, in, &ov->event[ov->ord[i]]);
   if (R->trace) R->trace[2 * i] = t0, R->trace[2 * i + 1] = now_seconds();
   ov->posted++, ov->done++;

@@ -46,6 +46,9 @@ bool checkpoint_restore(Run *R);
 /* comm.c: runs a communication instruction through R->comm; NULL or what
    failed. When it returns, later compute sees its output (stream order). */
 const char *comm_exec(Run *R, const Instr *in);
+/* Says what the rank does now, for the deadline's message (Transport.doing):
+   "step 3, instruction 42 (all_reduce)", or "init, ..." */
+void comm_doing(Run *R, const Instr *in, int i, bool init);
 /* The same, but compute is not made to wait: *done gets the event on the
    communication stream (1) after the transfer, which compute that reads
    its output waits for (runtime/overlap.c). */
