@@ -4,7 +4,7 @@
  *   (b) Megatron's published (t, p, d) as a manual plan (microbatches of one
  *       sample per data-parallel replica, full recomputation, with a
  *       pipeline the interleaved 1F1B schedule, gradient all-reduce after
- *       the backward pass: as they ran);
+ *       the backward pass, no sequence parallelism: as they ran);
  *   (c) carve's predicted TFLOP/s per GPU for (b), counted their way
  *       (F = 96 B s l h^2 (1 + s/(6h) + V/(16 l h)), recomputation included),
  *       against their measured figure, as a ratio;
@@ -83,9 +83,10 @@ int main(int argc, char **argv) {
     /* as Megatron ran it: full recomputation, and the data-parallel gradient
        all-reduce after the backward pass (Megatron-LM overlapped it only
        from 2023, with --overlap-grad-reduce: NVIDIA/Megatron-LM issues 391
-       and 456); with a pipeline, the interleaved 1F1B schedule (section 5.1) */
+       and 456); with a pipeline, the interleaved 1F1B schedule (section 5.1);
+       no sequence parallelism (sp=0: it came with Korthikanti et al., 2022) */
     SchedKind sched = r->p > 1 ? SCHED_INTERLEAVED : SCHED_KINDS;
-    Manual m = {d, r->t, r->p, r->batch / d, sched, 0, RC_FULL, NULL, 0, true, false};
+    Manual m = {d, r->t, r->p, r->batch / d, sched, 0, RC_FULL, NULL, 0, true, -1};
     double t0 = now_seconds();
     PipelinePlan *mp = plan_manual(model_resolve("gpt"), &eo, c, &po, &m, stderr);
     double tm = now_seconds() - t0;

@@ -589,7 +589,7 @@ bool kernel_takes(const Graph *g, const Node *n, int out, const int8_t *in) {
    dim aligned with it (trailing-aligned), or whole where they lack it (a
    norm's scale, a bias). Readers that take another layout reshard (a
    column-parallel product gathers the sequence), and a partial sum that
-   only such ops read is reduce-scattered along the sequence (sp_scatter)
+   only such ops read is reduce-scattered along the sequence (scatter_partials)
    instead of all-reduced. */
 static bool sp_takes(const Node *n) {
   switch (n->op) {
@@ -629,18 +629,36 @@ static void sp_split(const Dist *D, const Node *n, Shard *s) {
   memcpy(s->in, in, sizeof(int8_t) * (size_t)n->nin);
 }
 
+/* Whether reader r of a partial sum, reading it whole, is a sum_to that
+   sums dim d away (a bias's gradient): it can read the sum's split along d
+   instead and leave a partial sum of its own. */
+static bool sums_away(const Dist *D, int r, int d) {
+  const Node *n = D->g->nodes[r];
+  return n->op == OP_SUM_TO && D->sh[r].in[0] < 0 && d < D->g->nodes[n->in[0]]->shape.rank - n->shape.rank;
+}
+
 /* A partial sum held whole whose every reader reads it split along one dim
-   (under sp: the residual after a row-parallel product, and in the backward
-   the input gradient of a column-parallel one) is reduce-scattered along
-   that dim: computed whole, summed and cut at once (cut + partial). */
-static void sp_scatter(Dist *D) {
+   (under sequence parallelism: the residual after a row-parallel product,
+   and in the backward the input gradient of a column-parallel one) is
+   reduce-scattered along that dim: computed whole, summed and cut at once
+   (cut + partial). A bias's gradient (sum_to) that summed the whole over
+   that dim reads the split instead, and is a partial sum itself, reduced
+   with the parameter's other contributions (defer_param_partials). Runs
+   before that, after merge_partials. */
+static void scatter_partials(Dist *D) {
   const Graph *g = D->g;
   int8_t *dim = arena_alloc(sizeof(int8_t) * (size_t)g->n); /* the one dim the readers read along; -1 none; -2 mixed */
   memset(dim, -1, (size_t)g->n);
   for (int i = 0; i < g->n; i++)
     for (int k = 0; D->live[i] && k < g->nodes[i]->nin; k++) {
       int u = g->nodes[i]->in[k], a = D->sh[i].in[k];
+      if (g->nodes[i]->op == OP_SUM_TO && a < 0) continue; /* checked below */
       dim[u] = a < 0 || (dim[u] != -1 && dim[u] != a) ? -2 : (int8_t)a;
+    }
+  for (int i = 0; i < g->n; i++)
+    if (D->live[i] && g->nodes[i]->op == OP_SUM_TO && D->sh[i].in[0] < 0) {
+      int u = g->nodes[i]->in[0];
+      if (dim[u] >= 0 && !sums_away(D, i, dim[u])) dim[u] = -2;
     }
   for (int i = 0; i < g->n; i++) {
     Shard *s = &D->sh[i];
@@ -648,6 +666,9 @@ static void sp_scatter(Dist *D) {
       continue;
     if (D->feeds[i].n || i == g->loss) continue;
     s->out = dim[i], s->cut = true;
+    for (int r = 0; r < g->n; r++)
+      if (D->live[r] && g->nodes[r]->op == OP_SUM_TO && g->nodes[r]->in[0] == i && sums_away(D, r, dim[i]))
+        D->sh[r].in[0] = dim[i], D->sh[r].out = -1, D->sh[r].partial = true;
   }
 }
 
@@ -696,6 +717,8 @@ static bool shard_graph(Dist *D, FILE *err) {
     }
     s->partial = pl->partial[pn->id] & 2;
     s->mean = s->partial && (n->op == OP_MEAN || n->op == OP_XENT || n->op == OP_MSE);
+    /* partial sums the plan reduce-scatters into a split of the output (its sequence parallelism) */
+    if (s->partial && s->out >= 0 && !pl->a2a[pn->id]) s->cut = true;
     if (!kernel_takes(g, n, s->out, s->in)) { /* run it whole: gathered in, whole out */
       s->out = -1, s->partial = s->mean = s->cut = false;
       for (int k = 0; k < n->nin; k++) s->in[k] = -1;
@@ -712,8 +735,10 @@ static bool shard_graph(Dist *D, FILE *err) {
   for (int i = g->nfwd; i < g->n; i++)
     if (D->live[i]) infer_backward(D, i);
   merge_partials(D);
+  bool scatter = D->L->sp; /* unless every plan keeps partial sums all-reduced (PlanOptions.no_scatter) */
+  for (int v = 0; v < D->L->pp * D->L->v && !scatter; v++) scatter = !D->L->plans[v]->opt.no_scatter;
+  if (scatter) scatter_partials(D);
   defer_param_partials(D);
-  if (D->L->sp) sp_scatter(D);
   /* every split dim must divide */
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];
@@ -986,7 +1011,7 @@ static void emit_node(Rank *R, int i, int mb, int inst) {
     int whole = *out;
     *out = buf(R, arena_printf("%s/experts", n->name), D->dt[i], &part, BUF_ACT);
     prog_emit1(&R->step, OP_REDUCE_SCATTER, *out, whole)->i[0] = tpg;
-  } else if (sh->cut && sh->partial) { /* summed and cut along out (sp_scatter) */
+  } else if (sh->cut && sh->partial) { /* summed and cut along out (scatter_partials) */
     Shape part = local_shape(R, n, sh->out);
     int whole = *out;
     *out = buf(R, arena_printf("%s/split%d", inst_name(R, n, mb, inst), sh->out), D->dt[i], &part, BUF_ACT);

@@ -30,8 +30,13 @@ const Plan *plan_tp(const Graph *g, int tp, FILE *err) {
   cl->intra_bandwidth = cl->inter_bandwidth = 1e15, cl->intra_latency = cl->inter_latency = 0;
   if (!mesh_make(cl, 1, tp, false, &me, err)) return NULL;
   me.gemm_half = 1e-6; /* and products priced alike however narrow their splits: heads split as Megatron does */
-  PlanOptions po = {
-      .zero = 0, .batch_axis = -1, .time_limit = 60, .quiet = true, .lowerable = true, .batch_not_axis1 = true};
+  PlanOptions po = {.zero = 0,
+                    .batch_axis = -1,
+                    .time_limit = 60,
+                    .quiet = true,
+                    .lowerable = true,
+                    .batch_not_axis1 = true,
+                    .no_scatter = true}; /* sp=1 is lowered by the code generator's own rule (Layout.sp) */
   return plan_intra(g, cl, &me, &po, err);
 }
 
@@ -72,7 +77,7 @@ Layout layout_of_manual(const Manual *m, int microbatches) {
               .zero = m->zero < 0 ? 0 : m->zero,
               .recompute = m->recompute < 0 ? RC_NONE : m->recompute,
               .stage_dp = m->stage_dp,
-              .sp = m->sp};
+              .sp = m->sp > 0};
   if (L.schedule == SCHED_INTERLEAVED) L.v = 2;
   return L;
 }

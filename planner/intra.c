@@ -73,14 +73,28 @@ typedef struct OpModel {
   uint32_t unlowered;             /* iteration dims a kernel needs whole (op_whole_dims): not split when the
                                      plan is to be lowered (PlanOptions.lowerable) */
   int batch;                      /* the iteration dim named "batch", -1: none */
+  int seq;                        /* the output's dim named "seq" as an iteration dim, -1: none */
+  bool scatter;                   /* a two-operand einsum: its partial sums may be reduce-scattered */
 } OpModel;
 
 typedef struct Strategy {
   int8_t ax[2]; /* iteration dim of mesh axis 0 and 1, -1: none */
   int8_t a2a;   /* MoE: the axis carrying both tokens and experts, -1: none */
+  int8_t rs[2]; /* the partial sums over mesh axis a (ax[a] contracted) reduce-scattered along this
+                   iteration dim of the output, which that axis then splits (sequence parallelism
+                   after a row-parallel product); -1: all-reduced, the output whole on that axis */
 } Strategy;
 
+static const Strategy no_split = {{-1, -1}, -1, {-1, -1}};
+
 static bool is_leaf(const Node *n) { return n->op == OP_PARAM || n->op == OP_INPUT; }
+
+/* Whether tensor t of the op maps iteration dim id. */
+static bool maps(const OpModel *m, int t, int id) {
+  for (int i = 0; i < m->rank[t]; i++)
+    if (m->map[t][i] == id) return true;
+  return false;
+}
 
 static void map_identity(OpModel *m, int t, int rank, int offset) {
   m->rank[t] = rank;
@@ -102,6 +116,11 @@ static int batch_idim(const Graph *g, const Node *v, const OpModel *m);
 static void op_model(const Graph *g, const Node *v, OpModel *m) {
   op_dims(g, v, m);
   m->batch = batch_idim(g, v, m);
+  int out = m->nt - 1;
+  m->seq = -1;
+  for (int i = 0; i < m->rank[out] && !is_leaf(v); i++)
+    if (v->dimname[i] && strcmp(v->dimname[i], "seq") == 0) m->seq = m->map[out][i];
+  m->scatter = v->op == OP_EINSUM && v->nin == 2 && m->moe_e < 0 && m->rank[out] > 0;
   for (int t = 0; t < m->nt; t++) {
     uint32_t whole = op_whole_dims(g, v, t == m->nt - 1 && !is_leaf(v) ? v->nin : t);
     for (int i = 0; i < m->rank[t]; i++)
@@ -212,7 +231,7 @@ static Spec tensor_spec(const OpModel *m, int t, const Strategy *st) {
     int id = m->map[t][i];
     if (id < 0) continue;
     for (int a = 0; a < 2; a++)
-      if (st->ax[a] == id) s.d[i] |= (uint8_t)(1 << a);
+      if (st->ax[a] == id || (t == m->nt - 1 && st->rs[a] == id)) s.d[i] |= (uint8_t)(1 << a);
     if (st->a2a >= 0 && !has_token && id == m->moe_e) s.d[i] |= (uint8_t)(1 << st->a2a);
   }
   return s;
@@ -262,6 +281,18 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
     if (C->o->force_dp && id != bdim) return false;
     split[id] *= C->me->n[a];
   }
+  int out = m->nt - 1;
+  for (int a = 0; a < 2; a++) { /* partial sums reduce-scattered into a dim of the output */
+    int d = st->rs[a];
+    if (d < 0) continue;
+    if (st->ax[a] < 0 || maps(m, out, st->ax[a]) || !maps(m, out, d) || d == st->ax[1 - a]) return false;
+    if ((C->o->lowerable && (m->unlowered >> d & 1)) || (C->o->batch_not_axis1 && a == 1 && d == bdim)) return false;
+    split[d] *= C->me->n[a];
+  }
+  /* sequence parallelism asked for: partial sums over the tensor-parallel axis scattered along the sequence */
+  if (C->o->seq_scatter && m->scatter && m->seq >= 0 && st->ax[1] >= 0 && !maps(m, out, st->ax[1]) &&
+      st->rs[1] != m->seq)
+    return false;
   if (st->a2a >= 0) split[m->moe_e] *= 1; /* checked below */
   for (int i = 0; i < m->nd; i++)
     if (m->size[i] % split[i]) return false;
@@ -276,13 +307,27 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
   return true;
 }
 
+/* The variants of strategy st that reduce-scatter an einsum's partial sums
+   along the sequence (rs: its output's dim named "seq"). */
+static int variants(const Ctx *C, const OpModel *m, int bdim, const Strategy *st, Strategy *out, int n, int max) {
+  for (int a = 0; a < 2 && m->scatter && m->seq >= 0 && !C->o->no_scatter; a++) {
+    if (st->ax[a] < 0 || maps(m, m->nt - 1, st->ax[a])) continue;
+    Strategy x = *st;
+    x.rs[a] = (int8_t)m->seq;
+    if (valid(C, m, &x, bdim) && n < max) out[n++] = x;
+  }
+  return n;
+}
+
 /* Every valid strategy of an op, in a fixed order. */
 static int enumerate(const Ctx *C, const OpModel *m, int bdim, Strategy *out, int max) {
   int n = 0;
   for (int a0 = -1; a0 < m->nd; a0++)
     for (int a1 = -1; a1 < m->nd; a1++) {
-      Strategy st = {{(int8_t)a0, (int8_t)a1}, -1};
+      Strategy st = no_split;
+      st.ax[0] = (int8_t)a0, st.ax[1] = (int8_t)a1;
       if (valid(C, m, &st, bdim) && n < max) out[n++] = st;
+      n = variants(C, m, bdim, &st, out, n, max);
       /* MoE: axis a on a token dim also splits the experts of the other side */
       for (int a = 0; a < 2 && m->moe_e >= 0 && !C->o->lowerable; a++) {
         int id = a ? a1 : a0;
@@ -313,6 +358,7 @@ int plan_offers(const Graph *g, const Node *v, const Mesh *me, const PlanOptions
 typedef struct Acc {
   double compute, comm;
   double update;         /* seconds per step of the optimizer update (once per step) */
+  double once;           /* seconds per step of the once-per-step collectives (unweighted) */
   double fwd, wgrad;     /* the forward's share of compute + comm, and the weight gradients' */
   double mp, mg, mo, ma; /* memory per device: params, grads, optimizer state, activations */
   PtrVec *rec;           /* if set: the collectives, for the plan */
@@ -331,6 +377,7 @@ static void comm_c(const Ctx *C, Acc *acc, Comm c, int share) {
   t /= share > 1 ? share : 1;
   if (t <= 0) return;
   acc->comm += c.once ? t * plan_once_weight(C->o) : t;
+  acc->once += c.once ? t : 0;
   if (c.phase == PHASE_FORWARD) acc->fwd += t;
   if (acc->rec) {
     Comm *r = arena_alloc(sizeof(Comm));
@@ -375,12 +422,6 @@ static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int bat
     }
     comm_c(C, acc, c, share);
   }
-}
-
-static bool maps(const OpModel *m, int t, int id) {
-  for (int i = 0; i < m->rank[t]; i++)
-    if (m->map[t][i] == id) return true;
-  return false;
 }
 
 static double tensor_bytes(const Ctx *C, const Node *n, const Spec *s) {
@@ -532,6 +573,16 @@ static double product_efficiency(const OpModel *m, const Strategy *st, const Mes
   return gemm_efficiency(me, &s);
 }
 
+/* The mesh axes (a bit each) over which the op leaves input k's gradient a
+   partial sum: those on an iteration dim the input lacks, but for a
+   normalised dim (its statistics are reduced instead) and an all-to-all's. */
+static int partial_grad(const OpModel *m, int k, const Strategy *st) {
+  int axes = 0;
+  for (int a = 0; a < 2; a++)
+    if (st->ax[a] >= 0 && st->a2a != a && !maps(m, k, st->ax[a]) && st->ax[a] != m->norm) axes |= 1 << a;
+  return axes;
+}
+
 static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strategy *st, Acc *acc) {
   const Graph *g = C->g;
   const Mesh *me = C->me;
@@ -583,6 +634,11 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       double rows = (double)shape_numel(&g->nodes[v->in[0]]->shape) / m->size[id] / (shards / me->n[a]);
       comm(C, acc, COLL_ALL_REDUCE, a, rows * 8, PHASE_FORWARD, v->name);
       comm(C, acc, COLL_ALL_REDUCE, a, rows * 8, PHASE_BACKWARD, v->name);
+    } else if (!maps(m, nin, id) && m->rank[nin] > 0 && st->rs[a] >= 0) {
+      /* partial sums reduce-scattered into the split output; the output's
+         gradient arrives split the same way and is gathered back */
+      comm(C, acc, COLL_REDUCE_SCATTER, a, out_b * me->n[a], PHASE_FORWARD, v->name);
+      comm(C, acc, COLL_ALL_GATHER, a, out_b * me->n[a], PHASE_BACKWARD, v->name);
     } else if (!maps(m, nin, id) && m->rank[nin] > 0) { /* partial sums */
       comm(C, acc, COLL_ALL_REDUCE, a, out_b, PHASE_FORWARD, v->name);
     }
@@ -590,9 +646,7 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   for (int k = 0; k < nin; k++) {
     const Node *u = g->nodes[v->in[k]];
     Spec s = tensor_spec(m, k, st);
-    int reduce = 0; /* axes the gradient of input k is summed over */
-    for (int a = 0; a < 2; a++)
-      if (st->ax[a] >= 0 && st->a2a != a && !maps(m, k, st->ax[a]) && st->ax[a] != m->norm) reduce |= 1 << a;
+    int reduce = partial_grad(m, k, st); /* axes the gradient of input k is summed over */
     bool owned = is_leaf(u) && C->consumers[u->id] == 1;
     int batch = 0; /* the axes this strategy splits the batch over */
     for (int a = 0; a < 2; a++)
@@ -602,11 +656,9 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       param_sync(C, acc, u, &s, reduce, batch, 1);
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
       param_sync(C, acc, u, &s, reduce, batch, C->consumers[u->id]);
-    } else {
-      if (owned) acc->ma += tensor_bytes(C, u, &s);
-      /* the readers' partial gradients are summed, then reduced once */
-      if (C->needs_grad[u->id])
-        grad_reduce(C, acc, u, reduce, 0, tensor_bytes(C, u, &s), u->op == OP_PARAM, C->consumers[u->id]);
+    } else if (owned) { /* an input: no gradient. An op's output read here hands its partial gradient back
+                           along the edge it is read over (grad_back) */
+      acc->ma += tensor_bytes(C, u, &s);
     }
     if (st->a2a >= 0 && !maps(m, k, st->ax[st->a2a]) && maps(m, k, m->moe_e)) {
       comm(C, acc, COLL_ALL_TO_ALL, st->a2a, tensor_bytes(C, u, &s), PHASE_FORWARD, u->name);
@@ -657,8 +709,41 @@ static double reshard_rec(const Ctx *C, const Spec *src, const Spec *dst, double
   return t;
 }
 
-static double reshard(const Ctx *C, const Spec *src, const Spec *dst, double total) {
-  return reshard_rec(C, src, dst, total, NULL, PHASE_FORWARD, NULL);
+/* The partial sums over the mesh axes rg of a gradient handed back in
+ * layout *cur to a holder in layout `held`, reduced over each of those axes:
+ * reduce-scattered into the holder's split on that axis (sequence
+ * parallelism's backward), else all-reduced; *cur becomes the reduced
+ * gradient's layout. `share` readers whose gradients are summed first each
+ * pay 1/share of it, listed once (comm_c). With acc, recorded. */
+static double reduce_partial(const Ctx *C, Spec *cur, int rg, const Spec *held, double total, int share, Acc *acc,
+                             const char *what) {
+  const Mesh *me = C->me;
+  double t = 0;
+  for (int a = 0; a < 2; a++) {
+    if (!(rg >> a & 1) || me->n[a] == 1) continue;
+    int j = -1; /* the programs reduce-scatter only where partial sums may be (PlanOptions.no_scatter) */
+    for (int d = 0; d < held->rank && !C->o->no_scatter; d++)
+      if (held->d[d] >> a & 1) j = d;
+    Comm c = {.kind = j >= 0 ? COLL_REDUCE_SCATTER : COLL_ALL_REDUCE,
+              .axes = 1 << a,
+              .bytes = total / spec_shards(me, cur),
+              .phase = PHASE_BACKWARD,
+              .what = what};
+    t += coll_time(me, c.kind, a, c.bytes) / share;
+    if (acc) comm_c(C, acc, c, share);
+    if (j >= 0) cur->d[j] |= (uint8_t)(1 << a);
+  }
+  return t;
+}
+
+/* A tensor of `total` bytes held in layout `held` and read in layout
+   `read`, its gradient handed back partial over the axes rg: resharded on
+   the way there; on the way back reduced (reduce_partial), then resharded. */
+static double move(const Ctx *C, const Spec *held, const Spec *read, int rg, double total, Acc *acc, const char *what) {
+  Spec cur = *read;
+  double t = reshard_rec(C, held, read, total, acc, PHASE_FORWARD, what);
+  t += reduce_partial(C, &cur, rg, held, total, 1, acc, what);
+  return t + reshard_rec(C, &cur, held, total, acc, PHASE_BACKWARD, what);
 }
 
 /* ---------------------------------------------------------------- the problem */
@@ -673,13 +758,27 @@ typedef struct Var {
   int ns;
   Strategy *st;
   double *cost, *mem;
+  double *hide, *bwd; /* the gradient sync that overlaps the backward pass (seconds per step), and the
+                         backward time per microbatch it overlaps (Problem.exposure) */
 } Var;
+
+/* How one side of an edge has a tensor. A layout edge: its layout (s). A
+   gradient edge: for the producer, the mesh axes (a bit each) its layout
+   splits (rg); for a reader, the axes over which it hands the gradient back
+   partial (rg) and how many parts its layout cuts the tensor into (parts). */
+typedef struct Side {
+  Spec s;
+  int rg, parts;
+} Side;
 
 typedef struct Edge {
   int u, v;
   const char *key;
+  int share; /* a gradient edge (from the producer to a reader): the reduction of the reader's partial
+                gradient, summed first with those of the tensor's other `share` readers (1/share of it);
+                0: a layout edge (the reshards both ways) */
   int nl, nm;
-  Spec *lu, *lv; /* the layouts u produces and v reads */
+  Side *lu, *lv; /* how u holds it and how v reads it, by class */
   int *cu, *cv;  /* strategy -> layout class */
   double *c;     /* nl x nm */
 } Edge;
@@ -687,14 +786,26 @@ typedef struct Edge {
 typedef struct Problem {
   Ctx C;
   OpModel *model;
-  int *main_k; /* follower: the input slot it follows */
-  int *shared; /* node read by several groups -> its layout variable, or -1 */
+  int *main_k;  /* follower: the input slot it follows */
+  int *shared;  /* node read by several groups -> its layout variable, or -1 */
+  int *readers; /* node -> its reads from other groups (reads_across) */
   Var *vars;
   int nvars, capvars;
   Edge *edges;
   int nedges, capedges;
   Strategy **strat; /* node -> its strategy under each strategy of its variable (strategy_of), once known */
-  PtrVec self;      /* SelfCost: edges between a variable and itself, as costs on its strategies */
+  /* Overlap (ZeRO 0, unless PlanOptions.serial_comm): the gradient syncs run
+     beside the last microbatch's backward pass, as the simulator runs them.
+     Of a variable's sync H per step the objective counts, at
+     plan_once_weight w, overlap_cost x H (what the compute loses beside it)
+     plus (1 - overlap_cost) x max(0, H - W), W the backward time of its own
+     ops per microbatch: each variable's sync hides behind its own backward.
+     That keeps the objective a sum over variables; it overstates the
+     exposure where one variable's sync could hide behind another's
+     backward, as the simulator's last buckets (the first layers') cannot. */
+  bool exposure;
+  double w_hide, w_exposed;
+  PtrVec self; /* SelfCost: edges between a variable and itself, as costs on its strategies */
   bool edges_made;
 } Problem;
 
@@ -733,7 +844,7 @@ static Strategy strategy_of(const Problem *P, int v, int s) {
   const Var *x = &P->vars[P->C.var[v]];
   if (P->C.main_in[v] < 0) return x->st[s];
   Spec in = layout_of(P, P->C.main_in[v], s); /* followers: same layout as the main input */
-  Strategy st = {{-1, -1}, -1};
+  Strategy st = no_split;
   for (int d = 0; d < in.rank; d++)
     for (int a = 0; a < 2; a++)
       if (in.d[d] >> a & 1) st.ax[a] = (int8_t)d;
@@ -804,6 +915,8 @@ static int new_var(Problem *P, int leader, const char *key, const OpModel *layou
   memcpy(x->st, buf, sizeof(Strategy) * (size_t)x->ns);
   x->cost = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
   x->mem = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
+  x->hide = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
+  x->bwd = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
   return P->nvars++;
 }
 
@@ -817,7 +930,7 @@ static bool reads_across(const Problem *P, int v, int k) {
  * from it (q, k and v reading one layernorm output gather it once). */
 static bool add_layout_vars(Problem *P) {
   const Graph *g = P->C.g;
-  int *readers = arena_alloc(sizeof(int) * (size_t)g->nfwd);
+  int *readers = P->readers = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   P->shared = arena_alloc(sizeof(int) * (size_t)g->nfwd);
   for (int v = 0; v < g->nfwd; v++)
     for (int k = 0; k < g->nodes[v]->nin; k++)
@@ -835,7 +948,7 @@ static bool add_layout_vars(Problem *P) {
     }
     OpModel *m = arena_alloc(sizeof(OpModel));
     memset(m->map, -1, sizeof m->map);
-    m->norm = m->moe_e = -1;
+    m->norm = m->moe_e = m->seq = -1;
     m->nt = 1;
     dims_of(m, &n->shape);
     map_identity(m, 0, n->shape.rank, 0);
@@ -932,8 +1045,12 @@ static void add_self_costs(Problem *P) {
  * problem's ZeRO stage; the edges within variables are added when made. */
 static void add_costs(Problem *P) {
   const Graph *g = P->C.g;
+  double w = plan_once_weight(P->C.o), oc = P->C.me->overlap_cost;
+  P->exposure = P->C.zero == 0 && !P->C.o->serial_comm;
+  P->w_hide = w * oc, P->w_exposed = w * (1 - oc);
   for (int x = 0; x < P->nvars; x++)
-    for (int s = 0; s < P->vars[x].ns; s++) P->vars[x].cost[s] = P->vars[x].mem[s] = 0;
+    for (int s = 0; s < P->vars[x].ns; s++)
+      P->vars[x].cost[s] = P->vars[x].mem[s] = P->vars[x].hide[s] = P->vars[x].bwd[s] = 0;
   for (int i = 0; i < g->nfwd; i++) {
     if (P->C.var[i] < 0) continue;
     Var *x = &P->vars[P->C.var[i]];
@@ -943,29 +1060,59 @@ static void add_costs(Problem *P) {
       node_cost(&P->C, g->nodes[i], &P->model[i], &st, &acc);
       x->cost[s] += acc.compute + acc.comm;
       x->mem[s] += acc.mp + acc.mg + acc.mo + acc.ma;
+      if (!P->exposure) continue;
+      x->cost[s] -= w * acc.once; /* added back below, in the exposure's terms */
+      x->hide[s] += acc.once;
+      x->bwd[s] += acc.compute + acc.comm - w * (acc.once + acc.update) - acc.fwd;
     }
   }
+  for (int x = 0; x < P->nvars && P->exposure; x++)
+    for (int s = 0; s < P->vars[x].ns; s++) {
+      double h = P->vars[x].hide[s];
+      P->vars[x].cost[s] += P->w_hide * h + P->w_exposed * fmax(0, h - P->vars[x].bwd[s]);
+    }
   add_self_costs(P);
 }
 
-static int spec_class(Spec *list, int *n, const Spec *s) {
+static int side_class(Side *list, int *n, const Side *s) {
   for (int i = 0; i < *n; i++)
-    if (list[i].rank == s->rank && memcmp(list[i].d, s->d, (size_t)s->rank) == 0) return i;
+    if (list[i].rg == s->rg && list[i].parts == s->parts && list[i].s.rank == s->s.rank &&
+        memcmp(list[i].s.d, s->s.d, (size_t)s->s.rank) == 0)
+      return i;
   list[*n] = *s;
   return (*n)++;
 }
 
+/* A gradient edge's cost: the partial sums over the reader's axes reduced,
+   reduce-scattered where the producer splits that axis, else all-reduced
+   (reduce_partial, on the parts alone). */
+static double reduction(const Ctx *C, int split, int rg, int parts, double total, int share) {
+  double t = 0;
+  for (int a = 0; a < 2; a++) {
+    if (!(rg >> a & 1) || C->me->n[a] == 1) continue;
+    bool rs = split >> a & 1 && !C->o->no_scatter;
+    t += coll_time(C->me, rs ? COLL_REDUCE_SCATTER : COLL_ALL_REDUCE, a, total / parts) / share;
+    parts *= rs ? C->me->n[a] : 1;
+  }
+  return t;
+}
+
+static double edge_cost(const Ctx *C, int share, const Side *held, const Side *read, double bytes) {
+  if (share) return reduction(C, held->rg, read->rg, read->parts, bytes, share);
+  return move(C, &held->s, &read->s, 0, bytes, NULL, NULL);
+}
+
 /* One edge (or, between a variable and itself, a cost on its strategies):
- * lu[s] is the layout the producing side has under its strategy s, lv[t]
- * the layout the reading side needs under its strategy t. Edges of
- * repeated layers with the same key are merged. */
-static void add_edge(Problem *P, int xu, int xv, const Spec *lu, const Spec *lv, const char *key, double bytes) {
+ * lu[s] is how the producing side holds the tensor under its strategy s,
+ * lv[t] how the reading side reads it under its strategy t (Edge.share: a
+ * gradient edge). Edges of repeated layers with the same key are merged. */
+static void add_edge(Problem *P, int xu, int xv, const Side *lu, const Side *lv, const char *key, double bytes,
+                     int share) {
   const Var *U = &P->vars[xu], *V = &P->vars[xv];
   if (xu == xv) {
     SelfCost *sc = arena_alloc(sizeof(SelfCost));
     sc->x = xu, sc->add = arena_alloc(sizeof(double) * (size_t)(U->ns + 1));
-    for (int s = 0; s < U->ns; s++)
-      sc->add[s] = reshard(&P->C, &lu[s], &lv[s], bytes) + reshard(&P->C, &lv[s], &lu[s], bytes);
+    for (int s = 0; s < U->ns; s++) sc->add[s] = edge_cost(&P->C, share, &lu[s], &lv[s], bytes);
     ptrvec_push(&P->self, sc);
     return;
   }
@@ -981,30 +1128,52 @@ static void add_edge(Problem *P, int xu, int xv, const Spec *lu, const Spec *lv,
     }
     e = &P->edges[P->nedges++];
     memset(e, 0, sizeof *e);
-    e->u = xu, e->v = xv, e->key = key;
-    e->lu = arena_alloc(sizeof(Spec) * (size_t)U->ns);
-    e->lv = arena_alloc(sizeof(Spec) * (size_t)V->ns);
+    e->u = xu, e->v = xv, e->key = key, e->share = share;
+    e->lu = arena_alloc(sizeof(Side) * (size_t)U->ns);
+    e->lv = arena_alloc(sizeof(Side) * (size_t)V->ns);
     e->cu = arena_alloc(sizeof(int) * (size_t)U->ns);
     e->cv = arena_alloc(sizeof(int) * (size_t)V->ns);
-    for (int s = 0; s < U->ns; s++) e->cu[s] = spec_class(e->lu, &e->nl, &lu[s]);
-    for (int t = 0; t < V->ns; t++) e->cv[t] = spec_class(e->lv, &e->nm, &lv[t]);
+    for (int s = 0; s < U->ns; s++) e->cu[s] = side_class(e->lu, &e->nl, &lu[s]);
+    for (int t = 0; t < V->ns; t++) e->cv[t] = side_class(e->lv, &e->nm, &lv[t]);
     e->c = arena_alloc(sizeof(double) * (size_t)(e->nl * e->nm));
   }
   for (int l = 0; l < e->nl; l++)
-    for (int m = 0; m < e->nm; m++)
-      e->c[l * e->nm + m] += reshard(&P->C, &e->lu[l], &e->lv[m], bytes) + reshard(&P->C, &e->lv[m], &e->lu[l], bytes);
+    for (int m = 0; m < e->nm; m++) e->c[l * e->nm + m] += edge_cost(&P->C, share, &e->lu[l], &e->lv[m], bytes);
 }
 
-/* The layouts tensor u has under each strategy of the variable that holds it. */
-static Spec *held_layouts(const Problem *P, int u, bool via_shared) {
+/* The layouts tensor u has under each strategy of the variable that holds it
+   (a layout edge's sides), or (gradient) the mesh axes the producer splits. */
+static Side *held_layouts(const Problem *P, int u, bool via_shared, bool gradient) {
   int x = via_shared && P->shared[u] >= 0 ? P->shared[u] : P->C.var[u];
   const Var *X = &P->vars[x];
-  Spec *l = arena_alloc(sizeof(Spec) * (size_t)(X->ns + 1));
-  for (int s = 0; s < X->ns; s++)
-    l[s] = X->layout_model ? tensor_spec(X->layout_model, 0, &X->st[s]) : layout_of(P, u, s);
+  Side *l = arena_alloc(sizeof(Side) * (size_t)(X->ns + 1));
+  for (int s = 0; s < X->ns; s++) {
+    Spec sp = X->layout_model ? tensor_spec(X->layout_model, 0, &X->st[s]) : layout_of(P, u, s);
+    if (!gradient) {
+      l[s].s = sp;
+      continue;
+    }
+    for (int d = 0; d < sp.rank; d++) l[s].rg |= sp.d[d];
+  }
   return l;
 }
 
+/* The axes over which op i hands back input k's gradient partial under
+   strategy st (an op's output; a parameter's gradient is synced as the
+   parameter's, param_sync). */
+static int read_partial(const Problem *P, int i, int k, const Strategy *st) {
+  const Node *u = P->C.g->nodes[P->C.g->nodes[i]->in[k]];
+  return P->C.needs_grad[u->id] && !is_leaf(u) ? partial_grad(&P->model[i], k, st) : 0;
+}
+
+/* The edges. Each read of a tensor by another group: a layout edge from
+ * where it is held (its producer, or its layout variable when several
+ * groups read it: the producer has one more layout edge into that) with the
+ * reshards both ways, and, where the reader may hand its gradient back
+ * partial, a gradient edge from the producer: the reduction into the
+ * producer's layout, which the tensor's readers share (the programs sum
+ * their partial gradients first, codegen/distribute.c merge_partials: exact
+ * when they all leave one). */
 static void add_edges(Problem *P) {
   const Graph *g = P->C.g;
   P->nedges = 0;
@@ -1013,24 +1182,30 @@ static void add_edges(Problem *P) {
     if (x < 0) continue;
     const Node *n = g->nodes[u];
     double bytes = (double)shape_numel(&n->shape) * (n->dtype == DT_I32 ? 4 : P->C.act_bytes);
-    add_edge(P, P->C.var[u], x, held_layouts(P, u, false), held_layouts(P, u, true),
-             arena_printf("%d>%d:%s", P->C.var[u], x, layer_key(n)), bytes);
+    add_edge(P, P->C.var[u], x, held_layouts(P, u, false, false), held_layouts(P, u, true, false),
+             arena_printf("%d>%d:%s", P->C.var[u], x, layer_key(n)), bytes, 0);
   }
   for (int i = 0; i < g->nfwd; i++) {
     const Node *v = g->nodes[i];
     for (int k = 0; k < v->nin; k++) {
       if (!reads_across(P, i, k)) continue;
       const Node *u = g->nodes[v->in[k]];
-      int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id], xv = P->C.var[i];
+      int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id], xv = P->C.var[i], partial = 0;
       const Var *V = &P->vars[xv];
-      Spec *lv = arena_alloc(sizeof(Spec) * (size_t)(V->ns + 1));
+      Side *lv = arena_alloc(sizeof(Side) * (size_t)(V->ns + 1)), *gv = arena_alloc(sizeof(Side) * (size_t)(V->ns + 1));
       for (int t = 0; t < V->ns; t++) {
         Strategy st = strategy_of(P, i, t);
-        lv[t] = tensor_spec(&P->model[i], k, &st);
+        lv[t].s = tensor_spec(&P->model[i], k, &st);
+        gv[t].rg = read_partial(P, i, k, &st), gv[t].parts = spec_shards(P->C.me, &lv[t].s);
+        partial |= gv[t].rg;
       }
       double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
-      add_edge(P, xu, xv, held_layouts(P, u->id, true), lv, arena_printf("%d>%d:%s:%d", xu, xv, layer_key(v), k),
-               bytes);
+      const char *key = layer_key(v);
+      add_edge(P, xu, xv, held_layouts(P, u->id, true, false), lv, arena_printf("%d>%d:%s:%d", xu, xv, key, k), bytes,
+               0);
+      if (partial)
+        add_edge(P, P->C.var[u->id], xv, held_layouts(P, u->id, false, true), gv,
+                 arena_printf("g%d>%d:%s:%d", P->C.var[u->id], xv, key, k), bytes, P->readers[u->id]);
     }
   }
 }
@@ -1483,6 +1658,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
   pl->a2a = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
   PtrVec rec = {0};
   Acc acc = {.rec = &rec};
+  double w = plan_once_weight(o);
   for (int i = 0; i < g->nfwd; i++) {
     const Node *v = g->nodes[i];
     if (!P->C.live[i]) continue;
@@ -1501,21 +1677,25 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     pl->a2a[i] = st.a2a >= 0;
     double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
     if (P->shared[i] >= 0) { /* into its layout variable, once */
-      Spec a = pl->layout[i], b = held_layouts(P, i, true)[S->choice[P->shared[i]]];
-      reshard_rec(&P->C, &a, &b, bytes, &acc, PHASE_FORWARD, v->name);
-      reshard_rec(&P->C, &b, &a, bytes, &acc, PHASE_BACKWARD, v->name);
+      Side b = held_layouts(P, i, true, false)[S->choice[P->shared[i]]];
+      move(&P->C, &pl->layout[i], &b.s, 0, bytes, &acc, v->name);
     }
     for (int k = 0; k < v->nin; k++) { /* resharding between groups */
       if (!reads_across(P, i, k)) continue;
       const Node *u = g->nodes[v->in[k]];
       int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id];
-      Spec a = held_layouts(P, u->id, true)[S->choice[xu]], b = tensor_spec(&P->model[i], k, &st);
+      Spec a = held_layouts(P, u->id, true, false)[S->choice[xu]].s, b = tensor_spec(&P->model[i], k, &st);
       double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
-      reshard_rec(&P->C, &a, &b, ub, &acc, PHASE_FORWARD, u->name);
-      reshard_rec(&P->C, &b, &a, ub, &acc, PHASE_BACKWARD, u->name);
+      move(&P->C, &a, &b, 0, ub, &acc, u->name); /* the layout edge, then the gradient edge's reduction */
+      reduce_partial(&P->C, &b, read_partial(P, i, k, &st), &pl->layout[u->id], ub, P->readers[u->id], &acc, u->name);
     }
   }
   pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective, pl->update_s = acc.update;
+  pl->microbatch_s = acc.compute + acc.comm - w * (acc.once + acc.update);
+  for (int x = 0; x < P->nvars && P->exposure; x++) { /* hidden behind the backward pass (Problem.exposure) */
+    int s = S->choice[x];
+    pl->sync_hidden_s += P->w_exposed * fmin(P->vars[x].hide[s], P->vars[x].bwd[s]);
+  }
   double per_mb = acc.compute + acc.comm;
   pl->fwd_frac = per_mb > 0 ? acc.fwd / per_mb : 1.0 / 3;
   pl->wgrad_frac = per_mb > 0 ? acc.wgrad / per_mb : 1.0 / 3;
@@ -1574,8 +1754,9 @@ static void dump_problem(const Problem *P, const Solution *S, FILE *out) {
     for (int s = 0; s < v->ns; s++) {
       char b[64];
       Spec o = v->layout_model ? tensor_spec(v->layout_model, 0, &v->st[s]) : layout_of(P, v->leader, s);
-      fprintf(out, "  %2d ax=(%d,%d) a2a=%d out=%-12s cost %.4g mem %.4g\n", s, v->st[s].ax[0], v->st[s].ax[1],
-              v->st[s].a2a, spec_str(&o, b, sizeof b), v->cost[s], v->mem[s]);
+      fprintf(out, "  %2d ax=(%d,%d) a2a=%d rs=(%d,%d) out=%-12s cost %.4g mem %.4g\n", s, v->st[s].ax[0],
+              v->st[s].ax[1], v->st[s].a2a, v->st[s].rs[0], v->st[s].rs[1], spec_str(&o, b, sizeof b), v->cost[s],
+              v->mem[s]);
     }
   }
   for (int e = 0; e < P->nedges; e++) {
@@ -1584,8 +1765,8 @@ static void dump_problem(const Problem *P, const Solution *S, FILE *out) {
     for (int l = 0; l < E->nl; l++)
       for (int m = 0; m < E->nm; m++) {
         char b1[64], b2[64];
-        fprintf(out, "  %-10s -> %-10s %.4g\n", spec_str(&E->lu[l], b1, 64), spec_str(&E->lv[m], b2, 64),
-                E->c[l * E->nm + m]);
+        fprintf(out, "  %-10s %d -> %-10s %d/%d %.4g\n", spec_str(&E->lu[l].s, b1, 64), E->lu[l].rg,
+                spec_str(&E->lv[m].s, b2, 64), E->lv[m].rg, E->lv[m].parts, E->c[l * E->nm + m]);
       }
   }
 }

@@ -56,6 +56,7 @@ bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err)
   if (mixed && c->flops_vector_bf16 > 0) m->vec_flops = c->flops_vector_bf16; /* what bf16 kernels achieve */
   m->row_bw = m->mem_bw, m->row_elem = mixed ? 2 : 4;
   m->pass_bw = c->pass_bandwidth > 0 ? c->pass_bandwidth : PEAK_FRACTION * c->mem_bandwidth;
+  m->overlap_cost = c->overlap_cost;
   if (mixed && c->mem_bandwidth_bf16 > 0) m->mem_bw = c->mem_bandwidth_bf16;
   /* a measured bf16 rate is a CPU backend's: it runs row-wise ops on rows
      widened to f32, at the f32 rate */

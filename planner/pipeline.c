@@ -107,7 +107,7 @@ static size_t idx(const Ctx *c, int i, int j, int k) {
 static void stage_costs(const Plan *p, double *t, double *sync, double *mem) {
   *sync = plan_sync_s(p);
   *mem = p->mem_params + p->mem_grads + p->mem_optim + p->mem_acts;
-  *t = p->objective - (*sync + p->update_s) * plan_once_weight(&p->opt);
+  *t = p->microbatch_s;
 }
 
 /* The step's length in a stage's microbatch times, which weighs its
@@ -1023,7 +1023,7 @@ bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
         fprintf(err, "carve: error: %s: sp is 0 or 1, got '%.*s'\n", opt, vlen, v);
         return false;
       }
-      m->sp = x == 1;
+      m->sp = x == 1 ? 1 : -1;
     } else {
       fprintf(err, "carve: error: %s: unknown key '%s' (dp, tp, pp, mb, schedule, zero, recompute, overlap, sp)\n", opt,
               key);
@@ -1040,11 +1040,6 @@ bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
 
 /* Checks that the plan divides the cluster and the model; fills defaults. */
 static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err) {
-  if (m->sp) {
-    fprintf(err, "carve: error: --manual: sp=1 is for compile --layout; the planner does not price sequence "
-                 "parallelism yet\n");
-    return false;
-  }
   if (m->stage_dp) {
     fprintf(err, "carve: error: --manual: replicas per stage (dp=a:b) are for compile --layout; a plan takes one dp\n");
     return false;
@@ -1052,6 +1047,11 @@ static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err
   int D = cluster_devices(cl);
   int64_t batch = graph_dim(g, "batch", 0), heads = graph_dim(g, "heads", 0);
   if (!m->tp) m->tp = 1;
+  if (m->sp > 0 && m->tp < 2) {
+    fprintf(err,
+            "carve: error: --manual: sp=1 splits the sequence over the tensor-parallel devices: it needs tp >= 2\n");
+    return false;
+  }
   if (!m->pp) m->pp = 1;
   if (!m->dp) m->dp = D / (m->tp * m->pp);
   if ((long)m->dp * m->tp * m->pp != D) {
@@ -1105,7 +1105,9 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   PlanOptions o = *po;
   o.zero = m->zero;
   o.batch_axis = m->dp > 1 ? 0 : -1;
-  o.batch_not_axis1 = m->tp > 1; /* tp means tensor parallelism, not more data parallelism */
+  o.batch_not_axis1 = m->tp > 1;                    /* tp means tensor parallelism, not more data parallelism */
+  o.no_scatter = m->sp<0, o.seq_scatter = m->sp> 0; /* sequence parallelism as the layout says */
+  o.serial_comm = m->serial_comm;
   o.inflight = m->recompute == RC_FULL ? 1 : B < m->pp ? B : m->pp; /* recomputing stages keep one microbatch */
   o.microbatches = B;
   o.step_mbs = step_mbs(B, m->pp);

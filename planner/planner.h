@@ -64,6 +64,7 @@ typedef struct Mesh {
   double pass_bw;             /* the per-parameter passes (accumulation, update): bytes/s */
   double both_bw;             /* a collective over both axes at once: its ring's bandwidth (mesh.c) */
   double gemm_eff, gemm_half; /* planner/gemm.c: a large product's efficiency, the half-efficiency dim */
+  double overlap_cost;        /* Cluster.overlap_cost */
 } Mesh;
 
 bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err);
@@ -126,6 +127,11 @@ typedef struct PlanOptions {
   bool lowerable;       /* only strategies the per-rank code generator lowers: no split of a normalised
                            dim, an embedding's vocabulary, a max-reduced dim or a MoE gate, no all-to-all */
   bool batch_not_axis1; /* the batch dim never uses mesh axis 1 (tensor parallelism proper) */
+  bool no_scatter;      /* partial sums are all-reduced, never reduce-scattered into a split of the output
+                           (no sequence parallelism; manual plans without sp=1) */
+  bool seq_scatter;     /* sp=1: partial sums over mesh axis 1 of a product whose output has a "seq" dim are
+                           reduce-scattered along it (the sequence-parallel regions of Korthikanti et al.) */
+  bool serial_comm;     /* gradient syncs after the backward pass, not beside it (overlap=off): priced in full */
   double cutoff;        /* a search's bound (0: none): a plan whose objective cannot get below it is of
                            no use, and its solve stops as soon as the solver's lower bound reaches it */
 } PlanOptions;
@@ -158,6 +164,9 @@ typedef struct Plan {
   uint8_t *partial; /* per forward op: mesh axes its output is a partial sum over (to all-reduce) */
   bool *a2a;        /* per forward op: an MoE all-to-all strategy */
   double compute_s, comm_s, objective;
+  double microbatch_s;         /* compute and communication per microbatch, without the once-per-step costs */
+  double sync_hidden_s;        /* of the once-weighted gradient sync in compute_s + comm_s, what the objective
+                                  leaves out as hidden behind the backward pass (overlap; Problem.exposure) */
   double update_s;             /* the optimizer update (gradient norm, AdamW, cast), seconds per step; its
                                   plan_once_weight share is in compute_s and the objective, like a sync's */
   double fwd_frac, wgrad_frac; /* of compute + communication: the forward's share, the weight gradients' */
@@ -434,7 +443,8 @@ typedef struct Manual {
   const int *stage_dp; /* dp=1:2: each stage's replicas (dp is the most), NULL */
   int nstage_dp;
   bool serial_comm; /* overlap=off: gradient reductions after the backward pass (carve run --overlap off) */
-  bool sp;          /* sp=1: sequence parallelism in the tensor-parallel regions */
+  int sp;           /* sp=1: 1, sequence parallelism in the tensor-parallel regions; sp=0: -1, none; left out:
+                       0, the planner's choice */
 } Manual;
 /* The one parser of layout text: "dp=32,tp=8,pp=2,mb=8,schedule=1f1b,zero=1,
    recompute=none" (keys left out are 0, or -1 and SCHED_KINDS: to be chosen);

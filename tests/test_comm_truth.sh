@@ -25,15 +25,19 @@ carve=$1
 dims="--set batch=16,layers=4"
 
 # tp=2 split Megatron's way (a model wide enough that the planner splits the
-# heads: products on a tiny model's narrow splits run too far from peak): the
-# hidden state q, k and v read gets one all-reduce a layer
+# heads: products on a tiny model's narrow splits run too far from peak), with
+# the sequence parallelism the planner finds: the gradient of the hidden
+# state q, k and v read is summed and reduced once a layer (reduce-scattered
+# along the sequence), never each of q's, k's and v's on its own
 "$carve" plan gpt --preset gpt-tiny --set batch=4,layers=2,hidden=1024,heads=16,seq=256 --cluster dgx-a100 \
   --nodes 1 --devices-per-node 2 --manual tp=2,pp=1 --quiet -o "$tmp/tp2" >/dev/null 2>&1 || bad "plan tp=2"
 "$carve" explain "$tmp/tp2" --rank 0 >"$tmp/tp2.txt" 2>&1
-n=$(grep -c ' all_reduce  *d\.layers\.[0-9]*\.h/acc' "$tmp/tp2.txt")
-[ "$n" = 2 ] && ok || bad "tp=2: $n all-reduces of the summed q, k, v input gradients, want 2"
-n=$(grep -c ' all_reduce  *d\.layers\.[0-9]*\.[qkv]/einsum/einsum\.da' "$tmp/tp2.txt")
-[ "$n" = 0 ] && ok || bad "tp=2: $n all-reduces of single q, k or v input gradients, want 0"
+n=$(grep -c ' \(all_reduce\|reduce_scatter_dim\)  *d\.layers\.[0-9]*\.h/acc' "$tmp/tp2.txt")
+[ "$n" = 2 ] && ok || bad "tp=2: $n reductions of the summed q, k, v input gradients, want 2"
+n=$(grep -c ' \(all_reduce\|reduce_scatter_dim\)  *d\.layers\.[0-9]*\.[qkv]/einsum/einsum\.da' "$tmp/tp2.txt")
+[ "$n" = 0 ] && ok || bad "tp=2: $n reductions of single q, k or v input gradients, want 0"
+n=$(grep -c ' reduce_scatter_dim  *layers\.[0-9]*\.x/einsum' "$tmp/tp2.txt")
+[ "$n" = 4 ] && ok || bad "tp=2: $n row-parallel outputs reduce-scattered along the sequence, want 4 (sequence parallelism)"
 
 # a tied parameter: its gradient all-reduced once, in the bucket of the
 # gradients outside the layers (wte 131072 bytes, wpe 32768, the final
