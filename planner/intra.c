@@ -252,6 +252,7 @@ typedef struct Ctx {
   int zero;
   double act_bytes; /* bytes per activation element */
   bool *live, *kept, *needs_grad;
+  bool *read_bwd;     /* a backward op reads it (a weight's transpose in an input gradient; a bias is not read) */
   int *consumers;     /* live forward consumers per node */
   int *main_in;       /* follower -> its main input, -1 for leaders */
   int *var;           /* node -> variable */
@@ -476,15 +477,6 @@ static void param_memory(const Ctx *C, Acc *acc, const Node *u, const Spec *s, i
   param_passes(C, acc, e, e / (z >= 1 ? dp : 1));
 }
 
-/* Whether a backward op reads parameter u (a weight's transpose in an
-   input gradient; a bias is not read by any). */
-static bool read_in_backward(const Graph *g, const Node *u) {
-  for (int i = g->nfwd; i < g->n; i++)
-    for (int k = 0; k < g->nodes[i]->nin; k++)
-      if (g->nodes[i]->in[k] == u->id) return true;
-  return false;
-}
-
 /* The gradient of parameter u (spec s) is summed over `axes`: all-reduce,
  * or under ZeRO reduce-scatter then all-gather of the updated weights, as
  * the programs run them (codegen/distribute.c): ZeRO 1 reduce-scatters once
@@ -511,7 +503,7 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
     c.phase = C->zero >= 3 ? PHASE_FORWARD : PHASE_UPDATE, c.once = C->zero < 3;
     comm_c(C, acc, c, share);
     c.phase = PHASE_BACKWARD;
-    if (C->zero >= 3 && read_in_backward(C->g, u)) comm_c(C, acc, c, share);
+    if (C->zero >= 3 && C->read_bwd[u->id]) comm_c(C, acc, c, share);
     e /= C->me->n[a];
   }
 }
@@ -760,6 +752,7 @@ typedef struct Var {
   double *cost, *mem;
   double *hide, *bwd; /* the gradient sync that overlaps the backward pass (seconds per step), and the
                          backward time per microbatch it overlaps (Problem.exposure) */
+  bool *dead;         /* strategies no cheapest plan needs (prune) */
 } Var;
 
 /* How one side of an edge has a tensor. A layout edge: its layout (s). A
@@ -916,6 +909,7 @@ static int new_var(Problem *P, int leader, const char *key, const OpModel *layou
   x->cost = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
   x->mem = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
   x->hide = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
+  x->dead = arena_alloc(sizeof(bool) * (size_t)(x->ns + 1));
   x->bwd = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
   return P->nvars++;
 }
@@ -982,9 +976,10 @@ static bool build_vars(Problem *P, FILE *err) {
     if (C->live[i])
       for (int k = 0; k < v->nin; k++) C->consumers[v->in[k]]++;
   }
+  C->read_bwd = arena_alloc(sizeof(bool) * (size_t)g->n);
   for (int i = n; i < g->n; i++)
     for (int k = 0; k < g->nodes[i]->nin; k++)
-      if (g->nodes[i]->in[k] < n) C->kept[g->nodes[i]->in[k]] = true;
+      if (g->nodes[i]->in[k] < n) C->kept[g->nodes[i]->in[k]] = C->read_bwd[g->nodes[i]->in[k]] = true;
   int layers = 0;
   for (int i = 0; i < n; i++) layers = g->nodes[i]->layer + 1 > layers ? g->nodes[i]->layer + 1 : layers;
   C->layer_grad = arena_alloc(sizeof(double) * (size_t)(layers + 2));
@@ -1210,6 +1205,56 @@ static void add_edges(Problem *P) {
   }
 }
 
+/* ---------------------------------------------------------------- pruning */
+
+/* The most that edge e's cost can grow when its variable x moves from
+   strategy s to t, whatever the other end chooses. */
+static double edge_growth(const Edge *e, int x, int t, int s) {
+  double most = -DBL_MAX;
+  if (e->u == x) {
+    if (e->cu[t] == e->cu[s]) return 0;
+    for (int m = 0; m < e->nm; m++) most = fmax(most, e->c[e->cu[t] * e->nm + m] - e->c[e->cu[s] * e->nm + m]);
+  } else {
+    if (e->cv[t] == e->cv[s]) return 0;
+    for (int l = 0; l < e->nl; l++) most = fmax(most, e->c[l * e->nm + e->cv[t]] - e->c[l * e->nm + e->cv[s]]);
+  }
+  return most;
+}
+
+/* Strategy s of a variable is dead when one of its few cheapest strategies
+ * t needs no more memory and stays cheaper however the other variables
+ * choose: cost[t] plus the most each of its edges can grow from s to t is
+ * at most cost[s] (ties: the first kept). An optimal plan never needs a
+ * dead strategy, and the solver fixes it at 0 with the edge columns only
+ * dead ones reach, a smaller problem with the same optimum (test_planner's
+ * brute force over every strategy checks it). */
+static void prune(Problem *P) {
+  enum { CANDIDATES = 6 };
+  for (int x = 0; x < P->nvars; x++) {
+    Var *X = &P->vars[x];
+    int best[CANDIDATES], nb = 0; /* the cheapest strategies, cheapest first */
+    for (int s = 0; s < X->ns; s++) {
+      X->dead[s] = false;
+      int at = nb < CANDIDATES ? nb++ : CANDIDATES;
+      while (at > 0 && X->cost[s] < X->cost[best[at - 1]]) {
+        if (at < CANDIDATES) best[at] = best[at - 1];
+        at--;
+      }
+      if (at < CANDIDATES) best[at] = s;
+    }
+    for (int s = 0; s < X->ns; s++)
+      for (int k = 0; k < nb && !X->dead[s]; k++) {
+        int t = best[k];
+        if (t == s || X->dead[t] || X->mem[t] > X->mem[s]) continue;
+        double grow = 0;
+        for (int e = 0; e < P->nedges; e++)
+          if (P->edges[e].u == x || P->edges[e].v == x) grow += edge_growth(&P->edges[e], x, t, s);
+        double d = X->cost[t] + grow - X->cost[s];
+        X->dead[s] = d < -1e-12 * fabs(X->cost[s]) || (d <= 0 && t < s);
+      }
+  }
+}
+
 /* ---------------------------------------------------------------- solving */
 
 typedef struct Solution {
@@ -1399,6 +1444,7 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
     xcol[x] = col;
     for (int s = 0; s < P->vars[x].ns; s++, col++) {
       glp_set_col_kind(lp, col, GLP_BV);
+      if (!minimise_memory && P->vars[x].dead[s]) glp_set_col_bnds(lp, col, GLP_FX, 0, 0);
       glp_set_obj_coef(lp, col, minimise_memory ? P->vars[x].mem[s] : P->vars[x].cost[s] * scale);
     }
   }
@@ -1406,8 +1452,14 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
   for (int e = 0; e < P->nedges; e++) {
     const Edge *E = &P->edges[e];
     ecol[e] = col;
+    bool *lu = arena_alloc(sizeof(bool) * (size_t)(E->nl + E->nm)), *lv = lu + E->nl; /* classes a live strategy has */
+    for (int s = 0; s < P->vars[E->u].ns; s++) lu[E->cu[s]] |= minimise_memory || !P->vars[E->u].dead[s];
+    for (int t = 0; t < P->vars[E->v].ns; t++) lv[E->cv[t]] |= minimise_memory || !P->vars[E->v].dead[t];
     for (int i = 0; i < E->nl * E->nm; i++, col++) {
-      glp_set_col_bnds(lp, col, GLP_DB, 0, 1);
+      if (lu[i / E->nm] && lv[i % E->nm])
+        glp_set_col_bnds(lp, col, GLP_DB, 0, 1);
+      else
+        glp_set_col_bnds(lp, col, GLP_FX, 0, 0);
       glp_set_obj_coef(lp, col, minimise_memory ? 0 : E->c[i] * scale);
     }
   }
@@ -1808,6 +1860,7 @@ Plan *plan_intra(const Graph *g, const Cluster *cl, const Mesh *me, const PlanOp
       add_self_costs(&P);
       P.edges_made = true;
     }
+    prune(&P);
     if (o->cutoff > 0 && least_sum(&P, false) >= o->cutoff) { /* it fits, but cannot beat the cutoff: no solve */
       last_cut = true;
       return NULL;
