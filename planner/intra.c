@@ -12,13 +12,17 @@
  *     the product of the assigned axes;
  *   - forward communication: an axis on an iteration dim the output lacks
  *     (a contracted label, a reduced or vocabulary dim) leaves partial sums:
- *     an all-reduce of the output over that axis;
+ *     an all-reduce of the output over that axis,
+ *     or, a strategy variant (rs), a reduce-scatter along the output's
+ *     "seq" dim, which that axis then splits: sequence parallelism;
  *   - backward communication: an input's gradient is a sum over the
- *     iteration dims that input lacks; an axis on one of them means an
- *     all-reduce of that gradient. For a weight this is the data-parallel
- *     gradient all-reduce; for an activation, Megatron's backward
- *     all-reduce. Normalisations (softmax, layernorm, cross-entropy) over a
- *     split dim all-reduce their row statistics instead;
+ *     iteration dims that input lacks; an axis on one of them leaves it
+ *     partial. For a weight this is the data-parallel gradient all-reduce;
+ *     for an activation, Megatron's backward all-reduce, or a
+ *     reduce-scatter where the producer holds it split on that axis (a
+ *     gradient edge to the producer's variable). Normalisations (softmax,
+ *     layernorm, cross-entropy) over a split dim all-reduce their row
+ *     statistics instead;
  *   - memory: parameters with their gradients and optimizer state, and the
  *     activations the backward pass keeps.
  * A mixture-of-experts einsum (one operand a dispatch or combine tensor) has
@@ -649,7 +653,7 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
       param_sync(C, acc, u, &s, reduce, batch, C->consumers[u->id]);
     } else if (owned) { /* an input: no gradient. An op's output read here hands its partial gradient back
-                           along the edge it is read over (grad_back) */
+                           to its producer over a gradient edge (add_edges, reduce_partial) */
       acc->ma += tensor_bytes(C, u, &s);
     }
     if (st->a2a >= 0 && !maps(m, k, st->ax[st->a2a]) && maps(m, k, m->moe_e)) {

@@ -1105,8 +1105,10 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   PlanOptions o = *po;
   o.zero = m->zero;
   o.batch_axis = m->dp > 1 ? 0 : -1;
-  o.batch_not_axis1 = m->tp > 1;                    /* tp means tensor parallelism, not more data parallelism */
-  o.no_scatter = m->sp<0, o.seq_scatter = m->sp> 0; /* sequence parallelism as the layout says */
+  o.batch_not_axis1 = m->tp > 1; /* tp means tensor parallelism, not more data parallelism */
+  /* sequence parallelism as the layout says: sp=0 none, sp=1 wherever it applies, else the ILP's choice */
+  o.no_scatter = m->sp < 0;
+  o.seq_scatter = m->sp > 0;
   o.serial_comm = m->serial_comm;
   o.inflight = m->recompute == RC_FULL ? 1 : B < m->pp ? B : m->pp; /* recomputing stages keep one microbatch */
   o.microbatches = B;

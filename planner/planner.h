@@ -128,7 +128,7 @@ typedef struct PlanOptions {
                            dim, an embedding's vocabulary, a max-reduced dim or a MoE gate, no all-to-all */
   bool batch_not_axis1; /* the batch dim never uses mesh axis 1 (tensor parallelism proper) */
   bool no_scatter;      /* partial sums are all-reduced, never reduce-scattered into a split of the output
-                           (no sequence parallelism; manual plans without sp=1) */
+                           (no sequence parallelism: a manual plan's sp=0, and compile --layout's tp plan) */
   bool seq_scatter;     /* sp=1: partial sums over mesh axis 1 of a product whose output has a "seq" dim are
                            reduce-scattered along it (the sequence-parallel regions of Korthikanti et al.) */
   bool serial_comm;     /* gradient syncs after the backward pass, not beside it (overlap=off): priced in full */
