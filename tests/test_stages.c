@@ -137,11 +137,7 @@ static void test_stage_graphs(void) {
 /* On a cluster of 4 nodes of 8 (where the search adds balanced pipelines to
  * the DP), carve's plan is predicted at least as fast as every Megatron-style
  * plan of dp x tp x pp = 32 it can express, each at its best microbatch
- * count: the search space contains them all. Within 1%: each stage's plan
- * minimises its own objective (time per microbatch, once-per-step costs
- * weighed by 1F1B's step length), which ranks plans that are within a
- * percent of each other apart from the simulated schedule (ZB-H1 fills its
- * bubbles with weight-gradient tasks, whose share differs between plans). */
+ * count: the search space contains them all. */
 static void test_versus_manual(void) {
   ElabOptions eo = {0};
   parse_sets("batch=64,seq=256,vocab=1024,hidden=1024,heads=16,layers=16", &eo.sets, &eo.nsets, stderr);
@@ -162,14 +158,14 @@ static void test_versus_manual(void) {
     fclose(quiet);
     if (!mp) continue;
     n++;
-    if (best->step_s > mp->step_s * 1.01) {
+    if (best->step_s > mp->step_s * (1 + 1e-9)) {
       worse++;
       printf("  dp=%d tp=%d pp=%d mb=%d: %.6g s, carve's plan %.6g s\n", m.dp, m.tp, m.pp, mp->microbatches, mp->step_s,
              best->step_s);
     }
   }
   CHECK(n >= 10, "most manual plans fit (%d)", n);
-  CHECK(worse == 0, "carve's plan is within 1%% of the fastest of %d manual plans (%d are faster)", n, worse);
+  CHECK(worse == 0, "carve's plan is at least as fast as each of %d manual plans (%d are faster)", n, worse);
   if (best)
     printf("carve's plan: %d stages, %d microbatches, %.6g s per step\n", best->nstages, best->microbatches,
            best->step_s);
