@@ -660,15 +660,18 @@ static void scatter_partials(Dist *D) {
       int u = g->nodes[i]->in[0];
       if (dim[u] >= 0 && !sums_away(D, i, dim[u])) dim[u] = -2;
     }
+  bool *scattered = arena_alloc(sizeof(bool) * (size_t)g->n);
   for (int i = 0; i < g->n; i++) {
     Shard *s = &D->sh[i];
     if (!D->live[i] || !s->partial || s->defer || s->cut || s->out >= 0 || s->mean || s->post_scale || dim[i] < 0)
       continue;
     if (D->feeds[i].n || i == g->loss) continue;
-    s->out = dim[i], s->cut = true;
-    for (int r = 0; r < g->n; r++)
-      if (D->live[r] && g->nodes[r]->op == OP_SUM_TO && g->nodes[r]->in[0] == i && sums_away(D, r, dim[i]))
-        D->sh[r].in[0] = dim[i], D->sh[r].out = -1, D->sh[r].partial = true;
+    s->out = dim[i], s->cut = scattered[i] = true;
+  }
+  for (int r = 0; r < g->n; r++) { /* the bias gradients that summed a scattered sum whole read its split */
+    if (!D->live[r] || g->nodes[r]->op != OP_SUM_TO) continue;
+    int u = g->nodes[r]->in[0];
+    if (scattered[u] && sums_away(D, r, dim[u])) D->sh[r].in[0] = dim[u], D->sh[r].out = -1, D->sh[r].partial = true;
   }
 }
 

@@ -401,16 +401,15 @@ static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, Com
   comm_w(C, acc, k, axis, bytes, ph, what, false);
 }
 
-/* The all-reduce of u's gradient (`bytes`) over the devices of `axes`, once
-   per step if `once` (a parameter's), else every microbatch (an input
-   gradient's partial sums): over each axis in turn, as the programs run it
+/* The all-reduce of parameter u's gradient (`bytes`) over the devices of
+   `axes`, once per step: over each axis in turn, as the programs run it
    (codegen/distribute.c), the whole gradient each time, rather than one
    ring over both. Over an axis in `batch` (the data-parallel replicas,
    without ZeRO) the programs reduce a layer's gradients as one bucket, each
    64-byte aligned in it: a member pays its bytes and its share of the
-   bucket's one latency. */
-static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int batch, double bytes, bool once,
-                        int share) {
+   bucket's one latency. (An activation's partial gradient is reduced on a
+   gradient edge: reduction.) */
+static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int batch, double bytes, int share) {
   for (int a = 0; a < 2; a++) {
     if (!(axes >> a & 1)) continue;
     Comm c = {.kind = COLL_ALL_REDUCE,
@@ -418,10 +417,10 @@ static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int bat
               .bytes = bytes,
               .phase = PHASE_BACKWARD,
               .what = u->name,
-              .once = once,
-              .param = u->op == OP_PARAM ? u : NULL};
+              .once = true,
+              .param = u};
     double whole = C->layer_grad ? C->layer_grad[u->layer + 1] : 0;
-    if (once && u->op == OP_PARAM && batch >> a & 1 && whole > 0) {
+    if (batch >> a & 1 && whole > 0) {
       c.bytes = ceil(bytes / 64) * 64;
       c.lat_share = (double)shape_numel(&u->shape) / whole;
     }
@@ -493,7 +492,7 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
   state_bytes(C, &P, &G, &O); /* gradients are reduced in f32, as they are accumulated */
   double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s);
   if (C->zero == 0) { /* one all-reduce over every device holding the same part */
-    grad_reduce(C, acc, u, axes, batch, e * G, true, share);
+    grad_reduce(C, acc, u, axes, batch, e * G, share);
     return;
   }
   for (int a = 0; a < 2; a++) { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
@@ -653,7 +652,7 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
       param_sync(C, acc, u, &s, reduce, batch, C->consumers[u->id]);
     } else if (owned) { /* an input: no gradient. An op's output read here hands its partial gradient back
-                           to its producer over a gradient edge (add_edges, reduce_partial) */
+                           to its producer over a gradient edge (add_edges, reduction) */
       acc->ma += tensor_bytes(C, u, &s);
     }
     if (st->a2a >= 0 && !maps(m, k, st->ax[st->a2a]) && maps(m, k, m->moe_e)) {
@@ -705,41 +704,44 @@ static double reshard_rec(const Ctx *C, const Spec *src, const Spec *dst, double
   return t;
 }
 
-/* The partial sums over the mesh axes rg of a gradient handed back in
- * layout *cur to a holder in layout `held`, reduced over each of those axes:
- * reduce-scattered into the holder's split on that axis (sequence
- * parallelism's backward), else all-reduced; *cur becomes the reduced
- * gradient's layout. `share` readers whose gradients are summed first each
- * pay 1/share of it, listed once (comm_c). With acc, recorded. */
-static double reduce_partial(const Ctx *C, Spec *cur, int rg, const Spec *held, double total, int share, Acc *acc,
-                             const char *what) {
-  const Mesh *me = C->me;
+/* The mesh axes (a bit each) a layout splits. */
+static int split_axes(const Spec *s) {
+  int axes = 0;
+  for (int d = 0; d < s->rank; d++) axes |= s->d[d];
+  return axes;
+}
+
+/* A gradient handed back in `parts` pieces (the reader's layout), partial
+ * over the mesh axes rg, reduced into the layout its producer holds the
+ * tensor in (splitting the axes `split`): over each such axis,
+ * reduce-scattered where the producer splits it (sequence parallelism's
+ * backward; the programs reduce-scatter only where partial sums may be,
+ * PlanOptions.no_scatter), else all-reduced. `share` readers whose
+ * gradients are summed first each pay 1/share of it, listed once (comm_c).
+ * With acc, recorded. */
+static double reduction(const Ctx *C, int split, int rg, int parts, double total, int share, Acc *acc,
+                        const char *what) {
   double t = 0;
   for (int a = 0; a < 2; a++) {
-    if (!(rg >> a & 1) || me->n[a] == 1) continue;
-    int j = -1; /* the programs reduce-scatter only where partial sums may be (PlanOptions.no_scatter) */
-    for (int d = 0; d < held->rank && !C->o->no_scatter; d++)
-      if (held->d[d] >> a & 1) j = d;
-    Comm c = {.kind = j >= 0 ? COLL_REDUCE_SCATTER : COLL_ALL_REDUCE,
+    if (!(rg >> a & 1) || C->me->n[a] == 1) continue;
+    bool rs = split >> a & 1 && !C->o->no_scatter;
+    Comm c = {.kind = rs ? COLL_REDUCE_SCATTER : COLL_ALL_REDUCE,
               .axes = 1 << a,
-              .bytes = total / spec_shards(me, cur),
+              .bytes = total / parts,
               .phase = PHASE_BACKWARD,
               .what = what};
-    t += coll_time(me, c.kind, a, c.bytes) / share;
+    t += coll_time(C->me, c.kind, a, c.bytes) / share;
     if (acc) comm_c(C, acc, c, share);
-    if (j >= 0) cur->d[j] |= (uint8_t)(1 << a);
+    parts *= rs ? C->me->n[a] : 1;
   }
   return t;
 }
 
 /* A tensor of `total` bytes held in layout `held` and read in layout
-   `read`, its gradient handed back partial over the axes rg: resharded on
-   the way there; on the way back reduced (reduce_partial), then resharded. */
-static double move(const Ctx *C, const Spec *held, const Spec *read, int rg, double total, Acc *acc, const char *what) {
-  Spec cur = *read;
-  double t = reshard_rec(C, held, read, total, acc, PHASE_FORWARD, what);
-  t += reduce_partial(C, &cur, rg, held, total, 1, acc, what);
-  return t + reshard_rec(C, &cur, held, total, acc, PHASE_BACKWARD, what);
+   `read`: resharded on the way there, and its gradient on the way back. */
+static double move(const Ctx *C, const Spec *held, const Spec *read, double total, Acc *acc, const char *what) {
+  return reshard_rec(C, held, read, total, acc, PHASE_FORWARD, what) +
+         reshard_rec(C, read, held, total, acc, PHASE_BACKWARD, what);
 }
 
 /* ---------------------------------------------------------------- the problem */
@@ -1082,23 +1084,9 @@ static int side_class(Side *list, int *n, const Side *s) {
   return (*n)++;
 }
 
-/* A gradient edge's cost: the partial sums over the reader's axes reduced,
-   reduce-scattered where the producer splits that axis, else all-reduced
-   (reduce_partial, on the parts alone). */
-static double reduction(const Ctx *C, int split, int rg, int parts, double total, int share) {
-  double t = 0;
-  for (int a = 0; a < 2; a++) {
-    if (!(rg >> a & 1) || C->me->n[a] == 1) continue;
-    bool rs = split >> a & 1 && !C->o->no_scatter;
-    t += coll_time(C->me, rs ? COLL_REDUCE_SCATTER : COLL_ALL_REDUCE, a, total / parts) / share;
-    parts *= rs ? C->me->n[a] : 1;
-  }
-  return t;
-}
-
 static double edge_cost(const Ctx *C, int share, const Side *held, const Side *read, double bytes) {
-  if (share) return reduction(C, held->rg, read->rg, read->parts, bytes, share);
-  return move(C, &held->s, &read->s, 0, bytes, NULL, NULL);
+  if (share) return reduction(C, held->rg, read->rg, read->parts, bytes, share, NULL, NULL);
+  return move(C, &held->s, &read->s, bytes, NULL, NULL);
 }
 
 /* One edge (or, between a variable and itself, a cost on its strategies):
@@ -1148,11 +1136,10 @@ static Side *held_layouts(const Problem *P, int u, bool via_shared, bool gradien
   Side *l = arena_alloc(sizeof(Side) * (size_t)(X->ns + 1));
   for (int s = 0; s < X->ns; s++) {
     Spec sp = X->layout_model ? tensor_spec(X->layout_model, 0, &X->st[s]) : layout_of(P, u, s);
-    if (!gradient) {
+    if (gradient)
+      l[s].rg = split_axes(&sp);
+    else
       l[s].s = sp;
-      continue;
-    }
-    for (int d = 0; d < sp.rank; d++) l[s].rg |= sp.d[d];
   }
   return l;
 }
@@ -1744,7 +1731,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
     if (P->shared[i] >= 0) { /* into its layout variable, once */
       Side b = held_layouts(P, i, true, false)[S->choice[P->shared[i]]];
-      move(&P->C, &pl->layout[i], &b.s, 0, bytes, &acc, v->name);
+      move(&P->C, &pl->layout[i], &b.s, bytes, &acc, v->name);
     }
     for (int k = 0; k < v->nin; k++) { /* resharding between groups */
       if (!reads_across(P, i, k)) continue;
@@ -1752,8 +1739,9 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id];
       Spec a = held_layouts(P, u->id, true, false)[S->choice[xu]].s, b = tensor_spec(&P->model[i], k, &st);
       double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
-      move(&P->C, &a, &b, 0, ub, &acc, u->name); /* the layout edge, then the gradient edge's reduction */
-      reduce_partial(&P->C, &b, read_partial(P, i, k, &st), &pl->layout[u->id], ub, P->readers[u->id], &acc, u->name);
+      move(&P->C, &a, &b, ub, &acc, u->name); /* the layout edge, then the gradient edge's reduction */
+      reduction(&P->C, split_axes(&pl->layout[u->id]), read_partial(P, i, k, &st), spec_shards(P->C.me, &b), ub,
+                P->readers[u->id], &acc, u->name);
     }
   }
   pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective, pl->update_s = acc.update;

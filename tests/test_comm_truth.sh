@@ -24,6 +24,12 @@ carve=$1
 . "$(dirname "$0")/tally.sh"
 dims="--set batch=16,layers=4"
 
+# count_is WANT FILE PATTERN WHAT: the lines of FILE matching PATTERN (WHAT) number WANT
+count_is() {
+  n=$(grep -c "$3" "$2")
+  [ "$n" = "$1" ] && ok || bad "$4: $n, want $1"
+}
+
 # tp=2 split Megatron's way (a model wide enough that the planner splits the
 # heads: products on a tiny model's narrow splits run too far from peak), with
 # the sequence parallelism the planner finds: the gradient of the hidden
@@ -32,12 +38,12 @@ dims="--set batch=16,layers=4"
 "$carve" plan gpt --preset gpt-tiny --set batch=4,layers=2,hidden=1024,heads=16,seq=256 --cluster dgx-a100 \
   --nodes 1 --devices-per-node 2 --manual tp=2,pp=1 --quiet -o "$tmp/tp2" >/dev/null 2>&1 || bad "plan tp=2"
 "$carve" explain "$tmp/tp2" --rank 0 >"$tmp/tp2.txt" 2>&1
-n=$(grep -c ' \(all_reduce\|reduce_scatter_dim\)  *d\.layers\.[0-9]*\.h/acc' "$tmp/tp2.txt")
-[ "$n" = 2 ] && ok || bad "tp=2: $n reductions of the summed q, k, v input gradients, want 2"
-n=$(grep -c ' \(all_reduce\|reduce_scatter_dim\)  *d\.layers\.[0-9]*\.[qkv]/einsum/einsum\.da' "$tmp/tp2.txt")
-[ "$n" = 0 ] && ok || bad "tp=2: $n reductions of single q, k or v input gradients, want 0"
-n=$(grep -c ' reduce_scatter_dim  *layers\.[0-9]*\.x/einsum' "$tmp/tp2.txt")
-[ "$n" = 4 ] && ok || bad "tp=2: $n row-parallel outputs reduce-scattered along the sequence, want 4 (sequence parallelism)"
+count_is 2 "$tmp/tp2.txt" ' \(all_reduce\|reduce_scatter_dim\)  *d\.layers\.[0-9]*\.h/acc' \
+  "tp=2: reductions of the summed q, k, v input gradients"
+count_is 0 "$tmp/tp2.txt" ' \(all_reduce\|reduce_scatter_dim\)  *d\.layers\.[0-9]*\.[qkv]/einsum/einsum\.da' \
+  "tp=2: reductions of single q, k or v input gradients"
+count_is 4 "$tmp/tp2.txt" ' reduce_scatter_dim  *layers\.[0-9]*\.x/einsum' \
+  "tp=2: row-parallel outputs reduce-scattered along the sequence (sequence parallelism)"
 
 # a tied parameter: its gradient all-reduced once, in the bucket of the
 # gradients outside the layers (wte 131072 bytes, wpe 32768, the final
@@ -53,12 +59,13 @@ n=$(awk '$1 == "all-reduce" && $NF == "layer.0.gradients" { print $5 }' "$tmp/dp
 rm -rf "$tmp/dt"
 "$carve" plan gpt --preset gpt-tiny $dims --cluster local --devices-per-node 4 --manual dp=2,tp=2 \
   -o "$tmp/dt" >/dev/null 2>&1 || bad "plan dp=2,tp=2"
-n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[0, 1\]' "$tmp/dt/plan.json")
-[ "$n" = 0 ] && ok || bad "dp=2,tp=2: the plan prices $n all-reduces over both axes in one ring, want 0"
-n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[1\], "bytes": 131072, "count_per_step": 1, "phase": "backward", "tensor": "wte"' "$tmp/dt/plan.json")
-[ "$n" = 1 ] && ok || bad "dp=2,tp=2: the plan prices wte's gradient over the tp axis as $n all-reduces, want 1"
-n=$(grep -c '"kind": "all-reduce", "mesh_axes": \[0\], .*"tensor": "gradients outside the layers"' "$tmp/dt/plan.json")
-[ "$n" = 1 ] && ok || bad "dp=2,tp=2: $n buckets over the dp axis hold wte's gradient, want 1"
+count_is 0 "$tmp/dt/plan.json" '"kind": "all-reduce", "mesh_axes": \[0, 1\]' \
+  "dp=2,tp=2: all-reduces the plan prices over both axes in one ring"
+count_is 1 "$tmp/dt/plan.json" \
+  '"kind": "all-reduce", "mesh_axes": \[1\], "bytes": 131072, "count_per_step": 1, "phase": "backward", "tensor": "wte"' \
+  "dp=2,tp=2: all-reduces the plan prices of wte's gradient over the tp axis"
+count_is 1 "$tmp/dt/plan.json" '"kind": "all-reduce", "mesh_axes": \[0\], .*"tensor": "gradients outside the layers"' \
+  "dp=2,tp=2: buckets over the dp axis holding wte's gradient"
 
 # plan.json's stages against the programs of each stage's first rank:
 # backward all-reduces of tensors that are not parameters (input gradients)
