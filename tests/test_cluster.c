@@ -79,7 +79,7 @@ static void check_shipped(void) {
           a->devices_per_node);
     CHECK(a->flops_bf16 == 312e12 && a->flops_f32 == 19.5e12, "%g %g", a->flops_bf16, a->flops_f32);
     CHECK(a->memory == 80e9 && a->mem_bandwidth == 2039e9, "%g %g", a->memory, a->mem_bandwidth);
-    CHECK(a->intra_bandwidth == 300e9 && a->inter_bandwidth == 25e9, "%g %g", a->intra_bandwidth, a->inter_bandwidth);
+    CHECK(a->intra_bandwidth == 230e9 && a->inter_bandwidth == 25e9, "%g %g", a->intra_bandwidth, a->inter_bandwidth);
     CHECK(a->intra_latency > 0 && a->inter_latency >= a->intra_latency, "%g %g", a->intra_latency, a->inter_latency);
     size_t n = strlen(a->path);
     CHECK(n > 25 && !strcmp(a->path + n - 25, "clusters/dgx-a100.cluster"), "path %s", a->path);
@@ -90,12 +90,12 @@ static void check_shipped(void) {
   Cluster *h = load("dgx-h100", &msgs);
   free(msgs);
   CHECK(h && h->devices_per_node == 8 && h->flops_bf16 == 989e12 && h->flops_f32 == 67e12 &&
-            h->mem_bandwidth == 3350e9 && h->intra_bandwidth == 450e9 && h->inter_bandwidth == 50e9,
+            h->mem_bandwidth == 3350e9 && h->intra_bandwidth == 370e9 && h->inter_bandwidth == 50e9,
         "dgx-h100");
   Cluster *v = load("p3-16xlarge", &msgs);
   free(msgs);
   CHECK(v && v->devices_per_node == 8 && v->flops_bf16 == 125e12 && v->flops_f32 == 15.7e12 && v->memory == 16e9 &&
-            v->mem_bandwidth == 900e9 && v->intra_bandwidth == 150e9 && v->inter_bandwidth == 25e9 / 8 / 8,
+            v->mem_bandwidth == 900e9 && v->intra_bandwidth == 120e9 && v->inter_bandwidth == 25e9 / 8 / 8,
         "p3-16xlarge");
   Cluster *l = load("local", &msgs);
   free(msgs);
