@@ -364,6 +364,9 @@ typedef struct Graph {
   int *grad;    /* after autodiff: grad[param node id] = node id or -1 */
   DimVal *dims; /* bound dims, in declaration order */
   int ndims;
+  int *copies; /* a pipeline stage's graph (planner/stages.c): per forward node, how many stages hold a copy of
+                  this parameter (a tied one, read in several stages), summed over them once per step; NULL,
+                  or 0 or 1: this stage's alone */
 } Graph;
 
 Graph *graph_new(const char *model);

@@ -316,7 +316,10 @@ static void row_add(Rows *r, const char *const *cells) {
   r->n++;
 }
 
-static const char *axes_text(int axes) { return axes == 1 ? "0" : axes == 2 ? "1" : "0,1"; }
+static const char *axes_text(const Comm *c) {
+  const char *a = c->axes == 1 ? "0" : c->axes == 2 ? "1" : c->axes == 3 ? "0,1" : "";
+  return c->copies > 1 ? arena_printf("%s%scopies on %d stages", a, *a ? " + " : "", c->copies) : a;
+}
 
 /* A plan's collectives; `stage` >= 0 adds a stage column, and a collective
    of every microbatch counts `microbatches` times per step. */
@@ -325,7 +328,7 @@ static void comm_rows(const Plan *p, int stage, int microbatches, Rows *r) {
     const Comm *c = &p->comms[i];
     const char *row[] = {arena_printf("%d", stage),
                          coll_names[c->kind],
-                         axes_text(c->axes),
+                         axes_text(c),
                          phase_names[c->phase],
                          arena_printf("%.0f", c->bytes),
                          arena_printf("%d", c->count * (c->once ? 1 : microbatches)),

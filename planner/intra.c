@@ -376,9 +376,9 @@ typedef struct Acc {
  * leave partial is summed first and reduced once: each reader pays 1/share
  * of it, and the plan lists it once (Comm.summed). */
 static void comm_c(const Ctx *C, Acc *acc, Comm c, int share) {
-  double t = coll_time_axes(C->me, c.kind, c.axes, c.bytes);
+  double lat, t = comm_time(C->me, &c, &lat);
   if (c.lat_share > 0 && t > 0) /* a bucket member: its share of the bucket's one latency */
-    t -= (1 - c.lat_share) * C->me->lat[c.axes >> 1];
+    t -= (1 - c.lat_share) * lat;
   t /= share > 1 ? share : 1;
   if (t <= 0) return;
   acc->comm += c.once ? t * plan_once_weight(C->o) : t;
@@ -401,6 +401,11 @@ static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, Com
   comm_w(C, acc, k, axis, bytes, ph, what, false);
 }
 
+/* How many pipeline stages hold parameter u (Graph.copies): 1 unless it is tied across stages. */
+static int param_copies(const Ctx *C, const Node *u) {
+  return C->g->copies && C->g->copies[u->id] > 1 ? C->g->copies[u->id] : 1;
+}
+
 /* The all-reduce of parameter u's gradient (`bytes`) over the devices of
    `axes`, once per step: over each axis in turn, as the programs run it
    (codegen/distribute.c), the whole gradient each time, rather than one
@@ -410,19 +415,23 @@ static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, Com
    bucket's one latency. (An activation's partial gradient is reduced on a
    gradient edge: reduction.) */
 static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int batch, double bytes, int share) {
-  for (int a = 0; a < 2; a++) {
-    if (!(axes >> a & 1)) continue;
+  int copies = param_copies(C, u);
+  for (int a = 0; a <= 2; a++) {
+    /* a = 2: a tied parameter's copies on other stages, where no batch axis took them in (below) */
+    if (a < 2 ? !(axes >> a & 1) : copies < 2) continue;
     Comm c = {.kind = COLL_ALL_REDUCE,
-              .axes = 1 << a,
+              .axes = a < 2 ? 1 << a : 0,
               .bytes = bytes,
               .phase = PHASE_BACKWARD,
               .what = u->name,
               .once = true,
               .param = u};
     double whole = C->layer_grad ? C->layer_grad[u->layer + 1] : 0;
-    if (batch >> a & 1 && whole > 0) {
+    if ((a == 2 || batch >> a & 1) && whole > 0) {
       c.bytes = ceil(bytes / 64) * 64;
       c.lat_share = (double)shape_numel(&u->shape) / whole;
+      /* the programs' bucket holds every device with the same part: the replicas and the other stages' copies */
+      c.copies = copies, copies = 0;
     }
     comm_c(C, acc, c, share);
   }
@@ -495,8 +504,19 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
     grad_reduce(C, acc, u, axes, batch, e * G, share);
     return;
   }
+  for (int a = 0; a < 2; a++) /* partial over a non-batch axis (tensor parallelism): all-reduced first */
+    if (axes >> a & 1 && !(batch >> a & 1))
+      comm_c(C, acc,
+             (Comm){.kind = COLL_ALL_REDUCE,
+                    .axes = 1 << a,
+                    .bytes = e * G,
+                    .phase = PHASE_BACKWARD,
+                    .what = u->name,
+                    .once = true,
+                    .param = u},
+             share);
   for (int a = 0; a < 2; a++) { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
-    if (!(axes >> a & 1)) continue;
+    if (!(axes >> a & 1) || !(batch >> a & 1)) continue;
     Comm c = {.axes = 1 << a, .what = u->name};
     c.kind = COLL_REDUCE_SCATTER, c.bytes = e * G, c.phase = PHASE_BACKWARD, c.once = C->zero < 2;
     comm_c(C, acc, c, share);
@@ -509,6 +529,16 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
     if (C->zero >= 3 && C->read_bwd[u->id]) comm_c(C, acc, c, share);
     e /= C->me->n[a];
   }
+  if (param_copies(C, u) > 1) /* a tied parameter: the shard summed over its copies on other stages */
+    comm_c(C, acc,
+           (Comm){.kind = COLL_ALL_REDUCE,
+                  .bytes = e * G,
+                  .phase = PHASE_BACKWARD,
+                  .what = u->name,
+                  .once = true,
+                  .param = u,
+                  .copies = param_copies(C, u)},
+           share);
 }
 
 static int axes_size(const Mesh *me, int axes) { return (axes & 1 ? me->n[0] : 1) * (axes & 2 ? me->n[1] : 1); }
@@ -647,7 +677,7 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     for (int a = 0; a < 2; a++)
       if (st->ax[a] >= 0 && st->ax[a] == m->batch) batch |= 1 << a;
     if (owned && u->op == OP_PARAM) {
-      param_memory(C, acc, u, &s, axes_size(me, reduce));
+      param_memory(C, acc, u, &s, axes_size(me, reduce & batch)); /* ZeRO shards over the replicas */
       param_sync(C, acc, u, &s, reduce, batch, 1);
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
       param_sync(C, acc, u, &s, reduce, batch, C->consumers[u->id]);
@@ -1621,8 +1651,8 @@ static Spec owned_layout(const Problem *P, const int *choice, int leaf) {
 }
 
 static bool same_comm(const Comm *a, const Comm *b) {
-  return a->kind == b->kind && a->axes == b->axes && a->phase == b->phase && a->once == b->once &&
-         fabs(a->bytes - b->bytes) < 0.5;
+  return a->kind == b->kind && a->axes == b->axes && a->copies == b->copies && a->phase == b->phase &&
+         a->once == b->once && fabs(a->bytes - b->bytes) < 0.5;
 }
 
 /* A summed gradient another reader of the same tensor already listed. */
@@ -1648,29 +1678,32 @@ static int batch_axes(const Plan *pl) {
  * the data-parallel replicas as one bucket (each gradient 64-byte aligned
  * in it; those outside every layer are one more bucket: codegen/
  * distribute.c): rec's gradient all-reduces over a batch axis become one
- * entry per layer and axis. Duplicates (listed) are dropped here. */
+ * entry per layer and axis, those of tied parameters (over their copies on
+ * other stages too) one more. Duplicates (listed) are dropped here. */
 static void bucket_grads(const Plan *pl, PtrVec *rec) {
   int bax = batch_axes(pl);
-  if (pl->zero != 0 || !bax) return;
+  if (pl->zero != 0) return;
   PtrVec out = {0};
-  Comm **open = arena_alloc(sizeof(Comm *) * (size_t)(2 * pl->g->n + 4)); /* per (layer + 1, axis) */
-  memset(open, 0, sizeof(Comm *) * (size_t)(2 * pl->g->n + 4));
+  size_t slots = 6 * (size_t)(pl->g->n + 2); /* per (layer + 1, axis 0, 1 or none, tied or not) */
+  Comm **open = arena_alloc(sizeof(Comm *) * slots);
+  memset(open, 0, sizeof(Comm *) * slots);
   for (int i = 0; i < rec->n; i++) {
     Comm *c = rec->v[i];
-    const Node *u = c->kind == COLL_ALL_REDUCE && c->once && c->phase == PHASE_BACKWARD && (c->axes & bax) &&
-                            (c->axes == 1 || c->axes == 2)
-                        ? c->param
-                        : NULL;
+    bool over = (c->axes & bax) && (c->axes == 1 || c->axes == 2), tied = c->copies > 1;
+    const Node *u =
+        c->kind == COLL_ALL_REDUCE && c->once && c->phase == PHASE_BACKWARD && (over || tied) ? c->param : NULL;
     if (!u || listed(rec, i)) {
       if (!u) ptrvec_push(&out, c);
       continue;
     }
-    Comm **b = &open[2 * (u->layer + 1) + (c->axes == 2)];
+    Comm **b = &open[6 * (u->layer + 1) + 3 * tied + (c->axes == 0 ? 2 : c->axes == 2)];
     if (!*b) {
       *b = arena_alloc(sizeof(Comm));
       **b = *c;
       (*b)->bytes = 0, (*b)->summed = false;
-      (*b)->what = u->layer >= 0 ? arena_printf("layer.%d.gradients", u->layer) : "gradients outside the layers";
+      (*b)->what = arena_printf(
+          "%s%s", u->layer >= 0 ? arena_printf("layer.%d.gradients", u->layer) : "gradients outside the layers",
+          tied ? ", tied across stages" : "");
       ptrvec_push(&out, *b);
     }
     (*b)->bytes += ceil(c->bytes / 64) * 64;

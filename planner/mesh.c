@@ -57,6 +57,7 @@ bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err)
   m->row_bw = m->mem_bw, m->row_elem = mixed ? 2 : 4;
   m->pass_bw = c->pass_bandwidth > 0 ? c->pass_bandwidth : PEAK_FRACTION * c->mem_bandwidth;
   m->overlap_cost = c->overlap_cost;
+  m->copy_bw = c->intra_bandwidth, m->copy_lat = c->intra_latency; /* the caller knows where other stages are */
   if (mixed && c->mem_bandwidth_bf16 > 0) m->mem_bw = c->mem_bandwidth_bf16;
   /* a measured bf16 rate is a CPU backend's: it runs row-wise ops on rows
      widened to f32, at the f32 rate */
@@ -121,4 +122,23 @@ double coll_time_axes(const Mesh *m, CollKind k, int axes, double bytes) {
   if (m->n[0] > 1 && m->n[1] > 1 && m->both_bw > 0) bw = m->both_bw; /* one group of both axes' devices */
   double f = (double)(n - 1) / n * bytes / bw;
   return lat + (k == COLL_ALL_REDUCE ? 2 * f : f);
+}
+
+/* A tied parameter's gradient summed over its copies on `copies` stages
+   (and the devices of `axes` on each) is one ring over all of them, paced
+   by the slower of the mesh axes' links and the link between the stages. */
+double comm_time(const Mesh *m, const Comm *c, double *lat) {
+  int n = c->copies > 1 ? c->copies : 1;
+  double bw = c->copies > 1 ? m->copy_bw : 0, l = c->copies > 1 ? m->copy_lat : 0;
+  for (int a = 0; a < 2; a++) {
+    if (!(c->axes >> a & 1) || m->n[a] <= 1) continue;
+    n *= m->n[a];
+    bw = bw > 0 && bw < m->bw[a] ? bw : m->bw[a];
+    l = l > m->lat[a] ? l : m->lat[a];
+  }
+  if (lat) *lat = n > 1 && c->bytes > 0 ? l : 0;
+  if (c->copies <= 1) return coll_time_axes(m, c->kind, c->axes, c->bytes);
+  if (n <= 1 || c->bytes <= 0) return 0;
+  double f = (double)(n - 1) / n * c->bytes / bw;
+  return l + (c->kind == COLL_ALL_REDUCE ? 2 * f : f);
 }

@@ -135,6 +135,7 @@ static uint64_t signature(const Graph *g) {
     h = hash_bytes(n->f, sizeof n->f, h);
     for (const char *q = n->name; *q; q++) /* the name with its digits left out */
       if (*q < '0' || *q > '9') h = hash_bytes(q, 1, h);
+    if (g->copies && i < g->nfwd) h = hash_bytes(&g->copies[i], sizeof(int), h);
   }
   return h;
 }
@@ -167,6 +168,15 @@ static double stage_bound(Ctx *c, int i, int j, int k) {
   double peak = c->po->mixed && c->cl->flops_bf16 > 0 ? c->cl->flops_bf16 : c->cl->flops_f32;
   double t = *f / (gemm_best_efficiency(c->cl, c->po->mixed) * peak * c->sub[k].devices);
   return c->cutoff > 0 && c->B * t >= c->cutoff ? -1 : t;
+}
+
+/* The link between a stage and the other stages' copies of a tied parameter
+   (Mesh.copy_bw): the first and the last stage of `devices` (a tied
+   embedding's holders) are on different nodes once they fill more than one. */
+static void copies_link(Mesh *me, const Cluster *cl, int devices) {
+  bool inter = devices > cl->devices_per_node;
+  me->copy_bw = inter ? cl->inter_bandwidth : cl->intra_bandwidth;
+  me->copy_lat = inter ? cl->inter_latency : cl->intra_latency;
 }
 
 static double exact_cost(Ctx *c, int i, int j, int k) {
@@ -204,6 +214,7 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
      axis 0 across nodes and axis 1 inside them */
   Mesh me;
   if (autodiff(sg, 1, quiet) && mesh_make(&sub, sub.nodes, sub.devices_per_node, po.mixed, &me, quiet)) {
+    copies_link(&me, c->cl, c->D);
     p = plan_intra(sg, &sub, &me, &po, quiet);
     if (!p && !plan_last_cut() && po.inflight > 1) { /* room for one microbatch only: recomputation may fit it */
       po.inflight = 1;
@@ -1115,6 +1126,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   o.step_mbs = step_mbs(B, m->pp);
   Mesh me;
   if (!mesh_make(&sub, m->dp, m->tp, po->mixed, &me, err)) return NULL;
+  copies_link(&me, cl, n * m->pp);
   for (int s = 0; s < m->pp; s++) {
     Graph *sg = stage_graph(g, layer_of, s, s);
     if (!autodiff(sg, 1, err)) return NULL;

@@ -65,6 +65,7 @@ typedef struct Mesh {
   double both_bw;             /* a collective over both axes at once: its ring's bandwidth (mesh.c) */
   double gemm_eff, gemm_half; /* planner/gemm.c: a large product's efficiency, the half-efficiency dim */
   double overlap_cost;        /* Cluster.overlap_cost */
+  double copy_bw, copy_lat;   /* the link to the other pipeline stages' copies of a tied parameter (Comm.copies) */
 } Mesh;
 
 bool mesh_make(const Cluster *c, int n0, int n1, bool mixed, Mesh *m, FILE *err);
@@ -150,7 +151,11 @@ typedef struct Comm {
   const Node *param; /* a parameter's gradient reduction: the parameter; else NULL */
   double lat_share;  /* a gradient in a bucket (one all-reduce over a layer's gradients): its share of the
                         bucket's one latency; 0: a collective of its own */
+  int copies;        /* > 1: a tied parameter's gradient summed over the pipeline stages holding a copy: the
+                        group is the devices of `axes` (axes 0: one) on each of `copies` stages */
 } Comm;
+/* Seconds one collective takes on mesh m (planner/mesh.c); *lat, if given, gets its latency part. */
+double comm_time(const Mesh *m, const Comm *c, double *lat);
 
 /* The result of the intra-operator pass. */
 typedef struct Plan {

@@ -4,9 +4,14 @@
 
 #include "planner.h"
 
-static const char *axes_str(const Mesh *m, int axes, char *buf, size_t n) {
-  (void)m;
-  snprintf(buf, n, "%s", axes == 1 ? "0" : axes == 2 ? "1" : "0,1");
+/* A collective's group: its mesh axes ("-": none), and "+Nst" for a tied
+   parameter's copies on N stages. */
+static const char *axes_str(const Comm *c, char *buf, size_t n) {
+  const char *a = c->axes == 1 ? "0" : c->axes == 2 ? "1" : c->axes == 3 ? "0,1" : "-";
+  if (c->copies > 1)
+    snprintf(buf, n, "%s+%dst", c->axes ? a : "", c->copies);
+  else
+    snprintf(buf, n, "%s", a);
   return buf;
 }
 
@@ -14,7 +19,7 @@ double plan_sync_s(const Plan *p) {
   double t = 0;
   for (int i = 0; i < p->ncomms; i++) {
     const Comm *c = &p->comms[i];
-    if (c->once) t += c->count * coll_time_axes(&p->mesh, c->kind, c->axes, c->bytes);
+    if (c->once) t += c->count * comm_time(&p->mesh, c, NULL);
   }
   return t;
 }
@@ -83,7 +88,7 @@ void plan_report(const Plan *p, FILE *out) {
           "tensor");
   for (int i = 0; i < p->ncomms; i++) {
     const Comm *k = &p->comms[i];
-    fprintf(out, "  %-15s %-5s %-9s %12.0f %6d  %s\n", coll_names[k->kind], axes_str(m, k->axes, a, sizeof a),
+    fprintf(out, "  %-15s %-5s %-9s %12.0f %6d  %s\n", coll_names[k->kind], axes_str(k, a, sizeof a),
             phase_names[k->phase], k->bytes, k->count, k->what ? k->what : "");
   }
   if (!p->ncomms) fprintf(out, "  none\n");
@@ -108,13 +113,15 @@ void plan_comms_json(const Plan *p, int microbatches, int indent, FILE *out) {
   for (int i = 0; i < p->ncomms; i++) {
     const Comm *k = &p->comms[i];
     fprintf(out,
-            "%s\n%*s{\"kind\": \"%s\", \"mesh_axes\": [%s], \"bytes\": %.0f, \"count_per_step\": %d, \"phase\": "
-            "\"%s\", \"tensor\": ",
+            "%s\n%*s{\"kind\": \"%s\", \"mesh_axes\": [%s], %s\"bytes\": %.0f, \"count_per_step\": %d, "
+            "\"phase\": \"%s\", \"tensor\": ",
             i ? "," : "", indent, "", coll_names[k->kind],
             k->axes == 1   ? "0"
             : k->axes == 2 ? "1"
-                           : "0, 1",
-            k->bytes, k->count * (k->once ? 1 : microbatches), phase_names[k->phase]);
+            : k->axes == 3 ? "0, 1"
+                           : "",
+            k->copies > 1 ? arena_printf("\"stage_copies\": %d, ", k->copies) : "", k->bytes,
+            k->count * (k->once ? 1 : microbatches), phase_names[k->phase]);
     json_write_str(out, k->what ? k->what : "");
     fprintf(out, "}");
   }

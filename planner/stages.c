@@ -226,6 +226,29 @@ static int stand_in_loss(Graph *sg, const Graph *g, const int *layer_of, int las
   return loss;
 }
 
+/* A parameter of the span also read before it or after it is held by those
+   stages too, its gradient summed over the copies (codegen/distribute.c):
+   Graph.copies counts this stage, one before and one after (a tied
+   embedding read by the first and the last stage: 2). */
+static void tied_copies(Graph *sg, const Graph *g, const int *layer_of, int first, int last, const int *map) {
+  bool *before = arena_alloc(sizeof(bool) * (size_t)(2 * g->nfwd + 2)), *after = before + g->nfwd + 1;
+  bool any = false;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    if (v->op == OP_PARAM || v->op == OP_INPUT || (layer_of[i] >= first && layer_of[i] <= last)) continue;
+    for (int k = 0; k < v->nin; k++) {
+      const Node *u = g->nodes[v->in[k]];
+      if (u->op != OP_PARAM || map[u->id] < 0) continue;
+      (layer_of[i] < first ? before : after)[u->id] = true;
+      any = true;
+    }
+  }
+  if (!any) return;
+  sg->copies = arena_alloc(sizeof(int) * (size_t)(sg->nfwd + 1));
+  for (int i = 0; i < g->nfwd; i++)
+    if (map[i] >= 0 && g->nodes[i]->op == OP_PARAM) sg->copies[map[i]] = 1 + before[i] + after[i];
+}
+
 Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last) {
   Graph *sg = graph_new(arena_printf("%s[%d-%d]", g->model, first, last));
   sg->dims = g->dims, sg->ndims = g->ndims;
@@ -250,6 +273,7 @@ Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last) {
   }
   sg->loss = g->loss >= 0 && map[g->loss] >= 0 ? map[g->loss] : stand_in_loss(sg, g, layer_of, last, map);
   sg->nfwd = sg->n;
+  tied_copies(sg, g, layer_of, first, last, map);
   return sg;
 }
 

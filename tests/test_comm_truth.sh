@@ -73,7 +73,7 @@ stage_plan() { # PLAN.JSON STAGE -> the count of such all-reduces per step
   awk -v want="$2" -v params="$3" '
     BEGIN { while ((getline l < params) > 0) { gsub(/[0-9]+/, "N", l); p[l] = 1 } }
     /"layers": \[/ { s++ }
-    s == want + 1 && /"kind": "all-reduce"/ && /"phase": "backward"/ {
+    s == want + 1 && /"kind": "all-reduce"/ && /"phase": "backward"/ && !/"stage_copies"/ {
       t = $0; sub(/.*"tensor": "/, "", t); sub(/".*/, "", t)
       c = $0; sub(/.*"count_per_step": /, "", c); sub(/,.*/, "", c)
       gsub(/[0-9]+/, "N", t)
@@ -108,7 +108,8 @@ plan_rows() {
     s == want + 1 && /"kind": "/ {
       k = $0; sub(/.*"kind": "/, "", k); sub(/".*/, "", k)
       x = $0; sub(/.*"mesh_axes": \[/, "", x); sub(/\].*/, "", x)
-      r = x == "0" ? n0 : x == "1" ? n1 : n0 * n1
+      r = x == "0" ? n0 : x == "1" ? n1 : x == "" ? 1 : n0 * n1
+      if (/"stage_copies": /) { t = $0; sub(/.*"stage_copies": /, "", t); sub(/,.*/, "", t); r *= t }
       b = $0; sub(/.*"bytes": /, "", b); sub(/,.*/, "", b)
       c = $0; sub(/.*"count_per_step": /, "", c); sub(/,.*/, "", c)
       if (r > 1) n[k " " r " " b] += c
@@ -145,15 +146,17 @@ pp=2,mb=4,schedule=zb-h1,recompute=selective dp=2,recompute=selective pp=4,mb=4,
 pp=2,mb=4,schedule=interleaved pp=4,mb=4,schedule=zb-h1 dp=2,mb=2,zero=2 dp=4,zero=3 dp=2,pp=2,mb=2,zero=1 dp=8
 dp=2,pp=4,mb=4,schedule=1f1b,zero=2 tp=2 tp=4 dp=2,tp=2 tp=2,zero=1 dp=2,tp=2,zero=3 pp=2,tp=2,mb=2
 pp=2,tp=2,mb=4,schedule=interleaved dp=2,tp=2,pp=2,mb=2"
-# still different (docs/cost-model.md): a parameter tied across pipeline
-# stages (gpt's and bert's embeddings) is summed over its copies by an
-# all-reduce the stage plans do not list; a bias split by heads has its
+# still different (docs/cost-model.md): a bias split by heads has its
 # gradient gathered (all-gather) where the plan prices an all-reduce (mlp's
 # biases, whose gradient the programs sum from the next layer's split
 # reading, have theirs gathered where the plan prices nothing); a backward
-# task reshards the forward values it reads again; moe's expert-parallel
-# plans are not lowered by `carve plan -o`
-known=" gpt:pp=* gpt:dp=2,pp=* gpt:*tp=* bert:pp=* bert:dp=2,pp=* bert:*tp=* mlp:*tp=* moe:* "
+# task reshards the forward values it reads again; over data-parallel
+# replicas, moe's plans all-reduce the dispatched tokens (the dispatch
+# product sums over the batch) and run every expert whole on each replica,
+# where the programs run each replica's tokens through the experts and
+# reduce the experts' gradients; moe's expert-parallel plans are not
+# lowered by `carve plan -o`
+known=" gpt:*tp=* bert:*tp=* mlp:*tp=* moe:dp=* moe:*tp=* "
 for spec in gpt:gpt-tiny bert:bert-tiny mlp:mlp-tiny moe:moe-tiny; do
   model=${spec%%:*}
   for layout in $layouts; do
