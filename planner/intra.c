@@ -1391,12 +1391,13 @@ static void basis_keep(glp_prob *lp, uint64_t key) {
  * failed here), it is solved (optimal), or its bound reached the cutoff. */
 enum { LP_FAILED, LP_OPTIMAL, LP_ABOVE };
 
-/* The LP relaxation, scaled, from a kept basis of the same structure when
- * there is one (dual simplex, stopped once its objective, a bound that only
- * rises, passes the cutoff), otherwise from GLPK's advanced basis (primal
- * simplex, as glp_intopt's presolver does). */
+/* The LP relaxation from a kept basis of the same structure when there is
+ * one (dual simplex, stopped once its objective, a bound that only rises,
+ * passes the cutoff), otherwise from GLPK's advanced basis (primal simplex,
+ * as glp_intopt's presolver does). Not scaled: the matrix is already (its
+ * entries are 1 and -1, and the memory row's fractions of the device), and
+ * GLPK's scaling took a fifth of a search's time in the relaxations. */
 static int relaxation_from(glp_prob *lp, uint64_t key, glp_smcp *sm, double cutoff) {
-  glp_scale_prob(lp, GLP_SF_AUTO);
   const Basis *b = basis_find(key);
   int m = glp_get_num_rows(lp), n = glp_get_num_cols(lp);
   if (b && b->m == m && b->n == n) {
@@ -1525,11 +1526,11 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
         if (E->cv[t] == m) NZ(row, xcol[E->v] + t, -1);
     }
   }
-  if (!minimise_memory) {
-    glp_set_row_bnds(lp, row, GLP_UP, 0, mem_limit);
+  if (!minimise_memory) { /* in fractions of the device's memory: bytes (1e10) beside the 1s slowed the simplex */
+    glp_set_row_bnds(lp, row, GLP_UP, 0, 1);
     for (int x = 0; x < P->nvars; x++)
       for (int s = 0; s < P->vars[x].ns; s++)
-        if (P->vars[x].mem[s] != 0) NZ(row, xcol[x] + s, P->vars[x].mem[s]);
+        if (P->vars[x].mem[s] != 0) NZ(row, xcol[x] + s, P->vars[x].mem[s] / mem_limit);
   }
 #undef NZ
   CARVE_ASSERT(nz <= cap, "ILP coefficient buffer large enough");
