@@ -404,8 +404,9 @@ static void infer_backward(Dist *D, int i) {
     s->partial = in_any && !p;
     return;
   }
-  case OP_SUM_TO: { /* sums leading dims away */
+  case OP_SUM_TO: { /* sums leading dims away, of the gradient its forward op's output has: read as that is held */
     int lead = g->nodes[n->in[0]]->shape.rank - R;
+    if (!is_leaf(f) && shape_eq(&f->shape, &g->nodes[n->in[0]]->shape)) h[0] = D->sh[f->id].out;
     s->in[0] = (int8_t)h[0];
     s->out = h[0] >= lead ? (int8_t)(h[0] - lead) : -1;
     s->partial = h[0] >= 0 && h[0] < lead;
@@ -462,10 +463,15 @@ static void infer_backward(Dist *D, int i) {
   case OP_MEAN:
   case OP_MAX:
   case OP_FILL: return; /* whole */
-  default: {            /* elementwise, trailing-aligned: follow the first split input of the output's rank */
+  default: {            /* elementwise, trailing-aligned: the layout of the forward op it differentiates, as the
+                           plan has it (the gradient arriving split for a tensor held whole is gathered here, once),
+                           else follow the first split input of the output's rank */
     int d = -1;
-    for (int k = 0; k < n->nin && d < 0; k++)
-      if (g->nodes[n->in[k]]->shape.rank == R) d = h[k];
+    if (n->op != OP_ADD && !is_leaf(f) && shape_eq(&f->shape, &n->shape))
+      d = D->sh[f->id].out;
+    else
+      for (int k = 0; k < n->nin && d < 0; k++)
+        if (g->nodes[n->in[k]]->shape.rank == R) d = h[k];
     bool norm = n->op == OP_SOFTMAX_BWD || n->op == OP_LN_BWD_X || n->op == OP_RMS_BWD_X || n->op == OP_SOFTMAX ||
                 n->op == OP_LAYERNORM || n->op == OP_RMSNORM;
     if (norm && d == R - 1) d = -1;
@@ -727,10 +733,13 @@ static bool shard_graph(Dist *D, FILE *err) {
       for (int k = 0; k < n->nin; k++) s->in[k] = -1;
     }
     if (D->L->sp) sp_split(D, n, s);
-    for (int k = 0; k < n->nin; k++) { /* parameters: stored as their first reader reads them (inputs
-                                           load whole and are cut where read) */
+    for (int k = 0; k < n->nin; k++) { /* parameters: stored as their first reader's plan holds them, a
+                                           reader that reads one otherwise resharding it (sp=1, which
+                                           overrides the plan's layouts: as that reader reads it); inputs
+                                           load whole and are cut where read */
       Shard *u = &D->sh[n->in[k]];
-      if (g->nodes[n->in[k]]->op == OP_PARAM && !u->partial) u->out = s->in[k], u->partial = true; /* set */
+      if (g->nodes[n->in[k]]->op == OP_PARAM && !u->partial) /* set */
+        u->out = D->L->sp ? s->in[k] : (int8_t)split_of(&pl->layout[pn->in[k]]), u->partial = true;
     }
   }
   for (int i = 0; i < g->nfwd; i++)

@@ -257,6 +257,8 @@ typedef struct Ctx {
   double act_bytes; /* bytes per activation element */
   bool *live, *kept, *needs_grad;
   bool *read_bwd;     /* a backward op reads it (a weight's transpose in an input gradient; a bias is not read) */
+  bool *reread;       /* per forward op x MAXIN: its backward reads input k's value (an einsum's other operand,
+                         an activation's input): a backward task reshards it again (codegen/distribute.c) */
   int *consumers;     /* live forward consumers per node */
   int *main_in;       /* follower -> its main input, -1 for leaders */
   int *var;           /* node -> variable */
@@ -364,6 +366,7 @@ typedef struct Acc {
   double compute, comm;
   double update;         /* seconds per step of the optimizer update (once per step) */
   double once;           /* seconds per step of the once-per-step collectives (unweighted) */
+  double reread;         /* seconds per microbatch of resharding forward values again for the backward pass */
   double fwd, wgrad;     /* the forward's share of compute + comm, and the weight gradients' */
   double mp, mg, mo, ma; /* memory per device: params, grads, optimizer state, activations */
   PtrVec *rec;           /* if set: the collectives, for the plan */
@@ -768,10 +771,16 @@ static double reduction(const Ctx *C, int split, int rg, int parts, double total
 }
 
 /* A tensor of `total` bytes held in layout `held` and read in layout
-   `read`: resharded on the way there, and its gradient on the way back. */
-static double move(const Ctx *C, const Spec *held, const Spec *read, double total, Acc *acc, const char *what) {
+   `read`: resharded on the way there, and its gradient on the way back;
+   with `reread` (the reader's backward reads the value) resharded again in
+   the backward pass, as the programs do rather than keep the forward's copy
+   (Megatron's sequence parallelism gathers its input again likewise). */
+static double move(const Ctx *C, const Spec *held, const Spec *read, double total, bool reread, Acc *acc,
+                   const char *what) {
+  double again = reread ? reshard_rec(C, held, read, total, acc, PHASE_BACKWARD, what) : 0;
+  if (acc) acc->reread += again;
   return reshard_rec(C, held, read, total, acc, PHASE_FORWARD, what) +
-         reshard_rec(C, read, held, total, acc, PHASE_BACKWARD, what);
+         reshard_rec(C, read, held, total, acc, PHASE_BACKWARD, what) + again;
 }
 
 /* ---------------------------------------------------------------- the problem */
@@ -805,7 +814,8 @@ typedef struct Edge {
   const char *key;
   int share; /* a gradient edge (from the producer to a reader): the reduction of the reader's partial
                 gradient, summed first with those of the tensor's other `share` readers (1/share of it);
-                0: a layout edge (the reshards both ways) */
+                0: a layout edge (the reshards both ways); -1: one whose reader's backward reads the value,
+                resharded again (move) */
   int nl, nm;
   Side *lu, *lv; /* how u holds it and how v reads it, by class */
   int *cu, *cv;  /* strategy -> layout class */
@@ -1013,9 +1023,16 @@ static bool build_vars(Problem *P, FILE *err) {
       for (int k = 0; k < v->nin; k++) C->consumers[v->in[k]]++;
   }
   C->read_bwd = arena_alloc(sizeof(bool) * (size_t)g->n);
-  for (int i = n; i < g->n; i++)
-    for (int k = 0; k < g->nodes[i]->nin; k++)
-      if (g->nodes[i]->in[k] < n) C->kept[g->nodes[i]->in[k]] = C->read_bwd[g->nodes[i]->in[k]] = true;
+  C->reread = arena_alloc(sizeof(bool) * (size_t)(n + 1) * MAXIN);
+  for (int i = n; i < g->n; i++) {
+    const Node *b = g->nodes[i], *f = b->origin >= 0 && b->origin < n ? g->nodes[b->origin] : NULL;
+    for (int k = 0; k < b->nin; k++) {
+      if (b->in[k] >= n) continue;
+      C->kept[b->in[k]] = C->read_bwd[b->in[k]] = true;
+      for (int j = 0; f && j < f->nin; j++)
+        if (f->in[j] == b->in[k]) C->reread[(size_t)f->id * MAXIN + j] = true;
+    }
+  }
   int layers = 0;
   for (int i = 0; i < n; i++) layers = g->nodes[i]->layer + 1 > layers ? g->nodes[i]->layer + 1 : layers;
   C->layer_grad = arena_alloc(sizeof(double) * (size_t)(layers + 2));
@@ -1115,8 +1132,8 @@ static int side_class(Side *list, int *n, const Side *s) {
 }
 
 static double edge_cost(const Ctx *C, int share, const Side *held, const Side *read, double bytes) {
-  if (share) return reduction(C, held->rg, read->rg, read->parts, bytes, share, NULL, NULL);
-  return move(C, &held->s, &read->s, bytes, NULL, NULL);
+  if (share > 0) return reduction(C, held->rg, read->rg, read->parts, bytes, share, NULL, NULL);
+  return move(C, &held->s, &read->s, bytes, share < 0, NULL, NULL);
 }
 
 /* One edge (or, between a variable and itself, a cost on its strategies):
@@ -1182,6 +1199,18 @@ static int read_partial(const Problem *P, int i, int k, const Strategy *st) {
   return P->C.needs_grad[u->id] && !is_leaf(u) ? partial_grad(&P->model[i], k, st) : 0;
 }
 
+/* Per forward node u: whether a reader across groups reads its value again
+   in the backward pass (Ctx.reread); then u is resharded into its layout
+   variable again. */
+static bool *shared_rereads(const Problem *P) {
+  const Graph *g = P->C.g;
+  bool *r = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
+  for (int i = 0; i < g->nfwd; i++)
+    for (int k = 0; k < g->nodes[i]->nin; k++)
+      if (P->C.reread[(size_t)i * MAXIN + k] && reads_across(P, i, k)) r[g->nodes[i]->in[k]] = true;
+  return r;
+}
+
 /* The edges. Each read of a tensor by another group: a layout edge from
  * where it is held (its producer, or its layout variable when several
  * groups read it: the producer has one more layout edge into that) with the
@@ -1193,13 +1222,14 @@ static int read_partial(const Problem *P, int i, int k, const Strategy *st) {
 static void add_edges(Problem *P) {
   const Graph *g = P->C.g;
   P->nedges = 0;
+  bool *again = shared_rereads(P);
   for (int u = 0; u < g->nfwd; u++) { /* producers into their layout variables */
     int x = P->shared[u];
     if (x < 0) continue;
     const Node *n = g->nodes[u];
     double bytes = (double)shape_numel(&n->shape) * (n->dtype == DT_I32 ? 4 : P->C.act_bytes);
     add_edge(P, P->C.var[u], x, held_layouts(P, u, false, false), held_layouts(P, u, true, false),
-             arena_printf("%d>%d:%s", P->C.var[u], x, layer_key(n)), bytes, 0);
+             arena_printf("%d>%d:%s", P->C.var[u], x, layer_key(n)), bytes, again[u] ? -1 : 0);
   }
   for (int i = 0; i < g->nfwd; i++) {
     const Node *v = g->nodes[i];
@@ -1218,7 +1248,7 @@ static void add_edges(Problem *P) {
       double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
       const char *key = layer_key(v);
       add_edge(P, xu, xv, held_layouts(P, u->id, true, false), lv, arena_printf("%d>%d:%s:%d", xu, xv, key, k), bytes,
-               0);
+               P->C.reread[(size_t)i * MAXIN + k] ? -1 : 0);
       if (partial)
         add_edge(P, P->C.var[u->id], xv, held_layouts(P, u->id, false, true), gv,
                  arena_printf("g%d>%d:%s:%d", P->C.var[u->id], xv, key, k), bytes, P->readers[u->id]);
@@ -1302,7 +1332,84 @@ typedef struct Search {
   int nodes, node_limit;
   int found; /* the node count (+1) when the first plan was found, 0 before */
   bool cut;
+  /* for rounded_plan: the problem, its columns, and the memory row's limit */
+  const Problem *P;
+  const int *xcol, *ecol;
+  double mem_limit;
+  bool same_columns; /* the search runs on the problem as built (not presolved) */
 } Search;
+
+/* A variable's incident edges, for rounded_plan. */
+typedef struct Adj {
+  int *e, n;
+} Adj;
+
+/* Strategy s of variable x's cost with its edges to the others' choices. */
+static double cost_with_edges(const Problem *P, const Adj *adj, const int *choice, int x, int s) {
+  double c = P->vars[x].cost[s];
+  for (int k = 0; k < adj[x].n; k++) {
+    const Edge *E = &P->edges[adj[x].e[k]];
+    int l = E->u == x ? E->cu[s] : E->cu[choice[E->u]], m = E->v == x ? E->cv[s] : E->cv[choice[E->v]];
+    c += E->c[l * E->nm + m];
+  }
+  return c;
+}
+
+/* A plan from the search's LP relaxation, offered to GLPK as its first
+ * incumbent (at a subproblem before any is found): each variable takes its
+ * largest strategy in the relaxation, then, while the plan is over the
+ * memory limit, the move of one variable to a smaller strategy that costs
+ * least per byte saved (its edges to the others' choices counted). The
+ * memory-tight stage plans of a search otherwise spent their node limit
+ * without a plan and then seconds in GLPK's feasibility pump. */
+static bool rounded_plan(const Search *S, glp_tree *tree) {
+  const Problem *P = S->P;
+  glp_prob *lp = glp_ios_get_prob(tree);
+  int *choice = arena_alloc(sizeof(int) * (size_t)(P->nvars + 1));
+  Adj *adj = arena_alloc(sizeof(Adj) * (size_t)(P->nvars + 1));
+  for (int e = 0; e < P->nedges; e++) adj[P->edges[e].u].n++, adj[P->edges[e].v].n++;
+  for (int x = 0; x < P->nvars; x++) adj[x].e = arena_alloc(sizeof(int) * (size_t)(adj[x].n + 1)), adj[x].n = 0;
+  for (int e = 0; e < P->nedges; e++) {
+    Adj *a = &adj[P->edges[e].u], *b = &adj[P->edges[e].v];
+    a->e[a->n++] = e;
+    if (b != a) b->e[b->n++] = e;
+  }
+  double mem = 0;
+  for (int x = 0; x < P->nvars; x++) {
+    const Var *V = &P->vars[x];
+    double best = -1;
+    for (int s = 0; s < V->ns; s++) {
+      double v = glp_get_col_prim(lp, S->xcol[x] + s);
+      if (!V->dead[s] && v > best) best = v, choice[x] = s;
+    }
+    mem += V->mem[choice[x]];
+  }
+  while (mem > S->mem_limit) {
+    int bx = -1, bs = 0;
+    double brate = DBL_MAX;
+    for (int x = 0; x < P->nvars; x++) {
+      const Var *V = &P->vars[x];
+      double now = cost_with_edges(P, adj, choice, x, choice[x]);
+      for (int s = 0; s < V->ns; s++) {
+        double saved = V->mem[choice[x]] - V->mem[s];
+        if (V->dead[s] || saved <= 0) continue;
+        double rate = (cost_with_edges(P, adj, choice, x, s) - now) / saved;
+        if (rate < brate) brate = rate, bx = x, bs = s;
+      }
+    }
+    if (bx < 0) return false;
+    mem -= P->vars[bx].mem[choice[bx]] - P->vars[bx].mem[bs];
+    choice[bx] = bs;
+  }
+  int n = glp_get_num_cols(lp);
+  double *val = arena_alloc(sizeof(double) * (size_t)(n + 1));
+  for (int x = 0; x < P->nvars; x++) val[S->xcol[x] + choice[x]] = 1;
+  for (int e = 0; e < P->nedges; e++) {
+    const Edge *E = &P->edges[e];
+    val[S->ecol[e] + E->cu[choice[E->u]] * E->nm + E->cv[choice[E->v]]] = 1;
+  }
+  return glp_ios_heur_sol(tree, val) == 0;
+}
 
 static void search_callback(glp_tree *tree, void *info) {
   Search *s = info;
@@ -1319,6 +1426,7 @@ static void search_callback(glp_tree *tree, void *info) {
       return;
     }
   }
+  if (why == GLP_IHEUR && !s->found && s->P && s->same_columns && rounded_plan(s, tree)) s->found = s->nodes + 1;
   if (why == GLP_IBINGO && !s->found) s->found = s->nodes + 1;
   if (why == GLP_ISELECT && s->node_limit > 0 &&
       (++s->nodes > s->node_limit || (s->found && s->nodes - s->found >= AFTER_FIRST)))
@@ -1391,10 +1499,12 @@ static void basis_keep(glp_prob *lp, uint64_t key) {
  * failed here), it is solved (optimal), or its bound reached the cutoff. */
 enum { LP_FAILED, LP_OPTIMAL, LP_ABOVE };
 
-/* The LP relaxation from a kept basis of the same structure when there is
- * one (dual simplex, stopped once its objective, a bound that only rises,
- * passes the cutoff), otherwise from GLPK's advanced basis (primal simplex,
- * as glp_intopt's presolver does). Not scaled: the matrix is already (its
+/* The LP relaxation by the dual simplex (stopped once its objective, a
+ * bound that only rises, passes the cutoff), from a kept basis of the same
+ * structure when there is one, otherwise from the basis of slacks, which
+ * is dual feasible as no cost is negative (a third of the time GLPK's
+ * advanced basis and the primal simplex took on a search's first
+ * relaxations of each structure). Not scaled: the matrix is already (its
  * entries are 1 and -1, and the memory row's fractions of the device), and
  * GLPK's scaling took a fifth of a search's time in the relaxations. */
 static int relaxation_from(glp_prob *lp, uint64_t key, glp_smcp *sm, double cutoff) {
@@ -1412,10 +1522,12 @@ static int relaxation_from(glp_prob *lp, uint64_t key, glp_smcp *sm, double cuto
       basis_keep(lp, key);
       return cutoff > 0 && glp_get_obj_val(lp) >= cutoff ? LP_ABOVE : LP_OPTIMAL;
     }
-    sm->meth = GLP_PRIMAL, sm->it_lim = INT_MAX, sm->obj_ul = DBL_MAX;
   }
-  glp_adv_basis(lp, 0);
-  if (glp_simplex(lp, sm) != 0 || glp_get_status(lp) != GLP_OPT) return LP_FAILED;
+  glp_std_basis(lp); /* every column at 0: dual feasible, as no cost is negative */
+  sm->meth = GLP_DUALP, sm->it_lim = INT_MAX, sm->obj_ul = cutoff > 0 ? cutoff : DBL_MAX;
+  int rc = glp_simplex(lp, sm);
+  if (rc == GLP_EOBJUL) return LP_ABOVE;
+  if (rc != 0 || glp_get_status(lp) != GLP_OPT) return LP_FAILED;
   basis_keep(lp, key);
   return cutoff > 0 && glp_get_obj_val(lp) >= cutoff ? LP_ABOVE : LP_OPTIMAL;
 }
@@ -1441,6 +1553,7 @@ static int integer_search(glp_prob *lp, glp_iocp *parm, uint64_t key, double cut
   int r = warm ? solve_relaxation(lp, key, parm->tm_lim, cutoff) : LP_FAILED;
   if (r == LP_ABOVE) return *cut = true, GLP_ESTOP;
   parm->presolve = r == LP_OPTIMAL ? GLP_OFF : GLP_ON;
+  ((Search *)parm->cb_info)->same_columns = parm->presolve == GLP_OFF; /* presolved, columns are renumbered */
   int limit = parm->tm_lim;
   parm->tm_lim = (int)fmax(1, limit - (now_seconds() - t0) * 1000);
   int rc = glp_intopt(lp, parm);
@@ -1550,6 +1663,7 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
   parm.tm_lim = (int)fmin(time_limit * 1000, 2e9);
   parm.mip_gap = 1e-6;
   Search search = {.gap = 1, .cutoff = cutoff, .node_limit = node_limit > 0 ? node_limit : FIRST_NODES};
+  if (!minimise_memory) search.P = P, search.xcol = xcol, search.ecol = ecol, search.mem_limit = mem_limit;
   parm.cb_func = search_callback;
   parm.cb_info = &search;
   int rc = integer_search(lp, &parm, key, cutoff, &search.cut);
@@ -1557,7 +1671,13 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
   if (stopped && !search.cut && !(node_limit > 0 && found)) {
     parm.fp_heur = GLP_ON;
     parm.tm_lim = (int)fmax(1, parm.tm_lim - (now_seconds() - t0) * 1000);
-    search = (Search){.gap = 1, .cutoff = cutoff, .node_limit = node_limit};
+    search = (Search){.gap = 1,
+                      .cutoff = cutoff,
+                      .node_limit = node_limit,
+                      .P = search.P,
+                      .xcol = xcol,
+                      .ecol = ecol,
+                      .mem_limit = mem_limit};
     rc = integer_search(lp, &parm, key, cutoff, &search.cut);
   }
   S.gap = search.gap, S.cut = search.cut;
@@ -1744,6 +1864,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
   pl->partial = arena_alloc(sizeof(uint8_t) * (size_t)(g->nfwd + 1));
   pl->a2a = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
   PtrVec rec = {0};
+  bool *again = shared_rereads(P);
   Acc acc = {.rec = &rec};
   double w = plan_once_weight(o);
   for (int i = 0; i < g->nfwd; i++) {
@@ -1765,7 +1886,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
     if (P->shared[i] >= 0) { /* into its layout variable, once */
       Side b = held_layouts(P, i, true, false)[S->choice[P->shared[i]]];
-      move(&P->C, &pl->layout[i], &b.s, bytes, &acc, v->name);
+      move(&P->C, &pl->layout[i], &b.s, bytes, again[i], &acc, v->name);
     }
     for (int k = 0; k < v->nin; k++) { /* resharding between groups */
       if (!reads_across(P, i, k)) continue;
@@ -1773,12 +1894,14 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id];
       Spec a = held_layouts(P, u->id, true, false)[S->choice[xu]].s, b = tensor_spec(&P->model[i], k, &st);
       double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
-      move(&P->C, &a, &b, ub, &acc, u->name); /* the layout edge, then the gradient edge's reduction */
+      move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], &acc,
+           u->name); /* the layout edge, then the gradient edge's reduction */
       reduction(&P->C, split_axes(&pl->layout[u->id]), read_partial(P, i, k, &st), spec_shards(P->C.me, &b), ub,
                 P->readers[u->id], &acc, u->name);
     }
   }
   pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective, pl->update_s = acc.update;
+  pl->reread_s = acc.reread;
   pl->microbatch_s = acc.compute + acc.comm - w * (acc.once + acc.update);
   for (int x = 0; x < P->nvars && P->exposure; x++) { /* hidden behind the backward pass (Problem.exposure) */
     int s = S->choice[x];

@@ -92,6 +92,7 @@ typedef struct Ctx {
   bool compose;           /* search with composed span costs (large clusters) */
   double *t, *sync, *mem; /* [i][j][k] cache; NAN: not yet */
   double *flops;          /* [i][j]: a span's einsum FLOPs per microbatch (stage_flops); NAN: not yet */
+  uint64_t *sig;          /* [i][j]: a span's stage graph signature (signature); 0: not yet */
   const Plan **plan;
   int ilps;
 } Ctx;
@@ -185,9 +186,14 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
   if (stage_bound(c, i, j, k) < 0) return c->t[x] = -1; /* no solve needed to rule it out */
   int most = c->D / c->sub[k].devices;                  /* stages a pipeline could still have */
   int inflight = c->B < most ? c->B : most;
-  Graph *sg = stage_graph(c->g, c->group, i, j);
+  Graph *sg = NULL;
+  uint64_t *sig = &c->sig[i * c->G + j]; /* a cached span needs no graph: its signature is kept */
+  if (!*sig) {
+    sg = stage_graph(c->g, c->group, i, j);
+    *sig = signature(sg) | 1;
+  }
   int64_t what[4] = {c->sub[k].nodes, c->sub[k].per_node, inflight, c->B};
-  uint64_t key = hash_bytes(what, sizeof what, signature(sg));
+  uint64_t key = hash_bytes(what, sizeof what, *sig);
   for (int y = 0; y < c->cache->n; y++) {
     const Cached *e = &c->cache->e[y];
     if (e->key == key) { /* an identical span on the same submesh */
@@ -195,6 +201,7 @@ static double exact_cost(Ctx *c, int i, int j, int k) {
       return c->t[x] = e->t;
     }
   }
+  if (!sg) sg = stage_graph(c->g, c->group, i, j);
   Cluster sub = *c->cl;
   sub.nodes = c->sub[k].nodes;
   sub.devices_per_node = c->sub[k].per_node;
@@ -396,7 +403,8 @@ static bool sim_input_rc(const PipelinePlan *pp, SchedKind kind, int v, const in
     stage_fractions(st, &ff, &wf);
     tf[vs] = ff * t;
     int mode = rc[vs % p];
-    double again = mode == RC_FULL        ? tf[vs]
+    double reread = st->plan ? st->plan->reread_s / v : 0; /* a recomputing task's forward does it */
+    double again = mode == RC_FULL        ? fmax(0, tf[vs] - reread)
                    : mode == RC_SELECTIVE ? st->sel_t / v
                                           : 0; /* re-run (part of) the forward */
     tb[vs] = (kind == SCHED_ZB_H1 ? (1 - ff - wf) * t : (1 - ff) * t) + again;
@@ -647,6 +655,7 @@ static void cache_alloc(Ctx *c) {
   c->mem = arena_alloc(sizeof(double) * cells), c->plan = arena_alloc(sizeof(Plan *) * cells);
   for (size_t i = 0; i < cells; i++) c->t[i] = NAN;
   c->flops = arena_alloc(sizeof(double) * (size_t)c->G * (size_t)c->G);
+  c->sig = arena_alloc(sizeof(uint64_t) * (size_t)c->G * (size_t)c->G);
   for (int i = 0; i < c->G * c->G; i++) c->flops[i] = NAN;
 }
 

@@ -172,6 +172,8 @@ typedef struct Plan {
   double microbatch_s;         /* compute and communication per microbatch, without the once-per-step costs */
   double sync_hidden_s;        /* of the once-weighted gradient sync in compute_s + comm_s, what the objective
                                   leaves out as hidden behind the backward pass (overlap; Problem.exposure) */
+  double reread_s;             /* of microbatch_s: the backward pass resharding forward values again (a stage
+                                  that recomputes its forward reshards them there instead) */
   double update_s;             /* the optimizer update (gradient norm, AdamW, cast), seconds per step; its
                                   plan_once_weight share is in compute_s and the objective, like a sync's */
   double fwd_frac, wgrad_frac; /* of compute + communication: the forward's share, the weight gradients' */

@@ -35,7 +35,7 @@ count_is() {
 # the sequence parallelism the planner finds: the gradient of the hidden
 # state q, k and v read is summed and reduced once a layer (reduce-scattered
 # along the sequence), never each of q's, k's and v's on its own
-"$carve" plan gpt --preset gpt-tiny --set batch=4,layers=2,hidden=1024,heads=16,seq=256 --cluster dgx-a100 \
+"$carve" plan gpt --preset gpt-tiny --set batch=8,layers=2,hidden=2048,heads=16,seq=1024 --cluster dgx-a100 \
   --nodes 1 --devices-per-node 2 --manual tp=2,pp=1 --quiet -o "$tmp/tp2" >/dev/null 2>&1 || bad "plan tp=2"
 "$carve" explain "$tmp/tp2" --rank 0 >"$tmp/tp2.txt" 2>&1
 count_is 2 "$tmp/tp2.txt" ' \(all_reduce\|reduce_scatter_dim\)  *d\.layers\.[0-9]*\.h/acc' \
@@ -146,17 +146,19 @@ pp=2,mb=4,schedule=zb-h1,recompute=selective dp=2,recompute=selective pp=4,mb=4,
 pp=2,mb=4,schedule=interleaved pp=4,mb=4,schedule=zb-h1 dp=2,mb=2,zero=2 dp=4,zero=3 dp=2,pp=2,mb=2,zero=1 dp=8
 dp=2,pp=4,mb=4,schedule=1f1b,zero=2 tp=2 tp=4 dp=2,tp=2 tp=2,zero=1 dp=2,tp=2,zero=3 pp=2,tp=2,mb=2
 pp=2,tp=2,mb=4,schedule=interleaved dp=2,tp=2,pp=2,mb=2"
-# still different (docs/cost-model.md): a bias split by heads has its
-# gradient gathered (all-gather) where the plan prices an all-reduce (mlp's
-# biases, whose gradient the programs sum from the next layer's split
-# reading, have theirs gathered where the plan prices nothing); a backward
-# task reshards the forward values it reads again; over data-parallel
-# replicas, moe's plans all-reduce the dispatched tokens (the dispatch
-# product sums over the batch) and run every expert whole on each replica,
-# where the programs run each replica's tokens through the experts and
-# reduce the experts' gradients; moe's expert-parallel plans are not
-# lowered by `carve plan -o`
-known=" gpt:*tp=* bert:*tp=* mlp:*tp=* moe:dp=* moe:*tp=* "
+# still different (docs/cost-model.md): a tied embedding the plan stores
+# split over tp while data parallel replicas sum its gradient is bucketed at
+# the size its readers read it in the plan, at its stored size in the
+# programs (and under ZeRO 2 and 3 the programs all-reduce each of its two
+# contributions over tp, where the plan sums them first); the gradient a pipeline stage
+# hands back to the one before comes in the layout its first reader reads
+# the activation in, gathered there where the plan has it arrive as the
+# activation is held; over data-parallel replicas, moe's plans all-reduce
+# the dispatched tokens (the dispatch product sums over the batch) and run
+# every expert whole on each replica, where the programs run each
+# replica's tokens through the experts and reduce the experts' gradients;
+# moe's expert-parallel plans are not lowered by `carve plan -o`
+known=" gpt:dp=2,tp=2 gpt:dp=2,tp=2,zero=3 bert:dp=2,tp=2 bert:dp=2,tp=2,zero=3 mlp:*pp=2,tp=2* mlp:dp=2,tp=2,pp=2* moe:dp=* moe:*tp=* "
 for spec in gpt:gpt-tiny bert:bert-tiny mlp:mlp-tiny moe:moe-tiny; do
   model=${spec%%:*}
   for layout in $layouts; do

@@ -158,7 +158,9 @@ expect 1 "sp=1 splits the sequence over the tensor-parallel devices: it needs tp
 expect 1 "sp is 0 or 1" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=4,tp=2,sp=2"
 # sequence parallelism on a model wide enough to split: the row-parallel
 # products' partial sums reduce-scattered along the sequence, and less memory
-# per device than with sp=0, which keeps them all-reduced and the norms whole
+# per device than with sp=0, which keeps them all-reduced and the norms
+# whole, at a step within 5% (at this size the sequence gathered again for
+# the backward pass's weight gradients costs sp=1 about 3%)
 wide="gpt --preset gpt-tiny --set batch=4,layers=2,hidden=1024,heads=16,seq=256 --cluster dgx-a100 --nodes 1 --devices-per-node 2"
 expect 0 '"kind": "reduce-scatter", "mesh_axes": \[1\], "bytes": 2097152, "count_per_step": 2, "phase": "forward", "tensor": "layers.0.x/einsum"' plan $wide --manual "tp=2,sp=1" --json
 expect 0 '"kind": "all-reduce", "mesh_axes": \[1\], "bytes": 2097152, "count_per_step": 2, "phase": "forward", "tensor": "layers.0.x/einsum"' plan $wide --manual "tp=2,sp=0" --json
@@ -168,10 +170,10 @@ field() { sed -n "s/^  \"$1\": \([0-9.e+-]*\),*$/\1/p" "$2"; }
 m1=$(field memory_per_device_bytes "$tmp/sp1.json") m0=$(field memory_per_device_bytes "$tmp/sp0.json")
 t1=$(field predicted_step_s "$tmp/sp1.json") t0=$(field predicted_step_s "$tmp/sp0.json")
 if [ -n "$m1" ] && [ -n "$m0" ] && [ -n "$t1" ] && [ -n "$t0" ] &&
-  awk -v m1="$m1" -v m0="$m0" -v t1="$t1" -v t0="$t0" 'BEGIN { exit !(m1 < m0 && t1 < 1.02 * t0) }'; then
+  awk -v m1="$m1" -v m0="$m0" -v t1="$t1" -v t0="$t0" 'BEGIN { exit !(m1 < m0 && t1 < 1.05 * t0) }'; then
   pass=$((pass + 1))
 else
-  fail=$((fail + 1)); echo "FAILED: sp=1 ($m1 bytes, $t1 s) against sp=0 ($m0 bytes, $t0 s): want less memory, a step within 2%"
+  fail=$((fail + 1)); echo "FAILED: sp=1 ($m1 bytes, $t1 s) against sp=0 ($m0 bytes, $t0 s): want less memory, a step within 5%"
 fi
 expect 1 "mb=3 microbatches do not divide the batch of 16" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,mb=3"
 expect 1 "pp=4 stages but the model has 2 layers" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=2,tp=1,pp=4,mb=1"
