@@ -409,6 +409,19 @@ static int param_copies(const Ctx *C, const Node *u) {
   return C->g->copies && C->g->copies[u->id] > 1 ? C->g->copies[u->id] : 1;
 }
 
+/* Whether a parameter several ops read (stored with its own layout) has its
+   gradient summed over the data-parallel replicas as it is stored: the
+   programs sum the readers' contributions over tp in the layout they read
+   it in, cut them to the stored part, and bucket that over the replicas.
+   Priced on the parameter's own variable (node_cost), where the stored
+   layout is known, when the batch is on mesh axis 0 by construction (a
+   manual layout's dp) and without ZeRO; otherwise each reader prices the
+   bucket at the size it reads. */
+static bool leaf_syncs_replicas(const Ctx *C, const Node *u) {
+  return C->zero == 0 && C->o->batch_axis == 0 && C->me->n[0] > 1 && u->op == OP_PARAM && C->needs_grad[u->id] &&
+         C->consumers[u->id] > 1;
+}
+
 /* The all-reduce of parameter u's gradient (`bytes`) over the devices of
    `axes`, once per step: over each axis in turn, as the programs run it
    (codegen/distribute.c), the whole gradient each time, rather than one
@@ -417,8 +430,8 @@ static int param_copies(const Ctx *C, const Node *u) {
    64-byte aligned in it: a member pays its bytes and its share of the
    bucket's one latency. (An activation's partial gradient is reduced on a
    gradient edge: reduction.) */
-static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int batch, double bytes, int share) {
-  int copies = param_copies(C, u);
+static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int batch, double bytes, int share,
+                        int copies) {
   for (int a = 0; a <= 2; a++) {
     /* a = 2: a tied parameter's copies on other stages, where no batch axis took them in (below) */
     if (a < 2 ? !(axes >> a & 1) : copies < 2) continue;
@@ -503,11 +516,18 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
   double P, G, O;
   state_bytes(C, &P, &G, &O); /* gradients are reduced in f32, as they are accumulated */
   double e = (double)shape_numel(&u->shape) / spec_shards(C->me, s);
-  if (C->zero == 0) { /* one all-reduce over every device holding the same part */
-    grad_reduce(C, acc, u, axes, batch, e * G, share);
+  if (C->zero == 0 && leaf_syncs_replicas(C, u)) { /* the replicas' bucket is the stored part's (node_cost) */
+    grad_reduce(C, acc, u, axes & ~1, batch & ~1, e * G, share, 1);
     return;
   }
-  for (int a = 0; a < 2; a++) /* partial over a non-batch axis (tensor parallelism): all-reduced first */
+  if (C->zero == 0) { /* one all-reduce over every device holding the same part */
+    grad_reduce(C, acc, u, axes, batch, e * G, share, param_copies(C, u));
+    return;
+  }
+  /* partial over a non-batch axis (tensor parallelism): all-reduced first; under ZeRO 2 and 3, whose
+     accumulators are shards reduced every microbatch, each contribution on its own every microbatch (the
+     programs sum a tied parameter's readers' contributions first only under ZeRO 0 and 1) */
+  for (int a = 0; a < 2; a++)
     if (axes >> a & 1 && !(batch >> a & 1))
       comm_c(C, acc,
              (Comm){.kind = COLL_ALL_REDUCE,
@@ -515,9 +535,9 @@ static void param_sync(const Ctx *C, Acc *acc, const Node *u, const Spec *s, int
                     .bytes = e * G,
                     .phase = PHASE_BACKWARD,
                     .what = u->name,
-                    .once = true,
+                    .once = C->zero < 2,
                     .param = u},
-             share);
+             C->zero < 2 ? share : 1);
   for (int a = 0; a < 2; a++) { /* after a reduce-scatter over this axis, the next one moves 1/n of it */
     if (!(axes >> a & 1) || !(batch >> a & 1)) continue;
     Comm c = {.axes = 1 << a, .what = u->name};
@@ -622,6 +642,8 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       for (int a = 0; a < 2; a++)
         if (st->ax[a] < 0 && me->n[a] > 1) repl |= 1 << a;
       param_memory(C, acc, v, &s, axes_size(me, repl));
+      if (leaf_syncs_replicas(C, v) && (repl & 1)) /* the replicas' bucket of the stored part (tied copies too) */
+        grad_reduce(C, acc, v, 1, 1, (double)shape_numel(&v->shape) / spec_shards(me, &s) * 4, 1, param_copies(C, v));
     } else {
       acc->ma += tensor_bytes(C, v, &s);
     }
