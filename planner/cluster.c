@@ -310,6 +310,10 @@ static char *trim_line(char *s) {
 static void check_missing(Parser *p) {
   for (int i = 0; i < NKEYS; i++)
     if (!p->line_of[i] && !keys[i].optional) error_at(p, 0, "missing key '%s': %s", keys[i].name, keys[i].what);
+  for (int i = 0; i < NKEYS; i++) /* the workspace is taken out of the memory: some must be left */
+    if (!strcmp(keys[i].name, "workspace") && p->line_of[i] && p->c->memory > 0 && p->c->workspace >= p->c->memory)
+      error_at(p, p->line_of[i], "workspace (%g bytes) must be less than memory (%g bytes)", p->c->workspace,
+               p->c->memory);
 }
 
 /* Parses text in place: each line is cut out of it, nothing is copied. */

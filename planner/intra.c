@@ -641,7 +641,8 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       int repl = 0;
       for (int a = 0; a < 2; a++)
         if (st->ax[a] < 0 && me->n[a] > 1) repl |= 1 << a;
-      param_memory(C, acc, v, &s, axes_size(me, repl));
+      /* ZeRO shards over the replicas: a manual layout's batch axis, not the tp axis it is also whole on */
+      param_memory(C, acc, v, &s, axes_size(me, C->o->batch_axis >= 0 ? repl & 1 << C->o->batch_axis : repl));
       if (leaf_syncs_replicas(C, v) && (repl & 1)) /* the replicas' bucket of the stored part (tied copies too) */
         grad_reduce(C, acc, v, 1, 1, (double)shape_numel(&v->shape) / spec_shards(me, &s) * 4, 1, param_copies(C, v));
     } else {
@@ -1352,7 +1353,8 @@ enum { AFTER_FIRST = 10 };
 typedef struct Search {
   double gap, cutoff;
   int nodes, node_limit;
-  int found; /* the node count (+1) when the first plan was found, 0 before */
+  int found;    /* the node count (+1) when the branch and bound found its first plan, 0 before */
+  bool rounded; /* GLPK took rounded_plan's plan as its incumbent (it is offered until then) */
   bool cut;
   /* for rounded_plan: the problem, its columns, and the memory row's limit */
   const Problem *P;
@@ -1378,12 +1380,15 @@ static double cost_with_edges(const Problem *P, const Adj *adj, const int *choic
 }
 
 /* A plan from the search's LP relaxation, offered to GLPK as its first
- * incumbent (at a subproblem before any is found): each variable takes its
- * largest strategy in the relaxation, then, while the plan is over the
- * memory limit, the move of one variable to a smaller strategy that costs
- * least per byte saved (its edges to the others' choices counted). The
- * memory-tight stage plans of a search otherwise spent their node limit
- * without a plan and then seconds in GLPK's feasibility pump. */
+ * incumbent (at each subproblem until it takes one, before the branch and
+ * bound finds a plan): each variable takes its largest strategy in the
+ * relaxation, then, while the plan is over the memory limit, the move of
+ * one variable to a smaller strategy that costs least per byte saved (its
+ * edges to the others' choices counted). The branch and bound prunes
+ * against it and, in a search, still stops AFTER_FIRST nodes after its own
+ * first plan (or at the node limit, keeping the better of the two). The
+ * memory-tight stage plans of a search otherwise ended their node limit
+ * without a plan and then spent seconds in GLPK's feasibility pump. */
 static bool rounded_plan(const Search *S, glp_tree *tree) {
   const Problem *P = S->P;
   glp_prob *lp = glp_ios_get_prob(tree);
@@ -1448,7 +1453,7 @@ static void search_callback(glp_tree *tree, void *info) {
       return;
     }
   }
-  if (why == GLP_IHEUR && !s->found && s->P && s->same_columns && rounded_plan(s, tree)) s->found = s->nodes + 1;
+  if (why == GLP_IHEUR && !s->found && !s->rounded && s->P && s->same_columns) s->rounded = rounded_plan(s, tree);
   if (why == GLP_IBINGO && !s->found) s->found = s->nodes + 1;
   if (why == GLP_ISELECT && s->node_limit > 0 &&
       (++s->nodes > s->node_limit || (s->found && s->nodes - s->found >= AFTER_FIRST)))
@@ -1662,10 +1667,11 @@ static Solution solve(const Problem *P, double mem_limit, double time_limit, int
     }
   }
   if (!minimise_memory) { /* in fractions of the device's memory: bytes (1e10) beside the 1s slowed the simplex */
-    glp_set_row_bnds(lp, row, GLP_UP, 0, 1);
+    double unit = mem_limit > 0 ? mem_limit : 1; /* (none left after the workspace: infeasible, as in bytes) */
+    glp_set_row_bnds(lp, row, GLP_UP, 0, mem_limit / unit);
     for (int x = 0; x < P->nvars; x++)
       for (int s = 0; s < P->vars[x].ns; s++)
-        if (P->vars[x].mem[s] != 0) NZ(row, xcol[x] + s, P->vars[x].mem[s] / mem_limit);
+        if (P->vars[x].mem[s] != 0) NZ(row, xcol[x] + s, P->vars[x].mem[s] / unit);
   }
 #undef NZ
   CARVE_ASSERT(nz <= cap, "ILP coefficient buffer large enough");

@@ -184,6 +184,8 @@ static const Bad bads[] = {
      "@:7: error: 'flops_bf16' needs a value: peak FLOP/s per device at bf16\n"},
     {"name", "name", "name dgx a100\n",
      "@:2: error: name is one word of letters, digits, '-', '_' and '.', got 'dgx a100'\n"},
+    {"workspace", NULL, "workspace 16GB\n",
+     "@:14: error: workspace (1.6e+10 bytes) must be less than memory (1.6e+10 bytes)\n"},
 };
 
 static void check_bad_files(void) {
