@@ -869,6 +869,8 @@ typedef struct Problem {
   double w_hide, w_exposed;
   PtrVec self; /* SelfCost: edges between a variable and itself, as costs on its strategies */
   bool edges_made;
+  bool *again; /* per forward node: resharded into its layout variable again for the backward pass
+                  (shared_rereads), found with the edges */
 } Problem;
 
 /* An edge within one variable: what it adds to each strategy's cost. */
@@ -1245,7 +1247,7 @@ static bool *shared_rereads(const Problem *P) {
 static void add_edges(Problem *P) {
   const Graph *g = P->C.g;
   P->nedges = 0;
-  bool *again = shared_rereads(P);
+  bool *again = P->again = shared_rereads(P);
   for (int u = 0; u < g->nfwd; u++) { /* producers into their layout variables */
     int x = P->shared[u];
     if (x < 0) continue;
@@ -1892,7 +1894,6 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
   pl->partial = arena_alloc(sizeof(uint8_t) * (size_t)(g->nfwd + 1));
   pl->a2a = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
   PtrVec rec = {0};
-  bool *again = shared_rereads(P);
   Acc acc = {.rec = &rec};
   double w = plan_once_weight(o);
   for (int i = 0; i < g->nfwd; i++) {
@@ -1914,7 +1915,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
     if (P->shared[i] >= 0) { /* into its layout variable, once */
       Side b = held_layouts(P, i, true, false)[S->choice[P->shared[i]]];
-      move(&P->C, &pl->layout[i], &b.s, bytes, again[i], &acc, v->name);
+      move(&P->C, &pl->layout[i], &b.s, bytes, P->again[i], &acc, v->name);
     }
     for (int k = 0; k < v->nin; k++) { /* resharding between groups */
       if (!reads_across(P, i, k)) continue;

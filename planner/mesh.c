@@ -98,11 +98,28 @@ const char *spec_str(const Spec *s, char *buf, size_t n) {
   return buf;
 }
 
-double coll_time(const Mesh *m, CollKind k, int axis, double bytes) {
-  int n = m->n[axis];
+/* A ring of n devices moving `bytes` each at bandwidth bw, latency lat. */
+static double ring(CollKind k, int n, double bytes, double bw, double lat) {
   if (n <= 1 || bytes <= 0) return 0;
-  double f = (double)(n - 1) / n * bytes / m->bw[axis];
-  return m->lat[axis] + (k == COLL_ALL_REDUCE ? 2 * f : f);
+  double f = (double)(n - 1) / n * bytes / bw;
+  return lat + (k == COLL_ALL_REDUCE ? 2 * f : f);
+}
+
+/* A group of n devices (and the link *bw, *lat, 0 for none) widened by the
+   devices of the mesh axes in `axes`: its size, the slowest link, the
+   largest latency. */
+static int widen(const Mesh *m, int axes, int n, double *bw, double *lat) {
+  for (int a = 0; a < 2; a++) {
+    if (!(axes >> a & 1) || m->n[a] <= 1) continue;
+    n *= m->n[a];
+    *bw = *bw > 0 && *bw < m->bw[a] ? *bw : m->bw[a];
+    *lat = *lat > m->lat[a] ? *lat : m->lat[a];
+  }
+  return n;
+}
+
+double coll_time(const Mesh *m, CollKind k, int axis, double bytes) {
+  return ring(k, m->n[axis], bytes, m->bw[axis], m->lat[axis]);
 }
 
 /* One collective over the devices of several axes (a bit mask): a ring over
@@ -110,35 +127,19 @@ double coll_time(const Mesh *m, CollKind k, int axis, double bytes) {
    crosses and paying the larger latency once. */
 double coll_time_axes(const Mesh *m, CollKind k, int axes, double bytes) {
   if (axes == 1 || axes == 2) return coll_time(m, k, axes >> 1, bytes);
-  int n = 1;
   double bw = 0, lat = 0;
-  for (int a = 0; a < 2; a++) {
-    if (!(axes >> a & 1) || m->n[a] <= 1) continue;
-    n *= m->n[a];
-    bw = bw > 0 && bw < m->bw[a] ? bw : m->bw[a];
-    lat = lat > m->lat[a] ? lat : m->lat[a];
-  }
-  if (n <= 1 || bytes <= 0) return 0;
+  int n = widen(m, axes, 1, &bw, &lat);
   if (m->n[0] > 1 && m->n[1] > 1 && m->both_bw > 0) bw = m->both_bw; /* one group of both axes' devices */
-  double f = (double)(n - 1) / n * bytes / bw;
-  return lat + (k == COLL_ALL_REDUCE ? 2 * f : f);
+  return ring(k, n, bytes, bw, lat);
 }
 
 /* A tied parameter's gradient summed over its copies on `copies` stages
    (and the devices of `axes` on each) is one ring over all of them, paced
    by the slower of the mesh axes' links and the link between the stages. */
 double comm_time(const Mesh *m, const Comm *c, double *lat) {
-  int n = c->copies > 1 ? c->copies : 1;
-  double bw = c->copies > 1 ? m->copy_bw : 0, l = c->copies > 1 ? m->copy_lat : 0;
-  for (int a = 0; a < 2; a++) {
-    if (!(c->axes >> a & 1) || m->n[a] <= 1) continue;
-    n *= m->n[a];
-    bw = bw > 0 && bw < m->bw[a] ? bw : m->bw[a];
-    l = l > m->lat[a] ? l : m->lat[a];
-  }
+  bool tied = c->copies > 1;
+  double bw = tied ? m->copy_bw : 0, l = tied ? m->copy_lat : 0;
+  int n = widen(m, c->axes, tied ? c->copies : 1, &bw, &l);
   if (lat) *lat = n > 1 && c->bytes > 0 ? l : 0;
-  if (c->copies <= 1) return coll_time_axes(m, c->kind, c->axes, c->bytes);
-  if (n <= 1 || c->bytes <= 0) return 0;
-  double f = (double)(n - 1) / n * c->bytes / bw;
-  return l + (c->kind == COLL_ALL_REDUCE ? 2 * f : f);
+  return tied ? ring(c->kind, n, c->bytes, bw, l) : coll_time_axes(m, c->kind, c->axes, c->bytes);
 }
