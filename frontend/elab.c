@@ -37,6 +37,7 @@ typedef struct Dim {
   const char *name;
   int64_t value;
   bool ok;
+  bool per_batch; /* DimVal.per_batch */
 } Dim;
 
 typedef struct Elab {
@@ -118,6 +119,23 @@ static Dim *dim_find(Elab *E, const char *name) {
 }
 
 /* ---------------------------------------------------------------- scalars */
+
+/* Whether a dim's expression is computed from the batch. */
+static bool mentions_batch(Elab *E, const Expr *e) {
+  switch (e->kind) {
+  case EX_IDENT: {
+    const Dim *dm = dim_find(E, e->name);
+    return !strcmp(e->name, "batch") || (dm && dm->per_batch);
+  }
+  case EX_BIN: return mentions_batch(E, e->lhs) || mentions_batch(E, e->rhs);
+  case EX_NEG: return mentions_batch(E, e->lhs);
+  case EX_CALL:
+    for (int i = 0; i < e->nargs; i++)
+      if (mentions_batch(E, e->args[i])) return true;
+    return false;
+  default: return false;
+  }
+}
 
 static bool mentions_tensor(Elab *E, const Expr *e) {
   switch (e->kind) {
@@ -955,12 +973,12 @@ static void stmt_dim(Elab *E, const Stmt *s) {
     }
     *strmap_put(&E->dim_of, name, 0) = E->ndims;
     Dim *dm = &E->dims[E->ndims++];
-    *dm = (Dim){name, 0, false};
+    *dm = (Dim){name, 0, false, false};
     int64_t *ov = override_for(E, name);
     if (ov)
       dm->value = *ov, dm->ok = true;
     else
-      dm->ok = eval_int(E, s->exprs[i], &dm->value);
+      dm->ok = eval_int(E, s->exprs[i], &dm->value), dm->per_batch = mentions_batch(E, s->exprs[i]);
     if (dm->ok && dm->value < 0) {
       diag_error(E->d, s->name_toks[i], "dim '%s' must not be negative, got %lld%s", name, (long long)dm->value,
                  ov ? " (from --set or a preset)" : "");
@@ -1273,7 +1291,7 @@ Graph *elaborate(const Ast *ast, const ElabOptions *opt, Diag *d) {
   E.g->nfwd = E.g->n;
   E.g->ndims = E.ndims;
   E.g->dims = arena_alloc(sizeof(DimVal) * (size_t)(E.ndims + 1));
-  for (int i = 0; i < E.ndims; i++) E.g->dims[i] = (DimVal){E.dims[i].name, E.dims[i].value};
+  for (int i = 0; i < E.ndims; i++) E.g->dims[i] = (DimVal){E.dims[i].name, E.dims[i].value, E.dims[i].per_batch};
   free(E.syms);
   free(E.dims);
   strmap_free(&E.sym_of);

@@ -99,6 +99,15 @@ int64_t graph_dim(const Graph *g, const char *name, int64_t fallback) {
   return fallback;
 }
 
+bool graph_dim_per_batch(const Graph *g, const Node *n, int d) {
+  const char *name = d >= 0 && d < n->shape.rank ? n->dimname[d] : NULL;
+  if (!name) return false;
+  if (!strcmp(name, "batch")) return true;
+  for (int i = 0; i < g->ndims; i++)
+    if (!strcmp(g->dims[i].name, name)) return g->dims[i].per_batch;
+  return false;
+}
+
 bool graph_verify(const Graph *g, FILE *err) {
   for (int i = 0; i < g->n; i++) {
     const Node *n = g->nodes[i];

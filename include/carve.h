@@ -353,6 +353,8 @@ typedef struct Node {
 typedef struct DimVal {
   const char *name;
   int64_t value;
+  bool per_batch; /* computed from the dim named batch (not set by a preset or --set): a replica given a share of
+                     the batch computes its own (an MoE capacity), see graph_dim_per_batch */
 } DimVal;
 
 typedef struct Graph {
@@ -373,6 +375,10 @@ Graph *graph_new(const char *model);
 Node *graph_add(Graph *g, OpKind op, const char *name);
 Node *graph_node(const Graph *g, int id);
 int64_t graph_dim(const Graph *g, const char *name, int64_t fallback);
+/* Whether dim d of node n scales with the batch: it is the dim named batch,
+   or one computed from it (DimVal.per_batch). Data-parallel replicas run the
+   model at their share of the batch, so such a dim is theirs too. */
+bool graph_dim_per_batch(const Graph *g, const Node *n, int d);
 /* Checks the invariants every phase relies on (inputs precede users, shapes
  * consistent with ops). Returns false and prints the first violation. */
 bool graph_verify(const Graph *g, FILE *err);

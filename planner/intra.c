@@ -76,7 +76,10 @@ typedef struct OpModel {
   uint32_t frozen;                /* iteration dims that may not be split */
   uint32_t unlowered;             /* iteration dims a kernel needs whole (op_whole_dims): not split when the
                                      plan is to be lowered (PlanOptions.lowerable) */
-  int batch;                      /* the iteration dim named "batch", -1: none */
+  int batch;                      /* the iteration dim named "batch" (else one computed from it, as an MoE
+                                     capacity), -1: none */
+  uint32_t scaled;                /* the other iteration dims computed from the batch (graph_dim_per_batch) */
+  int rep;                        /* the replica axis: splitting the batch over it splits the scaled dims too */
   int seq;                        /* the output's dim named "seq" as an iteration dim, -1: none */
   bool scatter;                   /* a two-operand einsum: its partial sums may be reduce-scattered */
 } OpModel;
@@ -111,15 +114,68 @@ static void dims_of(OpModel *m, const Shape *s) {
   for (int i = 0; i < s->rank; i++) m->size[i] = s->d[i];
 }
 
+static const Node *tensor_node(const Graph *g, const Node *v, const OpModel *m, int t) {
+  return t < m->nt - 1 && !is_leaf(v) ? g->nodes[v->in[t]] : v;
+}
+
+static int batch_idim(const Graph *g, const Node *v, const OpModel *m) {
+  for (int t = 0; t < m->nt; t++) {
+    const Node *n = tensor_node(g, v, m, t);
+    for (int i = 0; i < m->rank[t]; i++)
+      if (m->map[t][i] >= 0 && i < n->shape.rank && n->dimname[i] && strcmp(n->dimname[i], "batch") == 0)
+        return m->map[t][i];
+  }
+  return -1;
+}
+
+/* The batch and the dims computed from it. Data-parallel replicas each run
+   the model at their share of the batch (codegen/distribute.c), so such a
+   dim (an MoE capacity) is split with the batch over the replica axis, and
+   an op without a batch dim (an expert's product, over the capacity) takes
+   one of them as its batch. A contraction over the batch then leaves no
+   partial sum where the output keeps a scaled dim: each replica holds its
+   own block (its tokens' expert slots). */
+static void per_batch_dims(const Graph *g, const Node *v, OpModel *m) {
+  m->batch = batch_idim(g, v, m);
+  for (int t = 0; t < m->nt; t++) {
+    const Node *n = tensor_node(g, v, m, t);
+    for (int i = 0; i < m->rank[t]; i++)
+      if (m->map[t][i] >= 0 && m->map[t][i] != m->batch && graph_dim_per_batch(g, n, i))
+        m->scaled |= 1u << m->map[t][i];
+  }
+  if (m->batch < 0 && m->scaled) {
+    m->batch = __builtin_ctz(m->scaled);
+    m->scaled &= m->scaled - 1;
+  }
+}
+
+/* Whether strategy st splits the op's scaled dims over axis a with its batch. */
+static bool diag(const OpModel *m, const Strategy *st, int a) {
+  return m->scaled && a == m->rep && st->ax[a] >= 0 && st->ax[a] == m->batch;
+}
+
+/* Whether tensor t of the op is split over axis a (a reduce-scatter's output and an all-to-all's other side
+   aside): an op whose output is not leaves partial sums over a. */
+static bool split_by(const OpModel *m, int t, const Strategy *st, int a) {
+  if (st->ax[a] >= 0 && maps(m, t, st->ax[a])) return true;
+  if (!diag(m, st, a)) return false;
+  for (int i = 0; i < m->rank[t]; i++)
+    if (m->map[t][i] >= 0 && (m->scaled >> m->map[t][i] & 1)) return true;
+  return false;
+}
+
 static void op_dims(const Graph *g, const Node *v, OpModel *m);
 
-/* The op's loop nest; the iteration dims its kernel needs whole come from
-   the rule book (frontend/rules.c), which the code generator reads too. */
-static int batch_idim(const Graph *g, const Node *v, const OpModel *m);
+static int rep_axis(const PlanOptions *o) { return o->batch_axis >= 0 ? o->batch_axis : 0; }
 
-static void op_model(const Graph *g, const Node *v, OpModel *m) {
+/* The op's loop nest; the iteration dims its kernel needs whole come from
+   the rule book (frontend/rules.c), which the code generator reads too.
+   rep: the mesh axis of the data-parallel replicas (PlanOptions.batch_axis, else 0, the axis codegen runs as
+   replicas: pipeline.c, pipeline_layout). */
+static void op_model(const Graph *g, const Node *v, int rep, OpModel *m) {
   op_dims(g, v, m);
-  m->batch = batch_idim(g, v, m);
+  m->rep = rep;
+  per_batch_dims(g, v, m);
   int out = m->nt - 1;
   m->seq = -1;
   for (int i = 0; i < m->rank[out] && !is_leaf(v); i++)
@@ -235,7 +291,8 @@ static Spec tensor_spec(const OpModel *m, int t, const Strategy *st) {
     int id = m->map[t][i];
     if (id < 0) continue;
     for (int a = 0; a < 2; a++)
-      if (st->ax[a] == id || (t == m->nt - 1 && st->rs[a] == id)) s.d[i] |= (uint8_t)(1 << a);
+      if (st->ax[a] == id || (t == m->nt - 1 && st->rs[a] == id) || (diag(m, st, a) && (m->scaled >> id & 1)))
+        s.d[i] |= (uint8_t)(1 << a);
     if (st->a2a >= 0 && !has_token && id == m->moe_e) s.d[i] |= (uint8_t)(1 << st->a2a);
   }
   return s;
@@ -265,17 +322,6 @@ typedef struct Ctx {
   double *layer_grad; /* per layer + 1 (0: outside every layer): elements of its trained parameters */
 } Ctx;
 
-static int batch_idim(const Graph *g, const Node *v, const OpModel *m) {
-  for (int t = 0; t < m->nt; t++) {
-    const Node *n = t < m->nt - 1 ? g->nodes[v->in[t]] : v;
-    if (t == m->nt - 1 && is_leaf(v)) n = v;
-    for (int i = 0; i < m->rank[t]; i++)
-      if (m->map[t][i] >= 0 && i < n->shape.rank && n->dimname[i] && strcmp(n->dimname[i], "batch") == 0)
-        return m->map[t][i];
-  }
-  return -1;
-}
-
 static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) {
   int64_t split[MAXID];
   for (int i = 0; i < m->nd; i++) split[i] = 1;
@@ -292,15 +338,17 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
   for (int a = 0; a < 2; a++) { /* partial sums reduce-scattered into a dim of the output */
     int d = st->rs[a];
     if (d < 0) continue;
-    if (st->ax[a] < 0 || maps(m, out, st->ax[a]) || !maps(m, out, d) || d == st->ax[1 - a]) return false;
+    if (st->ax[a] < 0 || split_by(m, out, st, a) || !maps(m, out, d) || d == st->ax[1 - a]) return false;
     if ((C->o->lowerable && (m->unlowered >> d & 1)) || (C->o->batch_not_axis1 && a == 1 && d == bdim)) return false;
     split[d] *= C->me->n[a];
   }
   /* sequence parallelism asked for: partial sums over the tensor-parallel axis scattered along the sequence */
-  if (C->o->seq_scatter && m->scatter && m->seq >= 0 && st->ax[1] >= 0 && !maps(m, out, st->ax[1]) &&
+  if (C->o->seq_scatter && m->scatter && m->seq >= 0 && st->ax[1] >= 0 && !split_by(m, out, st, 1) &&
       st->rs[1] != m->seq)
     return false;
-  if (st->a2a >= 0) split[m->moe_e] *= 1; /* checked below */
+  /* an all-to-all over the replica axis would move the replicas' own capacity slots: the expert side of a
+     routing split there is split along its capacity (diag) and reaches the experts by resharding */
+  if (st->a2a >= 0 && diag(m, st, st->a2a)) return false;
   for (int i = 0; i < m->nd; i++)
     if (m->size[i] % split[i]) return false;
   if (st->a2a >= 0 && m->size[m->moe_e] % C->me->n[st->a2a]) return false;
@@ -318,7 +366,7 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
    along the sequence (rs: its output's dim named "seq"). */
 static int variants(const Ctx *C, const OpModel *m, int bdim, const Strategy *st, Strategy *out, int n, int max) {
   for (int a = 0; a < 2 && m->scatter && m->seq >= 0 && !C->o->no_scatter; a++) {
-    if (st->ax[a] < 0 || maps(m, m->nt - 1, st->ax[a])) continue;
+    if (st->ax[a] < 0 || split_by(m, m->nt - 1, st, a)) continue;
     Strategy x = *st;
     x.rs[a] = (int8_t)m->seq;
     if (valid(C, m, &x, bdim) && n < max) out[n++] = x;
@@ -352,9 +400,9 @@ static int enumerate(const Ctx *C, const OpModel *m, int bdim, Strategy *out, in
 int plan_offers(const Graph *g, const Node *v, const Mesh *me, const PlanOptions *o, Spec *out, int max) {
   Ctx C = {.g = g, .me = me, .o = o};
   OpModel m;
-  op_model(g, v, &m);
+  op_model(g, v, rep_axis(o), &m);
   Strategy *st = arena_alloc(sizeof(Strategy) * (size_t)(max + 1));
-  int n = enumerate(&C, &m, batch_idim(g, v, &m), st, max);
+  int n = enumerate(&C, &m, m.batch, st, max);
   for (int s = 0; s < n; s++)
     for (int t = 0; t < m.nt; t++) out[s * (MAXIN + 1) + (t == m.nt - 1 ? MAXIN : t)] = tensor_spec(&m, t, &st[s]);
   return n;
@@ -609,7 +657,7 @@ static double product_efficiency(const OpModel *m, const Strategy *st, const Mes
   for (int i = 0; i < m->nd; i++) {
     size[i] = (double)m->size[i];
     for (int a = 0; a < 2; a++)
-      if (st->ax[a] == i) size[i] /= me->n[a];
+      if (st->ax[a] == i || (diag(m, st, a) && (m->scaled >> i & 1))) size[i] /= me->n[a];
   }
   double by_char[256] = {0};
   for (int t = 0; t < 3; t++) {
@@ -627,7 +675,7 @@ static double product_efficiency(const OpModel *m, const Strategy *st, const Mes
 static int partial_grad(const OpModel *m, int k, const Strategy *st) {
   int axes = 0;
   for (int a = 0; a < 2; a++)
-    if (st->ax[a] >= 0 && st->a2a != a && !maps(m, k, st->ax[a]) && st->ax[a] != m->norm) axes |= 1 << a;
+    if (st->ax[a] >= 0 && st->a2a != a && !split_by(m, k, st, a) && st->ax[a] != m->norm) axes |= 1 << a;
   return axes;
 }
 
@@ -650,9 +698,9 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     }
     return;
   }
-  int shards = 1;
+  int shards = 1; /* the parts its work is cut into: a replica's share of a scaled dim too */
   for (int a = 0; a < 2; a++)
-    if (st->ax[a] >= 0) shards *= me->n[a];
+    if (st->ax[a] >= 0) shards *= diag(m, st, a) ? me->n[a] * me->n[a] : me->n[a];
   /* compute: forward and backward, a roofline at a product's efficiency
      (gemm.c; other ops 80%) of peak FLOP/s or at 80% of memory bandwidth,
      plus a fixed 2 us per op (launch and ramp-up) */
@@ -685,12 +733,12 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       double rows = (double)shape_numel(&g->nodes[v->in[0]]->shape) / m->size[id] / (shards / me->n[a]);
       comm(C, acc, COLL_ALL_REDUCE, a, rows * 8, PHASE_FORWARD, v->name);
       comm(C, acc, COLL_ALL_REDUCE, a, rows * 8, PHASE_BACKWARD, v->name);
-    } else if (!maps(m, nin, id) && m->rank[nin] > 0 && st->rs[a] >= 0) {
+    } else if (!split_by(m, nin, st, a) && m->rank[nin] > 0 && st->rs[a] >= 0) {
       /* partial sums reduce-scattered into the split output; the output's
          gradient arrives split the same way and is gathered back */
       comm(C, acc, COLL_REDUCE_SCATTER, a, out_b * me->n[a], PHASE_FORWARD, v->name);
       comm(C, acc, COLL_ALL_GATHER, a, out_b * me->n[a], PHASE_BACKWARD, v->name);
-    } else if (!maps(m, nin, id) && m->rank[nin] > 0) { /* partial sums */
+    } else if (!split_by(m, nin, st, a) && m->rank[nin] > 0) { /* partial sums */
       comm(C, acc, COLL_ALL_REDUCE, a, out_b, PHASE_FORWARD, v->name);
     }
   }
@@ -974,7 +1022,7 @@ static int new_var(Problem *P, int leader, const char *key, const OpModel *layou
   x->layout_model = layout_model;
   Strategy buf[MAXSTRAT];
   const OpModel *m = layout_model ? layout_model : &P->model[leader];
-  x->ns = enumerate(&P->C, m, batch_idim(P->C.g, P->C.g->nodes[leader], m), buf, MAXSTRAT);
+  x->ns = enumerate(&P->C, m, m->batch, buf, MAXSTRAT);
   x->st = arena_alloc(sizeof(Strategy) * (size_t)(x->ns + 1));
   memcpy(x->st, buf, sizeof(Strategy) * (size_t)x->ns);
   x->cost = arena_alloc(sizeof(double) * (size_t)(x->ns + 1));
@@ -1012,11 +1060,14 @@ static bool add_layout_vars(Problem *P) {
       continue;
     }
     OpModel *m = arena_alloc(sizeof(OpModel));
+    memset(m, 0, sizeof *m);
     memset(m->map, -1, sizeof m->map);
     m->norm = m->moe_e = m->seq = -1;
     m->nt = 1;
     dims_of(m, &n->shape);
     map_identity(m, 0, n->shape.rank, 0);
+    m->rep = rep_axis(P->C.o);
+    per_batch_dims(g, n, m);
     P->shared[u] = new_var(P, u, key, m);
   }
   return true;
@@ -1069,7 +1120,7 @@ static bool build_vars(Problem *P, FILE *err) {
     const Node *v = g->nodes[i];
     C->main_in[i] = P->main_k[i] = C->var[i] = -1;
     if (!C->live[i]) continue;
-    op_model(g, v, &P->model[i]);
+    op_model(g, v, rep_axis(C->o), &P->model[i]);
     /* a follower takes its input's layout as it is: not one that would split a dim its kernel needs whole
        when the plan is to be lowered (the rule book); such an op chooses its own */
     if (can_follow(v->op) && !(C->o->lowerable && P->model[i].unlowered))
@@ -1910,7 +1961,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     const OpModel *m = &P->model[i];
     for (int k = 0; k < m->nt - 1 && k < MAXIN; k++) pl->reads[(size_t)i * MAXIN + k] = tensor_spec(m, k, &st);
     for (int a = 0; a < 2; a++)
-      if (st.ax[a] >= 0 && !maps(m, m->nt - 1, st.ax[a])) pl->partial[i] |= (uint8_t)(1 << a);
+      if (st.ax[a] >= 0 && !split_by(m, m->nt - 1, &st, a)) pl->partial[i] |= (uint8_t)(1 << a);
     pl->a2a[i] = st.a2a >= 0;
     double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
     if (P->shared[i] >= 0) { /* into its layout variable, once */

@@ -1199,7 +1199,7 @@ PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster
   return best;
 }
 
-/* Does stage s's plan split anything but a batch dim over mesh axis 0? */
+/* Does stage s's plan split anything but the batch (or a dim computed from it) over mesh axis 0? */
 static bool axis0_beyond_batch(const Plan *pl, char *what, size_t n) {
   const Graph *g = pl->g;
   for (int i = 0; i < g->nfwd; i++) {
@@ -1209,7 +1209,7 @@ static bool axis0_beyond_batch(const Plan *pl, char *what, size_t n) {
       const Spec *sp = k < 0 ? &pl->layout[i] : &pl->reads[(size_t)i * MAXIN + k];
       const Node *t = k < 0 ? v : g->nodes[v->in[k]];
       for (int d = 0; d < sp->rank && d < t->shape.rank; d++)
-        if ((sp->d[d] & 1) && (!t->dimname[d] || strcmp(t->dimname[d], "batch") != 0)) {
+        if ((sp->d[d] & 1) && !graph_dim_per_batch(g, t, d)) {
           snprintf(what, n, "%s dim %d", t->name, d);
           return true;
         }

@@ -149,12 +149,9 @@ pp=2,tp=2,mb=4,schedule=interleaved dp=2,tp=2,pp=2,mb=2"
 # still different (docs/cost-model.md): the gradient a pipeline stage
 # hands back to the one before comes in the layout its first reader reads
 # the activation in, gathered there where the plan has it arrive as the
-# activation is held; over data-parallel replicas, moe's plans all-reduce
-# the dispatched tokens (the dispatch product sums over the batch) and run
-# every expert whole on each replica, where the programs run each
-# replica's tokens through the experts and reduce the experts' gradients;
-# moe's expert-parallel plans are not lowered by `carve plan -o`
-known=" mlp:*pp=2,tp=2* mlp:dp=2,tp=2,pp=2* moe:dp=* moe:*tp=* "
+# activation is held; moe's tensor-parallel plans route and reshard the
+# experts' tokens otherwise than the programs do
+known=" mlp:*pp=2,tp=2* mlp:dp=2,tp=2,pp=2* moe:*tp=* "
 for spec in gpt:gpt-tiny bert:bert-tiny mlp:mlp-tiny moe:moe-tiny; do
   model=${spec%%:*}
   for layout in $layouts; do

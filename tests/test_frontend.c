@@ -150,6 +150,35 @@ static void test_megatron_figures(void) {
   }
 }
 
+/* Dims computed from the batch scale with it (data-parallel replicas
+   compute their own); one set by --set does not, nor one that is not. */
+static void test_per_batch_dims(void) {
+  const char *text = "model t\n"
+                     "dim batch = 4, seq = 3, experts = 2\n"
+                     "dim tokens = batch * seq, cap = (2 * tokens) // experts, fixed = seq * 2\n"
+                     "input x[batch, seq] ~ normal(1)\n"
+                     "input c[cap, experts] ~ normal(1)\n"
+                     "loss = mean(sum(x, seq), 0) + mean(sum(c, experts), 0)\n";
+  Graph *g = load_text(text, NULL, NULL);
+  CHECK(g != NULL, "the model elaborates");
+  if (!g) return;
+  const Node *x = find(g, "x"), *c = find(g, "c");
+  CHECK(x && graph_dim_per_batch(g, x, 0) && !graph_dim_per_batch(g, x, 1), "x: the batch scales, seq does not");
+  CHECK(c && graph_dim_per_batch(g, c, 0) && !graph_dim_per_batch(g, c, 1),
+        "c: a dim computed through another from the batch scales, experts does not");
+  bool fixed = true;
+  for (int i = 0; i < g->ndims; i++)
+    if (!strcmp(g->dims[i].name, "fixed")) fixed = g->dims[i].per_batch;
+  CHECK(!fixed, "a dim not computed from the batch does not scale");
+  Graph *s = load_text(text, NULL, "cap=5");
+  c = s ? find(s, "c") : NULL;
+  CHECK(c && !graph_dim_per_batch(s, c, 0), "a dim set by --set does not scale with the batch");
+  Graph *m = load_model("moe", "moe-tiny", NULL);
+  const Node *d = m ? find(m, "layers.0.xe") : NULL;
+  CHECK(d && graph_dim_per_batch(m, d, 1) && !graph_dim_per_batch(m, d, 0),
+        "moe: the dispatched tokens' capacity scales with the batch, the experts do not");
+}
+
 static void test_shipped_models(void) {
   static const char *models[][2] = {{"gpt", "gpt-tiny"},     {"gpt", "gpt3-175b"}, {"mlp", "mlp-tiny"},
                                     {"bert", "bert-tiny"},   {"bert", NULL},       {"moe", "moe-tiny"},
@@ -167,6 +196,8 @@ int main(void) {
   test_shapes();
   arena_reset();
   test_megatron_figures();
+  test_per_batch_dims();
+  arena_reset();
   test_shipped_models();
   return test_summary();
 }
