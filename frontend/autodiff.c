@@ -192,7 +192,7 @@ bool autodiff(Graph *g, int microbatches, FILE *err) {
   for (int i = 0; i < nf; i++) {
     const Node *n = g->nodes[i];
     A.grad[i] = -1;
-    A.needs[i] = n->op == OP_PARAM;
+    A.needs[i] = n->op == OP_PARAM || (n->op == OP_INPUT && n->init == SRC_STAGE);
     for (int k = 0; k < n->nin; k++)
       if (differentiable(n, k) && A.needs[n->in[k]]) A.needs[i] = true;
     if (n->dtype != DT_F32) A.needs[i] = false;

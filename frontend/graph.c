@@ -12,7 +12,7 @@ const OpInfo op_info[OP_COUNT] = {
 };
 
 const char *const init_names[INIT_COUNT] = {
-    "zeros", "ones", "const", "normal", "uniform", "tokens", "next_tokens", "classes", "normal", "uniform",
+    "zeros", "ones", "const", "normal", "uniform", "tokens", "next_tokens", "classes", "normal", "uniform", "stage",
 };
 
 int op_lookup(const char *name) {

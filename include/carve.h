@@ -323,6 +323,8 @@ typedef enum {
   SRC_CLASSES,
   SRC_NORMAL,
   SRC_UNIFORM,
+  SRC_STAGE, /* a pipeline stage graph's activation from the stage before (planner/stages.c): it carries a
+                gradient back; never in a program */
   INIT_COUNT
 } InitKind;
 extern const char *const init_names[INIT_COUNT];

@@ -180,7 +180,7 @@ static void op_model(const Graph *g, const Node *v, int rep, OpModel *m) {
   m->seq = -1;
   for (int i = 0; i < m->rank[out] && !is_leaf(v); i++)
     if (v->dimname[i] && strcmp(v->dimname[i], "seq") == 0) m->seq = m->map[out][i];
-  m->scatter = v->op == OP_EINSUM && v->nin == 2 && m->moe_e < 0 && m->rank[out] > 0;
+  m->scatter = v->op == OP_EINSUM && v->nin == 2 && m->rank[out] > 0;
   for (int t = 0; t < m->nt; t++) {
     uint32_t whole = op_whole_dims(g, v, t == m->nt - 1 && !is_leaf(v) ? v->nin : t);
     for (int i = 0; i < m->rank[t]; i++)
@@ -298,10 +298,12 @@ static Spec tensor_spec(const OpModel *m, int t, const Strategy *st) {
   return s;
 }
 
+/* The parts a layout cuts a tensor into: an axis that splits the batch and a dim computed from it (diag)
+   cuts both. */
 static int spec_shards(const Mesh *me, const Spec *s) {
-  int bits = 0;
-  for (int i = 0; i < s->rank; i++) bits |= s->d[i];
-  return (bits & 1 ? me->n[0] : 1) * (bits & 2 ? me->n[1] : 1);
+  int n = 1;
+  for (int i = 0; i < s->rank; i++) n *= (s->d[i] & 1 ? me->n[0] : 1) * (s->d[i] & 2 ? me->n[1] : 1);
+  return n;
 }
 
 /* ---------------------------------------------------------------- strategies */
@@ -329,7 +331,7 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
     int id = st->ax[a];
     if (id < 0) continue;
     if (C->me->n[a] == 1 || (m->frozen >> id & 1)) return false;
-    if (C->o->lowerable && (m->unlowered >> id & 1)) return false;
+    if (C->o->lowerable && a == 1 && (m->unlowered >> id & 1)) return false; /* the rule book binds tp ranks */
     if (C->o->batch_not_axis1 && a == 1 && id == bdim) return false;
     if (C->o->force_dp && id != bdim) return false;
     split[id] *= C->me->n[a];
@@ -339,7 +341,8 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
     int d = st->rs[a];
     if (d < 0) continue;
     if (st->ax[a] < 0 || split_by(m, out, st, a) || !maps(m, out, d) || d == st->ax[1 - a]) return false;
-    if ((C->o->lowerable && (m->unlowered >> d & 1)) || (C->o->batch_not_axis1 && a == 1 && d == bdim)) return false;
+    if ((C->o->lowerable && a == 1 && (m->unlowered >> d & 1)) || (C->o->batch_not_axis1 && a == 1 && d == bdim))
+      return false;
     split[d] *= C->me->n[a];
   }
   /* sequence parallelism asked for: partial sums over the tensor-parallel axis scattered along the sequence */
@@ -352,6 +355,9 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
   for (int i = 0; i < m->nd; i++)
     if (m->size[i] % split[i]) return false;
   if (st->a2a >= 0 && m->size[m->moe_e] % C->me->n[st->a2a]) return false;
+  /* a plan to be lowered: mesh axis 0 is the data-parallel replicas (pipeline.c, pipeline_layout), which
+     split the batch and nothing else */
+  if (C->o->lowerable && C->me->n[0] > 1 && (st->ax[0] != bdim || st->rs[0] >= 0)) return false;
   /* the batch axis splits the batch; a tensor without one (a shared
      parameter's own layout) is held whole by each replica, as the programs
      hold it: splitting it over the replicas is ZeRO's, priced by its stage */
@@ -363,13 +369,19 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
 }
 
 /* The variants of strategy st that reduce-scatter an einsum's partial sums
-   along the sequence (rs: its output's dim named "seq"). */
+   along the sequence (rs: its output's dim named "seq") or, for the tokens an
+   MoE einsum gathers into expert slots, along the experts (each rank then
+   holds its experts' slots, as the programs reduce-scatter them). */
 static int variants(const Ctx *C, const OpModel *m, int bdim, const Strategy *st, Strategy *out, int n, int max) {
-  for (int a = 0; a < 2 && m->scatter && m->seq >= 0 && !C->o->no_scatter; a++) {
+  int along[2] = {m->seq, m->moe_e};
+  for (int a = 0; a < 2 && m->scatter && !C->o->no_scatter; a++) {
     if (st->ax[a] < 0 || split_by(m, m->nt - 1, st, a)) continue;
-    Strategy x = *st;
-    x.rs[a] = (int8_t)m->seq;
-    if (valid(C, m, &x, bdim) && n < max) out[n++] = x;
+    for (int j = 0; j < 2; j++) {
+      if (along[j] < 0 || !maps(m, m->nt - 1, along[j])) continue;
+      Strategy x = *st;
+      x.rs[a] = (int8_t)along[j];
+      if (valid(C, m, &x, bdim) && n < max) out[n++] = x;
+    }
   }
   return n;
 }
@@ -679,6 +691,10 @@ static int partial_grad(const OpModel *m, int k, const Strategy *st) {
   return axes;
 }
 
+static int split_axes(const Spec *s);
+static double reduction(const Ctx *C, int split, int rg, int parts, double total, int share, Acc *acc,
+                        const char *what);
+
 static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strategy *st, Acc *acc) {
   const Graph *g = C->g;
   const Mesh *me = C->me;
@@ -755,9 +771,13 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       param_sync(C, acc, u, &s, reduce, batch, 1);
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
       param_sync(C, acc, u, &s, reduce, batch, C->consumers[u->id]);
-    } else if (owned) { /* an input: no gradient. An op's output read here hands its partial gradient back
-                           to its producer over a gradient edge (add_edges, reduction) */
+    } else if (owned) { /* an input, stored as read here; one from the stage before (SRC_STAGE) hands its
+                           gradient back reduced. An op's output read here hands its partial gradient back to its
+                           producer over a gradient edge (add_edges, reduction) */
       acc->ma += tensor_bytes(C, u, &s);
+      if (C->needs_grad[u->id])
+        reduction(C, split_axes(&s), reduce, spec_shards(me, &s), (double)shape_numel(&u->shape) * C->act_bytes, 1, acc,
+                  u->name);
     }
     if (st->a2a >= 0 && !maps(m, k, st->ax[st->a2a]) && maps(m, k, m->moe_e)) {
       comm(C, acc, COLL_ALL_TO_ALL, st->a2a, tensor_bytes(C, u, &s), PHASE_FORWARD, u->name);
@@ -782,26 +802,18 @@ static double reshard_rec(const Ctx *C, const Spec *src, const Spec *dst, double
   double t = 0;
   for (int a = 0; a < 2; a++) {
     if (me->n[a] == 1) continue;
-    int bit = 1 << a, i = -1, j = -1;
-    for (int d = 0; d < src->rank; d++) {
-      if (src->d[d] & bit) i = d;
-      if (dst->d[d] & bit) j = d;
-    }
-    if (i == j) continue;
+    int bit = 1 << a, from = 0, to = 0; /* the dims axis a splits (several: the batch and dims computed from it) */
+    for (int d = 0; d < src->rank; d++) from |= (src->d[d] & bit) << d >> a, to |= (dst->d[d] & bit) << d >> a;
+    if (from == to) continue;
     CollKind k = COLL_ALL_GATHER;
-    double bytes = 0;
-    if (i >= 0 && j < 0) {
-      bytes = total / (spec_shards(me, &cur) / me->n[a]);
-      cur.d[i] &= (uint8_t)~bit;
-    } else if (i >= 0) {
+    double bytes = total / spec_shards(me, &cur);
+    if (from && !to) {
+      for (int d = 0; d < src->rank; d++) bytes *= (from >> d & 1) ? me->n[a] : 1;
+    } else if (from) {
       k = COLL_ALL_TO_ALL;
-      bytes = total / spec_shards(me, &cur);
-      cur.d[i] &= (uint8_t)~bit;
-      cur.d[j] |= (uint8_t)bit;
-    } else {
-      cur.d[j] |= (uint8_t)bit;
-      continue;
     }
+    for (int d = 0; d < src->rank; d++) cur.d[d] = (uint8_t)((cur.d[d] & ~bit) | ((to >> d & 1) << a));
+    if (!from) continue;
     t += coll_time(me, k, a, bytes);
     if (acc) comm(C, acc, k, a, bytes, phase, what);
   }
@@ -846,12 +858,12 @@ static double reduction(const Ctx *C, int split, int rg, int parts, double total
    with `reread` (the reader's backward reads the value) resharded again in
    the backward pass, as the programs do rather than keep the forward's copy
    (Megatron's sequence parallelism gathers its input again likewise). */
-static double move(const Ctx *C, const Spec *held, const Spec *read, double total, bool reread, Acc *acc,
+static double move(const Ctx *C, const Spec *held, const Spec *read, double total, bool reread, bool grad, Acc *acc,
                    const char *what) {
   double again = reread ? reshard_rec(C, held, read, total, acc, PHASE_BACKWARD, what) : 0;
   if (acc) acc->reread += again;
   return reshard_rec(C, held, read, total, acc, PHASE_FORWARD, what) +
-         reshard_rec(C, read, held, total, acc, PHASE_BACKWARD, what) + again;
+         (grad ? reshard_rec(C, read, held, total, acc, PHASE_BACKWARD, what) : 0) + again;
 }
 
 /* ---------------------------------------------------------------- the problem */
@@ -887,6 +899,7 @@ typedef struct Edge {
                 gradient, summed first with those of the tensor's other `share` readers (1/share of it);
                 0: a layout edge (the reshards both ways); -1: one whose reader's backward reads the value,
                 resharded again (move) */
+  bool grad; /* a layout edge: the tensor has a gradient, which moves back the other way */
   int nl, nm;
   Side *lu, *lv; /* how u holds it and how v reads it, by class */
   int *cu, *cv;  /* strategy -> layout class */
@@ -1092,7 +1105,7 @@ static bool build_vars(Problem *P, FILE *err) {
       for (int k = 0; k < g->nodes[i]->nin; k++) C->live[g->nodes[i]->in[k]] = true;
   for (int i = 0; i < n; i++) {
     const Node *v = g->nodes[i];
-    C->needs_grad[i] = v->op == OP_PARAM;
+    C->needs_grad[i] = v->op == OP_PARAM || (v->op == OP_INPUT && v->init == SRC_STAGE);
     for (int k = 0; k < v->nin; k++) C->needs_grad[i] |= C->needs_grad[v->in[k]] && v->dtype == DT_F32;
     if (v->op == OP_MOE_DISPATCH) C->needs_grad[i] = false;
     if (C->live[i])
@@ -1207,9 +1220,9 @@ static int side_class(Side *list, int *n, const Side *s) {
   return (*n)++;
 }
 
-static double edge_cost(const Ctx *C, int share, const Side *held, const Side *read, double bytes) {
+static double edge_cost(const Ctx *C, int share, bool grad, const Side *held, const Side *read, double bytes) {
   if (share > 0) return reduction(C, held->rg, read->rg, read->parts, bytes, share, NULL, NULL);
-  return move(C, &held->s, &read->s, bytes, share < 0, NULL, NULL);
+  return move(C, &held->s, &read->s, bytes, share < 0, grad, NULL, NULL);
 }
 
 /* One edge (or, between a variable and itself, a cost on its strategies):
@@ -1217,12 +1230,12 @@ static double edge_cost(const Ctx *C, int share, const Side *held, const Side *r
  * lv[t] how the reading side reads it under its strategy t (Edge.share: a
  * gradient edge). Edges of repeated layers with the same key are merged. */
 static void add_edge(Problem *P, int xu, int xv, const Side *lu, const Side *lv, const char *key, double bytes,
-                     int share) {
+                     int share, bool grad) {
   const Var *U = &P->vars[xu], *V = &P->vars[xv];
   if (xu == xv) {
     SelfCost *sc = arena_alloc(sizeof(SelfCost));
     sc->x = xu, sc->add = arena_alloc(sizeof(double) * (size_t)(U->ns + 1));
-    for (int s = 0; s < U->ns; s++) sc->add[s] = edge_cost(&P->C, share, &lu[s], &lv[s], bytes);
+    for (int s = 0; s < U->ns; s++) sc->add[s] = edge_cost(&P->C, share, grad, &lu[s], &lv[s], bytes);
     ptrvec_push(&P->self, sc);
     return;
   }
@@ -1238,7 +1251,7 @@ static void add_edge(Problem *P, int xu, int xv, const Side *lu, const Side *lv,
     }
     e = &P->edges[P->nedges++];
     memset(e, 0, sizeof *e);
-    e->u = xu, e->v = xv, e->key = key, e->share = share;
+    e->u = xu, e->v = xv, e->key = key, e->share = share, e->grad = grad;
     e->lu = arena_alloc(sizeof(Side) * (size_t)U->ns);
     e->lv = arena_alloc(sizeof(Side) * (size_t)V->ns);
     e->cu = arena_alloc(sizeof(int) * (size_t)U->ns);
@@ -1248,7 +1261,7 @@ static void add_edge(Problem *P, int xu, int xv, const Side *lu, const Side *lv,
     e->c = arena_alloc(sizeof(double) * (size_t)(e->nl * e->nm));
   }
   for (int l = 0; l < e->nl; l++)
-    for (int m = 0; m < e->nm; m++) e->c[l * e->nm + m] += edge_cost(&P->C, share, &e->lu[l], &e->lv[m], bytes);
+    for (int m = 0; m < e->nm; m++) e->c[l * e->nm + m] += edge_cost(&P->C, share, grad, &e->lu[l], &e->lv[m], bytes);
 }
 
 /* The layouts tensor u has under each strategy of the variable that holds it
@@ -1272,7 +1285,7 @@ static Side *held_layouts(const Problem *P, int u, bool via_shared, bool gradien
    parameter's, param_sync). */
 static int read_partial(const Problem *P, int i, int k, const Strategy *st) {
   const Node *u = P->C.g->nodes[P->C.g->nodes[i]->in[k]];
-  return P->C.needs_grad[u->id] && !is_leaf(u) ? partial_grad(&P->model[i], k, st) : 0;
+  return P->C.needs_grad[u->id] && u->op != OP_PARAM ? partial_grad(&P->model[i], k, st) : 0;
 }
 
 /* Per forward node u: whether a reader across groups reads its value again
@@ -1305,7 +1318,7 @@ static void add_edges(Problem *P) {
     const Node *n = g->nodes[u];
     double bytes = (double)shape_numel(&n->shape) * (n->dtype == DT_I32 ? 4 : P->C.act_bytes);
     add_edge(P, P->C.var[u], x, held_layouts(P, u, false, false), held_layouts(P, u, true, false),
-             arena_printf("%d>%d:%s", P->C.var[u], x, layer_key(n)), bytes, again[u] ? -1 : 0);
+             arena_printf("%d>%d:%s", P->C.var[u], x, layer_key(n)), bytes, again[u] ? -1 : 0, P->C.needs_grad[u]);
   }
   for (int i = 0; i < g->nfwd; i++) {
     const Node *v = g->nodes[i];
@@ -1324,10 +1337,10 @@ static void add_edges(Problem *P) {
       double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
       const char *key = layer_key(v);
       add_edge(P, xu, xv, held_layouts(P, u->id, true, false), lv, arena_printf("%d>%d:%s:%d", xu, xv, key, k), bytes,
-               P->C.reread[(size_t)i * MAXIN + k] ? -1 : 0);
+               P->C.reread[(size_t)i * MAXIN + k] ? -1 : 0, P->C.needs_grad[u->id]);
       if (partial)
         add_edge(P, P->C.var[u->id], xv, held_layouts(P, u->id, false, true), gv,
-                 arena_printf("g%d>%d:%s:%d", P->C.var[u->id], xv, key, k), bytes, P->readers[u->id]);
+                 arena_printf("g%d>%d:%s:%d", P->C.var[u->id], xv, key, k), bytes, P->readers[u->id], true);
     }
   }
 }
@@ -1966,7 +1979,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
     if (P->shared[i] >= 0) { /* into its layout variable, once */
       Side b = held_layouts(P, i, true, false)[S->choice[P->shared[i]]];
-      move(&P->C, &pl->layout[i], &b.s, bytes, P->again[i], &acc, v->name);
+      move(&P->C, &pl->layout[i], &b.s, bytes, P->again[i], P->C.needs_grad[i], &acc, v->name);
     }
     for (int k = 0; k < v->nin; k++) { /* resharding between groups */
       if (!reads_across(P, i, k)) continue;
@@ -1974,7 +1987,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id];
       Spec a = held_layouts(P, u->id, true, false)[S->choice[xu]].s, b = tensor_spec(&P->model[i], k, &st);
       double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
-      move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], &acc,
+      move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], P->C.needs_grad[u->id], &acc,
            u->name); /* the layout edge, then the gradient edge's reduction */
       reduction(&P->C, split_axes(&pl->layout[u->id]), read_partial(P, i, k, &st), spec_shards(P->C.me, &b), ub,
                 P->readers[u->id], &acc, u->name);

@@ -190,7 +190,7 @@ static int receive(Graph *sg, const Node *u, int *map) {
     memcpy(n->dimname, u->dimname, sizeof n->dimname);
     n->dtype = u->dtype;
     n->layer = u->layer;
-    n->init = SRC_NORMAL;
+    n->init = u->dtype == DT_F32 ? SRC_STAGE : SRC_NORMAL; /* its gradient goes back to the stage before */
     n->init_a = 1;
     map[u->id] = n->id;
   }

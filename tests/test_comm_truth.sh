@@ -149,9 +149,11 @@ pp=2,tp=2,mb=4,schedule=interleaved dp=2,tp=2,pp=2,mb=2"
 # still different (docs/cost-model.md): the gradient a pipeline stage
 # hands back to the one before comes in the layout its first reader reads
 # the activation in, gathered there where the plan has it arrive as the
-# activation is held; moe's tensor-parallel plans route and reshard the
-# experts' tokens otherwise than the programs do
-known=" mlp:*pp=2,tp=2* mlp:dp=2,tp=2,pp=2* moe:*tp=* "
+# activation is held; moe's tp=4 is refused (2 heads); in moe's tp
+# pipelines, a gradient partial over tp whose sibling contribution is split
+# is reduce-scattered into that split by the programs, all-reduced into the
+# producer's layout by the plan
+known=" mlp:*pp=2,tp=2* mlp:dp=2,tp=2,pp=2* moe:tp=4 moe:dp=2,tp=2,pp=2,mb=2 moe:pp=2,tp=2,mb=4,schedule=interleaved "
 for spec in gpt:gpt-tiny bert:bert-tiny mlp:mlp-tiny moe:moe-tiny; do
   model=${spec%%:*}
   for layout in $layouts; do

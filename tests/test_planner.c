@@ -389,18 +389,29 @@ static int8_t axis_dim(const Spec *s, int a) {
   return -1;
 }
 
-/* Whether the code generator's kernel takes op v split as specs (MAXIN + 1:
-   the inputs, then the output at MAXIN) say, along each mesh axis. */
+/* Whether the code generator lowers op v split as specs (MAXIN + 1: the
+   inputs, then the output at MAXIN) say: mesh axis 0 (the data-parallel
+   replicas) splits only the batch and dims computed from it, and the
+   kernel takes the split along axis 1 (tensor parallelism). */
 static bool lowers(const Graph *g, const Node *v, const Spec *specs) {
-  for (int a = 0; a < 2; a++) {
-    int8_t in[MAXIN];
-    for (int k = 0; k < v->nin; k++) in[k] = axis_dim(&specs[k], a);
-    if (!kernel_takes(g, v, axis_dim(&specs[MAXIN], a), in)) {
-      char b[64];
-      CHECK(false, "%s (%s): the planner offers %s, which codegen runs whole", v->name, op_info[v->op].name,
-            spec_str(&specs[MAXIN], b, sizeof b));
-      return false;
-    }
+  for (int k = -1; k < v->nin; k++) {
+    const Spec *s = &specs[k < 0 ? MAXIN : k];
+    const Node *t = k < 0 ? v : g->nodes[v->in[k]];
+    for (int d = 0; d < s->rank; d++)
+      if ((s->d[d] & 1) && !graph_dim_per_batch(g, t, d)) {
+        char b[64];
+        CHECK(false, "%s (%s): the planner offers %s, which splits %s dim %d over the replicas", v->name,
+              op_info[v->op].name, spec_str(s, b, sizeof b), t->name, d);
+        return false;
+      }
+  }
+  int8_t in[MAXIN];
+  for (int k = 0; k < v->nin; k++) in[k] = axis_dim(&specs[k], 1);
+  if (!kernel_takes(g, v, axis_dim(&specs[MAXIN], 1), in)) {
+    char b[64];
+    CHECK(false, "%s (%s): the planner offers %s, which codegen runs whole", v->name, op_info[v->op].name,
+          spec_str(&specs[MAXIN], b, sizeof b));
+    return false;
   }
   return true;
 }

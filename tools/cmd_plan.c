@@ -35,7 +35,8 @@ static void help(void) {
          "  --time-limit S         solver time limit in seconds (default 60)\n"
          "  --preset NAME  --set dim=N,...   model sizes\n"
          "  -o DIR                 also write DIR/plan.json and, for a whole plan, one program per rank\n"
-         "                         (DIR/rankN.prog, default training options) for mpirun -np N carve run DIR\n"
+         "                         (DIR/rankN.prog, default training options) for mpirun -np N carve run DIR;\n"
+         "                         the plan is then made of splits the programs run (docs/sharding.md)\n"
          "  --json                 print JSON instead of the report\n"
          "  --html FILE            also write the report as one self-contained HTML page: the simulated\n"
          "                         timeline of a step, memory per device by kind against the capacity,\n"
@@ -286,6 +287,7 @@ int cmd_plan(int argc, char **argv) {
     Manual m;
     if (manual && !manual_parse(manual, "--manual", &m, stderr)) goto done;
     if (manual && microbatches) m.mb = microbatches;
+    po.lowerable = out != NULL; /* plans to be run: no split the kernels cannot take (frontend/rules.c) */
     FILE *progress = !quiet && !same_file(stdout, stderr) ? stderr : NULL; /* never into the plan's output */
     PipelinePlan *pp = plan_that_fits(model_resolve(model), &eo, cl, &po, manual ? &m : NULL, microbatches, progress);
     if (!pp) goto done;
