@@ -820,6 +820,16 @@ static double reshard_rec(const Ctx *C, const Spec *src, const Spec *dst, double
   return t;
 }
 
+double plan_reshard(const Plan *pl, const Spec *src, const Spec *dst, double bytes, CommPhase phase, const char *what,
+                    Comm *out, int *n, int max) {
+  Ctx C = {.g = pl->g, .me = &pl->mesh, .o = &pl->opt};
+  PtrVec rec = {0};
+  Acc acc = {.rec = &rec};
+  double t = reshard_rec(&C, src, dst, bytes, &acc, phase, what);
+  for (int k = 0; k < rec.n && *n < max; k++) out[(*n)++] = *(const Comm *)rec.v[k];
+  return t;
+}
+
 /* The mesh axes (a bit each) a layout splits. */
 static int split_axes(const Spec *s) {
   int axes = 0;

@@ -143,14 +143,14 @@ static uint64_t signature(const Graph *g) {
 
 /* Einsum FLOPs of a stage graph per microbatch as the cost model counts
  * them: the forward, and one more product per input whose gradient is
- * needed (it depends on a parameter). */
+ * needed (it depends on a parameter or on the stage before's activation). */
 static double stage_flops(const Graph *sg) {
   bool *dep = arena_alloc(sizeof(bool) * (size_t)sg->n);
   double flops = 0;
   for (int v = 0; v < sg->n; v++) {
     const Node *n = sg->nodes[v];
     int ngrad = 0;
-    dep[v] = n->op == OP_PARAM;
+    dep[v] = n->op == OP_PARAM || (n->op == OP_INPUT && n->init == SRC_STAGE);
     for (int k = 0; k < n->nin; k++) dep[v] |= dep[n->in[k]], ngrad += dep[n->in[k]];
     if (n->op == OP_EINSUM) flops += node_flops(sg, n) * (1 + ngrad);
   }
@@ -541,6 +541,97 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
   return found;
 }
 
+/* Whether two names are the same but for their numbers (the layers a shared stage plan was made for). */
+static bool same_but_numbers(const char *p, const char *q) {
+  for (;; p++, q++) {
+    while (*p >= '0' && *p <= '9') p++;
+    while (*q >= '0' && *q <= '9') q++;
+    if (*p != *q) return false;
+    if (!*p) return true;
+  }
+}
+
+/* In a stage graph, the output of the role `name` that it hands to the next stage (what its stand-in loss
+   reads), -1: none. */
+static int handed_on(const Graph *g, const char *name) {
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    if (n->op == OP_MSE && !strncmp(n->name, "stand-in:", 9) && same_but_numbers(n->name + 9, name)) return n->in[0];
+  }
+  return -1;
+}
+
+/* Layout `from`'s split over the tp ranks (mesh axis 1) with `as`'s over the replicas (axis 0): each
+   stage's replicas hold their own rows, so only the tp split moves. */
+static Spec tp_from(Spec as, const Spec *from) {
+  for (int d = 0; d < as.rank && d < from->rank; d++) as.d[d] = (uint8_t)((as.d[d] & 1) | (from->d[d] & 2));
+  return as;
+}
+
+enum { MAXBOUND = 32 };
+
+/* Stage s's plan, copied once it gets the boundary collectives `add` (n of them, each of every microbatch)
+   and their seconds per microbatch (dt, of it fwd in the forward). */
+static void add_boundary(PipeStage *st, const Comm *add, int n, double dt, double fwd) {
+  Plan *p = arena_alloc(sizeof(Plan));
+  *p = *st->plan;
+  p->comms = arena_alloc(sizeof(Comm) * (size_t)(p->ncomms + n + 1));
+  memcpy(p->comms, st->plan->comms, sizeof(Comm) * (size_t)p->ncomms);
+  for (int k = 0; k < n; k++) {
+    int j = st->plan->ncomms;
+    while (j < p->ncomms && !(p->comms[j].kind == add[k].kind && p->comms[j].axes == add[k].axes &&
+                              p->comms[j].phase == add[k].phase && p->comms[j].bytes == add[k].bytes))
+      j++;
+    if (j < p->ncomms)
+      p->comms[j].count += add[k].count;
+    else
+      p->comms[p->ncomms++] = add[k];
+  }
+  double t = p->microbatch_s;
+  p->microbatch_s += dt, p->comm_s += dt;
+  if (p->microbatch_s > 0) p->fwd_frac = (p->fwd_frac * t + fwd) / p->microbatch_s;
+  if (p->microbatch_s > 0) p->wgrad_frac = p->wgrad_frac * t / p->microbatch_s;
+  st->plan = p;
+  st->t += dt;
+}
+
+/* The boundaries between stages, resharded as the programs do: a stage
+ * sends an activation in the layout it holds it in, the next stage reshards
+ * it for its readers (forward) and hands the gradient back in the layout it
+ * holds the activation in, which the sender reshards into its own
+ * (backward). The stage plans, made apart, see neither side: priced here
+ * once the stages are known, over the tp ranks, into copies of the stage
+ * plans. Not with interleaved chunks, whose stage plans are made for a
+ * span of the device's layers, not for each chunk's neighbours. Whether any
+ * was added. */
+static bool boundary_reshards(PipelinePlan *pp) {
+  int P = pp->nstages;
+  Comm *add = arena_alloc(sizeof(Comm) * (size_t)(P * MAXBOUND));
+  int *n = arena_alloc(sizeof(int) * (size_t)P);
+  double *dt = arena_alloc(sizeof(double) * (size_t)(2 * P)), *fwd = dt + P;
+  memset(n, 0, sizeof(int) * (size_t)P);
+  memset(dt, 0, sizeof(double) * (size_t)(2 * P));
+  for (int d = 1; d < P && pp->v == 1; d++) {
+    PipeStage *S = &pp->stages[d - 1], *R = &pp->stages[d];
+    for (int i = 0; i < R->plan->g->nfwd; i++) {
+      const Node *r = R->plan->g->nodes[i];
+      int u = r->op == OP_INPUT && r->init == SRC_STAGE ? handed_on(S->plan->g, r->name + 5) : -1;
+      if (u < 0) continue;
+      const Spec *held = &S->plan->layout[u], *read = &R->plan->layout[i];
+      Spec arrives = tp_from(*read, held), back = tp_from(*held, read);
+      double bytes = (double)shape_numel(&r->shape) * (R->plan->opt.mixed ? 2 : 4), t;
+      t = plan_reshard(R->plan, &arrives, read, bytes, PHASE_FORWARD, r->name + 5, add + d * MAXBOUND, &n[d], MAXBOUND);
+      dt[d] += t, fwd[d] += t;
+      dt[d - 1] += plan_reshard(S->plan, &back, held, bytes, PHASE_BACKWARD, r->name + 5, add + (d - 1) * MAXBOUND,
+                                &n[d - 1], MAXBOUND);
+    }
+  }
+  bool any = false;
+  for (int d = 0; d < P; d++)
+    if (n[d]) add_boundary(&pp->stages[d], add + d * MAXBOUND, n[d], dt[d], fwd[d]), any = true;
+  return any;
+}
+
 static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
   PipelinePlan *pp = arena_alloc(sizeof(PipelinePlan));
   pp->cluster = c->cl, pp->devices = c->D, pp->microbatches = c->B, pp->nstages = ns;
@@ -845,6 +936,7 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
   plan_warm_starts(false);
   if (!best) return NULL;
   best->ilps = S.ilps;
+  if (boundary_reshards(best) && !choose_schedule(best, cl->memory, best->schedule, -1, err)) return NULL;
   best->search_s = now_seconds() - t0;
   throughput(best, po);
   return best;
@@ -1168,6 +1260,8 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   Summary sm;
   summarize(g, &sm);
   pp->model_flops = sm.flops_einsum * B;
+  pp->v = m->schedule == SCHED_INTERLEAVED ? 2 : 1;
+  boundary_reshards(pp);
   return choose_schedule(pp, cl->memory, m->schedule, m->recompute, err) ? pp : NULL;
 }
 

@@ -194,6 +194,10 @@ Plan *plan_intra(const Graph *g, const Cluster *c, const Mesh *m, const PlanOpti
    inputs' at 0 .. nin - 1 and the output's at MAXIN. Their count, at most
    max. For checking what the planner offers against what codegen lowers. */
 int plan_offers(const Graph *g, const Node *v, const Mesh *me, const PlanOptions *o, Spec *out, int max);
+/* Moving a tensor of `bytes` (whole) from layout src to dst on plan pl's mesh, as between two ops: the
+   collectives appended to out (at most max, *n counting them), their seconds returned. */
+double plan_reshard(const Plan *pl, const Spec *src, const Spec *dst, double bytes, CommPhase phase, const char *what,
+                    Comm *out, int *n, int max);
 /* Tries every n0 x n1 mesh of all devices and keeps the fastest plan. */
 Plan *plan_best_mesh(const Graph *g, const Cluster *c, const PlanOptions *o, FILE *log, FILE *err);
 void plan_report(const Plan *p, FILE *out);
