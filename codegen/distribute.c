@@ -439,8 +439,8 @@ static void infer_backward(Dist *D, int i) {
     }
     return;
   }
-  case OP_XENT_BWD: { /* (logits, labels, dy): rows may split, classes may not */
-    int d = h[0] == R - 1 ? -1 : h[0];
+  case OP_XENT_BWD: { /* (logits, labels, dy): rows may split, classes may not; as the forward read them */
+    int fd = D->sh[f->id].in[0], d = fd >= 0 && fd != R - 1 ? fd : h[0] == R - 1 ? -1 : h[0];
     s->out = s->in[0] = s->in[1] = (int8_t)d;
     s->in[2] = -1;
     s->post_scale = d >= 0;

@@ -176,8 +176,7 @@ static void rule(AD *A, const Node *y, int dy) {
   }
 }
 
-/* Which inputs carry gradient: ids, labels and routing masks do not. */
-static bool differentiable(const Node *y, int k) {
+bool op_differentiates(const Node *y, int k) {
   if (y->op == OP_EMBED || y->op == OP_XENT) return k == 0;
   if (y->op == OP_MOE_DISPATCH) return false;
   return true;
@@ -194,7 +193,7 @@ bool autodiff(Graph *g, int microbatches, FILE *err) {
     A.grad[i] = -1;
     A.needs[i] = n->op == OP_PARAM || (n->op == OP_INPUT && n->init == SRC_STAGE);
     for (int k = 0; k < n->nin; k++)
-      if (differentiable(n, k) && A.needs[n->in[k]]) A.needs[i] = true;
+      if (op_differentiates(n, k) && A.needs[n->in[k]]) A.needs[i] = true;
     if (n->dtype != DT_F32) A.needs[i] = false;
   }
   if (!A.needs[g->loss]) {

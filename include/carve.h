@@ -368,9 +368,10 @@ typedef struct Graph {
   int *grad;    /* after autodiff: grad[param node id] = node id or -1 */
   DimVal *dims; /* bound dims, in declaration order */
   int ndims;
-  int *copies; /* a pipeline stage's graph (planner/stages.c): per forward node, how many stages hold a copy of
-                  this parameter (a tied one, read in several stages), summed over them once per step; NULL,
-                  or 0 or 1: this stage's alone */
+  int *copies;         /* a pipeline stage's graph (planner/stages.c): per forward node, how many stages hold a copy of
+                          this parameter (a tied one, read in several stages), summed over them once per step; NULL,
+                          or 0 or 1: this stage's alone */
+  bool *copied_before; /* with copies: per forward node, a tied parameter an earlier stage holds too */
 } Graph;
 
 Graph *graph_new(const char *model);
@@ -467,6 +468,8 @@ void train_defaults(Train *t);
 /* Appends backward nodes for every parameter that reaches the loss; sets
  * g->grad. The loss gradient is seeded with 1/microbatches. */
 bool autodiff(Graph *g, int microbatches, FILE *err);
+/* Whether op y's gradient flows into its input k: ids, labels and routing masks take none. */
+bool op_differentiates(const Node *y, int k);
 
 /* ======================================================================
  * frontend/summary.c: what `carve check` prints

@@ -79,6 +79,7 @@ typedef struct OpModel {
   int batch;                      /* the iteration dim named "batch" (else one computed from it, as an MoE
                                      capacity), -1: none */
   uint32_t scaled;                /* the other iteration dims computed from the batch (graph_dim_per_batch) */
+  bool batch_scaled;              /* the batch is one of those (the op has no dim named batch) */
   int rep;                        /* the replica axis: splitting the batch over it splits the scaled dims too */
   int seq;                        /* the output's dim named "seq" as an iteration dim, -1: none */
   bool scatter;                   /* a two-operand einsum: its partial sums may be reduce-scattered */
@@ -143,9 +144,10 @@ static void per_batch_dims(const Graph *g, const Node *v, OpModel *m) {
       if (m->map[t][i] >= 0 && m->map[t][i] != m->batch && graph_dim_per_batch(g, n, i))
         m->scaled |= 1u << m->map[t][i];
   }
-  if (m->batch < 0 && m->scaled) {
-    m->batch = __builtin_ctz(m->scaled);
-    m->scaled &= m->scaled - 1;
+  if (m->batch < 0 && (m->scaled & ~m->frozen)) {
+    m->batch = __builtin_ctz(m->scaled & ~m->frozen);
+    m->scaled &= ~(1u << m->batch);
+    m->batch_scaled = true;
   }
 }
 
@@ -352,8 +354,8 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
   /* an all-to-all over the replica axis would move the replicas' own capacity slots: the expert side of a
      routing split there is split along its capacity (diag) and reaches the experts by resharding */
   if (st->a2a >= 0 && diag(m, st, st->a2a)) return false;
-  for (int i = 0; i < m->nd; i++)
-    if (m->size[i] % split[i]) return false;
+  for (int i = 0; i < m->nd; i++) /* a dim computed from the batch is the replicas' own: any size */
+    if (m->size[i] % split[i] && !(m->scaled >> i & 1) && !(m->batch_scaled && i == m->batch)) return false;
   if (st->a2a >= 0 && m->size[m->moe_e] % C->me->n[st->a2a]) return false;
   /* a plan to be lowered: mesh axis 0 is the data-parallel replicas (pipeline.c, pipeline_layout), which
      split the batch and nothing else */
@@ -467,6 +469,17 @@ static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, Com
 /* How many pipeline stages hold parameter u (Graph.copies): 1 unless it is tied across stages. */
 static int param_copies(const Ctx *C, const Node *u) {
   return C->g->copies && C->g->copies[u->id] > 1 ? C->g->copies[u->id] : 1;
+}
+
+/* A parameter's layout as the programs store it, read in `s` by its one reader: as read, but for a tied
+   parameter an earlier stage holds too, which the programs store as that stage does (codegen/distribute.c
+   keeps one layout over the copies, the first reader's), whole over tp as the first stage's embedding
+   holds it in a plan to be lowered. */
+static Spec stored_as(const Ctx *C, const Node *u, const Spec *s) {
+  Spec t = *s;
+  if (C->o->lowerable && C->g->copied_before && C->g->copied_before[u->id])
+    for (int d = 0; d < t.rank; d++) t.d[d] &= (uint8_t)~2;
+  return t;
 }
 
 /* Whether a parameter several ops read (stored with its own layout) has its
@@ -716,7 +729,8 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
   }
   int shards = 1; /* the parts its work is cut into: a replica's share of a scaled dim too */
   for (int a = 0; a < 2; a++)
-    if (st->ax[a] >= 0) shards *= diag(m, st, a) ? me->n[a] * me->n[a] : me->n[a];
+    for (int j = 0; st->ax[a] >= 0 && j <= (diag(m, st, a) ? __builtin_popcount(m->scaled) : 0); j++)
+      shards *= me->n[a];
   /* compute: forward and backward, a roofline at a product's efficiency
      (gemm.c; other ops 80%) of peak FLOP/s or at 80% of memory bandwidth,
      plus a fixed 2 us per op (launch and ramp-up) */
@@ -767,8 +781,13 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     for (int a = 0; a < 2; a++)
       if (st->ax[a] >= 0 && st->ax[a] == m->batch) batch |= 1 << a;
     if (owned && u->op == OP_PARAM) {
-      param_memory(C, acc, u, &s, axes_size(me, reduce & batch)); /* ZeRO shards over the replicas */
-      param_sync(C, acc, u, &s, reduce, batch, 1);
+      Spec kept = stored_as(C, u, &s);
+      if (spec_shards(me, &kept) < spec_shards(me, &s) && C->needs_grad[u->id]) /* read split from whole: the
+                                                                                    contribution gathered */
+        comm(C, acc, COLL_ALL_GATHER, 1, (double)shape_numel(&u->shape) * C->act_bytes / spec_shards(me, &kept),
+             PHASE_BACKWARD, u->name);
+      param_memory(C, acc, u, &kept, axes_size(me, reduce & batch)); /* ZeRO shards over the replicas */
+      param_sync(C, acc, u, &kept, reduce, batch, 1);
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
       param_sync(C, acc, u, &s, reduce, batch, C->consumers[u->id]);
     } else if (owned) { /* an input, stored as read here; one from the stage before (SRC_STAGE) hands its
@@ -805,15 +824,15 @@ static double reshard_rec(const Ctx *C, const Spec *src, const Spec *dst, double
     int bit = 1 << a, from = 0, to = 0; /* the dims axis a splits (several: the batch and dims computed from it) */
     for (int d = 0; d < src->rank; d++) from |= (src->d[d] & bit) << d >> a, to |= (dst->d[d] & bit) << d >> a;
     if (from == to) continue;
-    CollKind k = COLL_ALL_GATHER;
+    CollKind k = COLL_ALL_GATHER; /* splits that go are gathered, new ones cut, moved ones exchanged */
     double bytes = total / spec_shards(me, &cur);
-    if (from && !to) {
-      for (int d = 0; d < src->rank; d++) bytes *= (from >> d & 1) ? me->n[a] : 1;
-    } else if (from) {
+    bool cut_only = (from & to) == from;
+    if ((from & to) == to) /* only fewer */
+      for (int d = 0; d < src->rank; d++) bytes *= (from >> d & 1) && !(to >> d & 1) ? me->n[a] : 1;
+    else
       k = COLL_ALL_TO_ALL;
-    }
     for (int d = 0; d < src->rank; d++) cur.d[d] = (uint8_t)((cur.d[d] & ~bit) | ((to >> d & 1) << a));
-    if (!from) continue;
+    if (cut_only) continue;
     t += coll_time(me, k, a, bytes);
     if (acc) comm(C, acc, k, a, bytes, phase, what);
   }
@@ -980,9 +999,9 @@ static Strategy strategy_of(const Problem *P, int v, int s) {
   if (P->C.main_in[v] < 0) return x->st[s];
   Spec in = layout_of(P, P->C.main_in[v], s); /* followers: same layout as the main input */
   Strategy st = no_split;
-  for (int d = 0; d < in.rank; d++)
+  for (int d = 0; d < in.rank; d++) /* an axis on the batch and dims computed from it: on the batch (diag) */
     for (int a = 0; a < 2; a++)
-      if (in.d[d] >> a & 1) st.ax[a] = (int8_t)d;
+      if ((in.d[d] >> a & 1) && (st.ax[a] < 0 || d == P->model[v].batch)) st.ax[a] = (int8_t)d;
   return st;
 }
 
@@ -1347,7 +1366,7 @@ static void add_edges(Problem *P) {
       double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
       const char *key = layer_key(v);
       add_edge(P, xu, xv, held_layouts(P, u->id, true, false), lv, arena_printf("%d>%d:%s:%d", xu, xv, key, k), bytes,
-               P->C.reread[(size_t)i * MAXIN + k] ? -1 : 0, P->C.needs_grad[u->id]);
+               P->C.reread[(size_t)i * MAXIN + k] ? -1 : 0, P->C.needs_grad[u->id] && op_differentiates(v, k));
       if (partial)
         add_edge(P, P->C.var[u->id], xv, held_layouts(P, u->id, false, true), gv,
                  arena_printf("g%d>%d:%s:%d", P->C.var[u->id], xv, key, k), bytes, P->readers[u->id], true);
@@ -1869,7 +1888,8 @@ static Spec owned_layout(const Problem *P, const int *choice, int leaf) {
     for (int k = 0; k < v->nin; k++)
       if (v->in[k] == leaf) {
         Strategy st = strategy_of(P, i, choice[P->C.var[i]]);
-        return tensor_spec(&P->model[i], k, &st);
+        Spec s = tensor_spec(&P->model[i], k, &st);
+        return stored_as(&P->C, g->nodes[leaf], &s);
       }
   }
   return (Spec){.rank = g->nodes[leaf]->shape.rank};
@@ -1997,8 +2017,8 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id];
       Spec a = held_layouts(P, u->id, true, false)[S->choice[xu]].s, b = tensor_spec(&P->model[i], k, &st);
       double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
-      move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], P->C.needs_grad[u->id], &acc,
-           u->name); /* the layout edge, then the gradient edge's reduction */
+      move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], P->C.needs_grad[u->id] && op_differentiates(v, k),
+           &acc, u->name); /* the layout edge, then the gradient edge's reduction */
       reduction(&P->C, split_axes(&pl->layout[u->id]), read_partial(P, i, k, &st), spec_shards(P->C.me, &b), ub,
                 P->readers[u->id], &acc, u->name);
     }

@@ -137,6 +137,7 @@ static uint64_t signature(const Graph *g) {
     for (const char *q = n->name; *q; q++) /* the name with its digits left out */
       if (*q < '0' || *q > '9') h = hash_bytes(q, 1, h);
     if (g->copies && i < g->nfwd) h = hash_bytes(&g->copies[i], sizeof(int), h);
+    if (g->copied_before && i < g->nfwd) h = hash_bytes(&g->copied_before[i], sizeof(bool), h);
   }
   return h;
 }
@@ -551,13 +552,16 @@ static bool same_but_numbers(const char *p, const char *q) {
   }
 }
 
-/* In a stage graph, the output of the role `name` that it hands to the next stage (what its stand-in loss
-   reads), -1: none. */
-static int handed_on(const Graph *g, const char *name) {
-  for (int i = 0; i < g->nfwd; i++) {
-    const Node *n = g->nodes[i];
-    if (n->op == OP_MSE && !strncmp(n->name, "stand-in:", 9) && same_but_numbers(n->name + 9, name)) return n->in[0];
-  }
+/* In a stage graph, the output it hands to the next stage (what its stand-in loss reads) that the next
+   stage receives as r ("recv:NAME"): of the same name, else (a plan shared by spans of identical layers) of
+   the same name but for its numbers; of r's shape. -1: none. */
+static int handed_on(const Graph *g, const Node *r) {
+  for (int pass = 0; pass < 2; pass++)
+    for (int i = 0; i < g->nfwd; i++) {
+      const Node *n = g->nodes[i], *u = n->nin ? g->nodes[n->in[0]] : NULL;
+      if (n->op != OP_MSE || strncmp(n->name, "stand-in:", 9) || !shape_eq(&u->shape, &r->shape)) continue;
+      if (pass ? same_but_numbers(n->name + 9, r->name + 5) : !strcmp(n->name + 9, r->name + 5)) return u->id;
+    }
   return -1;
 }
 
@@ -567,8 +571,6 @@ static Spec tp_from(Spec as, const Spec *from) {
   for (int d = 0; d < as.rank && d < from->rank; d++) as.d[d] = (uint8_t)((as.d[d] & 1) | (from->d[d] & 2));
   return as;
 }
-
-enum { MAXBOUND = 32 };
 
 /* Stage s's plan, copied once it gets the boundary collectives `add` (n of them, each of every microbatch)
    and their seconds per microbatch (dt, of it fwd in the forward). */
@@ -602,10 +604,19 @@ static void add_boundary(PipeStage *st, const Comm *add, int n, double dt, doubl
  * (backward). The stage plans, made apart, see neither side: priced here
  * once the stages are known, over the tp ranks, into copies of the stage
  * plans. Not with interleaved chunks, whose stage plans are made for a
- * span of the device's layers, not for each chunk's neighbours. Whether any
- * was added. */
+ * span of the device's layers, not for each chunk's neighbours, nor between
+ * stages of different tp widths (which are not lowered). Whether any was
+ * added. */
 static bool boundary_reshards(PipelinePlan *pp) {
-  int P = pp->nstages;
+  int P = pp->nstages, most = 0; /* a stage: at most two collectives (one a mesh axis) per boundary tensor, for
+                                    those it receives and those it sends */
+  for (int d = 0; d < P; d++) {
+    int k = 0;
+    for (int i = 0; i < pp->stages[d].plan->g->nfwd; i++)
+      k += !strncmp(pp->stages[d].plan->g->nodes[i]->name, "recv:", 5);
+    most = k > most ? k : most;
+  }
+  const int MAXBOUND = 4 * most + 1;
   Comm *add = arena_alloc(sizeof(Comm) * (size_t)(P * MAXBOUND));
   int *n = arena_alloc(sizeof(int) * (size_t)P);
   double *dt = arena_alloc(sizeof(double) * (size_t)(2 * P)), *fwd = dt + P;
@@ -613,17 +624,19 @@ static bool boundary_reshards(PipelinePlan *pp) {
   memset(dt, 0, sizeof(double) * (size_t)(2 * P));
   for (int d = 1; d < P && pp->v == 1; d++) {
     PipeStage *S = &pp->stages[d - 1], *R = &pp->stages[d];
+    if (S->plan->mesh.n[1] != R->plan->mesh.n[1]) continue;
     for (int i = 0; i < R->plan->g->nfwd; i++) {
       const Node *r = R->plan->g->nodes[i];
-      int u = r->op == OP_INPUT && r->init == SRC_STAGE ? handed_on(S->plan->g, r->name + 5) : -1;
+      int u = r->op == OP_INPUT && !strncmp(r->name, "recv:", 5) ? handed_on(S->plan->g, r) : -1;
       if (u < 0) continue;
       const Spec *held = &S->plan->layout[u], *read = &R->plan->layout[i];
       Spec arrives = tp_from(*read, held), back = tp_from(*held, read);
       double bytes = (double)shape_numel(&r->shape) * (R->plan->opt.mixed ? 2 : 4), t;
       t = plan_reshard(R->plan, &arrives, read, bytes, PHASE_FORWARD, r->name + 5, add + d * MAXBOUND, &n[d], MAXBOUND);
       dt[d] += t, fwd[d] += t;
-      dt[d - 1] += plan_reshard(S->plan, &back, held, bytes, PHASE_BACKWARD, r->name + 5, add + (d - 1) * MAXBOUND,
-                                &n[d - 1], MAXBOUND);
+      if (r->init == SRC_STAGE) /* it has a gradient */
+        dt[d - 1] += plan_reshard(S->plan, &back, held, bytes, PHASE_BACKWARD, r->name + 5, add + (d - 1) * MAXBOUND,
+                                  &n[d - 1], MAXBOUND);
     }
   }
   bool any = false;
@@ -1260,9 +1273,9 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   Summary sm;
   summarize(g, &sm);
   pp->model_flops = sm.flops_einsum * B;
-  pp->v = m->schedule == SCHED_INTERLEAVED ? 2 : 1;
-  boundary_reshards(pp);
-  return choose_schedule(pp, cl->memory, m->schedule, m->recompute, err) ? pp : NULL;
+  if (!choose_schedule(pp, cl->memory, m->schedule, m->recompute, err)) return NULL;
+  if (boundary_reshards(pp) && !choose_schedule(pp, cl->memory, pp->schedule, m->recompute, err)) return NULL;
+  return pp;
 }
 
 PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster *cl, const PlanOptions *po,

@@ -183,14 +183,14 @@ static int copy_leaf(Graph *sg, const Node *u, int *map) {
 }
 
 /* An activation computed before the span arrives as an input. */
-static int receive(Graph *sg, const Node *u, int *map) {
+static int receive(Graph *sg, const Node *u, int *map, const bool *trained) {
   if (map[u->id] < 0) {
     Node *n = graph_add(sg, OP_INPUT, arena_printf("recv:%s", u->name));
     n->shape = u->shape;
     memcpy(n->dimname, u->dimname, sizeof n->dimname);
     n->dtype = u->dtype;
     n->layer = u->layer;
-    n->init = u->dtype == DT_F32 ? SRC_STAGE : SRC_NORMAL; /* its gradient goes back to the stage before */
+    n->init = trained[u->id] ? SRC_STAGE : SRC_NORMAL; /* its gradient goes back to the stage before */
     n->init_a = 1;
     map[u->id] = n->id;
   }
@@ -245,15 +245,24 @@ static void tied_copies(Graph *sg, const Graph *g, const int *layer_of, int firs
   }
   if (!any) return;
   sg->copies = arena_alloc(sizeof(int) * (size_t)(sg->nfwd + 1));
+  sg->copied_before = arena_alloc(sizeof(bool) * (size_t)(sg->nfwd + 1));
   for (int i = 0; i < g->nfwd; i++)
-    if (map[i] >= 0 && g->nodes[i]->op == OP_PARAM) sg->copies[map[i]] = 1 + before[i] + after[i];
+    if (map[i] >= 0 && g->nodes[i]->op == OP_PARAM)
+      sg->copies[map[i]] = 1 + before[i] + after[i], sg->copied_before[map[i]] = before[i];
 }
 
 Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last) {
   Graph *sg = graph_new(arena_printf("%s[%d-%d]", g->model, first, last));
   sg->dims = g->dims, sg->ndims = g->ndims;
   int *map = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
-  for (int i = 0; i < g->nfwd; i++) map[i] = -1;
+  bool *trained = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1)); /* has a gradient (depends on a parameter) */
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    map[i] = -1;
+    trained[i] = v->op == OP_PARAM;
+    for (int k = 0; k < v->nin; k++) trained[i] |= trained[v->in[k]] && op_differentiates(v, k);
+    trained[i] &= v->dtype == DT_F32;
+  }
   for (int i = 0; i < g->nfwd; i++) {
     const Node *v = g->nodes[i];
     if (layer_of[i] < first || layer_of[i] > last || v->op == OP_PARAM || v->op == OP_INPUT) continue;
@@ -262,7 +271,7 @@ Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last) {
       const Node *u = g->nodes[v->in[k]];
       in[k] = map[u->id] >= 0                          ? map[u->id]
               : u->op == OP_PARAM || u->op == OP_INPUT ? copy_leaf(sg, u, map)
-                                                       : receive(sg, u, map);
+                                                       : receive(sg, u, map, trained);
     }
     Node *n = graph_add(sg, v->op, v->name);
     int id = n->id;

@@ -150,8 +150,9 @@ pp=2,tp=2,mb=4,schedule=interleaved dp=2,tp=2,pp=2,mb=2"
 # boundaries, whose reshards the plan does not price (mlp's layers
 # alternate their layouts, so its chunks' boundaries reshard); moe's tp=4
 # is refused (2 heads); in moe's tp pipelines, a gradient partial over tp
-# whose sibling contribution is split is reduce-scattered into that split
-# by the programs, all-reduced into the producer's layout by the plan
+# whose sibling contribution (the router's) is split is reduce-scattered
+# into that split by the programs, all-reduced into the producer's layout
+# by the plan
 known=" mlp:pp=2,tp=2,mb=4,schedule=interleaved moe:tp=4 moe:dp=2,tp=2,pp=2,mb=2 moe:pp=2,tp=2,mb=4,schedule=interleaved "
 for spec in gpt:gpt-tiny bert:bert-tiny mlp:mlp-tiny moe:moe-tiny; do
   model=${spec%%:*}

@@ -154,6 +154,12 @@ expect 0 "recomputation   per stage" plan $attn --cluster "$tmp/small.cluster" -
 expect 0 "recomputation   selective" plan $attn --cluster local --devices-per-node 2 --manual "pp=2,mb=8,recompute=selective"
 expect 0 '"recompute": "selective", "selective_recompute_s"' plan $attn --cluster local --devices-per-node 2 --manual "pp=2,mb=8,recompute=selective" --json
 expect 1 "dp x tp x pp = 3 x 1 x 1 = 3, but dgx-a100 has 8 devices" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=3,tp=1,pp=1"
+# an MoE capacity computed from the batch (15 slots at batch 4) is the
+# replicas' own however it divides: data parallelism plans (failed once:
+# "cannot be split on a 2x1 mesh", the capacity taken for a batch that must
+# divide)
+expect 0 "predicted step" plan moe --preset moe-tiny --set batch=4,seq=12,experts=8 --cluster local \
+  --devices-per-node 2 --manual dp=2
 expect 1 "tp=8 does not divide the model's 4 attention heads" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=1,tp=8,pp=1"
 expect 1 "unknown key 'foo'" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,foo=1"
 expect 1 "sp=1 splits the sequence over the tensor-parallel devices: it needs tp >= 2" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,sp=1"
