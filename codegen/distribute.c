@@ -95,6 +95,8 @@ typedef struct Dist {
   bool *sel;        /* forward nodes selective recomputation re-runs */
   PtrVec *runs;     /* [virtual stage][TaskPhase, or 3: recomputed]: the nodes a task emits, in order */
   bool *tp_acc;     /* param -> its contributions are added unreduced, its accumulator all-reduced over tp per step */
+  bool *tp_pend;    /* param -> those partial contributions are held whole for the split param: summed in a whole
+                       buffer (Rank.pend), all-reduced and cut; its accumulator itself is never all-reduced */
 } Dist;
 
 /* Tensor parallelism inside a replica: each tensor is whole on every one of
@@ -551,12 +553,15 @@ static bool partial_contrib(const Dist *D, int u, int p, const int *reads) {
   return s->out == D->sh[p].out || s->out < 0; /* a whole one: summed, then cut */
 }
 
-/* Parameters whose every gradient contribution is a partial sum over the tp
-   ranks: their contributions are left unreduced (defer) and the accumulator
-   is all-reduced once per step instead of each contribution per microbatch.
-   Contributions held whole for a split parameter are summed in a whole
-   buffer, all-reduced and cut once per step. A parameter with any
-   contribution that is not such a partial keeps per-contribution reductions. */
+/* Parameters whose gradient contributions are partial sums over the tp
+   ranks: they are left unreduced (defer) and the accumulator is all-reduced
+   once per step instead of each contribution per microbatch. Contributions
+   held whole for a split parameter are summed in a whole buffer, all-reduced
+   and cut once per step; beside those, a split parameter may also have
+   contributions held as it is and complete (a tied embedding's output
+   product, split over the vocabulary), added to the accumulator as they
+   come. A parameter with any other contribution, or partial ones in two
+   layouts, keeps per-contribution reductions. */
 static void defer_param_partials(Dist *D) {
   const Graph *g = D->g;
   if (D->tp == 1) return;
@@ -565,13 +570,23 @@ static void defer_param_partials(Dist *D) {
     for (int k = 0; D->live[i] && k < g->nodes[i]->nin; k++) reads[g->nodes[i]->in[k]]++;
   for (int p = 0; p < g->nfwd; p++) {
     const PtrVec *c = &D->contribs[p];
-    bool all = g->nodes[p]->op == OP_PARAM && c->n > 0;
-    for (int k = 0; k < c->n && all; k++) {
-      int u = (int)(intptr_t)c->v[k];
-      all = partial_contrib(D, u, p, reads) && D->sh[u].out == D->sh[(intptr_t)c->v[0]].out;
+    const Shard *ps = &D->sh[p];
+    bool ok = g->nodes[p]->op == OP_PARAM, exact = false;
+    int lay = -2; /* the partial ones' layout */
+    for (int k = 0; k < c->n && ok; k++) {
+      const Shard *s = &D->sh[(intptr_t)c->v[k]];
+      if (partial_contrib(D, (int)(intptr_t)c->v[k], p, reads)) {
+        ok = lay == -2 || s->out == lay;
+        lay = s->out;
+      } else {
+        exact = true;
+        ok = D->L->zero < 2 && !s->partial && !s->cut && ps->out >= 0 && s->out == ps->out;
+      }
     }
-    D->tp_acc[p] = all;
-    for (int k = 0; k < c->n && all; k++) D->sh[(intptr_t)c->v[k]].defer = true;
+    ok = ok && lay != -2 && !(exact && lay == ps->out); /* complete ones only beside the whole buffer */
+    D->tp_acc[p] = ok, D->tp_pend[p] = ok && lay != ps->out;
+    for (int k = 0; k < c->n && ok; k++)
+      if (D->sh[(intptr_t)c->v[k]].partial) D->sh[(intptr_t)c->v[k]].defer = true;
   }
 }
 
@@ -688,6 +703,7 @@ static bool shard_graph(Dist *D, FILE *err) {
   const Graph *g = D->g;
   D->sh = arena_alloc(sizeof(Shard) * (size_t)g->n);
   D->tp_acc = arena_alloc(sizeof(bool) * (size_t)g->nfwd);
+  D->tp_pend = arena_alloc(sizeof(bool) * (size_t)g->nfwd);
   for (int i = 0; i < g->n; i++) {
     D->sh[i].out = -1;
     memset(D->sh[i].in, -1, sizeof D->sh[i].in);
@@ -1185,8 +1201,8 @@ static void reduce_tp_partials(Rank *R, int p) {
   const Dist *D = R->D;
   int tpg = D->tp_group[D->repbase[R->dev] + R->rep];
   if (!D->tp_acc[p] || !D->ncontrib[(size_t)p * D->L->pp + R->dev]) return;
-  if (R->pend[p] < 0) {
-    prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = tpg;
+  if (R->pend[p] < 0) { /* the accumulator holds the partial ones, or (tp_pend) only complete ones */
+    if (!D->tp_pend[p]) prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = tpg;
     return;
   }
   prog_emit1(&R->step, OP_ALL_REDUCE, R->pend[p], R->pend[p])->i[0] = tpg;

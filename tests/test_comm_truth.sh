@@ -54,6 +54,19 @@ n=$(awk '$1 == "all-reduce" && $NF == "layers" && $4 == 164864 { print $5 }' "$t
 n=$(awk '$1 == "all-reduce" && $NF == "layer.0.gradients" { print $5 }' "$tmp/dp.txt")
 [ "$n" = 2 ] && ok || bad "forced data parallelism: '$n' gradient buckets of layers, want 2 (one a layer)"
 
+# a tied embedding under tp with microbatches (bert: the embedding's
+# contribution partial over tp, the output product's split over the
+# vocabulary as the table is stored): its partial contributions summed and
+# all-reduced once a step, as the plan prices it, never each microbatch's
+rm -rf "$tmp/tied"
+"$carve" plan bert --preset bert-tiny $dims --cluster local --devices-per-node 4 --manual dp=2,tp=2,mb=4 \
+  -o "$tmp/tied" >/dev/null 2>&1 || bad "plan bert dp=2,tp=2,mb=4"
+"$carve" explain "$tmp/tied" --rank 0 >"$tmp/tied.txt" 2>&1
+count_is 1 "$tmp/tied.txt" ' all_reduce  *word_emb\.grad/tp ' "bert dp=2,tp=2,mb=4: the tied embedding's gradient all-reduced over tp once a step"
+count_is 0 "$tmp/tied.txt" ' all_reduce  *d\.x/embed/embed_bwd' "bert dp=2,tp=2,mb=4: all-reduces of single embedding contributions"
+count_is 1 "$tmp/tied/plan.json" '"kind": "all-reduce", "mesh_axes": \[1\], "bytes": 65536, "count_per_step": 1, .*"word_emb"' \
+  "bert dp=2,tp=2,mb=4: the plan's once-a-step all-reduce of the embedding's gradient over tp"
+
 # a gradient reduced over tp and dp: the programs all-reduce it over each
 # axis in turn, and the plan prices the same two, never one ring over both
 rm -rf "$tmp/dt"
