@@ -354,8 +354,11 @@ static bool valid(const Ctx *C, const OpModel *m, const Strategy *st, int bdim) 
   /* an all-to-all over the replica axis would move the replicas' own capacity slots: the expert side of a
      routing split there is split along its capacity (diag) and reaches the experts by resharding */
   if (st->a2a >= 0 && diag(m, st, st->a2a)) return false;
-  for (int i = 0; i < m->nd; i++) /* a dim computed from the batch is the replicas' own: any size */
-    if (m->size[i] % split[i] && !(m->scaled >> i & 1) && !(m->batch_scaled && i == m->batch)) return false;
+  for (int i = 0; i < m->nd; i++) { /* a dim computed from the batch is the replicas' own: any size over them */
+    int64_t sp = split[i];
+    if (((m->scaled >> i & 1) || (m->batch_scaled && i == m->batch)) && st->ax[m->rep] == i) sp /= C->me->n[m->rep];
+    if (m->size[i] % sp) return false;
+  }
   if (st->a2a >= 0 && m->size[m->moe_e] % C->me->n[st->a2a]) return false;
   /* a plan to be lowered: mesh axis 0 is the data-parallel replicas (pipeline.c, pipeline_layout), which
      split the batch and nothing else */

@@ -631,7 +631,7 @@ static bool boundary_reshards(PipelinePlan *pp) {
       if (u < 0) continue;
       const Spec *held = &S->plan->layout[u], *read = &R->plan->layout[i];
       Spec arrives = tp_from(*read, held), back = tp_from(*held, read);
-      double bytes = (double)shape_numel(&r->shape) * (R->plan->opt.mixed ? 2 : 4), t;
+      double bytes = (double)shape_numel(&r->shape) * (r->dtype == DT_I32 || !R->plan->opt.mixed ? 4 : 2), t;
       t = plan_reshard(R->plan, &arrives, read, bytes, PHASE_FORWARD, r->name + 5, add + d * MAXBOUND, &n[d], MAXBOUND);
       dt[d] += t, fwd[d] += t;
       if (r->init == SRC_STAGE) /* it has a gradient */
