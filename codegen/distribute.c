@@ -94,9 +94,10 @@ typedef struct Dist {
   DType *dt;        /* per node: the dtype of its values (value_dtypes) */
   bool *sel;        /* forward nodes selective recomputation re-runs */
   PtrVec *runs;     /* [virtual stage][TaskPhase, or 3: recomputed]: the nodes a task emits, in order */
-  bool *tp_acc;     /* param -> its contributions are added unreduced, its accumulator all-reduced over tp per step */
-  bool *tp_pend;    /* param -> those partial contributions are held whole for the split param: summed in a whole
-                       buffer (Rank.pend), all-reduced and cut; its accumulator itself is never all-reduced */
+  bool *tp_acc;     /* param x device -> its contributions there are added unreduced, its accumulator all-reduced
+                       over tp per step */
+  bool *tp_pend;    /* param x device -> those partial contributions are held whole for the split param: summed in
+                       a whole buffer (Rank.pend), all-reduced and cut; its accumulator itself is never all-reduced */
 } Dist;
 
 /* Tensor parallelism inside a replica: each tensor is whole on every one of
@@ -568,26 +569,31 @@ static void defer_param_partials(Dist *D) {
   int *reads = arena_alloc(sizeof(int) * (size_t)g->n);
   for (int i = 0; i < g->n; i++)
     for (int k = 0; D->live[i] && k < g->nodes[i]->nin; k++) reads[g->nodes[i]->in[k]]++;
-  for (int p = 0; p < g->nfwd; p++) {
-    const PtrVec *c = &D->contribs[p];
-    const Shard *ps = &D->sh[p];
-    bool ok = g->nodes[p]->op == OP_PARAM, exact = false;
-    int lay = -2; /* the partial ones' layout */
-    for (int k = 0; k < c->n && ok; k++) {
-      const Shard *s = &D->sh[(intptr_t)c->v[k]];
-      if (partial_contrib(D, (int)(intptr_t)c->v[k], p, reads)) {
-        ok = lay == -2 || s->out == lay;
-        lay = s->out;
-      } else {
-        exact = true;
-        ok = D->L->zero < 2 && !s->partial && !s->cut && ps->out >= 0 && s->out == ps->out;
+  for (int p = 0; p < g->nfwd; p++)
+    for (int d = 0; d < D->L->pp; d++) { /* each device its own contributions (a tied parameter's copies) */
+      const PtrVec *c = &D->contribs[p];
+      const Shard *ps = &D->sh[p];
+      bool ok = g->nodes[p]->op == OP_PARAM, exact = false;
+      int lay = -2; /* the partial ones' layout */
+      for (int k = 0; k < c->n && ok; k++) {
+        int u = (int)(intptr_t)c->v[k];
+        const Shard *s = &D->sh[u];
+        if (dev_of(D, D->vst[u]) != d) continue;
+        if (partial_contrib(D, u, p, reads)) {
+          ok = lay == -2 || s->out == lay;
+          lay = s->out;
+        } else {
+          exact = true;
+          ok = D->L->zero < 2 && !s->partial && !s->cut && ps->out >= 0 && s->out == ps->out;
+        }
+      }
+      ok = ok && lay != -2 && !(exact && lay == ps->out); /* complete ones only beside the whole buffer */
+      D->tp_acc[(size_t)p * D->L->pp + d] = ok, D->tp_pend[(size_t)p * D->L->pp + d] = ok && lay != ps->out;
+      for (int k = 0; k < c->n && ok; k++) {
+        int u = (int)(intptr_t)c->v[k];
+        if (dev_of(D, D->vst[u]) == d && D->sh[u].partial) D->sh[u].defer = true;
       }
     }
-    ok = ok && lay != -2 && !(exact && lay == ps->out); /* complete ones only beside the whole buffer */
-    D->tp_acc[p] = ok, D->tp_pend[p] = ok && lay != ps->out;
-    for (int k = 0; k < c->n && ok; k++)
-      if (D->sh[(intptr_t)c->v[k]].partial) D->sh[(intptr_t)c->v[k]].defer = true;
-  }
 }
 
 /* Can op n's kernel run on the parts this split gives it (out: the dim of
@@ -702,8 +708,8 @@ static void scatter_partials(Dist *D) {
 static bool shard_graph(Dist *D, FILE *err) {
   const Graph *g = D->g;
   D->sh = arena_alloc(sizeof(Shard) * (size_t)g->n);
-  D->tp_acc = arena_alloc(sizeof(bool) * (size_t)g->nfwd);
-  D->tp_pend = arena_alloc(sizeof(bool) * (size_t)g->nfwd);
+  D->tp_acc = arena_alloc(sizeof(bool) * (size_t)g->nfwd * (size_t)D->L->pp);
+  D->tp_pend = arena_alloc(sizeof(bool) * (size_t)g->nfwd * (size_t)D->L->pp);
   for (int i = 0; i < g->n; i++) {
     D->sh[i].out = -1;
     memset(D->sh[i].in, -1, sizeof D->sh[i].in);
@@ -969,7 +975,8 @@ static int reshard_new(Rank *R, int u, int b, int from, int to) {
 static void accumulate(Rank *R, int p, int cnode, int c) {
   const Dist *D = R->D;
   const Node *pn = D->g->nodes[p];
-  if (D->tp_acc[p] && D->sh[cnode].out != D->sh[p].out) { /* reduced and cut once per step (emit_update) */
+  /* reduced and cut once per step (reduce_tp_partials) */
+  if (D->tp_acc[(size_t)p * D->L->pp + R->dev] && D->sh[cnode].out != D->sh[p].out) {
     if (R->pend[p] < 0) {
       R->pend[p] = buf(R, arena_printf("%s.grad/tp", pn->name), DT_F32, &pn->shape, BUF_ACT);
       prog_emit1(&R->step, OP_COPY, R->pend[p], c);
@@ -1200,9 +1207,10 @@ static int holders(const Dist *D, int p) {
 static void reduce_tp_partials(Rank *R, int p) {
   const Dist *D = R->D;
   int tpg = D->tp_group[D->repbase[R->dev] + R->rep];
-  if (!D->tp_acc[p] || !D->ncontrib[(size_t)p * D->L->pp + R->dev]) return;
+  size_t pd = (size_t)p * D->L->pp + R->dev;
+  if (!D->tp_acc[pd] || !D->ncontrib[pd]) return;
   if (R->pend[p] < 0) { /* the accumulator holds the partial ones, or (tp_pend) only complete ones */
-    if (!D->tp_pend[p]) prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = tpg;
+    if (!D->tp_pend[pd]) prog_emit1(&R->step, OP_ALL_REDUCE, R->gacc[p], R->gacc[p])->i[0] = tpg;
     return;
   }
   prog_emit1(&R->step, OP_ALL_REDUCE, R->pend[p], R->pend[p])->i[0] = tpg;
