@@ -305,14 +305,7 @@ static int split_of(const Spec *s) { /* the dim mesh axis 1 (tp) splits, -1 */
    their names (and the batch in their shapes), as the planner shares a stage
    plan between spans of identical layers (pipeline.c, signature). */
 static bool same_role(const Node *a, const Node *b) {
-  if (a->op != b->op || a->nin != b->nin || a->shape.rank != b->shape.rank) return false;
-  const char *p = a->name, *q = b->name;
-  for (;; p++, q++) {
-    while (*p >= '0' && *p <= '9') p++;
-    while (*q >= '0' && *q <= '9') q++;
-    if (*p != *q) return false;
-    if (!*p) return true;
-  }
+  return a->op == b->op && a->nin == b->nin && a->shape.rank == b->shape.rank && same_but_numbers(a->name, b->name);
 }
 
 /* The next computing node (not a parameter or input) of a plan's graph from

@@ -469,3 +469,12 @@ uint64_t hash_words(const void *p, size_t n, uint64_t seed) {
   for (; i < n; i++) h = (h ^ s[i]) * 1099511628211ull;
   return h;
 }
+
+bool same_but_numbers(const char *p, const char *q) {
+  for (;; p++, q++) {
+    while (*p >= '0' && *p <= '9') p++;
+    while (*q >= '0' && *q <= '9') q++;
+    if (*p != *q) return false;
+    if (!*p) return true;
+  }
+}

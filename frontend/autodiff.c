@@ -182,20 +182,24 @@ bool op_differentiates(const Node *y, int k) {
   return true;
 }
 
+bool *graph_trained(const Graph *g) {
+  bool *t = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    t[i] = n->op == OP_PARAM || (n->op == OP_INPUT && n->init == SRC_STAGE);
+    for (int k = 0; k < n->nin; k++) t[i] |= op_differentiates(n, k) && t[n->in[k]];
+    t[i] &= n->dtype == DT_F32;
+  }
+  return t;
+}
+
 bool autodiff(Graph *g, int microbatches, FILE *err) {
   CARVE_ASSERT(g->loss >= 0 && g->nfwd == g->n, "autodiff takes a forward graph with a loss");
   int nf = g->nfwd;
   AD A = {.g = g};
   A.grad = arena_alloc(sizeof(int) * (size_t)nf);
-  A.needs = arena_alloc(sizeof(bool) * (size_t)nf);
-  for (int i = 0; i < nf; i++) {
-    const Node *n = g->nodes[i];
-    A.grad[i] = -1;
-    A.needs[i] = n->op == OP_PARAM || (n->op == OP_INPUT && n->init == SRC_STAGE);
-    for (int k = 0; k < n->nin; k++)
-      if (op_differentiates(n, k) && A.needs[n->in[k]]) A.needs[i] = true;
-    if (n->dtype != DT_F32) A.needs[i] = false;
-  }
+  A.needs = graph_trained(g);
+  for (int i = 0; i < nf; i++) A.grad[i] = -1;
   if (!A.needs[g->loss]) {
     Diag d;
     diag_init(&d, err);

@@ -152,6 +152,9 @@ const char *fmt_si(double v, char *buf, size_t n); /* 1.23G, 45.6M ... */
  * NUL); returns its length. For writers of large text files. */
 int int_str(int64_t v, char *out);
 const char *fmt_bytes(double v, char *buf, size_t n);
+/* Whether two names are the same but for their numbers ("layers.3.x" and
+   "layers.7.x": the same op of another layer). */
+bool same_but_numbers(const char *a, const char *b);
 
 /* common/json.c: reading carve's own JSON files (plans) */
 typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonKind;
@@ -470,6 +473,9 @@ void train_defaults(Train *t);
 bool autodiff(Graph *g, int microbatches, FILE *err);
 /* Whether op y's gradient flows into its input k: ids, labels and routing masks take none. */
 bool op_differentiates(const Node *y, int k);
+/* Per forward node of g: whether it has a gradient (an f32 value that depends, through inputs ops
+   differentiate, on a parameter or on a pipeline stage's received activation, SRC_STAGE). */
+bool *graph_trained(const Graph *g);
 
 /* ======================================================================
  * frontend/summary.c: what `carve check` prints

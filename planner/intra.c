@@ -710,6 +710,8 @@ static int partial_grad(const OpModel *m, int k, const Strategy *st) {
 static int split_axes(const Spec *s);
 static double reduction(const Ctx *C, int split, int rg, int parts, double total, int share, Acc *acc,
                         const char *what);
+static double move(const Ctx *C, const Spec *held, const Spec *read, double total, bool reread, bool grad, Acc *acc,
+                   const char *what);
 
 static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strategy *st, Acc *acc) {
   const Graph *g = C->g;
@@ -784,11 +786,8 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     for (int a = 0; a < 2; a++)
       if (st->ax[a] >= 0 && st->ax[a] == m->batch) batch |= 1 << a;
     if (owned && u->op == OP_PARAM) {
-      Spec kept = stored_as(C, u, &s);
-      if (spec_shards(me, &kept) < spec_shards(me, &s) && C->needs_grad[u->id]) /* read split from whole: the
-                                                                                    contribution gathered */
-        comm(C, acc, COLL_ALL_GATHER, 1, (double)shape_numel(&u->shape) * C->act_bytes / spec_shards(me, &kept),
-             PHASE_BACKWARD, u->name);
+      Spec kept = stored_as(C, u, &s); /* read split from whole: cut, and the contribution gathered */
+      move(C, &kept, &s, (double)shape_numel(&u->shape) * C->act_bytes, false, C->needs_grad[u->id], acc, u->name);
       param_memory(C, acc, u, &kept, axes_size(me, reduce & batch)); /* ZeRO shards over the replicas */
       param_sync(C, acc, u, &kept, reduce, batch, 1);
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
@@ -1135,11 +1134,9 @@ static bool build_vars(Problem *P, FILE *err) {
   for (int i = n - 1; i >= 0; i--)
     if (C->live[i])
       for (int k = 0; k < g->nodes[i]->nin; k++) C->live[g->nodes[i]->in[k]] = true;
+  memcpy(C->needs_grad, graph_trained(g), sizeof(bool) * (size_t)n);
   for (int i = 0; i < n; i++) {
     const Node *v = g->nodes[i];
-    C->needs_grad[i] = v->op == OP_PARAM || (v->op == OP_INPUT && v->init == SRC_STAGE);
-    for (int k = 0; k < v->nin; k++) C->needs_grad[i] |= C->needs_grad[v->in[k]] && v->dtype == DT_F32;
-    if (v->op == OP_MOE_DISPATCH) C->needs_grad[i] = false;
     if (C->live[i])
       for (int k = 0; k < v->nin; k++) C->consumers[v->in[k]]++;
   }

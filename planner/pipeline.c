@@ -542,16 +542,6 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
   return found;
 }
 
-/* Whether two names are the same but for their numbers (the layers a shared stage plan was made for). */
-static bool same_but_numbers(const char *p, const char *q) {
-  for (;; p++, q++) {
-    while (*p >= '0' && *p <= '9') p++;
-    while (*q >= '0' && *q <= '9') q++;
-    if (*p != *q) return false;
-    if (!*p) return true;
-  }
-}
-
 /* In a stage graph, the output it hands to the next stage (what its stand-in loss reads) that the next
    stage receives as r ("recv:NAME"): of the same name, else (a plan shared by spans of identical layers) of
    the same name but for its numbers; of r's shape. -1: none. */

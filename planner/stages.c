@@ -255,14 +255,8 @@ Graph *stage_graph(const Graph *g, const int *layer_of, int first, int last) {
   Graph *sg = graph_new(arena_printf("%s[%d-%d]", g->model, first, last));
   sg->dims = g->dims, sg->ndims = g->ndims;
   int *map = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
-  bool *trained = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1)); /* has a gradient (depends on a parameter) */
-  for (int i = 0; i < g->nfwd; i++) {
-    const Node *v = g->nodes[i];
-    map[i] = -1;
-    trained[i] = v->op == OP_PARAM;
-    for (int k = 0; k < v->nin; k++) trained[i] |= trained[v->in[k]] && op_differentiates(v, k);
-    trained[i] &= v->dtype == DT_F32;
-  }
+  const bool *trained = graph_trained(g);
+  for (int i = 0; i < g->nfwd; i++) map[i] = -1;
   for (int i = 0; i < g->nfwd; i++) {
     const Node *v = g->nodes[i];
     if (layer_of[i] < first || layer_of[i] > last || v->op == OP_PARAM || v->op == OP_INPUT) continue;
