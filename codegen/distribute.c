@@ -153,8 +153,6 @@ static void collect(Dist *D, int p, int node) {
   ptrvec_push(&D->feeds[node], (void *)(intptr_t)p);
 }
 
-static bool is_leaf(const Node *n) { return n->op == OP_PARAM || n->op == OP_INPUT; }
-
 /* Stages, liveness, what crosses devices, who holds which parameter. */
 static bool analyse(Dist *D, FILE *err) {
   const Graph *g = D->g;

@@ -355,6 +355,9 @@ typedef struct Node {
   double init_a, init_b;
 } Node;
 
+/* A parameter or an input: a value the graph does not compute. */
+static inline bool is_leaf(const Node *n) { return n->op == OP_PARAM || n->op == OP_INPUT; }
+
 typedef struct DimVal {
   const char *name;
   int64_t value;

@@ -95,8 +95,6 @@ typedef struct Strategy {
 
 static const Strategy no_split = {{-1, -1}, -1, {-1, -1}};
 
-static bool is_leaf(const Node *n) { return n->op == OP_PARAM || n->op == OP_INPUT; }
-
 /* Whether tensor t of the op maps iteration dim id. */
 static bool maps(const OpModel *m, int t, int id) {
   for (int i = 0; i < m->rank[t]; i++)
@@ -1313,8 +1311,8 @@ static Side *held_layouts(const Problem *P, int u, bool via_shared, bool gradien
    strategy st (an op's output; a parameter's gradient is synced as the
    parameter's, param_sync). */
 static int read_partial(const Problem *P, int i, int k, const Strategy *st) {
-  const Node *u = P->C.g->nodes[P->C.g->nodes[i]->in[k]];
-  return P->C.needs_grad[u->id] && u->op != OP_PARAM ? partial_grad(&P->model[i], k, st) : 0;
+  const Node *v = P->C.g->nodes[i], *u = P->C.g->nodes[v->in[k]];
+  return P->C.needs_grad[u->id] && u->op != OP_PARAM && op_differentiates(v, k) ? partial_grad(&P->model[i], k, st) : 0;
 }
 
 /* Per forward node u: whether a reader across groups reads its value again
@@ -1979,6 +1977,39 @@ static void aggregate(Plan *pl, PtrVec *rec) {
   }
 }
 
+/* How the chosen plan's readers (across groups) hand the gradient of each
+   tensor back, as the programs sum them (codegen/distribute.c): split, the
+   mesh axes some reader hands it back split over and whole (the sum takes
+   that split: another reader's partial gradient is reduce-scattered into
+   it, over tp, and the sum gathered into the producer's layout once, as that
+   reader's layout edge prices it); partial[rg], how many readers leave it
+   partial over the axes rg (summed first, reduced once). The search prices
+   each partial one all-reduced into the producer's layout, shared by all
+   the tensor's readers (add_edges): this is what the plan lists. */
+typedef struct HandBack {
+  int split;
+  int partial[4];
+} HandBack;
+
+static HandBack *hand_backs(const Problem *P, const Solution *S) {
+  const Graph *g = P->C.g;
+  HandBack *hb = arena_alloc(sizeof(HandBack) * (size_t)(g->nfwd + 1));
+  for (int i = 0; i < g->nfwd; i++) {
+    if (!P->C.live[i] || P->C.var[i] < 0) continue;
+    const Node *v = g->nodes[i];
+    Strategy st = strategy_of(P, i, S->choice[P->C.var[i]]);
+    for (int k = 0; k < v->nin; k++) {
+      int u = v->in[k];
+      if (!reads_across(P, i, k) || !P->C.needs_grad[u] || !op_differentiates(v, k)) continue;
+      int rg = read_partial(P, i, k, &st);
+      Spec b = tensor_spec(&P->model[i], k, &st);
+      hb[u].split |= split_axes(&b) & ~rg & 2; /* over tp: the replicas hold their own rows */
+      if (rg) hb[u].partial[rg]++;
+    }
+  }
+  return hb;
+}
+
 static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, const PlanOptions *o) {
   const Graph *g = P->C.g;
   Plan *pl = arena_alloc(sizeof(Plan));
@@ -1987,14 +2018,18 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
   pl->reads = arena_alloc(sizeof(Spec) * (size_t)(g->nfwd + 1) * MAXIN);
   pl->partial = arena_alloc(sizeof(uint8_t) * (size_t)(g->nfwd + 1));
   pl->a2a = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
+  pl->kept = arena_alloc(sizeof(Spec) * (size_t)(g->nfwd + 1));
+  pl->to_kept = arena_alloc(sizeof(uint8_t) * (size_t)(g->nfwd + 1));
+  pl->edge = arena_alloc(sizeof(uint8_t) * (size_t)(g->nfwd + 1) * MAXIN);
   PtrVec rec = {0};
   Acc acc = {.rec = &rec};
   double w = plan_once_weight(o);
+  const HandBack *hb = hand_backs(P, S);
   for (int i = 0; i < g->nfwd; i++) {
     const Node *v = g->nodes[i];
     if (!P->C.live[i]) continue;
     if (P->C.var[i] < 0) {
-      pl->layout[i] = owned_layout(P, S->choice, i);
+      pl->layout[i] = pl->kept[i] = owned_layout(P, S->choice, i);
       continue;
     }
     int s = S->choice[P->C.var[i]];
@@ -2007,9 +2042,11 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       if (st.ax[a] >= 0 && !split_by(m, m->nt - 1, &st, a)) pl->partial[i] |= (uint8_t)(1 << a);
     pl->a2a[i] = st.a2a >= 0;
     double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
+    pl->kept[i] = pl->layout[i];
     if (P->shared[i] >= 0) { /* into its layout variable, once */
       Side b = held_layouts(P, i, true, false)[S->choice[P->shared[i]]];
       move(&P->C, &pl->layout[i], &b.s, bytes, P->again[i], P->C.needs_grad[i], &acc, v->name);
+      pl->kept[i] = b.s, pl->to_kept[i] = (uint8_t)(1 | P->again[i] << 1);
     }
     for (int k = 0; k < v->nin; k++) { /* resharding between groups */
       if (!reads_across(P, i, k)) continue;
@@ -2019,8 +2056,11 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
       move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], P->C.needs_grad[u->id] && op_differentiates(v, k),
            &acc, u->name); /* the layout edge, then the gradient edge's reduction */
-      reduction(&P->C, split_axes(&pl->layout[u->id]), read_partial(P, i, k, &st), spec_shards(P->C.me, &b), ub,
-                P->readers[u->id], &acc, u->name);
+      pl->edge[(size_t)i * MAXIN + k] = (uint8_t)(1 | P->C.reread[(size_t)i * MAXIN + k] << 1);
+      int rg = read_partial(P, i, k, &st);
+      if (rg)
+        reduction(&P->C, split_axes(&pl->layout[u->id]) | hb[u->id].split, rg, spec_shards(P->C.me, &b), ub,
+                  hb[u->id].partial[rg], &acc, u->name);
     }
   }
   pl->compute_s = acc.compute, pl->comm_s = acc.comm, pl->objective = S->objective, pl->update_s = acc.update;

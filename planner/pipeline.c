@@ -501,7 +501,7 @@ static bool chunks_fit(const PipelinePlan *pp, int v) {
  * that fits: none, then selective, then full). */
 static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind only, int rc, FILE *err) {
   static const SchedKind kinds[] = {SCHED_1F1B, SCHED_GPIPE, SCHED_INTERLEAVED, SCHED_ZB_H1};
-  bool found = false;
+  bool found = false, why = false; /* why: the one schedule asked for cannot run, and the error says why */
   FILE *quiet = fopen("/dev/null", "w");
   int p = pp->nstages, *mode = arena_alloc(sizeof(int) * (size_t)p);
   double *inflight = arena_alloc(sizeof(double) * (size_t)p);
@@ -509,9 +509,20 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
   for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
     if (only != SCHED_KINDS && kinds[i] != only) continue;
     int v = kinds[i] == SCHED_INTERLEAVED ? 2 : 1;
-    if (v > 1 && !chunks_fit(pp, v)) continue;
-    Schedule *sched = schedule_make(kinds[i], p, pp->microbatches, v, quiet);
-    if (!sched) continue;
+    if (v > 1 && !chunks_fit(pp, v)) {
+      if (only != SCHED_KINDS)
+        fprintf(err,
+                "carve: error: the interleaved schedule gives each stage %d chunks of at least a layer, but %d "
+                "layers over %d stages leave a stage fewer\n",
+                v, pp->layers, p);
+      why = only != SCHED_KINDS;
+      continue;
+    }
+    Schedule *sched = schedule_make(kinds[i], p, pp->microbatches, v, only != SCHED_KINDS ? err : quiet);
+    if (!sched) {
+      why = only != SCHED_KINDS;
+      continue;
+    }
     bool fits = true;
     for (int d = 0; d < p && fits; d++) {
       inflight[d] = kinds[i] == SCHED_ZB_H1 ? fmin(p, pp->microbatches) : (double)schedule_max_inflight(sched, d) / v;
@@ -536,22 +547,186 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
     }
   }
   fclose(quiet);
-  if (!found)
+  if (!found && !why)
     fprintf(err, "carve: error: no schedule fits the stages' activations in memory, even with recomputation\n");
   pp->chunk_last = found && pp->v > 1 ? chunk_spans(pp) : NULL;
   return found;
 }
 
-/* In a stage graph, the output it hands to the next stage (what its stand-in loss reads) that the next
-   stage receives as r ("recv:NAME"): of the same name, else (a plan shared by spans of identical layers) of
-   the same name but for its numbers; of r's shape. -1: none. */
-static int handed_on(const Graph *g, const Node *r) {
-  for (int pass = 0; pass < 2; pass++)
-    for (int i = 0; i < g->nfwd; i++) {
-      const Node *n = g->nodes[i], *u = n->nin ? g->nodes[n->in[0]] : NULL;
-      if (n->op != OP_MSE || strncmp(n->name, "stand-in:", 9) || !shape_eq(&u->shape, &r->shape)) continue;
-      if (pass ? same_but_numbers(n->name + 9, r->name + 5) : !strcmp(n->name + 9, r->name + 5)) return u->id;
+/* Collectives to add to (count > 0) or take from (count < 0) a stage's plan, each of every microbatch, with
+   their seconds (t, signed; of a phase: forward or not). */
+typedef struct Adds {
+  Comm *c;
+  double *t;
+  int n, cap;
+} Adds;
+
+/* A reshard of `bytes` on stage plan pl, added to a (sign -1: taken away). */
+static void reshard_to(Adds *a, const Plan *pl, const Spec *src, const Spec *dst, double bytes, CommPhase ph,
+                       const char *what, int sign) {
+  Comm got[8];
+  int n = 0;
+  plan_reshard(pl, src, dst, bytes, ph, what, got, &n, 8);
+  for (int k = 0; k < n; k++) {
+    if (a->n == a->cap) {
+      a->cap = 2 * a->cap + 8;
+      Comm *c = arena_alloc(sizeof(Comm) * (size_t)a->cap);
+      double *t = arena_alloc(sizeof(double) * (size_t)a->cap);
+      if (a->n) memcpy(c, a->c, sizeof(Comm) * (size_t)a->n), memcpy(t, a->t, sizeof(double) * (size_t)a->n);
+      a->c = c, a->t = t;
     }
+    a->c[a->n] = got[k];
+    a->c[a->n].count = sign;
+    a->t[a->n++] = sign * comm_time(&pl->mesh, &got[k], NULL);
+  }
+}
+
+/* Whether two collectives are of one kind, group, phase and size, and move the same tensor up to layer
+   numbers. */
+static bool like_comm(const Comm *a, const Comm *b) {
+  return a->kind == b->kind && a->axes == b->axes && a->phase == b->phase && a->bytes == b->bytes &&
+         same_but_numbers(a->what ? a->what : "", b->what ? b->what : "");
+}
+
+/* Stage s's plan, copied once it gets the boundary collectives a: each added to or taken from the plan's
+   own of its kind and tensor (up to layer numbers), else listed apart (one to take away that the plan
+   does not list is left, its seconds too). */
+static void add_boundary(PipeStage *st, const Adds *a) {
+  Plan *p = arena_alloc(sizeof(Plan));
+  *p = *st->plan;
+  p->comms = arena_alloc(sizeof(Comm) * (size_t)(p->ncomms + a->n + 1));
+  memcpy(p->comms, st->plan->comms, sizeof(Comm) * (size_t)p->ncomms);
+  double dt = 0, fwd = 0;
+  for (int k = 0; k < a->n; k++) {
+    const Comm *c = &a->c[k];
+    int j = 0;
+    while (j < p->ncomms && !(like_comm(&p->comms[j], c) && !p->comms[j].once && p->comms[j].count > 0)) j++;
+    if (j < p->ncomms)
+      p->comms[j].count += c->count;
+    else if (c->count > 0)
+      p->comms[p->ncomms++] = *c;
+    else
+      continue;
+    dt += a->t[k], fwd += c->phase == PHASE_FORWARD ? a->t[k] : 0;
+  }
+  int kept = 0; /* those taken away to none */
+  for (int j = 0; j < p->ncomms; j++)
+    if (p->comms[j].count > 0) p->comms[kept++] = p->comms[j];
+  p->ncomms = kept;
+  double t = p->microbatch_s;
+  p->microbatch_s += dt, p->comm_s += dt;
+  if (p->microbatch_s > 0) p->fwd_frac = (p->fwd_frac * t + fwd) / p->microbatch_s;
+  if (p->microbatch_s > 0) p->wgrad_frac = p->wgrad_frac * t / p->microbatch_s;
+  st->plan = p;
+  st->t += dt;
+}
+
+/* One side of a boundary between (virtual) stages, in one stage plan: a tensor that crosses it, with its
+   name (up to layer numbers, as the whole graph names it), how the plan has it (held by the sender, read
+   by the receiver) and whether a gradient goes back. */
+typedef struct Crossing {
+  const char *name;
+  const Node *u;
+  Spec s;
+  bool grad;
+} Crossing;
+
+typedef struct Crossings {
+  Crossing *x;
+  int n;
+} Crossings;
+
+/* Adds a crossing unless one of the tensor in the same layout is there (the programs reshard a value
+   into a layout once); a gradient goes back once a tensor. */
+static void cross(Crossings *c, const char *name, const Node *u, Spec s, bool grad) {
+  for (int j = 0; j < c->n; j++) {
+    if (c->x[j].u != u) continue;
+    if (c->x[j].grad) grad = false;
+    if (spec_eq(&c->x[j].s, &s)) {
+      c->x[j].grad |= grad;
+      return;
+    }
+  }
+  c->x[c->n++] = (Crossing){.name = name, .u = u, .s = s, .grad = grad};
+}
+
+/* The first layer of a stage plan's graph (a plan may be another span's, numbered as that one); -1 when
+   its layers are not repeat blocks (graph_layers cuts those by FLOPs). */
+static int plan_first_layer(const Graph *g) {
+  int f = -1;
+  for (int i = 0; i < g->nfwd; i++)
+    if (!is_leaf(g->nodes[i]) && g->nodes[i]->layer >= 0 && (f < 0 || g->nodes[i]->layer < f)) f = g->nodes[i]->layer;
+  return f;
+}
+
+/* Whether op i's input k crosses a cut before layer `cut` of a stage plan's graph: a tensor computed in a
+   layer before it, read by an op of a layer from it on over a layout edge (as the plan priced it). */
+static bool read_across_cut(const Plan *pl, int i, int k, int cut) {
+  const Node *n = pl->g->nodes[i], *u = pl->g->nodes[n->in[k]];
+  return n->layer >= cut && !is_leaf(n) && u->layer >= 0 && u->layer < cut && !is_leaf(u) &&
+         (pl->edge[(size_t)i * MAXIN + k] & 1);
+}
+
+/* The ends of a stage plan: `in` (the values it receives, as it reads them) or not (those it hands on,
+   as it holds them), or with cut >= 0 the values read across the cut before layer `cut` of its graph
+   (an interleaved device's plan spans its chunks as one run of layers). */
+static Crossings crossings(const Plan *pl, bool in, int cut) {
+  const Graph *g = pl->g;
+  Crossings c = {.x = arena_alloc(sizeof(Crossing) * (size_t)(g->nfwd * MAXIN + 1))};
+  bool *trained = cut >= 0 ? graph_trained(g) : NULL;
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *n = g->nodes[i];
+    if (cut < 0 && in && n->op == OP_INPUT && !strncmp(n->name, "recv:", 5))
+      cross(&c, n->name + 5, n, pl->layout[i], n->init == SRC_STAGE);
+    else if (cut < 0 && !in && n->op == OP_MSE && !strncmp(n->name, "stand-in:", 9))
+      cross(&c, n->name + 9, g->nodes[n->in[0]], pl->layout[n->in[0]], false);
+    else if (cut >= 0)
+      for (int k = 0; k < n->nin; k++) {
+        const Node *u = g->nodes[n->in[k]];
+        if (!read_across_cut(pl, i, k, cut)) continue;
+        if (in)
+          cross(&c, u->name, u, pl->reads[(size_t)i * MAXIN + k], trained[u->id] && op_differentiates(n, k));
+        else
+          cross(&c, u->name, u, pl->layout[u->id], false);
+      }
+  }
+  return c;
+}
+
+/* What stage plan pl priced for its reads across the cut before layer `cut`, which the programs do not
+   have, taken away: each such read's layout edge from where the tensor is kept (planner/intra.c, `move`),
+   and a tensor's move into its layout variable where every reader from other groups is across the cut. */
+static void untie_cut(const Plan *pl, int cut, Adds *a) {
+  const Graph *g = pl->g;
+  bool *trained = graph_trained(g), *before = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
+  for (int i = 0; i < g->nfwd; i++) /* read over a layout edge on its own side of the cut */
+    for (int k = 0; k < g->nodes[i]->nin && !is_leaf(g->nodes[i]); k++)
+      if ((pl->edge[(size_t)i * MAXIN + k] & 1) && !read_across_cut(pl, i, k, cut)) before[g->nodes[i]->in[k]] = true;
+  bool *done = arena_alloc(sizeof(bool) * (size_t)(g->nfwd + 1));
+  for (int i = 0; i < g->nfwd; i++)
+    for (int k = 0; k < g->nodes[i]->nin && !is_leaf(g->nodes[i]); k++) {
+      if (!read_across_cut(pl, i, k, cut)) continue;
+      const Node *n = g->nodes[i], *u = g->nodes[n->in[k]];
+      const Spec *kept = &pl->kept[u->id], *read = &pl->reads[(size_t)i * MAXIN + k];
+      double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 || !pl->opt.mixed ? 4 : 2);
+      reshard_to(a, pl, kept, read, bytes, PHASE_FORWARD, u->name, -1);
+      if (trained[u->id] && op_differentiates(n, k)) reshard_to(a, pl, read, kept, bytes, PHASE_BACKWARD, u->name, -1);
+      if (pl->edge[(size_t)i * MAXIN + k] & 2) reshard_to(a, pl, kept, read, bytes, PHASE_BACKWARD, u->name, -1);
+      if (done[u->id] || before[u->id] || !(pl->to_kept[u->id] & 1)) continue;
+      done[u->id] = true;
+      reshard_to(a, pl, &pl->layout[u->id], kept, bytes, PHASE_FORWARD, u->name, -1);
+      if (trained[u->id]) reshard_to(a, pl, kept, &pl->layout[u->id], bytes, PHASE_BACKWARD, u->name, -1);
+      if (pl->to_kept[u->id] & 2) reshard_to(a, pl, &pl->layout[u->id], kept, bytes, PHASE_BACKWARD, u->name, -1);
+    }
+}
+
+/* The value of `sent` a crossing read names (same name up to layer numbers, same shape): -1 none. */
+static int crossing_of(const Crossings *sent, const Crossing *r) {
+  for (int pass = 0; pass < 2; pass++)
+    for (int j = 0; j < sent->n; j++)
+      if (shape_eq(&sent->x[j].u->shape, &r->u->shape) &&
+          (pass ? same_but_numbers(sent->x[j].name, r->name) : !strcmp(sent->x[j].name, r->name)))
+        return j;
   return -1;
 }
 
@@ -562,29 +737,37 @@ static Spec tp_from(Spec as, const Spec *from) {
   return as;
 }
 
-/* Stage s's plan, copied once it gets the boundary collectives `add` (n of them, each of every microbatch)
-   and their seconds per microbatch (dt, of it fwd in the forward). */
-static void add_boundary(PipeStage *st, const Comm *add, int n, double dt, double fwd) {
-  Plan *p = arena_alloc(sizeof(Plan));
-  *p = *st->plan;
-  p->comms = arena_alloc(sizeof(Comm) * (size_t)(p->ncomms + n + 1));
-  memcpy(p->comms, st->plan->comms, sizeof(Comm) * (size_t)p->ncomms);
-  for (int k = 0; k < n; k++) {
-    int j = st->plan->ncomms;
-    while (j < p->ncomms && !(p->comms[j].kind == add[k].kind && p->comms[j].axes == add[k].axes &&
-                              p->comms[j].phase == add[k].phase && p->comms[j].bytes == add[k].bytes))
-      j++;
-    if (j < p->ncomms)
-      p->comms[j].count += add[k].count;
-    else
-      p->comms[p->ncomms++] = add[k];
+/* A boundary from stage plan S (its device's additions aS) to stage plan R (aR), as the programs reshard
+   it: the receiver reshards what arrives for its readers (forward), the sender the gradient handed back in
+   the receiver's layout into its own (backward). */
+static void junction(const Plan *S, const Crossings *sent, Adds *aS, const Plan *R, const Crossings *got, Adds *aR) {
+  for (int i = 0; i < got->n; i++) {
+    const Crossing *r = &got->x[i];
+    int j = crossing_of(sent, r);
+    if (j < 0) continue;
+    const Spec *held = &sent->x[j].s;
+    Spec arrives = tp_from(r->s, held), back = tp_from(*held, &r->s);
+    double bytes = (double)shape_numel(&r->u->shape) * (r->u->dtype == DT_I32 || !R->opt.mixed ? 4 : 2);
+    reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_FORWARD, sent->x[j].name, 1);
+    if (r->grad) reshard_to(aS, S, &back, held, bytes, PHASE_BACKWARD, sent->x[j].name, 1);
   }
-  double t = p->microbatch_s;
-  p->microbatch_s += dt, p->comm_s += dt;
-  if (p->microbatch_s > 0) p->fwd_frac = (p->fwd_frac * t + fwd) / p->microbatch_s;
-  if (p->microbatch_s > 0) p->wgrad_frac = p->wgrad_frac * t / p->microbatch_s;
-  st->plan = p;
-  st->t += dt;
+}
+
+/* Chunk c's first layer in device d's plan graph. */
+static int chunk_cut(const PipelinePlan *pp, int d, int c) {
+  int cut = plan_first_layer(pp->stages[d].plan->g);
+  for (int k = 0; k < c; k++) cut += chunk_layers(&pp->stages[d], pp->v, k);
+  return cut;
+}
+
+/* Whether every stage has the same tp width, and with interleaved chunks, layers of repeat blocks (whose
+   chunk boundaries are found by layer number). */
+static bool boundaries_known(const PipelinePlan *pp) {
+  for (int d = 0; d < pp->nstages; d++)
+    if (pp->stages[d].plan->mesh.n[1] != pp->stages[0].plan->mesh.n[1] ||
+        (pp->v > 1 && plan_first_layer(pp->stages[d].plan->g) < 0))
+      return false;
+  return true;
 }
 
 /* The boundaries between stages, resharded as the programs do: a stage
@@ -593,45 +776,30 @@ static void add_boundary(PipeStage *st, const Comm *add, int n, double dt, doubl
  * holds the activation in, which the sender reshards into its own
  * (backward). The stage plans, made apart, see neither side: priced here
  * once the stages are known, over the tp ranks, into copies of the stage
- * plans. Not with interleaved chunks, whose stage plans are made for a
- * span of the device's layers, not for each chunk's neighbours, nor between
- * stages of different tp widths (which are not lowered). Whether any was
- * added. */
+ * plans. With interleaved chunks, each device's plan is made for one run of
+ * its layers, so it prices a boundary inside it, between one chunk's last
+ * layer and the next's first, that the programs do not have: that is taken
+ * away (untie_cut), and each boundary between consecutive chunks (virtual
+ * stages, on neighbouring devices) priced instead. Not when stages differ
+ * in tp width (not lowered), nor, interleaved, for layers that are not
+ * repeat blocks. Whether any was added. */
 static bool boundary_reshards(PipelinePlan *pp) {
-  int P = pp->nstages, most = 0; /* a stage: at most two collectives (one a mesh axis) per boundary tensor, for
-                                    those it receives and those it sends */
-  for (int d = 0; d < P; d++) {
-    int k = 0;
-    for (int i = 0; i < pp->stages[d].plan->g->nfwd; i++)
-      k += !strncmp(pp->stages[d].plan->g->nodes[i]->name, "recv:", 5);
-    most = k > most ? k : most;
-  }
-  const int MAXBOUND = 4 * most + 1;
-  Comm *add = arena_alloc(sizeof(Comm) * (size_t)(P * MAXBOUND));
-  int *n = arena_alloc(sizeof(int) * (size_t)P);
-  double *dt = arena_alloc(sizeof(double) * (size_t)(2 * P)), *fwd = dt + P;
-  memset(n, 0, sizeof(int) * (size_t)P);
-  memset(dt, 0, sizeof(double) * (size_t)(2 * P));
-  for (int d = 1; d < P && pp->v == 1; d++) {
-    PipeStage *S = &pp->stages[d - 1], *R = &pp->stages[d];
-    if (S->plan->mesh.n[1] != R->plan->mesh.n[1]) continue;
-    for (int i = 0; i < R->plan->g->nfwd; i++) {
-      const Node *r = R->plan->g->nodes[i];
-      int u = r->op == OP_INPUT && !strncmp(r->name, "recv:", 5) ? handed_on(S->plan->g, r) : -1;
-      if (u < 0) continue;
-      const Spec *held = &S->plan->layout[u], *read = &R->plan->layout[i];
-      Spec arrives = tp_from(*read, held), back = tp_from(*held, read);
-      double bytes = (double)shape_numel(&r->shape) * (r->dtype == DT_I32 || !R->plan->opt.mixed ? 4 : 2), t;
-      t = plan_reshard(R->plan, &arrives, read, bytes, PHASE_FORWARD, r->name + 5, add + d * MAXBOUND, &n[d], MAXBOUND);
-      dt[d] += t, fwd[d] += t;
-      if (r->init == SRC_STAGE) /* it has a gradient */
-        dt[d - 1] += plan_reshard(S->plan, &back, held, bytes, PHASE_BACKWARD, r->name + 5, add + (d - 1) * MAXBOUND,
-                                  &n[d - 1], MAXBOUND);
-    }
+  int P = pp->nstages, v = pp->v;
+  if (!boundaries_known(pp)) return false;
+  Adds *a = arena_alloc(sizeof(Adds) * (size_t)P);
+  memset(a, 0, sizeof(Adds) * (size_t)P);
+  for (int d = 0; d < P; d++) /* the boundaries inside an interleaved device's plan */
+    for (int c = 1; c < v; c++) untie_cut(pp->stages[d].plan, chunk_cut(pp, d, c), &a[d]);
+  for (int vs = 0; vs + 1 < P * v; vs++) { /* virtual stage vs hands on to vs + 1 */
+    int ds = vs % P, cs = vs / P, dr = (vs + 1) % P, cr = (vs + 1) / P;
+    const Plan *S = pp->stages[ds].plan, *R = pp->stages[dr].plan;
+    Crossings sent = crossings(S, false, cs == v - 1 ? -1 : chunk_cut(pp, ds, cs + 1));
+    Crossings got = crossings(R, true, cr == 0 ? -1 : chunk_cut(pp, dr, cr));
+    junction(S, &sent, &a[ds], R, &got, &a[dr]);
   }
   bool any = false;
   for (int d = 0; d < P; d++)
-    if (n[d]) add_boundary(&pp->stages[d], add + d * MAXBOUND, n[d], dt[d], fwd[d]), any = true;
+    if (a[d].n) add_boundary(&pp->stages[d], &a[d]), any = true;
   return any;
 }
 
@@ -1174,11 +1342,11 @@ static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err
             m->pp, (long)m->dp * m->tp * m->pp, cl->name, D);
     return false;
   }
-  if (heads > 0 && heads % m->tp) {
-    fprintf(err, "carve: error: --manual: tp=%d does not divide the model's %lld attention heads\n", m->tp,
-            (long long)heads);
-    return false;
-  }
+  if (heads > 0 && heads % m->tp) /* the planner splits what divides: another dim of attention, or none */
+    fprintf(err,
+            "carve: note: --manual: tp=%d does not divide the model's %lld attention heads: attention is split "
+            "along other dims or kept whole\n",
+            m->tp, (long long)heads);
   if (m->mb && batch > 0 && batch % m->mb) {
     fprintf(err, "carve: error: --manual: mb=%d microbatches do not divide the batch of %lld\n", m->mb,
             (long long)batch);
@@ -1315,8 +1483,10 @@ static bool axis0_beyond_batch(const Plan *pl, char *what, size_t n) {
   return false;
 }
 
-/* A plan as a program layout. Stages whose parameters are all whole are
-   data parallel over all their devices (stages may differ in devices);
+/* A plan as a program layout. Stages whose parameters are all whole, one
+   of them splitting the batch over mesh axis 1 (pure data parallelism on a
+   1 x k mesh), are data parallel over all their devices (stages may differ
+   in devices);
    otherwise each stage's n0 x n1 mesh becomes n0 replicas (the batch on
    axis 0) of n1 tensor-parallel ranks that follow the stage plan's axis 1
    (n1 the same on every stage). stage_last needs one int per stage. */
@@ -1325,7 +1495,7 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
   int *stage_rc = arena_alloc(sizeof(int) * (size_t)p->nstages);
   for (int s = 0; s < p->nstages; s++) stage_rc[s] = p->stages[s].recompute;
   int *stage_dp = arena_alloc(sizeof(int) * (size_t)p->nstages);
-  bool split = false;
+  bool split = false, batch1 = false, tp_wide = false; /* batch1: a stage splits the batch over mesh axis 1 */
   for (int s = 0; s < p->nstages; s++) {
     const PipeStage *st = &p->stages[s];
     stage_dp[s] = st->nodes * st->per_node;
@@ -1335,10 +1505,14 @@ bool pipeline_layout(const PipelinePlan *p, Layout *L, int *stage_last, FILE *er
     }
     const Graph *g = st->plan->g;
     for (int i = 0; i < g->nfwd; i++)
-      if (g->nodes[i]->op == OP_PARAM)
-        for (int k = 0; k < st->plan->layout[i].rank; k++) split |= st->plan->layout[i].d[k] != 0;
+      for (int k = 0; k < st->plan->layout[i].rank; k++) {
+        split |= g->nodes[i]->op == OP_PARAM && st->plan->layout[i].d[k] != 0;
+        batch1 |= (st->plan->layout[i].d[k] & 2) && graph_dim_per_batch(g, g->nodes[i], k);
+      }
+    tp_wide |= st->plan->mesh.n[1] > 1;
     stage_last[s] = st->last;
   }
+  split |= tp_wide && !batch1; /* tp ranks that keep the batch whole: tensor parallel, even splitting nothing */
   *L = (Layout){.dp = stage_dp[0],
                 .stage_dp = stage_dp,
                 .pp = p->nstages,

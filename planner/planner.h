@@ -78,6 +78,12 @@ typedef struct Spec {
   int rank;
   uint8_t d[MAXRANK];
 } Spec;
+static inline bool spec_eq(const Spec *a, const Spec *b) {
+  if (a->rank != b->rank) return false;
+  for (int d = 0; d < a->rank; d++)
+    if (a->d[d] != b->d[d]) return false;
+  return true;
+}
 const char *spec_str(const Spec *s, char *buf, size_t n); /* "S0 R R" */
 const char *spec_dim_str(uint8_t bits);                   /* "R", "S0", "S1", "S01" */
 
@@ -168,6 +174,13 @@ typedef struct Plan {
   Spec *reads;      /* per forward op and input (node x MAXIN + k): the sharding the op reads it in */
   uint8_t *partial; /* per forward op: mesh axes its output is a partial sum over (to all-reduce) */
   bool *a2a;        /* per forward op: an MoE all-to-all strategy */
+  /* How the plan moves tensors between groups of ops (for repricing boundaries it does not have,
+     planner/pipeline.c): */
+  Spec *kept;       /* per forward node: the layout its readers in other groups read it from (a tensor several
+                       groups read: its layout variable's); else its layout */
+  uint8_t *to_kept; /* per forward node: 1 moved from `layout` into `kept` once, 2 and again for the backward */
+  uint8_t *edge;    /* per forward op and input (node x MAXIN + k): 1 read from `kept` by a layout edge (from
+                       another group), 2 and resharded again for the backward pass */
   double compute_s, comm_s, objective;
   double microbatch_s;         /* compute and communication per microbatch, without the once-per-step costs */
   double sync_hidden_s;        /* of the once-weighted gradient sync in compute_s + comm_s, what the objective
