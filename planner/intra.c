@@ -433,6 +433,7 @@ typedef struct Acc {
   double fwd, wgrad;     /* the forward's share of compute + comm, and the weight gradients' */
   double mp, mg, mo, ma; /* memory per device: params, grads, optimizer state, activations */
   PtrVec *rec;           /* if set: the collectives, for the plan */
+  bool rerun;            /* forward collectives recorded now are run again by a recomputed forward (Comm.rerun) */
 } Acc;
 
 /* A collective over mesh axes c.axes (one group of their devices). One that
@@ -454,6 +455,7 @@ static void comm_c(const Ctx *C, Acc *acc, Comm c, int share) {
     Comm *r = arena_alloc(sizeof(Comm));
     *r = c;
     r->count = 1, r->summed = share > 1;
+    r->rerun |= acc->rerun && c.phase == PHASE_FORWARD;
     ptrvec_push(acc->rec, r);
   }
 }
@@ -465,6 +467,12 @@ static void comm_w(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, C
 
 static void comm(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, CommPhase ph, const char *what) {
   comm_w(C, acc, k, axis, bytes, ph, what, false);
+}
+
+/* A forward op's own reduction (Comm.rerun). */
+static void comm_rerun(const Ctx *C, Acc *acc, CollKind k, int axis, double bytes, const char *what) {
+  comm_c(C, acc,
+         (Comm){.kind = k, .axes = 1 << axis, .bytes = bytes, .phase = PHASE_FORWARD, .what = what, .rerun = true}, 1);
 }
 
 /* How many pipeline stages hold parameter u (Graph.copies): 1 unless it is tied across stages. */
@@ -764,15 +772,15 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
     if (id < 0 || st->a2a == a) continue;
     if (id == m->norm) { /* row statistics, forward and backward */
       double rows = (double)shape_numel(&g->nodes[v->in[0]]->shape) / m->size[id] / (shards / me->n[a]);
-      comm(C, acc, COLL_ALL_REDUCE, a, rows * 8, PHASE_FORWARD, v->name);
+      comm_rerun(C, acc, COLL_ALL_REDUCE, a, rows * 8, v->name);
       comm(C, acc, COLL_ALL_REDUCE, a, rows * 8, PHASE_BACKWARD, v->name);
     } else if (!split_by(m, nin, st, a) && m->rank[nin] > 0 && st->rs[a] >= 0) {
       /* partial sums reduce-scattered into the split output; the output's
          gradient arrives split the same way and is gathered back */
-      comm(C, acc, COLL_REDUCE_SCATTER, a, out_b * me->n[a], PHASE_FORWARD, v->name);
+      comm_rerun(C, acc, COLL_REDUCE_SCATTER, a, out_b * me->n[a], v->name);
       comm(C, acc, COLL_ALL_GATHER, a, out_b * me->n[a], PHASE_BACKWARD, v->name);
     } else if (!split_by(m, nin, st, a) && m->rank[nin] > 0) { /* partial sums */
-      comm(C, acc, COLL_ALL_REDUCE, a, out_b, PHASE_FORWARD, v->name);
+      comm_rerun(C, acc, COLL_ALL_REDUCE, a, out_b, v->name);
     }
   }
   for (int k = 0; k < nin; k++) {
@@ -785,7 +793,9 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       if (st->ax[a] >= 0 && st->ax[a] == m->batch) batch |= 1 << a;
     if (owned && u->op == OP_PARAM) {
       Spec kept = stored_as(C, u, &s); /* read split from whole: cut, and the contribution gathered */
+      acc->rerun = true;                /* a recomputed forward reads it again */
       move(C, &kept, &s, (double)shape_numel(&u->shape) * C->act_bytes, false, C->needs_grad[u->id], acc, u->name);
+      acc->rerun = false;
       param_memory(C, acc, u, &kept, axes_size(me, reduce & batch)); /* ZeRO shards over the replicas */
       param_sync(C, acc, u, &kept, reduce, batch, 1);
     } else if (u->op == OP_PARAM && C->needs_grad[u->id]) { /* tied: its readers' gradients summed, synced once */
@@ -1895,7 +1905,7 @@ static Spec owned_layout(const Problem *P, const int *choice, int leaf) {
 
 static bool same_comm(const Comm *a, const Comm *b) {
   return a->kind == b->kind && a->axes == b->axes && a->copies == b->copies && a->phase == b->phase &&
-         a->once == b->once && fabs(a->bytes - b->bytes) < 0.5;
+         a->once == b->once && a->rerun == b->rerun && fabs(a->bytes - b->bytes) < 0.5;
 }
 
 /* A summed gradient another reader of the same tensor already listed. */
@@ -2054,8 +2064,10 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id];
       Spec a = held_layouts(P, u->id, true, false)[S->choice[xu]].s, b = tensor_spec(&P->model[i], k, &st);
       double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
+      acc.rerun = u->op == OP_PARAM; /* a recomputed forward reads a parameter again (activations: Comm.rerun) */
       move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], P->C.needs_grad[u->id] && op_differentiates(v, k),
            &acc, u->name); /* the layout edge, then the gradient edge's reduction */
+      acc.rerun = false;
       pl->edge[(size_t)i * MAXIN + k] = (uint8_t)(1 | P->C.reread[(size_t)i * MAXIN + k] << 1);
       int rg = read_partial(P, i, k, &st);
       if (rg)

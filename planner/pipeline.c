@@ -803,6 +803,25 @@ static bool boundary_reshards(PipelinePlan *pp) {
   return any;
 }
 
+/* Under full recomputation a stage runs each microbatch's forward again
+   before its backward: its forward ops' own reductions (Comm.rerun) are
+   listed twice a microbatch, in copies of the stage plans (their seconds
+   are in the simulated backward already: sim_input_rc). Once the schedule
+   and each stage's recomputation are chosen. */
+static void rerun_listing(PipelinePlan *pp) {
+  for (int d = 0; d < pp->nstages; d++) {
+    PipeStage *st = &pp->stages[d];
+    if (st->recompute != RC_FULL || !st->plan) continue;
+    Plan *p = arena_alloc(sizeof(Plan));
+    *p = *st->plan;
+    p->comms = arena_alloc(sizeof(Comm) * (size_t)(p->ncomms + 1));
+    memcpy(p->comms, st->plan->comms, sizeof(Comm) * (size_t)p->ncomms);
+    for (int j = 0; j < p->ncomms; j++)
+      if (p->comms[j].rerun && !p->comms[j].once) p->comms[j].count *= 2;
+    st->plan = p;
+  }
+}
+
 static PipelinePlan *assemble(Ctx *c, const Stage *st, int ns, FILE *err) {
   PipelinePlan *pp = arena_alloc(sizeof(PipelinePlan));
   pp->cluster = c->cl, pp->devices = c->D, pp->microbatches = c->B, pp->nstages = ns;
@@ -1108,6 +1127,7 @@ PipelinePlan *plan_pipeline(const char *path, const ElabOptions *eo, const Clust
   if (!best) return NULL;
   best->ilps = S.ilps;
   if (boundary_reshards(best) && !choose_schedule(best, cl->memory, best->schedule, -1, err)) return NULL;
+  rerun_listing(best);
   best->search_s = now_seconds() - t0;
   throughput(best, po);
   return best;
@@ -1245,19 +1265,37 @@ static bool stage_dps(const char *opt, const char *v, int vlen, Manual *m, FILE 
 bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
   *m = (Manual){0, 0, 0, 0, SCHED_KINDS, -1, -1, NULL, 0, false, false};
   const char *p = text;
-  while (*p) {
+  char seen[16][16]; /* the keys given, each once */
+  int nseen = 0;
+  if (!*p) {
+    fprintf(err, "carve: error: %s expects key=value pairs (dp=2,tp=4,...), got nothing\n", opt);
+    return false;
+  }
+  for (bool more = true; more;) {
     size_t len = strcspn(p, ","), eq = strcspn(p, "=");
+    more = p[len] == ',';
     if (eq >= len) {
-      fprintf(err, "carve: error: %s expects key=value pairs, got '%.*s'\n", opt, (int)len, p);
+      fprintf(err, "carve: error: %s expects key=value pairs, got '%.*s'%s\n", opt, (int)len, p,
+              len ? "" : " (an empty one: a comma too many?)");
       return false;
     }
     const char *v = p + eq + 1;
     int vlen = (int)(len - eq - 1);
     char key[16];
     snprintf(key, sizeof key, "%.*s", (int)(eq < 15 ? eq : 15), p);
+    for (int k = 0; k < nseen; k++)
+      if (!strcmp(seen[k], key)) {
+        fprintf(err, "carve: error: %s: %s is given twice\n", opt, key);
+        return false;
+      }
+    if (nseen < 16) strcpy(seen[nseen++], key);
     char *end;
-    long x = strtol(v, &end, 10);
+    long x = vlen > 0 && v[0] >= '0' && v[0] <= '9' ? strtol(v, &end, 10) : (end = (char *)v, -1);
     bool num = end == v + vlen && vlen > 0 && x >= 0 && x <= 1000000;
+    if (end == v + vlen && vlen > 0 && x > 1000000) {
+      fprintf(err, "carve: error: %s: %s=%.*s is more than carve takes (1000000)\n", opt, key, vlen, v);
+      return false;
+    }
     int *field = !strcmp(key, "dp")   ? &m->dp
                  : !strcmp(key, "tp") ? &m->tp
                  : !strcmp(key, "pp") ? &m->pp
@@ -1312,7 +1350,7 @@ bool manual_parse(const char *text, const char *opt, Manual *m, FILE *err) {
               key);
       return false;
     }
-    p += len + (p[len] == ',');
+    p += len + more;
   }
   if (m->stage_dp && m->nstage_dp != (m->pp ? m->pp : 1)) {
     fprintf(err, "carve: error: %s: dp gives %d stages' replicas, but pp=%d\n", opt, m->nstage_dp, m->pp ? m->pp : 1);
@@ -1336,6 +1374,16 @@ static bool manual_check(Manual *m, const Graph *g, const Cluster *cl, FILE *err
     return false;
   }
   if (!m->pp) m->pp = 1;
+  if (!m->dp && (long)m->tp * m->pp > D) {
+    fprintf(err, "carve: error: --manual: tp x pp = %d x %d = %ld, more than the %d devices of %s\n", m->tp, m->pp,
+            (long)m->tp * m->pp, D, cl->name);
+    return false;
+  }
+  if (m->schedule == SCHED_INTERLEAVED && m->pp < 2) {
+    fprintf(err, "carve: error: --manual: schedule=interleaved runs chunks of layers on the stages in turn: it needs "
+                 "pp >= 2\n");
+    return false;
+  }
   if (!m->dp) m->dp = D / (m->tp * m->pp);
   if ((long)m->dp * m->tp * m->pp != D) {
     fprintf(err, "carve: error: --manual: dp x tp x pp = %d x %d x %d = %ld, but %s has %d devices\n", m->dp, m->tp,
@@ -1368,7 +1416,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   int *layer_of = arena_alloc(sizeof(int) * (size_t)(g->nfwd + 1));
   int L = graph_layers(g, MAXGROUPS, layer_of); /* the layers codegen finds (Layout.layers_want) */
   if (m->pp > L) {
-    fprintf(err, "carve: error: --manual: pp=%d stages but the model has %d layers\n", m->pp, L);
+    fprintf(err, "carve: error: --manual: pp=%d stages but the model has %d layer%s\n", m->pp, L, L == 1 ? "" : "s");
     return NULL;
   }
   int *stage_of = arena_alloc(sizeof(int) * (size_t)L);
@@ -1433,6 +1481,7 @@ static PipelinePlan *manual_at(const char *path, const ElabOptions *eo, const Cl
   pp->model_flops = sm.flops_einsum * B;
   if (!choose_schedule(pp, cl->memory, m->schedule, m->recompute, err)) return NULL;
   if (boundary_reshards(pp) && !choose_schedule(pp, cl->memory, pp->schedule, m->recompute, err)) return NULL;
+  rerun_listing(pp);
   return pp;
 }
 
@@ -1444,21 +1493,37 @@ PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster
   if (!g1 || !manual_check(&m, g1, cl, err)) return NULL;
   int64_t batch = graph_dim(g1, "batch", 0);
   PipelinePlan *best = NULL;
-  for (int B = m.mb ? m.mb : 1; B <= (m.mb ? m.mb : 64); B *= 2) {
-    if (batch > 0 && (batch % B || (batch / B) % m.dp)) {
-      if (m.mb) break;
-      continue;
-    }
-    FILE *quiet = m.mb ? err : fopen("/dev/null", "w");
-    PipelinePlan *pp = manual_at(path, eo, cl, po, &m, B, quiet);
-    if (quiet != err) fclose(quiet);
+  char *why = NULL; /* without mb: why the last count tried failed */
+  int last = 0;
+  for (int B = m.mb ? m.mb : 1; B <= (m.mb ? m.mb : 64); B++) {
+    /* without mb: powers of two, and the stages' count times one (an interleaved schedule's multiples) */
+    int k = B % m.pp ? B : B / m.pp;
+    if (!m.mb && (k & (k - 1))) continue;
+    if (batch > 0 && (batch % B || (batch / B) % m.dp)) continue;
+    size_t len = 0;
+    free(why);
+    why = NULL;
+    FILE *quiet = m.mb ? err : open_memstream(&why, &len);
+    PipelinePlan *pp = quiet ? manual_at(path, eo, cl, po, &m, B, quiet) : NULL;
+    if (quiet && quiet != err) fclose(quiet);
+    last = B;
     if (pp && (!best || pp->step_s < best->step_s)) best = pp;
     if (batch <= 0) break;
   }
-  if (!best) {
-    if (!m.mb) fprintf(err, "carve: error: the manual plan fits at no microbatch count tried\n");
-    return NULL;
+  if (!best && !m.mb) {
+    const char *r = why ? why : "";
+    if (!strncmp(r, "carve: error: ", 14)) r += 14;
+    if (last)
+      fprintf(err,
+              "carve: error: the manual plan fits at no microbatch count tried (powers of two and %d times them, up to "
+              "64); at %d: %s%s",
+              m.pp, last, r, *r ? "" : "no plan\n");
+    else
+      fprintf(err, "carve: error: no microbatch count up to 64 divides the batch of %lld into a multiple of dp=%d\n",
+              (long long)batch, m.dp);
   }
+  free(why);
+  if (!best) return NULL;
   best->search_s = now_seconds() - t0;
   throughput(best, po);
   return best;

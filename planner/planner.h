@@ -159,6 +159,9 @@ typedef struct Comm {
                         bucket's one latency; 0: a collective of its own */
   int copies;        /* > 1: a tied parameter's gradient summed over the pipeline stages holding a copy: the
                         group is the devices of `axes` (axes 0: one) on each of `copies` stages */
+  bool rerun;        /* a forward op's own reduction (a partial sum, a norm's statistics): run again where the
+                        forward is recomputed (full recomputation); a reshard between ops is not (the backward's
+                        own resharding of forward values is listed apart, and recomputation does it instead) */
 } Comm;
 /* Seconds one collective takes on mesh m (planner/mesh.c); *lat, if given, gets its latency part. */
 double comm_time(const Mesh *m, const Comm *c, double *lat);

@@ -18,7 +18,9 @@
 # planner leaves out as latency) are not compared. Layouts whose programs
 # and plan still differ are listed in `known` (docs/cost-model.md, "What is
 # counted"): each is checked to still differ, so one that comes to agree is
-# reported and moved into the compared set. Prints "N passed, M failed".
+# reported and moved into the compared set. Then the same for a few layouts
+# beyond the suite (full recomputation under tp, interleaved chunks of
+# several layers). Prints "N passed, M failed".
 set -u
 carve=$1
 . "$(dirname "$0")/tally.sh"
@@ -162,31 +164,42 @@ pp=2,tp=2,mb=4,schedule=interleaved dp=2,tp=2,pp=2,mb=2"
 # still different (docs/cost-model.md): none today; a layout listed here
 # must still differ (or have no plan), and is reported once it agrees
 known=" "
-for spec in gpt:gpt-tiny bert:bert-tiny mlp:mlp-tiny moe:moe-tiny; do
-  model=${spec%%:*}
-  for layout in $layouts; do
-    n=1
-    for kv in $(echo "$layout" | tr ',' ' '); do
-      case $kv in dp=* | tp=* | pp=*) n=$((n * ${kv#*=})) ;; esac
+# compare_all LAYOUTS DIMS: every model under each layout
+compare_all() {
+  for spec in gpt:gpt-tiny bert:bert-tiny mlp:mlp-tiny moe:moe-tiny; do
+    model=${spec%%:*}
+    for layout in $1; do
+      n=1
+      for kv in $(echo "$layout" | tr ',' ' '); do
+        case $kv in dp=* | tp=* | pp=*) n=$((n * ${kv#*=})) ;; esac
+      done
+      is_known=no
+      for k in $known; do
+        case "$model:$layout" in $k) is_known=yes ;; esac
+      done
+      rm -rf "$tmp/l"
+      if ! "$carve" plan "$model" --preset "${spec#*:}" $2 --cluster local --devices-per-node $n --manual "$layout" \
+        -o "$tmp/l" >"$tmp/l.out" 2>&1 || [ ! -f "$tmp/l/rank0.prog" ]; then
+        [ $is_known = yes ] && ok || bad "$model $layout: no plan or no programs: $(tail -1 "$tmp/l.out")"
+        continue
+      fi
+      if same "$tmp/l"; then
+        [ $is_known = no ] && ok || bad "$model $layout: listed as known to differ, but plan and programs agree (compare it)"
+      elif [ $is_known = yes ]; then
+        ok
+      else
+        bad "$model $layout: the plan's collectives are not the programs':"
+        cat "$tmp/diff"
+      fi
     done
-    is_known=no
-    for k in $known; do
-      case "$model:$layout" in $k) is_known=yes ;; esac
-    done
-    rm -rf "$tmp/l"
-    if ! "$carve" plan "$model" --preset "${spec#*:}" $dims --cluster local --devices-per-node $n --manual "$layout" \
-      -o "$tmp/l" >"$tmp/l.out" 2>&1 || [ ! -f "$tmp/l/rank0.prog" ]; then
-      [ $is_known = yes ] && ok || bad "$model $layout: no plan or no programs: $(tail -1 "$tmp/l.out")"
-      continue
-    fi
-    if same "$tmp/l"; then
-      [ $is_known = no ] && ok || bad "$model $layout: listed as known to differ, but plan and programs agree (compare it)"
-    elif [ $is_known = yes ]; then
-      ok
-    else
-      bad "$model $layout: the plan's collectives are not the programs':"
-      cat "$tmp/diff"
-    fi
   done
-done
+}
+compare_all "$layouts" "$dims"
+# beyond the suite: full recomputation under tp (the forward's own
+# reductions run again, a parameter gathered again; the backward's
+# resharding of forward values done by the recomputation instead), and
+# interleaved chunks of several and uneven layers (6 layers on 2 devices:
+# chunks of 2 and 1, each boundary between chunks resharded)
+compare_all "tp=2,mb=4,recompute=full dp=2,tp=2,mb=2,recompute=full pp=2,tp=2,mb=4,schedule=interleaved
+pp=2,tp=2,mb=2,schedule=interleaved,recompute=full" "--set batch=16,layers=6"
 tally

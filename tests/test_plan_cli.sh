@@ -172,6 +172,25 @@ expect 1 "gives each stage 2 chunks of at least a layer, but 6 layers over 4 sta
   --set batch=16,layers=6 --cluster local --devices-per-node 8 --manual pp=4,tp=2,mb=4,schedule=interleaved
 expect 1 "microbatches (m) to be a multiple of the pipeline devices (p): m=2, p=4" plan mlp --preset mlp-tiny \
   --set batch=16,layers=8 --cluster local --devices-per-node 8 --manual pp=4,tp=2,mb=2,schedule=interleaved
+# without mb the reason the last count failed is said (it once said only
+# that no count fitted); an interleaved pipeline of 3 stages plans at a
+# multiple of 3 (it once tried powers of two only)
+expect 1 "at 16: the interleaved schedule gives each stage 2 chunks of at least a layer, but 3 layers" plan gpt \
+  --preset gpt-tiny --set batch=16,layers=3 --cluster local --devices-per-node 2 --manual pp=2,schedule=interleaved
+expect 0 "3 stages, interleaved schedule (2 chunks per device), 6 microbatches" plan gpt --preset gpt-tiny \
+  --set batch=24,layers=6 --cluster local --devices-per-node 3 --manual pp=3,schedule=interleaved
+# --manual text that says nothing, twice, or out of range
+expect 1 "expects key=value pairs (dp=2,tp=4,...), got nothing" plan gpt --preset gpt-tiny --cluster local --manual ""
+expect 1 "tp is given twice" plan gpt --preset gpt-tiny --cluster local --devices-per-node 4 --manual tp=2,tp=4
+expect 1 "a comma too many" plan gpt --preset gpt-tiny --cluster local --devices-per-node 4 --manual tp=2,
+expect 1 "tp must be a whole number >= 1, got '+2'" plan gpt --preset gpt-tiny --cluster local --manual tp=+2
+expect 1 "mb=16777216 is more than carve takes" plan gpt --preset gpt-tiny --cluster local --manual mb=16777216
+expect 1 "tp x pp = 1024 x 1 = 1024, more than the 4 devices of local" plan gpt --preset gpt-tiny --cluster local \
+  --devices-per-node 4 --manual tp=1024
+expect 1 "schedule=interleaved runs chunks of layers on the stages in turn: it needs pp >= 2" plan gpt \
+  --preset gpt-tiny --cluster local --devices-per-node 2 --manual pp=1,schedule=interleaved
+expect 1 "microbatches 2 and --manual's mb=4 disagree" plan gpt --preset gpt-tiny --cluster local \
+  --devices-per-node 4 --microbatches 2 --manual pp=2,mb=4
 expect 1 "unknown key 'foo'" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,foo=1"
 expect 1 "sp=1 splits the sequence over the tensor-parallel devices: it needs tp >= 2" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=8,sp=1"
 expect 1 "sp is 0 or 1" plan gpt --preset gpt-tiny --cluster dgx-a100 --manual "dp=4,tp=2,sp=2"

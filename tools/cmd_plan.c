@@ -286,6 +286,11 @@ int cmd_plan(int argc, char **argv) {
     }
     Manual m;
     if (manual && !manual_parse(manual, "--manual", &m, stderr)) goto done;
+    if (manual && microbatches && m.mb && m.mb != microbatches) {
+      fprintf(stderr, "carve plan: error: --microbatches %d and --manual's mb=%d disagree (give one)\n", microbatches,
+              m.mb);
+      goto done;
+    }
     if (manual && microbatches) m.mb = microbatches;
     po.lowerable = out != NULL; /* plans to be run: no split the kernels cannot take (frontend/rules.c) */
     FILE *progress = !quiet && !same_file(stdout, stderr) ? stderr : NULL; /* never into the plan's output */
