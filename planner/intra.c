@@ -434,6 +434,8 @@ typedef struct Acc {
   double mp, mg, mo, ma; /* memory per device: params, grads, optimizer state, activations */
   PtrVec *rec;           /* if set: the collectives, for the plan */
   bool rerun;            /* forward collectives recorded now are run again by a recomputed forward (Comm.rerun) */
+  const int8_t *scatter; /* if set, per forward op: the dim every reader reads its partial sum along, split over
+                            tp (reduce-scattered into that split, as the programs do: scattered_reads); -1 */
 } Acc;
 
 /* A collective over mesh axes c.axes (one group of their devices). One that
@@ -780,7 +782,8 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       comm_rerun(C, acc, COLL_REDUCE_SCATTER, a, out_b * me->n[a], v->name);
       comm(C, acc, COLL_ALL_GATHER, a, out_b * me->n[a], PHASE_BACKWARD, v->name);
     } else if (!split_by(m, nin, st, a) && m->rank[nin] > 0) { /* partial sums */
-      comm_rerun(C, acc, COLL_ALL_REDUCE, a, out_b, v->name);
+      bool rs = a == 1 && acc->scatter && acc->scatter[v->id] >= 0;
+      comm_rerun(C, acc, rs ? COLL_REDUCE_SCATTER : COLL_ALL_REDUCE, a, out_b, v->name);
     }
   }
   for (int k = 0; k < nin; k++) {
@@ -793,7 +796,7 @@ static void node_cost(const Ctx *C, const Node *v, const OpModel *m, const Strat
       if (st->ax[a] >= 0 && st->ax[a] == m->batch) batch |= 1 << a;
     if (owned && u->op == OP_PARAM) {
       Spec kept = stored_as(C, u, &s); /* read split from whole: cut, and the contribution gathered */
-      acc->rerun = true;                /* a recomputed forward reads it again */
+      acc->rerun = true;               /* a recomputed forward reads it again */
       move(C, &kept, &s, (double)shape_numel(&u->shape) * C->act_bytes, false, C->needs_grad[u->id], acc, u->name);
       acc->rerun = false;
       param_memory(C, acc, u, &kept, axes_size(me, reduce & batch)); /* ZeRO shards over the replicas */
@@ -2020,6 +2023,45 @@ static HandBack *hand_backs(const Problem *P, const Solution *S) {
   return hb;
 }
 
+/* Per forward op whose output the chosen plan leaves a partial sum over tp
+   (mesh axis 1) held whole there: the dim every reader reads it along,
+   split over tp, or -1. The programs reduce-scatter such a sum into that
+   split rather than all-reduce it (codegen/distribute.c, scatter_partials,
+   unless PlanOptions.no_scatter), and its readers read it as it is then
+   held; the search prices the all-reduce and a free cut. Not a mean or a
+   loss (their partial sums are reduced whole). */
+static int8_t *scattered_reads(const Problem *P, const Solution *S) {
+  const Graph *g = P->C.g;
+  int8_t *dim = arena_alloc(sizeof(int8_t) * (size_t)(g->nfwd + 1));
+  memset(dim, -1, (size_t)(g->nfwd + 1));
+  if (P->C.o->no_scatter || P->C.me->n[1] == 1) return dim;
+  int8_t *seen = arena_alloc(sizeof(int8_t) * (size_t)(g->nfwd + 1)); /* -1 none yet, -2 mixed */
+  memset(seen, -1, (size_t)(g->nfwd + 1));
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    if (!P->C.live[i] || P->C.var[i] < 0 || is_leaf(v)) continue;
+    Strategy st = strategy_of(P, i, S->choice[P->C.var[i]]);
+    for (int k = 0; k < v->nin && k < P->model[i].nt - 1; k++) {
+      Spec r = tensor_spec(&P->model[i], k, &st);
+      int d = -2;
+      for (int x = 0; x < r.rank; x++)
+        if (r.d[x] & 2) d = d == -2 ? x : -3;
+      int u = v->in[k];
+      seen[u] = d < 0 || (seen[u] != -1 && seen[u] != d) ? -2 : (int8_t)d;
+    }
+  }
+  for (int i = 0; i < g->nfwd; i++) {
+    const Node *v = g->nodes[i];
+    if (!P->C.live[i] || P->C.var[i] < 0 || is_leaf(v) || seen[i] < 0 || i == g->loss) continue;
+    if (v->op == OP_MEAN || v->op == OP_XENT || v->op == OP_MSE) continue;
+    Strategy st = strategy_of(P, i, S->choice[P->C.var[i]]);
+    const OpModel *m = &P->model[i];
+    if (st.ax[1] >= 0 && st.a2a != 1 && st.rs[1] < 0 && !split_by(m, m->nt - 1, &st, 1) && m->rank[m->nt - 1] > 0)
+      dim[i] = seen[i];
+  }
+  return dim;
+}
+
 static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, const PlanOptions *o) {
   const Graph *g = P->C.g;
   Plan *pl = arena_alloc(sizeof(Plan));
@@ -2032,7 +2074,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
   pl->to_kept = arena_alloc(sizeof(uint8_t) * (size_t)(g->nfwd + 1));
   pl->edge = arena_alloc(sizeof(uint8_t) * (size_t)(g->nfwd + 1) * MAXIN);
   PtrVec rec = {0};
-  Acc acc = {.rec = &rec};
+  Acc acc = {.rec = &rec, .scatter = scattered_reads(P, S)};
   double w = plan_once_weight(o);
   const HandBack *hb = hand_backs(P, S);
   for (int i = 0; i < g->nfwd; i++) {
@@ -2047,7 +2089,10 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     Strategy st = strategy_of(P, i, s);
     node_cost(&P->C, v, &P->model[i], &st, &acc);
     const OpModel *m = &P->model[i];
-    for (int k = 0; k < m->nt - 1 && k < MAXIN; k++) pl->reads[(size_t)i * MAXIN + k] = tensor_spec(m, k, &st);
+    for (int k = 0; k < m->nt - 1 && k < MAXIN; k++) {
+      pl->reads[(size_t)i * MAXIN + k] = tensor_spec(m, k, &st);
+      pl->edge[(size_t)i * MAXIN + k] = (uint8_t)(P->C.reread[(size_t)i * MAXIN + k] << 1);
+    }
     for (int a = 0; a < 2; a++)
       if (st.ax[a] >= 0 && !split_by(m, m->nt - 1, &st, a)) pl->partial[i] |= (uint8_t)(1 << a);
     pl->a2a[i] = st.a2a >= 0;
@@ -2068,7 +2113,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], P->C.needs_grad[u->id] && op_differentiates(v, k),
            &acc, u->name); /* the layout edge, then the gradient edge's reduction */
       acc.rerun = false;
-      pl->edge[(size_t)i * MAXIN + k] = (uint8_t)(1 | P->C.reread[(size_t)i * MAXIN + k] << 1);
+      pl->edge[(size_t)i * MAXIN + k] |= 1;
       int rg = read_partial(P, i, k, &st);
       if (rg)
         reduction(&P->C, split_axes(&pl->layout[u->id]) | hb[u->id].split, rg, spec_shards(P->C.me, &b), ub,

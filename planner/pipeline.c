@@ -628,7 +628,7 @@ typedef struct Crossing {
   const char *name;
   const Node *u;
   Spec s;
-  bool grad;
+  bool grad, again; /* again: a reader's backward reads the value again, resharded again there */
 } Crossing;
 
 typedef struct Crossings {
@@ -638,16 +638,24 @@ typedef struct Crossings {
 
 /* Adds a crossing unless one of the tensor in the same layout is there (the programs reshard a value
    into a layout once); a gradient goes back once a tensor. */
-static void cross(Crossings *c, const char *name, const Node *u, Spec s, bool grad) {
+static void cross(Crossings *c, const char *name, const Node *u, Spec s, bool grad, bool again) {
   for (int j = 0; j < c->n; j++) {
     if (c->x[j].u != u) continue;
     if (c->x[j].grad) grad = false;
     if (spec_eq(&c->x[j].s, &s)) {
-      c->x[j].grad |= grad;
+      c->x[j].grad |= grad, c->x[j].again |= again;
       return;
     }
   }
-  c->x[c->n++] = (Crossing){.name = name, .u = u, .s = s, .grad = grad};
+  c->x[c->n++] = (Crossing){.name = name, .u = u, .s = s, .grad = grad, .again = again};
+}
+
+/* Whether an op of stage plan pl reads node u again in its backward pass. */
+static bool read_again(const Plan *pl, int u) {
+  for (int i = 0; i < pl->g->nfwd; i++)
+    for (int k = 0; k < pl->g->nodes[i]->nin; k++)
+      if (pl->g->nodes[i]->in[k] == u && (pl->edge[(size_t)i * MAXIN + k] & 2)) return true;
+  return false;
 }
 
 /* The first layer of a stage plan's graph (a plan may be another span's, numbered as that one); -1 when
@@ -677,17 +685,18 @@ static Crossings crossings(const Plan *pl, bool in, int cut) {
   for (int i = 0; i < g->nfwd; i++) {
     const Node *n = g->nodes[i];
     if (cut < 0 && in && n->op == OP_INPUT && !strncmp(n->name, "recv:", 5))
-      cross(&c, n->name + 5, n, pl->layout[i], n->init == SRC_STAGE);
+      cross(&c, n->name + 5, n, pl->layout[i], n->init == SRC_STAGE, read_again(pl, i));
     else if (cut < 0 && !in && n->op == OP_MSE && !strncmp(n->name, "stand-in:", 9))
-      cross(&c, n->name + 9, g->nodes[n->in[0]], pl->layout[n->in[0]], false);
+      cross(&c, n->name + 9, g->nodes[n->in[0]], pl->layout[n->in[0]], false, false);
     else if (cut >= 0)
       for (int k = 0; k < n->nin; k++) {
         const Node *u = g->nodes[n->in[k]];
         if (!read_across_cut(pl, i, k, cut)) continue;
         if (in)
-          cross(&c, u->name, u, pl->reads[(size_t)i * MAXIN + k], trained[u->id] && op_differentiates(n, k));
+          cross(&c, u->name, u, pl->reads[(size_t)i * MAXIN + k], trained[u->id] && op_differentiates(n, k),
+                (pl->edge[(size_t)i * MAXIN + k] & 2) != 0);
         else
-          cross(&c, u->name, u, pl->layout[u->id], false);
+          cross(&c, u->name, u, pl->layout[u->id], false, false);
       }
   }
   return c;
@@ -738,8 +747,9 @@ static Spec tp_from(Spec as, const Spec *from) {
 }
 
 /* A boundary from stage plan S (its device's additions aS) to stage plan R (aR), as the programs reshard
-   it: the receiver reshards what arrives for its readers (forward), the sender the gradient handed back in
-   the receiver's layout into its own (backward). */
+   it: the receiver reshards what arrives for its readers (forward, and again in the backward where a
+   reader's backward reads the value), the sender the gradient handed back in the receiver's layout into
+   its own (backward). */
 static void junction(const Plan *S, const Crossings *sent, Adds *aS, const Plan *R, const Crossings *got, Adds *aR) {
   for (int i = 0; i < got->n; i++) {
     const Crossing *r = &got->x[i];
@@ -749,6 +759,7 @@ static void junction(const Plan *S, const Crossings *sent, Adds *aS, const Plan 
     Spec arrives = tp_from(r->s, held), back = tp_from(*held, &r->s);
     double bytes = (double)shape_numel(&r->u->shape) * (r->u->dtype == DT_I32 || !R->opt.mixed ? 4 : 2);
     reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_FORWARD, sent->x[j].name, 1);
+    if (r->again) reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_BACKWARD, sent->x[j].name, 1);
     if (r->grad) reshard_to(aS, S, &back, held, bytes, PHASE_BACKWARD, sent->x[j].name, 1);
   }
 }

@@ -183,7 +183,7 @@ typedef struct Plan {
                        groups read: its layout variable's); else its layout */
   uint8_t *to_kept; /* per forward node: 1 moved from `layout` into `kept` once, 2 and again for the backward */
   uint8_t *edge;    /* per forward op and input (node x MAXIN + k): 1 read from `kept` by a layout edge (from
-                       another group), 2 and resharded again for the backward pass */
+                       another group); 2 its backward reads the value again (Ctx.reread: resharded again there) */
   double compute_s, comm_s, objective;
   double microbatch_s;         /* compute and communication per microbatch, without the once-per-step costs */
   double sync_hidden_s;        /* of the once-weighted gradient sync in compute_s + comm_s, what the objective
