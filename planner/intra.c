@@ -2041,10 +2041,13 @@ static int8_t *scattered_reads(const Problem *P, const Solution *S) {
     const Node *v = g->nodes[i];
     if (!P->C.live[i] || P->C.var[i] < 0 || is_leaf(v)) continue;
     Strategy st = strategy_of(P, i, S->choice[P->C.var[i]]);
+    /* a norm's gain gradient, a max's and a squared error's backward read the value as it is held (whole):
+       never scattered; nor a value handed to the next stage (its stand-in loss reads it) */
+    bool as_held = v->op == OP_LAYERNORM || v->op == OP_RMSNORM || v->op == OP_MAX || v->op == OP_MSE;
     for (int k = 0; k < v->nin && k < P->model[i].nt - 1; k++) {
       Spec r = tensor_spec(&P->model[i], k, &st);
-      int d = -2;
-      for (int x = 0; x < r.rank; x++)
+      int d = as_held ? -3 : -2;
+      for (int x = 0; x < r.rank && !as_held; x++)
         if (r.d[x] & 2) d = d == -2 ? x : -3;
       int u = v->in[k];
       seen[u] = d < 0 || (seen[u] != -1 && seen[u] != d) ? -2 : (int8_t)d;

@@ -558,12 +558,13 @@ static bool choose_schedule(PipelinePlan *pp, double device_memory, SchedKind on
 typedef struct Adds {
   Comm *c;
   double *t;
+  bool *again; /* a backward reshard of a forward value (Plan.reread_s: a recomputed forward does it) */
   int n, cap;
 } Adds;
 
 /* A reshard of `bytes` on stage plan pl, added to a (sign -1: taken away). */
 static void reshard_to(Adds *a, const Plan *pl, const Spec *src, const Spec *dst, double bytes, CommPhase ph,
-                       const char *what, int sign) {
+                       const char *what, int sign, bool again) {
   Comm got[8];
   int n = 0;
   plan_reshard(pl, src, dst, bytes, ph, what, got, &n, 8);
@@ -572,11 +573,17 @@ static void reshard_to(Adds *a, const Plan *pl, const Spec *src, const Spec *dst
       a->cap = 2 * a->cap + 8;
       Comm *c = arena_alloc(sizeof(Comm) * (size_t)a->cap);
       double *t = arena_alloc(sizeof(double) * (size_t)a->cap);
-      if (a->n) memcpy(c, a->c, sizeof(Comm) * (size_t)a->n), memcpy(t, a->t, sizeof(double) * (size_t)a->n);
-      a->c = c, a->t = t;
+      bool *g = arena_alloc(sizeof(bool) * (size_t)a->cap);
+      if (a->n) {
+        memcpy(c, a->c, sizeof(Comm) * (size_t)a->n);
+        memcpy(t, a->t, sizeof(double) * (size_t)a->n);
+        memcpy(g, a->again, sizeof(bool) * (size_t)a->n);
+      }
+      a->c = c, a->t = t, a->again = g;
     }
     a->c[a->n] = got[k];
     a->c[a->n].count = sign;
+    a->again[a->n] = again;
     a->t[a->n++] = sign * comm_time(&pl->mesh, &got[k], NULL);
   }
 }
@@ -608,6 +615,7 @@ static void add_boundary(PipeStage *st, const Adds *a) {
     else
       continue;
     dt += a->t[k], fwd += c->phase == PHASE_FORWARD ? a->t[k] : 0;
+    p->reread_s += a->again[k] ? a->t[k] : 0;
   }
   int kept = 0; /* those taken away to none */
   for (int j = 0; j < p->ncomms; j++)
@@ -718,14 +726,15 @@ static void untie_cut(const Plan *pl, int cut, Adds *a) {
       const Node *n = g->nodes[i], *u = g->nodes[n->in[k]];
       const Spec *kept = &pl->kept[u->id], *read = &pl->reads[(size_t)i * MAXIN + k];
       double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 || !pl->opt.mixed ? 4 : 2);
-      reshard_to(a, pl, kept, read, bytes, PHASE_FORWARD, u->name, -1);
-      if (trained[u->id] && op_differentiates(n, k)) reshard_to(a, pl, read, kept, bytes, PHASE_BACKWARD, u->name, -1);
-      if (pl->edge[(size_t)i * MAXIN + k] & 2) reshard_to(a, pl, kept, read, bytes, PHASE_BACKWARD, u->name, -1);
+      reshard_to(a, pl, kept, read, bytes, PHASE_FORWARD, u->name, -1, false);
+      if (trained[u->id] && op_differentiates(n, k))
+        reshard_to(a, pl, read, kept, bytes, PHASE_BACKWARD, u->name, -1, false);
+      if (pl->edge[(size_t)i * MAXIN + k] & 2) reshard_to(a, pl, kept, read, bytes, PHASE_BACKWARD, u->name, -1, true);
       if (done[u->id] || before[u->id] || !(pl->to_kept[u->id] & 1)) continue;
       done[u->id] = true;
-      reshard_to(a, pl, &pl->layout[u->id], kept, bytes, PHASE_FORWARD, u->name, -1);
-      if (trained[u->id]) reshard_to(a, pl, kept, &pl->layout[u->id], bytes, PHASE_BACKWARD, u->name, -1);
-      if (pl->to_kept[u->id] & 2) reshard_to(a, pl, &pl->layout[u->id], kept, bytes, PHASE_BACKWARD, u->name, -1);
+      reshard_to(a, pl, &pl->layout[u->id], kept, bytes, PHASE_FORWARD, u->name, -1, false);
+      if (trained[u->id]) reshard_to(a, pl, kept, &pl->layout[u->id], bytes, PHASE_BACKWARD, u->name, -1, false);
+      if (pl->to_kept[u->id] & 2) reshard_to(a, pl, &pl->layout[u->id], kept, bytes, PHASE_BACKWARD, u->name, -1, true);
     }
 }
 
@@ -758,9 +767,9 @@ static void junction(const Plan *S, const Crossings *sent, Adds *aS, const Plan 
     const Spec *held = &sent->x[j].s;
     Spec arrives = tp_from(r->s, held), back = tp_from(*held, &r->s);
     double bytes = (double)shape_numel(&r->u->shape) * (r->u->dtype == DT_I32 || !R->opt.mixed ? 4 : 2);
-    reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_FORWARD, sent->x[j].name, 1);
-    if (r->again) reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_BACKWARD, sent->x[j].name, 1);
-    if (r->grad) reshard_to(aS, S, &back, held, bytes, PHASE_BACKWARD, sent->x[j].name, 1);
+    reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_FORWARD, sent->x[j].name, 1, false);
+    if (r->again) reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_BACKWARD, sent->x[j].name, 1, true);
+    if (r->grad) reshard_to(aS, S, &back, held, bytes, PHASE_BACKWARD, sent->x[j].name, 1, false);
   }
 }
 
@@ -1522,16 +1531,18 @@ PipelinePlan *plan_manual(const char *path, const ElabOptions *eo, const Cluster
     if (batch <= 0) break;
   }
   if (!best && !m.mb) {
-    const char *r = why ? why : "";
-    if (!strncmp(r, "carve: error: ", 14)) r += 14;
-    if (last)
-      fprintf(err,
-              "carve: error: the manual plan fits at no microbatch count tried (powers of two and %d times them, up to "
-              "64); at %d: %s%s",
-              m.pp, last, r, *r ? "" : "no plan\n");
-    else
+    const char *r = why ? why : "", *e = r;
+    while ((e = strstr(e, "carve: error: "))) r = e += 14; /* the error, past any notes before it */
+    if (!last)
       fprintf(err, "carve: error: no microbatch count up to 64 divides the batch of %lld into a multiple of dp=%d\n",
               (long long)batch, m.dp);
+    else if (batch <= 0)
+      fprintf(err, "carve: error: the manual plan does not fit: %s%s", r, *r ? "" : "no plan\n");
+    else
+      fprintf(
+          err,
+          "carve: error: the manual plan fits at no microbatch count tried (powers of two%s, up to 64); at %d: %s%s",
+          m.pp > 1 ? arena_printf(" and %d times them", m.pp) : "", last, r, *r ? "" : "no plan\n");
   }
   free(why);
   if (!best) return NULL;
