@@ -538,8 +538,7 @@ static void grad_reduce(const Ctx *C, Acc *acc, const Node *u, int axes, int bat
 }
 
 static double tensor_bytes(const Ctx *C, const Node *n, const Spec *s) {
-  double b = (double)shape_numel(&n->shape) * (n->dtype == DT_I32 ? 4 : C->act_bytes);
-  return b / spec_shards(C->me, s);
+  return value_bytes(n, C->o->mixed) / spec_shards(C->me, s);
 }
 
 /* Optimizer-related bytes per parameter element, as the runtime holds them
@@ -1356,7 +1355,7 @@ static void add_edges(Problem *P) {
     int x = P->shared[u];
     if (x < 0) continue;
     const Node *n = g->nodes[u];
-    double bytes = (double)shape_numel(&n->shape) * (n->dtype == DT_I32 ? 4 : P->C.act_bytes);
+    double bytes = value_bytes(n, P->C.o->mixed);
     add_edge(P, P->C.var[u], x, held_layouts(P, u, false, false), held_layouts(P, u, true, false),
              arena_printf("%d>%d:%s", P->C.var[u], x, layer_key(n)), bytes, again[u] ? -1 : 0, P->C.needs_grad[u]);
   }
@@ -1374,7 +1373,7 @@ static void add_edges(Problem *P) {
         gv[t].rg = read_partial(P, i, k, &st), gv[t].parts = spec_shards(P->C.me, &lv[t].s);
         partial |= gv[t].rg;
       }
-      double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
+      double bytes = value_bytes(u, P->C.o->mixed);
       const char *key = layer_key(v);
       add_edge(P, xu, xv, held_layouts(P, u->id, true, false), lv, arena_printf("%d>%d:%s:%d", xu, xv, key, k), bytes,
                P->C.reread[(size_t)i * MAXIN + k] ? -1 : 0, P->C.needs_grad[u->id] && op_differentiates(v, k));
@@ -2099,7 +2098,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
     for (int a = 0; a < 2; a++)
       if (st.ax[a] >= 0 && !split_by(m, m->nt - 1, &st, a)) pl->partial[i] |= (uint8_t)(1 << a);
     pl->a2a[i] = st.a2a >= 0;
-    double bytes = (double)shape_numel(&v->shape) * (v->dtype == DT_I32 ? 4 : P->C.act_bytes);
+    double bytes = value_bytes(v, P->C.o->mixed);
     pl->kept[i] = pl->layout[i];
     if (P->shared[i] >= 0) { /* into its layout variable, once */
       Side b = held_layouts(P, i, true, false)[S->choice[P->shared[i]]];
@@ -2111,7 +2110,7 @@ static Plan *assemble(const Problem *P, const Solution *S, const Cluster *cl, co
       const Node *u = g->nodes[v->in[k]];
       int xu = P->shared[u->id] >= 0 ? P->shared[u->id] : P->C.var[u->id];
       Spec a = held_layouts(P, u->id, true, false)[S->choice[xu]].s, b = tensor_spec(&P->model[i], k, &st);
-      double ub = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 ? 4 : P->C.act_bytes);
+      double ub = value_bytes(u, P->C.o->mixed);
       acc.rerun = u->op == OP_PARAM; /* a recomputed forward reads a parameter again (activations: Comm.rerun) */
       move(&P->C, &a, &b, ub, P->C.reread[(size_t)i * MAXIN + k], P->C.needs_grad[u->id] && op_differentiates(v, k),
            &acc, u->name); /* the layout edge, then the gradient edge's reduction */

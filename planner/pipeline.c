@@ -725,7 +725,7 @@ static void untie_cut(const Plan *pl, int cut, Adds *a) {
       if (!read_across_cut(pl, i, k, cut)) continue;
       const Node *n = g->nodes[i], *u = g->nodes[n->in[k]];
       const Spec *kept = &pl->kept[u->id], *read = &pl->reads[(size_t)i * MAXIN + k];
-      double bytes = (double)shape_numel(&u->shape) * (u->dtype == DT_I32 || !pl->opt.mixed ? 4 : 2);
+      double bytes = value_bytes(u, pl->opt.mixed);
       reshard_to(a, pl, kept, read, bytes, PHASE_FORWARD, u->name, -1, false);
       if (trained[u->id] && op_differentiates(n, k))
         reshard_to(a, pl, read, kept, bytes, PHASE_BACKWARD, u->name, -1, false);
@@ -766,7 +766,7 @@ static void junction(const Plan *S, const Crossings *sent, Adds *aS, const Plan 
     if (j < 0) continue;
     const Spec *held = &sent->x[j].s;
     Spec arrives = tp_from(r->s, held), back = tp_from(*held, &r->s);
-    double bytes = (double)shape_numel(&r->u->shape) * (r->u->dtype == DT_I32 || !R->opt.mixed ? 4 : 2);
+    double bytes = value_bytes(r->u, R->opt.mixed);
     reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_FORWARD, sent->x[j].name, 1, false);
     if (r->again) reshard_to(aR, R, &arrives, &r->s, bytes, PHASE_BACKWARD, sent->x[j].name, 1, true);
     if (r->grad) reshard_to(aS, S, &back, held, bytes, PHASE_BACKWARD, sent->x[j].name, 1, false);

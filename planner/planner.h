@@ -78,6 +78,11 @@ typedef struct Spec {
   int rank;
   uint8_t d[MAXRANK];
 } Spec;
+/* A whole tensor's bytes as the programs hold its values: int32 ones 4 an element, the others 2 in mixed
+   precision, else 4. */
+static inline double value_bytes(const Node *n, bool mixed) {
+  return (double)shape_numel(&n->shape) * (n->dtype == DT_I32 || !mixed ? 4 : 2);
+}
 static inline bool spec_eq(const Spec *a, const Spec *b) {
   if (a->rank != b->rank) return false;
   for (int d = 0; d < a->rank; d++)
