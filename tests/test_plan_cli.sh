@@ -160,6 +160,23 @@ expect 1 "dp x tp x pp = 3 x 1 x 1 = 3, but dgx-a100 has 8 devices" plan gpt --p
 # divide)
 expect 0 "predicted step" plan moe --preset moe-tiny --set batch=4,seq=12,experts=8 --cluster local \
   --devices-per-node 2 --manual dp=2
+# plan.json and the programs are put in place together: a plan that cannot
+# be written whole (here a directory where one program goes) leaves the
+# earlier plan and programs as they were, and nothing staged behind; one
+# that is written removes an earlier plan's extra ranks, even past a gap
+pw="plan gpt --preset gpt-tiny --set batch=16,layers=4 --cluster local"
+"$carve" $pw --devices-per-node 8 --manual dp=8 -o "$tmp/whole" >/dev/null 2>&1
+rm "$tmp/whole/rank4.prog"
+"$carve" $pw --devices-per-node 4 --manual dp=4 -o "$tmp/whole" >/dev/null 2>&1
+[ "$(ls "$tmp/whole" | tr '\n' ' ')" = "plan.json rank0.prog rank1.prog rank2.prog rank3.prog " ] && pass=$((pass + 1)) ||
+  { fail=$((fail + 1)); echo "FAILED: an earlier plan's ranks past a gap left: $(ls "$tmp/whole")"; }
+rm "$tmp/whole/rank2.prog" && mkdir "$tmp/whole/rank2.prog"
+before=$(cat "$tmp/whole/plan.json" "$tmp/whole/rank0.prog" "$tmp/whole/rank3.prog" | cksum)
+expect 1 "cannot write program '$tmp/whole/rank2.prog': it exists and is a directory" $pw --devices-per-node 4 \
+  --manual pp=2,tp=2,mb=4,recompute=full -o "$tmp/whole"
+[ "$(cat "$tmp/whole/plan.json" "$tmp/whole/rank0.prog" "$tmp/whole/rank3.prog" | cksum)" = "$before" ] &&
+  [ "$(ls -a "$tmp/whole" | grep -c staged)" = 0 ] && pass=$((pass + 1)) ||
+  { fail=$((fail + 1)); echo "FAILED: a plan not written whole changed the earlier one: $(ls -a "$tmp/whole")"; }
 # tp wider than the heads: planned (attention split along other dims or kept
 # whole), with a note, and lowered to programs (moe-tiny's 2 heads at tp=4
 # are in the equivalence suite)

@@ -143,9 +143,12 @@ static bool same_file(FILE *a, FILE *b) {
 }
 
 /* DIR/rankN.prog for every rank of a whole plan (default training options),
-   or a note on why this plan cannot become programs yet. */
+   or a note on why this plan cannot become programs yet; put in place with
+   the staged plan.json (rank_files_commit), or, unless planned (the plan was
+   not written whole), nothing put in place. */
 static bool write_programs(const char *dir, const char *model_path, const ElabOptions *eo, const PipelinePlan *pp,
-                           bool quiet) {
+                           bool quiet, bool planned) {
+  if (!planned) return rank_files_commit(dir, 0, true, false);
   Layout L;
   int *stage_last = arena_alloc(sizeof(int) * (size_t)(pp->nstages + 1));
   char *why = NULL;
@@ -153,23 +156,24 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
   FILE *m = open_memstream(&why, &len);
   bool ok = pipeline_layout(pp, &L, stage_last, m);
   fclose(m);
-  if (!ok) {
-    fprintf(stderr,
-            "carve: note: %s/plan.json written, but no programs: %s, which carve does not lower to programs "
-            "yet (--force-dp plans data parallelism only)\n",
-            dir, why);
+  if (!ok) { /* plan.json alone: an earlier plan's programs go */
+    ok = rank_files_commit(dir, 0, true, true);
+    if (ok)
+      fprintf(stderr,
+              "carve: note: %s/plan.json written, but no programs: %s, which carve does not lower to programs "
+              "yet (--force-dp plans data parallelism only)\n",
+              dir, why);
     free(why);
-    return true;
+    return ok;
   }
   free(why);
   Train t = plan_train(pp); /* what the plan priced */
   RankFiles F = {.dir = dir};
-  if (!compile_layout(model_path, eo, &t, 1234, &L, rank_file_write, &F, stderr)) {
-    if (F.written) rank_files_trim(dir, 0); /* a refused plan's programs (a deadlock) must not be run */
-    return false;
-  }
   int world = layout_world(&L);
-  rank_files_trim(dir, world); /* an earlier plan's extra ranks must not linger */
+  /* plan.json and the programs in place together, an earlier plan's extra ranks removed; a refused plan's
+     programs (a deadlock) never */
+  if (!rank_files_commit(dir, world, true, compile_layout(model_path, eo, &t, 1234, &L, rank_file_write, &F, stderr)))
+    return false;
   if (!quiet)
     printf("\nwrote %s/plan.json and rank0.prog .. rank%d.prog (dp=%s tp=%d pp=%d, %d microbatch%s, %d unit%s per "
            "step); train it with: mpirun -np %d carve run %s\n",
@@ -178,17 +182,17 @@ static bool write_programs(const char *dir, const char *model_path, const ElabOp
   return true;
 }
 
-/* DIR/plan.json, written through a temporary name. */
+/* DIR/plan.json, written whole to its staged name (rank_files_commit puts it in place with the programs). */
 static bool write_plan(const char *dir, const Plan *p, const PipelinePlan *pp) {
   if (!dir) return true;
-  const char *path = arena_printf("%s/plan.json", dir), *tmp;
+  const char *path = staged_plan(dir), *tmp;
   FILE *f = mkdir(dir, 0777) == 0 || errno == EEXIST ? temp_beside(path, &tmp) : NULL;
   if (f && pp)
     pipeline_json(pp, f);
   else if (f)
     plan_json(p, f);
   bool ok = temp_close(f, tmp, path, true);
-  if (!ok) fprintf(stderr, "carve: error: cannot write %s: %s\n", path, strerror(errno));
+  if (!ok) fprintf(stderr, "carve: error: cannot write %s/plan.json: %s\n", dir, strerror(errno));
   return ok;
 }
 
@@ -302,7 +306,8 @@ int cmd_plan(int argc, char **argv) {
       pipeline_report(pp, stdout);
     }
     rc = write_plan(out, NULL, pp) && (!html || pipeline_html(pp, html, stderr)) ? 0 : 1;
-    if (rc == 0 && out) rc = write_programs(out, model_resolve(model), &eo, pp, json) ? 0 : 1;
+    if (out) /* the programs, then both in place (or the staged plan removed) */
+      rc = write_programs(out, model_resolve(model), &eo, pp, json, rc == 0) ? rc : 1;
     goto done;
   }
   Graph *g = frontend_training(&(Front){.path = model_resolve(model), .eo = &eo}, stderr);
@@ -320,7 +325,11 @@ int cmd_plan(int argc, char **argv) {
     plan_json(p, stdout);
   else
     plan_report(p, stdout);
-  rc = write_plan(out, p, NULL) && (!html || plan_html(p, html, stderr)) ? 0 : 1;
+  /* one mesh's plan: no programs (an earlier plan's go) */
+  rc = write_plan(out, p, NULL) && (!out || rank_files_commit(out, 0, true, true)) &&
+               (!html || plan_html(p, html, stderr))
+           ? 0
+           : 1;
 done:
   free(eo.sets);
   return rc;

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include "../runtime/backend.h"
@@ -289,12 +290,51 @@ bool rank_file_write(const Program *p, void *files) {
   }
   if (p->arena_bytes > F->arena) F->arena = p->arena_bytes;
   if (p->rank == 0) F->nbufs = p->nbufs, F->ninit = p->ninit, F->nstep = p->nstep;
-  return program_write(p, arena_printf("%s/rank%d.prog", F->dir, p->rank), stderr);
+  return program_write(p, arena_printf("%s/.rank%d.prog.staged", F->dir, p->rank), stderr);
 }
 
-void rank_files_trim(const char *dir, int world) {
-  for (int r = world;; r++)
-    if (remove(arena_printf("%s/rank%d.prog", dir, r)) != 0) break;
+const char *staged_plan(const char *dir) { return arena_printf("%s/.plan.json.staged", dir); }
+
+/* Removes DIR's rank programs (rankN.prog) numbered from `from` on, or with staged every staged one
+   (.rankN.prog.staged) and what a killed writer left of one (its temporary ..rankN.prog.staged.XXXXXX). */
+static void remove_ranks(const char *dir, bool staged, int from) {
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d && (e = readdir(d));) {
+    const char *n = e->d_name + (staged && !strncmp(e->d_name, "..", 2)); /* a temporary: its name after the dot */
+    int r, end = 0;
+    if (sscanf(n, staged ? ".rank%d.prog.staged%n" : "rank%d.prog%n", &r, &end) == 1 && r >= from &&
+        (!n[end] || (n != e->d_name && n[end] == '.')))
+      remove(arena_printf("%s/%s", dir, e->d_name));
+  }
+  if (d) closedir(d);
+}
+
+bool rank_files_commit(const char *dir, int world, bool plan, bool ok) {
+  char why[128];
+  for (int r = -1; r < world && ok; r++) { /* first every place free (nothing moved yet), plan.json at -1 */
+    const char *to = r < 0 ? arena_printf("%s/plan.json", dir) : arena_printf("%s/rank%d.prog", dir, r);
+    if ((r >= 0 || plan) && !output_free(to, why, sizeof why)) {
+      fprintf(stderr, "carve: error: cannot write %s'%s': %s\n", r < 0 ? "" : "program ", to, why);
+      ok = false;
+    }
+  }
+  for (int r = 0; r < world && ok; r++) {
+    const char *to = arena_printf("%s/rank%d.prog", dir, r);
+    if (!rename_into_place(arena_printf("%s/.rank%d.prog.staged", dir, r), to)) {
+      fprintf(stderr, "carve: error: cannot put program '%s' in place: %s\n", to, strerror(errno));
+      ok = false;
+    }
+  }
+  if (ok) remove_ranks(dir, false, world);
+  const char *pj = arena_printf("%s/plan.json", dir);
+  if (ok && plan && !rename_into_place(staged_plan(dir), pj)) {
+    fprintf(stderr, "carve: error: cannot put '%s' in place: %s\n", pj, strerror(errno));
+    ok = false;
+  }
+  remove_ranks(dir, true, 0);
+  if (!ok && plan) remove(staged_plan(dir));
+  if (ok) sync_dir(dir);
+  return ok;
 }
 
 /* Model -> per-rank programs of a layout, written into F->dir one at a
@@ -367,9 +407,9 @@ int cmd_compile(int argc, char **argv) {
   Program *single = NULL;
   bool ok = o.layout ? compile_ranks(&o, &F, &world)
                      : (single = compile(&o, NULL, NULL, NULL)) && rank_file_write(single, &F);
-  /* a stale program of an earlier, larger layout must not be taken for this one's; nor a refused plan's
-     (one that would deadlock on a rendezvous transport) for a plan at all */
-  if (F.written) rank_files_trim(o.out, ok ? world : 0);
+  /* put in place together, a stale program of an earlier, larger layout removed; a refused plan's (one that
+     would deadlock on a rendezvous transport) never */
+  if (F.written) ok = rank_files_commit(o.out, world, false, ok);
   char a[32];
   if (ok && world == 1)
     printf("wrote %s/rank0.prog: %d buffers, %d + %d instructions, arena %s\n", o.out, F.nbufs, F.ninit, F.nstep,

@@ -17,9 +17,11 @@ int cmd_compare(int argc, char **argv);
 int cmd_profile(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 
-/* Rank programs written as DIR/rankN.prog as codegen_ranks makes them
-   (rank_file_write is a RankSink): DIR is made before the first; `arena`
-   gets the largest arena of those written, nbufs .. nstep rank 0's sizes. */
+/* Rank programs for DIR/rankN.prog as codegen_ranks makes them
+   (rank_file_write is a RankSink), each written whole to a staged name
+   beside its place (DIR/.rankN.prog.staged): DIR is made before the first;
+   `arena` gets the largest arena of those written, nbufs .. nstep rank 0's
+   sizes. Nothing is in place until rank_files_commit. */
 typedef struct RankFiles {
   const char *dir;
   int written;
@@ -27,8 +29,15 @@ typedef struct RankFiles {
   int nbufs, ninit, nstep;
 } RankFiles;
 bool rank_file_write(const Program *p, void *files);
-/* Removes DIR/rankN.prog from N = world on: an earlier, larger layout's. */
-void rank_files_trim(const char *dir, int world);
+/* With ok: the staged programs of ranks 0 .. world - 1 renamed into place,
+   every other DIR/rankN.prog removed (an earlier, larger layout's), then
+   DIR/plan.json's staged one (if plan) renamed into place last; else the
+   staged files removed and what was in place left as it was (a failed or
+   refused plan's programs never replace a good set). Whether ok and every
+   rename worked (said on stderr). */
+bool rank_files_commit(const char *dir, int world, bool plan, bool ok);
+/* DIR/.plan.json.staged: where `carve plan -o` writes plan.json before rank_files_commit. */
+const char *staged_plan(const char *dir);
 
 /* tools/plan_file.c: plan files read back; every field that is used is
    checked first. plan_read: NULL and why (naming the field) if the file
